@@ -1,0 +1,434 @@
+//! The catalog: names, not file names. `rationales("svamp", teacher: "gpt-4o", level: 3)` finds
+//! `paper/SVAMP_ChatGPT_level3_ranked.json`; the table below is the release as dataset_info.json
+//! describes it, so a combination the release never had is told apart from a file that is
+//! merely missing from this copy.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::loaders::{load_alpaca, read_records};
+use super::{arith, AnswerKind, DataDir, Task};
+use crate::cot::{check_level, Format};
+use crate::error::{Error, Result};
+use crate::eval::extract::canonical_gold;
+use crate::rng::Rng;
+use crate::usage;
+
+/// Who wrote a rationale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Teacher {
+    /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
+    Gpt4o,
+    /// Gemini-1.5-Flash.
+    Gemini,
+    /// LLaMA-3-70B; the files say "llama".
+    Llama70b,
+    /// The datasets' own human-written rationales.
+    Human,
+    /// cotlab's rule-based teacher (the embedded `arith` set only).
+    Rule,
+}
+
+impl Teacher {
+    pub fn parse(s: &str) -> Result<Teacher> {
+        Ok(match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
+            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => Teacher::Gpt4o,
+            "gemini" | "gemini-1.5-flash" | "gemini-flash" => Teacher::Gemini,
+            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => Teacher::Llama70b,
+            "human" => Teacher::Human,
+            "rule" => Teacher::Rule,
+            _ => {
+                return Err(usage!(
+                    "unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)"
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Teacher::Gpt4o => "gpt-4o",
+            Teacher::Gemini => "gemini",
+            Teacher::Llama70b => "llama-3-70b",
+            Teacher::Human => "human",
+            Teacher::Rule => "rule",
+        }
+    }
+}
+
+/// One file of the release: which (dataset, teacher, level, format) it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatalogEntry {
+    pub task: Task,
+    /// None for answer-only files (no teacher wrote them).
+    pub teacher: Option<Teacher>,
+    pub level: Option<u8>,
+    pub format: Format,
+    /// Path relative to the data dir.
+    pub file: String,
+    pub prompt_col: &'static str,
+    pub response_col: &'static str,
+}
+
+/// What to look up. `teacher` defaults to gpt-4o unless `format` is answer-only.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RationaleQuery {
+    pub teacher: Option<String>,
+    pub level: Option<i64>,
+    pub format: Option<String>,
+    pub limit: Option<usize>,
+    pub seed: Option<u64>,
+    /// `arith` only: the generated set's size and seed (match `dataset("arith", ...)`).
+    pub n: Option<usize>,
+}
+
+/// One rationale with its question and gold answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rationale {
+    pub id: String,
+    pub question: String,
+    /// Canonical gold answer, when known (from the release's answer-only file or MATH's `output`).
+    pub gold: Option<String>,
+    pub text: String,
+}
+
+/// A set of rationales from one teacher at one level and format.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    pub task: Task,
+    pub teacher: Option<Teacher>,
+    pub level: Option<u8>,
+    pub format: Format,
+    /// The file read (relative to the data dir), or "generated" for `arith`.
+    pub source: String,
+    pub rationales: Vec<Rationale>,
+    /// Records dropped because they lack this teacher's column (see the MATH gemini caveat).
+    pub skipped: usize,
+}
+
+impl Corpus {
+    pub fn kind(&self) -> AnswerKind {
+        self.task.kind()
+    }
+    pub fn len(&self) -> usize {
+        self.rationales.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rationales.is_empty()
+    }
+}
+
+const PLAIN_TEACHERS: [Teacher; 3] = [Teacher::Gpt4o, Teacher::Gemini, Teacher::Llama70b];
+
+fn entry(task: Task, teacher: Option<Teacher>, level: Option<u8>, format: Format, file: String) -> CatalogEntry {
+    CatalogEntry { task, teacher, level, format, file: format!("paper/{file}"), prompt_col: "instruction", response_col: "output" }
+}
+
+/// Every file the release has (or had: some are ≥ 4 MiB and absent from the shared copy).
+pub fn release_entries() -> Vec<CatalogEntry> {
+    use Format::*;
+    use Teacher::*;
+    let mut v = Vec::new();
+    let levels = |t: Teacher, task: Task| -> Vec<u8> {
+        match (task, t) {
+            (Task::Svamp, Llama70b) => (1..=4).collect(), // the release never had levels 5-6
+            (Task::Gsm8k, Llama70b) => (1..=5).collect(), // ... nor level 6
+            _ => (1..=6).collect(),
+        }
+    };
+    // (task, file name for (teacher, level), human file, answer-only file)
+    for task in [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Csqa, Task::Obqa, Task::StrategyQa] {
+        for t in PLAIN_TEACHERS {
+            for l in levels(t, task) {
+                let f = match (task, t) {
+                    (Task::Svamp, Gpt4o) => format!("SVAMP_ChatGPT_level{l}_ranked.json"),
+                    (Task::Svamp, Gemini) => format!("SVAMP_gemini_level{l}_ranked.json"),
+                    (Task::Svamp, _) => format!("SVAMP_llama_level{l}_ranked.json"),
+                    (Task::Gsm8k, Gpt4o) => format!("gsm8k_ChatGPT_level{l}_ranked.json"),
+                    (Task::Gsm8k, Gemini) => format!("gsm8k_gemini_level{l}_ranked.json"),
+                    (Task::Gsm8k, _) => format!("gsm8k_llama_level{l}_ranked.json"),
+                    (Task::Aqua, Gpt4o) => format!("aqua_chatgpt_level{l}_ranked.json"),
+                    (Task::Aqua, Gemini) => format!("aqua_gemini_level{l}_ranked.json"),
+                    (Task::Aqua, _) => format!("aqua_llama_level{l}_ranked.json"),
+                    (Task::Csqa, Gpt4o) => format!("commonsenseQA_chatgpt_level_{l}_ranked.json"),
+                    (Task::Csqa, Gemini) => format!("csqa_gemini_level{l}_ranked.json"),
+                    (Task::Csqa, _) => format!("csqa_llama_level{l}_ranked.json"),
+                    (Task::Obqa, Gpt4o) => format!("openbookQA_chatgpt_level_{l}_ranked.json"),
+                    (Task::Obqa, Gemini) => format!("obqa_gemini_level{l}_ranked.json"),
+                    (Task::Obqa, _) => format!("obqa_llama_level{l}_ranked.json"),
+                    (Task::StrategyQa, Gpt4o) => format!("strategyQA_chatgpt_level_{l}_ranked.json"),
+                    (Task::StrategyQa, Gemini) => format!("stqa_gemini_level{l}_ranked.json"),
+                    (Task::StrategyQa, _) => format!("stqa_llama_level{l}_ranked.json"),
+                    _ => unreachable!(),
+                };
+                v.push(entry(task, Some(t), Some(l), Plain, f));
+            }
+        }
+    }
+    // GPT-4o format variants.
+    for (l, fmt, tag) in [(3, Bsm, "BSM"), (3, Rar, "RaR"), (3, Sym, "SYM"), (5, Bsm, "BSM"), (5, Rar, "RaR"), (5, Sym, "SYM")] {
+        v.push(entry(Task::Svamp, Some(Gpt4o), Some(l), fmt, format!("0_SVAMP_chatgpt_level{l}{tag}.json")));
+        v.push(entry(Task::Gsm8k, Some(Gpt4o), Some(l), fmt, format!("0_gsm8k_chatgpt_level{l}{tag}.json")));
+    }
+    for (l, fmt, tag) in [(5, Bsm, "BSM"), (5, Rar, "RaR"), (5, Sym, "Sym"), (6, Bsm, "BSM"), (6, Rar, "RaR")] {
+        v.push(entry(Task::Aqua, Some(Gpt4o), Some(l), fmt, format!("0_aqua_chatgpt_level{l}{tag}.json")));
+    }
+    for (fmt, tag) in [(Bsm, "bsm"), (Rar, "rar"), (Sym, "symbolic")] {
+        v.push(entry(Task::Obqa, Some(Gpt4o), Some(3), fmt, format!("openbookqa_chatgpt_{tag}_level3_ranked.json")));
+    }
+    // Human rationales and answer-only files.
+    for (task, human, only) in [
+        (Task::Svamp, Some("svamp_human_annotation.json"), "SVAMP_only_ans.json"),
+        (Task::Gsm8k, Some("gsm8k_human.json"), "gsm_train_onlyans.json"),
+        (Task::Aqua, Some("aqua_human.json"), "aqua_only_ans.json"),
+        (Task::Csqa, Some("ecqa_train.json"), "commonsenseQA_onlyans.json"),
+        (Task::Obqa, None, "openbookQA_onlyans.json"),
+        (Task::StrategyQa, Some("stqa_human_annotation.json"), "strategyQA_onlyans.json"),
+    ] {
+        if let Some(h) = human {
+            v.push(entry(task, Some(Human), None, Plain, h.to_string()));
+        }
+        v.push(entry(task, None, None, AnswerOnly, only.to_string()));
+    }
+    // MATH: the prompt is `problem` and the teacher's text sits in its own column.
+    let math = |teacher, level, format, file: String, col| CatalogEntry {
+        task: Task::Math,
+        teacher,
+        level,
+        format,
+        file: format!("paper/{file}"),
+        prompt_col: "problem",
+        response_col: col,
+    };
+    for l in 1..=6u8 {
+        v.push(math(Some(Gpt4o), Some(l), Plain, format!("math_mix_level{l}.json"), "chatgpt_output"));
+        v.push(math(Some(Gemini), Some(l), Plain, format!("math_gemini_level{l}_ranked.json"), "gemini_output"));
+        v.push(math(Some(Llama70b), Some(l), Plain, format!("math_llama_level{l}_ranked.json"), "llama_output"));
+    }
+    v.push(math(Some(Human), None, Plain, "math_human.json".into(), "solution"));
+    v.push(math(None, None, AnswerOnly, "math_human.json".into(), "output"));
+    v
+}
+
+/// The release's entries, resolved against a data dir.
+pub struct Catalog {
+    pub dir: DataDir,
+    pub entries: Vec<CatalogEntry>,
+}
+
+impl Catalog {
+    pub fn new(dir: DataDir) -> Catalog {
+        Catalog { dir, entries: release_entries() }
+    }
+
+    pub fn present(&self, e: &CatalogEntry) -> bool {
+        self.dir.path(&e.file).is_file()
+    }
+
+    pub fn entries_for(&self, task: Task) -> impl Iterator<Item = &CatalogEntry> {
+        self.entries.iter().filter(move |e| e.task == task)
+    }
+
+    /// Find the entry for a query, or say precisely why there is none.
+    pub fn lookup(&self, task: Task, q: &RationaleQuery) -> Result<&CatalogEntry> {
+        let format = match &q.format {
+            Some(f) => Format::parse(f)?,
+            None => Format::Plain,
+        };
+        let teacher = match (&q.teacher, format) {
+            (Some(t), _) => Some(Teacher::parse(t)?),
+            (None, Format::AnswerOnly) => None,
+            (None, _) => Some(Teacher::Gpt4o),
+        };
+        let level = match q.level {
+            Some(l) => Some(check_level(l)?),
+            None => None,
+        };
+        if format == Format::AnswerOnly && q.level.is_some() {
+            return Err(usage!("answer-only data has no granularity level: drop 'level'"));
+        }
+        if teacher == Some(Teacher::Human) && q.level.is_some() {
+            return Err(usage!("human rationales have no granularity level: drop 'level'"));
+        }
+        let wanted_teacher = if format == Format::AnswerOnly { None } else { teacher };
+        let needs_level = !(format == Format::AnswerOnly || teacher == Some(Teacher::Human));
+        if needs_level && level.is_none() {
+            return Err(usage!("'level' (1..6) is required for {} rationales", teacher.map(|t| t.name()).unwrap_or("teacher")));
+        }
+        let found = self
+            .entries
+            .iter()
+            .find(|e| e.task == task && e.teacher == wanted_teacher && e.level == level && e.format == format);
+        let Some(e) = found else {
+            let have: Vec<String> = self
+                .entries_for(task)
+                .filter(|e| e.teacher == wanted_teacher || format == Format::AnswerOnly)
+                .map(describe)
+                .collect();
+            return Err(usage!(
+                "the release has no {} {} rationales for {}{}; it has: {}",
+                wanted_teacher.map(|t| t.name()).unwrap_or("answer-only"),
+                format_level(format, level),
+                task.name(),
+                if teacher == Some(Teacher::Rule) { " (the rule teacher writes only for 'arith')" } else { "" },
+                if have.is_empty() { "none from this teacher".to_string() } else { have.join(", ") }
+            ));
+        };
+        let path = self.dir.path(&e.file);
+        if !path.is_file() {
+            return Err(Error::data(
+                path,
+                "not found: this file is part of the paper's release (EIT-NLP/Distilling-CoT-Reasoning, data/) \
+                 but missing from the data dir; clone that repository and point --data-dir / $COTLAB_DATA at a \
+                 folder holding it under paper/ (datasets/README.md explains the layout)",
+            ));
+        }
+        Ok(e)
+    }
+
+    /// Load the rationales a query names.
+    pub fn rationales(&self, task_name: &str, q: &RationaleQuery) -> Result<Corpus> {
+        let task = Task::parse(task_name)?;
+        if task == Task::Arith {
+            return arith_rationales(q);
+        }
+        if q.n.is_some() {
+            return Err(usage!("'n' applies to the generated 'arith' set only"));
+        }
+        let e = self.lookup(task, q)?.clone();
+        let path = self.dir.path(&e.file);
+        let pairs = load_alpaca(&path, e.prompt_col, e.response_col)?;
+        let kind = task.kind();
+        let golds = if task == Task::Math { HashMap::new() } else { self.gold_index(task)? };
+        let mut rationales = Vec::with_capacity(pairs.len());
+        let mut skipped = 0;
+        for p in pairs {
+            let Some(text) = p.response else {
+                skipped += 1;
+                continue;
+            };
+            let gold = match &p.answer {
+                Some(a) => canonical_gold(a, kind),
+                None => golds.get(&p.prompt).cloned(),
+            };
+            rationales.push(Rationale { id: format!("{}-train-{}", task.name(), p.index), question: p.prompt, gold, text });
+        }
+        if rationales.is_empty() {
+            return Err(Error::data(&path, format!("no record has the '{}' column", e.response_col)));
+        }
+        if skipped > 0 {
+            eprintln!(
+                "warning: {}: skipped {skipped} records without '{}' (they carry another teacher's column)",
+                path.display(),
+                e.response_col
+            );
+        }
+        let mut corpus =
+            Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped };
+        apply_limit(&mut corpus.rationales, q.seed, q.limit);
+        corpus.task = task;
+        Ok(corpus)
+    }
+
+    /// Gold answers of the training questions, from the release's answer-only file (exact
+    /// instruction → canonical answer).
+    fn gold_index(&self, task: Task) -> Result<HashMap<String, String>> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.task == task && e.format == Format::AnswerOnly)
+            .expect("every released task has an answer-only file");
+        let path = self.dir.path(&e.file);
+        let mut map = HashMap::new();
+        for rec in read_records(&path)? {
+            let q = rec.str(&path, e.prompt_col)?;
+            let a = rec.str(&path, e.response_col)?;
+            if let Some(g) = canonical_gold(&a, task.kind()) {
+                map.insert(q, g);
+            }
+        }
+        Ok(map)
+    }
+}
+
+fn apply_limit<T>(items: &mut Vec<T>, seed: Option<u64>, limit: Option<usize>) {
+    if let Some(seed) = seed {
+        Rng::new(seed).shuffle(items);
+    }
+    if let Some(limit) = limit {
+        items.truncate(limit);
+    }
+}
+
+fn format_level(format: Format, level: Option<u8>) -> String {
+    match level {
+        Some(l) => format!("level-{l} {}", format.name()),
+        None => format.name().to_string(),
+    }
+}
+
+/// "gpt-4o level-3 plain" etc.
+pub fn describe(e: &CatalogEntry) -> String {
+    format!("{} {}", e.teacher.map(|t| t.name()).unwrap_or("answer-only"), format_level(e.format, e.level))
+        .replace("answer-only answer-only", "answer-only")
+}
+
+/// `arith` rationales come from the rule teacher, generated on the fly.
+fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
+    let format = match &q.format {
+        Some(f) => Format::parse(f)?,
+        None => Format::Plain,
+    };
+    let teacher = match &q.teacher {
+        Some(t) => Teacher::parse(t)?,
+        None => Teacher::Rule,
+    };
+    if teacher != Teacher::Rule {
+        return Err(usage!(
+            "'arith' rationales come from the rule teacher (teacher: \"rule\"), not {}",
+            teacher.name()
+        ));
+    }
+    let level = match (q.level, format) {
+        (_, Format::AnswerOnly) => None,
+        (Some(l), _) => Some(check_level(l)?),
+        (None, _) => return Err(usage!("'level' (1..6) is required for rule rationales")),
+    };
+    if !matches!(format, Format::Plain | Format::EquationOnly | Format::AnswerOnly) {
+        return Err(usage!(
+            "the rule teacher writes plain, equation-only and answer-only rationales, not {}",
+            format.name()
+        ));
+    }
+    let problems = arith::generate(q.n.unwrap_or(500), q.seed.unwrap_or(1));
+    let mut rationales: Vec<Rationale> = problems
+        .iter()
+        .map(|p| {
+            let ex = p.example();
+            Rationale {
+                id: ex.id.clone(),
+                question: ex.question.clone(),
+                gold: Some(ex.answer.clone()),
+                text: crate::teacher::rule::write(p, level.unwrap_or(1), format),
+            }
+        })
+        .collect();
+    apply_limit(&mut rationales, None, q.limit);
+    Ok(Corpus {
+        task: Task::Arith,
+        teacher: Some(Teacher::Rule),
+        level,
+        format,
+        source: "generated".into(),
+        rationales,
+        skipped: 0,
+    })
+}
+
+/// Where a catalog entry's file is, for error messages and listings.
+pub fn entry_path(dir: &DataDir, e: &CatalogEntry) -> PathBuf {
+    dir.path(&e.file)
+}

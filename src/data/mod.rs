@@ -1,0 +1,239 @@
+//! Stage 1 — data: the `Example` type, loaders for every native test format and the paper's
+//! Alpaca-style training files, the name-based catalog over the release, the embedded
+//! synthetic `arith` set, and the train/test contamination check.
+
+pub mod arith;
+pub mod catalog;
+pub mod contamination;
+pub mod loaders;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::usage;
+
+pub use catalog::{Catalog, CatalogEntry, Corpus, Rationale, RationaleQuery, Teacher};
+
+/// How a gold answer is written and compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerKind {
+    /// SVAMP, GSM8K, arith: a number, compared with a numeric tolerance.
+    Number,
+    /// AQuA, CSQA, OBQA: a letter A–E.
+    Choice,
+    /// StrategyQA: True / False.
+    Bool,
+    /// MATH: a LaTeX expression, normalised before comparison.
+    Latex,
+}
+
+impl AnswerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerKind::Number => "number",
+            AnswerKind::Choice => "choice",
+            AnswerKind::Bool => "bool",
+            AnswerKind::Latex => "latex",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "number" | "numeric" => AnswerKind::Number,
+            "choice" | "letter" => AnswerKind::Choice,
+            "bool" | "true-false" | "boolean" => AnswerKind::Bool,
+            "latex" | "math" => AnswerKind::Latex,
+            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool or latex")),
+        })
+    }
+}
+
+/// One question with its gold answer, as a student sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// Stable id: the upstream id where there is one (SVAMP `chal-1`, MATH `test/algebra/1.json`),
+    /// else `<dataset>-<split>-<index>`.
+    pub id: String,
+    /// The question text as the paper shows it to a model (answer choices included).
+    pub question: String,
+    /// Answer choices in letter order, when the task is multiple choice.
+    pub choices: Vec<String>,
+    /// Gold answer in canonical form (see `eval::extract::canonical_gold`).
+    pub answer: String,
+    pub kind: AnswerKind,
+}
+
+/// The seven test sets of the paper plus the embedded synthetic set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Task {
+    Svamp,
+    Gsm8k,
+    Aqua,
+    Math,
+    Csqa,
+    Obqa,
+    StrategyQa,
+    Arith,
+}
+
+impl Task {
+    pub const ALL: [Task; 8] =
+        [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math, Task::Csqa, Task::Obqa, Task::StrategyQa, Task::Arith];
+
+    pub fn parse(name: &str) -> Result<Task> {
+        let n = name.to_ascii_lowercase().replace(['_', ' '], "-");
+        Ok(match n.as_str() {
+            "svamp" => Task::Svamp,
+            "gsm8k" | "gsm" => Task::Gsm8k,
+            "aqua" | "aqua-rat" => Task::Aqua,
+            "math" | "math500" | "math-500" => Task::Math,
+            "csqa" | "commonsenseqa" | "commonsense-qa" => Task::Csqa,
+            "obqa" | "openbookqa" | "openbook-qa" => Task::Obqa,
+            "strategyqa" | "stqa" | "strategy-qa" => Task::StrategyQa,
+            "arith" => Task::Arith,
+            _ => {
+                return Err(usage!(
+                    "unknown dataset '{name}': expected one of svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith"
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Svamp => "svamp",
+            Task::Gsm8k => "gsm8k",
+            Task::Aqua => "aqua",
+            Task::Math => "math",
+            Task::Csqa => "csqa",
+            Task::Obqa => "obqa",
+            Task::StrategyQa => "strategyqa",
+            Task::Arith => "arith",
+        }
+    }
+
+    pub fn kind(self) -> AnswerKind {
+        match self {
+            Task::Svamp | Task::Gsm8k | Task::Arith => AnswerKind::Number,
+            Task::Aqua | Task::Csqa | Task::Obqa => AnswerKind::Choice,
+            Task::StrategyQa => AnswerKind::Bool,
+            Task::Math => AnswerKind::Latex,
+        }
+    }
+}
+
+/// Where the release lives. Resolution order: explicit option, `$COTLAB_DATA`, `./datasets`.
+#[derive(Clone, Debug)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub const ENV: &'static str = "COTLAB_DATA";
+
+    pub fn resolve(explicit: Option<PathBuf>) -> DataDir {
+        if let Some(p) = explicit {
+            return DataDir(p);
+        }
+        match std::env::var_os(Self::ENV) {
+            Some(p) if !p.is_empty() => DataDir(PathBuf::from(p)),
+            _ => DataDir(PathBuf::from("datasets")),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+/// Options for `dataset(name, #{...})`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetOptions {
+    /// "test" (default), "train" where the release has one, "all" (SVAMP: the 1000 problems),
+    /// "full" (MATH: the 5000-problem test set instead of MATH-500).
+    pub split: Option<String>,
+    /// Keep only the first `limit` examples (after shuffling, when `seed` is given).
+    pub limit: Option<usize>,
+    /// Shuffle with this seed before `limit`.
+    pub seed: Option<u64>,
+    /// `arith` only: how many problems to generate (default 500).
+    pub n: Option<usize>,
+}
+
+/// A named list of examples.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub split: String,
+    pub task: Task,
+    pub examples: Vec<Example>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// Seeded shuffle then truncate, as the options ask.
+    pub fn apply(mut self, seed: Option<u64>, limit: Option<usize>) -> Self {
+        if let Some(seed) = seed {
+            Rng::new(seed).shuffle(&mut self.examples);
+        }
+        if let Some(limit) = limit {
+            self.examples.truncate(limit);
+        }
+        self
+    }
+
+    /// A seeded train/test split for sets the release ships without one. `test_fraction` of the
+    /// examples (rounded, at least one of each when possible) go to the test part.
+    pub fn split_off(&self, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(0.0..1.0).contains(&test_fraction) || test_fraction == 0.0 {
+            return Err(usage!("test_fraction must be in (0, 1), got {test_fraction}"));
+        }
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        Rng::new(seed).shuffle(&mut idx);
+        let n_test = ((self.len() as f64) * test_fraction).round().max(1.0) as usize;
+        let n_test = n_test.min(self.len().saturating_sub(1));
+        let mut test_idx = idx[..n_test].to_vec();
+        let mut train_idx = idx[n_test..].to_vec();
+        // Keep the original order inside each part: easier to read and diff.
+        test_idx.sort_unstable();
+        train_idx.sort_unstable();
+        let pick = |ix: &[usize], split: &str| Dataset {
+            name: self.name.clone(),
+            split: format!("{}:{split}", self.split),
+            task: self.task,
+            examples: ix.iter().map(|&i| self.examples[i].clone()).collect(),
+        };
+        Ok((pick(&train_idx, "train"), pick(&test_idx, "test")))
+    }
+}
+
+/// Load a dataset by name: `load_dataset(&dir, "svamp", &opts)`.
+pub fn load_dataset(dir: &DataDir, name: &str, opts: &DatasetOptions) -> Result<Dataset> {
+    let task = Task::parse(name)?;
+    let split = opts.split.clone().unwrap_or_else(|| "test".to_string());
+    let examples = if task == Task::Arith {
+        if opts.split.is_some() {
+            return Err(usage!(
+                "'arith' is generated, it has no splits: use ds.split(test_fraction, seed) to make one"
+            ));
+        }
+        let problems = arith::generate(opts.n.unwrap_or(500), opts.seed.unwrap_or(1));
+        problems.iter().map(|p| p.example()).collect()
+    } else {
+        loaders::load_task(dir, task, &split)?
+    };
+    let ds = Dataset { name: task.name().to_string(), split, task, examples };
+    // For arith the seed already chose the problems: do not shuffle them a second time.
+    let seed = if task == Task::Arith { None } else { opts.seed };
+    Ok(ds.apply(seed, opts.limit))
+}

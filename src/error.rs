@@ -1,0 +1,67 @@
+//! One error type for the whole library. Every variant says what went wrong and where
+//! (file, record or line); the message should also tell the user what to do.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad content in a data file: `path`, then the location (record/line) and reason in `msg`.
+    #[error("{}: {msg}", path.display())]
+    Data { path: PathBuf, msg: String },
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The user asked for something that does not exist or is not allowed (unknown dataset,
+    /// teacher, level, option, or a path outside the output dir).
+    #[error("{0}")]
+    Usage(String),
+
+    /// Errors from polars, with what cotlab was doing at the time.
+    #[error("{context}: {source}")]
+    Frame {
+        context: String,
+        #[source]
+        source: polars::error::PolarsError,
+    },
+
+    /// A Rhai script failed: already formatted as `file:line:col: reason`.
+    #[error("{0}")]
+    Script(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn data(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+}
+
+/// Attach context to polars results: `df.lazy().collect().frame_ctx("group_by")?`.
+pub trait FrameContext<T> {
+    fn frame_ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> FrameContext<T> for std::result::Result<T, polars::error::PolarsError> {
+    fn frame_ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Frame { context: context.into(), source })
+    }
+}
+
+/// Build a `Error::Usage` with format arguments: `usage!("unknown teacher '{t}'")`.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => { $crate::error::Error::Usage(format!($($arg)*)) };
+}

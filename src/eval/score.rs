@@ -1,0 +1,68 @@
+//! Re-score a predictions file against a test set's gold answers, without generating anything.
+//! The file has one JSON object per line with `id` or `question`, and `prediction` (the raw
+//! generated text; the paper's extractor finds the answer in it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::extract::{answers_match, extract_answer, Tolerance};
+use crate::data::contamination::normalize;
+use crate::data::loaders::read_records;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ScoreReport {
+    pub task: String,
+    /// Predictions scored (lines of the file).
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Predictions in which no answer of the task's kind was found (counted wrong).
+    pub unparsed: usize,
+}
+
+/// Score `path` against `ds`. A line whose id/question is not in the test set is an error (a
+/// predictions file for another task or split would otherwise score silently as garbage).
+pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
+    let by_id: HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
+    let by_q: HashMap<String, usize> = ds.examples.iter().enumerate().map(|(i, e)| (normalize(&e.question), i)).collect();
+    let tol = Tolerance::for_kind(ds.task.kind());
+    let (mut n, mut correct, mut unparsed) = (0, 0, 0);
+    for rec in read_records(path)? {
+        let idx = if rec.has("id") {
+            let id = match rec.value.get("id") {
+                Some(serde_json::Value::Number(x)) => x.to_string(),
+                _ => rec.str(path, "id")?,
+            };
+            *by_id.get(id.as_str()).ok_or_else(|| {
+                Error::data(path, format!("{}: id '{id}' is not in {} {} (ids look like '{}')", rec.loc, ds.name, ds.split,
+                    ds.examples.first().map(|e| e.id.as_str()).unwrap_or("?")))
+            })?
+        } else if rec.has("question") {
+            let q = rec.str(path, "question")?;
+            *by_q.get(&normalize(&q)).ok_or_else(|| {
+                Error::data(path, format!("{}: question not found in {} {}: {:.60}…", rec.loc, ds.name, ds.split, q))
+            })?
+        } else {
+            return Err(Error::data(path, format!("{}: expected an 'id' or 'question' field", rec.loc)));
+        };
+        let prediction = rec.str(path, "prediction")?;
+        let ex = &ds.examples[idx];
+        n += 1;
+        match extract_answer(&prediction, ex.kind) {
+            Some(p) if answers_match(&p, &ex.answer, ex.kind, tol) => correct += 1,
+            Some(_) => {}
+            None => unparsed += 1,
+        }
+    }
+    Ok(ScoreReport {
+        task: ds.name.clone(),
+        n,
+        correct,
+        accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        unparsed,
+    })
+}

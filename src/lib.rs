@@ -1,0 +1,16 @@
+//! cotlab: a workbench for chain-of-thought distillation research.
+//!
+//! The modules follow the pipeline: [`data`] → [`cot`] → [`teacher`] → [`eval`] → [`results`],
+//! with [`script`] adapting all of it to Rhai. The `cotlab` binary is a thin CLI over this
+//! library.
+
+pub mod cot;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod results;
+pub mod rng;
+pub mod script;
+pub mod teacher;
+
+pub use error::{Error, Result};

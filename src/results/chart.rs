@@ -1,0 +1,172 @@
+//! Charts from frames: line, bar and heatmap, written as one self-contained HTML file with
+//! plotly.js inlined (no CDN: it must open on an offline machine). MathJax, which plotly
+//! bundles too, is left out: 2 MB we do not use.
+
+use std::path::Path;
+
+use plotly::common::{Mode, Title};
+use plotly::layout::{Axis, BarMode, Layout};
+use plotly::{Bar, HeatMap, Plot, Scatter};
+use serde_json::Value;
+
+use super::frame::{Cell, Frame};
+use crate::error::{Error, Result};
+use crate::usage;
+
+#[derive(Clone, Debug, Default)]
+pub struct ChartSpec {
+    pub x: String,
+    pub y: String,
+    /// One trace per distinct value of this column.
+    pub color: Option<String>,
+    /// Heatmap cell values.
+    pub z: Option<String>,
+    pub title: Option<String>,
+    pub x_title: Option<String>,
+    pub y_title: Option<String>,
+}
+
+/// A finished chart: the plotly figure as JSON (plotly's `Plot` is not `Send`, and the JSON is
+/// all the HTML needs), plus its title.
+#[derive(Clone, Debug)]
+pub struct Chart {
+    pub figure: String,
+    pub title: String,
+}
+
+fn cell_json(c: &Cell) -> Value {
+    match c {
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => Value::Bool(*b),
+        Cell::Int(i) => Value::from(*i),
+        Cell::Float(x) => serde_json::Number::from_f64(*x).map(Value::Number).unwrap_or(Value::Null),
+        Cell::Str(s) => Value::String(s.clone()),
+    }
+}
+
+fn label(c: &Cell) -> String {
+    match c {
+        Cell::Null => "null".into(),
+        Cell::Str(s) => s.clone(),
+        other => cell_json(other).to_string(),
+    }
+}
+
+/// Rows grouped by the color column, in first-appearance order: (group name, xs, ys).
+fn series(frame: &Frame, spec: &ChartSpec) -> Result<Vec<(String, Vec<Value>, Vec<Value>)>> {
+    let xs = frame.column_cells(&spec.x)?;
+    let ys = frame.column_cells(&spec.y)?;
+    let groups = match &spec.color {
+        Some(c) => frame.column_cells(c)?,
+        None => vec![Cell::Str(spec.y.clone()); frame.height()],
+    };
+    let mut out: Vec<(String, Vec<Value>, Vec<Value>)> = Vec::new();
+    for ((x, y), g) in xs.iter().zip(&ys).zip(&groups) {
+        let name = label(g);
+        let i = match out.iter().position(|(n, _, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                out.push((name, Vec::new(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        out[i].1.push(cell_json(x));
+        out[i].2.push(cell_json(y));
+    }
+    Ok(out)
+}
+
+fn layout(spec: &ChartSpec) -> Layout {
+    Layout::new()
+        .title(Title::with_text(spec.title.clone().unwrap_or_default()))
+        .x_axis(Axis::new().title(Title::with_text(spec.x_title.clone().unwrap_or_else(|| spec.x.clone()))))
+        .y_axis(Axis::new().title(Title::with_text(spec.y_title.clone().unwrap_or_else(|| spec.y.clone()))))
+}
+
+impl Chart {
+    pub fn line(frame: &Frame, spec: &ChartSpec) -> Result<Chart> {
+        let mut plot = Plot::new();
+        for (name, xs, ys) in series(frame, spec)? {
+            plot.add_trace(Scatter::new(xs, ys).mode(Mode::LinesMarkers).name(name));
+        }
+        plot.set_layout(layout(spec));
+        Ok(Chart { figure: plot.to_json(), title: spec.title.clone().unwrap_or_default() })
+    }
+
+    pub fn bar(frame: &Frame, spec: &ChartSpec) -> Result<Chart> {
+        let mut plot = Plot::new();
+        for (name, xs, ys) in series(frame, spec)? {
+            plot.add_trace(Bar::new(xs, ys).name(name));
+        }
+        plot.set_layout(layout(spec).bar_mode(BarMode::Group));
+        Ok(Chart { figure: plot.to_json(), title: spec.title.clone().unwrap_or_default() })
+    }
+
+    /// A heatmap from long data: one cell per (x, y) row with value `z`.
+    pub fn heatmap(frame: &Frame, spec: &ChartSpec) -> Result<Chart> {
+        let zc = spec.z.as_ref().ok_or_else(|| usage!("heatmap needs 'z': the column holding cell values"))?;
+        let xs: Vec<String> = frame.column_cells(&spec.x)?.iter().map(label).collect();
+        let ys: Vec<String> = frame.column_cells(&spec.y)?.iter().map(label).collect();
+        let zs = frame.column_cells(zc)?;
+        let mut xl: Vec<String> = Vec::new();
+        let mut yl: Vec<String> = Vec::new();
+        for x in &xs {
+            if !xl.contains(x) {
+                xl.push(x.clone());
+            }
+        }
+        for y in &ys {
+            if !yl.contains(y) {
+                yl.push(y.clone());
+            }
+        }
+        let mut grid: Vec<Vec<Option<f64>>> = vec![vec![None; xl.len()]; yl.len()];
+        for ((x, y), z) in xs.iter().zip(&ys).zip(&zs) {
+            let xi = xl.iter().position(|v| v == x).unwrap();
+            let yi = yl.iter().position(|v| v == y).unwrap();
+            grid[yi][xi] = match z {
+                Cell::Int(i) => Some(*i as f64),
+                Cell::Float(f) => Some(*f),
+                Cell::Null => None,
+                other => return Err(usage!("heatmap: column '{zc}' must be numeric, found {other:?}")),
+            };
+        }
+        let mut plot = Plot::new();
+        plot.add_trace(HeatMap::new(xl, yl, grid));
+        plot.set_layout(layout(spec));
+        Ok(Chart { figure: plot.to_json(), title: spec.title.clone().unwrap_or_default() })
+    }
+
+    /// plotly.js (and only plotly.js) from the copy bundled in the plotly crate.
+    pub fn plotly_js() -> String {
+        let all = Plot::offline_js_sources();
+        // offline_js_sources() is "<script>plotly</script>\n<script>mathjax</script>": keep the first.
+        match all.find("</script>") {
+            Some(i) => all[..i + "</script>".len()].to_string(),
+            None => all,
+        }
+    }
+
+    /// The chart's div and script, for embedding where plotly.js is already loaded.
+    pub fn to_inline_html(&self, div_id: &str) -> String {
+        format!(
+            "<div id=\"{div_id}\" style=\"width:100%;height:520px;\"></div>\n<script type=\"text/javascript\">\n\
+             (function() {{ var fig = {}; Plotly.newPlot(\"{div_id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }})();\n</script>",
+            self.figure
+        )
+    }
+
+    /// A complete standalone page.
+    pub fn to_html(&self) -> String {
+        let esc = self.title.replace('&', "&amp;").replace('<', "&lt;");
+        format!(
+            "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\" />\n<title>{esc}</title>\n{}\n</head>\n<body>\n{}\n</body>\n</html>\n",
+            Self::plotly_js(),
+            self.to_inline_html("cotlab-chart")
+        )
+    }
+
+    pub fn write_html(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_html()).map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,290 @@
+//! `Frame`: a thin wrapper over a polars `DataFrame` with the operations result analysis needs
+//! (group/aggregate, filter, sort, pivot, concat, CSV/parquet), each returning cotlab errors
+//! that say which operation failed.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use polars::prelude::*;
+
+use crate::error::{Error, FrameContext, Result};
+use crate::usage;
+
+#[derive(Clone, Debug)]
+pub struct Frame(pub DataFrame);
+
+/// Column data for building a frame from Rust values.
+#[derive(Clone, Debug)]
+pub enum ColumnData {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Str(Vec<Option<String>>),
+    Bool(Vec<Option<bool>>),
+}
+
+impl ColumnData {
+    fn len(&self) -> usize {
+        match self {
+            ColumnData::Int(v) => v.len(),
+            ColumnData::Float(v) => v.len(),
+            ColumnData::Str(v) => v.len(),
+            ColumnData::Bool(v) => v.len(),
+        }
+    }
+}
+
+/// One cell, in a form other layers (Rhai, JSON) can take.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Frame {
+    pub fn from_columns(cols: Vec<(String, ColumnData)>) -> Result<Frame> {
+        if let Some((first, data)) = cols.first() {
+            for (name, d) in &cols {
+                if d.len() != data.len() {
+                    return Err(usage!(
+                        "columns must have equal lengths: '{first}' has {} values, '{name}' has {}",
+                        data.len(),
+                        d.len()
+                    ));
+                }
+            }
+        }
+        let columns: Vec<Column> = cols
+            .into_iter()
+            .map(|(name, d)| match d {
+                ColumnData::Int(v) => Column::new(name.into(), v),
+                ColumnData::Float(v) => Column::new(name.into(), v),
+                ColumnData::Str(v) => Column::new(name.into(), v),
+                ColumnData::Bool(v) => Column::new(name.into(), v),
+            })
+            .collect();
+        Ok(Frame(DataFrame::new_infer_height(columns).frame_ctx("building a DataFrame")?))
+    }
+
+    pub fn height(&self) -> usize {
+        self.0.height()
+    }
+
+    pub fn width(&self) -> usize {
+        self.0.width()
+    }
+
+    pub fn columns(&self) -> Vec<String> {
+        self.0.get_column_names().iter().map(|s| s.to_string()).collect()
+    }
+
+    fn lazy(&self) -> LazyFrame {
+        self.0.clone().lazy()
+    }
+
+    fn check_columns(&self, names: &[String], op: &str) -> Result<()> {
+        let have = self.columns();
+        for n in names {
+            if !have.contains(n) {
+                return Err(usage!("{op}: no column '{n}' (columns: {})", have.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Group by `keys` (first-appearance order kept) and aggregate.
+    pub fn group_by(&self, keys: &[String], aggs: Vec<Expr>) -> Result<Frame> {
+        self.check_columns(keys, "group_by")?;
+        let by: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+        let df = self.lazy().group_by_stable(by).agg(aggs).collect().frame_ctx("group_by/agg")?;
+        Ok(Frame(df))
+    }
+
+    pub fn filter(&self, predicate: Expr) -> Result<Frame> {
+        Ok(Frame(self.lazy().filter(predicate).collect().frame_ctx("filter")?))
+    }
+
+    pub fn select(&self, exprs: Vec<Expr>) -> Result<Frame> {
+        Ok(Frame(self.lazy().select(exprs).collect().frame_ctx("select")?))
+    }
+
+    pub fn with_columns(&self, exprs: Vec<Expr>) -> Result<Frame> {
+        Ok(Frame(self.lazy().with_columns(exprs).collect().frame_ctx("with_columns")?))
+    }
+
+    /// Stable sort by one or more columns; nulls last.
+    pub fn sort(&self, by: &[String], descending: bool) -> Result<Frame> {
+        self.check_columns(by, "sort")?;
+        let names: Vec<PlSmallStr> = by.iter().map(|s| s.as_str().into()).collect();
+        let opts = SortMultipleOptions::default()
+            .with_order_descending(descending)
+            .with_nulls_last(true)
+            .with_maintain_order(true);
+        Ok(Frame(self.lazy().sort(names, opts).collect().frame_ctx("sort")?))
+    }
+
+    pub fn head(&self, n: usize) -> Frame {
+        Frame(self.0.head(Some(n)))
+    }
+
+    /// Long → wide: one row per `index` combination, one column per distinct value of `on`,
+    /// cells aggregated from `values` with `agg` (first, mean, sum, min, max, count).
+    pub fn pivot(&self, index: &[String], on: &str, values: &str, agg: &str) -> Result<Frame> {
+        let mut all = index.to_vec();
+        all.push(on.to_string());
+        all.push(values.to_string());
+        self.check_columns(&all, "pivot")?;
+        let agg_expr = match agg {
+            "first" => element().first(),
+            "mean" => element().mean(),
+            "sum" => element().sum(),
+            "min" => element().min(),
+            "max" => element().max(),
+            "count" => element().count(),
+            other => return Err(usage!("pivot: unknown agg '{other}': expected first, mean, sum, min, max or count")),
+        };
+        let on_values = self
+            .0
+            .column(on)
+            .frame_ctx("pivot")?
+            .as_materialized_series()
+            .unique_stable()
+            .frame_ctx("pivot: distinct values")?;
+        let on_df = DataFrame::new_infer_height(vec![on_values.into_column()]).frame_ctx("pivot")?;
+        let df = self
+            .lazy()
+            .pivot(
+                cols([on]),
+                Arc::new(on_df),
+                cols(index.iter().map(|s| s.as_str())),
+                cols([values]),
+                agg_expr,
+                true,
+                "_".into(),
+                polars::frame::PivotColumnNaming::Auto,
+            )
+            .collect()
+            .frame_ctx("pivot")?;
+        Ok(Frame(df))
+    }
+
+    /// Stack frames vertically; columns are matched by name.
+    pub fn concat(frames: &[Frame]) -> Result<Frame> {
+        if frames.is_empty() {
+            return Err(usage!("concat: no frames given"));
+        }
+        let lfs: Vec<LazyFrame> = frames.iter().map(|f| f.lazy()).collect();
+        let df = concat(lfs, UnionArgs::default()).frame_ctx("concat")?.collect().frame_ctx("concat")?;
+        Ok(Frame(df))
+    }
+
+    pub fn cell(&self, row: usize, column: &str) -> Result<Cell> {
+        let c = self.0.column(column).map_err(|_| usage!("no column '{column}' (columns: {})", self.columns().join(", ")))?;
+        if row >= c.len() {
+            return Err(usage!("row {row} out of range: the frame has {} rows", c.len()));
+        }
+        let v = c.get(row).frame_ctx("reading a cell")?;
+        Ok(match v {
+            AnyValue::Null => Cell::Null,
+            AnyValue::Boolean(b) => Cell::Bool(b),
+            AnyValue::String(s) => Cell::Str(s.to_string()),
+            AnyValue::StringOwned(s) => Cell::Str(s.to_string()),
+            AnyValue::Int8(x) => Cell::Int(x as i64),
+            AnyValue::Int16(x) => Cell::Int(x as i64),
+            AnyValue::Int32(x) => Cell::Int(x as i64),
+            AnyValue::Int64(x) => Cell::Int(x),
+            AnyValue::UInt8(x) => Cell::Int(x as i64),
+            AnyValue::UInt16(x) => Cell::Int(x as i64),
+            AnyValue::UInt32(x) => Cell::Int(x as i64),
+            AnyValue::UInt64(x) => Cell::Int(x as i64),
+            AnyValue::Float32(x) => Cell::Float(x as f64),
+            AnyValue::Float64(x) => Cell::Float(x),
+            other => Cell::Str(other.to_string()),
+        })
+    }
+
+    pub fn column_cells(&self, column: &str) -> Result<Vec<Cell>> {
+        (0..self.height()).map(|r| self.cell(r, column)).collect()
+    }
+
+    /// The polars table, with enough rows and string width to read a report.
+    pub fn to_table_string(&self) -> String {
+        // polars reads its display limits from the environment.
+        std::env::set_var("POLARS_FMT_MAX_ROWS", "60");
+        std::env::set_var("POLARS_FMT_MAX_COLS", "30");
+        std::env::set_var("POLARS_FMT_STR_LEN", "48");
+        format!("{}", self.0)
+    }
+
+    /// An HTML table (for notebooks and reports).
+    pub fn to_html(&self, max_rows: usize) -> String {
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let cols = self.columns();
+        let mut h = String::from("<table class=\"cotlab-frame\">\n<thead><tr>");
+        for c in &cols {
+            h.push_str(&format!("<th>{}</th>", esc(c)));
+        }
+        h.push_str("</tr></thead>\n<tbody>\n");
+        for r in 0..self.height().min(max_rows) {
+            h.push_str("<tr>");
+            for c in &cols {
+                let cell = match self.cell(r, c) {
+                    Ok(Cell::Null) => String::new(),
+                    Ok(Cell::Bool(b)) => b.to_string(),
+                    Ok(Cell::Int(i)) => i.to_string(),
+                    Ok(Cell::Float(x)) => format!("{x:.4}").trim_end_matches('0').trim_end_matches('.').to_string(),
+                    Ok(Cell::Str(s)) => s,
+                    Err(_) => String::new(),
+                };
+                h.push_str(&format!("<td>{}</td>", esc(&cell)));
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</tbody></table>");
+        if self.height() > max_rows {
+            h.push_str(&format!("\n<p>{} of {} rows shown</p>", max_rows, self.height()));
+        }
+        h
+    }
+
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut df = self.0.clone();
+        CsvWriter::new(&mut f).finish(&mut df).frame_ctx(format!("writing {}", path.display()))
+    }
+
+    pub fn write_parquet(&self, path: &Path) -> Result<()> {
+        let f = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut df = self.0.clone();
+        ParquetWriter::new(f).finish(&mut df).frame_ctx(format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn read_csv(path: &Path) -> Result<Frame> {
+        if !path.is_file() {
+            return Err(Error::data(path, "file not found"));
+        }
+        let df = CsvReadOptions::default()
+            .with_has_header(true)
+            .try_into_reader_with_file_path(Some(path.to_path_buf()))
+            .frame_ctx(format!("reading {}", path.display()))?
+            .finish()
+            .frame_ctx(format!("reading {}", path.display()))?;
+        Ok(Frame(df))
+    }
+
+    pub fn read_parquet(path: &Path) -> Result<Frame> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let df = ParquetReader::new(f).finish().frame_ctx(format!("reading {}", path.display()))?;
+        Ok(Frame(df))
+    }
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_table_string())
+    }
+}

@@ -1,0 +1,11 @@
+//! Stage 7 — results: polars DataFrames for analysis, plotly charts as offline HTML, and the
+//! output dir that makes a run's files appear only when the run succeeded.
+
+pub mod chart;
+pub mod frame;
+pub mod output;
+pub mod tables;
+
+pub use chart::Chart;
+pub use frame::{Cell, ColumnData, Frame};
+pub use output::OutputDir;

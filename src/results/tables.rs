@@ -1,0 +1,75 @@
+//! Turn cotlab values into frames: a corpus with its per-rationale measures, a dataset, the
+//! catalog. These are the tables scripts start their analysis from.
+
+use super::frame::{ColumnData, Frame};
+use crate::cot::measure;
+use crate::data::{Catalog, Corpus, Dataset, Task};
+use crate::error::Result;
+use crate::eval::extract::{answers_match, extract_answer, Tolerance};
+
+/// One row per rationale: provenance, text, extracted answer, agreement with gold, and the
+/// `cot::measure` numbers (words, steps, numbers, equations, verification).
+pub fn corpus_frame(c: &Corpus) -> Result<Frame> {
+    let n = c.len();
+    let kind = c.kind();
+    let tol = Tolerance::for_kind(kind);
+    let (mut extracted, mut agrees) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut words, mut steps, mut numbers, mut eqs, mut verif) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for r in &c.rationales {
+        let x = extract_answer(&r.text, kind);
+        agrees.push(match (&x, &r.gold) {
+            (Some(p), Some(g)) => Some(answers_match(p, g, kind, tol)),
+            (None, Some(_)) => Some(false),
+            (_, None) => None,
+        });
+        extracted.push(x);
+        let m = measure(&r.text);
+        words.push(Some(m.words as i64));
+        steps.push(Some(m.steps as i64));
+        numbers.push(Some(m.numbers as i64));
+        eqs.push(Some(m.equations as i64));
+        verif.push(Some(m.has_verification));
+    }
+    let rep = |s: Option<String>| vec![s; n];
+    Frame::from_columns(vec![
+        ("id".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.id.clone())).collect())),
+        ("dataset".into(), ColumnData::Str(rep(Some(c.task.name().into())))),
+        ("teacher".into(), ColumnData::Str(rep(Some(c.teacher.map(|t| t.name()).unwrap_or("none").into())))),
+        ("level".into(), ColumnData::Int(vec![c.level.map(|l| l as i64); n])),
+        ("format".into(), ColumnData::Str(rep(Some(c.format.name().into())))),
+        ("question".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.question.clone())).collect())),
+        ("gold".into(), ColumnData::Str(c.rationales.iter().map(|r| r.gold.clone()).collect())),
+        ("rationale".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.text.clone())).collect())),
+        ("extracted".into(), ColumnData::Str(extracted)),
+        ("agrees".into(), ColumnData::Bool(agrees)),
+        ("words".into(), ColumnData::Int(words)),
+        ("steps".into(), ColumnData::Int(steps)),
+        ("numbers".into(), ColumnData::Int(numbers)),
+        ("equations".into(), ColumnData::Int(eqs)),
+        ("has_verification".into(), ColumnData::Bool(verif)),
+    ])
+}
+
+pub fn dataset_frame(d: &Dataset) -> Result<Frame> {
+    Frame::from_columns(vec![
+        ("id".into(), ColumnData::Str(d.examples.iter().map(|e| Some(e.id.clone())).collect())),
+        ("question".into(), ColumnData::Str(d.examples.iter().map(|e| Some(e.question.clone())).collect())),
+        ("answer".into(), ColumnData::Str(d.examples.iter().map(|e| Some(e.answer.clone())).collect())),
+        ("kind".into(), ColumnData::Str(d.examples.iter().map(|e| Some(e.kind.name().to_string())).collect())),
+        ("n_choices".into(), ColumnData::Int(d.examples.iter().map(|e| Some(e.choices.len() as i64)).collect())),
+    ])
+}
+
+/// Every release file for `task` (all tasks when None), and whether the data dir has it.
+pub fn catalog_frame(cat: &Catalog, task: Option<Task>) -> Result<Frame> {
+    let entries: Vec<_> = cat.entries.iter().filter(|e| task.is_none_or(|t| e.task == t)).collect();
+    Frame::from_columns(vec![
+        ("dataset".into(), ColumnData::Str(entries.iter().map(|e| Some(e.task.name().into())).collect())),
+        ("teacher".into(), ColumnData::Str(entries.iter().map(|e| e.teacher.map(|t| t.name().into())).collect())),
+        ("level".into(), ColumnData::Int(entries.iter().map(|e| e.level.map(|l| l as i64)).collect())),
+        ("format".into(), ColumnData::Str(entries.iter().map(|e| Some(e.format.name().into())).collect())),
+        ("file".into(), ColumnData::Str(entries.iter().map(|e| Some(e.file.clone())).collect())),
+        ("present".into(), ColumnData::Bool(entries.iter().map(|e| Some(cat.present(e))).collect())),
+    ])
+}

@@ -1,0 +1,157 @@
+//! Rhai bindings and the script runner. The bindings only adapt types and options to the
+//! library; no logic lives here.
+//!
+//! Sandbox: an operation limit, call-depth and size limits, no `eval`, no module imports, and
+//! no file access except reading data and writing into the run's output dir.
+
+mod data;
+mod frame;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+
+use crate::data::DataDir;
+use crate::error::{Error, Result};
+use crate::results::OutputDir;
+
+/// What a script can see of its environment.
+#[derive(Clone)]
+pub struct Context {
+    pub data_dir: DataDir,
+    pub out: Option<Arc<OutputDir>>,
+    /// Rhai operations before the script is stopped ("Too many operations").
+    pub max_operations: u64,
+}
+
+/// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
+pub const MAX_OPERATIONS: u64 = 2_000_000_000;
+
+impl Context {
+    pub fn new(data_dir: DataDir, out: Option<Arc<OutputDir>>) -> Context {
+        Context { data_dir, out, max_operations: MAX_OPERATIONS }
+    }
+}
+
+/// Build an engine with every cotlab function registered.
+pub fn engine(ctx: Context) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_max_operations(ctx.max_operations);
+    engine.set_max_call_levels(64);
+    engine.set_max_expr_depths(128, 64);
+    engine.set_max_string_size(64 << 20);
+    engine.set_max_array_size(10_000_000);
+    engine.set_max_map_size(1_000_000);
+    engine.set_max_modules(0);
+    engine.disable_symbol("eval");
+    engine.on_print(|s| println!("{s}"));
+    engine.on_debug(|s, src, pos| eprintln!("[debug {}:{}] {s}", src.unwrap_or("script"), pos));
+    data::register(&mut engine, &ctx);
+    frame::register(&mut engine, &ctx);
+    engine
+}
+
+/// Turn a library error into a Rhai runtime error (Rhai adds the script position).
+pub(crate) fn rt(e: Error) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE))
+}
+
+pub(crate) type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
+
+/// Deserialize an options map into a typed, `deny_unknown_fields` struct.
+pub(crate) fn options<T: serde::de::DeserializeOwned>(m: Map) -> RhaiResult<T> {
+    rhai::serde::from_dynamic(&Dynamic::from_map(m))
+}
+
+/// Parse a `--set key=value` value: integer, float, bool, else string.
+pub fn parse_param(v: &str) -> Dynamic {
+    if let Ok(i) = v.parse::<i64>() {
+        Dynamic::from_int(i)
+    } else if let Ok(f) = v.parse::<f64>() {
+        Dynamic::from_float(f)
+    } else if v == "true" || v == "false" {
+        Dynamic::from_bool(v == "true")
+    } else {
+        Dynamic::from(v.to_string())
+    }
+}
+
+/// Format a Rhai error as `file:line:col: reason`, the way compilers do, so editors can jump there.
+pub fn format_error(file: &str, err: &EvalAltResult) -> String {
+    // The innermost error carries the real reason and position; wrappers add the call chain.
+    let mut inner = err;
+    let mut chain = Vec::new();
+    while let EvalAltResult::ErrorInFunctionCall(name, _, e, pos) = inner {
+        chain.push(format!("in call to '{name}' at {file}:{}:{}", pos.line().unwrap_or(0), pos.position().unwrap_or(0)));
+        inner = e;
+    }
+    let pos = inner.position();
+    let mut reason = inner.to_string();
+    // Rhai appends " (line L, position C)"; we put the position in front instead.
+    if let Some(i) = reason.rfind(" (line ") {
+        reason.truncate(i);
+    }
+    let mut msg = match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}: {reason}"),
+        (Some(l), None) => format!("{file}:{l}: {reason}"),
+        _ => format!("{file}: {reason}"),
+    };
+    for c in chain {
+        msg.push_str(&format!("\n  {c}"));
+    }
+    msg
+}
+
+/// Run a script file. `params` become both variables and the `params` map.
+pub struct Runner {
+    pub ctx: Context,
+    pub params: Vec<(String, Dynamic)>,
+}
+
+impl Runner {
+    pub fn new(ctx: Context) -> Runner {
+        Runner { ctx, params: Vec::new() }
+    }
+
+    pub fn compile(&self, engine: &Engine, file: &Path) -> Result<AST> {
+        let name = file.display().to_string();
+        let src = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        engine.compile(&src).map_err(|e| {
+            let err: EvalAltResult = e.into();
+            Error::Script(format_error(&name, &err))
+        })
+    }
+
+    fn scope(&self) -> Scope<'static> {
+        let mut scope = Scope::new();
+        let mut map = Map::new();
+        for (k, v) in &self.params {
+            map.insert(k.as_str().into(), v.clone());
+            scope.push_dynamic(k.clone(), v.clone());
+        }
+        scope.push_constant("params", map);
+        scope
+    }
+
+    /// Evaluate source text (notebooks, tests). `name` is used in error messages.
+    pub fn eval(&self, name: &str, src: &str) -> Result<Dynamic> {
+        let engine = engine(self.ctx.clone());
+        let mut scope = self.scope();
+        engine.eval_with_scope::<Dynamic>(&mut scope, src).map_err(|e| Error::Script(format_error(name, &e)))
+    }
+
+    pub fn run_file(&self, file: &Path) -> Result<Dynamic> {
+        let engine = engine(self.ctx.clone());
+        let ast = self.compile(&engine, file)?;
+        let mut scope = self.scope();
+        let name = file.display().to_string();
+        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| Error::Script(format_error(&name, &e)))
+    }
+}
+
+/// Default output dir for a script: `out/<script stem>`.
+pub fn default_out_dir(script: &Path) -> PathBuf {
+    let stem = script.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    PathBuf::from("out").join(stem)
+}

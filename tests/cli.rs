@@ -1,0 +1,165 @@
+//! The binary end to end: the corpus report, scoring, contamination, script errors and the
+//! output-dir guarantees.
+
+mod common;
+
+use common::{cotlab, run};
+
+fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+    lines
+        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
+        .collect()
+}
+
+#[test]
+fn corpus_report_on_svamp_matches_the_release() {
+    let out = tempfile::tempdir().unwrap();
+    let r = run(cotlab().args(["run", "scripts/corpus_report.rhai", "--out"]).arg(out.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows = csv_rows(&out.path().join("corpus_report.csv"));
+    let find = |teacher: &str, level: &str, format: &str| {
+        rows.iter()
+            .find(|r| r["teacher"] == teacher && r["level"] == level && r["format"] == format)
+            .unwrap_or_else(|| panic!("no row {teacher} {level} {format}"))
+    };
+    for col in ["dataset", "teacher", "level", "format", "n", "mean_words", "mean_steps", "agree_pct"] {
+        assert!(rows[0].contains_key(col), "column {col}");
+    }
+    let words = |r: &std::collections::HashMap<String, String>| r["mean_words"].parse::<f64>().unwrap();
+    let l1 = find("gpt-4o", "1", "plain");
+    let l6 = find("gpt-4o", "6", "plain");
+    assert!((words(l1) - 35.3).abs() < 0.05, "level 1: {}", words(l1));
+    assert!((words(l6) - 81.0).abs() < 0.1, "level 6: {}", words(l6));
+    assert_eq!(l1["n"], "700");
+    assert!(l6["mean_steps"].parse::<f64>().unwrap() > l1["mean_steps"].parse::<f64>().unwrap());
+    assert!(l1["agree_pct"].parse::<f64>().unwrap() > 95.0);
+    // Every teacher × level × format of the SVAMP release: 6 + 6 + 4 plain, 6 formats, human, answer-only.
+    assert_eq!(rows.len(), 24);
+    find("llama-3-70b", "4", "plain");
+    find("gpt-4o", "5", "sym");
+    find("human", "", "plain");
+    // The chart is one self-contained page: plotly.js inlined, nothing from a CDN.
+    let html = std::fs::read_to_string(out.path().join("corpus_report.html")).unwrap();
+    assert!(html.len() > 3_000_000 && html.contains("Plotly.newPlot"));
+    assert!(!html.contains("<script src="), "no external scripts");
+    assert!(html.contains("\"name\":\"gemini\""));
+    assert!(out.path().join("corpus_report.parquet").is_file());
+    assert!(out.path().join("run.json").is_file());
+    assert!(!out.path().join(".incomplete").exists());
+}
+
+#[test]
+fn score_prints_the_paper_protocol_accuracy() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("preds.jsonl");
+    // chal-… ids of the SVAMP test split; the first three right (two ways), one wrong, one unparsed.
+    let ds = cotlab::data::load_dataset(&common::data_dir(), "svamp", &Default::default()).unwrap();
+    let e = &ds.examples;
+    let lines = [
+        serde_json::json!({"id": e[0].id, "prediction": format!("Some steps. The answer is {}", e[0].answer)}),
+        serde_json::json!({"id": e[1].id, "prediction": format!("so it is {}.0", e[1].answer)}),
+        serde_json::json!({"question": e[2].question, "prediction": format!("The answer is {}", e[2].answer)}),
+        serde_json::json!({"id": e[3].id, "prediction": "The answer is 123456789"}),
+        serde_json::json!({"id": e[4].id, "prediction": "I do not know"}),
+    ];
+    std::fs::write(&p, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v, serde_json::json!({"task": "svamp", "n": 5, "correct": 3, "accuracy": 0.6, "unparsed": 1}));
+    // An id from another task is an error naming the line.
+    std::fs::write(&p, "{\"id\": \"gsm8k-test-0\", \"prediction\": \"1\"}\n").unwrap();
+    let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("preds.jsonl: line 1: id 'gsm8k-test-0' is not in svamp test"), "{}", r.stderr);
+}
+
+#[test]
+fn contamination_finds_the_strategyqa_leak() {
+    let dir = common::data_dir();
+    let r = run(cotlab()
+        .args(["contamination", "--train"])
+        .arg(dir.path("paper/stqa_human_annotation.json"))
+        .arg("--test")
+        .arg(dir.path("paper/eval/strategyQA_test.json")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["exact"], 290);
+    assert_eq!(v["contaminated"], 290);
+    assert_eq!(v["n_test"], 290);
+    assert!(r.stderr.contains("290 of 290 test questions (100.0%)"), "{}", r.stderr);
+    // The clean training file of the same task has no leak.
+    let r = run(cotlab()
+        .args(["contamination", "--train"])
+        .arg(dir.path("paper/strategyQA_onlyans.json"))
+        .arg("--test")
+        .arg(dir.path("paper/eval/strategyQA_test.json")));
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["exact"], 0);
+    assert_eq!(v["stem"], 0);
+    // OBQA: 23 shared stems with different answer choices, no full match.
+    let r = run(cotlab()
+        .args(["contamination", "--train"])
+        .arg(dir.path("paper/openbookQA_onlyans.json"))
+        .arg("--test")
+        .arg(dir.path("paper/eval/openbookQA_test.json")));
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!((v["exact"].as_u64(), v["stem"].as_u64()), (Some(0), Some(23)), "{v}");
+}
+
+#[test]
+fn script_errors_point_at_file_line_col_and_leave_no_complete_output() {
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("fails.rhai");
+    std::fs::write(
+        &script,
+        "let t = df(#{a: [1, 2, 3]});\nt.write_csv(\"partial.csv\");\nlet x = rationales(\"svamp\", #{teacher: \"gpt-4o\", level: 9});\n",
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(&out));
+    assert_eq!(r.code, 1);
+    let first = r.stderr.lines().next().unwrap();
+    assert!(first.contains("fails.rhai:3:9:") && first.contains("level must be 1..6"), "{}", r.stderr);
+    assert!(!out.join("partial.csv").exists(), "a failed run must not publish its outputs");
+    assert!(out.join(".incomplete/partial.csv").exists());
+    assert!(!out.join("run.json").exists());
+
+    std::fs::write(&script, "let a = 1;\nlet b = ;\n").unwrap();
+    let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(&out));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("fails.rhai:2:9: Syntax error"), "{}", r.stderr);
+
+    std::fs::write(&script, "let t = df(#{a: [1]});\nt.write_csv(\"../escape.csv\");\n").unwrap();
+    let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(&out));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("fails.rhai:2:3:") && r.stderr.contains("not allowed"), "{}", r.stderr);
+    assert!(!d.path().join("escape.csv").exists());
+}
+
+#[test]
+fn set_values_reach_the_script() {
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("p.rhai");
+    std::fs::write(&script, "print(`n=${n} type=${type_of(n)} name=${params.name}`);\n").unwrap();
+    let r = run(cotlab().arg("run").arg(&script).args(["--set", "n=5", "--set", "name=svamp", "--out"]).arg(d.path().join("o")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("n=5 type=i64 name=svamp"), "{}", r.stdout);
+    let r = run(cotlab().arg("run").arg(&script).args(["--set", "novalue"]));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--set expects KEY=VALUE"));
+}
+
+#[test]
+fn quickstart_runs_on_embedded_data() {
+    let out = tempfile::tempdir().unwrap();
+    let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--set", "n=60", "--out"]).arg(out.path()).env("COTLAB_DATA", "/nonexistent"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows = csv_rows(&out.path().join("quickstart_report.csv"));
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r["agree_pct"] == "100.0"), "the rule teacher is always right");
+    assert!(out.path().join("quickstart_report.html").is_file());
+}

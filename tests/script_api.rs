@@ -1,0 +1,108 @@
+//! The Rhai API: data, CoT measures, frames, sandbox limits.
+
+mod common;
+
+use cotlab::script::{Context, Runner};
+
+fn runner() -> Runner {
+    Runner::new(Context::new(common::data_dir(), None))
+}
+
+fn eval(src: &str) -> rhai::Dynamic {
+    runner().eval("test.rhai", src).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn datasets_rationales_and_measures() {
+    assert_eq!(eval("dataset(\"svamp\", #{split: \"test\"}).len()").as_int().unwrap(), 300);
+    assert_eq!(eval("dataset(\"svamp\", #{limit: 7, seed: 1}).len()").as_int().unwrap(), 7);
+    assert_eq!(eval("let d = dataset(\"arith\", #{n: 50, seed: 2}); d.split(0.2, 1).test.len()").as_int().unwrap(), 10);
+    assert_eq!(eval("rationales(\"svamp\", #{teacher: \"gpt-4o\", level: 3, format: \"sym\"}).len()").as_int().unwrap(), 699);
+    assert_eq!(eval("rationales(\"svamp\", #{teacher: \"human\"}).len()").as_int().unwrap(), 700);
+    assert_eq!(eval("rationales(\"svamp\", #{format: \"answer-only\"})[0].rationale").into_string().unwrap(), "145");
+    assert_eq!(eval("rationales(\"svamp\", #{teacher: \"ChatGPT\", level: 1})[0].gold").into_string().unwrap(), "145");
+    assert_eq!(eval("measure_cot(\"1. Add 2 and 3.\\n2. Check: 5 - 3 = 2.\\nThe answer is 5\").steps").as_int().unwrap(), 2);
+    assert_eq!(eval("extract_answer(\"so... The answer is (C)\", \"choice\")").into_string().unwrap(), "C");
+    assert!(eval("is_correct(\"The answer is 1,000\", \"1000.0\", \"number\")").as_bool().unwrap());
+    assert!(eval("extract_answer(\"nothing\", \"number\")").is_unit());
+}
+
+#[test]
+fn unknown_option_keys_are_caught_with_position() {
+    let e = runner().eval("t.rhai", "let x = 1;\nlet d = dataset(\"svamp\", #{limt: 3});").err().unwrap().to_string();
+    assert!(e.starts_with("t.rhai:2:9:") && e.contains("unknown field `limt`"), "{e}");
+}
+
+#[test]
+fn frames_group_filter_sort_pivot() {
+    let src = r#"
+        let t = df(#{ teacher: ["a", "a", "b", "b", "b"], level: [1, 2, 1, 2, 2], words: [10, 20, 30, 40, 60] });
+        let g = t.group_by(["teacher", "level"]).agg([col("words").mean().alias("w"), len().alias("n")]).sort(["teacher", "level"]);
+        let p = g.pivot(#{ index: ["teacher"], on: "level", values: "w" });
+        let f = t.filter((col("words") > 15) & (col("teacher") == "b"));
+        [g.height, g.column("w"), g.column("n"), p.columns, p.column("2"), f.height, t.sort("words", true).column("words")[0]]
+    "#;
+    let v: Vec<rhai::Dynamic> = eval(src).into_array().unwrap();
+    assert_eq!(v[0].as_int().unwrap(), 4);
+    let w: Vec<f64> = v[1].clone().into_array().unwrap().iter().map(|x| x.as_float().unwrap()).collect();
+    assert_eq!(w, vec![10.0, 20.0, 30.0, 50.0]);
+    let n: Vec<i64> = v[2].clone().into_array().unwrap().iter().map(|x| x.as_int().unwrap()).collect();
+    assert_eq!(n, vec![1, 1, 1, 2]);
+    let cols: Vec<String> = v[3].clone().into_array().unwrap().into_iter().map(|x| x.into_string().unwrap()).collect();
+    assert_eq!(cols, vec!["teacher", "1", "2"]);
+    let two: Vec<f64> = v[4].clone().into_array().unwrap().iter().map(|x| x.as_float().unwrap()).collect();
+    assert_eq!(two, vec![20.0, 50.0]);
+    assert_eq!(v[5].as_int().unwrap(), 3);
+    assert_eq!(v[6].as_int().unwrap(), 60);
+}
+
+#[test]
+fn sandbox_limits_stop_runaway_scripts() {
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.max_operations = 100_000;
+    let e = Runner::new(ctx).eval("loop.rhai", "let i = 0;\nloop { i += 1; }").err().unwrap().to_string();
+    assert!(e.contains("loop.rhai:2:") && e.contains("Too many operations"), "{e}");
+    let e = runner().eval("e.rhai", "eval(\"1\")").err().unwrap().to_string();
+    assert!(e.contains("e.rhai:1:1:") && e.contains("eval"), "{e}");
+    let e = runner().eval("m.rhai", "import \"x\" as y;").err().unwrap().to_string();
+    assert!(e.contains("m.rhai:1:"), "{e}");
+    // Without an output dir nothing can be written at all.
+    let e = runner().eval("w.rhai", "df(#{a: [1]}).write_csv(\"x.csv\")").err().unwrap().to_string();
+    assert!(e.contains("no output dir"), "{e}");
+}
+
+#[test]
+fn contamination_from_a_script() {
+    let v = eval(
+        r#"let r = contamination(rationales("strategyqa", #{teacher: "human"}), dataset("strategyqa")); [r.exact, r.contaminated, r.summary]"#,
+    )
+    .into_array()
+    .unwrap();
+    assert_eq!(v[0].as_int().unwrap(), 290);
+    assert_eq!(v[1].as_int().unwrap(), 290);
+}
+
+#[test]
+fn arith_granularity_is_measurable() {
+    // The rule teacher's requested level must show up in the measured length and steps.
+    let v = eval(
+        r#"let out = [];
+           for l in 1..=6 {
+               let d = rationales("arith", #{level: l, n: 200, seed: 5}).df()
+                   .group_by(["level"]).agg([col("words").mean().alias("w"), col("steps").mean().alias("s"),
+                                             col("has_verification").cast("f64").mean().alias("v")]);
+               out.push([d.column("w")[0], d.column("s")[0], d.column("v")[0]]);
+           }
+           out"#,
+    )
+    .into_array()
+    .unwrap();
+    let rows: Vec<Vec<f64>> = v.into_iter().map(|r| r.into_array().unwrap().iter().map(|x| x.as_float().unwrap()).collect()).collect();
+    for w in rows.windows(2) {
+        assert!(w[1][0] > w[0][0], "words grow with level: {rows:?}");
+        assert!(w[1][1] >= w[0][1], "steps do not shrink with level: {rows:?}");
+    }
+    assert!(rows[5][1] > rows[0][1] + 2.0);
+    assert_eq!(rows[5][2], 1.0, "level 6 always verifies");
+    assert_eq!(rows[4][2], 0.0, "level 5 does not");
+}
