@@ -155,11 +155,11 @@ fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Ve
             }
             Ok(())
         }
-        Err(e) => {
-            if output.has_staged_files() {
-                eprintln!("note: the script failed; files it wrote are in {} (incomplete)", output.staging().display());
-            }
-            Err(e)
-        }
+        Err(e) if output.has_staged_files() => Err(Error::Script(format!(
+            "{e}\nnote: nothing was published to {}; the files the script wrote before failing are in {} (incomplete)",
+            out_dir.display(),
+            output.staging().display()
+        ))),
+        Err(e) => Err(e),
     }
 }

@@ -59,6 +59,6 @@ fn true_false_strategyqa() {
 
 #[test]
 fn latex_math() {
-    check("math", "gpt-4o", Some(3), 80.0);
-    check("math", "llama-3-70b", Some(5), 70.0);
+    check("math", "gpt-4o", Some(3), 90.0);
+    check("math", "llama-3-70b", Some(5), 92.0);
 }

@@ -99,7 +99,8 @@ fn every_present_release_file_loads_with_its_manifest_count() {
         assert_eq!(c.source, e.file);
         assert_eq!(c.len() + c.skipped, counts[e.file.as_str()], "{}", e.file);
         if e.format != Format::AnswerOnly {
-            assert!(c.rationales.iter().filter(|r| r.gold.is_some()).count() * 10 >= c.len() * 9, "{}: gold found for most", e.file);
+            // stqa_human_annotation.json also holds the 290 test questions, which have no training gold.
+            assert!(c.rationales.iter().filter(|r| r.gold.is_some()).count() * 100 >= c.len() * 85, "{}: gold found for most", e.file);
         }
         loaded += 1;
     }

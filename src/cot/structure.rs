@@ -28,7 +28,7 @@ pub struct CotMeasure {
 
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+(?:[.,]\d+)*").unwrap());
 static VERIFY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(verif(y|ied|ication|ying)|double[- ]check(ing)?|let'?s check|to check|checking|check:|sanity check|confirm(s|ed|ing)?|plug(ging)? (it |this |the value )?back|substitut(e|ing) back|work(ing)? backwards?)\b").unwrap()
+    Regex::new(r"(?i)\b(verif(y|ied|ication|ying)|double[- ]check(ing)?|let'?s check|to check|checking|check:|sanity check|confirm(s|ed|ing)?|plug(ging)? (it |this |the value )?back|substitut(e|ing) back|work(ing)? backwards?|to ensure|make sure|revers(e|ing) the operation)\b").unwrap()
 });
 static STEP_WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bstep\s+(\d+)\s*[:.)-]").unwrap());
 static SENTENCE_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#"[.!?]["')\]]?\s+"#).unwrap());
@@ -80,8 +80,10 @@ fn numbered_markers(text: &str) -> Vec<(usize, usize)> {
 
 /// Split a rationale into its reasoning steps.
 pub fn split_steps(text: &str) -> Vec<String> {
-    let body = strip_conclusion(text.trim());
-    if body.is_empty() {
+    let trimmed = text.trim();
+    let body = strip_conclusion(trimmed);
+    // A bare answer ("145", "B", "True") is not a reasoning step.
+    if body.is_empty() || (body.len() == trimmed.len() && body.split_whitespace().count() <= 3 && !body.contains('=')) {
         return Vec::new();
     }
     // 1. "Step 1: ... Step 2: ..."
@@ -179,5 +181,7 @@ mod tests {
         assert!(m.has_verification);
         assert_eq!(m.words, t.split_whitespace().count());
         assert!(!measure("Add them. The answer is 7").has_verification);
+        assert_eq!(measure("145").steps, 0);
+        assert_eq!(measure("B").steps, 0);
     }
 }

@@ -146,7 +146,7 @@ fn one(seed: u64, i: usize) -> ArithProblem {
                     k,
                     format!("Then {pronoun} {word} the number of {item}."),
                     format!("{word} them"),
-                    "making k times as many multiplies the number",
+                    "making several times as many multiplies the number",
                 )
             }
             Op::Div => {

@@ -220,7 +220,8 @@ impl Dataset {
 /// Load a dataset by name: `load_dataset(&dir, "svamp", &opts)`.
 pub fn load_dataset(dir: &DataDir, name: &str, opts: &DatasetOptions) -> Result<Dataset> {
     let task = Task::parse(name)?;
-    let split = opts.split.clone().unwrap_or_else(|| "test".to_string());
+    let default_split = if task == Task::Arith { "all" } else { "test" };
+    let split = opts.split.clone().unwrap_or_else(|| default_split.to_string());
     let examples = if task == Task::Arith {
         if opts.split.is_some() {
             return Err(usage!(

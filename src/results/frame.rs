@@ -216,6 +216,7 @@ impl Frame {
         std::env::set_var("POLARS_FMT_MAX_ROWS", "60");
         std::env::set_var("POLARS_FMT_MAX_COLS", "30");
         std::env::set_var("POLARS_FMT_STR_LEN", "48");
+        std::env::set_var("POLARS_TABLE_WIDTH", "160");
         format!("{}", self.0)
     }
 

@@ -25,6 +25,14 @@ fn expression(p: &ArithProblem) -> String {
     e
 }
 
+/// "add 5", "multiply by 3".
+fn apply(op: Op, operand: i64) -> String {
+    match op {
+        Op::Add | Op::Sub => format!("{} {operand}", op.verb()),
+        Op::Mul | Op::Div => format!("{} by {operand}", op.verb()),
+    }
+}
+
 fn eq(before: i64, op: Op, operand: i64, after: i64) -> String {
     format!("{before} {} {operand} = {after}", op.symbol())
 }
@@ -92,20 +100,18 @@ pub fn write(p: &ArithProblem, level: u8, format: Format) -> String {
             for s in &p.steps {
                 k += 1;
                 let mut line = format!(
-                    "{k}. {} {}. Since {}, we {} {}: {}.",
+                    "{k}. {} {}. Since {}, we {}: {}.",
                     cap(pron),
                     s.event,
                     s.reason,
-                    s.op.verb(),
-                    s.operand,
+                    apply(s.op, s.operand),
                     eq(s.before, s.op, s.operand, s.after)
                 );
                 if level == 6 {
                     line.push_str(&format!(
-                        " Before this step {pron} had {}; the operation is {} by {}; now {pron} has {} {item}.",
+                        " Before this step {pron} had {}; we {}; now {pron} has {} {item}.",
                         s.before,
-                        s.op.verb(),
-                        s.operand,
+                        apply(s.op, s.operand),
                         s.after
                     ));
                 }
