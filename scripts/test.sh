@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build cotlab and run every test (unit, integration, CLI) on the real release data.
+# The data dir comes from $COTLAB_DATA, else ../shared/datasets beside the checkout.
+# Idempotent: cargo only rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${COTLAB_DATA:-}" ]; then
+    COTLAB_DATA="$(cd .. && pwd)/shared/datasets"
+fi
+export COTLAB_DATA
+if [ ! -f "$COTLAB_DATA/paper/dataset_info.json" ]; then
+    echo "error: no release data at $COTLAB_DATA: set COTLAB_DATA (see datasets/README.md)" >&2
+    exit 1
+fi
+cargo test --release --no-fail-fast "$@"
