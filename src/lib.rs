@@ -1,6 +1,7 @@
 //! cotlab: a workbench for chain-of-thought distillation research.
 //!
-//! The modules follow the pipeline: [`data`] → [`cot`] → [`teacher`] → [`eval`] → [`results`],
+//! The modules follow the pipeline: [`data`] → [`cot`] → [`teacher`] → [`model`] → [`train`] →
+//! [`eval`] → [`results`],
 //! with [`script`] adapting all of it to Rhai. The `cotlab` binary is a thin CLI over this
 //! library.
 
@@ -8,9 +9,11 @@ pub mod cot;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod model;
 pub mod results;
 pub mod rng;
 pub mod script;
 pub mod teacher;
+pub mod train;
 
 pub use error::{Error, Result};

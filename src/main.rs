@@ -37,6 +37,29 @@ enum Cmd {
         /// key=value, visible to the script as a variable and in `params`. Repeatable.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Where training runs live (default: ./runs).
+        #[arg(long)]
+        runs: Option<PathBuf>,
+    },
+    /// Export a training run's last checkpoint (or a model) as a Hugging Face model dir; LoRA
+    /// runs export PEFT adapters unless --merge.
+    Export {
+        /// A run dir (runs/<name>).
+        #[arg(long, conflicts_with = "model")]
+        run: Option<PathBuf>,
+        /// A model spec instead: "default", a .gguf file or an HF dir (e.g. to give PyTorch the same weights).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fold LoRA adapters into the base weights and write a full model.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
     },
     /// Re-score a predictions file (JSON lines with `id` or `question`, and `prediction`).
     Score {
@@ -73,6 +96,31 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time optimizer steps (forward + backward + AdamW) of a student on a fixed batch.
+    Train {
+        #[arg(long, default_value = "default")]
+        model: String,
+        #[arg(long)]
+        lora: bool,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f64,
+        /// Write the batch's token ids (JSON) for benches/torch_train.py.
+        #[arg(long)]
+        save_batch: Option<PathBuf>,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.cmd) {
@@ -86,7 +134,37 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run { script, data_dir, out, set } => run(script, data_dir, out, set),
+        Cmd::Run { script, data_dir, out, set, runs } => run(script, data_dir, out, set, runs),
+        Cmd::Export { run, model, out, merge } => {
+            match (run, model) {
+                (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
+                (None, Some(spec)) => {
+                    let s = cotlab::model::Student::load(&cotlab::model::resolve(&spec)?, &candle_core::Device::Cpu)?;
+                    cotlab::train::export::export_hf(&s, &out)?;
+                }
+                (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
+            }
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {
+            use cotlab::train::bench::{bench_train, fixed_batch};
+            let base = cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?;
+            let student = if lora { base.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
+            let ids = fixed_batch(student.config.vocab_size, batch, seq, 1);
+            if let Some(p) = &save_batch {
+                std::fs::write(p, serde_json::to_string(&ids).unwrap()).map_err(|e| Error::io(p, e))?;
+            }
+            let r = bench_train(&student, &ids, steps.max(1), lr)?;
+            eprintln!(
+                "cotlab {} fine-tuning, {}x{} tokens, {} threads: {:.2} s/step, {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
+                r.mode, r.batch, r.seq, r.threads, r.step_s, r.tokens_per_s, r.cpu_s_per_step, r.peak_rss_mb, r.losses
+            );
+            if json {
+                println!("{}", serde_json::json!({"tokens_per_s": r.tokens_per_s, "peak_rss_mb": r.peak_rss_mb, "step_s": r.step_s, "mode": r.mode, "cpu_s_per_step": r.cpu_s_per_step, "losses": r.losses}));
+            }
+            Ok(())
+        }
         Cmd::Score { task, predictions, split, data_dir } => {
             let dir = DataDir::resolve(data_dir);
             let ds = load_dataset(&dir, &task, &DatasetOptions { split, ..Default::default() })?;
@@ -120,7 +198,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     }
 }
 
-fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Vec<String>) -> Result<()> {
+fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Vec<String>, runs: Option<PathBuf>) -> Result<()> {
     let mut params = Vec::new();
     for kv in &set {
         let Some((k, v)) = kv.split_once('=') else {
@@ -137,7 +215,10 @@ fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Ve
     }
     let out_dir = out.unwrap_or_else(|| default_out_dir(&script));
     let output = Arc::new(OutputDir::create(&out_dir)?);
-    let ctx = Context::new(DataDir::resolve(data_dir), Some(output.clone()));
+    let mut ctx = Context::new(DataDir::resolve(data_dir), Some(output.clone()));
+    if let Some(r) = runs {
+        ctx.runs_dir = r;
+    }
     let runner = Runner { ctx: ctx.clone(), params: params.clone() };
     let started = Instant::now();
     match runner.run_file(&script) {

@@ -6,6 +6,7 @@
 
 mod data;
 mod frame;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct Context {
     pub out: Option<Arc<OutputDir>>,
     /// Rhai operations before the script is stopped ("Too many operations").
     pub max_operations: u64,
+    /// Where training runs live (`runs/<name>`): outside the output dir, so they survive for resume.
+    pub runs_dir: PathBuf,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -30,7 +33,7 @@ pub const MAX_OPERATIONS: u64 = 2_000_000_000;
 
 impl Context {
     pub fn new(data_dir: DataDir, out: Option<Arc<OutputDir>>) -> Context {
-        Context { data_dir, out, max_operations: MAX_OPERATIONS }
+        Context { data_dir, out, max_operations: MAX_OPERATIONS, runs_dir: PathBuf::from("runs") }
     }
 }
 
@@ -49,6 +52,7 @@ pub fn engine(ctx: Context) -> Engine {
     engine.on_debug(|s, src, pos| eprintln!("[debug {}:{}] {s}", src.unwrap_or("script"), pos));
     data::register(&mut engine, &ctx);
     frame::register(&mut engine, &ctx);
+    train::register(&mut engine, &ctx);
     engine
 }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train-step benchmark: cotlab (candle) vs PyTorch + transformers on the same model, batch, ids and
+# precision, in one run; prints both and the ratios.
+#   benches/compare_train.sh [--lora] [--batch 4] [--seq 256] [--steps 3]
+# Needs: scripts/setup.sh (the model) and a Python with torch + transformers
+# ($COTLAB_PYTHON, default ~/.cache/cotlab/venv/bin/python; scripts/setup.sh --torch makes it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
+py="${COTLAB_PYTHON:-$home/venv/bin/python}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release --quiet
+bin="$target/release/cotlab"
+hf="$home/models/smollm2-135m-instruct-hf"
+[ -d "$hf" ] || "$bin" export --model default --out "$hf"
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+args=(--batch 4 --seq 256 --steps 3)
+lora=()
+for a in "$@"; do [ "$a" = "--lora" ] && lora=(--lora); done
+[ "$#" -gt 0 ] && args=("$@")
+threads="${RAYON_NUM_THREADS:-$(nproc)}"
+c=$(RAYON_NUM_THREADS="$threads" "$bin" bench train "${args[@]}" --save-batch "$tmp/batch.json" --json | tail -1)
+steps=$(echo "$c" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["losses"]) - 1)')
+t=$("$py" benches/torch_train.py --model "$hf" --batch "$tmp/batch.json" --steps "$steps" --threads "$threads" "${lora[@]}" | tail -1)
+python3 - "$c" "$t" <<'PY'
+import json, sys
+c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"mode {c['mode']}")
+print(f"cotlab : {c['tokens_per_s']:8.1f} tokens/s  {c['step_s']:6.2f} s/step  {c['cpu_s_per_step']:6.1f} CPU-s/step  peak RSS {c['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in c['losses']]}")
+print(f"pytorch: {t['tokens_per_s']:8.1f} tokens/s  {t['step_s']:6.2f} s/step  {t['cpu_s_per_step']:6.1f} CPU-s/step  peak RSS {t['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in t['losses']]}")
+print(f"ratio  : speed {c['tokens_per_s'] / t['tokens_per_s']:.2f}x PyTorch (target >= 1.0), memory {c['peak_rss_mb'] / t['peak_rss_mb']:.2f}x (target <= 1.5)")
+PY

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""PyTorch + transformers baseline for `cotlab bench train`: the same model (an HF dir exported by
+`cotlab export --model default`), the same token ids (`cotlab bench train --save-batch`), the same
+precision (f32), loss (mean NLL of tokens 1..T), optimizer (AdamW, no weight decay) and steps.
+Prints one JSON object on the last line, with the same keys as cotlab's --json output."""
+import argparse, json, resource, time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+
+class LoRALinear(torch.nn.Module):
+    """The same LoRA as cotlab (PEFT convention), hand-rolled so no extra package is needed."""
+
+    def __init__(self, base, r=8, alpha=16):
+        super().__init__()
+        self.base = base
+        self.a = torch.nn.Parameter(torch.empty(r, base.in_features).uniform_(-base.in_features ** -0.5, base.in_features ** -0.5))
+        self.b = torch.nn.Parameter(torch.zeros(base.out_features, r))
+        self.scale = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.a.t() @ self.b.t()) * self.scale
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch", required=True, help="JSON list of token-id lists")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    model.train()
+    if a.lora:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj = LoRALinear(layer.self_attn.q_proj)
+            layer.self_attn.v_proj = LoRALinear(layer.self_attn.v_proj)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    ids = torch.tensor(json.load(open(a.batch)), dtype=torch.long)
+    times, cpu, losses = [], [], []
+    for _ in range(a.steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = model(input_ids=ids).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    step_s = sum(times[1:]) / (len(times) - 1)
+    out = {
+        "tokens_per_s": ids.numel() / step_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_s": step_s,
+        "mode": "lora" if a.lora else "full",
+        "cpu_s_per_step": sum(cpu[1:]) / (len(cpu) - 1),
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+//! Load a Llama-architecture GGUF: config from the metadata, every tensor dequantised to f32 and
+//! renamed to its Hugging Face name, the tokenizer built from the metadata.
+//!
+//! llama.cpp stores q/k projection rows permuted for its interleaved rope; we undo that here so
+//! the rest of cotlab (forward, checkpoints, export) sees standard HF weights and uses the
+//! standard half-split rope.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+use super::chat::ChatTemplate;
+use super::config::LlamaConfig;
+use super::tokenizer;
+use crate::error::{Error, Result};
+
+type Loaded = (LlamaConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+
+pub(crate) fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
+    c.metadata.get(key).ok_or_else(|| Error::data(path, format!("GGUF metadata lacks '{key}'")))
+}
+
+fn meta_usize(c: &Content, path: &Path, key: &str) -> Result<usize> {
+    let v = meta(c, path, key)?;
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))
+        .map_err(|e| Error::data(path, format!("GGUF '{key}': {e}")))
+}
+
+fn meta_f64(c: &Content, path: &Path, key: &str) -> Result<f64> {
+    meta(c, path, key)?.to_f32().map(|x| x as f64).map_err(|e| Error::data(path, format!("GGUF '{key}': {e}")))
+}
+
+/// Undo llama.cpp's q/k row permutation: (heads, 2, hd/2, in) → (heads, hd/2, 2, in).
+pub fn unpermute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / heads;
+    w.reshape((heads, hd / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))
+}
+
+/// The inverse of `unpermute_qk` (for writing GGUF-ordered weights, and for tests).
+pub fn permute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / heads;
+    w.reshape((heads, 2, hd / 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))
+}
+
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let mapped = match tail {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{mapped}"))
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut f)
+        .map_err(|e| Error::data(path, format!("not a readable GGUF file ({e}); is it truncated or corrupt?")))?;
+    let arch = meta(&content, path, "general.architecture")?.to_string().map_err(|e| Error::data(path, e.to_string()))?.clone();
+    if arch != "llama" {
+        return Err(Error::data(path, format!("architecture '{arch}' is not supported yet: cotlab trains Llama-architecture students")));
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let tokens = meta(&content, path, "tokenizer.ggml.tokens")?.to_vec().map_err(|e| Error::data(path, e.to_string()))?.len();
+    let heads = meta_usize(&content, path, &k("attention.head_count"))?;
+    let kv_heads = meta_usize(&content, path, &k("attention.head_count_kv")).unwrap_or(heads);
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let config = LlamaConfig {
+        vocab_size: meta_usize(&content, path, &k("vocab_size")).unwrap_or(tokens),
+        hidden_size: meta_usize(&content, path, &k("embedding_length"))?,
+        intermediate_size: meta_usize(&content, path, &k("feed_forward_length"))?,
+        num_hidden_layers: meta_usize(&content, path, &k("block_count"))?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        rms_norm_eps: meta_f64(&content, path, &k("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: meta_f64(&content, path, &k("rope.freq_base")).unwrap_or(10_000.0),
+        max_position_embeddings: meta_usize(&content, path, &k("context_length")).unwrap_or(2048),
+        tie_word_embeddings: !has_output,
+        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        bos_token_id: meta_usize(&content, path, "tokenizer.ggml.bos_token_id").ok().map(|x| x as u32),
+        eos_token_id: meta_usize(&content, path, "tokenizer.ggml.eos_token_id").ok().map(|x| x as u32),
+    };
+    let mut tensors = HashMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(hf) = hf_name(name) else { continue };
+        let q = content
+            .tensor(&mut f, name, device)
+            .map_err(|e| Error::data(path, format!("tensor '{name}': {e} (truncated file?)")))?;
+        let mut t = q.dequantize(device).map_err(|e| Error::data(path, format!("tensor '{name}': {e}")))?;
+        if hf.ends_with("q_proj.weight") {
+            t = unpermute_qk(&t, heads).map_err(|e| Error::data(path, e.to_string()))?;
+        } else if hf.ends_with("k_proj.weight") {
+            t = unpermute_qk(&t, kv_heads).map_err(|e| Error::data(path, e.to_string()))?;
+        }
+        tensors.insert(hf, t);
+    }
+    let tok = tokenizer::from_gguf(&content, path)?;
+    let template = ChatTemplate::from_gguf(&content);
+    let name = content
+        .metadata
+        .get("general.name")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| path.file_stem().unwrap_or_default().to_string_lossy().to_string());
+    Ok((config, tensors, tok, template, name))
+}

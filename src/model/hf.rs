@@ -1,0 +1,88 @@
+//! Load a Hugging Face model dir: config.json, model.safetensors (or shards), tokenizer.json,
+//! and the chat template from tokenizer_config.json.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::chat::ChatTemplate;
+use super::config::LlamaConfig;
+use crate::error::{Error, Result};
+
+type Loaded = (LlamaConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+
+pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, format!("line {}: {e}", e.line())))?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if !matches!(model_type.as_str(), "llama" | "qwen2" | "mistral") {
+        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet (llama, qwen2, mistral)")));
+    }
+    let mut raw = raw;
+    if model_type == "qwen2" {
+        raw["attention_bias"] = true.into();
+    }
+    if raw.get("num_key_value_heads").is_none() {
+        raw["num_key_value_heads"] = raw["num_attention_heads"].clone();
+    }
+    for (k, d) in [("rope_theta", serde_json::json!(10000.0)), ("tie_word_embeddings", serde_json::json!(false)), ("max_position_embeddings", serde_json::json!(2048))] {
+        if raw.get(k).is_none() {
+            raw[k] = d;
+        }
+    }
+    // eos_token_id may be a list in newer configs; keep the first.
+    if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
+        raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
+    }
+    let config: LlamaConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && !p.file_name().unwrap().to_string_lossy().starts_with("adapter"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::data(dir, "no *.safetensors weights in the model dir"));
+    }
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let t = candle_core::safetensors::load(f, device)
+            .map_err(|e| Error::data(f, format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
+        tensors.extend(t);
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::data(&tok_path, format!("{e}")))?;
+    if tokenizer.get_vocab_size(true) > config.vocab_size {
+        return Err(Error::data(
+            &tok_path,
+            format!("tokenizer has {} tokens but the model only {}: wrong tokenizer for this model?", tokenizer.get_vocab_size(true), config.vocab_size),
+        ));
+    }
+    let template = template_from_dir(dir, &tokenizer);
+    let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    Ok((config, tensors, tokenizer, template, name))
+}
+
+fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> ChatTemplate {
+    let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let jinja = cfg.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()).unwrap_or("");
+    if jinja.contains("<|start_header_id|>") {
+        ChatTemplate::Llama3
+    } else if jinja.contains("<start_of_turn>") {
+        ChatTemplate::Gemma
+    } else if jinja.contains("<|im_start|>") {
+        let sys = jinja
+            .find("<|im_start|>system\\n")
+            .map(|i| &jinja[i + "<|im_start|>system\\n".len()..])
+            .and_then(|r| r.find("<|im_end|>").map(|j| r[..j].to_string()))
+            .filter(|s| !s.contains('{') && !s.is_empty());
+        ChatTemplate::Chatml { default_system: sys }
+    } else {
+        let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
+        let eos = eos.or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into());
+        ChatTemplate::Alpaca { eos }
+    }
+}

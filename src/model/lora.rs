@@ -1,0 +1,114 @@
+//! LoRA adapters (Hu et al. 2021) in the PEFT convention: for a target linear `W` (out × in),
+//! `y = x Wᵀ + (α/r) · dropout(x) Aᵀ Bᵀ` with A (r × in) drawn like PEFT's kaiming-uniform and
+//! B (out × r) zero, so training starts from the base model. Base weights stay frozen, and their
+//! matmuls skip the weight gradient entirely (see `ops::frozen_linear`): that is where LoRA's
+//! speed comes from.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::usage;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names as in PEFT: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, targets: vec!["q_proj".into(), "v_proj".into()] }
+    }
+}
+
+pub const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+pub struct Lora {
+    pub config: LoraConfig,
+    /// Module path (e.g. `model.layers.0.self_attn.q_proj`) → (A, B).
+    pub adapters: BTreeMap<String, (Var, Var)>,
+    /// Seeds the dropout masks: set by the trainer for each micro-batch so a resumed run draws
+    /// the same masks. `u64::MAX` turns dropout off (evaluation).
+    pub dropout_key: AtomicU64,
+}
+
+impl Lora {
+    pub fn scale(&self) -> f64 {
+        self.config.alpha / self.config.r as f64
+    }
+
+    /// Fresh adapters for every target module of `weights` (module path → base weight).
+    pub fn init(config: LoraConfig, weights: &BTreeMap<String, Var>, seed: u64, device: &Device) -> Result<Lora> {
+        if config.r == 0 {
+            return Err(usage!("lora: r must be at least 1"));
+        }
+        if let Some(t) = config.targets.iter().find(|t| !MODULES.contains(&t.as_str())) {
+            return Err(usage!("lora: unknown target module '{t}' (expected one of {})", MODULES.join(", ")));
+        }
+        if config.targets.is_empty() {
+            return Err(usage!("lora: targets is empty"));
+        }
+        let mut rng = Rng::new(seed);
+        let mut adapters = BTreeMap::new();
+        for (name, w) in weights {
+            let Some(module) = name.strip_suffix(".weight") else { continue };
+            let leaf = module.rsplit('.').next().unwrap_or("");
+            if !config.targets.iter().any(|t| t == leaf) {
+                continue;
+            }
+            let (out, inp) = w.dims2().map_err(|e| usage!("lora: {e}"))?;
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..config.r * inp).map(|_| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * bound as f32).collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inp), device).map_err(|e| usage!("lora: {e}"))?).map_err(|e| usage!("lora: {e}"))?;
+            let b = Var::zeros((out, config.r), candle_core::DType::F32, device).map_err(|e| usage!("lora: {e}"))?;
+            adapters.insert(module.to_string(), (a, b));
+        }
+        Ok(Lora { config, adapters, dropout_key: AtomicU64::new(u64::MAX) })
+    }
+
+    pub fn set_dropout_key(&self, key: u64) {
+        self.dropout_key.store(key, Ordering::Relaxed);
+    }
+
+    /// The adapter path's contribution for module `module` on input x (N, in).
+    pub fn delta(&self, module: &str, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some((a, b)) = self.adapters.get(module) else { return Ok(None) };
+        let key = self.dropout_key.load(Ordering::Relaxed);
+        let x = if self.config.dropout > 0.0 && key != u64::MAX {
+            let mut h: u64 = key;
+            for byte in module.bytes() {
+                h = (h ^ byte as u64).wrapping_mul(0x100_0000_01b3);
+            }
+            let mut rng = Rng::new(h);
+            let keep = 1.0 - self.config.dropout;
+            let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.chance(keep) { (1.0 / keep) as f32 } else { 0.0 }).collect();
+            (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+        } else {
+            x.clone()
+        };
+        let y = x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
+        Ok(Some((y * self.scale())?))
+    }
+
+    /// Named trainable tensors in PEFT's adapter_model.safetensors naming.
+    pub fn peft_tensors(&self) -> Vec<(String, Tensor)> {
+        self.adapters
+            .iter()
+            .flat_map(|(m, (a, b))| {
+                [
+                    (format!("base_model.model.{m}.lora_A.weight"), a.as_tensor().clone()),
+                    (format!("base_model.model.{m}.lora_B.weight"), b.as_tensor().clone()),
+                ]
+            })
+            .collect()
+    }
+}

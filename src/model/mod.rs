@@ -1,0 +1,112 @@
+//! Stage 4 — students: Llama-family models in candle that can be trained. Weights come from a
+//! GGUF file (dequantised to f32, tokenizer built from its metadata) or a Hugging Face model dir
+//! (config.json, *.safetensors, tokenizer.json). Parameters are kept under Hugging Face names so
+//! checkpoints and exports are plain HF files.
+
+pub mod chat;
+pub mod config;
+pub mod gguf;
+pub mod hf;
+pub mod llama;
+pub mod lora;
+pub mod ops;
+pub mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Var};
+
+pub use chat::ChatTemplate;
+pub use config::LlamaConfig;
+pub use llama::Llama;
+
+use crate::error::{Error, Result};
+use crate::usage;
+
+/// The default student's file name inside the cotlab cache (see scripts/setup.sh).
+pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$COTLAB_HOME` or `~/.cache/cotlab`.
+pub fn cotlab_home() -> PathBuf {
+    match std::env::var_os("COTLAB_HOME") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/cotlab"),
+    }
+}
+
+/// Where the default student lives once `scripts/setup.sh` has run.
+pub fn default_model_path() -> PathBuf {
+    cotlab_home().join("models").join(DEFAULT_GGUF)
+}
+
+/// Resolve a model spec: "default", a .gguf file, or a Hugging Face model dir.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let p = if spec == "default" { default_model_path() } else { PathBuf::from(spec) };
+    if spec.starts_with("hf:") {
+        return Err(usage!(
+            "'{spec}': hub downloads are not built in yet; download the model dir (config.json, \
+             *.safetensors, tokenizer.json) and pass its path"
+        ));
+    }
+    if !p.exists() {
+        let hint = if spec == "default" { " (run scripts/setup.sh to fetch the default student)" } else { "" };
+        return Err(Error::data(&p, format!("model not found{hint}")));
+    }
+    Ok(p)
+}
+
+/// A student: config, trainable weights, tokenizer and chat template.
+pub struct Student {
+    pub name: String,
+    pub source: PathBuf,
+    pub config: LlamaConfig,
+    pub model: Llama,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub template: ChatTemplate,
+}
+
+impl Student {
+    /// Load from a .gguf file or an HF model dir onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Student> {
+        let (config, tensors, tokenizer, template, name) = if path.is_dir() {
+            hf::load_dir(path, device)?
+        } else {
+            gguf::load(path, device)?
+        };
+        let model = Llama::new(config.clone(), tensors, device)?;
+        Ok(Student { name, source: path.to_path_buf(), config, model, tokenizer, template })
+    }
+
+    /// Every base parameter, by HF name.
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.model.params
+    }
+
+    /// A student sharing this one's base weights (no copy), with fresh LoRA adapters.
+    pub fn with_lora(&self, config: lora::LoraConfig, seed: u64) -> Result<Student> {
+        let mut model = self.model.share();
+        model.attach_lora(config, seed)?;
+        Ok(Student {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            config: self.config.clone(),
+            model,
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.clone(),
+        })
+    }
+}
+
+/// Pick the compute device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when built with it and present).
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s.starts_with("cuda") => {
+            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| usage!("bad device '{s}'"))?.unwrap_or(0);
+            Device::new_cuda(ordinal).map_err(|e| usage!("device '{s}': {e} (build with --features cuda on a machine with a GPU)"))
+        }
+        other => Err(usage!("unknown device '{other}': expected cpu, cuda, cuda:N or auto")),
+    }
+}

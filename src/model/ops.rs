@@ -1,0 +1,233 @@
+//! Fused ops that carry a gradient. candle 0.11's fused `softmax_last_dim`, `rms_norm` and
+//! `rope` are built with `*_no_bwd`: training through them silently updates only the embedding.
+//! Each op here runs the fused kernel forward and defines the backward by hand:
+//! softmax `y⊙(g − Σ g⊙y)`; rms_norm `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
+
+/// Hands a precomputed result to candle as the op's output, so the graph gets our backward.
+fn take_cpu(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
+    let t = slot.lock().unwrap().take().expect("fused result is taken once");
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) if l.start_offset() == 0 => Ok((c.clone(), l.shape().clone())),
+        Storage::Cpu(_) => candle_core::bail!("fused op result with an offset"),
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn take_cuda(slot: &Mutex<Option<Tensor>>) -> Result<(candle_core::CudaStorage, Shape)> {
+    let t = slot.lock().unwrap().take().expect("fused result is taken once").contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("expected a CUDA tensor"),
+    }
+}
+
+macro_rules! fused_fwd {
+    () => {
+        fn cpu_fwd_impl(&self) -> Result<(CpuStorage, Shape)> {
+            take_cpu(&self.0)
+        }
+    };
+}
+
+struct Softmax(Mutex<Option<Tensor>>);
+impl Softmax {
+    fused_fwd!();
+}
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "cotlab-softmax-last-dim"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu_fwd_impl()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        take_cuda(&self.0)
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let s = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((g.broadcast_sub(&s)? * y)?))
+    }
+}
+
+/// Softmax over the last dim, with a gradient.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::ops::softmax_last_dim(x)?;
+    x.apply_op1(Softmax(Mutex::new(Some(y))))
+}
+
+struct RmsNorm(Mutex<Option<Tensor>>, f32);
+impl RmsNorm {
+    fused_fwd!();
+}
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "cotlab-rms-norm"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu_fwd_impl()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        take_cuda(&self.0)
+    }
+    fn bwd(&self, x: &Tensor, alpha: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.1 as f64)?.sqrt()?.recip()?;
+        let xhat = x.broadcast_mul(&r)?;
+        let ga = g.broadcast_mul(alpha)?;
+        let m = (&ga * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = (ga - xhat.broadcast_mul(&m)?)?.broadcast_mul(&r)?;
+        let dims = g.rank();
+        let dalpha = (g * &xhat)?.flatten_to(dims - 2)?.sum(0)?;
+        Ok((Some(dx), Some(dalpha)))
+    }
+}
+
+/// RMS norm over the last dim with weight `alpha`, with gradients for both.
+pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
+    let y = candle_nn::ops::rms_norm(x, alpha, eps)?;
+    x.apply_op2(alpha, RmsNorm(Mutex::new(Some(y)), eps))
+}
+
+struct Rope(Mutex<Option<Tensor>>);
+impl Rope {
+    fused_fwd!();
+}
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "cotlab-rope"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.cpu_fwd_impl()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        take_cuda(&self.0)
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = candle_nn::rotary_emb::rope(&g.contiguous()?, cos, &sin.neg()?)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Half-split ("neox"/HF) rotary embedding of x (B, H, T, D) with cos/sin (T, D/2).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = candle_nn::rotary_emb::rope(&x, cos, sin)?;
+    x.apply_op3(cos, sin, Rope(Mutex::new(Some(y))))
+}
+
+struct FrozenMatmul(Mutex<Option<Tensor>>);
+impl FrozenMatmul {
+    fused_fwd!();
+}
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "cotlab-frozen-linear"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu_fwd_impl()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        take_cuda(&self.0)
+    }
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Only the input gradient: the frozen weight needs none, and skipping its GEMM is most of
+        // what makes LoRA cheaper than full fine-tuning.
+        Ok((Some(g.matmul(w)?), None))
+    }
+}
+
+/// `x Wᵀ` for a frozen weight W (out, in), x (N, in): gradient flows to x only.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.t()?)?;
+    x.apply_op2(w, FrozenMatmul(Mutex::new(Some(y))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The hand-written backward of each op matches autograd through the slow reference op.
+    #[test]
+    fn backward_matches_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let w = Var::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let alpha = Var::randn(1f32, 0.1, 8, &dev)?;
+        let cos = Tensor::randn(0f32, 1., (5, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1., (5, 4), &dev)?;
+        let check = |fast: Tensor, slow: Tensor, vars: &[&Var]| -> Result<()> {
+            let diff = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "forward differs by {diff}");
+            let gf = (fast * w.as_tensor())?.sum_all()?.backward()?;
+            let gs = (slow * w.as_tensor())?.sum_all()?.backward()?;
+            for v in vars {
+                let a = gf.get(v).expect("fast op has a gradient");
+                let b = gs.get(v).unwrap();
+                let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+                assert!(d / scale < 1e-4, "gradient differs: {d} (scale {scale})");
+            }
+            Ok(())
+        };
+        check(softmax_last_dim(&x)?, candle_nn::ops::softmax(&x, D::Minus1)?, &[&x])?;
+        check(rms_norm(&x, &alpha, 1e-5)?, candle_nn::ops::rms_norm_slow(&x, &alpha, 1e-5)?, &[&x, &alpha])?;
+        check(rope(&x, &cos, &sin)?, candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?, &[&x])?;
+        let m = Var::randn(0f32, 1., (30, 8), &dev)?;
+        let w = Var::randn(0f32, 1., (30, 6), &dev)?;
+        let lin = Tensor::randn(0f32, 1., (6, 8), &dev)?;
+        let fast = frozen_linear(m.as_tensor(), &lin)?;
+        let slow = m.as_tensor().matmul(&lin.t()?)?;
+        let gf = (&fast * w.as_tensor())?.sum_all()?.backward()?;
+        let gs = (&slow * w.as_tensor())?.sum_all()?.backward()?;
+        let d = (gf.get(&m).unwrap() - gs.get(&m).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-4);
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! `cotlab bench train`: time optimizer steps (forward + backward + AdamW) of a student on a
+//! fixed batch, and report tokens/s, seconds per step, CPU-seconds per step and peak RSS. The
+//! batch can be saved so `benches/torch_train.py` trains PyTorch on exactly the same ids.
+
+use std::time::Instant;
+
+use candle_core::DType;
+use serde::Serialize;
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::data::TrainExample;
+use super::sft::batch_nll;
+use crate::error::{Error, Result};
+use crate::model::Student;
+use crate::rng::Rng;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub mode: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub step_s: f64,
+    pub cpu_s_per_step: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mb: f64,
+    pub losses: Vec<f64>,
+    pub threads: usize,
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of this process.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/pid/stat (utime, stime); `after` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A deterministic batch of token ids (the same for every run with this seed).
+pub fn fixed_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed);
+    (0..batch).map(|_| (0..seq).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()).collect()
+}
+
+pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -> Result<BenchReport> {
+    let ce = |e: candle_core::Error| Error::usage(format!("bench: {e}"));
+    let examples: Vec<TrainExample> = ids.iter().map(|v| TrainExample { ids: v.clone(), prompt_len: 1 }).collect();
+    let refs: Vec<&TrainExample> = examples.iter().collect();
+    let tokens: usize = examples.iter().map(|e| e.response_tokens()).sum();
+    let vars: Vec<&candle_core::Var> = student.model.trainable();
+    let mut opt = AdamW::new(&vars, AdamWConfig::default()).map_err(ce)?;
+    let mut times = Vec::new();
+    let mut cpu = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..steps + 1 {
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let nll = batch_nll(student, &refs).map_err(ce)?;
+        let loss = (&nll / tokens as f64).map_err(ce)?;
+        let grads = loss.backward().map_err(ce)?;
+        let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().map_err(ce)?;
+        opt.step(&vars, &g, lr, 1.0).map_err(ce)?;
+        losses.push(loss.to_dtype(DType::F64).map_err(ce)?.to_scalar::<f64>().map_err(ce)?);
+        times.push(t0.elapsed().as_secs_f64());
+        cpu.push(cpu_seconds() - c0);
+    }
+    // The first step warms caches and allocators: report the mean of the rest.
+    let mean = |v: &[f64]| v[1..].iter().sum::<f64>() / (v.len() - 1) as f64;
+    let step_s = mean(&times);
+    Ok(BenchReport {
+        mode: if student.model.lora.is_some() { "lora".into() } else { "full".into() },
+        batch: ids.len(),
+        seq: ids.first().map(|v| v.len()).unwrap_or(0),
+        steps,
+        step_s,
+        cpu_s_per_step: mean(&cpu),
+        tokens_per_s: (ids.len() * ids.first().map(|v| v.len()).unwrap_or(0)) as f64 / step_s,
+        peak_rss_mb: peak_rss_mb(),
+        losses,
+        threads: candle_core::utils::get_num_threads(),
+    })
+}

@@ -1,0 +1,12 @@
+//! Stage 5 — training: supervised fine-tuning (SFT) of a student on rationales, with the
+//! paper's recipe as the default, run directories, checkpoints and exact resume.
+
+pub mod adamw;
+pub mod bench;
+pub mod data;
+pub mod export;
+pub mod run;
+pub mod sft;
+
+pub use run::RunDir;
+pub use sft::{sft, SftOptions, SftReport};

@@ -1,0 +1,146 @@
+//! Run directories: `runs/<name>/` holds `config.json` (what was asked), `train_log.jsonl` (one
+//! line per optimizer step), and `checkpoint/` (weights, optimizer moments, scheduler step, as
+//! safetensors + JSON). A checkpoint is written to a temporary folder and renamed into place, so
+//! an interrupted save never leaves a checkpoint that looks complete.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::adamw::{AdamW, Moments};
+use crate::error::{Error, Result};
+use crate::usage;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    pub adam_t: u64,
+    pub tokens_seen: u64,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+fn ce(p: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::data(p, e.to_string())
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> RunDir {
+        RunDir { path: path.into() }
+    }
+
+    pub fn checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoint")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("train_log.jsonl")
+    }
+
+    /// Write config.json, or check that an existing one is the same run. A different config in
+    /// the same dir is an error: resuming it would mix two experiments.
+    pub fn init(&self, config: &serde_json::Value) -> Result<bool> {
+        std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let cfg = self.path.join("config.json");
+        if cfg.exists() {
+            let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
+            let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::data(&cfg, e.to_string()))?;
+            if &old != config {
+                let diff: Vec<String> = config
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| old.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| format!("{k}: {} -> {v}", old.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+                    .collect();
+                return Err(usage!(
+                    "run dir {} holds a different run ({}): choose another run name or delete the dir",
+                    self.path.display(),
+                    diff.join("; ")
+                ));
+            }
+            return Ok(self.checkpoint().join("state.json").exists());
+        }
+        std::fs::write(&cfg, serde_json::to_string_pretty(config).unwrap()).map_err(|e| Error::io(&cfg, e))?;
+        Ok(false)
+    }
+
+    pub fn append_log(&self, line: &serde_json::Value) -> Result<()> {
+        let p = self.log_path();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&p, e))
+    }
+
+    /// Drop log lines past `step` (a crash after logging but before checkpointing).
+    pub fn truncate_log(&self, step: usize) -> Result<()> {
+        let p = self.log_path();
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+            .collect();
+        std::fs::write(&p, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| Error::io(&p, e))
+    }
+
+    pub fn save(&self, params: &[(&String, &Var)], opt: &AdamW, state: &TrainState) -> Result<()> {
+        let tmp = self.path.join("checkpoint.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let weights: HashMap<String, Tensor> = params.iter().map(|(n, v)| ((*n).clone(), v.as_tensor().clone())).collect();
+        let wp = tmp.join("model.safetensors");
+        candle_core::safetensors::save(&weights, &wp).map_err(ce(&wp))?;
+        let mut moments = HashMap::new();
+        for ((n, v), mo) in params.iter().zip(&opt.moments) {
+            let (m, vv) = mo.tensors(v).map_err(ce(&wp))?;
+            moments.insert(format!("m.{n}"), m);
+            moments.insert(format!("v.{n}"), vv);
+        }
+        let op = tmp.join("optimizer.safetensors");
+        candle_core::safetensors::save(&moments, &op).map_err(ce(&op))?;
+        let sp = tmp.join("state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(state).unwrap()).map_err(|e| Error::io(&sp, e))?;
+        let dst = self.checkpoint();
+        let old = self.path.join("checkpoint.old");
+        if dst.exists() {
+            std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(())
+    }
+
+    /// Restore weights and optimizer state from the checkpoint into `params`/`opt`.
+    pub fn load(&self, params: &[(&String, &Var)], opt: &mut AdamW, device: &Device) -> Result<TrainState> {
+        let dir = self.checkpoint();
+        let sp = dir.join("state.json");
+        let state: TrainState = serde_json::from_str(&std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?)
+            .map_err(|e| Error::data(&sp, e.to_string()))?;
+        let wp = dir.join("model.safetensors");
+        let weights = candle_core::safetensors::load(&wp, device).map_err(ce(&wp))?;
+        let op = dir.join("optimizer.safetensors");
+        let moments = candle_core::safetensors::load(&op, device).map_err(ce(&op))?;
+        for (i, (n, v)) in params.iter().enumerate() {
+            let w = weights.get(*n).ok_or_else(|| Error::data(&wp, format!("checkpoint lacks '{n}'")))?;
+            if w.shape() != v.shape() {
+                return Err(Error::data(&wp, format!("'{n}' has shape {:?}, the model {:?}", w.dims(), v.dims())));
+            }
+            v.set(w).map_err(ce(&wp))?;
+            let (m, vv) = (moments.get(&format!("m.{n}")), moments.get(&format!("v.{n}")));
+            let (Some(m), Some(vv)) = (m, vv) else { return Err(Error::data(&op, format!("optimizer state lacks '{n}'"))) };
+            opt.moments[i] = Moments::from_tensors(m.clone(), vv.clone(), v).map_err(ce(&op))?;
+        }
+        opt.t = state.adam_t;
+        Ok(state)
+    }
+}

@@ -1,0 +1,241 @@
+//! Students: the real SmolLM2-135M GGUF (fetched by scripts/setup.sh) and tiny models built
+//! here. Checks the tokenizer against transformers' ids, the forward against the f32 reference
+//! text, that every weight gets a gradient, gradients against finite differences, HF export
+//! round trips, and SFT with exact resume.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use cotlab::model::llama::expected_shapes;
+use cotlab::model::{default_model_path, ChatTemplate, Llama, LlamaConfig, Student};
+use cotlab::rng::Rng;
+use cotlab::train::sft::batch_nll;
+use cotlab::train::data::{tokenize, TrainExample};
+use cotlab::train::export::export_hf;
+use cotlab::train::{sft, RunDir, SftOptions};
+
+const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
+
+fn smollm() -> Student {
+    let p = default_model_path();
+    assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
+    Student::load(&p, &Device::Cpu).unwrap()
+}
+
+fn tiny(tok_from: &Student, seed: u64) -> Student {
+    let config = LlamaConfig {
+        vocab_size: tok_from.config.vocab_size,
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 512,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    };
+    let mut rng = Rng::new(seed);
+    let tensors: HashMap<String, Tensor> = expected_shapes(&config)
+        .into_iter()
+        .map(|(n, shape)| {
+            let count: usize = shape.iter().product();
+            let vals: Vec<f32> = if n.ends_with("norm.weight") {
+                vec![1.0; count]
+            } else {
+                (0..count).map(|_| ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.3).collect()
+            };
+            (n, Tensor::from_vec(vals, shape, &Device::Cpu).unwrap())
+        })
+        .collect();
+    Student {
+        name: "tiny".into(),
+        source: "tiny".into(),
+        model: Llama::new(config.clone(), tensors, &Device::Cpu).unwrap(),
+        config,
+        tokenizer: tok_from.tokenizer.clone(),
+        template: tok_from.template.clone(),
+    }
+}
+
+#[test]
+fn gguf_tokenizer_and_forward_match_the_reference() {
+    let s = smollm();
+    assert_eq!(s.config.num_hidden_layers, 30);
+    assert_eq!(s.model.num_params(), 134_515_008);
+    assert_eq!(s.template, ChatTemplate::Chatml { default_system: Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face".into()) });
+    let prompt = s.template.prompt(BANANAS);
+    let ids = s.tokenizer.encode(prompt.as_str(), false).unwrap().get_ids().to_vec();
+    // Ids measured with transformers (see shared/notes/candle-prototype.md).
+    assert_eq!(ids.len(), 73);
+    assert_eq!(&ids[..7], &[1, 9690, 198, 2683, 359, 253, 5356]);
+    assert_eq!(&ids[ids.len() - 8..], &[22861, 47, 2, 198, 1, 520, 9531, 198]);
+    for text in ["Hello, world!", "87 and 290\n\n1. Tabs\tand  spaces ", "café naïve 日本語 🙂"] {
+        let e = s.tokenizer.encode(text, false).unwrap();
+        assert_eq!(s.tokenizer.decode(e.get_ids(), false).unwrap(), text);
+    }
+    // f32 greedy decoding gives the reference text of transformers and candle's quantized_llama.
+    let out = s.model.greedy(&ids, 12, &[2]).unwrap();
+    let text = s.tokenizer.decode(&out, true).unwrap();
+    assert!(text.starts_with("To find out how many groups of 2 bananas are in each"), "{text}");
+}
+
+#[test]
+fn every_parameter_of_smollm_gets_a_gradient() {
+    let s = smollm();
+    let ex = TrainExample { ids: s.tokenizer.encode("Q: 2+3? A: 2 + 3 = 5. The answer is 5", false).unwrap().get_ids().to_vec(), prompt_len: 6 };
+    let loss = batch_nll(&s, &[&ex]).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut missing = Vec::new();
+    for (name, v) in s.params() {
+        match grads.get(v) {
+            Some(g) if g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0 => {}
+            _ => missing.push(name.clone()),
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} parameters got no gradient: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
+    assert_eq!(s.params().len(), 272);
+}
+
+#[test]
+fn gradients_match_finite_differences_on_a_tiny_model() {
+    let base = smollm();
+    let s = tiny(&base, 1);
+    let ex = TrainExample { ids: vec![5, 17, 300, 42, 9, 1000, 7, 8], prompt_len: 3 };
+    let loss_of = |s: &Student| batch_nll(s, &[&ex]).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let grads = batch_nll(&s, &[&ex]).unwrap().backward().unwrap();
+    let mut rng = Rng::new(9);
+    let mut checked = 0;
+    for (name, v) in s.params() {
+        let g: Vec<f32> = grads.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let orig: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        // Probe the entry with the largest gradient and one random entry.
+        let big = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        for i in [big, rng.below(g.len())] {
+            if g[i].abs() < 1e-3 {
+                continue;
+            }
+            let eps = 1e-2f32;
+            let at = |delta: f32| {
+                let mut w = orig.clone();
+                w[i] += delta;
+                v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap()).unwrap();
+                loss_of(&s)
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            v.set(&Tensor::from_vec(orig.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
+            let rel = (fd - g[i] as f64).abs() / (g[i].abs() as f64).max(1e-3);
+            assert!(rel < 0.05, "{name}[{i}]: analytic {} vs finite difference {fd}", g[i]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} entries checked");
+}
+
+#[test]
+fn hf_export_round_trips() {
+    let base = smollm();
+    let s = tiny(&base, 2);
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("hf");
+    export_hf(&s, &out).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let back = Student::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(back.config, s.config);
+    assert_eq!(back.template, s.template);
+    let ids = Tensor::new(&[[1u32, 9690, 198, 2683, 359, 253, 5356]], &Device::Cpu).unwrap();
+    let a = s.model.last_logits(&ids).unwrap();
+    let b = back.model.last_logits(&ids).unwrap();
+    assert_eq!((a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let text = "How many apples? 12 + 5 = 17";
+    assert_eq!(back.tokenizer.encode(text, false).unwrap().get_ids(), s.tokenizer.encode(text, false).unwrap().get_ids());
+    // Exporting over a non-empty dir is refused.
+    assert!(export_hf(&s, &out).is_err());
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let trunc = d.path().join("trunc.gguf");
+    let bytes = std::fs::read(default_model_path()).unwrap();
+    std::fs::write(&trunc, &bytes[..1_000_000]).unwrap();
+    let e = Student::load(&trunc, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("trunc.gguf") && (e.contains("truncated") || e.contains("GGUF")), "{e}");
+    std::fs::write(d.path().join("junk.gguf"), b"not a gguf").unwrap();
+    let e = Student::load(&d.path().join("junk.gguf"), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("junk.gguf"), "{e}");
+    // An HF dir whose weights miss a tensor, or carry a wrong shape.
+    let base = smollm();
+    let s = tiny(&base, 3);
+    let out = d.path().join("hf");
+    export_hf(&s, &out).unwrap();
+    let mut w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    w.remove("model.norm.weight");
+    candle_core::safetensors::save(&w, out.join("model.safetensors")).unwrap();
+    let e = Student::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("lack tensor 'model.norm.weight'"), "{e}");
+    w.insert("model.norm.weight".into(), Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&w, out.join("model.safetensors")).unwrap();
+    let e = Student::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("'model.norm.weight' has shape [7]"), "{e}");
+    std::fs::write(out.join("model.safetensors"), b"garbage").unwrap();
+    let e = Student::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+}
+
+fn arith_pairs(n: usize) -> Vec<(String, String)> {
+    cotlab::data::arith::generate(n, 4)
+        .iter()
+        .map(|p| (p.example().question, cotlab::teacher::rule::write(p, 2, cotlab::cot::Format::Plain)))
+        .collect()
+}
+
+#[test]
+fn sft_learns_and_resumes_exactly() {
+    let base = smollm();
+    let pairs = arith_pairs(16);
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: "cosine".into(), max_len: 96, save_every: 100, ..Default::default() };
+    let cfg = serde_json::json!({"model": "tiny", "options": opts});
+    let d = tempfile::tempdir().unwrap();
+
+    let whole = tiny(&base, 5);
+    let full = sft(&whole, &pairs, &opts, &RunDir::new(d.path().join("a")), cfg.clone(), None).unwrap();
+    assert_eq!(full.losses.len(), 6);
+    assert!(full.losses[5] < full.losses[0] - 0.5, "loss falls: {:?}", full.losses);
+
+    let parts = tiny(&base, 5);
+    let run = RunDir::new(d.path().join("b"));
+    let first = sft(&parts, &pairs, &opts, &run, cfg.clone(), Some(3)).unwrap();
+    assert_eq!((first.steps, first.resumed_from), (3, None));
+    assert!(run.checkpoint().join("model.safetensors").is_file());
+    // A fresh process would load the base weights again: start from a new tiny model.
+    let again = tiny(&base, 5);
+    let second = sft(&again, &pairs, &opts, &run, cfg.clone(), None).unwrap();
+    assert_eq!(second.resumed_from, Some(3));
+    let stitched: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    for (a, b) in stitched.iter().zip(&full.losses) {
+        assert!((a - b).abs() < 1e-5, "resumed curve {stitched:?} != uninterrupted {:?}", full.losses);
+    }
+    let log = std::fs::read_to_string(run.log_path()).unwrap();
+    assert_eq!(log.lines().count(), 6);
+
+    // The same dir with another config is refused, nothing overwritten.
+    let other = SftOptions { lr: 1e-3, ..opts.clone() };
+    let e = sft(&again, &pairs, &other, &run, serde_json::json!({"model": "tiny", "options": other}), None).err().unwrap().to_string();
+    assert!(e.contains("holds a different run") && e.contains("lr"), "{e}");
+}
+
+#[test]
+fn truncation_is_reported_not_silent() {
+    let base = smollm();
+    let pairs = arith_pairs(8);
+    let t = tokenize(&base.tokenizer, &base.template, &pairs, 60).unwrap();
+    assert!(t.truncated > 0 && t.examples.iter().all(|e| e.ids.len() <= 60));
+    let e = tokenize(&base.tokenizer, &base.template, &pairs, 10).err().unwrap().to_string();
+    assert!(e.contains("raise max_len"), "{e}");
+}
