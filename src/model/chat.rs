@@ -96,10 +96,13 @@ impl ChatTemplate {
     }
 }
 
-/// SmolLM2's template prints `<|im_start|>system\n...<|im_end|>` when no system message is given.
-fn default_system(jinja: &str) -> Option<String> {
-    let start = jinja.find("<|im_start|>system\\n")? + "<|im_start|>system\\n".len();
-    let end = jinja[start..].find("<|im_end|>")?;
-    let s = &jinja[start..start + end];
-    (!s.contains('{') && !s.is_empty()).then(|| s.to_string())
+/// SmolLM2's template prints `<|im_start|>system\n...<|im_end|>` when no system message is
+/// given. The newline is a real one in GGUF metadata and may be an escaped `\n` in JSON configs.
+pub fn default_system(jinja: &str) -> Option<String> {
+    ["<|im_start|>system\n", "<|im_start|>system\\n"].iter().find_map(|marker| {
+        let start = jinja.find(marker)? + marker.len();
+        let end = jinja[start..].find("<|im_end|>")?;
+        let s = &jinja[start..start + end];
+        (!s.contains('{') && !s.is_empty()).then(|| s.to_string())
+    })
 }

@@ -74,11 +74,7 @@ fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> ChatTemplate {
     } else if jinja.contains("<start_of_turn>") {
         ChatTemplate::Gemma
     } else if jinja.contains("<|im_start|>") {
-        let sys = jinja
-            .find("<|im_start|>system\\n")
-            .map(|i| &jinja[i + "<|im_start|>system\\n".len()..])
-            .and_then(|r| r.find("<|im_end|>").map(|j| r[..j].to_string()))
-            .filter(|s| !s.contains('{') && !s.is_empty());
+        let sys = super::chat::default_system(jinja);
         ChatTemplate::Chatml { default_system: sys }
     } else {
         let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
