@@ -163,3 +163,28 @@ fn quickstart_runs_on_embedded_data() {
     assert!(rows.iter().all(|r| r["agree_pct"] == "100.0"), "the rule teacher is always right");
     assert!(out.path().join("quickstart_report.html").is_file());
 }
+
+#[test]
+fn sft_quick_fine_tunes_smollm_and_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sft_quick.rhai");
+    let first = run(cotlab().current_dir(work.path()).arg("run").arg(&script).args(["--out", "out", "--set", "stop_after=3"]));
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert!(first.stdout.contains("steps 3/6"), "{}", first.stdout);
+    let ck = work.path().join("runs/sft_quick/checkpoint");
+    assert!(ck.join("model.safetensors").is_file() && ck.join("optimizer.safetensors").is_file());
+    let second = run(cotlab().current_dir(work.path()).arg("run").arg(&script).args(["--out", "out"]));
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert!(second.stderr.contains("resuming runs/sft_quick at step 3/6"), "{}", second.stderr);
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(work.path().join("runs/sft_quick/train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 6);
+    let loss = |i: usize| log[i]["loss"].as_f64().unwrap();
+    // Epoch 3 sees the same examples as epoch 1: its loss must be clearly lower.
+    assert!(loss(4) + loss(5) < loss(0) + loss(1) - 0.2, "loss falls: {:?}", (0..6).map(loss).collect::<Vec<_>>());
+    assert!(work.path().join("out/model/model.safetensors").is_file());
+    assert!(work.path().join("out/model/tokenizer_config.json").is_file());
+}

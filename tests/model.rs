@@ -239,3 +239,91 @@ fn truncation_is_reported_not_silent() {
     let e = tokenize(&base.tokenizer, &base.template, &pairs, 10).err().unwrap().to_string();
     assert!(e.contains("raise max_len"), "{e}");
 }
+
+#[test]
+fn lora_trains_only_adapters_and_exports_peft_and_merged() {
+    use cotlab::model::lora::LoraConfig;
+    let base0 = smollm();
+    let d = tempfile::tempdir().unwrap();
+    let base_dir = d.path().join("tiny-base");
+    export_hf(&tiny(&base0, 7), &base_dir).unwrap();
+    let base = Student::load(&base_dir, &Device::Cpu).unwrap();
+    let before = base.params()["model.layers.0.self_attn.q_proj.weight"].as_tensor().copy().unwrap();
+
+    // Gradients reach the adapters only.
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+    let probe = base.with_lora(cfg.clone(), 1).unwrap();
+    assert_eq!(probe.model.trainable().len(), 2 * 3 * 2);
+    let ex = TrainExample { ids: vec![5, 17, 300, 42, 9, 1000, 7, 8], prompt_len: 3 };
+    let g = batch_nll(&probe, &[&ex]).unwrap().backward().unwrap();
+    assert!(probe.params().values().all(|v| g.get(v).is_none()), "frozen weights get no gradient");
+    assert!(probe.model.trainable().iter().all(|v| g.get(v).is_some()), "every adapter gets a gradient");
+
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: "constant".into(), max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
+    let run = RunDir::new(d.path().join("run"));
+    let cfgj = serde_json::json!({"model": base_dir.display().to_string(), "options": opts});
+    let r = sft(&base, &arith_pairs(16), &opts, &run, cfgj, None).unwrap();
+    assert!(r.losses[5] < r.losses[0] - 0.2, "loss falls: {:?}", r.losses);
+    let after = base.params()["model.layers.0.self_attn.q_proj.weight"].as_tensor();
+    assert_eq!((after - &before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "base untouched");
+
+    // PEFT layout.
+    let peft = d.path().join("peft");
+    cotlab::train::export::export_run_with(&run.path, &peft, false).unwrap();
+    let acfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((acfg["peft_type"].as_str(), acfg["r"].as_u64()), (Some("LORA"), Some(4)));
+    let w = candle_core::safetensors::load(peft.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(w.len(), 2 * 3 * 2);
+    assert_eq!(w["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"].dims(), &[4, 32]);
+    assert_eq!(w["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].dims(), &[16, 4]);
+
+    // Merged export computes what base + adapters compute.
+    let merged = d.path().join("merged");
+    cotlab::train::export::export_run_with(&run.path, &merged, true).unwrap();
+    let m = Student::load(&merged, &Device::Cpu).unwrap();
+    let with = base.with_lora(cfg, 0).unwrap();
+    let ck = candle_core::safetensors::load(run.checkpoint().join("model.safetensors"), &Device::Cpu).unwrap();
+    for (n, v) in with.model.trainable_named() {
+        v.set(&ck[&n]).unwrap();
+    }
+    let ids = Tensor::new(&[[1u32, 9690, 198, 2683, 359, 253, 5356]], &Device::Cpu).unwrap();
+    let a = with.model.last_logits(&ids).unwrap();
+    let b = m.model.last_logits(&ids).unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "merged differs by {diff}");
+}
+
+#[test]
+fn sft_from_a_rhai_script_with_resume() {
+    use cotlab::script::{Context, Runner};
+    let base0 = smollm();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-hf");
+    export_hf(&tiny(&base0, 11), &dir).unwrap();
+    let mut ctx = Context::new(cotlab::data::DataDir("/nonexistent".into()), None);
+    ctx.runs_dir = d.path().join("runs");
+    let src = format!(
+        r#"let s = student("{}");
+           let c = rationales("arith", #{{ level: 3, n: 12, seed: 2 }});
+           let o = #{{ run: "t", max_steps: 3, batch_size: 2, grad_accum: 2, lr: 1e-3, max_len: 128, stop_after: 2 }};
+           let a = sft(s, c, o);
+           o.remove("stop_after");
+           let b = sft(s, c, o);
+           [a.steps, a.resumed_from, b.steps, b.resumed_from, s.num_params]"#,
+        dir.display()
+    );
+    let v = Runner::new(ctx.clone()).eval("sft.rhai", &src).unwrap_or_else(|e| panic!("{e}")).into_array().unwrap();
+    assert_eq!(v[0].as_int().unwrap(), 2);
+    assert!(v[1].is_unit());
+    assert_eq!(v[2].as_int().unwrap(), 3);
+    assert_eq!(v[3].as_int().unwrap(), 2);
+    assert!(d.path().join("runs/t/checkpoint/state.json").is_file());
+    let e = Runner::new(ctx.clone())
+        .eval("bad.rhai", &format!("let s = student(\"{}\");\nsft(s, rationales(\"arith\", #{{level: 1}}), #{{max_steps: 1}})", dir.display()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with("bad.rhai:2:1:") && e.contains("give the run a name"), "{e}");
+    let e = Runner::new(ctx).eval("m.rhai", "student(\"default-typo\")").err().unwrap().to_string();
+    assert!(e.contains("model not found"), "{e}");
+}

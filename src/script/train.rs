@@ -89,12 +89,12 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let out = ctx.out.clone();
     engine.register_fn("export_model", move |run: &str, name: &str| -> RhaiResult<String> {
         let run_dir = if PathBuf::from(run).is_dir() { PathBuf::from(run) } else { runs.join(run) };
-        let target = match &out {
-            Some(o) => o.path_for(name).map_err(rt)?,
-            None => return Err(rt(usage!("export_model needs an output dir: run with `cotlab run --out DIR`"))),
+        let Some(o) = &out else {
+            return Err(rt(usage!("export_model needs an output dir: run with `cotlab run --out DIR`")));
         };
-        // path_for may have created the (empty) target's parent; the export makes the dir itself.
+        // Written into the staging area; published to OUT/<name> when the script succeeds.
+        let target = o.path_for(name).map_err(rt)?;
         export_run(&run_dir, &target).map_err(rt)?;
-        Ok(target.display().to_string())
+        Ok(o.root().join(name).display().to_string())
     });
 }
