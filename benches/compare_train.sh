@@ -26,7 +26,8 @@ python3 - "$c" "$t" <<'PY'
 import json, sys
 c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"mode {c['mode']}")
-print(f"cotlab : {c['tokens_per_s']:8.1f} tokens/s  {c['step_s']:6.2f} s/step  {c['cpu_s_per_step']:6.1f} CPU-s/step  peak RSS {c['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in c['losses']]}")
-print(f"pytorch: {t['tokens_per_s']:8.1f} tokens/s  {t['step_s']:6.2f} s/step  {t['cpu_s_per_step']:6.1f} CPU-s/step  peak RSS {t['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in t['losses']]}")
+for name, r in (("cotlab ", c), ("pytorch", t)):
+    print(f"{name}: {r['tokens_per_s']:8.1f} tokens/s  {r['step_s']:6.2f} s/step (fwd {r['fwd_s']:.2f} bwd {r['bwd_s']:.2f} opt {r['opt_s']:.2f})  "
+          f"{r['cpu_s_per_step']:6.1f} CPU-s/step  peak RSS {r['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in r['losses']]}")
 print(f"ratio  : speed {c['tokens_per_s'] / t['tokens_per_s']:.2f}x PyTorch (target >= 1.0), memory {c['peak_rss_mb'] / t['peak_rss_mb']:.2f}x (target <= 1.5)")
 PY

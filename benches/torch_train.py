@@ -47,14 +47,17 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
     ids = torch.tensor(json.load(open(a.batch)), dtype=torch.long)
-    times, cpu, losses = [], [], []
+    times, cpu, losses, fwd, bwd, optt = [], [], [], [], [], []
     for _ in range(a.steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         logits = model(input_ids=ids).logits
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        fwd.append(t1 - t0); bwd.append(t2 - t1); optt.append(time.perf_counter() - t2)
         losses.append(loss.item())
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
@@ -67,6 +70,9 @@ def main():
         "cpu_s_per_step": sum(cpu[1:]) / (len(cpu) - 1),
         "losses": losses,
         "threads": torch.get_num_threads(),
+        "fwd_s": sum(fwd[1:]) / (len(fwd) - 1),
+        "bwd_s": sum(bwd[1:]) / (len(bwd) - 1),
+        "opt_s": sum(optt[1:]) / (len(optt) - 1),
     }
     print(json.dumps(out))
 

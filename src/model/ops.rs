@@ -188,6 +188,71 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2(w, FrozenMatmul(Mutex::new(Some(y))))
 }
 
+/// Cross-entropy of logits (N, V) against `targets` (N): returns the per-row NLL (N). Fused on
+/// CPU: one pass for log-sum-exp forward, one for `softmax − onehot` backward, instead of the
+/// half-dozen vocab-sized tensors a composed log_softmax + gather allocates in each direction.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if !matches!(logits.device(), candle_core::Device::Cpu) {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+        return logp.gather(&t, 1)?.squeeze(1)?.neg();
+    }
+    logits.contiguous()?.apply_op1(CrossEntropy { targets: targets.to_vec(), lse: Mutex::new(Vec::new()) })
+}
+
+struct CrossEntropy {
+    targets: Vec<u32>,
+    lse: Mutex<Vec<f32>>,
+}
+
+fn cpu_f32(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cotlab-cross-entropy"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let CpuStorage::F32(x) = s else { candle_core::bail!("cross-entropy: logits must be f32") };
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("cross-entropy: logits not contiguous") };
+        let (n, v) = l.shape().dims2()?;
+        let x = &x[a..b];
+        if self.targets.len() != n {
+            candle_core::bail!("cross-entropy: {} targets for {n} rows", self.targets.len());
+        }
+        let rows: Vec<(f32, f32)> = x
+            .par_chunks(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&z| (z - m).exp()).sum();
+                let lse = m + sum.ln();
+                (lse - row[t as usize], lse)
+            })
+            .collect();
+        *self.lse.lock().unwrap() = rows.iter().map(|r| r.1).collect();
+        Ok((CpuStorage::F32(rows.iter().map(|r| r.0).collect()), Shape::from(n)))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let (n, v) = x.dims2()?;
+        let xs = cpu_f32(x)?;
+        let gs = cpu_f32(g)?;
+        let lse = self.lse.lock().unwrap();
+        let mut out = vec![0f32; n * v];
+        out.par_chunks_mut(v).zip(xs.par_chunks(v)).enumerate().for_each(|(i, (o, row))| {
+            let (gi, li) = (gs[i], lse[i]);
+            for (oj, &z) in o.iter_mut().zip(row) {
+                *oj = gi * (z - li).exp();
+            }
+            o[self.targets[i] as usize] -= gi;
+        });
+        Ok(Some(Tensor::from_vec(out, (n, v), x.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +293,18 @@ mod tests {
         let gs = (&slow * w.as_tensor())?.sum_all()?.backward()?;
         let d = (gf.get(&m).unwrap() - gs.get(&m).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d < 1e-4);
+        // Fused cross-entropy against log_softmax + gather.
+        let logits = Var::randn(0f32, 3., (7, 50), &dev)?;
+        let targets = [3u32, 0, 49, 7, 7, 20, 1];
+        let wt = Tensor::randn(0f32, 1., 7, &dev)?;
+        let fast = cross_entropy_rows(logits.as_tensor(), &targets)?;
+        let t = Tensor::new(&targets, &dev)?.unsqueeze(1)?;
+        let slow = candle_nn::ops::log_softmax(logits.as_tensor(), D::Minus1)?.gather(&t, 1)?.squeeze(1)?.neg()?;
+        assert!((&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        let gf = (fast * &wt)?.sum_all()?.backward()?;
+        let gs = (slow * &wt)?.sum_all()?.backward()?;
+        let d = (gf.get(&logits).unwrap() - gs.get(&logits).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "cross-entropy gradient differs by {d}");
         Ok(())
     }
 }

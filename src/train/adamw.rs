@@ -73,19 +73,26 @@ impl InplaceOp1 for CpuUpdate<'_> {
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
         let CpuStorage::F32(p) = s else { candle_core::bail!("AdamW: parameters must be f32") };
         let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("AdamW: parameter not contiguous") };
+        use rayon::prelude::*;
         let p = &mut p[start..end];
         let mut m = self.m.lock().unwrap();
         let mut v = self.v.lock().unwrap();
         let (b1, b2) = (self.c.beta1 as f32, self.c.beta2 as f32);
         let (eps, wd) = (self.c.eps as f32, self.c.weight_decay as f32);
-        for i in 0..p.len() {
-            let g = self.grad[i] * self.scale;
-            m[i] = b1 * m[i] + (1.0 - b1) * g;
-            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            let mh = m[i] / self.bc1;
-            let vh = v[i] / self.bc2;
-            p[i] -= self.lr * (mh / (vh.sqrt() + eps) + wd * p[i]);
-        }
+        let (lr, scale, bc1, bc2) = (self.lr, self.scale, self.bc1, self.bc2);
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(self.grad.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let g = g[i] * scale;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g;
+                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                    p[i] -= lr * ((m[i] / bc1) / ((v[i] / bc2).sqrt() + eps) + wd * p[i]);
+                }
+            });
         Ok(())
     }
 }

@@ -26,6 +26,10 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     pub losses: Vec<f64>,
     pub threads: usize,
+    /// Mean wall seconds per step in forward (incl. loss), backward and the optimizer.
+    pub fwd_s: f64,
+    pub bwd_s: f64,
+    pub opt_s: f64,
 }
 
 /// Peak resident set size of this process (VmHWM), in MB.
@@ -63,13 +67,19 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -
     let mut times = Vec::new();
     let mut cpu = Vec::new();
     let mut losses = Vec::new();
+    let (mut fwd, mut bwd, mut optt) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..steps + 1 {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let nll = batch_nll(student, &refs).map_err(ce)?;
         let loss = (&nll / tokens as f64).map_err(ce)?;
+        fwd.push(t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
         let grads = loss.backward().map_err(ce)?;
         let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().map_err(ce)?;
+        bwd.push(t1.elapsed().as_secs_f64());
+        let t2 = Instant::now();
         opt.step(&vars, &g, lr, 1.0).map_err(ce)?;
+        optt.push(t2.elapsed().as_secs_f64());
         losses.push(loss.to_dtype(DType::F64).map_err(ce)?.to_scalar::<f64>().map_err(ce)?);
         times.push(t0.elapsed().as_secs_f64());
         cpu.push(cpu_seconds() - c0);
@@ -88,5 +98,8 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -
         peak_rss_mb: peak_rss_mb(),
         losses,
         threads: candle_core::utils::get_num_threads(),
+        fwd_s: mean(&fwd),
+        bwd_s: mean(&bwd),
+        opt_s: mean(&optt),
     })
 }

@@ -166,9 +166,7 @@ pub fn batch_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Res
     let pos = Tensor::new(positions.as_slice(), device)?;
     let h = hidden.reshape((b * t, d))?.index_select(&pos, 0)?;
     let logits = student.model.logits(&h)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let tgt = Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?;
-    logp.gather(&tgt, 1)?.sum_all()?.neg()
+    crate::model::ops::cross_entropy_rows(&logits, &targets)?.sum_all()
 }
 
 /// Fine-tune `student` on (question, rationale) pairs. Resumes from `run`'s checkpoint when it
