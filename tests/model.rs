@@ -327,3 +327,15 @@ fn sft_from_a_rhai_script_with_resume() {
     let e = Runner::new(ctx).eval("m.rhai", "student(\"default-typo\")").err().unwrap().to_string();
     assert!(e.contains("model not found"), "{e}");
 }
+
+#[test]
+fn nan_loss_stops_the_run_with_a_clear_message() {
+    let base = smollm();
+    let s = tiny(&base, 13);
+    let w = &s.params()["model.layers.1.mlp.up_proj.weight"];
+    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let opts = SftOptions { max_steps: Some(2), batch_size: 2, grad_accum: 1, max_len: 96, ..Default::default() };
+    let e = sft(&s, &arith_pairs(4), &opts, &RunDir::new(d.path().join("r")), serde_json::json!({}), None).err().unwrap().to_string();
+    assert!(e.contains("loss is NaN at step 1") && e.contains("diverged"), "{e}");
+}

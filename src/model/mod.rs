@@ -40,20 +40,62 @@ pub fn default_model_path() -> PathBuf {
     cotlab_home().join("models").join(DEFAULT_GGUF)
 }
 
-/// Resolve a model spec: "default", a .gguf file, or a Hugging Face model dir.
+/// Resolve a model spec: "default", a .gguf file, a Hugging Face model dir, or `hf:ORG/NAME`
+/// (downloaded once into the Hugging Face cache; needs internet).
 pub fn resolve(spec: &str) -> Result<PathBuf> {
-    let p = if spec == "default" { default_model_path() } else { PathBuf::from(spec) };
-    if spec.starts_with("hf:") {
-        return Err(usage!(
-            "'{spec}': hub downloads are not built in yet; download the model dir (config.json, \
-             *.safetensors, tokenizer.json) and pass its path"
-        ));
+    if let Some(repo) = spec.strip_prefix("hf:") {
+        return hub::download(repo);
     }
+    let p = if spec == "default" { default_model_path() } else { PathBuf::from(spec) };
     if !p.exists() {
         let hint = if spec == "default" { " (run scripts/setup.sh to fetch the default student)" } else { "" };
         return Err(Error::data(&p, format!("model not found{hint}")));
     }
     Ok(p)
+}
+
+mod hub {
+    use std::path::PathBuf;
+
+    use crate::error::Result;
+    use crate::usage;
+
+    /// Fetch config.json, tokenizer files and the safetensors weights (single file or shards)
+    /// of `ORG/NAME[@revision]`; returns the snapshot dir.
+    #[cfg(feature = "hub")]
+    pub fn download(repo: &str) -> Result<PathBuf> {
+        use hf_hub::api::sync::ApiBuilder;
+        use hf_hub::{Repo, RepoType};
+        let (name, rev) = repo.split_once('@').unwrap_or((repo, "main"));
+        let fail = |what: &str, e: String| usage!("hf:{repo}: could not fetch {what}: {e} (no internet? pass a local model dir instead)");
+        let api = ApiBuilder::new().with_progress(true).build().map_err(|e| fail("the hub client", e.to_string()))?;
+        let r = api.repo(Repo::with_revision(name.to_string(), RepoType::Model, rev.to_string()));
+        let config = r.get("config.json").map_err(|e| fail("config.json", e.to_string()))?;
+        r.get("tokenizer.json").map_err(|e| fail("tokenizer.json", e.to_string()))?;
+        let _ = r.get("tokenizer_config.json");
+        match r.get("model.safetensors.index.json") {
+            Ok(index) => {
+                let text = std::fs::read_to_string(&index).map_err(|e| fail("the weight index", e.to_string()))?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail("the weight index", e.to_string()))?;
+                let mut shards: Vec<String> =
+                    v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str().map(str::to_string)).collect();
+                shards.sort();
+                shards.dedup();
+                for s in shards {
+                    r.get(&s).map_err(|e| fail(&s, e.to_string()))?;
+                }
+            }
+            Err(_) => {
+                r.get("model.safetensors").map_err(|e| fail("model.safetensors", e.to_string()))?;
+            }
+        }
+        Ok(config.parent().expect("a downloaded file has a dir").to_path_buf())
+    }
+
+    #[cfg(not(feature = "hub"))]
+    pub fn download(repo: &str) -> Result<PathBuf> {
+        Err(usage!("hf:{repo}: this cotlab was built without the `hub` feature; download the model dir and pass its path"))
+    }
 }
 
 /// A student: config, trainable weights, tokenizer and chat template.
