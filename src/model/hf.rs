@@ -18,12 +18,59 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, format!("line {}: {e}", e.line())))?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    if !matches!(model_type.as_str(), "llama" | "qwen2" | "mistral") {
-        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet (llama, qwen2, mistral)")));
+    if !matches!(model_type.as_str(), "llama" | "qwen2" | "mistral" | "gemma" | "bloom") {
+        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet (llama, qwen2, mistral, gemma, bloom)")));
     }
     let mut raw = raw;
-    if model_type == "qwen2" {
-        raw["attention_bias"] = true.into();
+    match model_type.as_str() {
+        "qwen2" => {
+            raw["attention_bias"] = true.into();
+            raw["family"] = "qwen2".into();
+        }
+        "gemma" => {
+            raw["family"] = "gemma".into();
+            let act = raw.get("hidden_activation").or(raw.get("hidden_act")).cloned().unwrap_or("gelu_pytorch_tanh".into());
+            raw["hidden_act"] = act;
+            if raw.get("tie_word_embeddings").is_none() {
+                raw["tie_word_embeddings"] = true.into();
+            }
+        }
+        "bloom" => {
+            let g = |k: &str, alt: &str| raw.get(k).or(raw.get(alt)).cloned().unwrap_or(serde_json::Value::Null);
+            let (d, layers, heads) = (g("hidden_size", "n_embed"), g("n_layer", "num_hidden_layers"), g("n_head", "num_attention_heads"));
+            let hidden = d.as_u64().unwrap_or(0);
+            raw = serde_json::json!({
+                "family": "bloom", "hidden_act": "gelu", "vocab_size": raw["vocab_size"], "hidden_size": d,
+                "intermediate_size": 4 * hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": heads, "rms_norm_eps": raw.get("layer_norm_epsilon").cloned().unwrap_or(1e-5.into()),
+                "rope_theta": 0.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "attention_bias": true,
+                "bos_token_id": raw.get("bos_token_id").cloned(), "eos_token_id": raw.get("eos_token_id").cloned(),
+            });
+        }
+        _ => {}
+    }
+    // Rope settings: top level (transformers 4) or `rope_parameters` / `rope_scaling` (5).
+    let rope = raw.get("rope_parameters").or(raw.get("rope_scaling")).cloned().filter(|v| v.is_object());
+    if let Some(r) = &rope {
+        if raw.get("rope_theta").is_none() {
+            if let Some(t) = r.get("rope_theta") {
+                raw["rope_theta"] = t.clone();
+            }
+        }
+        let kind = r.get("rope_type").or(r.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        match kind {
+            "default" => {}
+            "llama3" => {
+                let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
+                let (Some(a), Some(b), Some(c), Some(d)) =
+                    (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"))
+                else {
+                    return Err(Error::data(&cfg_path, "llama3 rope scaling lacks factor/low_freq_factor/high_freq_factor/original_max_position_embeddings"));
+                };
+                raw["rope_llama3"] = serde_json::json!([a, b, c, d]);
+            }
+            other => return Err(Error::data(&cfg_path, format!("rope type '{other}' is not supported yet (default, llama3)"))),
+        }
     }
     if raw.get("num_key_value_heads").is_none() {
         raw["num_key_value_heads"] = raw["num_attention_heads"].clone();
@@ -52,6 +99,16 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
         let t = candle_core::safetensors::load(f, device)
             .map_err(|e| Error::data(f, format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
         tensors.extend(t);
+    }
+    // BloomModel checkpoints may lack the `transformer.` prefix; tied lm_head copies are dropped.
+    if config.family == "bloom" {
+        tensors = tensors
+            .into_iter()
+            .filter(|(k, _)| k != "lm_head.weight")
+            .map(|(k, v)| if k.starts_with("transformer.") { (k, v) } else { (format!("transformer.{k}"), v) })
+            .collect();
+    } else if config.tie_word_embeddings {
+        tensors.remove("lm_head.weight");
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::data(&tok_path, format!("{e}")))?;

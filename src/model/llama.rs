@@ -29,6 +29,9 @@ fn ce(e: candle_core::Error) -> Error {
 
 /// Every tensor name and shape a config implies.
 pub fn expected_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    if c.family == "bloom" {
+        return bloom_shapes(c);
+    }
     let (d, f, v, hd) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim());
     let kv = c.num_key_value_heads * hd;
     let q = c.num_attention_heads * hd;
@@ -72,7 +75,13 @@ impl Llama {
         if let Some(extra) = tensors.keys().find(|k| !k.contains("rotary_emb")) {
             return Err(usage!("unexpected tensor '{extra}': the architecture does not use it"));
         }
-        let (cos, sin) = rope_tables(&config, device).map_err(ce)?;
+        let (cos, sin) = if config.family == "bloom" {
+            // ALiBi, no rotary tables; keep a (context, 1) placeholder for the length check.
+            let z = Tensor::zeros((2048, 1), DType::F32, device).map_err(ce)?;
+            (z.clone(), z)
+        } else {
+            rope_tables(&config, device).map_err(ce)?
+        };
         Ok(Llama { config, params, device: device.clone(), lora: None, cos, sin })
     }
 
@@ -135,8 +144,31 @@ impl Llama {
     }
 
 
+    /// The norm of this family: RMSNorm (Gemma: weight 1 + w).
+    fn norm(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
+        let w = self.w(name);
+        let eps = self.config.rms_norm_eps as f32;
+        if self.config.family == "gemma" {
+            ops::rms_norm(x, &(w + 1.0)?, eps)
+        } else {
+            ops::rms_norm(x, &w, eps)
+        }
+    }
+
+    fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.config.hidden_act.as_str() {
+            "silu" | "swish" => candle_nn::ops::silu(x),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu" => x.gelu(),
+            "gelu_exact" => x.gelu_erf(),
+            other => candle_core::bail!("activation '{other}' is not supported"),
+        }
+    }
+
     /// Hidden states (B, T, D) after the final norm.
     pub fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        if self.config.family == "bloom" {
+            return self.bloom_hidden(ids);
+        }
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         if t > self.cos.dim(0)? {
@@ -147,11 +179,15 @@ impl Llama {
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let mask = causal_mask(t, &self.device)?;
+        let _ = eps;
         let emb = self.w("model.embed_tokens.weight");
         let mut x = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b * t, c.hidden_size))?;
+        if c.family == "gemma" {
+            x = (x * (c.hidden_size as f64).sqrt())?;
+        }
         for i in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            let hn = ops::rms_norm(&x, &self.w(&p("input_layernorm.weight")), eps)?;
+            let hn = self.norm(&x, &p("input_layernorm.weight"))?;
             let q = self.proj(&hn, &p("self_attn.q_proj"))?;
             let k = self.proj(&hn, &p("self_attn.k_proj"))?;
             let v = self.proj(&hn, &p("self_attn.v_proj"))?;
@@ -165,18 +201,54 @@ impl Llama {
             let att = ops::softmax_last_dim(&scores)?.matmul(&v)?;
             let att = att.transpose(1, 2)?.reshape((b * t, h * hd))?;
             x = (x + self.proj(&att, &p("self_attn.o_proj"))?)?;
-            let hn = ops::rms_norm(&x, &self.w(&p("post_attention_layernorm.weight")), eps)?;
-            let gate = candle_nn::ops::silu(&self.proj(&hn, &p("mlp.gate_proj"))?)?;
+            let hn = self.norm(&x, &p("post_attention_layernorm.weight"))?;
+            let gate = self.act(&self.proj(&hn, &p("mlp.gate_proj"))?)?;
             let up = self.proj(&hn, &p("mlp.up_proj"))?;
             x = (x + self.proj(&(gate * up)?, &p("mlp.down_proj"))?)?;
         }
-        let x = ops::rms_norm(&x, &self.w("model.norm.weight"), eps)?;
+        let x = self.norm(&x, "model.norm.weight")?;
         x.reshape((b, t, c.hidden_size))
+    }
+
+    fn bloom_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (h, d) = (c.num_attention_heads, c.hidden_size);
+        let hd = d / h;
+        let eps = c.rms_norm_eps;
+        let ln = |x: &Tensor, p: &str| layer_norm(x, &self.w(&format!("{p}.weight")), &self.w(&format!("{p}.bias")), eps);
+        let mask = causal_mask(t, &self.device)?;
+        // ALiBi: head h adds slope[h] · (key position) to every score.
+        let slopes = Tensor::from_vec(alibi_slopes(h), (h, 1, 1), &self.device)?;
+        let pos = Tensor::arange(0u32, t as u32, &self.device)?.to_dtype(DType::F32)?.reshape((1, 1, t))?;
+        let alibi = slopes.broadcast_mul(&pos)?.unsqueeze(0)?; // (1, H, 1, T)
+        let emb = self.w("transformer.word_embeddings.weight");
+        let mut x = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b * t, d))?;
+        x = ln(&x, "transformer.word_embeddings_layernorm")?;
+        for i in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("transformer.h.{i}.{s}");
+            let hn = ln(&x, &p("input_layernorm"))?;
+            let qkv = self.proj(&hn, &p("self_attention.query_key_value"))?.reshape((b, t, h, 3, hd))?;
+            let q = qkv.narrow(3, 0, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let k = qkv.narrow(3, 1, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let v = qkv.narrow(3, 2, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&alibi)?.broadcast_add(&mask)?;
+            let att = ops::softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b * t, d))?;
+            x = (x + self.proj(&att, &p("self_attention.dense"))?)?;
+            let hn = ln(&x, &p("post_attention_layernorm"))?;
+            let up = self.act(&self.proj(&hn, &p("mlp.dense_h_to_4h"))?)?;
+            x = (x + self.proj(&up, &p("mlp.dense_4h_to_h"))?)?;
+        }
+        ln(&x, "transformer.ln_f")?.reshape((b, t, d))
     }
 
     /// Logits (N, V) for hidden states (N, D).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let head = if self.config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let head = match (self.config.family.as_str(), self.config.tie_word_embeddings) {
+            ("bloom", _) => "transformer.word_embeddings.weight",
+            (_, true) => "model.embed_tokens.weight",
+            _ => "lm_head.weight",
+        };
         let w = self.w(head);
         if self.lora.is_some() { ops::frozen_linear(hidden, &w) } else { hidden.matmul(&w.t()?) }
     }
@@ -222,6 +294,53 @@ impl Llama {
     }
 }
 
+fn bloom_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, v) = (c.hidden_size, c.vocab_size);
+    let mut out = vec![("transformer.word_embeddings.weight".to_string(), vec![v, d])];
+    let ln = |out: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        out.push((format!("{p}.weight"), vec![d]));
+        out.push((format!("{p}.bias"), vec![d]));
+    };
+    ln(&mut out, "transformer.word_embeddings_layernorm");
+    for i in 0..c.num_hidden_layers {
+        let p = format!("transformer.h.{i}");
+        ln(&mut out, &format!("{p}.input_layernorm"));
+        ln(&mut out, &format!("{p}.post_attention_layernorm"));
+        for (m, o, inp) in [
+            ("self_attention.query_key_value", 3 * d, d),
+            ("self_attention.dense", d, d),
+            ("mlp.dense_h_to_4h", 4 * d, d),
+            ("mlp.dense_4h_to_h", d, 4 * d),
+        ] {
+            out.push((format!("{p}.{m}.weight"), vec![o, inp]));
+            out.push((format!("{p}.{m}.bias"), vec![o]));
+        }
+    }
+    ln(&mut out, "transformer.ln_f");
+    out
+}
+
+/// LayerNorm over the last dim from differentiable primitives (candle's fused one has no backward).
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
+/// BLOOM's ALiBi slopes, one per head.
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
+    let closest = 1usize << (usize::BITS - 1 - heads.leading_zeros());
+    let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
+    let mut slopes: Vec<f32> = (1..=closest).map(|p| base.powi(p as i32) as f32).collect();
+    if closest != heads {
+        let extra = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
+        let remaining = closest.min(heads - closest);
+        slopes.extend((0..remaining).map(|k| extra.powi((1 + 2 * k) as i32) as f32));
+    }
+    slopes
+}
+
 fn repeat_kv(x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
     if n == 1 {
         return Ok(x.clone());
@@ -239,7 +358,23 @@ fn rope_tables(c: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor,
     let hd = c.head_dim();
     // Tables up to the context length, capped to keep memory small for long-context models.
     let n = c.max_position_embeddings.min(8192);
-    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+    let mut inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+    if let Some((factor, lo, hi, orig)) = c.rope_llama3 {
+        // Llama 3.1's frequency-dependent scaling (as in transformers' _compute_llama3_parameters).
+        let (low_wavelen, high_wavelen) = (orig / lo, orig / hi);
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f as f64;
+            let x = *f as f64;
+            *f = if wavelen < high_wavelen {
+                x
+            } else if wavelen > low_wavelen {
+                x / factor
+            } else {
+                let smooth = (orig / wavelen - lo) / (hi - lo);
+                (1.0 - smooth) * x / factor + smooth * x
+            } as f32;
+        }
+    }
     let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
     let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
     let freqs = pos.broadcast_mul(&inv)?;

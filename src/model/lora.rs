@@ -30,7 +30,11 @@ impl Default for LoraConfig {
     }
 }
 
-pub const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// Llama-family module names, then BLOOM's (PEFT's default BLOOM target is query_key_value).
+pub const MODULES: [&str; 11] = [
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h",
+];
 
 pub struct Lora {
     pub config: LoraConfig,
