@@ -63,9 +63,11 @@ pub(crate) fn rt(e: Error) -> Box<EvalAltResult> {
 
 pub(crate) type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
 
-/// Deserialize an options map into a typed, `deny_unknown_fields` struct.
+/// Deserialize an options map into a typed, `deny_unknown_fields` struct. Goes through JSON so
+/// that `epochs: 3` fills a float field as well as `epochs: 3.0` does.
 pub(crate) fn options<T: serde::de::DeserializeOwned>(m: Map) -> RhaiResult<T> {
-    rhai::serde::from_dynamic(&Dynamic::from_map(m))
+    let v = serde_json::to_value(Dynamic::from_map(m)).map_err(|e| rt(Error::usage(format!("options: {e}"))))?;
+    serde_json::from_value(v).map_err(|e| rt(Error::usage(format!("options: {e}"))))
 }
 
 /// Parse a `--set key=value` value: integer, float, bool, else string.
