@@ -12,6 +12,18 @@ use super::ops;
 use crate::error::{Error, Result};
 use crate::usage;
 
+/// Keys and values of every layer for the tokens decoded so far: (B, KV heads, T, head dim).
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { k: vec![None; layers], v: vec![None; layers] }
+    }
+}
+
 pub struct Llama {
     pub config: LlamaConfig,
     /// Every weight as a `Var`, under its Hugging Face name.
@@ -208,6 +220,67 @@ impl Llama {
         }
         let x = self.norm(&x, "model.norm.weight")?;
         x.reshape((b, t, c.hidden_size))
+    }
+
+    /// Inference: run new tokens `ids` (B, T) at positions `pos` (B, T) against the cache,
+    /// with additive attention mask (B, 1, T, T_cached + T); returns last-position logits (B, V).
+    /// No autograd graph is built (weights are detached, fused kernels used directly).
+    pub fn step(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let eps = c.rms_norm_eps as f32;
+        let w = |n: &str| self.params[n].as_tensor().detach();
+        let norm = |x: &Tensor, n: &str| -> candle_core::Result<Tensor> {
+            let a = if c.family == "gemma" { (w(n) + 1.0)? } else { w(n) };
+            candle_nn::ops::rms_norm(x, &a, eps)
+        };
+        let proj = |x: &Tensor, m: &str| -> candle_core::Result<Tensor> {
+            let mut y = x.matmul(&w(&format!("{m}.weight")).t()?)?;
+            if let Some(bias) = self.params.get(&format!("{m}.bias")) {
+                y = y.broadcast_add(&bias.as_tensor().detach())?;
+            }
+            if let Some(l) = &self.lora {
+                if let Some(d) = l.delta(m, x)? {
+                    y = (y + d.detach())?;
+                }
+            }
+            Ok(y)
+        };
+        let flat = pos.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, hd / 2))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, hd / 2))?;
+        let mut x = w("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?.reshape((b * t, c.hidden_size))?;
+        if c.family == "gemma" {
+            x = (x * (c.hidden_size as f64).sqrt())?;
+        }
+        for i in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let hn = norm(&x, &p("input_layernorm.weight"))?;
+            let q = proj(&hn, &p("self_attn.q_proj"))?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = proj(&hn, &p("self_attn.k_proj"))?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = proj(&hn, &p("self_attn.v_proj"))?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let (k, v) = match (cache.k[i].take(), cache.v[i].take()) {
+                (Some(pk), Some(pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                _ => (k, v),
+            };
+            cache.k[i] = Some(k.clone());
+            cache.v[i] = Some(v.clone());
+            let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+            let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            let att = att.transpose(1, 2)?.reshape((b * t, h * hd))?;
+            x = (x + proj(&att, &p("self_attn.o_proj"))?)?;
+            let hn = norm(&x, &p("post_attention_layernorm.weight"))?;
+            let gate = self.act(&proj(&hn, &p("mlp.gate_proj"))?)?;
+            x = (x + proj(&(gate * proj(&hn, &p("mlp.up_proj"))?)?, &p("mlp.down_proj"))?)?;
+        }
+        let x = norm(&x, "model.norm.weight")?.reshape((b, t, c.hidden_size))?;
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let head = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        last.matmul(&w(head).t()?)
     }
 
     fn bloom_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {

@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

@@ -1,0 +1,39 @@
+//! Decoding with the KV cache: the same tokens as the cache-free reference, and a batch of
+//! prompts of different lengths decodes exactly what each prompt decodes alone.
+
+use candle_core::Device;
+use cotlab::model::generate::{generate, GenOptions};
+use cotlab::model::{default_model_path, Student};
+
+const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
+
+#[test]
+fn cached_batched_decoding_matches_references() {
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let opts = GenOptions { max_new_tokens: 24, ..Default::default() };
+    let one = generate(&s, &[BANANAS.to_string()], &opts).unwrap();
+    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS), false).unwrap().get_ids().to_vec();
+    let reference = s.model.greedy(&prompt, 24, &[2]).unwrap();
+    assert_eq!(one[0].text, s.tokenizer.decode(&reference, true).unwrap());
+    assert!(one[0].text.starts_with("To find out how many groups of 2 bananas are in each group of 93"), "{}", one[0].text);
+    assert_eq!((one[0].tokens, one[0].finish.as_str()), (24, "length"));
+
+    let qs: Vec<String> = [BANANAS, "What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime?"]
+        .iter()
+        .map(|q| q.to_string())
+        .collect();
+    let batched = generate(&s, &qs, &opts).unwrap();
+    for (q, b) in qs.iter().zip(&batched) {
+        let alone = generate(&s, &[q.clone()], &opts).unwrap();
+        assert_eq!(&alone[0], b, "batched != alone for {q}");
+    }
+    // Sampling is seeded per prompt: also independent of the batch.
+    let sample = GenOptions { max_new_tokens: 12, temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
+    let a = generate(&s, &qs, &sample).unwrap();
+    let b = generate(&s, &qs[1..2], &sample).unwrap();
+    assert_eq!(a[1], b[0]);
+    // Stop strings cut the text.
+    let stop = GenOptions { max_new_tokens: 24, stop: vec!["bananas".into()], ..Default::default() };
+    let c = generate(&s, &[BANANAS.to_string()], &stop).unwrap();
+    assert_eq!((c[0].text.as_str(), c[0].finish.as_str()), ("To find out how many groups of 2 ", "stop"));
+}
