@@ -56,6 +56,30 @@ enum Cmd {
         #[arg(long)]
         merge: bool,
     },
+    /// Evaluate a student zero-shot on a test set (results.json + samples.jsonl/parquet; resumable).
+    Eval {
+        /// "default", a .gguf file, an HF model dir, a run dir (runs/<name>), or hf:ORG/NAME.
+        #[arg(long, default_value = "default")]
+        model: String,
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        split: Option<String>,
+        /// Evaluate a seeded subset of N examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 320)]
+        max_new_tokens: usize,
+        /// The eval dir (default: runs/eval-<task>-<split>-<model>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -159,6 +183,25 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
             }
             eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, out, data_dir } => {
+            let dir = DataDir::resolve(data_dir);
+            let ds = load_dataset(&dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
+            let p = PathBuf::from(&model);
+            let student = if p.join("checkpoint").is_dir() {
+                cotlab::train::export::load_run(&p)?
+            } else {
+                cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?
+            };
+            let opts = cotlab::eval::run::EvalOptions { batch_size, max_new_tokens, ..Default::default() };
+            let eval_dir = out.unwrap_or_else(|| {
+                let split = ds.split.replace(':', "-");
+                let base = cotlab::eval::run::default_dir(std::path::Path::new("runs"), &ds.name, &split, &student.source);
+                if limit.is_some() { base.with_file_name(format!("{}-n{}-s{}", base.file_name().unwrap().to_string_lossy(), ds.len(), seed)) } else { base }
+            });
+            let r = cotlab::eval::run::evaluate(&student, &ds, &opts, &eval_dir)?;
+            println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
         Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {

@@ -86,6 +86,26 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
 
     let runs = ctx.runs_dir.clone();
+    engine.register_fn("evaluate", move |s: &mut StudentH, ds: crate::data::Dataset, opts: Map| -> RhaiResult<Dynamic> {
+        let mut opts = opts;
+        let name = match opts.remove("name") {
+            Some(v) => Some(v.into_string().map_err(|t| rt(usage!("evaluate: 'name' must be a string, found {t}")))?),
+            None => None,
+        };
+        let o: crate::eval::run::EvalOptions = options(opts)?;
+        let dir = match name {
+            Some(n) => runs.join(n),
+            None => crate::eval::run::default_dir(&runs, &ds.name, &ds.split.replace(':', "-"), &s.0.source),
+        };
+        rhai::serde::to_dynamic(crate::eval::run::evaluate(&s.0, &ds, &o, &dir).map_err(rt)?)
+    });
+    let runs = ctx.runs_dir.clone();
+    engine.register_fn("generate", |s: &mut StudentH, question: &str, opts: Map| -> RhaiResult<Dynamic> {
+        let o: crate::model::generate::GenOptions = options(opts)?;
+        let g = crate::model::generate::generate(&s.0, &[question.to_string()], &o).map_err(rt)?;
+        rhai::serde::to_dynamic(&g[0])
+    });
+
     let out = ctx.out.clone();
     engine.register_fn("export_model", move |run: &str, name: &str| -> RhaiResult<String> {
         let run_dir = if PathBuf::from(run).is_dir() { PathBuf::from(run) } else { runs.join(run) };

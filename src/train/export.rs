@@ -102,6 +102,20 @@ pub fn export_run(run_dir: &Path, out: &Path) -> Result<()> {
 }
 
 pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
+    let mut student = load_run(run_dir)?;
+    if student.model.lora.is_some() {
+        if !merge {
+            let base = student.source.display().to_string();
+            return export_peft(&student, &base, out);
+        }
+        student.model.merge_lora().map_err(|e| Error::usage(e.to_string()))?;
+    }
+    export_hf(&student, out)
+}
+
+/// The student of a run dir's last checkpoint: its base model with the checkpoint's weights
+/// (and LoRA adapters for LoRA runs).
+pub fn load_run(run_dir: &Path) -> Result<Student> {
     let run = RunDir::new(run_dir);
     let cfg_path = run_dir.join("config.json");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
@@ -112,7 +126,7 @@ pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
         Some(v) if !v.is_null() => Some(serde_json::from_value(v.clone()).map_err(|e| Error::data(&cfg_path, e.to_string()))?),
         _ => None,
     };
-    let mut student = match lora {
+    let student = match lora {
         Some(l) => base.with_lora(l, 0)?,
         None => base,
     };
@@ -125,11 +139,5 @@ pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
         let w = weights.get(&n).ok_or_else(|| Error::data(&wp, format!("checkpoint lacks '{n}'")))?;
         v.set(w).map_err(|e| Error::data(&wp, format!("'{n}': {e}")))?;
     }
-    if student.model.lora.is_some() {
-        if !merge {
-            return export_peft(&student, model, out);
-        }
-        student.model.merge_lora().map_err(|e| Error::usage(e.to_string()))?;
-    }
-    export_hf(&student, out)
+    Ok(student)
 }
