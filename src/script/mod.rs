@@ -6,6 +6,7 @@
 
 mod data;
 mod frame;
+mod teacher;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub fn engine(ctx: Context) -> Engine {
     data::register(&mut engine, &ctx);
     frame::register(&mut engine, &ctx);
     train::register(&mut engine, &ctx);
+    teacher::register(&mut engine, &ctx);
     engine
 }
 

@@ -99,13 +99,13 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         };
         rhai::serde::to_dynamic(crate::eval::run::evaluate(&s.0, &ds, &o, &dir).map_err(rt)?)
     });
-    let runs = ctx.runs_dir.clone();
     engine.register_fn("generate", |s: &mut StudentH, question: &str, opts: Map| -> RhaiResult<Dynamic> {
         let o: crate::model::generate::GenOptions = options(opts)?;
         let g = crate::model::generate::generate(&s.0, &[question.to_string()], &o).map_err(rt)?;
         rhai::serde::to_dynamic(&g[0])
     });
 
+    let runs = ctx.runs_dir.clone();
     let out = ctx.out.clone();
     engine.register_fn("export_model", move |run: &str, name: &str| -> RhaiResult<String> {
         let run_dir = if PathBuf::from(run).is_dir() { PathBuf::from(run) } else { runs.join(run) };

@@ -1,4 +1,333 @@
-//! Stage 3 — teachers: who writes rationales. Today: the rule-based teacher for the embedded
-//! `arith` set, and the paper's released rationales (served by `data::catalog`).
+//! Stage 3 — teachers: who writes rationales, behind one interface.
+//!
+//! * `openai`: any OpenAI-compatible endpoint (GPT-4o, Gemini, vLLM/Ollama/llama.cpp servers);
+//! * `local`: a candle student used as a teacher (offline);
+//! * `replay`: the paper's released rationales, served for the asked level and format;
+//! * `rule`: the rule-based teacher of the embedded `arith` set (see `rule`).
+//!
+//! Every answer from `openai` and `local` goes through a per-request disk cache (JSON lines,
+//! appended and flushed as each answer arrives): a crash loses nothing, and a re-run sends only
+//! the requests that never got an answer.
 
+pub mod cache;
+pub mod openai;
+pub mod prompts;
 pub mod rule;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cot::{check_level, Format};
+use crate::data::{Catalog, DataDir, Dataset, RationaleQuery};
+use crate::error::Result;
+use crate::eval::extract::{answers_match, extract_answer, Tolerance};
+use crate::model::generate::{generate, GenOptions};
+use crate::model::Student;
+use crate::results::{ColumnData, Frame};
+use crate::usage;
+use cache::Cache;
+use openai::OpenAi;
+
+pub enum Backend {
+    OpenAi(OpenAi),
+    Local(Arc<Student>),
+    Replay { dir: DataDir, dataset: String, teacher: String },
+}
+
+pub struct Teacher {
+    pub kind: String,
+    pub model: String,
+    pub backend: Backend,
+    /// None for replay (nothing to cache).
+    pub cache: Option<Arc<Cache>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AskOptions {
+    pub level: Option<i64>,
+    pub format: String,
+    /// Give the teacher the gold answer (rationalisation).
+    pub with_gold: bool,
+    /// Samples per question.
+    pub n: usize,
+    /// Keep only rationales whose extracted answer matches gold.
+    pub keep_correct: bool,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        AskOptions { level: None, format: "plain".into(), with_gold: false, n: 1, keep_correct: false, seed: 0, temperature: 0.0, top_p: 1.0, max_tokens: 512 }
+    }
+}
+
+/// One produced rationale with its provenance.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub question: String,
+    pub gold: String,
+    pub rationale: Option<String>,
+    pub error: Option<String>,
+    pub teacher: String,
+    pub model: String,
+    pub level: Option<u8>,
+    pub format: String,
+    pub template_version: String,
+    pub seed: u64,
+    pub sample: usize,
+    pub cache_key: Option<String>,
+    pub cached: bool,
+    pub extracted: Option<String>,
+    pub agrees: Option<bool>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AskReport {
+    pub rows: Vec<Row>,
+    /// Requests sent to the backend in this run (cache hits excluded).
+    pub requests: usize,
+    pub cache_hits: usize,
+    pub failed: usize,
+    /// Rationales dropped by keep_correct.
+    pub dropped: usize,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+struct Job {
+    idx: usize,
+    system: String,
+    user: String,
+    key: String,
+    seed: u64,
+}
+
+impl Teacher {
+    /// Ask for a rationale for every example (× n samples).
+    pub fn ask(&self, ds: &Dataset, o: &AskOptions) -> Result<AskReport> {
+        let format = Format::parse(&o.format)?;
+        let level = match (o.level, format) {
+            (_, Format::AnswerOnly) => None,
+            (Some(l), _) => Some(check_level(l)?),
+            (None, _) => return Err(usage!("ask: 'level' (1..6) is required")),
+        };
+        if o.n == 0 {
+            return Err(usage!("ask: n must be at least 1"));
+        }
+        let mut rows = Vec::new();
+        let mut jobs = Vec::new();
+        let mut hits = 0;
+        for e in &ds.examples {
+            for sample in 0..o.n {
+                let (system, user) = prompts::build(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()));
+                let seed = o.seed.wrapping_add(sample as u64);
+                let key = cache::key(&[
+                    &self.kind, &self.model, &system, &user, &o.temperature.to_string(), &o.top_p.to_string(),
+                    &o.max_tokens.to_string(), &seed.to_string(), &sample.to_string(), prompts::TEMPLATE_VERSION,
+                ]);
+                let mut row = Row {
+                    id: e.id.clone(),
+                    question: e.question.clone(),
+                    gold: e.answer.clone(),
+                    rationale: None,
+                    error: None,
+                    teacher: self.kind.clone(),
+                    model: self.model.clone(),
+                    level,
+                    format: format.name().into(),
+                    template_version: prompts::TEMPLATE_VERSION.into(),
+                    seed,
+                    sample,
+                    cache_key: self.cache.as_ref().map(|_| key.clone()),
+                    cached: false,
+                    extracted: None,
+                    agrees: None,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                };
+                if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+                    row.rationale = Some(hit.text);
+                    row.cached = true;
+                    row.prompt_tokens = hit.prompt_tokens;
+                    row.completion_tokens = hit.completion_tokens;
+                    hits += 1;
+                } else {
+                    jobs.push(Job { idx: rows.len(), system, user, key, seed });
+                }
+                rows.push(row);
+            }
+        }
+        let requests = jobs.len();
+        match &self.backend {
+            Backend::OpenAi(client) => self.run_openai(client, jobs, &mut rows, o)?,
+            Backend::Local(student) => self.run_local(student, jobs, &mut rows, o)?,
+            Backend::Replay { dir, dataset, teacher } => replay(dir, dataset, teacher, level, format, &mut rows)?,
+        }
+        let requests = if matches!(self.backend, Backend::Replay { .. }) { 0 } else { requests };
+        let kind = ds.task.kind();
+        let tol = Tolerance::for_kind(kind);
+        let mut dropped = 0;
+        for r in rows.iter_mut() {
+            if let Some(t) = &r.rationale {
+                r.extracted = extract_answer(t, kind);
+                r.agrees = Some(r.extracted.as_ref().is_some_and(|p| answers_match(p, &r.gold, kind, tol)));
+            }
+        }
+        if o.keep_correct {
+            let before = rows.len();
+            rows.retain(|r| r.agrees != Some(false));
+            dropped = before - rows.len();
+        }
+        let failed = rows.iter().filter(|r| r.error.is_some()).count();
+        let (pt, ctok) = (rows.iter().map(|r| r.prompt_tokens).sum(), rows.iter().map(|r| r.completion_tokens).sum());
+        let cost = match &self.backend {
+            Backend::OpenAi(c) => (pt as f64 * c.opts.price_in + ctok as f64 * c.opts.price_out) / 1e6,
+            _ => 0.0,
+        };
+        if failed > 0 {
+            eprintln!("warning: {failed} of {} teacher requests failed (see the 'error' column); re-run to retry them", rows.len());
+        }
+        Ok(AskReport { rows, requests, cache_hits: hits, failed, dropped, prompt_tokens: pt, completion_tokens: ctok, cost_usd: cost })
+    }
+
+    fn run_openai(&self, client: &OpenAi, jobs: Vec<Job>, rows: &mut [Row], o: &AskOptions) -> Result<()> {
+        let total = jobs.len();
+        let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
+        let results: Mutex<Vec<(usize, std::result::Result<openai::Completion, String>)>> = Mutex::new(Vec::new());
+        let done = Mutex::new(0usize);
+        std::thread::scope(|s| {
+            for _ in 0..client.opts.concurrency.max(1) {
+                s.spawn(|| loop {
+                    let Some(job) = queue.lock().unwrap().pop_front() else { break };
+                    let r = client.complete(&job.system, &job.user, o.temperature, o.top_p, o.max_tokens, job.seed);
+                    if let (Ok(c), Some(cache)) = (&r, &self.cache) {
+                        // Appended and flushed now: a crash after this loses nothing.
+                        let _ = cache.put(&job.key, &c.text, c.prompt_tokens, c.completion_tokens);
+                    }
+                    let mut d = done.lock().unwrap();
+                    *d += 1;
+                    if *d % 10 == 0 || *d == total {
+                        eprintln!("[teacher] {}/{total} requests answered", *d);
+                    }
+                    results.lock().unwrap().push((job.idx, r));
+                });
+            }
+        });
+        for (idx, r) in results.into_inner().unwrap() {
+            match r {
+                Ok(c) => {
+                    rows[idx].rationale = Some(c.text);
+                    rows[idx].prompt_tokens = c.prompt_tokens;
+                    rows[idx].completion_tokens = c.completion_tokens;
+                }
+                Err(e) => rows[idx].error = Some(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn run_local(&self, student: &Student, jobs: Vec<Job>, rows: &mut [Row], o: &AskOptions) -> Result<()> {
+        let total = jobs.len();
+        for (k, chunk) in jobs.chunks(8).enumerate() {
+            // Same seed for the chunk: generation is seeded per prompt anyway.
+            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new() };
+            let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
+            let outs = generate(student, &msgs, &gen)?;
+            for (j, g) in chunk.iter().zip(outs) {
+                if let Some(cache) = &self.cache {
+                    cache.put(&j.key, &g.text, 0, g.tokens as u64)?;
+                }
+                rows[j.idx].rationale = Some(g.text);
+                rows[j.idx].completion_tokens = g.tokens as u64;
+            }
+            eprintln!("[teacher] {}/{total} generated", ((k + 1) * 8).min(total));
+        }
+        Ok(())
+    }
+}
+
+/// Serve the release's rationales for the asked level/format, matched by question text.
+fn replay(dir: &DataDir, dataset: &str, teacher: &str, level: Option<u8>, format: Format, rows: &mut [Row]) -> Result<()> {
+    let q = RationaleQuery {
+        teacher: if format == Format::AnswerOnly { None } else { Some(teacher.to_string()) },
+        level: level.map(|l| l as i64),
+        format: Some(format.name().into()),
+        ..Default::default()
+    };
+    let corpus = Catalog::new(dir.clone()).rationales(dataset, &q)?;
+    let by_q: HashMap<String, &str> = corpus
+        .rationales
+        .iter()
+        .map(|r| (crate::data::contamination::normalize(&r.question), r.text.as_str()))
+        .collect();
+    for r in rows.iter_mut() {
+        match by_q.get(&crate::data::contamination::normalize(&r.question)) {
+            Some(t) => r.rationale = Some(t.to_string()),
+            None => r.error = Some(format!("the release's {} has no rationale for this question", corpus.source)),
+        }
+    }
+    Ok(())
+}
+
+impl AskReport {
+    pub fn frame(&self) -> Result<Frame> {
+        let r = &self.rows;
+        let s = |f: &dyn Fn(&Row) -> Option<String>| ColumnData::Str(r.iter().map(f).collect());
+        Frame::from_columns(vec![
+            ("id".into(), s(&|x| Some(x.id.clone()))),
+            ("question".into(), s(&|x| Some(x.question.clone()))),
+            ("gold".into(), s(&|x| Some(x.gold.clone()))),
+            ("rationale".into(), s(&|x| x.rationale.clone())),
+            ("error".into(), s(&|x| x.error.clone())),
+            ("teacher".into(), s(&|x| Some(x.teacher.clone()))),
+            ("model".into(), s(&|x| Some(x.model.clone()))),
+            ("level".into(), ColumnData::Int(r.iter().map(|x| x.level.map(|l| l as i64)).collect())),
+            ("format".into(), s(&|x| Some(x.format.clone()))),
+            ("template_version".into(), s(&|x| Some(x.template_version.clone()))),
+            ("seed".into(), ColumnData::Int(r.iter().map(|x| Some(x.seed as i64)).collect())),
+            ("sample".into(), ColumnData::Int(r.iter().map(|x| Some(x.sample as i64)).collect())),
+            ("cache_key".into(), s(&|x| x.cache_key.clone())),
+            ("cached".into(), ColumnData::Bool(r.iter().map(|x| Some(x.cached)).collect())),
+            ("extracted".into(), s(&|x| x.extracted.clone())),
+            ("agrees".into(), ColumnData::Bool(r.iter().map(|x| x.agrees).collect())),
+            ("words".into(), ColumnData::Int(r.iter().map(|x| x.rationale.as_ref().map(|t| crate::cot::measure(t).words as i64)).collect())),
+            ("steps".into(), ColumnData::Int(r.iter().map(|x| x.rationale.as_ref().map(|t| crate::cot::measure(t).steps as i64)).collect())),
+        ])
+    }
+
+    /// The successful rationales as a corpus for `sft`.
+    pub fn corpus(&self, ds: &Dataset) -> crate::data::Corpus {
+        let first = self.rows.first();
+        crate::data::Corpus {
+            task: ds.task,
+            teacher: None,
+            level: first.and_then(|r| r.level),
+            format: first.and_then(|r| Format::parse(&r.format).ok()).unwrap_or(Format::Plain),
+            source: format!("teacher:{}:{}", first.map(|r| r.teacher.as_str()).unwrap_or(""), first.map(|r| r.model.as_str()).unwrap_or("")),
+            rationales: self
+                .rows
+                .iter()
+                .filter_map(|r| {
+                    r.rationale.as_ref().map(|t| crate::data::Rationale { id: r.id.clone(), question: r.question.clone(), gold: Some(r.gold.clone()), text: t.clone() })
+                })
+                .collect(),
+            skipped: 0,
+        }
+    }
+}
+
+/// Where the teacher cache lives unless the options say otherwise.
+pub fn default_cache_path() -> PathBuf {
+    crate::model::cotlab_home().join("teacher-cache.jsonl")
+}

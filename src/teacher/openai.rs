@@ -1,0 +1,140 @@
+//! A client for OpenAI-compatible chat-completions endpoints (OpenAI, Gemini's compatible
+//! endpoint, vLLM, Ollama, llama.cpp servers). Retries 429/5xx/timeouts/dropped connections/
+//! malformed JSON with exponential backoff and jitter, honouring Retry-After. The API key comes
+//! from an environment variable named in the options and is never written anywhere.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiOptions {
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the key (none for local servers).
+    pub api_key_env: Option<String>,
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub max_retries: usize,
+    /// First backoff delay; doubles on each retry (with jitter), capped at 60 s.
+    pub backoff_s: f64,
+    /// USD per million prompt / completion tokens, for the cost estimate.
+    pub price_in: f64,
+    pub price_out: f64,
+}
+
+impl Default for OpenAiOptions {
+    fn default() -> Self {
+        OpenAiOptions {
+            base_url: "https://api.openai.com/v1".into(),
+            model: "gpt-4o".into(),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            concurrency: 4,
+            timeout_s: 60.0,
+            max_retries: 5,
+            backoff_s: 1.0,
+            price_in: 0.0,
+            price_out: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Attempts it took (1 = first try).
+    pub attempts: usize,
+}
+
+pub struct OpenAi {
+    pub opts: OpenAiOptions,
+    agent: ureq::Agent,
+    key: Option<String>,
+}
+
+enum Failure {
+    Retry(String, Option<f64>),
+    Fatal(String),
+}
+
+impl OpenAi {
+    pub fn new(opts: OpenAiOptions) -> Result<OpenAi, String> {
+        let key = match &opts.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ if opts.base_url.contains("api.openai.com") => {
+                    return Err(format!("environment variable {var} is not set: export it with your API key"))
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let t = Duration::from_secs_f64(opts.timeout_s.max(0.01));
+        let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout_read(t).timeout_write(t).build();
+        Ok(OpenAi { opts, agent, key })
+    }
+
+    fn once(&self, body: &serde_json::Value) -> Result<Completion, Failure> {
+        let url = format!("{}/chat/completions", self.opts.base_url.trim_end_matches('/'));
+        let mut req = self.agent.post(&url).set("Content-Type", "application/json");
+        if let Some(k) = &self.key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        let resp = match req.send_json(body.clone()) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let retry_after = r.header("Retry-After").and_then(|v| v.trim().parse::<f64>().ok());
+                let msg = format!("HTTP {code}: {}", r.into_string().unwrap_or_default().chars().take(200).collect::<String>());
+                return Err(if code == 429 || code >= 500 { Failure::Retry(msg, retry_after) } else { Failure::Fatal(msg) });
+            }
+            Err(e) => return Err(Failure::Retry(format!("transport: {e}"), None)),
+        };
+        let text = resp.into_string().map_err(|e| Failure::Retry(format!("reading the body: {e}"), None))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("malformed JSON: {e}"), None))?;
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
+        Ok(Completion {
+            text: content.to_string(),
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            attempts: 1,
+        })
+    }
+
+    /// One chat completion, retried within limits.
+    pub fn complete(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
+        let body = serde_json::json!({
+            "model": self.opts.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+        });
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        let mut last = String::new();
+        for attempt in 0..=self.opts.max_retries {
+            match self.once(&body) {
+                Ok(mut c) => {
+                    c.attempts = attempt + 1;
+                    return Ok(c);
+                }
+                Err(Failure::Fatal(m)) => return Err(m),
+                Err(Failure::Retry(m, after)) => {
+                    last = m;
+                    if attempt == self.opts.max_retries {
+                        break;
+                    }
+                    let backoff = (self.opts.backoff_s * 2f64.powi(attempt as i32)).min(60.0);
+                    let jitter = backoff * 0.5 * ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
+                    let wait = after.unwrap_or(0.0).max(backoff + jitter);
+                    std::thread::sleep(Duration::from_secs_f64(wait));
+                }
+            }
+        }
+        Err(format!("gave up after {} attempts: {last}", self.opts.max_retries + 1))
+    }
+}
