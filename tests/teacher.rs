@@ -1,0 +1,216 @@
+//! Teachers against a loopback HTTP server that injects faults: 429 with Retry-After, 500,
+//! a hang past the client timeout, a dropped connection, malformed JSON. Requests are retried
+//! within limits; answered ones are never asked again; a killed run resumes with only the
+//! missing requests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cotlab::data::{load_dataset, DatasetOptions};
+use cotlab::teacher::cache::Cache;
+use cotlab::teacher::openai::{OpenAi, OpenAiOptions};
+use cotlab::teacher::{AskOptions, Backend, Teacher};
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Ok,
+    TooMany,
+    Error500,
+    Hang,
+    Drop,
+    BadJson,
+}
+
+struct Server {
+    url: String,
+    count: Arc<AtomicUsize>,
+}
+
+/// Serve on 127.0.0.1: request k (0-based) gets `script[k]`, later ones `rest`. Each OK answer
+/// waits `delay_ms`.
+fn serve(script: Vec<Fault>, rest: Fault, delay_ms: u64) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let k = c.fetch_add(1, Ordering::SeqCst);
+            let fault = script.get(k).copied().unwrap_or(rest);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read headers and the body (Content-Length).
+                loop {
+                    let n = stream.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(h) = text.find("\r\n\r\n") {
+                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+                        if buf.len() >= h + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let respond = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
+                    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len());
+                };
+                match fault {
+                    Fault::Ok => {
+                        std::thread::sleep(Duration::from_millis(delay_ms));
+                        let body = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": format!("Reasoning #{k}. The answer is 7")}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).to_string();
+                        respond(&mut stream, "200 OK", "", &body);
+                    }
+                    Fault::TooMany => respond(&mut stream, "429 Too Many Requests", "Retry-After: 0\r\n", "{\"error\": \"slow down\"}"),
+                    Fault::Error500 => respond(&mut stream, "500 Internal Server Error", "", "{\"error\": \"boom\"}"),
+                    Fault::Hang => std::thread::sleep(Duration::from_secs(3)),
+                    Fault::Drop => drop(stream),
+                    Fault::BadJson => respond(&mut stream, "200 OK", "", "{\"choices\": [ not json"),
+                }
+            });
+        }
+    });
+    Server { url, count }
+}
+
+fn client(url: &str, retries: usize) -> OpenAi {
+    OpenAi::new(OpenAiOptions {
+        base_url: url.into(),
+        model: "loopback".into(),
+        api_key_env: None,
+        concurrency: 1,
+        timeout_s: 0.5,
+        max_retries: retries,
+        backoff_s: 0.01,
+        price_in: 2.5,
+        price_out: 10.0,
+    })
+    .unwrap()
+}
+
+fn arith(n: usize) -> cotlab::data::Dataset {
+    load_dataset(&common::data_dir(), "arith", &DatasetOptions { n: Some(n), seed: Some(1), ..Default::default() }).unwrap()
+}
+
+#[test]
+fn faults_are_retried_and_answers_cached() {
+    use Fault::*;
+    let server = serve(vec![TooMany, Error500, Hang, Drop, BadJson], Ok, 0);
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: cotlab::teacher::Backend::OpenAi(client(&server.url, 6)), cache: Some(cache) };
+    let ds = arith(3);
+    let o = AskOptions { level: Some(2), ..Default::default() };
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!((r.requests, r.failed, r.cache_hits), (3, 0, 0));
+    assert_eq!(server.count.load(Ordering::SeqCst), 8, "5 faults retried + 3 answers");
+    assert!(r.rows.iter().all(|row| row.rationale.as_deref().is_some_and(|t| t.ends_with("The answer is 7"))));
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (30, 15));
+    assert!((r.cost_usd - (30.0 * 2.5 + 15.0 * 10.0) / 1e6).abs() < 1e-12);
+    let f = r.frame().unwrap();
+    assert!(f.columns().iter().any(|c| c == "template_version") && f.columns().iter().any(|c| c == "cache_key"));
+    // A second run of the same request is free.
+    let again = t.ask(&ds, &o).unwrap();
+    assert_eq!((again.requests, again.cache_hits), (0, 3));
+    assert_eq!(server.count.load(Ordering::SeqCst), 8);
+    // Another level is another prompt: new requests.
+    let l6 = t.ask(&ds, &AskOptions { level: Some(6), ..Default::default() }).unwrap();
+    assert_eq!(l6.requests, 3);
+}
+
+#[test]
+fn exhausted_retries_fail_per_request_and_the_run_continues() {
+    let bad = serve(vec![], Fault::Error500, 0);
+    let d = tempfile::tempdir().unwrap();
+    let cache_path = d.path().join("cache.jsonl");
+    let ds = arith(2);
+    let o = AskOptions { level: Some(1), ..Default::default() };
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(client(&bad.url, 2)), cache: Some(Arc::new(Cache::open(&cache_path).unwrap())) };
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!(r.failed, 2);
+    assert!(r.rows[0].error.as_deref().unwrap().contains("gave up after 3 attempts: HTTP 500"), "{:?}", r.rows[0].error);
+    assert_eq!(bad.count.load(Ordering::SeqCst), 6);
+    // Failures are not cached: a healthy endpoint later gets exactly the failed requests.
+    let good = serve(vec![], Fault::Ok, 0);
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(client(&good.url, 2)), cache: Some(Arc::new(Cache::open(&cache_path).unwrap())) };
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!((r.requests, r.failed), (2, 0));
+}
+
+#[test]
+fn a_killed_run_resumes_with_only_the_missing_requests() {
+    let server = serve(vec![], Fault::Ok, 250);
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache.jsonl");
+    let script = d.path().join("teach.rhai");
+    std::fs::write(
+        &script,
+        format!(
+            r#"let t = teacher("openai", #{{ base_url: "{}", model: "loopback", api_key_env: (), concurrency: 1, timeout_s: 5.0, max_retries: 1, backoff_s: 0.01, cache: "{}" }});
+               let r = t.ask(dataset("arith", #{{ n: 12, seed: 1 }}), #{{ level: 1 }});
+               print(`requests ${{r.requests}} cached ${{r.cache_hits}} failed ${{r.failed}}`);"#,
+            server.url,
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")).spawn().unwrap();
+    while server.count.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let before = server.count.load(Ordering::SeqCst);
+    let answered = std::fs::read_to_string(&cache).unwrap().lines().filter(|l| l.contains("\"key\"")).count();
+    assert!((4..=5).contains(&answered), "answered {answered} of {before} sent");
+    let out = common::run(common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let sent_again = server.count.load(Ordering::SeqCst) - before;
+    assert_eq!(sent_again, 12 - answered, "only the missing requests are sent");
+    assert!(out.stdout.contains(&format!("requests {} cached {answered} failed 0", 12 - answered)), "{}", out.stdout);
+}
+
+#[test]
+fn replay_and_local_teachers() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { split: Some("train".into()), limit: Some(5), ..Default::default() }).unwrap();
+    let t = Teacher {
+        kind: "replay".into(),
+        model: "gpt-4o".into(),
+        backend: Backend::Replay { dir: common::data_dir(), dataset: "svamp".into(), teacher: "gpt-4o".into() },
+        cache: None,
+    };
+    let r = t.ask(&ds, &AskOptions { level: Some(1), ..Default::default() }).unwrap();
+    assert_eq!((r.failed, r.requests), (0, 0));
+    assert!(r.rows.iter().all(|x| x.agrees == Some(true)), "released level-1 rationales agree with gold");
+    let r6 = t.ask(&ds, &AskOptions { level: Some(6), ..Default::default() }).unwrap();
+    let words = |r: &cotlab::teacher::AskReport| r.rows.iter().map(|x| x.rationale.as_ref().unwrap().split_whitespace().count()).sum::<usize>();
+    assert!(words(&r6) > words(&r));
+    // The test split has no released rationales: a clear per-row error.
+    let test = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(1), ..Default::default() }).unwrap();
+    let miss = t.ask(&test, &AskOptions { level: Some(1), ..Default::default() }).unwrap();
+    assert!(miss.rows[0].error.as_deref().unwrap().contains("has no rationale for this question"));
+
+    // Local teacher: the default student writes, cached on disk, a second run is free.
+    let s = cotlab::model::Student::load(&cotlab::model::default_model_path(), &candle_core::Device::Cpu).unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("local.jsonl")).unwrap());
+    let lt = Teacher { kind: "local".into(), model: "smollm2".into(), backend: Backend::Local(Arc::new(s)), cache: Some(cache.clone()) };
+    let few = arith(2);
+    let o = AskOptions { level: Some(1), max_tokens: 24, ..Default::default() };
+    let a = lt.ask(&few, &o).unwrap();
+    assert_eq!((a.requests, a.failed), (2, 0));
+    assert!(a.rows.iter().all(|r| r.rationale.as_ref().is_some_and(|t| !t.is_empty())));
+    let b = lt.ask(&few, &o).unwrap();
+    assert_eq!((b.requests, b.cache_hits), (0, 2));
+    assert_eq!(cache.len(), 2);
+}
