@@ -214,3 +214,34 @@ fn replay_and_local_teachers() {
     assert_eq!((b.requests, b.cache_hits), (0, 2));
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn teacher_demo_script_local_then_openai_and_a_free_second_run() {
+    let d = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/teacher_demo.rhai");
+    let run = |extra: &[String]| {
+        let mut c = common::cotlab();
+        c.arg("run").arg(&script).arg("--out").arg(d.path().join("o"));
+        for e in extra {
+            c.args(["--set", e]);
+        }
+        common::run(&mut c)
+    };
+    let cache = format!("cache={}", d.path().join("c.jsonl").display());
+    let local = run(&[cache.clone(), "max_tokens=40".into()]);
+    assert_eq!(local.code, 0, "{}\n{}", local.stdout, local.stderr);
+    assert!(local.stdout.contains("level 1: TeacherRun(20 rationales, 20 requests"), "{}", local.stdout);
+    assert!(local.stdout.contains("level 6: TeacherRun(20 rationales, 20 requests"), "{}", local.stdout);
+    let server = serve(vec![], Fault::Ok, 0);
+    let oa = [cache.clone(), "kind=openai".into(), format!("base_url={}", server.url), "model=loopback".into()];
+    let first = run(&oa);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stdout.contains("requests 20, cached 0, failed 0"), "{}", first.stdout);
+    assert_eq!(server.count.load(Ordering::SeqCst), 40);
+    let second = run(&oa);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(second.stdout.contains("requests 0, cached 20, failed 0"), "{}", second.stdout);
+    assert_eq!(server.count.load(Ordering::SeqCst), 40, "the second run sends nothing");
+    let csv = std::fs::read_to_string(d.path().join("o/teacher_summary.csv")).unwrap();
+    assert!(csv.contains("openai,loopback,1,plain,20") && csv.contains("openai,loopback,6,plain,20"), "{csv}");
+}

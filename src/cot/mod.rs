@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::usage;
 
-pub use structure::{measure, split_steps, CotMeasure};
+pub use structure::{coarsen, measure, split_steps, CotMeasure};
 
 /// Granularity levels of the paper: 1 = the one key operation … 6 = every sub-step plus a
 /// verification.

@@ -185,3 +185,53 @@ mod tests {
         assert_eq!(measure("B").steps, 0);
     }
 }
+
+static CALC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d\s*[-+*/×÷=]\s*\(?\d|=\s*-?\d|\d\s*=").unwrap());
+
+/// Post-hoc granularity: coarsen a rationale to at most `target` steps without a teacher call.
+/// Adjacent steps are merged into `target` groups; inside a group, sentences without a
+/// calculation are dropped when the group has one (the calculations are what a coarser
+/// rationale keeps). The result is a numbered list, so `measure` counts exactly its steps, and it
+/// ends with the original "The answer is X".
+pub fn coarsen(text: &str, target: usize) -> String {
+    let target = target.max(1);
+    let steps = split_steps(text);
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let conclusion = lower.rfind(TRIGGER).map(|i| trimmed[i..].trim().to_string());
+    if steps.len() <= target {
+        return trimmed.to_string();
+    }
+    let mut groups: Vec<String> = Vec::with_capacity(target);
+    for g in 0..target {
+        let (a, b) = (g * steps.len() / target, (g + 1) * steps.len() / target);
+        let part = &steps[a..b];
+        let with_calc: Vec<&String> = part.iter().filter(|s| CALC.is_match(s)).collect();
+        let kept: Vec<&String> = if with_calc.is_empty() { part.iter().collect() } else { with_calc };
+        let joined = kept.iter().map(|s| s.trim_end_matches('.').to_string()).collect::<Vec<_>>().join("; ");
+        groups.push(format!("{}. {joined}.", g + 1));
+    }
+    let mut out = groups.join("\n");
+    if let Some(c) = conclusion {
+        out.push('\n');
+        out.push_str(&c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod coarsen_tests {
+    use super::*;
+
+    #[test]
+    fn coarsening_keeps_calculations_and_answer() {
+        let t = "Goal: find the apples.\n1. Tom starts with 12 apples.\n2. He buys 5 more, so 12 + 5 = 17.\n3. Buying increases the count.\n4. He gives away 3, so 17 - 3 = 14.\n5. Verification: 14 + 3 = 17.\nThe answer is 14";
+        let before = measure(t).steps;
+        let c = coarsen(t, 2);
+        assert_eq!(measure(&c).steps, 2, "{c}");
+        assert!(before > 2);
+        assert!(c.contains("12 + 5 = 17") && c.contains("17 - 3 = 14") && c.ends_with("The answer is 14"), "{c}");
+        assert!(!c.contains("Buying increases"), "prose dropped next to a calculation: {c}");
+        assert_eq!(coarsen("Add them: 2 + 3 = 5. The answer is 5", 3), "Add them: 2 + 3 = 5. The answer is 5");
+    }
+}

@@ -142,6 +142,15 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     engine.register_fn("measure_cot", |text: &str| -> RhaiResult<Dynamic> {
         rhai::serde::to_dynamic(measure(text))
     });
+    engine.register_fn("coarsen", |text: &str, steps: i64| crate::cot::coarsen(text, steps.max(1) as usize));
+    engine.register_fn("coarsen", |c: &mut Corpus, steps: i64| -> Corpus {
+        let mut out = c.clone();
+        for r in out.rationales.iter_mut() {
+            r.text = crate::cot::coarsen(&r.text, steps.max(1) as usize);
+        }
+        out.source = format!("{} (coarsened to {steps} steps)", c.source);
+        out
+    });
     engine.register_fn("cot_steps", |text: &str| -> Array { split_steps(text).into_iter().map(Dynamic::from).collect() });
     engine.register_fn("extract_answer", |text: &str, kind: &str| -> RhaiResult<Dynamic> {
         let kind = AnswerKind::parse(kind).map_err(rt)?;
