@@ -122,6 +122,20 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Time greedy decoding with the KV cache at batch 1 and batch N (fixed arith prompts).
+    Generate {
+        #[arg(long, default_value = "default")]
+        model: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
+        #[arg(long)]
+        save_prompts: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time optimizer steps (forward + backward + AdamW) of a student on a fixed batch.
     Train {
         #[arg(long, default_value = "default")]
@@ -202,6 +216,29 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             });
             let r = cotlab::eval::run::evaluate(&student, &ds, &opts, &eval_dir)?;
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json } } => {
+            use cotlab::model::generate::{generate, prompt_ids, GenOptions};
+            let s = cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?;
+            let qs: Vec<String> = cotlab::data::arith::generate(batch.max(1), 7).iter().map(|p| p.example().question).collect();
+            if let Some(p) = &save_prompts {
+                std::fs::write(p, serde_json::to_string(&prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
+            }
+            let opts = GenOptions { max_new_tokens: new_tokens, ignore_eos: true, ..Default::default() };
+            let time = |qs: &[String]| -> Result<f64> {
+                let t0 = std::time::Instant::now();
+                let out = generate(&s, qs, &opts)?;
+                let toks: usize = out.iter().map(|g| g.tokens).sum();
+                Ok(toks as f64 / t0.elapsed().as_secs_f64())
+            };
+            let _warm = time(&qs[..1])?;
+            let one = time(&qs[..1])?;
+            let many = time(&qs)?;
+            eprintln!("cotlab greedy decoding, {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s", qs.len());
+            if json {
+                println!("{}", serde_json::json!({"batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens}));
+            }
             Ok(())
         }
         Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {

@@ -125,7 +125,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     if !done.is_empty() {
         eprintln!("resuming {}: {} of {} already evaluated", dir.display(), ds.len() - todo.len(), ds.len());
     }
-    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new() };
+    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
     let tol = Tolerance::for_kind(ds.task.kind());
     let mut file = std::fs::OpenOptions::new().append(true).open(&samples_path).map_err(|e| Error::io(&samples_path, e))?;
     let mut generated_now = 0;

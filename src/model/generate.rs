@@ -20,11 +20,13 @@ pub struct GenOptions {
     pub seed: u64,
     /// Extra stop strings (the template's end marker and EOS always stop).
     pub stop: Vec<String>,
+    /// Decode exactly max_new_tokens (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        GenOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), ignore_eos: false }
     }
 }
 
@@ -109,7 +111,7 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
     let b = prompts.len();
     let p = prompts.iter().map(|v| v.len()).max().unwrap();
     let pads: Vec<usize> = prompts.iter().map(|v| p - v.len()).collect();
-    let stops = stop_ids(s);
+    let stops = if opts.ignore_eos { Vec::new() } else { stop_ids(s) };
     let mut rngs: Vec<Rng> = questions.iter().map(|q| Rng::new(opts.seed ^ fnv(q))).collect();
 
     // Prefill.
@@ -180,3 +182,11 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
         .collect())
 }
 
+
+/// Chat-templated prompt ids of each question (what `generate` feeds the model).
+pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {
+    questions
+        .iter()
+        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).map_err(|e| usage!("tokenizer: {e}")))
+        .collect()
+}
