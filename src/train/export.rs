@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::Student;
 use crate::usage;
 
-pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
+/// A fresh `<out>.partial` dir to write into; refuses a non-empty `out`.
+fn staging(out: &Path) -> Result<std::path::PathBuf> {
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
         return Err(usage!("{} exists and is not empty: export into a new dir", out.display()));
     }
@@ -22,6 +23,11 @@ pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
+    let tmp = staging(out)?;
     let weights: HashMap<String, Tensor> = student
         .params()
         .iter()
@@ -63,14 +69,7 @@ pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
 /// Write LoRA adapters in PEFT's layout: adapter_config.json + adapter_model.safetensors.
 pub fn export_peft(student: &Student, base_name: &str, out: &Path) -> Result<()> {
     let lora = student.model.lora.as_ref().ok_or_else(|| usage!("this student has no LoRA adapters"))?;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        return Err(usage!("{} exists and is not empty: export into a new dir", out.display()));
-    }
-    let tmp = out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = staging(out)?;
     let tensors: HashMap<String, Tensor> = lora.peft_tensors().into_iter().collect();
     let wp = tmp.join("adapter_model.safetensors");
     candle_core::safetensors::save(&tensors, &wp).map_err(|e| Error::data(&wp, e.to_string()))?;
