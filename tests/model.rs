@@ -24,6 +24,10 @@ fn smollm() -> Student {
 
 fn tiny(tok_from: &Student, seed: u64) -> Student {
     let config = LlamaConfig {
+        family: "llama".into(),
+        hidden_act: "silu".into(),
+        head_dim: None,
+        rope_llama3: None,
         vocab_size: tok_from.config.vocab_size,
         hidden_size: 16,
         intermediate_size: 32,

@@ -84,7 +84,11 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
         raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
     }
-    let config: LlamaConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
+    let mut config: LlamaConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
+    // An explicit head_dim equal to the implied one is the same model.
+    if config.head_dim == Some(config.hidden_size / config.num_attention_heads.max(1)) {
+        config.head_dim = None;
+    }
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
