@@ -48,6 +48,13 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
         let g = batch_nll(&s, &[&ex]).unwrap().backward().unwrap();
         let missing: Vec<&String> = s.params().iter().filter(|(_, v)| g.get(v).is_none()).map(|(n, _)| n).collect();
         assert!(missing.is_empty(), "{family}: no gradient for {missing:?}");
+        // KV-cache decoding (batched with another, shorter prompt) gives the cache-free tokens.
+        let q = "Tom has 12 apples. How many?".to_string();
+        let prompt = s.tokenizer.encode(s.template.prompt(&q), false).unwrap().get_ids().to_vec();
+        let reference = s.model.greedy(&prompt, 6, &[]).unwrap();
+        let opts = cotlab::model::generate::GenOptions { max_new_tokens: 6, ignore_eos: true, ..Default::default() };
+        let got = cotlab::model::generate::generate(&s, &[q.clone(), "Hi".to_string()], &opts).unwrap();
+        assert_eq!(got[0].text, s.tokenizer.decode(&reference, true).unwrap(), "{family}: cached decoding");
         // Export and load back.
         let out = d.path().join(format!("{name}-export"));
         export_hf(&s, &out).unwrap();

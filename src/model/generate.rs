@@ -97,9 +97,6 @@ fn fnv(s: &str) -> u64 {
 
 /// Generate an answer for each user message (wrapped in the student's chat template).
 pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<Vec<Generation>> {
-    if s.config.family == "bloom" {
-        return Err(usage!("generation for BLOOM students is not implemented yet (ALiBi with a KV cache)"));
-    }
     if questions.is_empty() {
         return Ok(Vec::new());
     }

@@ -226,6 +226,9 @@ impl Llama {
     /// with additive attention mask (B, 1, T, T_cached + T); returns last-position logits (B, V).
     /// No autograd graph is built (weights are detached, fused kernels used directly).
     pub fn step(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        if self.config.family == "bloom" {
+            return self.bloom_step(ids, mask, cache);
+        }
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
@@ -281,6 +284,54 @@ impl Llama {
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
         let head = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         last.matmul(&w(head).t()?)
+    }
+
+    /// BLOOM inference step. ALiBi adds slope·(key index); with left padding a row's true key
+    /// positions differ from the index by a constant, which softmax ignores, so no positions are
+    /// needed.
+    fn bloom_step(&self, ids: &Tensor, mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (h, d) = (c.num_attention_heads, c.hidden_size);
+        let hd = d / h;
+        let w = |n: &str| self.params[n].as_tensor().detach();
+        let ln = |x: &Tensor, p: &str| layer_norm(x, &w(&format!("{p}.weight")), &w(&format!("{p}.bias")), c.rms_norm_eps);
+        let proj = |x: &Tensor, m: &str| -> candle_core::Result<Tensor> {
+            let mut y = x.matmul(&w(&format!("{m}.weight")).t()?)?.broadcast_add(&w(&format!("{m}.bias")))?;
+            if let Some(l) = &self.lora {
+                if let Some(dl) = l.delta(m, x)? {
+                    y = (y + dl.detach())?;
+                }
+            }
+            Ok(y)
+        };
+        let total = mask.dim(D::Minus1)?;
+        let slopes = Tensor::from_vec(alibi_slopes(h), (h, 1, 1), &self.device)?;
+        let keys = Tensor::arange(0u32, total as u32, &self.device)?.to_dtype(DType::F32)?.reshape((1, 1, total))?;
+        let alibi = slopes.broadcast_mul(&keys)?.unsqueeze(0)?;
+        let mut x = w("transformer.word_embeddings.weight").index_select(&ids.flatten_all()?, 0)?.reshape((b * t, d))?;
+        x = ln(&x, "transformer.word_embeddings_layernorm")?;
+        for i in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("transformer.h.{i}.{s}");
+            let hn = ln(&x, &p("input_layernorm"))?;
+            let qkv = proj(&hn, &p("self_attention.query_key_value"))?.reshape((b, t, h, 3, hd))?;
+            let q = qkv.narrow(3, 0, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let k = qkv.narrow(3, 1, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let v = qkv.narrow(3, 2, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+            let (k, v) = match (cache.k[i].take(), cache.v[i].take()) {
+                (Some(pk), Some(pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                _ => (k, v),
+            };
+            cache.k[i] = Some(k.clone());
+            cache.v[i] = Some(v.clone());
+            let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&alibi)?.broadcast_add(mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b * t, d))?;
+            x = (x + proj(&att, &p("self_attention.dense"))?)?;
+            let hn = ln(&x, &p("post_attention_layernorm"))?;
+            x = (x + proj(&self.act(&proj(&hn, &p("mlp.dense_h_to_4h"))?)?, &p("mlp.dense_4h_to_h"))?)?;
+        }
+        let x = ln(&x, "transformer.ln_f")?.reshape((b, t, d))?;
+        x.narrow(1, t - 1, 1)?.squeeze(1)?.matmul(&w("transformer.word_embeddings.weight").t()?)
     }
 
     fn bloom_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
