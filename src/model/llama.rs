@@ -187,11 +187,9 @@ impl Llama {
             candle_core::bail!("sequence of {t} tokens exceeds the model's context of {}", self.cos.dim(0)?);
         }
         let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        let eps = c.rms_norm_eps as f32;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let mask = causal_mask(t, &self.device)?;
-        let _ = eps;
         let emb = self.w("model.embed_tokens.weight");
         let mut x = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b * t, c.hidden_size))?;
         if c.family == "gemma" {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, Map};
+use rhai::{Engine, Map};
 
 use super::train::StudentH;
 use super::{options, rt, Context, RhaiResult};
@@ -88,5 +88,4 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     engine.register_fn("to_string", |r: &mut AskH| {
         format!("TeacherRun({} rationales, {} requests, {} cached, {} failed)", r.0.rows.len(), r.0.requests, r.0.cache_hits, r.0.failed)
     });
-    let _ = Dynamic::UNIT;
 }
