@@ -3,18 +3,9 @@
 # greedy, N new tokens, batch 1 and batch N, in one run; prints both and the ratios.
 #   benches/compare_generate.sh [--batch 8] [--new-tokens 64]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
-py="${COTLAB_PYTHON:-$home/venv/bin/python}"
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet
-bin="$target/release/cotlab"
-hf="$home/models/smollm2-135m-instruct-hf"
-[ -d "$hf" ] || "$bin" export --model default --out "$hf"
-tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/common.sh"
 new=64; batch=8
 while [ $# -gt 0 ]; do case "$1" in --batch) batch="$2"; shift 2;; --new-tokens) new="$2"; shift 2;; *) shift;; esac; done
-threads="${RAYON_NUM_THREADS:-$(nproc)}"
 c=$(RAYON_NUM_THREADS="$threads" "$bin" bench generate --batch "$batch" --new-tokens "$new" --save-prompts "$tmp/p.json" --json | tail -1)
 t=$("$py" benches/torch_generate.py --model "$hf" --prompts "$tmp/p.json" --new-tokens "$new" --threads "$threads" | tail -1)
 python3 - "$c" "$t" <<'PY'

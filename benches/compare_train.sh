@@ -2,23 +2,13 @@
 # Train-step benchmark: cotlab (candle) vs PyTorch + transformers on the same model, batch, ids and
 # precision, in one run; prints both and the ratios.
 #   benches/compare_train.sh [--lora] [--batch 4] [--seq 256] [--steps 3]
-# Needs: scripts/setup.sh (the model) and a Python with torch + transformers
-# ($COTLAB_PYTHON, default ~/.cache/cotlab/venv/bin/python; scripts/setup.sh --torch makes it).
+# Needs: scripts/setup.sh --torch (see benches/common.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
-py="${COTLAB_PYTHON:-$home/venv/bin/python}"
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet
-bin="$target/release/cotlab"
-hf="$home/models/smollm2-135m-instruct-hf"
-[ -d "$hf" ] || "$bin" export --model default --out "$hf"
-tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/common.sh"
 args=(--batch 4 --seq 256 --steps 3)
 lora=()
 for a in "$@"; do [ "$a" = "--lora" ] && lora=(--lora); done
 [ "$#" -gt 0 ] && args=("$@")
-threads="${RAYON_NUM_THREADS:-$(nproc)}"
 c=$(RAYON_NUM_THREADS="$threads" "$bin" bench train "${args[@]}" --save-batch "$tmp/batch.json" --json | tail -1)
 steps=$(echo "$c" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["losses"]) - 1)')
 t=$("$py" benches/torch_train.py --model "$hf" --batch "$tmp/batch.json" --steps "$steps" --threads "$threads" "${lora[@]}" | tail -1)
