@@ -1,6 +1,15 @@
 //! A tiny seeded RNG (SplitMix64). We own it instead of using `rand` so that a seed gives the
 //! same shuffle, split and synthetic data across dependency upgrades: results must reproduce.
 
+/// FNV-1a offset basis: the usual starting value for `fnv1a`.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, starting from `start`. Stable across Rust versions and machines, so it
+/// can key things stored on disk (run fingerprints) and seed per-item random streams.
+pub fn fnv1a(start: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(start, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 

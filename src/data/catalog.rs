@@ -119,6 +119,11 @@ impl Corpus {
     pub fn is_empty(&self) -> bool {
         self.rationales.is_empty()
     }
+
+    /// (question, rationale) pairs: what SFT trains on.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.rationales.iter().map(|r| (r.question.clone(), r.text.clone())).collect()
+    }
 }
 
 const PLAIN_TEACHERS: [Teacher; 3] = [Teacher::Gpt4o, Teacher::Gemini, Teacher::Llama70b];

@@ -91,10 +91,6 @@ fn pick(logits: &[f32], opts: &GenOptions, rng: &mut Rng) -> u32 {
     kept.last().map(|k| k.0 as u32).unwrap_or(0)
 }
 
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
 /// Generate an answer for each user message (wrapped in the student's chat template).
 pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<Vec<Generation>> {
     if questions.is_empty() {
@@ -109,7 +105,7 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
     let p = prompts.iter().map(|v| v.len()).max().unwrap();
     let pads: Vec<usize> = prompts.iter().map(|v| p - v.len()).collect();
     let stops = if opts.ignore_eos { Vec::new() } else { stop_ids(s) };
-    let mut rngs: Vec<Rng> = questions.iter().map(|q| Rng::new(opts.seed ^ fnv(q))).collect();
+    let mut rngs: Vec<Rng> = questions.iter().map(|q| Rng::new(opts.seed ^ crate::rng::fnv1a(crate::rng::FNV_OFFSET, q.bytes()))).collect();
 
     // Prefill.
     let mut ids = Vec::with_capacity(b * p);

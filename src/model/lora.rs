@@ -88,11 +88,7 @@ impl Lora {
         let Some((a, b)) = self.adapters.get(module) else { return Ok(None) };
         let key = self.dropout_key.load(Ordering::Relaxed);
         let x = if self.config.dropout > 0.0 && key != u64::MAX {
-            let mut h: u64 = key;
-            for byte in module.bytes() {
-                h = (h ^ byte as u64).wrapping_mul(0x100_0000_01b3);
-            }
-            let mut rng = Rng::new(h);
+            let mut rng = Rng::new(crate::rng::fnv1a(key, module.bytes()));
             let keep = 1.0 - self.config.dropout;
             let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.chance(keep) { (1.0 / keep) as f32 } else { 0.0 }).collect();
             (x * Tensor::from_vec(mask, x.shape(), x.device())?)?

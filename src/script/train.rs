@@ -22,18 +22,6 @@ struct StudentOptions {
     device: Option<String>,
 }
 
-/// FNV-1a: a hash that stays the same across Rust versions (run configs are compared on disk).
-fn fnv(parts: &[(String, String)]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (a, b) in parts {
-        for byte in a.bytes().chain([0u8]).chain(b.bytes()).chain([1u8]) {
-            h ^= byte as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     engine.register_type_with_name::<StudentH>("Student");
     let load = |spec: &str, dev: &str| -> RhaiResult<StudentH> {
@@ -66,20 +54,8 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             None => None,
         };
         let o: SftOptions = options(opts)?;
-        let pairs: Vec<(String, String)> = corpus.rationales.iter().map(|r| (r.question.clone(), r.text.clone())).collect();
-        let run_config = serde_json::json!({
-            "model": s.0.source.display().to_string(),
-            "options": o,
-            "data": {
-                "dataset": corpus.task.name(),
-                "teacher": corpus.teacher.map(|t| t.name()),
-                "level": corpus.level,
-                "format": corpus.format.name(),
-                "source": corpus.source,
-                "examples": pairs.len(),
-                "fingerprint": fnv(&pairs),
-            },
-        });
+        let pairs = corpus.pairs();
+        let run_config = crate::train::sft::run_config(&s.0, &corpus, &o);
         let run = RunDir::new(runs.join(&name));
         let report = sft(&s.0, &pairs, &o, &run, run_config, stop_after).map_err(rt)?;
         rhai::serde::to_dynamic(report)

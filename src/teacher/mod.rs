@@ -283,6 +283,7 @@ fn replay(dir: &DataDir, dataset: &str, teacher: &str, level: Option<u8>, format
 impl AskReport {
     pub fn frame(&self) -> Result<Frame> {
         let r = &self.rows;
+        let measures: Vec<_> = r.iter().map(|x| x.rationale.as_deref().map(crate::cot::measure)).collect();
         let s = |f: &dyn Fn(&Row) -> Option<String>| ColumnData::Str(r.iter().map(f).collect());
         Frame::from_columns(vec![
             ("id".into(), s(&|x| Some(x.id.clone()))),
@@ -301,8 +302,8 @@ impl AskReport {
             ("cached".into(), ColumnData::Bool(r.iter().map(|x| Some(x.cached)).collect())),
             ("extracted".into(), s(&|x| x.extracted.clone())),
             ("agrees".into(), ColumnData::Bool(r.iter().map(|x| x.agrees).collect())),
-            ("words".into(), ColumnData::Int(r.iter().map(|x| x.rationale.as_ref().map(|t| crate::cot::measure(t).words as i64)).collect())),
-            ("steps".into(), ColumnData::Int(r.iter().map(|x| x.rationale.as_ref().map(|t| crate::cot::measure(t).steps as i64)).collect())),
+            ("words".into(), ColumnData::Int(measures.iter().map(|m| m.as_ref().map(|m| m.words as i64)).collect())),
+            ("steps".into(), ColumnData::Int(measures.iter().map(|m| m.as_ref().map(|m| m.steps as i64)).collect())),
         ])
     }
 

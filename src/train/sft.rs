@@ -313,3 +313,26 @@ pub fn sft(
         seconds,
     })
 }
+
+/// What identifies a run on disk (`runs/<name>/config.json`): the base model, the options, and
+/// the training data down to a fingerprint of every (question, rationale) pair. Resuming
+/// requires the same identity.
+pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOptions) -> serde_json::Value {
+    let fingerprint = corpus
+        .rationales
+        .iter()
+        .fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
+    serde_json::json!({
+        "model": student.source.display().to_string(),
+        "options": opts,
+        "data": {
+            "dataset": corpus.task.name(),
+            "teacher": corpus.teacher.map(|t| t.name()),
+            "level": corpus.level,
+            "format": corpus.format.name(),
+            "source": corpus.source,
+            "examples": corpus.len(),
+            "fingerprint": format!("{fingerprint:016x}"),
+        },
+    })
+}
