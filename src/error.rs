@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Bad content in a data file: `path`, then the location (record/line) and reason in `msg`.
     #[error("{}: {msg}", path.display())]
@@ -36,6 +36,13 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+// Debug shows the message: `?` in a notebook cell or `main` prints errors with `{:?}`.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 impl Error {
     pub fn data(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {

@@ -2,14 +2,15 @@
 //!
 //! The modules follow the pipeline: [`data`] → [`cot`] → [`teacher`] → [`model`] → [`train`] →
 //! [`eval`] → [`results`],
-//! with [`script`] adapting all of it to Rhai. The `cotlab` binary is a thin CLI over this
-//! library.
+//! with [`script`] adapting all of it to Rhai and [`notebook`] to Jupyter (evcxr). The `cotlab`
+//! binary is a thin CLI over this library.
 
 pub mod cot;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod notebook;
 pub mod results;
 pub mod rng;
 pub mod script;

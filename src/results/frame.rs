@@ -277,6 +277,49 @@ impl Frame {
         Ok(Frame(df))
     }
 
+    /// JSON lines (one object per line: training logs, eval samples, teacher runs) as a frame.
+    /// A column is integer if every value is, float if every value is a number, bool or string
+    /// likewise; nested values and mixed columns become JSON text; missing keys are nulls.
+    pub fn read_jsonl(path: &Path) -> Result<Frame> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut names: Vec<String> = Vec::new();
+        let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
+            let serde_json::Value::Object(obj) = v else {
+                return Err(Error::data(path, format!("line {}: expected a JSON object", i + 1)));
+            };
+            for k in obj.keys() {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+            rows.push(obj);
+        }
+        use serde_json::Value as J;
+        let cols = names
+            .into_iter()
+            .map(|name| {
+                let vals: Vec<Option<&J>> = rows.iter().map(|r| r.get(&name).filter(|v| !v.is_null())).collect();
+                let all = |f: fn(&J) -> bool| vals.iter().flatten().all(|v| f(v));
+                let data = if all(|v| v.is_i64()) {
+                    ColumnData::Int(vals.iter().map(|v| v.and_then(J::as_i64)).collect())
+                } else if all(|v| v.is_number()) {
+                    ColumnData::Float(vals.iter().map(|v| v.and_then(J::as_f64)).collect())
+                } else if all(|v| v.is_boolean()) {
+                    ColumnData::Bool(vals.iter().map(|v| v.and_then(J::as_bool)).collect())
+                } else {
+                    ColumnData::Str(vals.iter().map(|v| v.map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect())
+                };
+                (name, data)
+            })
+            .collect();
+        Frame::from_columns(cols)
+    }
+
     pub fn read_parquet(path: &Path) -> Result<Frame> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let df = ParquetReader::new(f).finish().frame_ctx(format!("reading {}", path.display()))?;

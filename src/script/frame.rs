@@ -168,6 +168,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Frame::concat(&fs).map_err(rt)
     });
     engine.register_fn("read_csv", |path: &str| -> RhaiResult<Frame> { Frame::read_csv(path.as_ref()).map_err(rt) });
+    engine.register_fn("read_jsonl", |path: &str| -> RhaiResult<Frame> { Frame::read_jsonl(path.as_ref()).map_err(rt) });
     engine.register_fn("read_parquet", |path: &str| -> RhaiResult<Frame> { Frame::read_parquet(path.as_ref()).map_err(rt) });
 
     // --- inspection

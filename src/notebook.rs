@@ -1,0 +1,196 @@
+//! Jupyter support through the evcxr kernel: rich display of frames and charts, and Rhai cells.
+//!
+//! evcxr shows a cell's last expression by calling its `evcxr_display()` method if it has one;
+//! the method prints `EVCXR_BEGIN_CONTENT <mime>` … `EVCXR_END_CONTENT` blocks on stdout, and all
+//! blocks printed by one cell become that cell's single rich output (a later block of the same MIME
+//! type replaces an earlier one, so each cell shows one rich value).
+//!
+//! ```text
+//! :dep cotlab = { path = ".." }
+//! let mut lab = cotlab::notebook::Rhai::new()?;
+//! lab.run(r#"rationales("svamp", #{ teacher: "gpt-4o", level: 3 }).df().head(5)"#)?
+//! ```
+//!
+//! plotly.js (4.5 MB) is inlined into the first chart a kernel shows and reused by the next ones:
+//! charts then work offline and a notebook carries one copy, not one per chart. Each evcxr cell is
+//! its own shared object with its own copy of cotlab's statics, so "already sent" is remembered in
+//! a process environment variable, which all cells share.
+
+use rhai::{Dynamic, Engine, EvalAltResult, Scope, AST};
+
+use crate::data::DataDir;
+use crate::error::{Error, Result};
+use crate::results::{Chart, Frame};
+use crate::script::{self, Context};
+
+/// Rows shown in a frame's HTML table; the rest are counted below it.
+pub const MAX_HTML_ROWS: usize = 50;
+
+const PLOTLY_SENT_VAR: &str = "COTLAB_NOTEBOOK_PLOTLY_SENT";
+
+/// Print one rich output for the current cell: `(mime type, content)` pairs, e.g.
+/// `[("text/html", "<b>hi</b>"), ("text/plain", "hi")]`.
+pub fn emit(parts: &[(&str, &str)]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (mime, content) in parts {
+        // A line equal to the end marker would end the block early.
+        let content = content.replace("\nEVCXR_END_CONTENT", "\n EVCXR_END_CONTENT");
+        let _ = writeln!(out, "EVCXR_BEGIN_CONTENT {mime}\n{content}\nEVCXR_END_CONTENT");
+    }
+    let _ = out.flush();
+}
+
+/// Raw HTML to show in a cell: `cotlab::notebook::Html("<h3>…</h3>".into())`.
+pub struct Html(pub String);
+
+impl Html {
+    pub fn evcxr_display(&self) {
+        emit(&[("text/html", &self.0)]);
+    }
+}
+
+/// plotly.js wrapped so that it defines `window.Plotly` even where require.js is loaded
+/// (classic Notebook), where it would otherwise register as an AMD module instead.
+pub fn plotly_loader() -> String {
+    format!(
+        "<script type=\"text/javascript\">window.__cotlab_define = window.define; window.define = undefined;</script>\n{}\n\
+         <script type=\"text/javascript\">window.define = window.__cotlab_define;</script>",
+        Chart::plotly_js()
+    )
+}
+
+/// Send plotly.js now (again). Use it after clearing the output of the cell that carried it.
+pub fn load_plotly() -> Html {
+    std::env::set_var(PLOTLY_SENT_VAR, "1");
+    Html(plotly_loader())
+}
+
+/// A div id unique within the kernel process (statics are per cell, so use the clock too).
+fn chart_div_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("cotlab-chart-{nanos:x}")
+}
+
+impl Chart {
+    /// The chart's notebook HTML: a div and a script that draws it once plotly.js is there
+    /// (outputs can render before the earlier output that carries plotly.js has run).
+    pub fn to_notebook_html(&self, with_plotly: bool) -> String {
+        let id = chart_div_id();
+        let mut html = String::new();
+        if with_plotly {
+            html.push_str(&plotly_loader());
+            html.push('\n');
+        }
+        html.push_str(&format!(
+            "<div id=\"{id}\" class=\"cotlab-chart\" style=\"width:100%;height:480px;\"></div>\n\
+             <script type=\"text/javascript\">\n(function() {{\n  var fig = {fig};\n  function draw(tries) {{\n    \
+             if (window.Plotly) {{ Plotly.newPlot(\"{id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }}\n    \
+             else if (tries < 100) {{ setTimeout(function() {{ draw(tries + 1); }}, 100); }}\n    \
+             else {{ document.getElementById(\"{id}\").textContent = \"plotly.js is not loaded: run cotlab::notebook::load_plotly() in a cell, then this one again.\"; }}\n  }}\n  \
+             draw(0);\n}})();\n</script>",
+            fig = self.figure
+        ));
+        html
+    }
+
+    pub fn evcxr_display(&self) {
+        let first = std::env::var_os(PLOTLY_SENT_VAR).is_none();
+        std::env::set_var(PLOTLY_SENT_VAR, "1");
+        let plain = format!("Chart: {}", if self.title.is_empty() { "(untitled)" } else { &self.title });
+        emit(&[("text/html", &self.to_notebook_html(first)), ("text/plain", &plain)]);
+    }
+}
+
+impl Frame {
+    pub fn evcxr_display(&self) {
+        emit(&[("text/html", &self.to_html(MAX_HTML_ROWS)), ("text/plain", &self.to_table_string())]);
+    }
+}
+
+/// What a Rhai cell returned, shown the way its type deserves: frames as tables, charts inline,
+/// everything else as text (nothing for `()`).
+#[derive(Clone)]
+pub struct Value(pub Dynamic);
+
+impl Value {
+    pub fn frame(&self) -> Option<Frame> {
+        self.0.clone().try_cast::<Frame>()
+    }
+    pub fn chart(&self) -> Option<Chart> {
+        self.0.clone().try_cast::<Chart>()
+    }
+    pub fn is_unit(&self) -> bool {
+        self.0.is_unit()
+    }
+
+    pub fn evcxr_display(&self) {
+        if let Some(f) = self.frame() {
+            f.evcxr_display();
+        } else if let Some(c) = self.chart() {
+            c.evcxr_display();
+        } else if !self.is_unit() {
+            emit(&[("text/plain", &self.to_string())]);
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(fr) = self.frame() {
+            write!(f, "{}", fr.to_table_string())
+        } else if self.0.is::<rhai::ImmutableString>() {
+            // Strings print bare, not quoted.
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A Rhai session whose variables and functions live from one cell to the next. Scripts see the
+/// same API as `cotlab run`; `print` output appears in the cell. Errors name the cell:
+/// `cell 3:2:14: …`.
+pub struct Rhai {
+    engine: Engine,
+    scope: Scope<'static>,
+    /// Functions defined by earlier cells.
+    functions: AST,
+    cells: usize,
+}
+
+impl Rhai {
+    /// A session over the data dir in `COTLAB_DATA` (default `./datasets`); training and eval
+    /// runs go to `runs/` beside the notebook.
+    pub fn new() -> Result<Rhai> {
+        Ok(Rhai::with_context(Context::new(DataDir::resolve(None), None)))
+    }
+
+    pub fn with_context(ctx: Context) -> Rhai {
+        Rhai { engine: script::engine(ctx), scope: Scope::new(), functions: AST::empty(), cells: 0 }
+    }
+
+    /// Run one cell of Rhai; its variables and functions stay defined for later cells.
+    pub fn run(&mut self, src: &str) -> Result<Value> {
+        self.cells += 1;
+        let name = format!("cell {}", self.cells);
+        let fail = |e: &EvalAltResult| Error::Script(script::format_error(&name, e));
+        let ast = self.engine.compile_with_scope(&self.scope, src).map_err(|e| fail(&e.into()))?;
+        // This cell's functions replace earlier ones of the same name and arity.
+        let ast = self.functions.merge(&ast);
+        let v = self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &ast).map_err(|e| fail(&e))?;
+        self.functions = ast.clone_functions_only();
+        Ok(Value(v))
+    }
+}
+
+/// Run a self-contained Rhai snippet in a fresh session.
+pub fn rhai(src: &str) -> Result<Value> {
+    Rhai::new()?.run(src)
+}
