@@ -283,21 +283,19 @@ impl Frame {
     pub fn read_jsonl(path: &Path) -> Result<Frame> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut names: Vec<String> = Vec::new();
-        let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+        let mut rows: Vec<std::collections::HashMap<String, serde_json::Value>> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
-            let serde_json::Value::Object(obj) = v else {
-                return Err(Error::data(path, format!("line {}: expected a JSON object", i + 1)));
-            };
-            for k in obj.keys() {
+            let obj: OrderedObject = serde_json::from_str(line)
+                .map_err(|e| Error::data(path, format!("line {}: {e} (expected one JSON object per line)", i + 1)))?;
+            for (k, _) in &obj.0 {
                 if !names.contains(k) {
                     names.push(k.clone());
                 }
             }
-            rows.push(obj);
+            rows.push(obj.0.into_iter().collect());
         }
         use serde_json::Value as J;
         let cols = names
@@ -330,5 +328,28 @@ impl Frame {
 impl std::fmt::Display for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.to_table_string())
+    }
+}
+
+/// A JSON object with its keys in file order (serde_json's map sorts them).
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<OrderedObject, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = m.next_entry::<String, serde_json::Value>()? {
+                    v.push(entry);
+                }
+                Ok(OrderedObject(v))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }

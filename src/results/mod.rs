@@ -6,6 +6,6 @@ pub mod frame;
 pub mod output;
 pub mod tables;
 
-pub use chart::Chart;
+pub use chart::{Chart, ChartSpec};
 pub use frame::{Cell, ColumnData, Frame};
 pub use output::OutputDir;

@@ -1,0 +1,308 @@
+//! The teaching notebooks, executed headless on the "Rust (cotlab)" evcxr kernel with
+//! `jupyter nbconvert --execute`, exactly as a user would run them after `scripts/setup.sh`; plus
+//! the notebook API itself (display HTML, Rhai sessions) without Jupyter.
+//!
+//! Each notebook is copied into a temp dir (its runs/ and out/ land there) with its
+//! `:dep cotlab = { path = ".." }` pointed at this checkout. The kernel's compile cache is shared,
+//! so the notebooks run one at a time.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use cotlab::notebook::{Rhai, Value};
+use cotlab::results::{Chart, ChartSpec, Frame};
+use serde_json::Value as J;
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn jupyter() -> PathBuf {
+    let j = cotlab::model::cotlab_home().join("venv/bin/jupyter");
+    assert!(j.is_file(), "no Jupyter at {}: run scripts/setup.sh", j.display());
+    let specs = Command::new(&j).args(["kernelspec", "list"]).output().expect("jupyter kernelspec list runs");
+    assert!(
+        String::from_utf8_lossy(&specs.stdout).lines().any(|l| l.trim_start().starts_with("cotlab ")),
+        "the \"Rust (cotlab)\" kernel is not installed: run scripts/setup.sh"
+    );
+    j
+}
+
+struct Executed {
+    ok: bool,
+    log: String,
+    cells: Vec<J>,
+}
+
+impl Executed {
+    fn code_cells(&self) -> impl Iterator<Item = &J> {
+        self.cells.iter().filter(|c| c["cell_type"] == "code")
+    }
+
+    /// Every output's content for one MIME type, across all cells.
+    fn outputs(&self, mime: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for c in self.code_cells() {
+            for o in c["outputs"].as_array().into_iter().flatten() {
+                match &o["data"][mime] {
+                    J::String(s) => v.push(s.clone()),
+                    J::Array(parts) => v.push(parts.iter().filter_map(|p| p.as_str()).collect()),
+                    _ => {}
+                }
+            }
+        }
+        v
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.code_cells()
+            .flat_map(|c| c["outputs"].as_array().into_iter().flatten())
+            .filter(|o| o["output_type"] == "error")
+            .map(|o| format!("{}: {}", o["ename"], o["evalue"]))
+            .collect()
+    }
+
+    fn streams(&self) -> String {
+        let mut s = String::new();
+        for c in self.code_cells() {
+            for o in c["outputs"].as_array().into_iter().flatten() {
+                if o["output_type"] == "stream" {
+                    match &o["text"] {
+                        J::String(t) => s.push_str(t),
+                        J::Array(parts) => parts.iter().filter_map(|p| p.as_str()).for_each(|p| s.push_str(p)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Seconds each code cell took, from the timing nbclient records.
+    fn cell_seconds(&self) -> Vec<f64> {
+        let t = |c: &J, k: &str| {
+            c["metadata"]["execution"][k].as_str().and_then(|s| {
+                // 2026-11-26T12:00:01.123456Z
+                let (hms, frac) = s.get(11..)?.trim_end_matches('Z').split_once('.').unwrap_or((s.get(11..19)?, "0"));
+                let mut it = hms.split(':').map(|x| x.parse::<f64>().ok());
+                let (h, m, sec) = (it.next()??, it.next()??, it.next()??);
+                Some(h * 3600.0 + m * 60.0 + sec + format!("0.{frac}").parse::<f64>().ok()?)
+            })
+        };
+        self.code_cells()
+            .map(|c| match (t(c, "iopub.execute_input"), t(c, "shell.execute_reply")) {
+                (Some(a), Some(b)) => (b - a + 86400.0) % 86400.0,
+                _ => f64::NAN,
+            })
+            .collect()
+    }
+}
+
+/// Execute `notebooks/<name>` (or a notebook given as JSON) in a fresh temp dir.
+fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Executed) {
+    let jupyter = jupyter();
+    let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let text = match notebook_json {
+        Some(t) => t,
+        None => std::fs::read_to_string(repo().join("notebooks").join(name)).unwrap(),
+    };
+    // Point the `:dep` at this checkout. Same absolute path evcxr makes of ".." from notebooks/,
+    // so the kernel's cached build of cotlab is reused.
+    let dep = format!(":dep cotlab = {{ path = \\\"{}\\\" }}", repo().display());
+    let text = text.replace(r#":dep cotlab = { path = \"..\" }"#, &dep);
+    assert!(text.contains(&dep), "{name}: expected a `:dep cotlab = {{ path = \"..\" }}` cell");
+    let input = dir.path().join(name);
+    std::fs::write(&input, text).unwrap();
+    let start = Instant::now();
+    let out = Command::new(&jupyter)
+        .args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=3600", "--output-dir"])
+        .arg(dir.path())
+        .args(["--output", "executed"])
+        .arg(&input)
+        .current_dir(dir.path())
+        .env("COTLAB_DATA", std::fs::canonicalize(&common::data_dir().0).unwrap())
+        // Offline: every crate the kernel needs is in ~/.cargo after the build; no index update.
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .expect("jupyter nbconvert runs");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let executed = dir.path().join("executed.ipynb");
+    let cells = if executed.is_file() {
+        let nb: J = serde_json::from_str(&std::fs::read_to_string(&executed).unwrap()).unwrap();
+        nb["cells"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let e = Executed { ok: out.status.success(), log, cells };
+    let secs = e.cell_seconds();
+    eprintln!(
+        "{name}: {:.1} s in all (kernel start included); cells: {}",
+        start.elapsed().as_secs_f64(),
+        secs.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    (dir, e)
+}
+
+/// Run a notebook and require it to have run cleanly.
+fn run_clean(name: &str) -> (tempfile::TempDir, Executed) {
+    let (dir, e) = execute(name, None);
+    assert!(e.ok && e.errors().is_empty(), "{name} failed: {:?}\n{}", e.errors(), e.log);
+    assert!(e.code_cells().all(|c| c["execution_count"].is_number()), "{name}: a cell did not run");
+    (dir, e)
+}
+
+fn count(outputs: &[String], needle: &str) -> usize {
+    outputs.iter().filter(|o| o.contains(needle)).count()
+}
+
+/// plotly.js inlined once, every chart drawn from it.
+fn check_charts(name: &str, e: &Executed, charts: usize) {
+    let html = e.outputs("text/html");
+    assert_eq!(count(&html, "Plotly.newPlot"), charts, "{name}: charts");
+    assert_eq!(count(&html, "window.__cotlab_define"), 1, "{name}: plotly.js must be inlined exactly once");
+    let first = html.iter().position(|h| h.contains("Plotly.newPlot")).unwrap();
+    assert!(html[first].contains("window.__cotlab_define"), "{name}: plotly.js comes with the first chart");
+}
+
+#[test]
+fn notebook_01_quickstart() {
+    let (dir, e) = run_clean("01_quickstart.ipynb");
+    let html = e.outputs("text/html");
+    assert!(count(&html, "<table class=\"cotlab-frame\">") >= 4, "01: tables (catalog, test set, levels, summary)");
+    check_charts("01", &e, 1);
+    // The six levels of one question, with the rationale text.
+    let levels = html.iter().find(|h| h.contains("<th>rationale</th>")).expect("01: the levels table");
+    assert_eq!(levels.matches("<tr><td>").count(), 6, "01: one row per level");
+    // The predictions file: 5 right, 4 wrong, 1 without an answer.
+    assert!(dir.path().join("out/predictions.jsonl").is_file());
+    let plain = e.outputs("text/plain").join("\n");
+    for want in ["\"correct\": 5", "\"n\": 10", "\"unparsed\": 1"] {
+        assert!(plain.contains(want), "01: score output lacks {want}: {plain}");
+    }
+}
+
+#[test]
+fn notebook_02_granularity_analysis() {
+    let (_dir, e) = run_clean("02_granularity_analysis.ipynb");
+    let html = e.outputs("text/html");
+    assert!(count(&html, "<table class=\"cotlab-frame\">") >= 3, "02: tables (files, report, contamination)");
+    check_charts("02", &e, 3);
+    let contamination = html.iter().find(|h| h.contains("<th>contaminated_pct</th>")).expect("02: contamination table");
+    for d in ["svamp", "gsm8k", "aqua", "csqa", "obqa", "strategyqa", "math"] {
+        assert!(contamination.contains(&format!("<td>{d}</td>")), "02: contamination has no row for {d}");
+    }
+    assert!(e.streams().contains(" rationales"), "02: the load cell prints how many rationales it read");
+}
+
+#[test]
+fn notebook_03_distill_a_student() {
+    let (dir, e) = run_clean("03_distill_a_student.ipynb");
+    let html = e.outputs("text/html");
+    check_charts("03", &e, 2);
+    assert!(count(&html, "<th>mean_tokens</th>") == 1, "03: the before/after table");
+    // Training really happened: a complete run dir with a loss per step.
+    let log = std::fs::read_to_string(dir.path().join("runs/nb03-sft/train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 8, "03: 2 epochs x 4 steps");
+    let streams = e.streams();
+    assert!(streams.contains("8/8 steps"), "03: {streams}");
+    for eval in ["nb03-before", "nb03-after"] {
+        let samples = std::fs::read_to_string(dir.path().join("runs").join(eval).join("samples.jsonl")).unwrap();
+        assert_eq!(samples.lines().count(), 16, "03: {eval} evaluated 16 questions");
+    }
+    // Progress reaches the notebook as plain lines, without terminal control sequences.
+    assert!(!streams.contains('\u{1b}') && !streams.contains('\r'), "03: escape codes in the output");
+}
+
+/// A failing Rhai cell fails the notebook with the cell's position, and stops execution there.
+#[test]
+fn notebook_errors_stop_execution() {
+    let nb = serde_json::json!({
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "cotlab", "display_name": "Rust (cotlab)", "language": "rust"}},
+        "cells": [
+            {"cell_type": "code", "id": "a", "metadata": {}, "outputs": [], "execution_count": null, "source": ":dep cotlab = { path = \"..\" }"},
+            {"cell_type": "code", "id": "b", "metadata": {}, "outputs": [], "execution_count": null,
+             "source": "let mut lab = cotlab::notebook::Rhai::new()?;\nlab.run(\"let x = 1;\\nlet y = x +;\")?"},
+            {"cell_type": "code", "id": "c", "metadata": {}, "outputs": [], "execution_count": null, "source": "println!(\"not reached\");"}
+        ]
+    });
+    let (_dir, e) = execute("bad.ipynb", Some(nb.to_string()));
+    assert!(!e.ok, "a failing cell must fail nbconvert");
+    let text = format!("{}\n{}\n{:?}", e.streams(), e.log, e.errors());
+    assert!(text.contains("cell 1:2:"), "the error names the Rhai cell, line and column: {text}");
+    assert!(!e.streams().contains("not reached"), "execution stops at the failing cell");
+}
+
+// --- the notebook API without Jupyter ---
+
+#[test]
+fn rhai_session_keeps_variables_and_functions() {
+    let mut lab = Rhai::new().unwrap();
+    lab.run("let n = 20; fn double(x) { x * 2 }").unwrap();
+    let v = lab.run("double(n) + 2").unwrap();
+    assert_eq!(v.to_string(), "42");
+    // A later cell can redefine a function.
+    lab.run("fn double(x) { x * 3 }").unwrap();
+    assert_eq!(lab.run("double(n)").unwrap().to_string(), "60");
+    // Errors carry the cell number, line and column.
+    let err = lab.run("let a = 1;\nlet b = nope(a);").unwrap_err().to_string();
+    assert!(err.starts_with("cell 5:2:"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+    // Variables survive a failing cell.
+    assert_eq!(lab.run("n").unwrap().to_string(), "20");
+}
+
+#[test]
+fn rhai_values_display_by_type() {
+    let mut lab = Rhai::new().unwrap();
+    let frame: Value = lab.run(r#"df(#{ level: [1, 2], words: [10.5, 20.25] })"#).unwrap();
+    let f = frame.frame().expect("a frame");
+    assert_eq!(f.height(), 2);
+    let html = f.to_html(50);
+    assert!(html.contains("<th>level</th>") && html.contains("<td>20.25</td>"), "{html}");
+    let chart = lab.run(r#"bar_chart(df(#{ x: ["a", "b"], y: [1, 2] }), #{ x: "x", y: "y", title: "t" })"#).unwrap();
+    assert!(chart.frame().is_none() && chart.chart().is_some());
+    assert_eq!(lab.run(r#""plain text""#).unwrap().to_string(), "plain text");
+    assert!(lab.run("let z = 1;").unwrap().is_unit());
+}
+
+#[test]
+fn chart_notebook_html_carries_plotly_only_when_asked() {
+    let f = Frame::from_columns(vec![
+        ("x".into(), cotlab::results::ColumnData::Int(vec![Some(1), Some(2)])),
+        ("y".into(), cotlab::results::ColumnData::Float(vec![Some(0.5), Some(0.7)])),
+    ])
+    .unwrap();
+    let c = Chart::line(&f, &ChartSpec { x: "x".into(), y: "y".into(), ..Default::default() }).unwrap();
+    let with = c.to_notebook_html(true);
+    let without = c.to_notebook_html(false);
+    assert!(with.len() > 3_000_000, "plotly.js inlined: {} bytes", with.len());
+    assert!(without.len() < 10_000, "a chart alone is small: {} bytes", without.len());
+    assert!(!without.contains("<script src="), "nothing is loaded from the network");
+    // Two charts in one kernel get different div ids.
+    let id = |h: &str| h.split("id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    assert_ne!(id(&without), id(&c.to_notebook_html(false)));
+}
+
+#[test]
+fn read_jsonl_infers_column_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("log.jsonl");
+    std::fs::write(&p, "{\"step\": 1, \"loss\": 2, \"ok\": true, \"note\": \"a\"}\n\n{\"step\": 2, \"loss\": 1.5, \"ok\": false, \"extra\": [1]}\n").unwrap();
+    let f = Frame::read_jsonl(&p).unwrap();
+    assert_eq!(f.columns(), vec!["step", "loss", "ok", "note", "extra"]);
+    let dtypes: Vec<String> = f.0.dtypes().iter().map(|d| d.to_string()).collect();
+    assert_eq!(dtypes, vec!["i64", "f64", "bool", "str", "str"]);
+    assert_eq!(f.cell(1, "note").unwrap(), cotlab::results::Cell::Null);
+    std::fs::write(&p, "{\"step\": 1}\n[1, 2]\n").unwrap();
+    let err = Frame::read_jsonl(&p).unwrap_err().to_string();
+    assert!(err.contains("log.jsonl") && err.contains("line 2") && err.contains("JSON object"), "{err}");
+}
+
