@@ -95,16 +95,29 @@ TOML
     # rustc writes only finds it when the cache sits under /tmp, so name the directory.
     local libstd
     libstd="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib"
+    # The kernel starts through a wrapper that drops cargo's per-build variables: Jupyter started
+    # from `cargo test` (tests/notebooks.rs) inherits CARGO_PKG_NAME & co., and build scripts
+    # that track them (ring's does) would rebuild half the cache whenever the environment flips.
+    cat > "$home/evcxr/kernel.sh" <<SH
+#!/bin/sh
+for v in \$(env | sed -n 's/^\(CARGO_[A-Z0-9_]*\)=.*/\1/p'); do
+    case "\$v" in CARGO_HOME|CARGO_NET_OFFLINE) ;; *) unset "\$v" ;; esac
+done
+unset RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS OUT_DIR
+export EVCXR_TMPDIR="$home/evcxr/build"
+export LD_LIBRARY_PATH="$libstd\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$evcxr" "\$@"
+SH
+    chmod +x "$home/evcxr/kernel.sh"
     local kernels
     kernels="$("$home/venv/bin/jupyter" --data-dir)/kernels/cotlab"
     mkdir -p "$kernels"
     cat > "$kernels/kernel.json" <<JSON
 {
-  "argv": ["$evcxr", "--control_file", "{connection_file}"],
+  "argv": ["$home/evcxr/kernel.sh", "--control_file", "{connection_file}"],
   "display_name": "Rust (cotlab)",
   "language": "rust",
-  "interrupt_mode": "message",
-  "env": { "EVCXR_TMPDIR": "$home/evcxr/build", "LD_LIBRARY_PATH": "$libstd" }
+  "interrupt_mode": "message"
 }
 JSON
 

@@ -16,7 +16,7 @@
 //! its own shared object with its own copy of cotlab's statics, so "already sent" is remembered in
 //! a process environment variable, which all cells share.
 
-use rhai::{Dynamic, Engine, EvalAltResult, Scope, AST};
+use rhai::{Dynamic, EvalAltResult, Scope, AST};
 
 use crate::data::DataDir;
 use crate::error::{Error, Result};
@@ -109,60 +109,93 @@ impl Frame {
 }
 
 /// What a Rhai cell returned, shown the way its type deserves: frames as tables, charts inline,
-/// everything else as text (nothing for `()`).
-#[derive(Clone)]
-pub struct Value(pub Dynamic);
+/// other values as Rhai prints them, nothing for `()`.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Unit,
+    Frame(Frame),
+    Chart(Chart),
+    /// Numbers, strings, arrays, maps…: as JSON (for Rust cells) and as Rhai prints them.
+    Data { json: serde_json::Value, text: String },
+}
 
 impl Value {
+    fn from_dynamic(v: Dynamic) -> Value {
+        if v.is_unit() {
+            return Value::Unit;
+        }
+        let v = match v.try_cast_result::<Frame>() {
+            Ok(f) => return Value::Frame(f),
+            Err(v) => v,
+        };
+        let v = match v.try_cast_result::<Chart>() {
+            Ok(c) => return Value::Chart(c),
+            Err(v) => v,
+        };
+        // Strings show bare, not quoted.
+        let text = if v.is_string() { v.to_string() } else { format!("{v:?}") };
+        let json = serde_json::to_value(&v).unwrap_or(serde_json::Value::Null);
+        Value::Data { json, text }
+    }
+
     pub fn frame(&self) -> Option<Frame> {
-        self.0.clone().try_cast::<Frame>()
+        match self {
+            Value::Frame(f) => Some(f.clone()),
+            _ => None,
+        }
     }
     pub fn chart(&self) -> Option<Chart> {
-        self.0.clone().try_cast::<Chart>()
+        match self {
+            Value::Chart(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+    /// The value as JSON: `lab.run("r")?.json()["accuracy"]`.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Value::Data { json, .. } => json.clone(),
+            _ => serde_json::Value::Null,
+        }
     }
     pub fn is_unit(&self) -> bool {
-        self.0.is_unit()
+        matches!(self, Value::Unit)
     }
 
     pub fn evcxr_display(&self) {
-        if let Some(f) = self.frame() {
-            f.evcxr_display();
-        } else if let Some(c) = self.chart() {
-            c.evcxr_display();
-        } else if !self.is_unit() {
-            emit(&[("text/plain", &self.to_string())]);
+        match self {
+            Value::Unit => {}
+            Value::Frame(f) => f.evcxr_display(),
+            Value::Chart(c) => c.evcxr_display(),
+            Value::Data { text, .. } => emit(&[("text/plain", text)]),
         }
     }
 }
 
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(fr) = self.frame() {
-            write!(f, "{}", fr.to_table_string())
-        } else if self.0.is::<rhai::ImmutableString>() {
-            // Strings print bare, not quoted.
-            write!(f, "{}", self.0)
-        } else {
-            write!(f, "{:?}", self.0)
+        match self {
+            Value::Unit => Ok(()),
+            Value::Frame(fr) => f.write_str(&fr.to_table_string()),
+            Value::Chart(c) => write!(f, "Chart({})", c.title),
+            Value::Data { text, .. } => f.write_str(text),
         }
     }
 }
 
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
+type CellFn = Box<dyn FnMut(&str) -> Result<Value> + Send>;
 
 /// A Rhai session whose variables and functions live from one cell to the next. Scripts see the
 /// same API as `cotlab run`; `print` output appears in the cell. Errors name the cell:
 /// `cell 3:2:14: …`.
+///
+/// evcxr links a separate copy of cotlab (and of rhai) into every cell, and rhai's internals
+/// must only be touched by the copy that built them: a session built in one cell and driven by
+/// another copy's code crashed the kernel (`mremap_chunk(): invalid pointer`; thin-vec, which
+/// rhai uses, recognises its empty vectors by the address of a static). So the engine and scope
+/// live inside a closure made in the cell that creates the session, and only plain values
+/// (frames, charts, JSON) come out.
 pub struct Rhai {
-    engine: Engine,
-    scope: Scope<'static>,
-    /// Functions defined by earlier cells.
-    functions: AST,
-    cells: usize,
+    run_cell: CellFn,
 }
 
 impl Rhai {
@@ -173,20 +206,28 @@ impl Rhai {
     }
 
     pub fn with_context(ctx: Context) -> Rhai {
-        Rhai { engine: script::engine(ctx), scope: Scope::new(), functions: AST::empty(), cells: 0 }
+        let engine = script::engine(ctx);
+        let mut scope = Scope::new();
+        // Functions defined by earlier cells.
+        let mut functions = AST::empty();
+        let mut cells = 0;
+        let run_cell = move |src: &str| -> Result<Value> {
+            cells += 1;
+            let name = format!("cell {cells}");
+            let fail = |e: &EvalAltResult| Error::Script(script::format_error(&name, e));
+            let ast = engine.compile_with_scope(&scope, src).map_err(|e| fail(&e.into()))?;
+            // This cell's functions replace earlier ones of the same name and arity.
+            let ast = functions.merge(&ast);
+            let v = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| fail(&e))?;
+            functions = ast.clone_functions_only();
+            Ok(Value::from_dynamic(v))
+        };
+        Rhai { run_cell: Box::new(run_cell) }
     }
 
     /// Run one cell of Rhai; its variables and functions stay defined for later cells.
     pub fn run(&mut self, src: &str) -> Result<Value> {
-        self.cells += 1;
-        let name = format!("cell {}", self.cells);
-        let fail = |e: &EvalAltResult| Error::Script(script::format_error(&name, e));
-        let ast = self.engine.compile_with_scope(&self.scope, src).map_err(|e| fail(&e.into()))?;
-        // This cell's functions replace earlier ones of the same name and arity.
-        let ast = self.functions.merge(&ast);
-        let v = self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &ast).map_err(|e| fail(&e))?;
-        self.functions = ast.clone_functions_only();
-        Ok(Value(v))
+        (self.run_cell)(src)
     }
 }
 

@@ -270,6 +270,10 @@ fn rhai_values_display_by_type() {
     let chart = lab.run(r#"bar_chart(df(#{ x: ["a", "b"], y: [1, 2] }), #{ x: "x", y: "y", title: "t" })"#).unwrap();
     assert!(chart.frame().is_none() && chart.chart().is_some());
     assert_eq!(lab.run(r#""plain text""#).unwrap().to_string(), "plain text");
+    let map = lab.run(r#"#{ n: 10, accuracy: 0.5, task: "svamp" }"#).unwrap();
+    assert_eq!(map.json()["n"], 10);
+    assert_eq!(map.json()["task"], "svamp");
+    assert!(map.to_string().contains("\"accuracy\": 0.5"), "{map}");
     assert!(lab.run("let z = 1;").unwrap().is_unit());
 }
 
