@@ -7,14 +7,16 @@
 //!
 //! ```text
 //! :dep cotlab = { path = ".." }
-//! let mut lab = cotlab::notebook::Rhai::new()?;
-//! lab.run(r#"rationales("svamp", #{ teacher: "gpt-4o", level: 3 }).df().head(5)"#)?
+//! let mut lab = cotlab::notebook::Rhai::new();
+//! lab.cell(r#"rationales("svamp", #{ teacher: "gpt-4o", level: 3 }).df().head(5)"#)
 //! ```
 //!
 //! plotly.js (4.5 MB) is inlined into the first chart a kernel shows and reused by the next ones:
 //! charts then work offline and a notebook carries one copy, not one per chart. Each evcxr cell is
 //! its own shared object with its own copy of cotlab's statics, so "already sent" is remembered in
 //! a process environment variable, which all cells share.
+
+use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult, Scope, AST};
 
@@ -109,14 +111,43 @@ impl Frame {
 }
 
 /// What a Rhai cell returned, shown the way its type deserves: frames as tables, charts inline,
-/// other values as Rhai prints them, nothing for `()`.
-#[derive(Clone, Debug)]
+/// other values as Rhai prints them, nothing for `()`. Holds only plain data (strings, JSON) and
+/// code of the session that made it, so it can be kept in a variable and used in later cells
+/// (see [`Rhai`] for why that matters).
+#[derive(Clone)]
 pub enum Value {
     Unit,
-    Frame(Frame),
+    Table(Table),
     Chart(Chart),
     /// Numbers, strings, arrays, maps…: as JSON (for Rust cells) and as Rhai prints them.
     Data { json: serde_json::Value, text: String },
+    /// The cell failed: `cell 3:2:14: reason`.
+    Error(String),
+}
+
+type ExportFn = Arc<dyn Fn() -> Result<Vec<u8>> + Send + Sync>;
+
+/// A DataFrame a Rhai cell returned, rendered by the session that made it.
+#[derive(Clone)]
+pub struct Table {
+    pub html: String,
+    pub text: String,
+    pub height: usize,
+    pub width: usize,
+    /// Writes the frame as parquet; runs the session's own copy of polars.
+    export: ExportFn,
+}
+
+impl Table {
+    fn new(frame: Frame) -> Table {
+        let (html, text, height, width) = (frame.to_html(MAX_HTML_ROWS), frame.to_table_string(), frame.height(), frame.width());
+        Table { html, text, height, width, export: Arc::new(move || frame.to_parquet_bytes()) }
+    }
+
+    /// A copy of the frame for the Rust API, made by the calling cell's copy of polars.
+    pub fn frame(&self) -> Result<Frame> {
+        Frame::from_parquet_bytes((self.export)()?)
+    }
 }
 
 impl Value {
@@ -125,7 +156,7 @@ impl Value {
             return Value::Unit;
         }
         let v = match v.try_cast_result::<Frame>() {
-            Ok(f) => return Value::Frame(f),
+            Ok(f) => return Value::Table(Table::new(f)),
             Err(v) => v,
         };
         let v = match v.try_cast_result::<Chart>() {
@@ -138,9 +169,10 @@ impl Value {
         Value::Data { json, text }
     }
 
+    /// The DataFrame this cell returned, as a frame of the calling cell (use it in that cell).
     pub fn frame(&self) -> Option<Frame> {
         match self {
-            Value::Frame(f) => Some(f.clone()),
+            Value::Table(t) => Some(t.frame().unwrap_or_else(|e| panic!("{e}"))),
             _ => None,
         }
     }
@@ -150,7 +182,7 @@ impl Value {
             _ => None,
         }
     }
-    /// The value as JSON: `lab.run("r")?.json()["accuracy"]`.
+    /// The value as JSON: `lab.cell("r").json()["accuracy"]`.
     pub fn json(&self) -> serde_json::Value {
         match self {
             Value::Data { json, .. } => json.clone(),
@@ -160,11 +192,19 @@ impl Value {
     pub fn is_unit(&self) -> bool {
         matches!(self, Value::Unit)
     }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Value::Error(_))
+    }
 
     pub fn evcxr_display(&self) {
         match self {
             Value::Unit => {}
-            Value::Frame(f) => f.evcxr_display(),
+            Value::Error(msg) => {
+                let esc = msg.replace('&', "&amp;").replace('<', "&lt;");
+                let html = format!("<pre class=\"cotlab-error\" style=\"color:#b00020;background:#fdecea;padding:6px\">error: {esc}</pre>");
+                emit(&[("text/html", &html), ("text/plain", &format!("error: {msg}"))]);
+            }
+            Value::Table(t) => emit(&[("text/html", &t.html), ("text/plain", &t.text)]),
             Value::Chart(c) => c.evcxr_display(),
             Value::Data { text, .. } => emit(&[("text/plain", text)]),
         }
@@ -175,10 +215,17 @@ impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Value::Unit => Ok(()),
-            Value::Frame(fr) => f.write_str(&fr.to_table_string()),
+            Value::Table(t) => f.write_str(&t.text),
             Value::Chart(c) => write!(f, "Chart({})", c.title),
             Value::Data { text, .. } => f.write_str(text),
+            Value::Error(msg) => write!(f, "error: {msg}"),
         }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -188,12 +235,14 @@ type CellFn = Box<dyn FnMut(&str) -> Result<Value> + Send>;
 /// same API as `cotlab run`; `print` output appears in the cell. Errors name the cell:
 /// `cell 3:2:14: …`.
 ///
-/// evcxr links a separate copy of cotlab (and of rhai) into every cell, and rhai's internals
-/// must only be touched by the copy that built them: a session built in one cell and driven by
-/// another copy's code crashed the kernel (`mremap_chunk(): invalid pointer`; thin-vec, which
-/// rhai uses, recognises its empty vectors by the address of a static). So the engine and scope
-/// live inside a closure made in the cell that creates the session, and only plain values
-/// (frames, charts, JSON) come out.
+/// evcxr links a separate copy of cotlab, rhai and polars into every cell, each with its own
+/// statics, and their data must only be touched by the copy that built it. Measured here: a
+/// session built in one cell and driven by another cell's copy crashed the kernel
+/// (`mremap_chunk(): invalid pointer`: thin-vec, which rhai uses, knows its empty vectors by the
+/// address of a static), and a polars frame made in one cell could not find its own columns from
+/// the next (hashes are seeded per copy). So the engine and scope live inside a closure made in
+/// the cell that creates the session, and only plain data (strings, JSON, parquet bytes) comes
+/// out: a [`Value`] can be kept and used in any later cell.
 pub struct Rhai {
     run_cell: CellFn,
 }
@@ -201,8 +250,8 @@ pub struct Rhai {
 impl Rhai {
     /// A session over the data dir in `COTLAB_DATA` (default `./datasets`); training and eval
     /// runs go to `runs/` beside the notebook.
-    pub fn new() -> Result<Rhai> {
-        Ok(Rhai::with_context(Context::new(DataDir::resolve(None), None)))
+    pub fn new() -> Rhai {
+        Rhai::with_context(Context::new(DataDir::resolve(None), None))
     }
 
     pub fn with_context(ctx: Context) -> Rhai {
@@ -229,9 +278,20 @@ impl Rhai {
     pub fn run(&mut self, src: &str) -> Result<Value> {
         (self.run_cell)(src)
     }
+
+    /// [`run`](Rhai::run) for notebook cells: an error is printed (stderr) and returned as
+    /// [`Value::Error`], shown as a red box. evcxr marks no cell failed at run time (neither a
+    /// `?` error nor a panic: it keeps the session's variables and goes on), so a panic would
+    /// only add a backtrace; `tests/notebooks.rs` looks for these boxes.
+    pub fn cell(&mut self, src: &str) -> Value {
+        self.run(src).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            Value::Error(e.to_string())
+        })
+    }
 }
 
-/// Run a self-contained Rhai snippet in a fresh session.
-pub fn rhai(src: &str) -> Result<Value> {
-    Rhai::new()?.run(src)
+/// Run a self-contained Rhai snippet in a fresh session, as a notebook cell (see [`Rhai::cell`]).
+pub fn rhai(src: &str) -> Value {
+    Rhai::new().cell(src)
 }

@@ -318,6 +318,19 @@ impl Frame {
         Frame::from_columns(cols)
     }
 
+    /// The frame as parquet bytes: a lossless hand-over between copies of polars (notebook cells).
+    pub fn to_parquet_bytes(&self) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut df = self.0.clone();
+        ParquetWriter::new(&mut buf).finish(&mut df).frame_ctx("writing parquet to memory")?;
+        Ok(buf)
+    }
+
+    pub fn from_parquet_bytes(bytes: Vec<u8>) -> Result<Frame> {
+        let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().frame_ctx("reading parquet from memory")?;
+        Ok(Frame(df))
+    }
+
     pub fn read_parquet(path: &Path) -> Result<Frame> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let df = ParquetReader::new(f).finish().frame_ctx(format!("reading {}", path.display()))?;
