@@ -75,24 +75,14 @@ fn chart_div_id() -> String {
 }
 
 impl Chart {
-    /// The chart's notebook HTML: a div and a script that draws it once plotly.js is there
-    /// (outputs can render before the earlier output that carries plotly.js has run).
+    /// The chart's notebook HTML, with plotly.js in front when `with_plotly`.
     pub fn to_notebook_html(&self, with_plotly: bool) -> String {
-        let id = chart_div_id();
         let mut html = String::new();
         if with_plotly {
             html.push_str(&plotly_loader());
             html.push('\n');
         }
-        html.push_str(&format!(
-            "<div id=\"{id}\" class=\"cotlab-chart\" style=\"width:100%;height:480px;\"></div>\n\
-             <script type=\"text/javascript\">\n(function() {{\n  var fig = {fig};\n  function draw(tries) {{\n    \
-             if (window.Plotly) {{ Plotly.newPlot(\"{id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }}\n    \
-             else if (tries < 100) {{ setTimeout(function() {{ draw(tries + 1); }}, 100); }}\n    \
-             else {{ document.getElementById(\"{id}\").textContent = \"plotly.js is not loaded: run cotlab::notebook::load_plotly() in a cell, then this one again.\"; }}\n  }}\n  \
-             draw(0);\n}})();\n</script>",
-            fig = self.figure
-        ));
+        html.push_str(&self.to_inline_html(&chart_div_id()));
         html
     }
 

@@ -34,6 +34,15 @@ fn jupyter() -> PathBuf {
     j
 }
 
+/// nbformat stores text either as one string or as a list of lines.
+fn notebook_text(v: &J) -> Option<String> {
+    match v {
+        J::String(s) => Some(s.clone()),
+        J::Array(parts) => Some(parts.iter().filter_map(|p| p.as_str()).collect()),
+        _ => None,
+    }
+}
+
 struct Executed {
     ok: bool,
     log: String,
@@ -45,27 +54,21 @@ impl Executed {
         self.cells.iter().filter(|c| c["cell_type"] == "code")
     }
 
+    /// Every output of every code cell.
+    fn all_outputs(&self) -> impl Iterator<Item = &J> {
+        self.code_cells().flat_map(|c| c["outputs"].as_array().into_iter().flatten())
+    }
+
     /// Every output's content for one MIME type, across all cells.
     fn outputs(&self, mime: &str) -> Vec<String> {
-        let mut v = Vec::new();
-        for c in self.code_cells() {
-            for o in c["outputs"].as_array().into_iter().flatten() {
-                match &o["data"][mime] {
-                    J::String(s) => v.push(s.clone()),
-                    J::Array(parts) => v.push(parts.iter().filter_map(|p| p.as_str()).collect()),
-                    _ => {}
-                }
-            }
-        }
-        v
+        self.all_outputs().filter_map(|o| notebook_text(&o["data"][mime])).collect()
     }
 
     /// Failed cells. evcxr reports only compile errors as Jupyter errors: a Rhai error shows as
     /// cotlab's error box and a panic (`unwrap()` in a Rust cell) as "panicked at" on stderr.
     fn errors(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .code_cells()
-            .flat_map(|c| c["outputs"].as_array().into_iter().flatten())
+            .all_outputs()
             .filter(|o| o["output_type"] == "error")
             .map(|o| format!("{}: {}", o["ename"], o["evalue"]))
             .collect();
@@ -76,19 +79,7 @@ impl Executed {
     }
 
     fn streams(&self) -> String {
-        let mut s = String::new();
-        for c in self.code_cells() {
-            for o in c["outputs"].as_array().into_iter().flatten() {
-                if o["output_type"] == "stream" {
-                    match &o["text"] {
-                        J::String(t) => s.push_str(t),
-                        J::Array(parts) => parts.iter().filter_map(|p| p.as_str()).for_each(|p| s.push_str(p)),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        s
+        self.all_outputs().filter(|o| o["output_type"] == "stream").filter_map(|o| notebook_text(&o["text"])).collect()
     }
 
     /// Seconds each code cell took, from the timing nbclient records.

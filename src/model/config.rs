@@ -51,47 +51,28 @@ impl LlamaConfig {
 
     /// The config.json transformers expects for this model.
     pub fn to_hf_json(&self) -> serde_json::Value {
-        match self.family.as_str() {
-            "bloom" => {
-                return serde_json::json!({
-                    "architectures": ["BloomForCausalLM"],
-                    "model_type": "bloom",
-                    "vocab_size": self.vocab_size,
-                    "hidden_size": self.hidden_size,
-                    "n_layer": self.num_hidden_layers,
-                    "n_head": self.num_attention_heads,
-                    "layer_norm_epsilon": self.rms_norm_eps,
-                    "apply_residual_connection_post_layernorm": false,
-                    "bos_token_id": self.bos_token_id,
-                    "eos_token_id": self.eos_token_id,
-                    "torch_dtype": "float32",
-                })
-            }
-            "gemma" => {
-                return serde_json::json!({
-                    "architectures": ["GemmaForCausalLM"],
-                    "model_type": "gemma",
-                    "vocab_size": self.vocab_size,
-                    "hidden_size": self.hidden_size,
-                    "intermediate_size": self.intermediate_size,
-                    "num_hidden_layers": self.num_hidden_layers,
-                    "num_attention_heads": self.num_attention_heads,
-                    "num_key_value_heads": self.num_key_value_heads,
-                    "head_dim": self.head_dim(),
-                    "rms_norm_eps": self.rms_norm_eps,
-                    "rope_theta": self.rope_theta,
-                    "max_position_embeddings": self.max_position_embeddings,
-                    "hidden_activation": self.hidden_act,
-                    "tie_word_embeddings": self.tie_word_embeddings,
-                    "bos_token_id": self.bos_token_id,
-                    "eos_token_id": self.eos_token_id,
-                    "torch_dtype": "float32",
-                })
-            }
-            _ => {}
+        if self.family == "bloom" {
+            // BLOOM's config uses its own key names.
+            return serde_json::json!({
+                "architectures": ["BloomForCausalLM"],
+                "model_type": "bloom",
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size,
+                "n_layer": self.num_hidden_layers,
+                "n_head": self.num_attention_heads,
+                "layer_norm_epsilon": self.rms_norm_eps,
+                "apply_residual_connection_post_layernorm": false,
+                "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id,
+                "torch_dtype": "float32",
+            });
         }
-        let (arch, model_type) = if self.family == "qwen2" { ("Qwen2ForCausalLM", "qwen2") } else { ("LlamaForCausalLM", "llama") };
-        serde_json::json!({
+        let (arch, model_type) = match self.family.as_str() {
+            "gemma" => ("GemmaForCausalLM", "gemma"),
+            "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+            _ => ("LlamaForCausalLM", "llama"),
+        };
+        let mut config = serde_json::json!({
             "architectures": [arch],
             "model_type": model_type,
             "vocab_size": self.vocab_size,
@@ -103,18 +84,28 @@ impl LlamaConfig {
             "head_dim": self.head_dim(),
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_scaling": self.rope_llama3.map(|(f, lo, hi, orig)| serde_json::json!({
-                "rope_type": "llama3", "factor": f, "low_freq_factor": lo, "high_freq_factor": hi,
-                "original_max_position_embeddings": orig, "rope_theta": self.rope_theta,
-            })),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
-            "mlp_bias": false,
-            "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "torch_dtype": "float32",
-        })
+        });
+        let family_keys = if self.family == "gemma" {
+            serde_json::json!({ "hidden_activation": self.hidden_act })
+        } else {
+            serde_json::json!({
+                "rope_scaling": self.rope_llama3.map(|(f, lo, hi, orig)| serde_json::json!({
+                    "rope_type": "llama3", "factor": f, "low_freq_factor": lo, "high_freq_factor": hi,
+                    "original_max_position_embeddings": orig, "rope_theta": self.rope_theta,
+                })),
+                "attention_bias": self.attention_bias,
+                "mlp_bias": false,
+                "hidden_act": "silu",
+            })
+        };
+        if let (Some(c), serde_json::Value::Object(extra)) = (config.as_object_mut(), family_keys) {
+            c.extend(extra);
+        }
+        config
     }
 }

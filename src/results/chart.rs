@@ -147,12 +147,17 @@ impl Chart {
         }
     }
 
-    /// The chart's div and script, for embedding where plotly.js is already loaded.
+    /// The chart's div and a script that draws it once plotly.js is there: in a page, plotly.js
+    /// comes first; in a notebook, the output carrying it may render after this one.
     pub fn to_inline_html(&self, div_id: &str) -> String {
         format!(
-            "<div id=\"{div_id}\" style=\"width:100%;height:520px;\"></div>\n<script type=\"text/javascript\">\n\
-             (function() {{ var fig = {}; Plotly.newPlot(\"{div_id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }})();\n</script>",
-            self.figure
+            "<div id=\"{div_id}\" class=\"cotlab-chart\" style=\"width:100%;height:500px;\"></div>\n\
+             <script type=\"text/javascript\">\n(function() {{\n  var fig = {fig};\n  function draw(tries) {{\n    \
+             if (window.Plotly) {{ Plotly.newPlot(\"{div_id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }}\n    \
+             else if (tries < 100) {{ setTimeout(function() {{ draw(tries + 1); }}, 100); }}\n    \
+             else {{ document.getElementById(\"{div_id}\").textContent = \"plotly.js is not loaded (in a notebook: run cotlab::notebook::load_plotly(), then this cell again).\"; }}\n  }}\n  \
+             draw(0);\n}})();\n</script>",
+            fig = self.figure
         )
     }
 
