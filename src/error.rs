@@ -33,6 +33,12 @@ pub enum Error {
     /// A Rhai script failed: already formatted as `file:line:col: reason`.
     #[error("{0}")]
     Script(String),
+
+    /// A tensor or model operation failed (candle, the tokenizer): what cotlab was doing, then
+    /// the library's own message, which names the op and the shapes involved. Not the user's
+    /// fault as a rule: the message says what was attempted so a bug report can be precise.
+    #[error("{context}: {msg}")]
+    Model { context: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
