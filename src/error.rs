@@ -73,6 +73,35 @@ impl<T> FrameContext<T> for std::result::Result<T, polars::error::PolarsError> {
     }
 }
 
+/// Attach context to candle and tokenizer results: `x.matmul(&w)?`-style code returns
+/// `candle_core::Result`; `.model_ctx("layer 3 attention")` turns it into `Error::Model`.
+pub trait ModelContext<T> {
+    fn model_ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+/// candle's message without the backtrace it captures under `RUST_BACKTRACE` (users get the
+/// operation and shapes; a developer can still set `COTLAB_BACKTRACE=1` to keep it).
+pub fn candle_message(e: &candle_core::Error) -> String {
+    let keep_bt = std::env::var_os("COTLAB_BACKTRACE").is_some_and(|v| v == "1");
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } if !keep_bt => candle_message(inner),
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string(),
+    }
+}
+
+impl<T> ModelContext<T> for std::result::Result<T, candle_core::Error> {
+    fn model_ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::Model { context: context.into(), msg: candle_message(&e) })
+    }
+}
+
+impl<T> ModelContext<T> for std::result::Result<T, tokenizers::Error> {
+    fn model_ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::Model { context: context.into(), msg: e.to_string() })
+    }
+}
+
 /// Build a `Error::Usage` with format arguments: `usage!("unknown teacher '{t}'")`.
 #[macro_export]
 macro_rules! usage {
