@@ -9,6 +9,7 @@ pub mod cot;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod lab;
 pub mod model;
 pub mod notebook;
 pub mod results;

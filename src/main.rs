@@ -11,6 +11,7 @@ use cotlab::data::contamination;
 use cotlab::data::loaders::load_questions;
 use cotlab::data::{load_dataset, Catalog, DataDir, DatasetOptions, Task};
 use cotlab::eval::score_predictions;
+use cotlab::lab::{StudentOptions, Workspace};
 use cotlab::results::tables::catalog_frame;
 use cotlab::results::OutputDir;
 use cotlab::script::{default_out_dir, parse_param, Context, Runner};
@@ -40,6 +41,10 @@ enum Cmd {
         /// Where training runs live (default: ./runs).
         #[arg(long)]
         runs: Option<PathBuf>,
+        /// Another dir the script may read (it may always read the data, runs and output dirs
+        /// and $COTLAB_HOME). Repeatable.
+        #[arg(long = "allow-read", value_name = "DIR")]
+        allow_read: Vec<PathBuf>,
     },
     /// Export a training run's last checkpoint (or a model) as a Hugging Face model dir; LoRA
     /// runs export PEFT adapters unless --merge.
@@ -74,11 +79,14 @@ enum Cmd {
         batch_size: usize,
         #[arg(long, default_value_t = 320)]
         max_new_tokens: usize,
-        /// The eval dir (default: runs/eval-<task>-<split>-<model>).
+        /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where the default eval dir goes (default: ./runs).
+        #[arg(long)]
+        runs: Option<PathBuf>,
     },
     /// Benchmarks.
     Bench {
@@ -186,12 +194,12 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run { script, data_dir, out, set, runs } => run(script, data_dir, out, set, runs),
+        Cmd::Run { script, data_dir, out, set, runs, allow_read } => run(script, data_dir, out, set, runs, allow_read),
         Cmd::Export { run, model, out, merge } => {
             match (run, model) {
                 (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
                 (None, Some(spec)) => {
-                    let s = cotlab::model::Student::load(&cotlab::model::resolve(&spec)?, &candle_core::Device::Cpu)?;
+                    let s = trusted(None, None).student(&spec, &StudentOptions::default())?;
                     cotlab::train::export::export_hf(&s, &out)?;
                 }
                 (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
@@ -199,28 +207,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, out, data_dir } => {
-            let dir = DataDir::resolve(data_dir);
-            let ds = load_dataset(&dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
-            let p = PathBuf::from(&model);
-            let student = if p.join("checkpoint").is_dir() {
-                cotlab::train::export::load_run(&p)?
-            } else {
-                cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?
-            };
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, out, data_dir, runs } => {
+            let ws = trusted(data_dir, runs);
+            let ds = load_dataset(&ws.data_dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
+            let student = ws.student(&model, &StudentOptions::default())?;
             let opts = cotlab::eval::run::EvalOptions { batch_size, max_new_tokens, ..Default::default() };
-            let eval_dir = out.unwrap_or_else(|| {
-                let split = ds.split.replace(':', "-");
-                let base = cotlab::eval::run::default_dir(std::path::Path::new("runs"), &ds.name, &split, &student.source);
-                if limit.is_some() { base.with_file_name(format!("{}-n{}-s{}", base.file_name().unwrap().to_string_lossy(), ds.len(), seed)) } else { base }
-            });
+            let eval_dir = match out {
+                Some(o) => o,
+                None => ws.eval_dir(None, &ds, &student)?,
+            };
             let r = cotlab::eval::run::evaluate(&student, &ds, &opts, &eval_dir)?;
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
         Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
-            let s = cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?;
+            let s = trusted(None, None).student(&model, &StudentOptions::default())?;
             let qs: Vec<String> = cotlab::data::arith::generate(batch.max(1), 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
                 std::fs::write(p, serde_json::to_string(&prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
@@ -243,7 +245,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {
             use cotlab::train::bench::{bench_train, fixed_batch};
-            let base = cotlab::model::Student::load(&cotlab::model::resolve(&model)?, &candle_core::Device::Cpu)?;
+            let base = trusted(None, None).student(&model, &StudentOptions::default())?;
             let student = if lora { base.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
             let ids = fixed_batch(student.config.vocab_size, batch, seq, 1);
             if let Some(p) = &save_batch {
@@ -292,7 +294,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     }
 }
 
-fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Vec<String>, runs: Option<PathBuf>) -> Result<()> {
+/// The CLI's own arguments are trusted: any path (scripts get a sandboxed workspace instead).
+fn trusted(data_dir: Option<PathBuf>, runs: Option<PathBuf>) -> Workspace {
+    Workspace::open(DataDir::resolve(data_dir), runs.unwrap_or_else(|| PathBuf::from("runs")), None)
+}
+
+fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Vec<String>, runs: Option<PathBuf>, allow_read: Vec<PathBuf>) -> Result<()> {
     let mut params = Vec::new();
     for kv in &set {
         let Some((k, v)) = kv.split_once('=') else {
@@ -313,6 +320,7 @@ fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Ve
     if let Some(r) = runs {
         ctx.runs_dir = r;
     }
+    ctx.allow_read = allow_read;
     let runner = Runner { ctx: ctx.clone(), params: params.clone() };
     let started = Instant::now();
     match runner.run_file(&script) {

@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use cotlab::model::llama::expected_shapes;
-use cotlab::model::{default_model_path, ChatTemplate, Llama, LlamaConfig, Student};
+use cotlab::model::{default_model_path, ChatTemplate, Family, ModelConfig, Student, Transformer};
 use cotlab::rng::Rng;
 use cotlab::train::sft::batch_nll;
 use cotlab::train::data::{tokenize, TrainExample};
@@ -23,8 +22,8 @@ fn smollm() -> Student {
 }
 
 fn tiny(tok_from: &Student, seed: u64) -> Student {
-    let config = LlamaConfig {
-        family: "llama".into(),
+    let config = ModelConfig {
+        family: Family::Llama,
         hidden_act: "silu".into(),
         head_dim: None,
         rope_llama3: None,
@@ -43,7 +42,7 @@ fn tiny(tok_from: &Student, seed: u64) -> Student {
         eos_token_id: Some(2),
     };
     let mut rng = Rng::new(seed);
-    let tensors: HashMap<String, Tensor> = expected_shapes(&config)
+    let tensors: HashMap<String, Tensor> = config.family.tensor_shapes(&config)
         .into_iter()
         .map(|(n, shape)| {
             let count: usize = shape.iter().product();
@@ -58,7 +57,7 @@ fn tiny(tok_from: &Student, seed: u64) -> Student {
     Student {
         name: "tiny".into(),
         source: "tiny".into(),
-        model: Llama::new(config.clone(), tensors, &Device::Cpu).unwrap(),
+        model: Transformer::new(config.clone(), tensors, &Device::Cpu).unwrap(),
         config,
         tokenizer: tok_from.tokenizer.clone(),
         template: tok_from.template.clone(),
@@ -306,6 +305,8 @@ fn sft_from_a_rhai_script_with_resume() {
     export_hf(&tiny(&base0, 11), &dir).unwrap();
     let mut ctx = Context::new(cotlab::data::DataDir("/nonexistent".into()), None);
     ctx.runs_dir = d.path().join("runs");
+    // The tiny model sits beside the runs dir: outside a script's read roots unless allowed.
+    ctx.allow_read.push(dir.clone());
     let src = format!(
         r#"let s = student("{}");
            let c = rationales("arith", #{{ level: 3, n: 12, seed: 2 }});

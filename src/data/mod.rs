@@ -170,6 +170,9 @@ pub struct Dataset {
     pub split: String,
     pub task: Task,
     pub examples: Vec<Example>,
+    /// Set when `limit`/`seed` picked a subset: (examples kept, shuffle seed). Part of the
+    /// default eval dir name, so a subset never resumes into a full evaluation's dir.
+    pub subset: Option<(usize, Option<u64>)>,
 }
 
 impl Dataset {
@@ -188,6 +191,9 @@ impl Dataset {
         }
         if let Some(limit) = limit {
             self.examples.truncate(limit);
+        }
+        if seed.is_some() || limit.is_some() {
+            self.subset = Some((self.examples.len(), seed));
         }
         self
     }
@@ -212,6 +218,7 @@ impl Dataset {
             split: format!("{}:{split}", self.split),
             task: self.task,
             examples: ix.iter().map(|&i| self.examples[i].clone()).collect(),
+            subset: self.subset,
         };
         Ok((pick(&train_idx, "train"), pick(&test_idx, "test")))
     }
@@ -233,7 +240,9 @@ pub fn load_dataset(dir: &DataDir, name: &str, opts: &DatasetOptions) -> Result<
     } else {
         loaders::load_task(dir, task, &split)?
     };
-    let ds = Dataset { name: task.name().to_string(), split, task, examples };
+    // Generated sets are always "a subset": n and seed name the problems.
+    let subset = (task == Task::Arith).then(|| (examples.len(), Some(opts.seed.unwrap_or(1))));
+    let ds = Dataset { name: task.name().to_string(), split, task, examples, subset };
     // For arith the seed already chose the problems: do not shuffle them a second time.
     let seed = if task == Task::Arith { None } else { opts.seed };
     Ok(ds.apply(seed, opts.limit))

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -202,10 +202,4 @@ fn samples_frame(s: &[&Sample]) -> Result<Frame> {
         ("tokens".into(), ColumnData::Int(s.iter().map(|x| Some(x.tokens as i64)).collect())),
         ("finish".into(), col(&|x| x.finish.clone())),
     ])
-}
-
-/// Default eval dir name: `eval-<task>-<split>-<model file stem>`.
-pub fn default_dir(runs: &Path, task: &str, split: &str, model: &Path) -> PathBuf {
-    let stem = model.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    runs.join(format!("eval-{task}-{split}-{stem}"))
 }

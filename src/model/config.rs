@@ -1,14 +1,18 @@
-//! The architecture hyper-parameters of a Llama-family student.
+//! The architecture hyper-parameters of a student, in one struct for every family. Field names
+//! follow transformers' Llama config; each family's file maps its own config.json onto them.
 
 use serde::{Deserialize, Serialize};
 
-/// Architecture hyper-parameters. `family` picks the variant: "llama" (Llama, SmolLM2, Mistral),
-/// "qwen2" (q/k/v biases), "gemma" (RMSNorm·(1+w), √d embedding scale, GeGLU), "bloom" (ALiBi,
-/// LayerNorm, fused QKV, GELU MLP).
+use super::family::Family;
+use crate::error::Result;
+use crate::usage;
+
+/// Architecture hyper-parameters. `family` picks the decoder (see [`Family`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LlamaConfig {
-    #[serde(default = "default_family")]
-    pub family: String,
+pub struct ModelConfig {
+    #[serde(default)]
+    pub family: Family,
+    /// transformers' activation name; checked when the model is built (see [`Activation`]).
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Per-head size when it is not hidden_size / heads (Gemma).
@@ -23,6 +27,7 @@ pub struct LlamaConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
+    /// RMSNorm epsilon (LayerNorm epsilon for BLOOM).
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
@@ -36,76 +41,74 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
 }
 
-fn default_family() -> String {
-    "llama".into()
-}
-
 fn default_act() -> String {
     "silu".into()
 }
 
-impl LlamaConfig {
+/// The MLP's non-linearity, parsed once from `hidden_act`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// tanh-approximated GELU (transformers' gelu_pytorch_tanh / gelu_new; BLOOM's gelu).
+    GeluTanh,
+    GeluErf,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Activation> {
+        match name {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu" => Ok(Activation::GeluTanh),
+            "gelu_exact" => Ok(Activation::GeluErf),
+            other => Err(usage!("activation '{other}' is not supported (silu, swish, gelu, gelu_new, gelu_pytorch_tanh, gelu_exact)")),
+        }
+    }
+
+    pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Activation::Silu => candle_nn::ops::silu(x),
+            Activation::GeluTanh => x.gelu(),
+            Activation::GeluErf => x.gelu_erf(),
+        }
+    }
+}
+
+impl ModelConfig {
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The config.json transformers expects for this model.
     pub fn to_hf_json(&self) -> serde_json::Value {
-        if self.family == "bloom" {
-            // BLOOM's config uses its own key names.
-            return serde_json::json!({
-                "architectures": ["BloomForCausalLM"],
-                "model_type": "bloom",
-                "vocab_size": self.vocab_size,
-                "hidden_size": self.hidden_size,
-                "n_layer": self.num_hidden_layers,
-                "n_head": self.num_attention_heads,
-                "layer_norm_epsilon": self.rms_norm_eps,
-                "apply_residual_connection_post_layernorm": false,
-                "bos_token_id": self.bos_token_id,
-                "eos_token_id": self.eos_token_id,
-                "torch_dtype": "float32",
-            });
+        self.family.to_hf_config(self)
+    }
+
+    /// Reject configs that would fail deep inside a forward pass (zero sizes, heads that do not
+    /// divide), naming the field.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(usage!("model config: {name} is 0"));
+            }
         }
-        let (arch, model_type) = match self.family.as_str() {
-            "gemma" => ("GemmaForCausalLM", "gemma"),
-            "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
-            _ => ("LlamaForCausalLM", "llama"),
-        };
-        let mut config = serde_json::json!({
-            "architectures": [arch],
-            "model_type": model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim(),
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "torch_dtype": "float32",
-        });
-        let family_keys = if self.family == "gemma" {
-            serde_json::json!({ "hidden_activation": self.hidden_act })
-        } else {
-            serde_json::json!({
-                "rope_scaling": self.rope_llama3.map(|(f, lo, hi, orig)| serde_json::json!({
-                    "rope_type": "llama3", "factor": f, "low_freq_factor": lo, "high_freq_factor": hi,
-                    "original_max_position_embeddings": orig, "rope_theta": self.rope_theta,
-                })),
-                "attention_bias": self.attention_bias,
-                "mlp_bias": false,
-                "hidden_act": "silu",
-            })
-        };
-        if let (Some(c), serde_json::Value::Object(extra)) = (config.as_object_mut(), family_keys) {
-            c.extend(extra);
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(usage!(
+                "model config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            ));
         }
-        config
+        if self.family.uses_rope() && self.head_dim() % 2 != 0 {
+            return Err(usage!("model config: head_dim {} must be even for rotary embeddings", self.head_dim()));
+        }
+        Activation::parse(&self.hidden_act)?;
+        Ok(())
     }
 }

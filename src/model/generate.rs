@@ -6,9 +6,8 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::Student;
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelContext, Result};
 use crate::rng::Rng;
-use crate::usage;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,7 +39,7 @@ pub struct Generation {
 }
 
 fn ce(e: candle_core::Error) -> Error {
-    Error::usage(format!("generation: {e}"))
+    Error::Model { context: "generation".into(), msg: crate::error::candle_message(&e) }
 }
 
 /// The token ids that end an answer: EOS and the template's end marker when it is one token.
@@ -99,7 +98,7 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
     let dev = s.model.device.clone();
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).map_err(|e| usage!("tokenizer: {e}")))
+        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt"))
         .collect::<Result<_>>()?;
     let b = prompts.len();
     let p = prompts.iter().map(|v| v.len()).max().unwrap();
@@ -119,7 +118,7 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
             mask.extend((0..p).map(|k| if (k <= q && k >= pads[r]) || (q < pads[r] && k == q) { 0f32 } else { -1e9 }));
         }
     }
-    let mut cache = super::llama::KvCache::new(s.config.num_hidden_layers);
+    let mut cache = super::transformer::KvCache::new(s.config.num_hidden_layers);
     let t = |v: Vec<u32>, shape: (usize, usize)| Tensor::from_vec(v, shape, &dev).map_err(ce);
     let mut logits = s
         .model
@@ -180,6 +179,6 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
 pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {
     questions
         .iter()
-        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).map_err(|e| usage!("tokenizer: {e}")))
+        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt"))
         .collect()
 }

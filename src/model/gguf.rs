@@ -13,11 +13,12 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
 use super::chat::ChatTemplate;
-use super::config::LlamaConfig;
+use super::config::ModelConfig;
+use super::family::Family;
 use super::tokenizer;
 use crate::error::{Error, Result};
 
-type Loaded = (LlamaConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
 
 pub(crate) fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
     c.metadata.get(key).ok_or_else(|| Error::data(path, format!("GGUF metadata lacks '{key}'")))
@@ -92,8 +93,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let heads = meta_usize(&content, path, &k("attention.head_count"))?;
     let kv_heads = meta_usize(&content, path, &k("attention.head_count_kv")).unwrap_or(heads);
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let config = LlamaConfig {
-        family: "llama".into(),
+    let config = ModelConfig {
+        family: Family::Llama,
         hidden_act: "silu".into(),
         head_dim: None,
         rope_llama3: None,

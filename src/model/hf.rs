@@ -7,10 +7,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::chat::ChatTemplate;
-use super::config::LlamaConfig;
+use super::config::ModelConfig;
+use super::family::Family;
 use crate::error::{Error, Result};
 
-type Loaded = (LlamaConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
 
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
@@ -18,37 +19,10 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, format!("line {}: {e}", e.line())))?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    if !matches!(model_type.as_str(), "llama" | "qwen2" | "mistral" | "gemma" | "bloom") {
-        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet (llama, qwen2, mistral, gemma, bloom)")));
-    }
-    let mut raw = raw;
-    match model_type.as_str() {
-        "qwen2" => {
-            raw["attention_bias"] = true.into();
-            raw["family"] = "qwen2".into();
-        }
-        "gemma" => {
-            raw["family"] = "gemma".into();
-            let act = raw.get("hidden_activation").or(raw.get("hidden_act")).cloned().unwrap_or("gelu_pytorch_tanh".into());
-            raw["hidden_act"] = act;
-            if raw.get("tie_word_embeddings").is_none() {
-                raw["tie_word_embeddings"] = true.into();
-            }
-        }
-        "bloom" => {
-            let g = |k: &str, alt: &str| raw.get(k).or(raw.get(alt)).cloned().unwrap_or(serde_json::Value::Null);
-            let (d, layers, heads) = (g("hidden_size", "n_embed"), g("n_layer", "num_hidden_layers"), g("n_head", "num_attention_heads"));
-            let hidden = d.as_u64().unwrap_or(0);
-            raw = serde_json::json!({
-                "family": "bloom", "hidden_act": "gelu", "vocab_size": raw["vocab_size"], "hidden_size": d,
-                "intermediate_size": 4 * hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-                "num_key_value_heads": heads, "rms_norm_eps": raw.get("layer_norm_epsilon").cloned().unwrap_or(1e-5.into()),
-                "rope_theta": 0.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "attention_bias": true,
-                "bos_token_id": raw.get("bos_token_id").cloned(), "eos_token_id": raw.get("eos_token_id").cloned(),
-            });
-        }
-        _ => {}
-    }
+    let Some(family) = Family::from_model_type(&model_type) else {
+        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet ({})", Family::MODEL_TYPES)));
+    };
+    let mut raw = family.normalise_hf_config(raw);
     // Rope settings: top level (transformers 4) or `rope_parameters` / `rope_scaling` (5).
     let rope = raw.get("rope_parameters").or(raw.get("rope_scaling")).cloned().filter(|v| v.is_object());
     if let Some(r) = &rope {
@@ -84,7 +58,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
         raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
     }
-    let mut config: LlamaConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
+    let mut config: ModelConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
     // An explicit head_dim equal to the implied one is the same model.
     if config.head_dim == Some(config.hidden_size / config.num_attention_heads.max(1)) {
         config.head_dim = None;
@@ -103,16 +77,6 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
         let t = candle_core::safetensors::load(f, device)
             .map_err(|e| Error::data(f, format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
         tensors.extend(t);
-    }
-    // BloomModel checkpoints may lack the `transformer.` prefix; tied lm_head copies are dropped.
-    if config.family == "bloom" {
-        tensors = tensors
-            .into_iter()
-            .filter(|(k, _)| k != "lm_head.weight")
-            .map(|(k, v)| if k.starts_with("transformer.") { (k, v) } else { (format!("transformer.{k}"), v) })
-            .collect();
-    } else if config.tie_word_embeddings {
-        tensors.remove("lm_head.weight");
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::data(&tok_path, format!("{e}")))?;

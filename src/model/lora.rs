@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{ModelContext, Result};
 use crate::rng::Rng;
 use crate::usage;
 
@@ -30,12 +30,6 @@ impl Default for LoraConfig {
     }
 }
 
-/// Llama-family module names, then BLOOM's (PEFT's default BLOOM target is query_key_value).
-pub const MODULES: [&str; 11] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h",
-];
-
 pub struct Lora {
     pub config: LoraConfig,
     /// Module path (e.g. `model.layers.0.self_attn.q_proj`) → (A, B).
@@ -51,12 +45,13 @@ impl Lora {
     }
 
     /// Fresh adapters for every target module of `weights` (module path → base weight).
-    pub fn init(config: LoraConfig, weights: &BTreeMap<String, Var>, seed: u64, device: &Device) -> Result<Lora> {
+    /// `modules` are the family's adaptable module names (its `lora_modules()`).
+    pub fn init(config: LoraConfig, modules: &[&str], weights: &BTreeMap<String, Var>, seed: u64, device: &Device) -> Result<Lora> {
         if config.r == 0 {
             return Err(usage!("lora: r must be at least 1"));
         }
-        if let Some(t) = config.targets.iter().find(|t| !MODULES.contains(&t.as_str())) {
-            return Err(usage!("lora: unknown target module '{t}' (expected one of {})", MODULES.join(", ")));
+        if let Some(t) = config.targets.iter().find(|t| !modules.contains(&t.as_str())) {
+            return Err(usage!("lora: unknown target module '{t}' for this model (expected one of {})", modules.join(", ")));
         }
         if config.targets.is_empty() {
             return Err(usage!("lora: targets is empty"));
@@ -69,11 +64,11 @@ impl Lora {
             if !config.targets.iter().any(|t| t == leaf) {
                 continue;
             }
-            let (out, inp) = w.dims2().map_err(|e| usage!("lora: {e}"))?;
+            let (out, inp) = w.dims2().model_ctx(format!("lora: adapting {module}"))?;
             let bound = 1.0 / (inp as f64).sqrt();
             let a: Vec<f32> = (0..config.r * inp).map(|_| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * bound as f32).collect();
-            let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inp), device).map_err(|e| usage!("lora: {e}"))?).map_err(|e| usage!("lora: {e}"))?;
-            let b = Var::zeros((out, config.r), candle_core::DType::F32, device).map_err(|e| usage!("lora: {e}"))?;
+            let a = Tensor::from_vec(a, (config.r, inp), device).and_then(|a| Var::from_tensor(&a)).model_ctx("lora: initialising A")?;
+            let b = Var::zeros((out, config.r), candle_core::DType::F32, device).model_ctx("lora: initialising B")?;
             adapters.insert(module.to_string(), (a, b));
         }
         Ok(Lora { config, adapters, dropout_key: AtomicU64::new(u64::MAX) })

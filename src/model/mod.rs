@@ -1,17 +1,22 @@
-//! Stage 4 — students: Llama-family models in candle that can be trained. Weights come from a
-//! GGUF file (dequantised to f32, tokenizer built from its metadata) or a Hugging Face model dir
+//! Stage 4 — students: decoder LMs in candle that can be trained. Weights come from a GGUF file
+//! (dequantised to f32, tokenizer built from its metadata) or a Hugging Face model dir
 //! (config.json, *.safetensors, tokenizer.json). Parameters are kept under Hugging Face names so
 //! checkpoints and exports are plain HF files.
+//!
+//! Layout: `family/` holds one file per architecture (tensor names, HF config in/out, the
+//! decoder block); `transformer.rs` the weights, LoRA and the kernels blocks are written with;
+//! `ops.rs` the fused ops with a backward; `generate.rs` batched cached decoding.
 
 pub mod chat;
 pub mod config;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
-pub mod llama;
 pub mod lora;
 pub mod ops;
 pub mod tokenizer;
+pub mod transformer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +24,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Var};
 
 pub use chat::ChatTemplate;
-pub use config::LlamaConfig;
-pub use llama::Llama;
+pub use config::ModelConfig;
+pub use family::Family;
+pub use transformer::Transformer;
 
 use crate::error::{Error, Result};
 use crate::usage;
@@ -103,8 +109,8 @@ mod hub {
 pub struct Student {
     pub name: String,
     pub source: PathBuf,
-    pub config: LlamaConfig,
-    pub model: Llama,
+    pub config: ModelConfig,
+    pub model: Transformer,
     pub tokenizer: tokenizers::Tokenizer,
     pub template: ChatTemplate,
 }
@@ -117,7 +123,7 @@ impl Student {
         } else {
             gguf::load(path, device)?
         };
-        let model = Llama::new(config.clone(), tensors, device)?;
+        let model = Transformer::new(config.clone(), tensors, device)?;
         Ok(Student { name, source: path.to_path_buf(), config, model, tokenizer, template })
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use rhai::{Array, Dynamic, Engine, Map};
 
 use super::{options, rt, Context, RhaiResult};
+use crate::lab::Workspace;
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
 use crate::data::loaders::load_questions;
@@ -30,7 +31,7 @@ fn opt_str(s: Option<String>) -> Dynamic {
 }
 
 /// Questions from a Dataset, a Corpus, an array of strings, or a file path.
-fn questions(v: Dynamic, what: &str) -> RhaiResult<Vec<String>> {
+fn questions(ws: &Workspace, v: Dynamic, what: &str) -> RhaiResult<Vec<String>> {
     if v.is::<Dataset>() {
         return Ok(v.cast::<Dataset>().examples.into_iter().map(|e| e.question).collect());
     }
@@ -39,7 +40,7 @@ fn questions(v: Dynamic, what: &str) -> RhaiResult<Vec<String>> {
     }
     if v.is_string() {
         let p = PathBuf::from(v.into_string().unwrap());
-        return load_questions(&p).map_err(rt);
+        return load_questions(&ws.readable(&p, what).map_err(rt)?).map_err(rt);
     }
     if v.is_array() {
         return v
@@ -162,23 +163,26 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
 
     // --- contamination and scoring
-    let contam = |train: Dynamic, test: Dynamic, threshold: f64| -> RhaiResult<Dynamic> {
-        let train = questions(train, "contamination: train")?;
-        let test = questions(test, "contamination: test")?;
+    let ws = ctx.workspace();
+    let contam = move |train: Dynamic, test: Dynamic, threshold: f64| -> RhaiResult<Dynamic> {
+        let train = questions(&ws, train, "contamination: train")?;
+        let test = questions(&ws, test, "contamination: test")?;
         let report = contamination::check(&train, &test, threshold);
         let mut m: Map = rhai::serde::to_dynamic(&report)?.cast::<Map>();
         m.insert("summary".into(), report.summary().into());
         Ok(Dynamic::from_map(m))
     };
-    engine.register_fn("contamination", move |train: Dynamic, test: Dynamic| contam(train, test, 0.8));
+    let c2 = contam.clone();
+    engine.register_fn("contamination", move |train: Dynamic, test: Dynamic| c2(train, test, 0.8));
     engine.register_fn("contamination", move |train: Dynamic, test: Dynamic, opts: Map| -> RhaiResult<Dynamic> {
         let o: ContaminationOptions = options(opts)?;
         contam(train, test, o.threshold.unwrap_or(0.8))
     });
-    let dir = ctx.data_dir.clone();
+    let ws = ctx.workspace();
     let score = move |task: &str, path: &str, split: Option<String>| -> RhaiResult<Dynamic> {
-        let ds = load_dataset(&dir, task, &DatasetOptions { split, ..Default::default() }).map_err(rt)?;
-        rhai::serde::to_dynamic(score_predictions(&ds, std::path::Path::new(path)).map_err(rt)?)
+        let ds = load_dataset(&ws.data_dir, task, &DatasetOptions { split, ..Default::default() }).map_err(rt)?;
+        let path = ws.readable(std::path::Path::new(path), "score_predictions").map_err(rt)?;
+        rhai::serde::to_dynamic(score_predictions(&ds, &path).map_err(rt)?)
     };
     let s2 = score.clone();
     engine.register_fn("score_predictions", move |task: &str, path: &str| s2(task, path, None));

@@ -167,9 +167,13 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             .collect::<RhaiResult<_>>()?;
         Frame::concat(&fs).map_err(rt)
     });
-    engine.register_fn("read_csv", |path: &str| -> RhaiResult<Frame> { Frame::read_csv(path.as_ref()).map_err(rt) });
-    engine.register_fn("read_jsonl", |path: &str| -> RhaiResult<Frame> { Frame::read_jsonl(path.as_ref()).map_err(rt) });
-    engine.register_fn("read_parquet", |path: &str| -> RhaiResult<Frame> { Frame::read_parquet(path.as_ref()).map_err(rt) });
+    let ws = ctx.workspace();
+    let readers: [(&str, fn(&std::path::Path) -> crate::Result<Frame>); 3] =
+        [("read_csv", Frame::read_csv), ("read_jsonl", Frame::read_jsonl), ("read_parquet", Frame::read_parquet)];
+    for (name, read) in readers {
+        let ws = ws.clone();
+        engine.register_fn(name, move |path: &str| -> RhaiResult<Frame> { read(&ws.readable(path.as_ref(), name).map_err(rt)?).map_err(rt) });
+    }
 
     // --- inspection
     engine.register_fn("len", |f: &mut Frame| f.height() as i64);

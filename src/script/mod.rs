@@ -1,8 +1,10 @@
 //! Rhai bindings and the script runner. The bindings only adapt types and options to the
 //! library; no logic lives here.
 //!
-//! Sandbox: an operation limit, call-depth and size limits, no `eval`, no module imports, and
-//! no file access except reading data and writing into the run's output dir.
+//! Sandbox: an operation limit, call-depth and size limits, no `eval`, no module imports; files
+//! only through [`crate::lab::Workspace`]: reads under the data, runs and output dirs, the cotlab
+//! home and `--allow-read` dirs; writes into the output dir and under checked names in the runs
+//! dir (see `lab::sandbox`).
 
 mod data;
 mod frame;
@@ -16,6 +18,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
 use crate::data::DataDir;
 use crate::error::{Error, Result};
+use crate::lab::Workspace;
 use crate::results::OutputDir;
 
 /// What a script can see of its environment.
@@ -27,6 +30,8 @@ pub struct Context {
     pub max_operations: u64,
     /// Where training runs live (`runs/<name>`): outside the output dir, so they survive for resume.
     pub runs_dir: PathBuf,
+    /// More dirs the script may read (`cotlab run --allow-read DIR`).
+    pub allow_read: Vec<PathBuf>,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -34,7 +39,12 @@ pub const MAX_OPERATIONS: u64 = 2_000_000_000;
 
 impl Context {
     pub fn new(data_dir: DataDir, out: Option<Arc<OutputDir>>) -> Context {
-        Context { data_dir, out, max_operations: MAX_OPERATIONS, runs_dir: PathBuf::from("runs") }
+        Context { data_dir, out, max_operations: MAX_OPERATIONS, runs_dir: PathBuf::from("runs"), allow_read: Vec::new() }
+    }
+
+    /// The sandboxed workspace every binding goes through.
+    pub fn workspace(&self) -> Workspace {
+        Workspace::sandboxed(self.data_dir.clone(), self.runs_dir.clone(), self.out.clone(), &self.allow_read)
     }
 }
 

@@ -1,18 +1,15 @@
-//! Rhai bindings for teachers.
+//! Rhai bindings for teachers: argument adapters over `lab::Workspace::teacher`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rhai::{Engine, Map};
 
-use super::train::StudentH;
+use super::train::{take_str, StudentH};
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, Dataset};
-use crate::model::{device, resolve, Student};
+use crate::lab::TeacherSpec;
 use crate::results::Frame;
-use crate::teacher::cache::Cache;
-use crate::teacher::openai::{OpenAi, OpenAiOptions};
-use crate::teacher::{default_cache_path, AskOptions, AskReport, Backend, Teacher};
+use crate::teacher::{AskOptions, AskReport, Teacher};
 use crate::usage;
 
 #[derive(Clone)]
@@ -21,54 +18,50 @@ pub struct TeacherH(pub Arc<Teacher>);
 #[derive(Clone)]
 pub struct AskH(pub Arc<AskReport>, pub Dataset);
 
-fn take_str(m: &mut Map, k: &str) -> RhaiResult<Option<String>> {
-    match m.remove(k) {
-        Some(v) => Ok(Some(v.into_string().map_err(|t| rt(usage!("teacher: '{k}' must be a string, found {t}")))?)),
-        None => Ok(None),
+fn no_more(opts: &Map, what: &str, known: &str) -> RhaiResult<()> {
+    match opts.keys().next() {
+        Some(k) => Err(rt(usage!("{what}: unknown option '{k}' ({known})"))),
+        None => Ok(()),
     }
 }
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     engine.register_type_with_name::<TeacherH>("Teacher");
     engine.register_type_with_name::<AskH>("TeacherRun");
-    let dir = ctx.data_dir.clone();
+    let ws = ctx.workspace();
+    let w = ws.clone();
     engine.register_fn("teacher", move |kind: &str, opts: Map| -> RhaiResult<TeacherH> {
         let mut opts = opts;
-        let cache_path = take_str(&mut opts, "cache")?.map(PathBuf::from).unwrap_or_else(default_cache_path);
-        let cache = || -> RhaiResult<Option<Arc<Cache>>> { Ok(Some(Arc::new(Cache::open(&cache_path).map_err(rt)?))) };
-        let t = match kind {
+        let what = format!("teacher(\"{kind}\")");
+        let spec = match kind {
             "openai" => {
-                let o: OpenAiOptions = options(opts)?;
-                let model = o.model.clone();
-                Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(OpenAi::new(o).map_err(|e| rt(usage!("teacher: {e}")))?), cache: cache()? }
+                let cache = take_str(&mut opts, "cache", &what)?;
+                TeacherSpec::OpenAi { options: options(opts)?, cache }
             }
             "local" => {
-                let spec = take_str(&mut opts, "model")?.unwrap_or_else(|| "default".into());
-                let dev = take_str(&mut opts, "device")?.unwrap_or_else(|| "cpu".into());
-                if let Some(k) = opts.keys().next() {
-                    return Err(rt(usage!("teacher(\"local\"): unknown option '{k}' (model, device, cache)")));
-                }
-                let s = Student::load(&resolve(&spec).map_err(rt)?, &device(&dev).map_err(rt)?).map_err(rt)?;
-                Teacher { kind: "local".into(), model: s.source.display().to_string(), backend: Backend::Local(Arc::new(s)), cache: cache()? }
+                let cache = take_str(&mut opts, "cache", &what)?;
+                let model = take_str(&mut opts, "model", &what)?.unwrap_or_else(|| "default".into());
+                let device = take_str(&mut opts, "device", &what)?;
+                no_more(&opts, &what, "model, device, cache")?;
+                TeacherSpec::Local { model, device, cache }
             }
             "replay" => {
-                let dataset = take_str(&mut opts, "dataset")?.ok_or_else(|| rt(usage!("teacher(\"replay\"): give 'dataset'")))?;
-                let teacher = take_str(&mut opts, "teacher")?.unwrap_or_else(|| "gpt-4o".into());
-                if let Some(k) = opts.keys().next() {
-                    return Err(rt(usage!("teacher(\"replay\"): unknown option '{k}' (dataset, teacher)")));
-                }
-                Teacher { kind: "replay".into(), model: teacher.clone(), backend: Backend::Replay { dir: dir.clone(), dataset, teacher }, cache: None }
+                let dataset = take_str(&mut opts, "dataset", &what)?.ok_or_else(|| rt(usage!("{what}: give 'dataset'")))?;
+                let teacher = take_str(&mut opts, "teacher", &what)?.unwrap_or_else(|| "gpt-4o".into());
+                no_more(&opts, &what, "dataset, teacher")?;
+                TeacherSpec::Replay { dataset, teacher }
             }
             other => return Err(rt(usage!("unknown teacher kind '{other}': expected openai, local or replay"))),
         };
-        Ok(TeacherH(Arc::new(t)))
+        Ok(TeacherH(Arc::new(w.teacher(spec).map_err(rt)?)))
     });
-    engine.register_fn("teacher", |s: &mut StudentH, opts: Map| -> RhaiResult<TeacherH> {
+    let w = ws.clone();
+    engine.register_fn("teacher", move |s: &mut StudentH, opts: Map| -> RhaiResult<TeacherH> {
         // A loaded student as a local teacher.
         let mut opts = opts;
-        let cache_path = take_str(&mut opts, "cache")?.map(PathBuf::from).unwrap_or_else(default_cache_path);
-        let c = Arc::new(Cache::open(&cache_path).map_err(rt)?);
-        Ok(TeacherH(Arc::new(Teacher { kind: "local".into(), model: s.0.source.display().to_string(), backend: Backend::Local(s.0.clone()), cache: Some(c) })))
+        let cache = take_str(&mut opts, "cache", "teacher(student)")?;
+        no_more(&opts, "teacher(student)", "cache")?;
+        Ok(TeacherH(Arc::new(w.student_teacher(s.0.clone(), cache.as_deref()).map_err(rt)?)))
     });
     engine.register_fn("ask", |t: &mut TeacherH, ds: Dataset, opts: Map| -> RhaiResult<AskH> {
         let o: AskOptions = options(opts)?;

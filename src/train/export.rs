@@ -104,23 +104,38 @@ pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
     let mut student = load_run(run_dir)?;
     if student.model.lora.is_some() {
         if !merge {
-            let base = student.source.display().to_string();
-            return export_peft(&student, &base, out);
+            return export_peft(&student, &run_base_model(run_dir)?, out);
         }
-        student.model.merge_lora().map_err(|e| Error::usage(e.to_string()))?;
+        student.model.merge_lora()?;
     }
     export_hf(&student, out)
 }
 
+/// The model a run started from (its config's `model`).
+fn run_base_model(run_dir: &Path) -> Result<String> {
+    let cfg_path = run_dir.join("config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+        .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
+    cfg["model"].as_str().map(str::to_string).ok_or_else(|| Error::data(&cfg_path, "no 'model' entry"))
+}
+
 /// The student of a run dir's last checkpoint: its base model with the checkpoint's weights
-/// (and LoRA adapters for LoRA runs).
+/// (and LoRA adapters for LoRA runs), on the CPU.
 pub fn load_run(run_dir: &Path) -> Result<Student> {
+    load_run_on(run_dir, &Device::Cpu)
+}
+
+/// [`load_run`] onto `device`.
+pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
     let run = RunDir::new(run_dir);
     let cfg_path = run_dir.join("config.json");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
         .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
-    let model = cfg["model"].as_str().ok_or_else(|| Error::data(&cfg_path, "no 'model' entry"))?;
-    let base = Student::load(Path::new(model), &Device::Cpu)?;
+    let model = run_base_model(run_dir)?;
+    let model = model.as_str();
+    // A run trained from another run's checkpoint names that run dir as its model.
+    let base_path = Path::new(model);
+    let base = if base_path.join("checkpoint").is_dir() { load_run_on(base_path, device)? } else { Student::load(base_path, device)? };
     let lora: Option<crate::model::lora::LoraConfig> = match cfg["options"].get("lora") {
         Some(v) if !v.is_null() => Some(serde_json::from_value(v.clone()).map_err(|e| Error::data(&cfg_path, e.to_string()))?),
         _ => None,
@@ -133,10 +148,13 @@ pub fn load_run(run_dir: &Path) -> Result<Student> {
     if !wp.exists() {
         return Err(Error::data(&wp, "no checkpoint in this run dir yet"));
     }
-    let weights = candle_core::safetensors::load(&wp, &Device::Cpu).map_err(|e| Error::data(&wp, e.to_string()))?;
+    let weights = candle_core::safetensors::load(&wp, device).map_err(|e| Error::data(&wp, e.to_string()))?;
     for (n, v) in student.model.trainable_named() {
         let w = weights.get(&n).ok_or_else(|| Error::data(&wp, format!("checkpoint lacks '{n}'")))?;
         v.set(w).map_err(|e| Error::data(&wp, format!("'{n}': {e}")))?;
     }
+    // The run is the model now: eval dirs and later runs must not mistake it for its base.
+    let mut student = student;
+    student.source = run_dir.to_path_buf();
     Ok(student)
 }

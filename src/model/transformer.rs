@@ -1,0 +1,342 @@
+//! The trainable decoder shared by every family: weights under their Hugging Face names, LoRA
+//! adapters, rotary tables, and the kernels a family's block is written with. A family's block
+//! (see `family/`) is one function; [`Pass`] decides whether it runs for training (every op
+//! with a backward, see `ops`) or for cached decoding (candle's fused kernels, no graph, a KV
+//! cache), so both paths compute the same thing by construction. `tests/model.rs` and
+//! `tests/hf_families.rs` check gradients reach every weight and cached == cache-free decoding.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use super::config::{Activation, ModelConfig};
+use super::family::Family;
+use super::lora::{Lora, LoraConfig};
+use super::ops;
+use crate::error::{ModelContext, Result};
+use crate::usage;
+
+/// Keys and values of every layer for the tokens decoded so far: (B, KV heads, T, head dim).
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { k: vec![None; layers], v: vec![None; layers] }
+    }
+
+    /// Append this step's keys/values of `layer`; returns everything cached so far.
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (k, v) = match (self.k[layer].take(), self.v[layer].take()) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            _ => (k, v),
+        };
+        self.k[layer] = Some(k.clone());
+        self.v[layer] = Some(v.clone());
+        Ok((k, v))
+    }
+}
+
+/// How a forward pass runs.
+pub enum Pass<'a> {
+    /// Training (and the cache-free reference): positions 0..T, a causal mask, and every op
+    /// with a backward so gradients reach every trainable tensor.
+    Train,
+    /// Cached decoding: new tokens at per-row positions `pos` (B, T), attending through the
+    /// additive `mask` (B, 1, T, T_cached + T) to the cache. No autograd graph is built.
+    Decode { pos: &'a Tensor, mask: &'a Tensor, cache: &'a mut KvCache },
+}
+
+impl Pass<'_> {
+    pub fn grad(&self) -> bool {
+        matches!(self, Pass::Train)
+    }
+}
+
+pub struct Transformer {
+    pub config: ModelConfig,
+    /// Every weight as a `Var`, under its Hugging Face name.
+    pub params: BTreeMap<String, Var>,
+    pub device: Device,
+    /// LoRA adapters; when present the base weights are frozen.
+    pub lora: Option<Lora>,
+    act: Activation,
+    /// Rotary tables (positions, head_dim / 2); `None` for ALiBi families.
+    rope: Option<(Tensor, Tensor)>,
+}
+
+impl Transformer {
+    pub fn new(config: ModelConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Transformer> {
+        config.validate()?;
+        let mut tensors = config.family.canonical_tensor_names(&config, tensors);
+        let mut params = BTreeMap::new();
+        for (name, shape) in config.family.tensor_shapes(&config) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| usage!("model weights lack tensor '{name}' (a {} model with this config needs it)", config.family))?;
+            if t.dims() != shape.as_slice() {
+                return Err(usage!("tensor '{name}' has shape {:?}, the config implies {:?}", t.dims(), shape));
+            }
+            let t = t.to_dtype(DType::F32).and_then(|t| t.to_device(device)).model_ctx(format!("loading '{name}'"))?;
+            params.insert(name, Var::from_tensor(&t).model_ctx("loading weights")?);
+        }
+        // Unused extras (rotary caches some exporters write) are fine; unknown weights are not.
+        if let Some(extra) = tensors.keys().find(|k| !k.contains("rotary_emb")) {
+            return Err(usage!("unexpected tensor '{extra}': a {} model does not use it", config.family));
+        }
+        let act = Activation::parse(&config.hidden_act)?;
+        let rope = if config.family.uses_rope() { Some(rope_tables(&config, device).model_ctx("rotary tables")?) } else { None };
+        Ok(Transformer { config, params, device: device.clone(), lora: None, act, rope })
+    }
+
+    pub fn family(&self) -> Family {
+        self.config.family
+    }
+
+    /// Another handle on the same base weights (Vars share storage), without adapters.
+    pub fn share(&self) -> Transformer {
+        Transformer {
+            config: self.config.clone(),
+            params: self.params.clone(),
+            device: self.device.clone(),
+            lora: None,
+            act: self.act,
+            rope: self.rope.clone(),
+        }
+    }
+
+    /// Attach fresh LoRA adapters (base weights become frozen).
+    pub fn attach_lora(&mut self, config: LoraConfig, seed: u64) -> Result<()> {
+        self.lora = Some(Lora::init(config, self.config.family.lora_modules(), &self.params, seed, &self.device)?);
+        Ok(())
+    }
+
+    /// What an optimizer updates, by name: the adapters with LoRA, else every weight.
+    pub fn trainable_named(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            Some(l) => l
+                .adapters
+                .iter()
+                .flat_map(|(m, (a, b))| [(format!("{m}.lora_A.weight"), a.clone()), (format!("{m}.lora_B.weight"), b.clone())])
+                .collect(),
+            None => self.params.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        }
+    }
+
+    pub fn trainable(&self) -> Vec<&Var> {
+        match &self.lora {
+            Some(l) => l.adapters.values().flat_map(|(a, b)| [a, b]).collect(),
+            None => self.params.values().collect(),
+        }
+    }
+
+    // ---- kernels the family blocks are written with; `grad` comes from the pass.
+
+    /// A base weight as a forward uses it: tracked only when training without LoRA.
+    pub(crate) fn w(&self, name: &str, grad: bool) -> Tensor {
+        let t = self.params[name].as_tensor();
+        if grad && self.lora.is_none() { t.clone() } else { t.detach() }
+    }
+
+    /// Rows of the embedding table for `ids` (B, T): (B·T, D).
+    pub(crate) fn embed(&self, ids: &Tensor, table: &str, grad: bool) -> candle_core::Result<Tensor> {
+        self.w(table, grad).index_select(&ids.flatten_all()?, 0)
+    }
+
+    /// One projection `x Wᵀ (+ b) (+ LoRA)` for module path `m` (e.g. model.layers.0.mlp.up_proj).
+    pub(crate) fn linear(&self, x: &Tensor, m: &str, grad: bool) -> candle_core::Result<Tensor> {
+        let w = self.w(&format!("{m}.weight"), grad);
+        // A frozen weight under training: skip its weight-gradient GEMM.
+        let mut y = if grad && self.lora.is_some() { ops::frozen_linear(x, &w)? } else { x.matmul(&w.t()?)? };
+        let bias = format!("{m}.bias");
+        if self.params.contains_key(&bias) {
+            y = y.broadcast_add(&self.w(&bias, grad))?;
+        }
+        if let Some(l) = &self.lora {
+            if let Some(d) = l.delta(m, x)? {
+                y = (y + if grad { d } else { d.detach() })?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// RMSNorm with weight `name` (`offset`: Gemma's `1 + w`).
+    pub(crate) fn rms_norm(&self, x: &Tensor, name: &str, offset: bool, grad: bool) -> candle_core::Result<Tensor> {
+        let w = self.w(name, grad);
+        let w = if offset { (w + 1.0)? } else { w };
+        let eps = self.config.rms_norm_eps as f32;
+        if grad { ops::rms_norm(x, &w, eps) } else { candle_nn::ops::rms_norm(x, &w, eps) }
+    }
+
+    /// LayerNorm `p.weight`, `p.bias` over the last dim, from differentiable primitives
+    /// (candle's fused one has no backward).
+    pub(crate) fn layer_norm(&self, x: &Tensor, p: &str, grad: bool) -> candle_core::Result<Tensor> {
+        let (w, b) = (self.w(&format!("{p}.weight"), grad), self.w(&format!("{p}.bias"), grad));
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        xc.broadcast_div(&(var + self.config.rms_norm_eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)
+    }
+
+    pub(crate) fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.act.apply(x)
+    }
+
+    /// cos/sin for the pass's positions: (T, hd/2) for training, (B, T, hd/2) for decoding.
+    pub(crate) fn rope_for(&self, pass: &Pass, b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some((cos, sin)) = &self.rope else { candle_core::bail!("this family has no rotary embeddings") };
+        match pass {
+            Pass::Train => Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?)),
+            Pass::Decode { pos, .. } => {
+                let flat = pos.flatten_all()?;
+                let half = cos.dim(1)?;
+                Ok((cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin.index_select(&flat, 0)?.reshape((b, t, half))?))
+            }
+        }
+    }
+
+    /// Rotary embedding of x (B, H, T, hd).
+    pub(crate) fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        if grad { ops::rope(x, cos, sin) } else { candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin) }
+    }
+
+    /// The additive attention mask of the pass: causal (T, T) for training, the caller's for
+    /// decoding. Also refuses sequences longer than the model's context.
+    pub(crate) fn mask(&self, pass: &Pass, t: usize) -> candle_core::Result<Tensor> {
+        match pass {
+            Pass::Train => {
+                let context = self.rope.as_ref().map(|(c, _)| c.dim(0)).transpose()?.unwrap_or(self.config.max_position_embeddings);
+                if t > context {
+                    candle_core::bail!("sequence of {t} tokens exceeds the model's context of {context}");
+                }
+                let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+                Tensor::from_vec(m, (t, t), &self.device)
+            }
+            Pass::Decode { mask, .. } => Ok((*mask).clone()),
+        }
+    }
+
+    /// Scaled dot-product attention of layer `layer`: q (B, H, T, hd), k/v (B, KV, T, hd);
+    /// appends k/v to the cache when decoding; `bias` is added to the scores (ALiBi).
+    /// Returns (B, H, T, hd).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, layer: usize, pass: &mut Pass, mask: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let grad = pass.grad();
+        let (k, v) = match pass {
+            Pass::Decode { cache, .. } => cache.append(layer, k, v)?,
+            Pass::Train => (k, v),
+        };
+        let (h, kv) = (q.dim(1)?, k.dim(1)?);
+        let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
+        let hd = q.dim(D::Minus1)?;
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        if let Some(b) = bias {
+            scores = scores.broadcast_add(b)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let probs = if grad { ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
+        probs.matmul(&v)
+    }
+
+    // ---- the forward passes.
+
+    /// Hidden states (B, T, D) after the final norm, with gradients.
+    pub fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.config.family.hidden(self, ids, &mut Pass::Train)
+    }
+
+    /// Inference: run new tokens `ids` (B, T) at positions `pos` (B, T) against the cache,
+    /// with additive attention mask (B, 1, T, T_cached + T); returns last-position logits (B, V).
+    pub fn step(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let x = self.config.family.hidden(self, ids, &mut Pass::Decode { pos, mask, cache })?;
+        let t = x.dim(1)?;
+        self.logits_with(&x.narrow(1, t - 1, 1)?.squeeze(1)?, false)
+    }
+
+    /// Logits (N, V) for hidden states (N, D), with gradients.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.logits_with(hidden, true)
+    }
+
+    fn logits_with(&self, hidden: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let w = self.w(self.config.family.head_weight(&self.config), grad);
+        if grad && self.lora.is_some() { ops::frozen_linear(hidden, &w) } else { hidden.matmul(&w.t()?) }
+    }
+
+    /// Logits of the last position of each sequence (B, V) — for tests and greedy decoding.
+    pub fn last_logits(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.hidden(ids)?;
+        let t = h.dim(1)?;
+        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Greedy decoding without a cache (recomputes the prefix each step): a reference for tests,
+    /// not for evaluation runs.
+    pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> candle_core::Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..max_new {
+            let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            let next = self.last_logits(&input)?.squeeze(0)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            if stop.contains(&next) {
+                break;
+            }
+            ids.push(next);
+            out.push(next);
+        }
+        Ok(out)
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Fold the adapters into the base weights (W += α/r · B A) and drop them.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(l) = self.lora.take() else { return Ok(()) };
+        let scale = l.scale();
+        for (m, (a, b)) in &l.adapters {
+            let w = &self.params[&format!("{m}.weight")];
+            let merged = (b.as_tensor().matmul(a.as_tensor()).and_then(|d| d * scale)).and_then(|d| w.as_tensor() + d);
+            w.set(&merged.model_ctx(format!("merging the LoRA adapter of {m}"))?).model_ctx(format!("merging the LoRA adapter of {m}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn repeat_kv(x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.contiguous()?.reshape((b, kv * n, t, hd))
+}
+
+fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let hd = c.head_dim();
+    // Tables up to the context length, capped to keep memory small for long-context models.
+    let n = c.max_position_embeddings.min(8192);
+    let mut inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+    if let Some((factor, lo, hi, orig)) = c.rope_llama3 {
+        // Llama 3.1's frequency-dependent scaling (as in transformers' _compute_llama3_parameters).
+        let (low_wavelen, high_wavelen) = (orig / lo, orig / hi);
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f as f64;
+            let x = *f as f64;
+            *f = if wavelen < high_wavelen {
+                x
+            } else if wavelen > low_wavelen {
+                x / factor
+            } else {
+                let smooth = (orig / wavelen - lo) / (hi - lo);
+                (1.0 - smooth) * x / factor + smooth * x
+            } as f32;
+        }
+    }
+    let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
