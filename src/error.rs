@@ -73,6 +73,37 @@ impl<T> FrameContext<T> for std::result::Result<T, polars::error::PolarsError> {
     }
 }
 
+/// Attach what was being done to candle results: `loss.backward().model_ctx("backward pass")?`.
+pub trait ModelContext<T> {
+    fn model_ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> ModelContext<T> for std::result::Result<T, candle_core::Error> {
+    fn model_ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::Model { context: context.into(), msg: candle_msg(&e) })
+    }
+}
+
+/// candle's message without the backtrace it captures under RUST_BACKTRACE: a user-facing error
+/// names the op and shapes; the backtrace belongs in a debugger.
+fn candle_msg(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(inner),
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_msg(inner)),
+        other => other.to_string(),
+    }
+}
+
+/// Parse an option whose value is one of a fixed set, for `#[serde(try_from = "String")]` enums:
+/// the error names the option and lists the choices, e.g. "schedule: unknown value 'cosin':
+/// expected one of cosine, linear, constant".
+pub fn one_of<T: Copy>(option: &str, value: &str, choices: &[(&str, T)]) -> std::result::Result<T, String> {
+    choices.iter().find(|(name, _)| *name == value).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        format!("{option}: unknown value '{value}': expected one of {}", names.join(", "))
+    })
+}
+
 /// Build a `Error::Usage` with format arguments: `usage!("unknown teacher '{t}'")`.
 #[macro_export]
 macro_rules! usage {

@@ -12,7 +12,7 @@ use cotlab::rng::Rng;
 use cotlab::train::sft::batch_nll;
 use cotlab::train::data::{tokenize, TrainExample};
 use cotlab::train::export::export_hf;
-use cotlab::train::{sft, RunDir, SftOptions};
+use cotlab::train::{sft, RunDir, Schedule, SftOptions};
 
 const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
 
@@ -203,7 +203,7 @@ fn arith_pairs(n: usize) -> Vec<(String, String)> {
 fn sft_learns_and_resumes_exactly() {
     let base = smollm();
     let pairs = arith_pairs(16);
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: "cosine".into(), max_len: 96, save_every: 100, ..Default::default() };
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
     let cfg = serde_json::json!({"model": "tiny", "options": opts});
     let d = tempfile::tempdir().unwrap();
 
@@ -263,7 +263,7 @@ fn lora_trains_only_adapters_and_exports_peft_and_merged() {
     assert!(probe.params().values().all(|v| g.get(v).is_none()), "frozen weights get no gradient");
     assert!(probe.model.trainable().iter().all(|v| g.get(v).is_some()), "every adapter gets a gradient");
 
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: "constant".into(), max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: Schedule::Constant, max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
     let run = RunDir::new(d.path().join("run"));
     let cfgj = serde_json::json!({"model": base_dir.display().to_string(), "options": opts});
     let r = sft(&base, &arith_pairs(16), &opts, &run, cfgj, None).unwrap();
