@@ -102,6 +102,16 @@ impl<T> ModelContext<T> for std::result::Result<T, tokenizers::Error> {
     }
 }
 
+/// Parse an option whose value is one of a fixed set, for `#[serde(try_from = "String")]` enums:
+/// the error names the option and lists the choices, e.g. "schedule: unknown value 'cosin':
+/// expected one of cosine, linear, constant".
+pub fn one_of<T: Copy>(option: &str, value: &str, choices: &[(&str, T)]) -> std::result::Result<T, String> {
+    choices.iter().find(|(name, _)| *name == value).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        format!("{option}: unknown value '{value}': expected one of {}", names.join(", "))
+    })
+}
+
 /// Build a `Error::Usage` with format arguments: `usage!("unknown teacher '{t}'")`.
 #[macro_export]
 macro_rules! usage {

@@ -2,7 +2,7 @@
 //! prompts of different lengths decodes exactly what each prompt decodes alone.
 
 use candle_core::Device;
-use cotlab::model::generate::{generate, GenOptions};
+use cotlab::model::generate::{generate, Finish, GenOptions};
 use cotlab::model::{default_model_path, Student};
 
 const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
@@ -16,7 +16,7 @@ fn cached_batched_decoding_matches_references() {
     let reference = s.model.greedy(&prompt, 24, &[2]).unwrap();
     assert_eq!(one[0].text, s.tokenizer.decode(&reference, true).unwrap());
     assert!(one[0].text.starts_with("To find out how many groups of 2 bananas are in each group of 93"), "{}", one[0].text);
-    assert_eq!((one[0].tokens, one[0].finish.as_str()), (24, "length"));
+    assert_eq!((one[0].tokens, one[0].finish), (24, Finish::Length));
 
     let qs: Vec<String> = [BANANAS, "What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime?"]
         .iter()
@@ -35,5 +35,5 @@ fn cached_batched_decoding_matches_references() {
     // Stop strings cut the text.
     let stop = GenOptions { max_new_tokens: 24, stop: vec!["bananas".into()], ..Default::default() };
     let c = generate(&s, &[BANANAS.to_string()], &stop).unwrap();
-    assert_eq!((c[0].text.as_str(), c[0].finish.as_str()), ("To find out how many groups of 2 ", "stop"));
+    assert_eq!((c[0].text.as_str(), c[0].finish), ("To find out how many groups of 2 ", Finish::Stop));
 }

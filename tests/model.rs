@@ -11,7 +11,7 @@ use cotlab::rng::Rng;
 use cotlab::train::sft::batch_nll;
 use cotlab::train::data::{tokenize, TrainExample};
 use cotlab::train::export::export_hf;
-use cotlab::train::{sft, RunDir, SftOptions};
+use cotlab::train::{sft, RunDir, Schedule, SftOptions, Trainer};
 
 const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
 
@@ -202,7 +202,7 @@ fn arith_pairs(n: usize) -> Vec<(String, String)> {
 fn sft_learns_and_resumes_exactly() {
     let base = smollm();
     let pairs = arith_pairs(16);
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: "cosine".into(), max_len: 96, save_every: 100, ..Default::default() };
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
     let cfg = serde_json::json!({"model": "tiny", "options": opts});
     let d = tempfile::tempdir().unwrap();
 
@@ -226,6 +226,35 @@ fn sft_learns_and_resumes_exactly() {
     }
     let log = std::fs::read_to_string(run.log_path()).unwrap();
     assert_eq!(log.lines().count(), 6);
+
+    // Step by step with a Trainer: a crash before the first checkpoint (2 steps logged, one
+    // line torn) restarts from step 0 with those lines dropped, and gives the same curve.
+    let run_c = RunDir::new(d.path().join("c"));
+    let crashed = tiny(&base, 5);
+    let mut t = Trainer::new(&crashed, &pairs, &opts, &run_c, cfg.clone()).unwrap();
+    t.step().unwrap();
+    t.step().unwrap();
+    drop(t);
+    let mut f = std::fs::OpenOptions::new().append(true).open(run_c.log_path()).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"step\": 3, \"lo").unwrap();
+    let fresh = tiny(&base, 5);
+    let mut t = Trainer::new(&fresh, &pairs, &opts, &run_c, cfg.clone()).unwrap();
+    assert_eq!((t.state().step, t.total_steps()), (0, 6));
+    assert_eq!(std::fs::read_to_string(run_c.log_path()).unwrap(), "", "log lines past the (absent) checkpoint are dropped");
+    let mut losses = Vec::new();
+    while !t.is_done() {
+        losses.push(t.step().unwrap());
+    }
+    assert!(t.step().err().unwrap().to_string().contains("all 6 steps are done"));
+    let report = t.finish().unwrap();
+    assert_eq!(report.losses, losses);
+    assert_eq!(losses, full.losses, "same seed, same data: the same curve bit for bit");
+    let steps: Vec<u64> = std::fs::read_to_string(run_c.log_path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
 
     // The same dir with another config is refused, nothing overwritten.
     let other = SftOptions { lr: 1e-3, ..opts.clone() };
@@ -262,7 +291,7 @@ fn lora_trains_only_adapters_and_exports_peft_and_merged() {
     assert!(probe.params().values().all(|v| g.get(v).is_none()), "frozen weights get no gradient");
     assert!(probe.model.trainable().iter().all(|v| g.get(v).is_some()), "every adapter gets a gradient");
 
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: "constant".into(), max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: Schedule::Constant, max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
     let run = RunDir::new(d.path().join("run"));
     let cfgj = serde_json::json!({"model": base_dir.display().to_string(), "options": opts});
     let r = sft(&base, &arith_pairs(16), &opts, &run, cfgj, None).unwrap();

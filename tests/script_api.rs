@@ -34,6 +34,30 @@ fn unknown_option_keys_are_caught_with_position() {
 }
 
 #[test]
+fn fixed_value_options_name_the_option_and_list_the_choices() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().to_path_buf();
+    let sft = |opts: &str| {
+        let src = format!("let s = student(\"default\");\nsft(s, rationales(\"svamp\", #{{teacher: \"human\", limit: 4}}), #{{run: \"r\", {opts}}})");
+        let mut ctx = Context::new(common::data_dir(), None);
+        ctx.runs_dir = d.path().to_path_buf();
+        Runner::new(ctx).eval("t.rhai", &src).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let e = sft("schedule: \"cosin\"");
+    assert!(e.starts_with("t.rhai:2:") && e.contains("schedule: unknown value 'cosin': expected one of cosine, linear, constant"), "{e}");
+    let e = sft("preset: \"fast\"");
+    assert!(e.contains("preset: unknown value 'fast': expected one of paper"), "{e}");
+    assert!(!d.path().join("r").exists(), "a bad option is refused before the run dir is made");
+    let e = Runner::new(ctx)
+        .eval("p.rhai", "df(#{a: [1], b: [2], c: [3]}).pivot(#{index: [\"a\"], on: \"b\", values: \"c\", agg: \"median\"})")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("agg: unknown value 'median': expected one of first, mean, sum, min, max, count"), "{e}");
+}
+
+#[test]
 fn frames_group_filter_sort_pivot() {
     let src = r#"
         let t = df(#{ teacher: ["a", "a", "b", "b", "b"], level: [1, 2, 1, 2, 2], words: [10, 20, 30, 40, 60] });

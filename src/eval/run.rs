@@ -5,7 +5,6 @@
 //! where it stopped and never generates an answer twice.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::extract::{answers_match, extract_answer, Tolerance};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::generate::{generate, GenOptions};
+use crate::journal::{ensure_identity, Journal};
+use crate::model::generate::{generate, Finish, GenOptions};
 use crate::model::Student;
 use crate::results::{ColumnData, Frame};
 use crate::usage;
@@ -45,7 +45,7 @@ pub struct Sample {
     pub extracted: Option<String>,
     pub correct: bool,
     pub tokens: usize,
-    pub finish: String,
+    pub finish: Finish,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -81,45 +81,15 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
     (clean((centre - half).max(0.0)), if (1.0 - hi).abs() < 1e-12 { 1.0 } else { hi })
 }
 
-fn read_samples(path: &Path) -> Result<Vec<Sample>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        // A line cut by a crash is the last one: drop it and regenerate that example.
-        match serde_json::from_str::<Sample>(line) {
-            Ok(s) => out.push(s),
-            Err(_) if i + 1 == text.lines().count() => break,
-            Err(e) => return Err(Error::data(path, format!("line {}: {e}", i + 1))),
-        }
-    }
-    Ok(out)
-}
-
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
     if opts.batch_size == 0 {
         return Err(usage!("batch_size must be at least 1"));
     }
     let started = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let settings = serde_json::json!({"task": ds.name, "split": ds.split, "model": student.source.display().to_string(), "options": opts});
-    let settings_path = dir.join("eval_config.json");
-    if settings_path.exists() {
-        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings_path).map_err(|e| Error::io(&settings_path, e))?)
-            .map_err(|e| Error::data(&settings_path, e.to_string()))?;
-        if old != settings {
-            return Err(usage!("{} holds an evaluation with other settings ({old}); use another name or delete it", dir.display()));
-        }
-    } else {
-        std::fs::write(&settings_path, serde_json::to_string_pretty(&settings).unwrap()).map_err(|e| Error::io(&settings_path, e))?;
-    }
-    let samples_path = dir.join("samples.jsonl");
-    let mut samples = read_samples(&samples_path)?;
-    // Rewrite the file without a torn last line before appending.
-    let text: String = samples.iter().map(|s| serde_json::to_string(s).unwrap() + "\n").collect();
-    std::fs::write(&samples_path, text).map_err(|e| Error::io(&samples_path, e))?;
+    ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
+    // A line torn by a crash is dropped (that example is generated again).
+    let (journal, mut samples) = Journal::<Sample>::open(&dir.join("samples.jsonl"))?;
     let done: HashSet<String> = samples.iter().map(|s| s.id.clone()).collect();
     let todo: Vec<_> = ds.examples.iter().filter(|e| !done.contains(&e.id)).collect();
     if !done.is_empty() {
@@ -127,7 +97,6 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     }
     let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
     let tol = Tolerance::for_kind(ds.task.kind());
-    let mut file = std::fs::OpenOptions::new().append(true).open(&samples_path).map_err(|e| Error::io(&samples_path, e))?;
     let mut generated_now = 0;
     let loop_start = Instant::now();
     for batch in todo.chunks(opts.batch_size) {
@@ -146,10 +115,9 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
                 tokens: g.tokens,
                 finish: g.finish,
             };
-            writeln!(file, "{}", serde_json::to_string(&s).unwrap()).map_err(|e| Error::io(&samples_path, e))?;
+            journal.append(&s)?;
             samples.push(s);
         }
-        file.flush().map_err(|e| Error::io(&samples_path, e))?;
         generated_now += batch.len();
         let el = loop_start.elapsed().as_secs_f64();
         let acc = samples.iter().filter(|s| s.correct).count() as f64 / samples.len() as f64;
@@ -200,6 +168,6 @@ fn samples_frame(s: &[&Sample]) -> Result<Frame> {
         ("extracted".into(), ColumnData::Str(s.iter().map(|x| x.extracted.clone()).collect())),
         ("correct".into(), ColumnData::Bool(s.iter().map(|x| Some(x.correct)).collect())),
         ("tokens".into(), ColumnData::Int(s.iter().map(|x| Some(x.tokens as i64)).collect())),
-        ("finish".into(), col(&|x| x.finish.clone())),
+        ("finish".into(), col(&|x| x.finish.name().to_string())),
     ])
 }

@@ -34,8 +34,29 @@ pub struct Generation {
     pub text: String,
     /// Tokens generated (the stop token included).
     pub tokens: usize,
-    /// "eos", "stop" or "length".
-    pub finish: String,
+    pub finish: Finish,
+}
+
+/// Why a generation ended; serialised as "eos", "stop" or "length".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// EOS or the template's end marker.
+    Eos,
+    /// One of the extra stop strings.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Eos => "eos",
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
 }
 
 fn ce(e: candle_core::Error) -> Error {
@@ -125,7 +146,7 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
         .step(&t(ids, (b, p))?, &t(pos, (b, p))?, &Tensor::from_vec(mask, (b, 1, p, p), &dev).map_err(ce)?, &mut cache)
         .map_err(ce)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut finish: Vec<Option<&str>> = vec![None; b];
+    let mut finish: Vec<Option<Finish>> = vec![None; b];
     let mut total = p;
     for step in 0..opts.max_new_tokens {
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
@@ -138,11 +159,11 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
             let tok = pick(&rows[r], opts, &mut rngs[r]);
             out[r].push(tok);
             if stops.contains(&tok) {
-                finish[r] = Some("eos");
+                finish[r] = Some(Finish::Eos);
             } else if !opts.stop.is_empty() {
                 let text = s.tokenizer.decode(&out[r], true).unwrap_or_default();
                 if opts.stop.iter().any(|st| text.contains(st.as_str())) {
-                    finish[r] = Some("stop");
+                    finish[r] = Some(Finish::Stop);
                 }
             }
             next.push(tok);
@@ -164,12 +185,12 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
         .map(|(toks, f)| {
             let body: Vec<u32> = toks.iter().copied().filter(|t| !stops.contains(t)).collect();
             let mut text = s.tokenizer.decode(&body, true).unwrap_or_default();
-            if f == Some("stop") {
+            if f == Some(Finish::Stop) {
                 if let Some(i) = opts.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
                     text.truncate(i);
                 }
             }
-            Generation { text, tokens: toks.len(), finish: f.unwrap_or("length").to_string() }
+            Generation { text, tokens: toks.len(), finish: f.unwrap_or(Finish::Length) }
         })
         .collect())
 }

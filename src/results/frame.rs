@@ -14,6 +14,27 @@ use crate::usage;
 #[derive(Clone, Debug)]
 pub struct Frame(pub DataFrame);
 
+/// How [`Frame::pivot`] combines the values that land in one cell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Agg {
+    #[default]
+    First,
+    Mean,
+    Sum,
+    Min,
+    Max,
+    Count,
+}
+
+impl TryFrom<String> for Agg {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        use Agg::*;
+        crate::error::one_of("agg", &s, &[("first", First), ("mean", Mean), ("sum", Sum), ("min", Min), ("max", Max), ("count", Count)])
+    }
+}
+
 /// Column data for building a frame from Rust values.
 #[derive(Clone, Debug)]
 pub enum ColumnData {
@@ -131,20 +152,19 @@ impl Frame {
     }
 
     /// Long → wide: one row per `index` combination, one column per distinct value of `on`,
-    /// cells aggregated from `values` with `agg` (first, mean, sum, min, max, count).
-    pub fn pivot(&self, index: &[String], on: &str, values: &str, agg: &str) -> Result<Frame> {
+    /// cells aggregated from `values` with `agg`.
+    pub fn pivot(&self, index: &[String], on: &str, values: &str, agg: Agg) -> Result<Frame> {
         let mut all = index.to_vec();
         all.push(on.to_string());
         all.push(values.to_string());
         self.check_columns(&all, "pivot")?;
         let agg_expr = match agg {
-            "first" => element().first(),
-            "mean" => element().mean(),
-            "sum" => element().sum(),
-            "min" => element().min(),
-            "max" => element().max(),
-            "count" => element().count(),
-            other => return Err(usage!("pivot: unknown agg '{other}': expected first, mean, sum, min, max or count")),
+            Agg::First => element().first(),
+            Agg::Mean => element().mean(),
+            Agg::Sum => element().sum(),
+            Agg::Min => element().min(),
+            Agg::Max => element().max(),
+            Agg::Count => element().count(),
         };
         let on_values = self
             .0

@@ -7,5 +7,5 @@ pub mod output;
 pub mod tables;
 
 pub use chart::{Chart, ChartSpec};
-pub use frame::{Cell, ColumnData, Frame};
+pub use frame::{Agg, Cell, ColumnData, Frame};
 pub use output::OutputDir;

@@ -11,7 +11,7 @@ use rhai::{Array, Dynamic, Engine, ImmutableString, Map};
 
 use super::{options, rt, Context, RhaiResult};
 use crate::results::chart::ChartSpec;
-use crate::results::{Cell, Chart, ColumnData, Frame, OutputDir};
+use crate::results::{Agg, Cell, Chart, ColumnData, Frame, OutputDir};
 use crate::usage;
 
 /// A polars expression as a Rhai value.
@@ -112,7 +112,7 @@ struct PivotOptions {
     on: String,
     values: String,
     #[serde(default)]
-    agg: Option<String>,
+    agg: Agg,
 }
 
 #[derive(serde::Deserialize)]
@@ -227,7 +227,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
     engine.register_fn("pivot", |f: &mut Frame, opts: Map| -> RhaiResult<Frame> {
         let o: PivotOptions = options(opts)?;
-        f.pivot(&o.index, &o.on, &o.values, o.agg.as_deref().unwrap_or("first")).map_err(rt)
+        f.pivot(&o.index, &o.on, &o.values, o.agg).map_err(rt)
     });
 
     // --- output (only inside the run's output dir)

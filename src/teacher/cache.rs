@@ -1,15 +1,15 @@
 //! The per-request disk cache of teacher answers: JSON lines `{key, text, prompt_tokens,
-//! completion_tokens}`, appended and flushed one answer at a time. A torn last line (crash
-//! mid-write) is ignored.
+//! completion_tokens}`, appended and flushed one answer at a time (a [`Journal`]: a torn last
+//! line from a crash mid-write is dropped and that request is sent again).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::journal::Journal;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
@@ -20,9 +20,8 @@ pub struct Entry {
 }
 
 pub struct Cache {
-    path: PathBuf,
+    journal: Journal<Entry>,
     entries: Mutex<HashMap<String, Entry>>,
-    file: Mutex<std::fs::File>,
 }
 
 /// A 128-bit FNV-1a key over the request's parts (stable across Rust versions and machines).
@@ -40,23 +39,9 @@ pub fn key(parts: &[&str]) -> String {
 
 impl Cache {
     pub fn open(path: &Path) -> Result<Cache> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        let mut entries = HashMap::new();
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.lines() {
-                if let Ok(e) = serde_json::from_str::<Entry>(line) {
-                    entries.insert(e.key.clone(), e);
-                }
-            }
-            // Make sure the next append starts on a fresh line after a torn write.
-            if !text.is_empty() && !text.ends_with('\n') {
-                std::fs::OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(b"\n")).map_err(|e| Error::io(path, e))?;
-            }
-        }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Cache { path: path.to_path_buf(), entries: Mutex::new(entries), file: Mutex::new(file) })
+        let (journal, old) = Journal::<Entry>::open(path)?;
+        let entries = old.into_iter().map(|e| (e.key.clone(), e)).collect();
+        Ok(Cache { journal, entries: Mutex::new(entries) })
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
@@ -65,11 +50,7 @@ impl Cache {
 
     pub fn put(&self, key: &str, text: &str, prompt_tokens: u64, completion_tokens: u64) -> Result<()> {
         let e = Entry { key: key.to_string(), text: text.to_string(), prompt_tokens, completion_tokens };
-        let line = serde_json::to_string(&e).expect("entry serialises") + "\n";
-        {
-            let mut f = self.file.lock().unwrap();
-            f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(|err| Error::io(&self.path, err))?;
-        }
+        self.journal.append(&e)?;
         self.entries.lock().unwrap().insert(e.key.clone(), e);
         Ok(())
     }

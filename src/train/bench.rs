@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::adamw::{AdamW, AdamWConfig};
 use super::data::TrainExample;
 use super::sft::batch_nll;
-use crate::error::{Error, Result};
+use crate::error::{ModelContext, Result};
 use crate::model::Student;
 use crate::rng::Rng;
 
@@ -58,29 +58,28 @@ pub fn fixed_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec
 }
 
 pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -> Result<BenchReport> {
-    let ce = |e: candle_core::Error| Error::usage(format!("bench: {e}"));
     let examples: Vec<TrainExample> = ids.iter().map(|v| TrainExample { ids: v.clone(), prompt_len: 1 }).collect();
     let refs: Vec<&TrainExample> = examples.iter().collect();
     let tokens: usize = examples.iter().map(|e| e.response_tokens()).sum();
     let vars: Vec<&candle_core::Var> = student.model.trainable();
-    let mut opt = AdamW::new(&vars, AdamWConfig::default()).map_err(ce)?;
+    let mut opt = AdamW::new(&vars, AdamWConfig::default()).model_ctx("bench: creating the optimizer")?;
     let mut times = Vec::new();
     let mut cpu = Vec::new();
     let mut losses = Vec::new();
     let (mut fwd, mut bwd, mut optt) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..steps + 1 {
         let (t0, c0) = (Instant::now(), cpu_seconds());
-        let nll = batch_nll(student, &refs).map_err(ce)?;
-        let loss = (&nll / tokens as f64).map_err(ce)?;
+        let nll = batch_nll(student, &refs).model_ctx("bench: forward pass")?;
+        let loss = (&nll / tokens as f64).model_ctx("bench: loss")?;
         fwd.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
-        let grads = loss.backward().map_err(ce)?;
-        let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().map_err(ce)?;
+        let grads = loss.backward().model_ctx("bench: backward pass")?;
+        let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().model_ctx("bench: gradients")?;
         bwd.push(t1.elapsed().as_secs_f64());
         let t2 = Instant::now();
-        opt.step(&vars, &g, lr, 1.0).map_err(ce)?;
+        opt.step(&vars, &g, lr, 1.0).model_ctx("bench: optimizer step")?;
         optt.push(t2.elapsed().as_secs_f64());
-        losses.push(loss.to_dtype(DType::F64).map_err(ce)?.to_scalar::<f64>().map_err(ce)?);
+        losses.push(loss.to_dtype(DType::F64).and_then(|l| l.to_scalar::<f64>()).model_ctx("bench: reading the loss")?);
         times.push(t0.elapsed().as_secs_f64());
         cpu.push(cpu_seconds() - c0);
     }

@@ -39,7 +39,7 @@ pub fn tokenize(
         return Err(usage!("no training examples"));
     }
     let enc = |s: &str| -> Result<Vec<u32>> {
-        tok.encode(s, false).map(|e| e.get_ids().to_vec()).map_err(|e| Error::usage(format!("tokenizer: {e}")))
+        tok.encode(s, false).map(|e| e.get_ids().to_vec()).map_err(|e| Error::Model { context: "tokenizing a training example".into(), msg: e.to_string() })
     };
     let mut out = Tokenized::default();
     for (q, r) in pairs {

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::run::RunDir;
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelContext, Result};
 use crate::model::Student;
 use crate::usage;
 
@@ -33,7 +33,7 @@ pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?)))
         .collect::<candle_core::Result<_>>()
-        .map_err(|e| Error::usage(e.to_string()))?;
+        .model_ctx("export: copying the weights to the CPU")?;
     let wp = tmp.join("model.safetensors");
     candle_core::safetensors::save(&weights, &wp).map_err(|e| Error::data(&wp, e.to_string()))?;
     let write_json = |name: &str, v: serde_json::Value| -> Result<()> {

@@ -9,4 +9,4 @@ pub mod run;
 pub mod sft;
 
 pub use run::RunDir;
-pub use sft::{sft, SftOptions, SftReport};
+pub use sft::{sft, Preset, Schedule, SftOptions, SftReport, Trainer};

@@ -4,15 +4,14 @@
 //! an interrupted save never leaves a checkpoint that looks complete.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, Moments};
-use crate::error::{Error, Result};
-use crate::usage;
+use crate::error::{Error, ModelContext, Result};
+use crate::journal::{ensure_identity, Identity, Journal};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
@@ -44,49 +43,19 @@ impl RunDir {
         self.path.join("train_log.jsonl")
     }
 
-    /// Write config.json, or check that an existing one is the same run. A different config in
-    /// the same dir is an error: resuming it would mix two experiments.
+    /// Write config.json, or check that an existing one is the same run (true when it also
+    /// holds a checkpoint to resume). A different config in the same dir is an error: resuming
+    /// it would mix two experiments.
     pub fn init(&self, config: &serde_json::Value) -> Result<bool> {
-        std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let cfg = self.path.join("config.json");
-        if cfg.exists() {
-            let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
-            let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::data(&cfg, e.to_string()))?;
-            if &old != config {
-                let diff: Vec<String> = config
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(k, v)| old.get(k.as_str()) != Some(v))
-                    .map(|(k, v)| format!("{k}: {} -> {v}", old.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
-                    .collect();
-                return Err(usage!(
-                    "run dir {} holds a different run ({}): choose another run name or delete the dir",
-                    self.path.display(),
-                    diff.join("; ")
-                ));
-            }
-            return Ok(self.checkpoint().join("state.json").exists());
+        match ensure_identity(&self.path.join("config.json"), config, "a different run")? {
+            Identity::Created => Ok(false),
+            Identity::Same => Ok(self.checkpoint().join("state.json").exists()),
         }
-        std::fs::write(&cfg, serde_json::to_string_pretty(config).unwrap()).map_err(|e| Error::io(&cfg, e))?;
-        Ok(false)
     }
 
-    pub fn append_log(&self, line: &serde_json::Value) -> Result<()> {
-        let p = self.log_path();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&p, e))
-    }
-
-    /// Drop log lines past `step` (a crash after logging but before checkpointing).
-    pub fn truncate_log(&self, step: usize) -> Result<()> {
-        let p = self.log_path();
-        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
-            .collect();
-        std::fs::write(&p, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| Error::io(&p, e))
+    /// The training log (one JSON object per optimizer step) and the lines already in it.
+    pub fn open_log(&self) -> Result<(Journal<serde_json::Value>, Vec<serde_json::Value>)> {
+        Journal::open(&self.log_path())
     }
 
     pub fn save(&self, params: &[(&String, &Var)], opt: &AdamW, state: &TrainState) -> Result<()> {
@@ -100,7 +69,7 @@ impl RunDir {
         candle_core::safetensors::save(&weights, &wp).map_err(ce(&wp))?;
         let mut moments = HashMap::new();
         for ((n, v), mo) in params.iter().zip(&opt.moments) {
-            let (m, vv) = mo.tensors(v).map_err(ce(&wp))?;
+            let (m, vv) = mo.tensors(v).model_ctx(format!("reading the optimizer moments of '{n}'"))?;
             moments.insert(format!("m.{n}"), m);
             moments.insert(format!("v.{n}"), vv);
         }
@@ -135,10 +104,10 @@ impl RunDir {
             if w.shape() != v.shape() {
                 return Err(Error::data(&wp, format!("'{n}' has shape {:?}, the model {:?}", w.dims(), v.dims())));
             }
-            v.set(w).map_err(ce(&wp))?;
+            v.set(w).model_ctx(format!("restoring '{n}' from the checkpoint"))?;
             let (m, vv) = (moments.get(&format!("m.{n}")), moments.get(&format!("v.{n}")));
             let (Some(m), Some(vv)) = (m, vv) else { return Err(Error::data(&op, format!("optimizer state lacks '{n}'"))) };
-            opt.moments[i] = Moments::from_tensors(m.clone(), vv.clone(), v).map_err(ce(&op))?;
+            opt.moments[i] = Moments::from_tensors(m.clone(), vv.clone(), v).model_ctx(format!("restoring the optimizer moments of '{n}'"))?;
         }
         opt.t = state.adam_t;
         Ok(state)

@@ -12,25 +12,56 @@ use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, AdamWConfig};
-use super::data::{tokenize, TrainExample};
+use super::data::{tokenize, Tokenized, TrainExample};
 use super::run::{RunDir, TrainState};
-use crate::error::{Error, Result};
+use crate::error::{one_of, ModelContext, Result};
+use crate::journal::Journal;
 use crate::model::lora::LoraConfig;
 use crate::model::Student;
 use crate::rng::Rng;
 use crate::usage;
 
+/// The learning-rate schedule after warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Schedule {
+    #[default]
+    Cosine,
+    Linear,
+    Constant,
+}
+
+impl TryFrom<String> for Schedule {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        one_of("schedule", &s, &[("cosine", Schedule::Cosine), ("linear", Schedule::Linear), ("constant", Schedule::Constant)])
+    }
+}
+
+/// A named recipe. Only the paper's exists: it is the default, named for clarity in scripts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Preset {
+    #[default]
+    Paper,
+}
+
+impl TryFrom<String> for Preset {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        one_of("preset", &s, &[("paper", Preset::Paper)])
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftOptions {
-    /// Only "paper" exists: it is the default recipe, named for clarity in scripts.
-    pub preset: String,
+    pub preset: Preset,
     pub epochs: f64,
     /// Stop after this many optimizer steps (overrides `epochs`).
     pub max_steps: Option<usize>,
     pub lr: f64,
-    /// "cosine", "linear" or "constant".
-    pub schedule: String,
+    pub schedule: Schedule,
     pub warmup_steps: usize,
     /// Micro-batch size (sequences per forward pass).
     pub batch_size: usize,
@@ -51,11 +82,11 @@ pub struct SftOptions {
 impl Default for SftOptions {
     fn default() -> Self {
         SftOptions {
-            preset: "paper".into(),
+            preset: Preset::Paper,
             epochs: 3.0,
             max_steps: None,
             lr: 5e-5,
-            schedule: "cosine".into(),
+            schedule: Schedule::Cosine,
             warmup_steps: 0,
             batch_size: 4,
             grad_accum: 16,
@@ -72,12 +103,6 @@ impl Default for SftOptions {
 
 impl SftOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.preset != "paper" {
-            return Err(usage!("unknown preset '{}': the only preset is \"paper\"", self.preset));
-        }
-        if !matches!(self.schedule.as_str(), "cosine" | "linear" | "constant") {
-            return Err(usage!("schedule must be cosine, linear or constant, got '{}'", self.schedule));
-        }
         if self.batch_size == 0 || self.grad_accum == 0 || self.max_len < 8 || self.lr <= 0.0 || self.epochs <= 0.0 {
             return Err(usage!("batch_size, grad_accum, lr and epochs must be positive and max_len >= 8"));
         }
@@ -91,10 +116,10 @@ impl SftOptions {
         }
         let span = (total - self.warmup_steps).max(1) as f64;
         let p = (step - self.warmup_steps) as f64 / span;
-        match self.schedule.as_str() {
-            "cosine" => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-            "linear" => self.lr * (1.0 - p),
-            _ => self.lr,
+        match self.schedule {
+            Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            Schedule::Linear => self.lr * (1.0 - p),
+            Schedule::Constant => self.lr,
         }
     }
 }
@@ -114,10 +139,6 @@ pub struct SftReport {
     pub last_loss: Option<f64>,
     pub tokens_per_s: f64,
     pub seconds: f64,
-}
-
-fn ce(e: candle_core::Error) -> Error {
-    Error::usage(format!("training: {e}"))
 }
 
 /// The example order for the whole run: one seeded shuffle per epoch, concatenated, so that
@@ -169,6 +190,277 @@ pub fn batch_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Res
     crate::model::ops::cross_entropy_rows(&logits, &targets)?.sum_all()
 }
 
+/// One SFT run, step by step: [`Trainer::new`] tokenizes, lays out the example order and the
+/// schedule, builds the optimizer and resumes from the run dir's checkpoint; [`Trainer::step`]
+/// makes one optimizer step; [`Trainer::finish`] checkpoints what is not yet saved and reports.
+pub struct Trainer<'a> {
+    /// The student as given, or its LoRA-wrapped copy (owned here) when `opts.lora` is set.
+    base: &'a Student,
+    lora: Option<Student>,
+    opts: &'a SftOptions,
+    run: &'a RunDir,
+    data: Tokenized,
+    order: Vec<usize>,
+    /// Examples per optimizer step (micro-batch × accumulation).
+    global: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    params: Vec<(String, Var)>,
+    opt: AdamW,
+    state: TrainState,
+    resumed_from: Option<usize>,
+    /// The step the checkpoint on disk holds.
+    saved_step: usize,
+    log: Journal<serde_json::Value>,
+    losses: Vec<f64>,
+    tokens_this_run: u64,
+    started: Instant,
+    /// When the first step of this invocation began (throughput and ETA are measured from it).
+    loop_start: Option<Instant>,
+}
+
+/// A step's averaged gradients and loss, before clipping.
+struct Accumulated {
+    grads: Vec<Tensor>,
+    loss: f64,
+    tokens: u64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Prepare a run of `student` on (question, rationale) pairs. Resumes from `run`'s
+    /// checkpoint when it holds one of the same `run_config`.
+    pub fn new(
+        student: &'a Student,
+        pairs: &[(String, String)],
+        opts: &'a SftOptions,
+        run: &'a RunDir,
+        run_config: serde_json::Value,
+    ) -> Result<Trainer<'a>> {
+        opts.validate()?;
+        let lora = match &opts.lora {
+            Some(cfg) => Some(student.with_lora(cfg.clone(), opts.seed)?),
+            None => None,
+        };
+        let started = Instant::now();
+        let s = lora.as_ref().unwrap_or(student);
+        let data = tokenize(&s.tokenizer, &s.template, pairs, opts.max_len)?;
+        if data.truncated > 0 || data.dropped > 0 {
+            eprintln!(
+                "note: {} of {} examples truncated to max_len {} ({} dropped: prompt alone too long)",
+                data.truncated,
+                pairs.len(),
+                opts.max_len,
+                data.dropped
+            );
+        }
+        let global = opts.batch_size * opts.grad_accum;
+        let steps_per_epoch = data.examples.len().div_ceil(global);
+        let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
+        let order = schedule_order(&data.examples, opts, total_steps * global);
+
+        let params = s.model.trainable_named();
+        let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
+        let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })
+            .model_ctx("creating the optimizer")?;
+        let resumable = run.init(&run_config)?;
+        let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
+        let mut resumed_from = None;
+        if resumable {
+            let named: Vec<(&String, &Var)> = params.iter().map(|(n, v)| (n, v)).collect();
+            state = run.load(&named, &mut opt, &s.model.device)?;
+            if state.total_steps != total_steps {
+                return Err(usage!("checkpoint in {} was made for {} steps, this run has {}", run.path.display(), state.total_steps, total_steps));
+            }
+            resumed_from = Some(state.step);
+            eprintln!("resuming {} at step {}/{}", run.path.display(), state.step, total_steps);
+        }
+        // Log lines past the checkpoint come from a crash after logging but before saving: they
+        // are redone, so they go (all of them when there is no checkpoint yet).
+        let (log, _) = run.open_log()?;
+        let step = state.step;
+        log.retain(|line| line["step"].as_u64().is_some_and(|s| s as usize <= step))?;
+        Ok(Trainer {
+            base: student,
+            lora,
+            opts,
+            run,
+            data,
+            order,
+            global,
+            steps_per_epoch,
+            total_steps,
+            params,
+            opt,
+            saved_step: state.step,
+            state,
+            resumed_from,
+            log,
+            losses: Vec::new(),
+            tokens_this_run: 0,
+            started,
+            loop_start: None,
+        })
+    }
+
+    /// The student being trained (the LoRA-wrapped copy when training adapters).
+    pub fn student(&self) -> &Student {
+        self.lora.as_ref().unwrap_or(self.base)
+    }
+
+    /// Optimizer steps completed, resumed ones included.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.step >= self.total_steps
+    }
+
+    fn vars(&self) -> Vec<&Var> {
+        self.params.iter().map(|(_, v)| v).collect()
+    }
+
+    /// One optimizer step: accumulate the micro-batches, check the loss, clip, update, log, and
+    /// checkpoint when due. Returns the step's loss.
+    pub fn step(&mut self) -> Result<f64> {
+        if self.is_done() {
+            return Err(usage!("the run in {} is complete: all {} steps are done", self.run.path.display(), self.total_steps));
+        }
+        let loop_start = *self.loop_start.get_or_insert_with(Instant::now);
+        let acc = self.accumulate()?;
+        let loss = acc.loss;
+        if !loss.is_finite() {
+            return Err(usage!(
+                "loss is {loss} at step {}: training diverged (lower lr, check the data); the last good checkpoint is in {}",
+                self.state.step + 1,
+                self.run.checkpoint().display()
+            ));
+        }
+        let (grad_norm, scale) = self.clip(&acc.grads)?;
+        let lr = self.opts.lr_at(self.state.step, self.total_steps);
+        let vars: Vec<&Var> = self.params.iter().map(|(_, v)| v).collect();
+        self.opt.step(&vars, &acc.grads, lr, scale).model_ctx(format!("optimizer step {}", self.state.step + 1))?;
+        self.state.step += 1;
+        self.state.adam_t = self.opt.t;
+        self.state.tokens_seen += acc.tokens;
+        self.tokens_this_run += acc.tokens;
+        self.losses.push(loss);
+        self.log_step(loss, lr, grad_norm, loop_start)?;
+        if self.state.step % self.opts.save_every.max(1) == 0 || self.state.step == self.total_steps {
+            self.checkpoint()?;
+        }
+        Ok(loss)
+    }
+
+    /// Forward and backward over the step's window, micro-batch by micro-batch. The loss of each
+    /// micro-batch is divided by the whole window's response tokens, so the summed gradients
+    /// are those of the window's token-mean loss.
+    fn accumulate(&self) -> Result<Accumulated> {
+        let (step, global) = (self.state.step, self.global);
+        let window: Vec<&TrainExample> = self.order[step * global..(step + 1) * global].iter().map(|&i| &self.data.examples[i]).collect();
+        let window_tokens: usize = window.iter().map(|e| e.response_tokens()).sum();
+        let student = self.student();
+        let vars = self.vars();
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut nll_sum = 0.0;
+        for (k, mb) in window.chunks(self.opts.batch_size).enumerate() {
+            let what = || format!("step {} micro-batch {}", step + 1, k + 1);
+            if let Some(l) = &student.model.lora {
+                // Dropout masks depend on (seed, step, micro-batch) only: resume draws the same.
+                l.set_dropout_key(self.opts.seed.wrapping_mul(0x9E37_79B9).wrapping_add((step * 4096 + k) as u64));
+            }
+            let nll = batch_nll(student, mb).model_ctx(format!("forward pass, {}", what()))?;
+            let loss = (&nll / window_tokens as f64).model_ctx(format!("loss, {}", what()))?;
+            let g = loss.backward().model_ctx(format!("backward pass, {}", what()))?;
+            nll_sum += nll.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).model_ctx(format!("reading the loss, {}", what()))?;
+            for (slot, v) in grads.iter_mut().zip(&vars) {
+                if let Some(gv) = g.get(v) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + gv).model_ctx(format!("accumulating gradients, {}", what()))?,
+                        None => gv.clone(),
+                    });
+                }
+            }
+        }
+        let grads = grads
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
+            .collect::<candle_core::Result<_>>()
+            .model_ctx(format!("zero gradients for unused parameters, step {}", step + 1))?;
+        Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum() })
+    }
+
+    /// The global gradient norm and the factor that clips it to `max_grad_norm`.
+    fn clip(&self, grads: &[Tensor]) -> Result<(f64, f64)> {
+        let mut sq = 0.0f64;
+        for g in grads {
+            sq += g
+                .sqr()
+                .and_then(|x| x.sum_all())
+                .and_then(|x| x.to_dtype(DType::F64))
+                .and_then(|x| x.to_scalar::<f64>())
+                .model_ctx(format!("gradient norm, step {}", self.state.step + 1))?;
+        }
+        let grad_norm = sq.sqrt();
+        let max = self.opts.max_grad_norm;
+        Ok((grad_norm, if max > 0.0 && grad_norm > max { max / (grad_norm + 1e-6) } else { 1.0 }))
+    }
+
+    fn log_step(&self, loss: f64, lr: f64, grad_norm: f64, loop_start: Instant) -> Result<()> {
+        let step = self.state.step;
+        let elapsed = loop_start.elapsed().as_secs_f64();
+        let tps = self.tokens_this_run as f64 / elapsed.max(1e-9);
+        let eta = elapsed / self.losses.len() as f64 * (self.total_steps - step) as f64;
+        self.log.append(&serde_json::json!({
+            "step": step, "epoch": step as f64 / self.steps_per_epoch as f64, "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens": self.state.tokens_seen, "tokens_per_s": tps, "elapsed_s": elapsed,
+        }))?;
+        // Line-mode progress: readable in terminals, CI logs and notebooks alike.
+        eprintln!(
+            "[sft] step {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s eta {:.0}s",
+            step, self.total_steps, loss, lr, grad_norm, tps, eta
+        );
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        let named: Vec<(&String, &Var)> = self.params.iter().map(|(n, v)| (n, v)).collect();
+        self.run.save(&named, &self.opt, &self.state)?;
+        self.saved_step = self.state.step;
+        Ok(())
+    }
+
+    /// Checkpoint the steps made since the last save, and report this invocation.
+    pub fn finish(mut self) -> Result<SftReport> {
+        if self.saved_step != self.state.step {
+            self.checkpoint()?;
+        }
+        if let Some(l) = &self.student().model.lora {
+            l.set_dropout_key(u64::MAX);
+        }
+        let loop_s = self.loop_start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        Ok(SftReport {
+            run_dir: self.run.path.display().to_string(),
+            steps: self.state.step,
+            total_steps: self.total_steps,
+            resumed_from: self.resumed_from,
+            examples: self.data.examples.len(),
+            truncated: self.data.truncated,
+            dropped: self.data.dropped,
+            first_loss: self.losses.first().copied(),
+            last_loss: self.losses.last().copied(),
+            losses: self.losses,
+            tokens_per_s: self.tokens_this_run as f64 / loop_s.max(1e-9),
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// Fine-tune `student` on (question, rationale) pairs. Resumes from `run`'s checkpoint when it
 /// holds one of the same config. `stop_after` ends this invocation after that many steps (a
 /// time-boxed slice of a longer run, e.g. a cluster job); it is not part of the run's config.
@@ -180,138 +472,12 @@ pub fn sft(
     run_config: serde_json::Value,
     stop_after: Option<usize>,
 ) -> Result<SftReport> {
-    opts.validate()?;
-    let lora_student;
-    let student = match &opts.lora {
-        Some(cfg) => {
-            lora_student = student.with_lora(cfg.clone(), opts.seed)?;
-            &lora_student
-        }
-        None => student,
-    };
-    let started = Instant::now();
-    let data = tokenize(&student.tokenizer, &student.template, pairs, opts.max_len)?;
-    if data.truncated > 0 || data.dropped > 0 {
-        eprintln!(
-            "note: {} of {} examples truncated to max_len {} ({} dropped: prompt alone too long)",
-            data.truncated,
-            pairs.len(),
-            opts.max_len,
-            data.dropped
-        );
+    let mut t = Trainer::new(student, pairs, opts, run, run_config)?;
+    let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
+    while t.state().step < stop_at {
+        t.step()?;
     }
-    let n = data.examples.len();
-    let global = opts.batch_size * opts.grad_accum;
-    let steps_per_epoch = n.div_ceil(global);
-    let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
-    let order = schedule_order(&data.examples, opts, total_steps * global);
-
-    let owned = student.model.trainable_named();
-    let named: Vec<(&String, &Var)> = owned.iter().map(|(n, v)| (n, v)).collect();
-    let vars: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
-    let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() }).map_err(ce)?;
-    let resumable = run.init(&run_config)?;
-    let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
-    let mut resumed_from = None;
-    if resumable {
-        state = run.load(&named, &mut opt, &student.model.device)?;
-        if state.total_steps != total_steps {
-            return Err(usage!("checkpoint in {} was made for {} steps, this run has {}", run.path.display(), state.total_steps, total_steps));
-        }
-        run.truncate_log(state.step)?;
-        resumed_from = Some(state.step);
-        eprintln!("resuming {} at step {}/{}", run.path.display(), state.step, total_steps);
-    }
-
-    let mut losses = Vec::new();
-    let mut tokens_this_run = 0u64;
-    let loop_start = Instant::now();
-    let stop_at = stop_after.map(|k| (state.step + k).min(total_steps)).unwrap_or(total_steps);
-    while state.step < stop_at {
-        let window: Vec<&TrainExample> = order[state.step * global..(state.step + 1) * global].iter().map(|&i| &data.examples[i]).collect();
-        let window_tokens: usize = window.iter().map(|e| e.response_tokens()).sum();
-        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let mut nll_sum = 0.0;
-        for (k, mb) in window.chunks(opts.batch_size).enumerate() {
-            if let Some(l) = &student.model.lora {
-                // Dropout masks depend on (seed, step, micro-batch) only: resume draws the same.
-                l.set_dropout_key(opts.seed.wrapping_mul(0x9E37_79B9).wrapping_add((state.step * 4096 + k) as u64));
-            }
-            let nll = batch_nll(student, mb).map_err(ce)?;
-            let loss = (&nll / window_tokens as f64).map_err(ce)?;
-            let g = loss.backward().map_err(ce)?;
-            nll_sum += nll.to_dtype(DType::F64).map_err(ce)?.to_scalar::<f64>().map_err(ce)?;
-            for (slot, v) in grads.iter_mut().zip(&vars) {
-                if let Some(gv) = g.get(v) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + gv).map_err(ce)?,
-                        None => gv.clone(),
-                    });
-                }
-            }
-        }
-        let loss = nll_sum / window_tokens as f64;
-        if !loss.is_finite() {
-            return Err(usage!(
-                "loss is {loss} at step {}: training diverged (lower lr, check the data); the last good checkpoint is in {}",
-                state.step + 1,
-                run.checkpoint().display()
-            ));
-        }
-        let grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&vars)
-            .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
-            .collect::<candle_core::Result<_>>()
-            .map_err(ce)?;
-        let mut sq = 0.0f64;
-        for g in &grads {
-            sq += g.sqr().map_err(ce)?.sum_all().map_err(ce)?.to_dtype(DType::F64).map_err(ce)?.to_scalar::<f64>().map_err(ce)?;
-        }
-        let grad_norm = sq.sqrt();
-        let scale = if opts.max_grad_norm > 0.0 && grad_norm > opts.max_grad_norm { opts.max_grad_norm / (grad_norm + 1e-6) } else { 1.0 };
-        let lr = opts.lr_at(state.step, total_steps);
-        opt.step(&vars, &grads, lr, scale).map_err(ce)?;
-        state.step += 1;
-        state.adam_t = opt.t;
-        state.tokens_seen += window.iter().map(|e| e.ids.len() as u64).sum::<u64>();
-        tokens_this_run += window.iter().map(|e| e.ids.len() as u64).sum::<u64>();
-        losses.push(loss);
-        let elapsed = loop_start.elapsed().as_secs_f64();
-        let tps = tokens_this_run as f64 / elapsed.max(1e-9);
-        let done_here = losses.len();
-        let eta = elapsed / done_here as f64 * (total_steps - state.step) as f64;
-        run.append_log(&serde_json::json!({
-            "step": state.step, "epoch": state.step as f64 / steps_per_epoch as f64, "loss": loss, "lr": lr,
-            "grad_norm": grad_norm, "tokens": state.tokens_seen, "tokens_per_s": tps, "elapsed_s": elapsed,
-        }))?;
-        // Line-mode progress: readable in terminals, CI logs and notebooks alike.
-        eprintln!(
-            "[sft] step {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s eta {:.0}s",
-            state.step, total_steps, loss, lr, grad_norm, tps, eta
-        );
-        if state.step % opts.save_every.max(1) == 0 || state.step == stop_at {
-            run.save(&named, &opt, &state)?;
-        }
-    }
-    if let Some(l) = &student.model.lora {
-        l.set_dropout_key(u64::MAX);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(SftReport {
-        run_dir: run.path.display().to_string(),
-        steps: state.step,
-        total_steps,
-        resumed_from,
-        examples: n,
-        truncated: data.truncated,
-        dropped: data.dropped,
-        first_loss: losses.first().copied(),
-        last_loss: losses.last().copied(),
-        losses,
-        tokens_per_s: tokens_this_run as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
-        seconds,
-    })
+    t.finish()
 }
 
 /// What identifies a run on disk (`runs/<name>/config.json`): the base model, the options, and
