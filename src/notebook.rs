@@ -239,9 +239,13 @@ pub struct Rhai {
 
 impl Rhai {
     /// A session over the data dir in `COTLAB_DATA` (default `./datasets`); training and eval
-    /// runs go to `runs/` beside the notebook.
+    /// runs go to `runs/` beside the notebook. Its Rhai may also read the notebook's own folder
+    /// (the notebook's Rust cells can read anything anyway; the sandbox guards scripts run by
+    /// `cotlab run`, which may come from elsewhere).
     pub fn new() -> Rhai {
-        Rhai::with_context(Context::new(DataDir::resolve(None), None))
+        let mut ctx = Context::new(DataDir::resolve(None), None);
+        ctx.allow_read.push(std::path::PathBuf::from("."));
+        Rhai::with_context(ctx)
     }
 
     pub fn with_context(ctx: Context) -> Rhai {
