@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Lowest first. Keep in step with the crate doc in `src/lib.rs`.
+/// Lowest first; layer numbers in messages count from 1, as in the crate doc of `src/lib.rs`
+/// (keep the two in step).
 const LAYERS: &[&[&str]] = &[
     &["error", "rng"],
     &["answer"],
@@ -35,7 +36,7 @@ const ROOT_ITEMS: &[(&str, &str)] = &[("Error", "error"), ("Result", "error"), (
 const ROOT_FILE: &str = "lib";
 
 fn layer_of(module: &str) -> Option<usize> {
-    LAYERS.iter().position(|l| l.contains(&module))
+    LAYERS.iter().position(|l| l.contains(&module)).map(|i| i + 1)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
