@@ -182,8 +182,9 @@ pub struct Judgement {
 }
 
 /// Extract the answer of `kind` from `output` and compare it with `gold`. `gold` may be raw
-/// ("145.0", "(C)") or already canonical: canonicalising a canonical gold gives it back
-/// unchanged (the real release is checked for this in `tests/extract_real.rs`).
+/// ("145.0", "(C)") or already canonical, as loaders store it: canonicalising a stored gold
+/// again does not change what is compared (`tests/extract_real.rs` checks this on the whole
+/// release; LaTeX normalisation is not idempotent on every string, only on those).
 pub fn judge(output: &str, gold: &str, kind: AnswerKind) -> Judgement {
     let extracted = extract_answer(output, kind);
     let correct = match (&extracted, canonical_gold(gold, kind)) {

@@ -1,5 +1,5 @@
-//! Stage 6 — evaluation: the paper's answer extractor, scoring of predictions files, and
-//! zero-shot evaluation of students.
+//! Stage 6 — evaluation: scoring of predictions files and zero-shot evaluation of students,
+//! both judged by [`crate::answer::judge`].
 
 pub mod run;
 pub mod score;
