@@ -1,15 +1,32 @@
 //! cotlab: a workbench for chain-of-thought distillation research.
 //!
-//! The modules follow the pipeline: [`data`] → [`cot`] → [`teacher`] → [`model`] → [`train`] →
-//! [`eval`] → [`results`],
-//! with [`script`] adapting all of it to Rhai and [`notebook`] to Jupyter (evcxr). The `cotlab`
-//! binary is a thin CLI over this library. Under the resumable stores (training runs, eval dirs,
-//! the teacher cache) sits one [`journal`]: an identity file plus crash-safe JSON-lines logs.
+//! Modules are layered; a module uses only modules on its own layer or below (lowest first;
+//! `tests/architecture.rs` enforces this table):
+//!
+//! 1. [`error`], [`rng`]: the error type and the seeded RNG.
+//! 2. [`answer`]: answer kinds, the paper's extractor and `judge` (extract, then compare with gold).
+//! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
+//!    runs, eval dirs and the teacher cache.
+//! 4. [`frame`]: polars frames and plotly charts.
+//! 5. [`cot`]: rationale formats, steps and measures.
+//! 6. [`data`]: datasets, the release catalog, the synthetic `arith` set, contamination.
+//! 7. [`model`]: candle students (load, generate, LoRA).
+//! 8. [`teacher`]: live teachers that write rationales (OpenAI-compatible, local, replay, rule).
+//! 9. [`train`]: supervised fine-tuning and export.
+//! 10. [`eval`]: zero-shot evaluation and re-scoring of predictions.
+//! 11. [`results`]: analysis tables and the output dir.
+//! 12. [`lab`]: the library facade (students, teachers, run/eval dir names, the script sandbox)
+//!     that the CLI and the Rhai bindings both adapt.
+//! 13. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
+//!
+//! The `cotlab` binary is a thin CLI over this library, on top of all of them.
 
+pub mod answer;
 pub mod cot;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod frame;
 pub mod journal;
 pub mod lab;
 pub mod model;

@@ -5,22 +5,22 @@
 mod common;
 
 use cotlab::data::{Catalog, RationaleQuery};
-use cotlab::eval::extract::{answers_match, extract_answer, Tolerance};
+use cotlab::answer::judge;
 
 fn agreement(dataset: &str, teacher: &str, level: Option<i64>) -> (usize, usize, usize) {
     let cat = Catalog::new(common::data_dir());
     let q = RationaleQuery { teacher: Some(teacher.into()), level, ..Default::default() };
     let c = cat.rationales(dataset, &q).unwrap();
     let kind = c.kind();
-    let tol = Tolerance::for_kind(kind);
     let (mut n, mut agree, mut unparsed) = (0, 0, 0);
     for r in &c.rationales {
         let Some(g) = &r.gold else { continue };
         n += 1;
-        match extract_answer(&r.text, kind) {
-            Some(p) if answers_match(&p, g, kind, tol) => agree += 1,
-            Some(_) => {}
-            None => unparsed += 1,
+        let j = judge(&r.text, g, kind);
+        if j.correct {
+            agree += 1;
+        } else if j.extracted.is_none() {
+            unparsed += 1;
         }
     }
     (n, agree, unparsed)
@@ -61,4 +61,47 @@ fn true_false_strategyqa() {
 fn latex_math() {
     check("math", "gpt-4o", Some(3), 90.0);
     check("math", "llama-3-70b", Some(5), 92.0);
+}
+
+/// `judge` canonicalises the gold it is given, and callers pass golds the loaders and the catalog
+/// already canonicalised: that is only the old comparison if canonicalising again does not change
+/// what is compared. For LaTeX that is the normalised gold (`answers_match` normalises both
+/// sides), and normalisation is not idempotent on every string, so that is what is checked.
+#[test]
+fn stored_golds_compare_the_same_after_canonicalising_again() {
+    use cotlab::answer::{canonical_gold, strip_latex, AnswerKind};
+    use cotlab::data::{load_dataset, DatasetOptions};
+    let dir = common::data_dir();
+    let cat = Catalog::new(dir.clone());
+    let mut checked = 0;
+    let mut fails = Vec::new();
+    let mut check = |what: &str, gold: &str, kind: AnswerKind| {
+        let again = canonical_gold(gold, kind);
+        let same = match (kind, &again) {
+            (AnswerKind::Latex, Some(a)) => strip_latex(a) == strip_latex(gold),
+            (_, a) => a.as_deref() == Some(gold),
+        };
+        if !same {
+            fails.push(format!("{what}: gold {gold:?} compares as {again:?} when canonicalised again"));
+        }
+        checked += 1;
+    };
+    for (name, split) in [("svamp", "all"), ("gsm8k", "test"), ("gsm8k", "train"), ("aqua", "test"), ("math", "test"), ("math", "full"), ("csqa", "test"), ("obqa", "test"), ("strategyqa", "test"), ("arith", "all")] {
+        let opts = DatasetOptions { split: (name != "arith").then(|| split.to_string()), ..Default::default() };
+        let ds = load_dataset(&dir, name, &opts).unwrap();
+        for e in &ds.examples {
+            check(&format!("{name} {split} {}", e.id), &e.answer, e.kind);
+        }
+    }
+    // Rationale golds: from the answer-only files (gold index) and from the records' own answers.
+    for (name, teacher, level) in [("svamp", "gpt-4o", Some(1)), ("gsm8k", "llama-3-70b", Some(2)), ("aqua", "human", None), ("csqa", "llama-3-70b", Some(1)), ("obqa", "gpt-4o", Some(4)), ("strategyqa", "gemini", Some(3)), ("math", "gpt-4o", Some(3)), ("math", "llama-3-70b", Some(5)), ("arith", "rule", Some(2))] {
+        let c = cat.rationales(name, &RationaleQuery { teacher: Some(teacher.into()), level, ..Default::default() }).unwrap();
+        for r in &c.rationales {
+            if let Some(g) = &r.gold {
+                check(&format!("{name} {teacher} {}", r.id), g, c.kind());
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} of {checked}:\n{}", fails.len(), fails.join("\n"));
+    assert!(checked > 10_000, "only {checked} golds checked");
 }

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::eval::extract::TRIGGER;
+use crate::answer::TRIGGER;
 
 /// What a rationale looks like, in numbers.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -10,15 +10,16 @@ use serde::Deserialize;
 
 use super::loaders::{load_alpaca, read_records};
 use super::{arith, AnswerKind, DataDir, Task};
+use crate::answer::canonical_gold;
 use crate::cot::{check_level, Format};
 use crate::error::{Error, Result};
-use crate::eval::extract::canonical_gold;
 use crate::rng::Rng;
 use crate::usage;
 
-/// Who wrote a rationale.
+/// Who wrote a release rationale (a name in the catalog; `teacher::Teacher` is a live teacher
+/// that writes new ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Teacher {
+pub enum ReleaseTeacher {
     /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
     Gpt4o,
     /// Gemini-1.5-Flash.
@@ -31,14 +32,14 @@ pub enum Teacher {
     Rule,
 }
 
-impl Teacher {
-    pub fn parse(s: &str) -> Result<Teacher> {
+impl ReleaseTeacher {
+    pub fn parse(s: &str) -> Result<ReleaseTeacher> {
         Ok(match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
-            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => Teacher::Gpt4o,
-            "gemini" | "gemini-1.5-flash" | "gemini-flash" => Teacher::Gemini,
-            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => Teacher::Llama70b,
-            "human" => Teacher::Human,
-            "rule" => Teacher::Rule,
+            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => ReleaseTeacher::Gpt4o,
+            "gemini" | "gemini-1.5-flash" | "gemini-flash" => ReleaseTeacher::Gemini,
+            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => ReleaseTeacher::Llama70b,
+            "human" => ReleaseTeacher::Human,
+            "rule" => ReleaseTeacher::Rule,
             _ => {
                 return Err(usage!(
                     "unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)"
@@ -49,11 +50,11 @@ impl Teacher {
 
     pub fn name(self) -> &'static str {
         match self {
-            Teacher::Gpt4o => "gpt-4o",
-            Teacher::Gemini => "gemini",
-            Teacher::Llama70b => "llama-3-70b",
-            Teacher::Human => "human",
-            Teacher::Rule => "rule",
+            ReleaseTeacher::Gpt4o => "gpt-4o",
+            ReleaseTeacher::Gemini => "gemini",
+            ReleaseTeacher::Llama70b => "llama-3-70b",
+            ReleaseTeacher::Human => "human",
+            ReleaseTeacher::Rule => "rule",
         }
     }
 }
@@ -63,7 +64,7 @@ impl Teacher {
 pub struct CatalogEntry {
     pub task: Task,
     /// None for answer-only files (no teacher wrote them).
-    pub teacher: Option<Teacher>,
+    pub teacher: Option<ReleaseTeacher>,
     pub level: Option<u8>,
     pub format: Format,
     /// Path relative to the data dir.
@@ -99,7 +100,7 @@ pub struct Rationale {
 #[derive(Clone, Debug)]
 pub struct Corpus {
     pub task: Task,
-    pub teacher: Option<Teacher>,
+    pub teacher: Option<ReleaseTeacher>,
     pub level: Option<u8>,
     pub format: Format,
     /// The file read (relative to the data dir), or "generated" for `arith`.
@@ -126,18 +127,18 @@ impl Corpus {
     }
 }
 
-const PLAIN_TEACHERS: [Teacher; 3] = [Teacher::Gpt4o, Teacher::Gemini, Teacher::Llama70b];
+const PLAIN_TEACHERS: [ReleaseTeacher; 3] = [ReleaseTeacher::Gpt4o, ReleaseTeacher::Gemini, ReleaseTeacher::Llama70b];
 
-fn entry(task: Task, teacher: Option<Teacher>, level: Option<u8>, format: Format, file: String) -> CatalogEntry {
+fn entry(task: Task, teacher: Option<ReleaseTeacher>, level: Option<u8>, format: Format, file: String) -> CatalogEntry {
     CatalogEntry { task, teacher, level, format, file: format!("paper/{file}"), prompt_col: "instruction", response_col: "output" }
 }
 
 /// Every file the release has (or had: some are ≥ 4 MiB and absent from the shared copy).
 pub fn release_entries() -> Vec<CatalogEntry> {
     use Format::*;
-    use Teacher::*;
+    use ReleaseTeacher::*;
     let mut v = Vec::new();
-    let levels = |t: Teacher, task: Task| -> Vec<u8> {
+    let levels = |t: ReleaseTeacher, task: Task| -> Vec<u8> {
         match (task, t) {
             (Task::Svamp, Llama70b) => (1..=4).collect(), // the release never had levels 5-6
             (Task::Gsm8k, Llama70b) => (1..=5).collect(), // ... nor level 6
@@ -244,9 +245,9 @@ impl Catalog {
             None => Format::Plain,
         };
         let teacher = match (&q.teacher, format) {
-            (Some(t), _) => Some(Teacher::parse(t)?),
+            (Some(t), _) => Some(ReleaseTeacher::parse(t)?),
             (None, Format::AnswerOnly) => None,
-            (None, _) => Some(Teacher::Gpt4o),
+            (None, _) => Some(ReleaseTeacher::Gpt4o),
         };
         let level = match q.level {
             Some(l) => Some(check_level(l)?),
@@ -255,11 +256,11 @@ impl Catalog {
         if format == Format::AnswerOnly && q.level.is_some() {
             return Err(usage!("answer-only data has no granularity level: drop 'level'"));
         }
-        if teacher == Some(Teacher::Human) && q.level.is_some() {
+        if teacher == Some(ReleaseTeacher::Human) && q.level.is_some() {
             return Err(usage!("human rationales have no granularity level: drop 'level'"));
         }
         let wanted_teacher = if format == Format::AnswerOnly { None } else { teacher };
-        let needs_level = !(format == Format::AnswerOnly || teacher == Some(Teacher::Human));
+        let needs_level = !(format == Format::AnswerOnly || teacher == Some(ReleaseTeacher::Human));
         if needs_level && level.is_none() {
             return Err(usage!("'level' (1..6) is required for {} rationales", teacher.map(|t| t.name()).unwrap_or("teacher")));
         }
@@ -278,7 +279,7 @@ impl Catalog {
                 wanted_teacher.map(|t| t.name()).unwrap_or("answer-only"),
                 format_level(format, level),
                 task.name(),
-                if teacher == Some(Teacher::Rule) { " (the rule teacher writes only for 'arith')" } else { "" },
+                if teacher == Some(ReleaseTeacher::Rule) { " (the rule teacher writes only for 'arith')" } else { "" },
                 if have.is_empty() { "none from this teacher".to_string() } else { have.join(", ") }
             ));
         };
@@ -388,10 +389,10 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
         None => Format::Plain,
     };
     let teacher = match &q.teacher {
-        Some(t) => Teacher::parse(t)?,
-        None => Teacher::Rule,
+        Some(t) => ReleaseTeacher::parse(t)?,
+        None => ReleaseTeacher::Rule,
     };
-    if teacher != Teacher::Rule {
+    if teacher != ReleaseTeacher::Rule {
         return Err(usage!(
             "'arith' rationales come from the rule teacher (teacher: \"rule\"), not {}",
             teacher.name()
@@ -417,14 +418,14 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
                 id: ex.id.clone(),
                 question: ex.question.clone(),
                 gold: Some(ex.answer.clone()),
-                text: crate::teacher::rule::write(p, level.unwrap_or(1), format),
+                text: p.rationale(level.unwrap_or(1), format),
             }
         })
         .collect();
     apply_limit(&mut rationales, None, q.limit);
     Ok(Corpus {
         task: Task::Arith,
-        teacher: Some(Teacher::Rule),
+        teacher: Some(ReleaseTeacher::Rule),
         level,
         format,
         source: "generated".into(),

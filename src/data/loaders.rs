@@ -11,8 +11,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::{AnswerKind, DataDir, Example, Task};
+use crate::answer::{canonical_gold, find_boxed};
 use crate::error::{Error, Result};
-use crate::eval::extract::{canonical_gold, find_boxed};
 use crate::usage;
 
 /// A record and where it came from, for error messages ("record 12", "line 40").

@@ -15,42 +15,9 @@ use crate::error::Result;
 use crate::rng::Rng;
 use crate::usage;
 
-pub use catalog::{Catalog, CatalogEntry, Corpus, Rationale, RationaleQuery, Teacher};
-
-/// How a gold answer is written and compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnswerKind {
-    /// SVAMP, GSM8K, arith: a number, compared with a numeric tolerance.
-    Number,
-    /// AQuA, CSQA, OBQA: a letter A–E.
-    Choice,
-    /// StrategyQA: True / False.
-    Bool,
-    /// MATH: a LaTeX expression, normalised before comparison.
-    Latex,
-}
-
-impl AnswerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            AnswerKind::Number => "number",
-            AnswerKind::Choice => "choice",
-            AnswerKind::Bool => "bool",
-            AnswerKind::Latex => "latex",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "number" | "numeric" => AnswerKind::Number,
-            "choice" | "letter" => AnswerKind::Choice,
-            "bool" | "true-false" | "boolean" => AnswerKind::Bool,
-            "latex" | "math" => AnswerKind::Latex,
-            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool or latex")),
-        })
-    }
-}
+// AnswerKind lives with the extractor at the base of the crate; re-exported so data paths keep working.
+pub use crate::answer::AnswerKind;
+pub use catalog::{Catalog, CatalogEntry, Corpus, Rationale, RationaleQuery, ReleaseTeacher};
 
 /// One question with its gold answer, as a student sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,7 +29,7 @@ pub struct Example {
     pub question: String,
     /// Answer choices in letter order, when the task is multiple choice.
     pub choices: Vec<String>,
-    /// Gold answer in canonical form (see `eval::extract::canonical_gold`).
+    /// Gold answer in canonical form (see `answer::canonical_gold`).
     pub answer: String,
     pub kind: AnswerKind,
 }

@@ -1,9 +1,7 @@
-//! Stage 6 — evaluation: the paper's answer extractor, scoring of predictions files, and
-//! zero-shot evaluation of students.
+//! Stage 6 — evaluation: scoring of predictions files and zero-shot evaluation of students,
+//! both judged by [`crate::answer::judge`].
 
-pub mod extract;
 pub mod run;
 pub mod score;
 
-pub use extract::{extract_answer, score_output, Tolerance};
 pub use score::{score_predictions, ScoreReport};

@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::extract::{answers_match, extract_answer, Tolerance};
+use crate::answer::judge;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate, Finish, GenOptions};
 use crate::model::Student;
-use crate::results::{ColumnData, Frame};
 use crate::usage;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,22 +96,20 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         eprintln!("resuming {}: {} of {} already evaluated", dir.display(), ds.len() - todo.len(), ds.len());
     }
     let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
-    let tol = Tolerance::for_kind(ds.task.kind());
     let mut generated_now = 0;
     let loop_start = Instant::now();
     for batch in todo.chunks(opts.batch_size) {
         let qs: Vec<String> = batch.iter().map(|e| e.question.clone()).collect();
         let outs = generate(student, &qs, &gen)?;
         for (e, g) in batch.iter().zip(outs) {
-            let extracted = extract_answer(&g.text, e.kind);
-            let correct = extracted.as_ref().is_some_and(|p| answers_match(p, &e.answer, e.kind, tol));
+            let j = judge(&g.text, &e.answer, e.kind);
             let s = Sample {
                 id: e.id.clone(),
                 question: e.question.clone(),
                 gold: e.answer.clone(),
                 generated: g.text,
-                extracted,
-                correct,
+                extracted: j.extracted,
+                correct: j.correct,
                 tokens: g.tokens,
                 finish: g.finish,
             };

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::extract::{answers_match, extract_answer, Tolerance};
+use crate::answer::judge;
 use crate::data::contamination::normalize;
 use crate::data::loaders::read_records;
 use crate::data::Dataset;
@@ -29,7 +29,6 @@ pub struct ScoreReport {
 pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
     let by_id: HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
     let by_q: HashMap<String, usize> = ds.examples.iter().enumerate().map(|(i, e)| (normalize(&e.question), i)).collect();
-    let tol = Tolerance::for_kind(ds.task.kind());
     let (mut n, mut correct, mut unparsed) = (0, 0, 0);
     for rec in read_records(path)? {
         let idx = if rec.has("id") {
@@ -52,10 +51,11 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
         let prediction = rec.str(path, "prediction")?;
         let ex = &ds.examples[idx];
         n += 1;
-        match extract_answer(&prediction, ex.kind) {
-            Some(p) if answers_match(&p, &ex.answer, ex.kind, tol) => correct += 1,
-            Some(_) => {}
-            None => unparsed += 1,
+        let j = judge(&prediction, &ex.answer, ex.kind);
+        if j.correct {
+            correct += 1;
+        } else if j.extracted.is_none() {
+            unparsed += 1;
         }
     }
     Ok(ScoreReport {

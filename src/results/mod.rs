@@ -1,11 +1,10 @@
-//! Stage 7 — results: polars DataFrames for analysis, plotly charts as offline HTML, and the
-//! output dir that makes a run's files appear only when the run succeeded.
+//! Stage 7 — results: cotlab values (corpora, datasets, the catalog) as frames for analysis,
+//! and the output dir that makes a run's files appear only when the run succeeded. Frames and
+//! charts themselves are the base module [`crate::frame`].
 
-pub mod chart;
-pub mod frame;
 pub mod output;
 pub mod tables;
 
-pub use chart::{Chart, ChartSpec};
-pub use frame::{Agg, Cell, ColumnData, Frame};
+// Frames and charts live in the base module `frame`; these keep the `results::` paths.
+pub use crate::frame::{Agg, Cell, Chart, ChartSpec, ColumnData, Frame};
 pub use output::OutputDir;

@@ -1,28 +1,30 @@
 //! Turn cotlab values into frames: a corpus with its per-rationale measures, a dataset, the
 //! catalog. These are the tables scripts start their analysis from.
 
-use super::frame::{ColumnData, Frame};
+use crate::answer::{extract_answer, judge};
 use crate::cot::measure;
 use crate::data::{Catalog, Corpus, Dataset, Task};
 use crate::error::Result;
-use crate::eval::extract::{answers_match, extract_answer, Tolerance};
+use crate::frame::{ColumnData, Frame};
 
 /// One row per rationale: provenance, text, extracted answer, agreement with gold, and the
 /// `cot::measure` numbers (words, steps, numbers, equations, verification).
 pub fn corpus_frame(c: &Corpus) -> Result<Frame> {
     let n = c.len();
     let kind = c.kind();
-    let tol = Tolerance::for_kind(kind);
     let (mut extracted, mut agrees) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut words, mut steps, mut numbers, mut eqs, mut verif) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for r in &c.rationales {
-        let x = extract_answer(&r.text, kind);
-        agrees.push(match (&x, &r.gold) {
-            (Some(p), Some(g)) => Some(answers_match(p, g, kind, tol)),
-            (None, Some(_)) => Some(false),
-            (_, None) => None,
-        });
+        // Without a gold answer there is nothing to agree with: agreement is unknown, not false.
+        let (x, agree) = match &r.gold {
+            Some(g) => {
+                let j = judge(&r.text, g, kind);
+                (j.extracted, Some(j.correct))
+            }
+            None => (extract_answer(&r.text, kind), None),
+        };
+        agrees.push(agree);
         extracted.push(x);
         let m = measure(&r.text);
         words.push(Some(m.words as i64));

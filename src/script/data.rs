@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use rhai::{Array, Dynamic, Engine, Map};
 
 use super::{options, rt, Context, RhaiResult};
+use crate::answer::{extract_answer, judge};
 use crate::lab::Workspace;
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
 use crate::data::loaders::load_questions;
 use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Task};
-use crate::eval::extract::{extract_answer, score_output};
 use crate::eval::score_predictions;
 use crate::results::tables::{catalog_frame, corpus_frame, dataset_frame};
 use crate::results::Frame;
@@ -159,7 +159,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
     engine.register_fn("is_correct", |output: &str, gold: &str, kind: &str| -> RhaiResult<bool> {
         let kind = AnswerKind::parse(kind).map_err(rt)?;
-        Ok(score_output(output, gold, kind).1)
+        Ok(judge(output, gold, kind).correct)
     });
 
     // --- contamination and scoring

@@ -10,7 +10,7 @@ use polars::prelude::{self as pl, DataType, Expr};
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map};
 
 use super::{options, rt, Context, RhaiResult};
-use crate::results::chart::ChartSpec;
+use crate::frame::ChartSpec;
 use crate::results::{Agg, Cell, Chart, ColumnData, Frame, OutputDir};
 use crate::usage;
 

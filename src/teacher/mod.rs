@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::judge;
 use crate::cot::{check_level, Format};
 use crate::data::{Catalog, DataDir, Dataset, RationaleQuery};
 use crate::error::Result;
-use crate::eval::extract::{answers_match, extract_answer, Tolerance};
+use crate::frame::{ColumnData, Frame};
 use crate::model::generate::{generate, GenOptions};
 use crate::model::Student;
-use crate::results::{ColumnData, Frame};
 use crate::usage;
 use cache::Cache;
 use openai::OpenAi;
@@ -176,12 +176,12 @@ impl Teacher {
         }
         let requests = if matches!(self.backend, Backend::Replay { .. }) { 0 } else { requests };
         let kind = ds.task.kind();
-        let tol = Tolerance::for_kind(kind);
         let mut dropped = 0;
         for r in rows.iter_mut() {
             if let Some(t) = &r.rationale {
-                r.extracted = extract_answer(t, kind);
-                r.agrees = Some(r.extracted.as_ref().is_some_and(|p| answers_match(p, &r.gold, kind, tol)));
+                let j = judge(t, &r.gold, kind);
+                r.extracted = j.extracted;
+                r.agrees = Some(j.correct);
             }
         }
         if o.keep_correct {

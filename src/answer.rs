@@ -1,15 +1,55 @@
-//! The answer extractor: one function used everywhere (scoring students, filtering teacher
-//! rationales, measuring agreement with gold). It follows the paper's evaluation protocol:
-//! take the text after the last "The answer is"; for numbers drop commas and take the first
-//! number after the trigger (the last number of the whole text when there is no trigger);
-//! letters A–E for multiple choice; True/False (yes/no) for StrategyQA; `\boxed{}` and LaTeX
-//! normalisation for MATH.
+//! Answers, at the base of the crate: the answer kinds, the paper's extractor and the one
+//! `judge` that every stage uses to decide whether an output is right (scoring students,
+//! filtering teacher rationales, measuring agreement with gold). One definition, so that a
+//! student's accuracy and a teacher's agreement can never be computed two different ways.
+//!
+//! The extractor follows the paper's evaluation protocol: take the text after the last "The
+//! answer is"; for numbers drop commas and take the first number after the trigger (the last
+//! number of the whole text when there is no trigger); letters A–E for multiple choice;
+//! True/False (yes/no) for StrategyQA; `\boxed{}` and LaTeX normalisation for MATH.
 
 use std::sync::LazyLock;
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 
-use crate::data::AnswerKind;
+use crate::error::Result;
+use crate::usage;
+
+/// How a gold answer is written and compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerKind {
+    /// SVAMP, GSM8K, arith: a number, compared with a numeric tolerance.
+    Number,
+    /// AQuA, CSQA, OBQA: a letter A–E.
+    Choice,
+    /// StrategyQA: True / False.
+    Bool,
+    /// MATH: a LaTeX expression, normalised before comparison.
+    Latex,
+}
+
+impl AnswerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerKind::Number => "number",
+            AnswerKind::Choice => "choice",
+            AnswerKind::Bool => "bool",
+            AnswerKind::Latex => "latex",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "number" | "numeric" => AnswerKind::Number,
+            "choice" | "letter" => AnswerKind::Choice,
+            "bool" | "true-false" | "boolean" => AnswerKind::Bool,
+            "latex" | "math" => AnswerKind::Latex,
+            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool or latex")),
+        })
+    }
+}
 
 /// The paper's trigger phrase. Matched case-insensitively; the *last* occurrence wins, so a
 /// rationale that restates an intermediate "the answer is" is scored on its conclusion.
@@ -133,14 +173,25 @@ pub fn answers_match(prediction: &str, gold: &str, kind: AnswerKind, tol: Tolera
     }
 }
 
-/// Extract from `output` and compare with `gold` in one call. Returns (extracted, correct).
-pub fn score_output(output: &str, gold: &str, kind: AnswerKind) -> (Option<String>, bool) {
+/// What the extractor made of an output, and whether that is the gold answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// The canonical extracted answer; `None` when nothing of the kind was found ("unparsed").
+    pub extracted: Option<String>,
+    pub correct: bool,
+}
+
+/// Extract the answer of `kind` from `output` and compare it with `gold`. `gold` may be raw
+/// ("145.0", "(C)") or already canonical, as loaders store it: canonicalising a stored gold
+/// again does not change what is compared (`tests/extract_real.rs` checks this on the whole
+/// release; LaTeX normalisation is not idempotent on every string, only on those).
+pub fn judge(output: &str, gold: &str, kind: AnswerKind) -> Judgement {
     let extracted = extract_answer(output, kind);
     let correct = match (&extracted, canonical_gold(gold, kind)) {
         (Some(p), Some(g)) => answers_match(p, &g, kind, Tolerance::for_kind(kind)),
         _ => false,
     };
-    (extracted, correct)
+    Judgement { extracted, correct }
 }
 
 fn canonical_bool(w: &str) -> Option<&'static str> {
@@ -338,7 +389,10 @@ mod tests {
     fn gold_and_tolerance() {
         assert_eq!(canonical_gold("145.0", Number).as_deref(), Some("145"));
         assert_eq!(canonical_gold("(C)", Choice).as_deref(), Some("C"));
-        assert!(score_output("The answer is 145.0", "145", Number).1);
-        assert!(!score_output("The answer is 146", "145", Number).1);
+        assert!(judge("The answer is 145.0", "145", Number).correct);
+        assert!(!judge("The answer is 146", "145", Number).correct);
+        assert_eq!(judge("The answer is 146", "145", Number).extracted.as_deref(), Some("146"));
+        assert_eq!(judge("no answer", "(B)", Choice), Judgement { extracted: None, correct: false });
+        assert!(judge("The answer is (b)", "(B)", Choice).correct);
     }
 }

@@ -9,7 +9,7 @@ use plotly::layout::{Axis, BarMode, Layout};
 use plotly::{Bar, HeatMap, Plot, Scatter};
 use serde_json::Value;
 
-use super::frame::{Cell, Frame};
+use super::{Cell, Frame};
 use crate::error::{Error, Result};
 use crate::usage;
 

@@ -1,6 +1,9 @@
 //! `Frame`: a thin wrapper over a polars `DataFrame` with the operations result analysis needs
 //! (group/aggregate, filter, sort, pivot, concat, CSV/parquet), each returning cotlab errors
-//! that say which operation failed.
+//! that say which operation failed; and `chart`, plotly charts drawn from frames. A base module
+//! rather than part of `results`, because teachers and evaluation write frames too.
+
+pub mod chart;
 
 use std::fs::File;
 use std::path::Path;
@@ -10,6 +13,8 @@ use polars::prelude::*;
 
 use crate::error::{Error, FrameContext, Result};
 use crate::usage;
+
+pub use chart::{Chart, ChartSpec};
 
 #[derive(Clone, Debug)]
 pub struct Frame(pub DataFrame);
