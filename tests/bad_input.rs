@@ -1,5 +1,6 @@
 //! Every bad-input case gives one clear error naming the file and the place, never a panic.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 
 #[test]
 fn malformed_json_names_file_line_and_column() {
+    require!(Data);
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "bad.json", b"[\n  {\"instruction\": \"q\", \"output\": \"a\"},\n  {\"instruction\": \"q2\" \"output\": 1}\n]");
     let e = read_records(&p).err().unwrap().to_string();
@@ -26,6 +28,7 @@ fn malformed_json_names_file_line_and_column() {
 
 #[test]
 fn missing_field_and_wrong_type_name_the_record() {
+    require!(Data);
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "svamp.json", br#"[{"ID": "a", "Body": "b", "Question": "q?", "Answer": 3.0}, {"ID": "b", "Body": "b", "Answer": 2}]"#);
     let e = load_svamp(&p, None).err().unwrap().to_string();
@@ -43,6 +46,7 @@ fn missing_field_and_wrong_type_name_the_record() {
 
 #[test]
 fn invalid_utf8_and_empty_files() {
+    require!(Data);
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "latin1.json", b"[{\"instruction\": \"caf\xe9\",\n \"output\": \"x\"}]");
     let e = read_records(&p).err().unwrap().to_string();
@@ -58,6 +62,7 @@ fn invalid_utf8_and_empty_files() {
 
 #[test]
 fn unknown_names_say_what_exists() {
+    require!(Data);
     let dir = common::data_dir();
     let e = load_dataset(&dir, "svampp", &DatasetOptions::default()).err().unwrap().to_string();
     assert!(e.contains("unknown dataset 'svampp'") && e.contains("gsm8k"), "{e}");
@@ -89,6 +94,7 @@ fn unknown_names_say_what_exists() {
 
 #[test]
 fn wrong_data_dir_points_to_the_fix() {
+    require!(Data);
     let e = load_dataset(&DataDir("/nonexistent".into()), "svamp", &DatasetOptions::default()).err().unwrap().to_string();
     assert!(e.contains("/nonexistent/test/svamp/SVAMP_test.json") && e.contains("--data-dir"), "{e}");
 }

@@ -1,6 +1,7 @@
 //! The binary end to end: the corpus report, scoring, contamination, script errors and the
 //! output-dir guarantees.
 
+#[macro_use]
 mod common;
 
 use common::{cotlab, run};
@@ -16,6 +17,7 @@ fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, Str
 
 #[test]
 fn corpus_report_on_svamp_matches_the_release() {
+    require!(Data, Model);
     let out = tempfile::tempdir().unwrap();
     let r = run(cotlab().args(["run", "scripts/corpus_report.rhai", "--out"]).arg(out.path()));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -53,6 +55,7 @@ fn corpus_report_on_svamp_matches_the_release() {
 
 #[test]
 fn score_prints_the_paper_protocol_accuracy() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("preds.jsonl");
     // chal-… ids of the SVAMP test split; the first three right (two ways), one wrong, one unparsed.
@@ -79,6 +82,7 @@ fn score_prints_the_paper_protocol_accuracy() {
 
 #[test]
 fn contamination_finds_the_strategyqa_leak() {
+    require!(Data, Model);
     let dir = common::data_dir();
     let r = run(cotlab()
         .args(["contamination", "--train"])
@@ -112,6 +116,7 @@ fn contamination_finds_the_strategyqa_leak() {
 
 #[test]
 fn script_errors_point_at_file_line_col_and_leave_no_complete_output() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("fails.rhai");
     std::fs::write(
@@ -142,6 +147,7 @@ fn script_errors_point_at_file_line_col_and_leave_no_complete_output() {
 
 #[test]
 fn set_values_reach_the_script() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("p.rhai");
     std::fs::write(&script, "print(`n=${n} type=${type_of(n)} name=${params.name}`);\n").unwrap();
@@ -155,6 +161,7 @@ fn set_values_reach_the_script() {
 
 #[test]
 fn quickstart_runs_on_embedded_data() {
+    require!(Data, Model);
     let out = tempfile::tempdir().unwrap();
     let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--set", "n=60", "--out"]).arg(out.path()).env("COTLAB_DATA", "/nonexistent"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -166,6 +173,7 @@ fn quickstart_runs_on_embedded_data() {
 
 #[test]
 fn sft_quick_fine_tunes_smollm_and_resumes() {
+    require!(Data, Model);
     let work = tempfile::tempdir().unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sft_quick.rhai");
     let first = run(cotlab().current_dir(work.path()).arg("run").arg(&script).args(["--out", "out", "--set", "stop_after=3"]));

@@ -1,6 +1,7 @@
 //! Zero-shot evaluation: results + samples in the eval dir, resume without regenerating, a torn
 //! last line recovered, and the Rhai entry point.
 
+#[macro_use]
 mod common;
 
 use candle_core::Device;
@@ -10,6 +11,7 @@ use cotlab::model::{default_model_path, Student};
 
 #[test]
 fn wilson_interval() {
+    require!(Data, Model);
     let (lo, hi) = wilson95(50, 100);
     assert!((lo - 0.4038).abs() < 1e-3 && (hi - 0.5962).abs() < 1e-3, "{lo} {hi}");
     assert_eq!(wilson95(0, 10).0, 0.0);
@@ -18,6 +20,7 @@ fn wilson_interval() {
 
 #[test]
 fn evaluate_writes_results_and_resumes() {
+    require!(Data, Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(4), seed: Some(1), ..Default::default() }).unwrap();
     let d = tempfile::tempdir().unwrap();
@@ -50,6 +53,7 @@ fn evaluate_writes_results_and_resumes() {
 
 #[test]
 fn evaluate_from_rhai() {
+    require!(Data, Model);
     use cotlab::script::{Context, Runner};
     let d = tempfile::tempdir().unwrap();
     let mut ctx = Context::new(common::data_dir(), None);

@@ -3,6 +3,9 @@
 //! Needs a Python with torch + transformers: $COTLAB_PYTHON, else ~/.cache/cotlab/venv
 //! (`scripts/setup.sh --torch`, which scripts/test.sh runs).
 
+#[macro_use]
+mod common;
+
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
@@ -11,6 +14,7 @@ use cotlab::train::export::export_hf;
 
 #[test]
 fn smollm_export_matches_transformers() {
+    require!(Model, Torch);
     let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string());
     assert!(
         Command::new(&py).args(["-c", "import torch, transformers"]).status().is_ok_and(|s| s.success()),

@@ -2,6 +2,7 @@
 //! must agree with gold for the vast majority (the release keeps rationales that reached the
 //! right answer), and almost nothing may be unparsed.
 
+#[macro_use]
 mod common;
 
 use cotlab::data::{Catalog, RationaleQuery};
@@ -37,6 +38,7 @@ fn check(dataset: &str, teacher: &str, level: Option<i64>, min_agree: f64) {
 
 #[test]
 fn numbers_svamp_and_gsm8k() {
+    require!(Data);
     check("svamp", "gpt-4o", Some(1), 97.0);
     check("svamp", "gpt-4o", Some(6), 97.0);
     check("svamp", "human", None, 99.0);
@@ -45,6 +47,7 @@ fn numbers_svamp_and_gsm8k() {
 
 #[test]
 fn choice_letters_aqua_csqa_obqa() {
+    require!(Data);
     check("aqua", "llama-3-70b", Some(1), 95.0);
     check("aqua", "human", None, 95.0);
     check("csqa", "llama-3-70b", Some(1), 95.0);
@@ -53,12 +56,14 @@ fn choice_letters_aqua_csqa_obqa() {
 
 #[test]
 fn true_false_strategyqa() {
+    require!(Data);
     check("strategyqa", "gemini", Some(3), 95.0);
     check("strategyqa", "human", None, 95.0);
 }
 
 #[test]
 fn latex_math() {
+    require!(Data);
     check("math", "gpt-4o", Some(3), 90.0);
     check("math", "llama-3-70b", Some(5), 92.0);
 }
@@ -69,6 +74,7 @@ fn latex_math() {
 /// sides), and normalisation is not idempotent on every string, so that is what is checked.
 #[test]
 fn stored_golds_compare_the_same_after_canonicalising_again() {
+    require!(Data);
     use cotlab::answer::{canonical_gold, strip_latex, AnswerKind};
     use cotlab::data::{load_dataset, DatasetOptions};
     let dir = common::data_dir();

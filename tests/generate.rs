@@ -1,6 +1,9 @@
 //! Decoding with the KV cache: the same tokens as the cache-free reference, and a batch of
 //! prompts of different lengths decodes exactly what each prompt decodes alone.
 
+#[macro_use]
+mod common;
+
 use candle_core::Device;
 use cotlab::model::generate::{generate, Finish, GenOptions};
 use cotlab::model::{default_model_path, Student};
@@ -9,6 +12,7 @@ const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collecti
 
 #[test]
 fn cached_batched_decoding_matches_references() {
+    require!(Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let opts = GenOptions { max_new_tokens: 24, ..Default::default() };
     let one = generate(&s, &[BANANAS.to_string()], &opts).unwrap();

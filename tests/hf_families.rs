@@ -3,6 +3,9 @@
 //! compute the same logits, give every weight a gradient, and export a dir that loads back the same.
 //! Needs a Python with torch + transformers (scripts/setup.sh --torch).
 
+#[macro_use]
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -14,6 +17,7 @@ use cotlab::train::sft::batch_nll;
 
 #[test]
 fn llama_qwen2_gemma_bloom_match_transformers() {
+    require!(Model, Torch);
     let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string());
     let d = tempfile::tempdir().unwrap();
     // transformers needs a tokenizer beside each model: take SmolLM2's, as cotlab exports it.

@@ -1,5 +1,6 @@
 //! Every loader on the real shared files.
 
+#[macro_use]
 mod common;
 
 use cotlab::data::{load_dataset, AnswerKind, Catalog, DatasetOptions, RationaleQuery};
@@ -12,6 +13,7 @@ fn load(name: &str, split: Option<&str>) -> cotlab::data::Dataset {
 
 #[test]
 fn test_sets_have_the_documented_sizes_and_gold_kinds() {
+    require!(Data);
     let cases: [(&str, Option<&str>, usize, AnswerKind); 12] = [
         ("svamp", None, 300, AnswerKind::Number),
         ("svamp", Some("all"), 1000, AnswerKind::Number),
@@ -37,6 +39,7 @@ fn test_sets_have_the_documented_sizes_and_gold_kinds() {
 
 #[test]
 fn loaders_read_the_right_fields() {
+    require!(Data);
     let svamp = load("svamp", Some("all"));
     let e = svamp.examples.iter().find(|e| e.id == "chal-1").unwrap();
     assert_eq!(e.answer, "51");
@@ -61,6 +64,7 @@ fn loaders_read_the_right_fields() {
 
 #[test]
 fn limit_and_seeded_shuffle() {
+    require!(Data);
     let dir = common::data_dir();
     let a = load_dataset(&dir, "svamp", &DatasetOptions { limit: Some(20), seed: Some(3), ..Default::default() }).unwrap();
     let b = load_dataset(&dir, "svamp", &DatasetOptions { limit: Some(20), seed: Some(3), ..Default::default() }).unwrap();
@@ -76,6 +80,7 @@ fn limit_and_seeded_shuffle() {
 /// count the MANIFEST gives (minus records skipped for lacking the teacher's column).
 #[test]
 fn every_present_release_file_loads_with_its_manifest_count() {
+    require!(Data);
     let dir = common::data_dir();
     let manifest = std::fs::read_to_string(dir.path("MANIFEST.tsv")).unwrap();
     let counts: std::collections::HashMap<&str, usize> = manifest
@@ -109,6 +114,7 @@ fn every_present_release_file_loads_with_its_manifest_count() {
 
 #[test]
 fn math_gemini_level1_caveat_is_counted_not_hidden() {
+    require!(Data);
     let cat = Catalog::new(common::data_dir());
     let q = RationaleQuery { teacher: Some("gemini".into()), level: Some(1), ..Default::default() };
     let c = cat.rationales("math", &q).unwrap();

@@ -3,6 +3,9 @@
 //! text, that every weight gets a gradient, gradients against finite differences, HF export
 //! round trips, and SFT with exact resume.
 
+#[macro_use]
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
@@ -66,6 +69,7 @@ fn tiny(tok_from: &Student, seed: u64) -> Student {
 
 #[test]
 fn gguf_tokenizer_and_forward_match_the_reference() {
+    require!(Model);
     let s = smollm();
     assert_eq!(s.config.num_hidden_layers, 30);
     assert_eq!(s.model.num_params(), 134_515_008);
@@ -88,6 +92,7 @@ fn gguf_tokenizer_and_forward_match_the_reference() {
 
 #[test]
 fn every_parameter_of_smollm_gets_a_gradient() {
+    require!(Model);
     let s = smollm();
     let ex = TrainExample { ids: s.tokenizer.encode("Q: 2+3? A: 2 + 3 = 5. The answer is 5", false).unwrap().get_ids().to_vec(), prompt_len: 6 };
     let loss = batch_nll(&s, &[&ex]).unwrap();
@@ -105,6 +110,7 @@ fn every_parameter_of_smollm_gets_a_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_on_a_tiny_model() {
+    require!(Model);
     let base = smollm();
     let s = tiny(&base, 1);
     let ex = TrainExample { ids: vec![5, 17, 300, 42, 9, 1000, 7, 8], prompt_len: 3 };
@@ -140,6 +146,7 @@ fn gradients_match_finite_differences_on_a_tiny_model() {
 
 #[test]
 fn hf_export_round_trips() {
+    require!(Model);
     let base = smollm();
     let s = tiny(&base, 2);
     let d = tempfile::tempdir().unwrap();
@@ -163,6 +170,7 @@ fn hf_export_round_trips() {
 
 #[test]
 fn bad_model_files_give_clear_errors() {
+    require!(Model);
     let d = tempfile::tempdir().unwrap();
     let trunc = d.path().join("trunc.gguf");
     let bytes = std::fs::read(default_model_path()).unwrap();
@@ -200,6 +208,7 @@ fn arith_pairs(n: usize) -> Vec<(String, String)> {
 
 #[test]
 fn sft_learns_and_resumes_exactly() {
+    require!(Model);
     let base = smollm();
     let pairs = arith_pairs(16);
     let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
@@ -264,6 +273,7 @@ fn sft_learns_and_resumes_exactly() {
 
 #[test]
 fn truncation_is_reported_not_silent() {
+    require!(Model);
     let base = smollm();
     let pairs = arith_pairs(8);
     let t = tokenize(&base.tokenizer, &base.template, &pairs, 60).unwrap();
@@ -274,6 +284,7 @@ fn truncation_is_reported_not_silent() {
 
 #[test]
 fn lora_trains_only_adapters_and_exports_peft_and_merged() {
+    require!(Model);
     use cotlab::model::lora::LoraConfig;
     let base0 = smollm();
     let d = tempfile::tempdir().unwrap();
@@ -327,6 +338,7 @@ fn lora_trains_only_adapters_and_exports_peft_and_merged() {
 
 #[test]
 fn sft_from_a_rhai_script_with_resume() {
+    require!(Model);
     use cotlab::script::{Context, Runner};
     let base0 = smollm();
     let d = tempfile::tempdir().unwrap();
@@ -364,6 +376,7 @@ fn sft_from_a_rhai_script_with_resume() {
 
 #[test]
 fn nan_loss_stops_the_run_with_a_clear_message() {
+    require!(Model);
     let base = smollm();
     let s = tiny(&base, 13);
     let w = &s.params()["model.layers.1.mlp.up_proj.weight"];

@@ -6,6 +6,7 @@
 //! `:dep cotlab = { path = ".." }` pointed at this checkout. The kernel's compile cache is shared,
 //! so the notebooks run one at a time.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
@@ -171,6 +172,7 @@ fn check_charts(name: &str, e: &Executed, charts: usize) {
 
 #[test]
 fn notebook_01_quickstart() {
+    require!(Data, Model, Jupyter);
     let (dir, e) = run_clean("01_quickstart.ipynb");
     let html = e.outputs("text/html");
     assert!(count(&html, "<table class=\"cotlab-frame\">") >= 4, "01: tables (catalog, test set, levels, summary)");
@@ -188,6 +190,7 @@ fn notebook_01_quickstart() {
 
 #[test]
 fn notebook_02_granularity_analysis() {
+    require!(Data, Model, Jupyter);
     let (_dir, e) = run_clean("02_granularity_analysis.ipynb");
     let html = e.outputs("text/html");
     assert!(count(&html, "<table class=\"cotlab-frame\">") >= 3, "02: tables (files, report, contamination)");
@@ -201,6 +204,7 @@ fn notebook_02_granularity_analysis() {
 
 #[test]
 fn notebook_03_distill_a_student() {
+    require!(Data, Model, Jupyter);
     let (dir, e) = run_clean("03_distill_a_student.ipynb");
     let html = e.outputs("text/html");
     check_charts("03", &e, 2);
@@ -221,6 +225,7 @@ fn notebook_03_distill_a_student() {
 /// A failing Rhai cell shows its position in an error box, and the test helper sees it.
 #[test]
 fn notebook_errors_are_reported() {
+    require!(Data, Model, Jupyter);
     let nb = serde_json::json!({
         "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "cotlab", "display_name": "Rust (cotlab)", "language": "rust"}},
@@ -243,6 +248,7 @@ fn notebook_errors_are_reported() {
 
 #[test]
 fn rhai_session_keeps_variables_and_functions() {
+    require!(Data, Model);
     let mut lab = Rhai::new();
     lab.run("let n = 20; fn double(x) { x * 2 }").unwrap();
     let v = lab.run("double(n) + 2").unwrap();
@@ -263,6 +269,7 @@ fn rhai_session_keeps_variables_and_functions() {
 
 #[test]
 fn rhai_values_display_by_type() {
+    require!(Data, Model);
     let mut lab = Rhai::new();
     let frame: Value = lab.run(r#"df(#{ level: [1, 2], words: [10.5, 20.25] })"#).unwrap();
     let f = frame.frame().expect("a frame");
@@ -282,6 +289,7 @@ fn rhai_values_display_by_type() {
 
 #[test]
 fn chart_notebook_html_carries_plotly_only_when_asked() {
+    require!(Data, Model);
     let f = Frame::from_columns(vec![
         ("x".into(), cotlab::results::ColumnData::Int(vec![Some(1), Some(2)])),
         ("y".into(), cotlab::results::ColumnData::Float(vec![Some(0.5), Some(0.7)])),
@@ -300,6 +308,7 @@ fn chart_notebook_html_carries_plotly_only_when_asked() {
 
 #[test]
 fn read_jsonl_infers_column_types() {
+    require!(Data, Model);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("log.jsonl");
     std::fs::write(&p, "{\"step\": 1, \"loss\": 2, \"ok\": true, \"note\": \"a\"}\n\n{\"step\": 2, \"loss\": 1.5, \"ok\": false, \"extra\": [1]}\n").unwrap();

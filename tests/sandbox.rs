@@ -3,6 +3,7 @@
 //! refused with an error that names the offending function and path, before anything is
 //! written; and the allowed forms must keep working.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,7 @@ fn nothing_written_outside(s: &Setup) {
 
 #[test]
 fn run_eval_and_cache_names_cannot_leave_the_runs_dir() {
+    require!(Data, Model);
     let s = setup();
     let r = runner(&s, &[]);
     let corpus = r#"let c = rationales("arith", #{ level: 1, n: 4, seed: 1 });"#;
@@ -86,6 +88,7 @@ fn run_eval_and_cache_names_cannot_leave_the_runs_dir() {
 
 #[test]
 fn reads_outside_the_roots_are_refused() {
+    require!(Data, Model);
     let s = setup();
     let r = runner(&s, &[]);
     let secret = s.outside.join("secret.csv");
@@ -118,6 +121,7 @@ fn reads_outside_the_roots_are_refused() {
 
 #[test]
 fn outputs_and_exports_stay_in_the_output_dir() {
+    require!(Data, Model);
     let s = setup();
     let r = runner(&s, &[]);
     for name in ["../x.csv", "/tmp/cotlab-escape.csv", "a/../../x.csv", ".incomplete/x.csv", ""] {

@@ -1,5 +1,6 @@
 //! The Rhai API: data, CoT measures, frames, sandbox limits.
 
+#[macro_use]
 mod common;
 
 use cotlab::script::{Context, Runner};
@@ -14,6 +15,7 @@ fn eval(src: &str) -> rhai::Dynamic {
 
 #[test]
 fn datasets_rationales_and_measures() {
+    require!(Data, Model);
     assert_eq!(eval("dataset(\"svamp\", #{split: \"test\"}).len()").as_int().unwrap(), 300);
     assert_eq!(eval("dataset(\"svamp\", #{limit: 7, seed: 1}).len()").as_int().unwrap(), 7);
     assert_eq!(eval("let d = dataset(\"arith\", #{n: 50, seed: 2}); d.split(0.2, 1).test.len()").as_int().unwrap(), 10);
@@ -29,12 +31,14 @@ fn datasets_rationales_and_measures() {
 
 #[test]
 fn unknown_option_keys_are_caught_with_position() {
+    require!(Data, Model);
     let e = runner().eval("t.rhai", "let x = 1;\nlet d = dataset(\"svamp\", #{limt: 3});").err().unwrap().to_string();
     assert!(e.starts_with("t.rhai:2:9:") && e.contains("unknown field `limt`"), "{e}");
 }
 
 #[test]
 fn fixed_value_options_name_the_option_and_list_the_choices() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let mut ctx = Context::new(common::data_dir(), None);
     ctx.runs_dir = d.path().to_path_buf();
@@ -59,6 +63,7 @@ fn fixed_value_options_name_the_option_and_list_the_choices() {
 
 #[test]
 fn frames_group_filter_sort_pivot() {
+    require!(Data, Model);
     let src = r#"
         let t = df(#{ teacher: ["a", "a", "b", "b", "b"], level: [1, 2, 1, 2, 2], words: [10, 20, 30, 40, 60] });
         let g = t.group_by(["teacher", "level"]).agg([col("words").mean().alias("w"), len().alias("n")]).sort(["teacher", "level"]);
@@ -82,6 +87,7 @@ fn frames_group_filter_sort_pivot() {
 
 #[test]
 fn sandbox_limits_stop_runaway_scripts() {
+    require!(Data, Model);
     let mut ctx = Context::new(common::data_dir(), None);
     ctx.max_operations = 100_000;
     let e = Runner::new(ctx).eval("loop.rhai", "let i = 0;\nloop { i += 1; }").err().unwrap().to_string();
@@ -97,6 +103,7 @@ fn sandbox_limits_stop_runaway_scripts() {
 
 #[test]
 fn contamination_from_a_script() {
+    require!(Data, Model);
     let v = eval(
         r#"let r = contamination(rationales("strategyqa", #{teacher: "human"}), dataset("strategyqa")); [r.exact, r.contaminated, r.summary]"#,
     )
@@ -108,6 +115,7 @@ fn contamination_from_a_script() {
 
 #[test]
 fn arith_granularity_is_measurable() {
+    require!(Data, Model);
     // The rule teacher's requested level must show up in the measured length and steps.
     let v = eval(
         r#"let out = [];

@@ -3,6 +3,7 @@
 //! within limits; answered ones are never asked again; a killed run resumes with only the
 //! missing requests.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -103,6 +104,7 @@ fn arith(n: usize) -> cotlab::data::Dataset {
 
 #[test]
 fn faults_are_retried_and_answers_cached() {
+    require!(Data, Model);
     use Fault::*;
     let server = serve(vec![TooMany, Error500, Hang, Drop, BadJson], Ok, 0);
     let d = tempfile::tempdir().unwrap();
@@ -129,6 +131,7 @@ fn faults_are_retried_and_answers_cached() {
 
 #[test]
 fn exhausted_retries_fail_per_request_and_the_run_continues() {
+    require!(Data, Model);
     let bad = serve(vec![], Fault::Error500, 0);
     let d = tempfile::tempdir().unwrap();
     let cache_path = d.path().join("cache.jsonl");
@@ -148,6 +151,7 @@ fn exhausted_retries_fail_per_request_and_the_run_continues() {
 
 #[test]
 fn a_killed_run_resumes_with_only_the_missing_requests() {
+    require!(Data, Model);
     let server = serve(vec![], Fault::Ok, 250);
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache.jsonl");
@@ -182,6 +186,7 @@ fn a_killed_run_resumes_with_only_the_missing_requests() {
 
 #[test]
 fn replay_and_local_teachers() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { split: Some("train".into()), limit: Some(5), ..Default::default() }).unwrap();
     let t = Teacher {
@@ -217,6 +222,7 @@ fn replay_and_local_teachers() {
 
 #[test]
 fn teacher_demo_script_local_then_openai_and_a_free_second_run() {
+    require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/teacher_demo.rhai");
     let run = |extra: &[String]| {

@@ -40,3 +40,62 @@ pub fn run(cmd: &mut Command) -> Out {
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// What a test needs beyond the code.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// The paper's release (`COTLAB_DATA`, default ../shared/datasets).
+    Data,
+    /// The default student (`scripts/setup.sh`).
+    Model,
+    /// torch + transformers in the cotlab venv (`scripts/setup.sh --torch`).
+    Torch,
+    /// Jupyter and the "Rust (cotlab)" evcxr kernel (`scripts/setup.sh`).
+    Jupyter,
+}
+
+fn data_path() -> PathBuf {
+    match std::env::var_os("COTLAB_DATA") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"),
+    }
+}
+
+/// The first missing prerequisite, as what to do about it.
+pub fn missing(needs: &[Need]) -> Option<String> {
+    let home = cotlab::model::cotlab_home();
+    needs.iter().find_map(|n| match n {
+        Need::Data if !data_path().join("paper/dataset_info.json").is_file() => Some(format!(
+            "no release data at {}: set COTLAB_DATA to the shared datasets dir (see datasets/README.md)",
+            data_path().display()
+        )),
+        Need::Model if !cotlab::model::default_model_path().is_file() => {
+            Some(format!("no default student at {}: run scripts/setup.sh", cotlab::model::default_model_path().display()))
+        }
+        Need::Torch
+            if !Command::new(std::env::var_os("COTLAB_PYTHON").map(PathBuf::from).unwrap_or_else(|| home.join("venv/bin/python"))).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success()) =>
+        {
+            Some(format!("no torch + transformers in {}: run scripts/setup.sh --torch", home.join("venv").display()))
+        }
+        Need::Jupyter if !home.join("evcxr/kernel.sh").is_file() || !home.join("venv/bin/jupyter").is_file() => {
+            Some("no Jupyter + evcxr kernel: run scripts/setup.sh".to_string())
+        }
+        _ => None,
+    })
+}
+
+/// Skip the calling test when a prerequisite is missing, with one line saying how to set it up
+/// (`cargo test` on a bare checkout then tells what to install instead of panicking). Under CI
+/// (`CI` set, as `.ci/run` runs) a missing prerequisite fails the test: CI never passes by skipping.
+#[macro_export]
+macro_rules! require {
+    ($($need:ident),+) => {
+        if let Some(why) = common::missing(&[$(common::Need::$need),+]) {
+            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+                panic!("{why}");
+            }
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
