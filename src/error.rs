@@ -112,6 +112,17 @@ pub fn one_of<T: Copy>(option: &str, value: &str, choices: &[(&str, T)]) -> std:
     })
 }
 
+/// Check a numeric option against its allowed range, NaN included: every option a user types
+/// goes through this before it can overflow an allocation or a `Duration`.
+/// `in_range("sft", "epochs", 1e300, 0.0..=1000.0)` → "sft: 'epochs' must be in 0..=1000, got 1e300".
+pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(what: &str, option: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::Usage(format!("{what}: '{option}' must be in {}..={}, got {value}", range.start(), range.end())))
+    }
+}
+
 /// Build a `Error::Usage` with format arguments: `usage!("unknown teacher '{t}'")`.
 #[macro_export]
 macro_rules! usage {

@@ -223,7 +223,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
             let s = trusted(None, None).student(&model, &StudentOptions::default())?;
-            let qs: Vec<String> = cotlab::data::arith::generate(batch.max(1), 7).iter().map(|p| p.example().question).collect();
+            cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
+            let qs: Vec<String> = cotlab::data::arith::generate(batch, 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
                 std::fs::write(p, serde_json::to_string(&prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
             }
@@ -251,7 +252,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if let Some(p) = &save_batch {
                 std::fs::write(p, serde_json::to_string(&ids).unwrap()).map_err(|e| Error::io(p, e))?;
             }
-            let r = bench_train(&student, &ids, steps.max(1), lr)?;
+            let r = bench_train(&student, &ids, steps, lr)?;
             eprintln!(
                 "cotlab {} fine-tuning, {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
                 r.mode, r.batch, r.seq, r.threads, r.step_s, r.fwd_s, r.bwd_s, r.opt_s, r.tokens_per_s, r.cpu_s_per_step, r.peak_rss_mb, r.losses
@@ -271,7 +272,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Contamination { train, test, threshold, verbose } => {
             let tr = load_questions(&train)?;
             let te = load_questions(&test)?;
-            let report = contamination::check(&tr, &te, threshold);
+            let report = contamination::check(&tr, &te, threshold)?;
             eprintln!("{}", report.summary());
             if verbose {
                 for h in &report.hits {

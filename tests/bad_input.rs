@@ -98,3 +98,90 @@ fn wrong_data_dir_points_to_the_fix() {
     let e = load_dataset(&DataDir("/nonexistent".into()), "svamp", &DatasetOptions::default()).err().unwrap().to_string();
     assert!(e.contains("/nonexistent/test/svamp/SVAMP_test.json") && e.contains("--data-dir"), "{e}");
 }
+
+/// Numeric options out of range: a clear error naming the option and its range, never a panic,
+/// an abort or a run that starts anyway.
+#[test]
+fn numeric_options_are_range_checked() {
+    require!(Data, Model);
+    use cotlab::script::{Context, Runner};
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().join("runs");
+    let r = Runner::new(ctx);
+    let corpus = "let c = rationales(\"arith\", #{ level: 1, n: 4, seed: 1 });\nlet s = student(\"default\");\n";
+    for (opts, needle) in [
+        ("epochs: 1e300", "'epochs' must be in"),
+        ("epochs: 0.0", "'epochs' must be in"),
+        ("max_steps: 100000000000000", "'max_steps' must be in"),
+        ("lr: -1.0", "'lr' must be in"),
+        ("lr: 1e300", "'lr' must be in"),
+        ("batch_size: 0", "'batch_size' must be in"),
+        ("max_grad_norm: -1.0", "'max_grad_norm' must be in"),
+        ("stop_after: -1", "'stop_after' must be at least 1"),
+        ("stop_after: 0", "'stop_after' must be at least 1"),
+        ("lora: #{ r: 8, alpha: 16.0, dropout: 1.5, targets: [\"q_proj\"] }", "'dropout' must be in"),
+    ] {
+        let e = r.eval("o.rhai", &format!("{corpus}sft(s, c, #{{ run: \"r\", {opts} }})")).err().unwrap_or_else(|| panic!("{opts}: accepted")).to_string();
+        assert!(e.contains(needle), "{opts}: {e}");
+    }
+    assert!(!d.path().join("runs/r").exists(), "a refused run left a run dir");
+    for (src, needle) in [
+        ("teacher(\"openai\", #{ base_url: \"http://127.0.0.1:9\", api_key_env: (), timeout_s: 1e300 })", "'timeout_s' must be in"),
+        ("teacher(\"openai\", #{ base_url: \"http://127.0.0.1:9\", api_key_env: (), concurrency: 0 })", "'concurrency' must be in"),
+        ("generate(student(\"default\"), \"Hi\", #{ top_p: 0.0 })", "'top_p' must be in"),
+        ("generate(student(\"default\"), \"Hi\", #{ temperature: -1.0 })", "'temperature' must be in"),
+        ("evaluate(student(\"default\"), dataset(\"svamp\", #{limit: 1}), #{ batch_size: 0 })", "'batch_size' must be in"),
+        ("contamination([\"a b c\"], [\"a b c\"], #{ threshold: 2.0 })", "'threshold' must be in"),
+        ("dataset(\"arith\", #{ n: 1000000000000 })", "'n' must be in"),
+    ] {
+        let e = r.eval("o.rhai", src).err().unwrap_or_else(|| panic!("{src}: accepted")).to_string();
+        assert!(e.contains(needle), "{src}: {e}");
+    }
+    // The CLI: no panic, exit 1, the option named.
+    for (args, needle) in [
+        (vec!["bench", "train", "--seq", "0", "--steps", "1"], "'seq' must be in"),
+        (vec!["bench", "train", "--batch", "0"], "'batch' must be in"),
+        (vec!["bench", "generate", "--batch", "0"], "'batch' must be in"),
+        (vec!["contamination", "--threshold", "nan"], "'threshold' must be in"),
+    ] {
+        let mut cmd = common::cotlab();
+        cmd.args(&args);
+        if args[0] == "contamination" {
+            let p = d.path().join("q.jsonl");
+            std::fs::write(&p, "{\"question\": \"a b c\"}\n").unwrap();
+            cmd.args(["--train"]).arg(&p).args(["--test"]).arg(&p);
+        }
+        let o = common::run(&mut cmd);
+        assert_eq!(o.code, 1, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(needle) && !o.stderr.contains("panicked"), "{args:?}: {}", o.stderr);
+    }
+}
+
+/// A predictions file with one line repeated is not a perfect score on the whole test set.
+#[test]
+fn duplicate_predictions_are_an_error() {
+    require!(Data);
+    let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions::default()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let line = format!("{{\"id\": \"{}\", \"prediction\": \"The answer is {}\"}}\n", ds.examples[0].id, ds.examples[0].answer);
+    let p = write(d.path(), "dup.jsonl", line.repeat(500).as_bytes());
+    let e = cotlab::eval::score_predictions(&ds, &p).err().unwrap().to_string();
+    assert!(e.contains("dup.jsonl: line 2: a second prediction") && e.contains("line 1"), "{e}");
+    let p = write(d.path(), "one.jsonl", line.as_bytes());
+    let r = cotlab::eval::score_predictions(&ds, &p).unwrap();
+    assert_eq!((r.n, r.correct, r.test_size), (1, 1, 300));
+}
+
+#[test]
+fn byte_order_marks_and_empty_json_lines() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "bom.json", "\u{feff}[{\"instruction\": \"q\", \"output\": \"a\"}]".as_bytes());
+    assert_eq!(read_records(&p).unwrap().len(), 1);
+    let p = write(d.path(), "bom.jsonl", "\u{feff}{\"a\": 1}\n{\"a\": 2}\n".as_bytes());
+    assert_eq!(cotlab::frame::Frame::read_jsonl(&p).unwrap().height(), 2);
+    let p = write(d.path(), "empty.jsonl", b"\n\n");
+    let e = cotlab::frame::Frame::read_jsonl(&p).err().unwrap().to_string();
+    assert!(e.contains("empty.jsonl") && e.contains("file is empty"), "{e}");
+}

@@ -154,21 +154,24 @@ fn a_killed_run_resumes_with_only_the_missing_requests() {
     require!(Data, Model);
     let server = serve(vec![], Fault::Ok, 250);
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache.jsonl");
+    // A script names its cache under the runs dir (the sandbox refuses other paths).
+    let runs = d.path().join("runs");
+    let cache = runs.join("cache.jsonl");
     let script = d.path().join("teach.rhai");
     std::fs::write(
         &script,
         format!(
-            r#"let t = teacher("openai", #{{ base_url: "{}", model: "loopback", api_key_env: (), concurrency: 1, timeout_s: 5.0, max_retries: 1, backoff_s: 0.01, cache: "{}" }});
+            r#"let t = teacher("openai", #{{ base_url: "{}", model: "loopback", api_key_env: (), concurrency: 1, timeout_s: 5.0, max_retries: 1, backoff_s: 0.01, cache: "cache.jsonl" }});
                let r = t.ask(dataset("arith", #{{ n: 12, seed: 1 }}), #{{ level: 1 }});
                print(`requests ${{r.requests}} cached ${{r.cache_hits}} failed ${{r.failed}}`);"#,
             server.url,
-            cache.display()
         ),
     )
     .unwrap();
-    let mut child = common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")).spawn().unwrap();
+    let mut child = common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")).arg("--runs").arg(&runs).spawn().unwrap();
     while server.count.load(Ordering::SeqCst) < 5 {
+        // A script that fails early would otherwise leave this loop waiting forever.
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before sending 5 requests");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -177,7 +180,7 @@ fn a_killed_run_resumes_with_only_the_missing_requests() {
     let before = server.count.load(Ordering::SeqCst);
     let answered = std::fs::read_to_string(&cache).unwrap().lines().filter(|l| l.contains("\"key\"")).count();
     assert!((4..=5).contains(&answered), "answered {answered} of {before} sent");
-    let out = common::run(common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")));
+    let out = common::run(common::cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("o")).arg("--runs").arg(&runs));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let sent_again = server.count.load(Ordering::SeqCst) - before;
     assert_eq!(sent_again, 12 - answered, "only the missing requests are sent");
@@ -227,13 +230,13 @@ fn teacher_demo_script_local_then_openai_and_a_free_second_run() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/teacher_demo.rhai");
     let run = |extra: &[String]| {
         let mut c = common::cotlab();
-        c.arg("run").arg(&script).arg("--out").arg(d.path().join("o"));
+        c.arg("run").arg(&script).arg("--out").arg(d.path().join("o")).arg("--runs").arg(d.path().join("runs"));
         for e in extra {
             c.args(["--set", e]);
         }
         common::run(&mut c)
     };
-    let cache = format!("cache={}", d.path().join("c.jsonl").display());
+    let cache = "cache=c.jsonl".to_string();
     let local = run(&[cache.clone(), "max_tokens=40".into()]);
     assert_eq!(local.code, 0, "{}\n{}", local.stdout, local.stderr);
     assert!(local.stdout.contains("level 1: TeacherRun(20 rationales, 20 requests"), "{}", local.stdout);

@@ -82,7 +82,12 @@ impl Report {
 }
 
 /// Compare every test question against the training questions.
-pub fn check(train: &[String], test: &[String], threshold: f64) -> Report {
+pub fn check(train: &[String], test: &[String], threshold: f64) -> crate::error::Result<Report> {
+    crate::error::in_range("contamination", "threshold", threshold, 0.0..=1.0)?;
+    Ok(check_unchecked(train, test, threshold))
+}
+
+fn check_unchecked(train: &[String], test: &[String], threshold: f64) -> Report {
     let full: HashMap<String, usize> = train.iter().enumerate().map(|(i, q)| (normalize(q), i)).collect();
     let stems: HashMap<String, usize> = train.iter().enumerate().map(|(i, q)| (normalize_stem(q), i)).collect();
     let train_sh: Vec<HashSet<u64>> = train.iter().map(|q| shingles(&normalize_stem(q))).collect();
@@ -166,7 +171,7 @@ mod tests {
             "Tom has 12 apples and buys 5 more apples at the big market today. How many apples does Tom have now?".to_string(),
             "Something else entirely.".to_string(),
         ];
-        let r = check(&train, &test, 0.8);
+        let r = check(&train, &test, 0.8).unwrap();
         assert_eq!((r.exact, r.stem, r.near, r.contaminated), (1, 1, 1, 3), "{:?}", r.hits);
     }
 }

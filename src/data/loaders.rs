@@ -36,6 +36,12 @@ pub fn read_text(path: &Path) -> Result<String> {
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
         Error::data(path, format!("line {line}: invalid UTF-8 at byte {at}: expected UTF-8 text"))
     })?;
+    // A byte-order mark (some Windows editors write one) is not JSON: drop it rather than
+    // report "expected value at line 1 column 1".
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
     if text.trim().is_empty() {
         return Err(Error::data(path, "file is empty: expected a JSON array or JSON lines"));
     }

@@ -202,7 +202,8 @@ pub fn load_dataset(dir: &DataDir, name: &str, opts: &DatasetOptions) -> Result<
                 "'arith' is generated, it has no splits: use ds.split(test_fraction, seed) to make one"
             ));
         }
-        let problems = arith::generate(opts.n.unwrap_or(500), opts.seed.unwrap_or(1));
+        let n = crate::error::in_range("dataset(\"arith\")", "n", opts.n.unwrap_or(500), 1..=1_000_000)?;
+        let problems = arith::generate(n, opts.seed.unwrap_or(1));
         problems.iter().map(|p| p.example()).collect()
     } else {
         loaders::load_task(dir, task, &split)?

@@ -17,7 +17,6 @@ use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate, Finish, GenOptions};
 use crate::model::Student;
-use crate::usage;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -82,9 +81,10 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
 }
 
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
-    if opts.batch_size == 0 {
-        return Err(usage!("batch_size must be at least 1"));
-    }
+    crate::error::in_range("evaluate", "batch_size", opts.batch_size, 1..=4096)?;
+    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
+    // Checked before the eval dir is made.
+    gen.validate("evaluate")?;
     let started = Instant::now();
     let settings = serde_json::json!({"task": ds.name, "split": ds.split, "model": student.source.display().to_string(), "options": opts});
     ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
@@ -95,7 +95,6 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     if !done.is_empty() {
         eprintln!("resuming {}: {} of {} already evaluated", dir.display(), ds.len() - todo.len(), ds.len());
     }
-    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
     let mut generated_now = 0;
     let loop_start = Instant::now();
     for batch in todo.chunks(opts.batch_size) {
@@ -144,7 +143,8 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         ci95_low: lo,
         ci95_high: hi,
         unparsed: scored.iter().filter(|s| s.extracted.is_none()).count(),
-        mean_tokens: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n.max(1) as f64,
+        // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
+        mean_tokens: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n.max(1) as f64 + 0.0,
         generated_now,
         seconds: started.elapsed().as_secs_f64(),
         eval_dir: dir.display().to_string(),

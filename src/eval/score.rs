@@ -22,6 +22,8 @@ pub struct ScoreReport {
     pub accuracy: f64,
     /// Predictions in which no answer of the task's kind was found (counted wrong).
     pub unparsed: usize,
+    /// Examples in the test set: n below it means some examples have no prediction.
+    pub test_size: usize,
 }
 
 /// Score `path` against `ds`. A line whose id/question is not in the test set is an error (a
@@ -30,6 +32,9 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
     let by_id: HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
     let by_q: HashMap<String, usize> = ds.examples.iter().enumerate().map(|(i, e)| (normalize(&e.question), i)).collect();
     let (mut n, mut correct, mut unparsed) = (0, 0, 0);
+    // Where each example was scored: a second line for one example is an error, so n can never
+    // exceed the test set (500 copies of one right answer are not 100% accuracy).
+    let mut seen: HashMap<usize, String> = HashMap::new();
     for rec in read_records(path)? {
         let idx = if rec.has("id") {
             let id = match rec.value.get("id") {
@@ -50,6 +55,13 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
         };
         let prediction = rec.str(path, "prediction")?;
         let ex = &ds.examples[idx];
+        if let Some(first) = seen.get(&idx) {
+            return Err(Error::data(
+                path,
+                format!("{}: a second prediction for {} example '{}' (the first is at {first}): keep one line per test example", rec.loc, ds.name, ex.id),
+            ));
+        }
+        seen.insert(idx, rec.loc.to_string());
         n += 1;
         let j = judge(&prediction, &ex.answer, ex.kind);
         if j.correct {
@@ -64,5 +76,6 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
         correct,
         accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
         unparsed,
+        test_size: ds.len(),
     })
 }

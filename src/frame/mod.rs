@@ -307,7 +307,14 @@ impl Frame {
     /// likewise; nested values and mixed columns become JSON text; missing keys are nulls.
     pub fn read_jsonl(path: &Path) -> Result<Frame> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A byte-order mark some editors write is not part of the first object.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        if text.trim().is_empty() {
+            return Err(Error::data(path, "file is empty: expected JSON lines (one object per line)"));
+        }
         let mut names: Vec<String> = Vec::new();
+        // Column order is first appearance; the set keeps that linear in the number of keys.
+        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut rows: Vec<std::collections::HashMap<String, serde_json::Value>> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -316,7 +323,7 @@ impl Frame {
             let obj: OrderedObject = serde_json::from_str(line)
                 .map_err(|e| Error::data(path, format!("line {}: {e} (expected one JSON object per line)", i + 1)))?;
             for (k, _) in &obj.0 {
-                if !names.contains(k) {
+                if known.insert(k.clone()) {
                     names.push(k.clone());
                 }
             }

@@ -110,6 +110,7 @@ impl Workspace {
         let cache = |name: &Option<String>| -> Result<Option<Arc<Cache>>> { Ok(Some(Arc::new(Cache::open(&self.teacher_cache(name.as_deref())?)?))) };
         Ok(match spec {
             TeacherSpec::OpenAi { options, cache: c } => {
+                options.validate()?;
                 let model = options.model.clone();
                 let client = OpenAi::new(options).map_err(|e| usage!("teacher: {e}"))?;
                 Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(client), cache: cache(&c)? }
@@ -159,4 +160,20 @@ pub fn default_eval_name(ds: &Dataset, model: &Path) -> String {
         None => {}
     }
     name
+}
+
+impl Student {
+    /// Open a student by spec with the default workspace (data dir from `COTLAB_DATA`, runs in
+    /// `./runs`), trusted: see [`Workspace::student`] for the specs.
+    pub fn open(spec: &str, opts: &StudentOptions) -> Result<Student> {
+        Workspace::open(DataDir::resolve(None), PathBuf::from("runs"), None).student(spec, opts)
+    }
+}
+
+impl Teacher {
+    /// Build a teacher from its spec with the default workspace, trusted: see
+    /// [`Workspace::teacher`].
+    pub fn from_spec(spec: TeacherSpec) -> Result<Teacher> {
+        Workspace::open(DataDir::resolve(None), PathBuf::from("runs"), None).teacher(spec)
+    }
 }

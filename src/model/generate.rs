@@ -112,7 +112,18 @@ fn pick(logits: &[f32], opts: &GenOptions, rng: &mut Rng) -> u32 {
 }
 
 /// Generate an answer for each user message (wrapped in the student's chat template).
+impl GenOptions {
+    pub fn validate(&self, what: &str) -> Result<()> {
+        use crate::error::in_range;
+        in_range(what, "max_new_tokens", self.max_new_tokens, 1..=1_000_000)?;
+        in_range(what, "temperature", self.temperature, 0.0..=100.0)?;
+        in_range(what, "top_p", self.top_p, 1e-9..=1.0)?;
+        Ok(())
+    }
+}
+
 pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<Vec<Generation>> {
+    opts.validate("generate")?;
     if questions.is_empty() {
         return Ok(Vec::new());
     }

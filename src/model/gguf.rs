@@ -29,11 +29,11 @@ fn meta_usize(c: &Content, path: &Path, key: &str) -> Result<usize> {
     v.to_u32()
         .map(|x| x as usize)
         .or_else(|_| v.to_u64().map(|x| x as usize))
-        .map_err(|e| Error::data(path, format!("GGUF '{key}': {e}")))
+        .map_err(|e| Error::data(path, format!("GGUF '{key}': {}", crate::error::candle_message(&e))))
 }
 
 fn meta_f64(c: &Content, path: &Path, key: &str) -> Result<f64> {
-    meta(c, path, key)?.to_f32().map(|x| x as f64).map_err(|e| Error::data(path, format!("GGUF '{key}': {e}")))
+    meta(c, path, key)?.to_f32().map(|x| x as f64).map_err(|e| Error::data(path, format!("GGUF '{key}': {}", crate::error::candle_message(&e))))
 }
 
 /// Undo llama.cpp's q/k row permutation: (heads, 2, hd/2, in) → (heads, hd/2, 2, in).
@@ -83,13 +83,13 @@ fn hf_name(gguf: &str) -> Option<String> {
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let content = Content::read(&mut f)
-        .map_err(|e| Error::data(path, format!("not a readable GGUF file ({e}); is it truncated or corrupt?")))?;
-    let arch = meta(&content, path, "general.architecture")?.to_string().map_err(|e| Error::data(path, e.to_string()))?.clone();
+        .map_err(|e| Error::data(path, format!("not a readable GGUF file ({}); is it truncated or corrupt?", crate::error::candle_message(&e))))?;
+    let arch = meta(&content, path, "general.architecture")?.to_string().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.clone();
     if arch != "llama" {
         return Err(Error::data(path, format!("architecture '{arch}' is not supported yet: cotlab trains Llama-architecture students")));
     }
     let k = |s: &str| format!("{arch}.{s}");
-    let tokens = meta(&content, path, "tokenizer.ggml.tokens")?.to_vec().map_err(|e| Error::data(path, e.to_string()))?.len();
+    let tokens = meta(&content, path, "tokenizer.ggml.tokens")?.to_vec().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.len();
     let heads = meta_usize(&content, path, &k("attention.head_count"))?;
     let kv_heads = meta_usize(&content, path, &k("attention.head_count_kv")).unwrap_or(heads);
     let has_output = content.tensor_infos.contains_key("output.weight");
@@ -119,12 +119,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         let Some(hf) = hf_name(name) else { continue };
         let q = content
             .tensor(&mut f, name, device)
-            .map_err(|e| Error::data(path, format!("tensor '{name}': {e} (truncated file?)")))?;
-        let mut t = q.dequantize(device).map_err(|e| Error::data(path, format!("tensor '{name}': {e}")))?;
+            .map_err(|e| Error::data(path, format!("tensor '{name}': {} (truncated file?)", crate::error::candle_message(&e))))?;
+        let mut t = q.dequantize(device).map_err(|e| Error::data(path, format!("tensor '{name}': {}", crate::error::candle_message(&e))))?;
         if hf.ends_with("q_proj.weight") {
-            t = unpermute_qk(&t, heads).map_err(|e| Error::data(path, e.to_string()))?;
+            t = unpermute_qk(&t, heads).map_err(|e| Error::data(path, crate::error::candle_message(&e)))?;
         } else if hf.ends_with("k_proj.weight") {
-            t = unpermute_qk(&t, kv_heads).map_err(|e| Error::data(path, e.to_string()))?;
+            t = unpermute_qk(&t, kv_heads).map_err(|e| Error::data(path, crate::error::candle_message(&e)))?;
         }
         tensors.insert(hf, t);
     }

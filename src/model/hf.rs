@@ -75,7 +75,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let mut tensors = HashMap::new();
     for f in &files {
         let t = candle_core::safetensors::load(f, device)
-            .map_err(|e| Error::data(f, format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
+            .map_err(|e| Error::data(f, format!("not a readable safetensors file ({}); truncated or corrupt?", crate::error::candle_message(&e))))?;
         tensors.extend(t);
     }
     let tok_path = dir.join("tokenizer.json");

@@ -167,7 +167,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let contam = move |train: Dynamic, test: Dynamic, threshold: f64| -> RhaiResult<Dynamic> {
         let train = questions(&ws, train, "contamination: train")?;
         let test = questions(&ws, test, "contamination: test")?;
-        let report = contamination::check(&train, &test, threshold);
+        let report = contamination::check(&train, &test, threshold).map_err(rt)?;
         let mut m: Map = rhai::serde::to_dynamic(&report)?.cast::<Map>();
         m.insert("summary".into(), report.summary().into());
         Ok(Dynamic::from_map(m))

@@ -122,9 +122,10 @@ impl Teacher {
             (Some(l), _) => Some(check_level(l)?),
             (None, _) => return Err(usage!("ask: 'level' (1..6) is required")),
         };
-        if o.n == 0 {
-            return Err(usage!("ask: n must be at least 1"));
-        }
+        crate::error::in_range("ask", "n", o.n, 1..=10_000)?;
+        crate::error::in_range("ask", "temperature", o.temperature, 0.0..=100.0)?;
+        crate::error::in_range("ask", "top_p", o.top_p, 1e-9..=1.0)?;
+        crate::error::in_range("ask", "max_tokens", o.max_tokens, 1..=1_000_000)?;
         let mut rows = Vec::new();
         let mut jobs = Vec::new();
         let mut hits = 0;
@@ -205,7 +206,8 @@ impl Teacher {
         let total = jobs.len();
         let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
         let results: Mutex<Vec<(usize, std::result::Result<openai::Completion, String>)>> = Mutex::new(Vec::new());
-        let done = Mutex::new(0usize);
+        // (finished, failed): "answered" would be wrong for requests that failed after retries.
+        let done = Mutex::new((0usize, 0usize));
         std::thread::scope(|s| {
             for _ in 0..client.opts.concurrency.max(1) {
                 s.spawn(|| loop {
@@ -216,9 +218,10 @@ impl Teacher {
                         let _ = cache.put(&job.key, &c.text, c.prompt_tokens, c.completion_tokens);
                     }
                     let mut d = done.lock().unwrap();
-                    *d += 1;
-                    if *d % 10 == 0 || *d == total {
-                        eprintln!("[teacher] {}/{total} requests answered", *d);
+                    d.0 += 1;
+                    d.1 += usize::from(r.is_err());
+                    if d.0 % 10 == 0 || d.0 == total {
+                        eprintln!("[teacher] {}/{total} requests done: {} answered, {} failed", d.0, d.0 - d.1, d.1);
                     }
                     results.lock().unwrap().push((job.idx, r));
                 });

@@ -138,3 +138,18 @@ impl OpenAi {
         Err(format!("gave up after {} attempts: {last}", self.opts.max_retries + 1))
     }
 }
+
+impl OpenAiOptions {
+    /// Numbers in ranges a client can use (a huge `timeout_s` would overflow a `Duration`).
+    pub fn validate(&self) -> crate::error::Result<()> {
+        use crate::error::in_range;
+        const T: &str = "teacher(\"openai\")";
+        in_range(T, "concurrency", self.concurrency, 1..=256)?;
+        in_range(T, "timeout_s", self.timeout_s, 0.001..=86_400.0)?;
+        in_range(T, "max_retries", self.max_retries, 0..=100)?;
+        in_range(T, "backoff_s", self.backoff_s, 0.0..=3600.0)?;
+        in_range(T, "price_in", self.price_in, 0.0..=1e6)?;
+        in_range(T, "price_out", self.price_out, 0.0..=1e6)?;
+        Ok(())
+    }
+}

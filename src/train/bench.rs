@@ -58,6 +58,13 @@ pub fn fixed_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec
 }
 
 pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -> Result<BenchReport> {
+    use crate::error::in_range;
+    in_range("bench train", "batch", ids.len(), 1..=4096)?;
+    // A sequence needs a prompt token and at least one token to predict.
+    let context = student.config.max_position_embeddings;
+    in_range("bench train", "seq", ids.iter().map(Vec::len).min().unwrap_or(0), 2..=context)?;
+    in_range("bench train", "steps", steps, 1..=100_000)?;
+    in_range("bench train", "lr", lr, 0.0..=1.0)?;
     let examples: Vec<TrainExample> = ids.iter().map(|v| TrainExample { ids: v.clone(), prompt_len: 1 }).collect();
     let refs: Vec<&TrainExample> = examples.iter().collect();
     let tokens: usize = examples.iter().map(|e| e.response_tokens()).sum();

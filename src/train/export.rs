@@ -35,7 +35,7 @@ pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
         .collect::<candle_core::Result<_>>()
         .model_ctx("export: copying the weights to the CPU")?;
     let wp = tmp.join("model.safetensors");
-    candle_core::safetensors::save(&weights, &wp).map_err(|e| Error::data(&wp, e.to_string()))?;
+    candle_core::safetensors::save(&weights, &wp).map_err(|e| Error::data(&wp, crate::error::candle_message(&e)))?;
     let write_json = |name: &str, v: serde_json::Value| -> Result<()> {
         let p = tmp.join(name);
         std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).map_err(|e| Error::io(&p, e))
@@ -72,7 +72,7 @@ pub fn export_peft(student: &Student, base_name: &str, out: &Path) -> Result<()>
     let tmp = staging(out)?;
     let tensors: HashMap<String, Tensor> = lora.peft_tensors().into_iter().collect();
     let wp = tmp.join("adapter_model.safetensors");
-    candle_core::safetensors::save(&tensors, &wp).map_err(|e| Error::data(&wp, e.to_string()))?;
+    candle_core::safetensors::save(&tensors, &wp).map_err(|e| Error::data(&wp, crate::error::candle_message(&e)))?;
     let cfg = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -148,10 +148,10 @@ pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
     if !wp.exists() {
         return Err(Error::data(&wp, "no checkpoint in this run dir yet"));
     }
-    let weights = candle_core::safetensors::load(&wp, device).map_err(|e| Error::data(&wp, e.to_string()))?;
+    let weights = candle_core::safetensors::load(&wp, device).map_err(|e| Error::data(&wp, crate::error::candle_message(&e)))?;
     for (n, v) in student.model.trainable_named() {
         let w = weights.get(&n).ok_or_else(|| Error::data(&wp, format!("checkpoint lacks '{n}'")))?;
-        v.set(w).map_err(|e| Error::data(&wp, format!("'{n}': {e}")))?;
+        v.set(w).map_err(|e| Error::data(&wp, format!("'{n}': {}", crate::error::candle_message(&e))))?;
     }
     // The run is the model now: eval dirs and later runs must not mistake it for its base.
     let mut student = student;

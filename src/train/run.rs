@@ -27,7 +27,7 @@ pub struct RunDir {
 }
 
 fn ce(p: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
-    move |e| Error::data(p, e.to_string())
+    move |e| Error::data(p, crate::error::candle_message(&e))
 }
 
 impl RunDir {

@@ -102,12 +102,36 @@ impl Default for SftOptions {
 }
 
 impl SftOptions {
+    /// Every numeric option in a range that trains (and cannot overflow a step count or an
+    /// allocation); the error names the option and its range.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.grad_accum == 0 || self.max_len < 8 || self.lr <= 0.0 || self.epochs <= 0.0 {
-            return Err(usage!("batch_size, grad_accum, lr and epochs must be positive and max_len >= 8"));
+        use crate::error::in_range;
+        const S: &str = "sft";
+        in_range(S, "epochs", self.epochs, 1e-6..=1000.0)?;
+        if let Some(m) = self.max_steps {
+            in_range(S, "max_steps", m, 1..=Self::MAX_STEPS)?;
+        }
+        in_range(S, "lr", self.lr, 1e-12..=1.0)?;
+        in_range(S, "warmup_steps", self.warmup_steps, 0..=Self::MAX_STEPS)?;
+        in_range(S, "batch_size", self.batch_size, 1..=4096)?;
+        in_range(S, "grad_accum", self.grad_accum, 1..=65_536)?;
+        in_range(S, "max_len", self.max_len, 8..=131_072)?;
+        in_range(S, "max_grad_norm", self.max_grad_norm, 0.0..=1e6)?;
+        in_range(S, "weight_decay", self.weight_decay, 0.0..=1.0)?;
+        in_range(S, "save_every", self.save_every, 1..=Self::MAX_STEPS)?;
+        if let Some(l) = &self.lora {
+            in_range("sft lora", "r", l.r, 1..=4096)?;
+            in_range("sft lora", "alpha", l.alpha, 1e-6..=1e6)?;
+            in_range("sft lora", "dropout", l.dropout, 0.0..=0.99)?;
         }
         Ok(())
     }
+
+    /// More optimizer steps than any run on any machine will make; a bound keeps the example
+    /// schedule (one index per example seen) finite.
+    pub const MAX_STEPS: usize = 10_000_000;
+    /// Examples in a run's schedule (steps × global batch): 800 MB of indices at most.
+    pub const MAX_SCHEDULED_EXAMPLES: usize = 100_000_000;
 
     /// Learning rate after `step` completed steps (for step `step + 1`).
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
@@ -256,7 +280,13 @@ impl<'a> Trainer<'a> {
         let global = opts.batch_size * opts.grad_accum;
         let steps_per_epoch = data.examples.len().div_ceil(global);
         let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
-        let order = schedule_order(&data.examples, opts, total_steps * global);
+        let scheduled = total_steps.checked_mul(global).filter(|&n| n <= SftOptions::MAX_SCHEDULED_EXAMPLES).ok_or_else(|| {
+            usage!(
+                "sft: {total_steps} steps × global batch {global} is more than {} examples: lower epochs or max_steps",
+                SftOptions::MAX_SCHEDULED_EXAMPLES
+            )
+        })?;
+        let order = schedule_order(&data.examples, opts, scheduled);
 
         let params = s.model.trainable_named();
         let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
