@@ -130,7 +130,9 @@ fn script_errors_point_at_file_line_col_and_leave_no_complete_output() {
     let first = r.stderr.lines().next().unwrap();
     assert!(first.contains("fails.rhai:3:9:") && first.contains("level must be 1..6"), "{}", r.stderr);
     assert!(!out.join("partial.csv").exists(), "a failed run must not publish its outputs");
-    assert!(out.join(".incomplete/partial.csv").exists());
+    let staged = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".incomplete-")).expect("a staging dir");
+    assert!(staged.join("partial.csv").exists());
+    assert!(r.stderr.contains(&staged.display().to_string()), "the error says where the files are: {}", r.stderr);
     assert!(!out.join("run.json").exists());
 
     std::fs::write(&script, "let a = 1;\nlet b = ;\n").unwrap();

@@ -88,6 +88,7 @@ fn client(url: &str, retries: usize) -> OpenAi {
         base_url: url.into(),
         model: "loopback".into(),
         api_key_env: None,
+        allow_insecure_key: false,
         concurrency: 1,
         timeout_s: 0.5,
         max_retries: retries,

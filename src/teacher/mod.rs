@@ -133,10 +133,15 @@ impl Teacher {
             for sample in 0..o.n {
                 let (system, user) = prompts::build(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()));
                 let seed = o.seed.wrapping_add(sample as u64);
-                let key = cache::key(&[
-                    &self.kind, &self.model, &system, &user, &o.temperature.to_string(), &o.top_p.to_string(),
-                    &o.max_tokens.to_string(), &seed.to_string(), &sample.to_string(), prompts::TEMPLATE_VERSION,
-                ]);
+                let (temperature, top_p, max_tokens, seed_s, sample_s) =
+                    (o.temperature.to_string(), o.top_p.to_string(), o.max_tokens.to_string(), seed.to_string(), sample.to_string());
+                let mut parts: Vec<&str> =
+                    vec![&self.kind, &self.model, &system, &user, &temperature, &top_p, &max_tokens, &seed_s, &sample_s, prompts::TEMPLATE_VERSION];
+                // Two servers may serve one model name: the endpoint is part of the request.
+                if let Backend::OpenAi(client) = &self.backend {
+                    parts.push(client.endpoint());
+                }
+                let key = cache::key(&parts);
                 let mut row = Row {
                     id: e.id.clone(),
                     question: e.question.clone(),

@@ -1,7 +1,12 @@
 //! A client for OpenAI-compatible chat-completions endpoints (OpenAI, Gemini's compatible
 //! endpoint, vLLM, Ollama, llama.cpp servers). Retries 429/5xx/timeouts/dropped connections/
-//! malformed JSON with exponential backoff and jitter, honouring Retry-After. The API key comes
-//! from an environment variable named in the options and is never written anywhere.
+//! malformed JSON with exponential backoff and jitter, honouring Retry-After.
+//!
+//! The API key comes from the environment variable named by `api_key_env`; without one,
+//! `OPENAI_API_KEY` is used for `api.openai.com` only, never for another endpoint. A key is sent
+//! only over https or to a loopback host (127.0.0.0/8, ::1, localhost) unless
+//! `allow_insecure_key` is set, and it is replaced by `[redacted]` in every text this client
+//! returns (errors, response bodies), so it is never written anywhere.
 
 use std::time::Duration;
 
@@ -14,8 +19,11 @@ use crate::rng::Rng;
 pub struct OpenAiOptions {
     pub base_url: String,
     pub model: String,
-    /// Name of the environment variable holding the key (none for local servers).
+    /// Name of the environment variable holding the key (it must be set). None: `OPENAI_API_KEY`
+    /// for api.openai.com, no key for any other endpoint.
     pub api_key_env: Option<String>,
+    /// Send the key over plain http to a non-loopback host (off: refused before any request).
+    pub allow_insecure_key: bool,
     pub concurrency: usize,
     pub timeout_s: f64,
     pub max_retries: usize,
@@ -31,7 +39,8 @@ impl Default for OpenAiOptions {
         OpenAiOptions {
             base_url: "https://api.openai.com/v1".into(),
             model: "gpt-4o".into(),
-            api_key_env: Some("OPENAI_API_KEY".into()),
+            api_key_env: None,
+            allow_insecure_key: false,
             concurrency: 4,
             timeout_s: 60.0,
             max_retries: 5,
@@ -55,6 +64,7 @@ pub struct OpenAi {
     pub opts: OpenAiOptions,
     agent: ureq::Agent,
     key: Option<String>,
+    endpoint: String,
 }
 
 enum Failure {
@@ -62,21 +72,106 @@ enum Failure {
     Fatal(String),
 }
 
+/// What the key policy needs of a base URL: lowercase scheme and host, and the URL normalised
+/// (scheme and host lowercased, no trailing slash) for cache keys.
+struct Endpoint {
+    scheme: String,
+    host: String,
+    normalised: String,
+}
+
+fn endpoint(base_url: &str) -> Result<Endpoint, String> {
+    let bad = || format!("base_url '{base_url}' is not an http(s) URL: give e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1");
+    let (scheme, rest) = base_url.trim().split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = authority.to_ascii_lowercase();
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(&authority);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("").to_string()
+    } else {
+        hostport.split(':').next().unwrap_or("").to_string()
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let normalised = format!("{scheme}://{authority}{}", path.trim_end_matches('/'));
+    Ok(Endpoint { scheme, host, normalised })
+}
+
+/// 127.0.0.0/8, ::1 (also as ::ffff:127.x), localhost and *.localhost.
+fn is_loopback(host: &str) -> bool {
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        return ip.is_loopback();
+    }
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
+    }
+}
+
 impl OpenAi {
     pub fn new(opts: OpenAiOptions) -> Result<OpenAi, String> {
-        let key = match &opts.api_key_env {
+        let ep = endpoint(&opts.base_url)?;
+        let official = ep.host == "api.openai.com";
+        let var = match &opts.api_key_env {
+            Some(v) => Some(v.clone()),
+            None if official => Some("OPENAI_API_KEY".to_string()),
+            None => {
+                if std::env::var_os("OPENAI_API_KEY").is_some_and(|k| !k.is_empty()) {
+                    eprintln!(
+                        "note: teacher: no API key is sent to {} (OPENAI_API_KEY is only used for api.openai.com); set api_key_env to name the variable holding this endpoint's key",
+                        ep.normalised
+                    );
+                }
+                None
+            }
+        };
+        let key = match &var {
             Some(var) => match std::env::var(var) {
                 Ok(k) if !k.is_empty() => Some(k),
-                _ if opts.base_url.contains("api.openai.com") => {
-                    return Err(format!("environment variable {var} is not set: export it with your API key"))
+                _ => {
+                    return Err(format!(
+                        "environment variable {var} (api_key_env) is not set: export it with your API key{}",
+                        if official { "" } else { ", or give api_key_env: () for a server without keys" }
+                    ))
                 }
-                _ => None,
             },
             None => None,
         };
+        if key.is_some() && ep.scheme != "https" && !is_loopback(&ep.host) && !opts.allow_insecure_key {
+            return Err(format!(
+                "refusing to send the API key from {} over plain http to {}: anyone on the way could read it. Use https, a loopback host, or set allow_insecure_key: true if you trust the network",
+                var.as_deref().unwrap_or("?"),
+                ep.host
+            ));
+        }
         let t = Duration::from_secs_f64(opts.timeout_s.max(0.01));
         let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout_read(t).timeout_write(t).build();
-        Ok(OpenAi { opts, agent, key })
+        Ok(OpenAi { opts, agent, key, endpoint: ep.normalised })
+    }
+
+    /// The base URL normalised (scheme and host lowercased, no trailing slash): part of every
+    /// cache key, so two servers with one model name never share answers.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `text` with every occurrence of the key replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.key {
+            Some(k) if !k.is_empty() => text.replace(k.as_str(), "[redacted]"),
+            _ => text.to_string(),
+        }
     }
 
     fn once(&self, body: &serde_json::Value) -> Result<Completion, Failure> {
@@ -89,7 +184,9 @@ impl OpenAi {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
                 let retry_after = r.header("Retry-After").and_then(|v| v.trim().parse::<f64>().ok());
-                let msg = format!("HTTP {code}: {}", r.into_string().unwrap_or_default().chars().take(200).collect::<String>());
+                // Redacted before truncating: a cut could leave part of the key unmatched.
+                let body = self.redact(&r.into_string().unwrap_or_default());
+                let msg = format!("HTTP {code}: {}", body.chars().take(200).collect::<String>());
                 return Err(if code == 429 || code >= 500 { Failure::Retry(msg, retry_after) } else { Failure::Fatal(msg) });
             }
             Err(e) => return Err(Failure::Retry(format!("transport: {e}"), None)),
@@ -100,15 +197,19 @@ impl OpenAi {
             .as_str()
             .ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
         Ok(Completion {
-            text: content.to_string(),
+            text: self.redact(content),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
             completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
             attempts: 1,
         })
     }
 
-    /// One chat completion, retried within limits.
+    /// One chat completion, retried within limits. Every text it returns has the key redacted.
     pub fn complete(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
+        self.complete_raw(system, user, temperature, top_p, max_tokens, seed).map_err(|e| self.redact(&e))
+    }
+
+    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
         let body = serde_json::json!({
             "model": self.opts.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
