@@ -185,3 +185,12 @@ fn byte_order_marks_and_empty_json_lines() {
     let e = cotlab::frame::Frame::read_jsonl(&p).err().unwrap().to_string();
     assert!(e.contains("empty.jsonl") && e.contains("file is empty"), "{e}");
 }
+
+#[test]
+fn ragged_csv_names_the_line() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "r.csv", b"a,b\n1,2\n3,4,5\n6,7\n");
+    let e = cotlab::frame::Frame::read_csv(&p).err().unwrap().to_string();
+    assert!(e.contains("r.csv: line 3: 3 fields, the header has 2"), "{e}");
+}

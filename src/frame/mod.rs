@@ -40,6 +40,64 @@ impl TryFrom<String> for Agg {
     }
 }
 
+/// The first CSV record whose field count differs from the header's: (line, fields, header
+/// fields). Quotes are respected, including newlines inside quoted values.
+fn ragged_csv_row(text: &str) -> Option<(usize, usize, usize)> {
+    // (fields so far, inside quotes, current line, line the record started on, record is empty)
+    let (mut fields, mut quoted, mut line, mut start, mut empty) = (1, false, 1, 1, true);
+    let mut want = None;
+    let mut end_record = |fields: usize, start: usize, empty: bool| -> Option<(usize, usize, usize)> {
+        match want {
+            _ if empty => None, // blank lines are skipped by the reader
+            None => {
+                want = Some(fields);
+                None
+            }
+            Some(w) if fields != w => Some((start, fields, w)),
+            _ => None,
+        }
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+            }
+            '"' => {
+                quoted = !quoted;
+                empty = false;
+            }
+            ',' if !quoted => {
+                fields += 1;
+                empty = false;
+            }
+            '\n' => {
+                line += 1;
+                if quoted {
+                    continue;
+                }
+                if let Some(bad) = end_record(fields, start, empty) {
+                    return Some(bad);
+                }
+                (fields, start, empty) = (1, line, true);
+            }
+            '\r' => {}
+            _ => empty = false,
+        }
+    }
+    end_record(fields, start, empty)
+}
+
+#[cfg(test)]
+mod csv_tests {
+    #[test]
+    fn ragged_rows_are_found_with_their_line() {
+        assert_eq!(super::ragged_csv_row("a,b\n1,2\n3\n"), Some((3, 1, 2)));
+        assert_eq!(super::ragged_csv_row("a,b\n\"x,\ny\",2\n1,2,3"), Some((4, 3, 2)));
+        assert_eq!(super::ragged_csv_row("a,b\n1,2\n\n3,4\n"), None);
+    }
+}
+
 /// Column data for building a frame from Rust values.
 #[derive(Clone, Debug)]
 pub enum ColumnData {
@@ -293,13 +351,20 @@ impl Frame {
         if !path.is_file() {
             return Err(Error::data(path, "file not found"));
         }
-        let df = CsvReadOptions::default()
+        let read = CsvReadOptions::default()
             .with_has_header(true)
             .try_into_reader_with_file_path(Some(path.to_path_buf()))
-            .frame_ctx(format!("reading {}", path.display()))?
-            .finish()
-            .frame_ctx(format!("reading {}", path.display()))?;
-        Ok(Frame(df))
+            .and_then(|r| r.finish());
+        match read {
+            Ok(df) => Ok(Frame(df)),
+            // polars does not say which row is ragged; find it, so the user can fix that line.
+            Err(e) => match std::fs::read_to_string(path).ok().and_then(|t| ragged_csv_row(&t)) {
+                Some((line, got, want)) => {
+                    Err(Error::data(path, format!("line {line}: {got} fields, the header has {want} (a missing or extra comma, or an unquoted comma in a value?)")))
+                }
+                None => Err(e).frame_ctx(format!("reading {}", path.display())),
+            },
+        }
     }
 
     /// JSON lines (one object per line: training logs, eval samples, teacher runs) as a frame.
