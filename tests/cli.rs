@@ -72,7 +72,7 @@ fn score_prints_the_paper_protocol_accuracy() {
     let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
-    assert_eq!(v, serde_json::json!({"task": "svamp", "n": 5, "correct": 3, "accuracy": 0.6, "unparsed": 1}));
+    assert_eq!(v, serde_json::json!({"task": "svamp", "n": 5, "correct": 3, "accuracy": 0.6, "unparsed": 1, "test_size": 300}));
     // An id from another task is an error naming the line.
     std::fs::write(&p, "{\"id\": \"gsm8k-test-0\", \"prediction\": \"1\"}\n").unwrap();
     let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));
