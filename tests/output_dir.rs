@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,25 +138,11 @@ fn slow_server(delay_ms: u64) -> (String, Arc<AtomicUsize>) {
             let Ok(mut stream) = stream else { continue };
             c.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(h) = text.find("\r\n\r\n") {
-                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
-                        if buf.len() >= h + 4 + len {
-                            break;
-                        }
-                    }
+                if common::read_http_request(&mut stream).is_none() {
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(delay_ms));
-                let body = serde_json::json!({"choices": [{"message": {"content": "The answer is 7"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).to_string();
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                common::write_http_response(&mut stream, "200 OK", "", &common::chat_answer("The answer is 7"));
             });
         }
     });

@@ -6,7 +6,6 @@
 #[macro_use]
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,26 +44,10 @@ fn serve(script: Vec<Fault>, rest: Fault, delay_ms: u64) -> Server {
             let k = c.fetch_add(1, Ordering::SeqCst);
             let fault = script.get(k).copied().unwrap_or(rest);
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read headers and the body (Content-Length).
-                loop {
-                    let n = stream.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(h) = text.find("\r\n\r\n") {
-                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
-                        if buf.len() >= h + 4 + len {
-                            break;
-                        }
-                    }
+                if common::read_http_request(&mut stream).is_none() {
+                    return;
                 }
-                let respond = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
-                    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len());
-                };
+                let respond = common::write_http_response;
                 match fault {
                     Fault::Ok => {
                         std::thread::sleep(Duration::from_millis(delay_ms));

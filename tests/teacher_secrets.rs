@@ -5,7 +5,6 @@
 #[macro_use]
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,31 +44,16 @@ fn serve(reply: Reply) -> Server {
             c.fetch_add(1, Ordering::SeqCst);
             let a = a.clone();
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head = loop {
-                    let n = stream.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(h) = text.find("\r\n\r\n") {
-                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
-                        if buf.len() >= h + 4 + len {
-                            break text[..h].to_string();
-                        }
-                    }
-                };
+                let Some(head) = common::read_http_request(&mut stream) else { return };
                 let authz = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string())).unwrap_or_default();
                 a.lock().unwrap().push(authz.clone());
-                let answer = |content: &str| serde_json::json!({"choices": [{"message": {"content": content}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).to_string();
+                let answer = common::chat_answer;
                 let (status, body) = match reply {
                     Reply::Answer(content) => ("200 OK", answer(content)),
                     Reply::Echo(status) => (status, format!("{{\"error\": \"bad key: {authz}\"}}")),
                     Reply::EchoOk => ("200 OK", answer(&format!("you sent {authz}. The answer is 7"))),
                 };
-                let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                common::write_http_response(&mut stream, status, "", &body);
             });
         }
     });

@@ -99,3 +99,39 @@ macro_rules! require {
         }
     };
 }
+
+/// Read one HTTP request (headers, then a body of Content-Length bytes) from a fake server's
+/// connection; returns the header block, or None if the client hung up first.
+pub fn read_http_request(stream: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(h) = text.find("\r\n\r\n") {
+            let len = text
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                return Some(text[..h].to_string());
+            }
+        }
+    }
+}
+
+/// Write an HTTP response with a JSON body (`extra`: more header lines, each ending in \r\n).
+pub fn write_http_response(stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str) {
+    use std::io::Write;
+    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len());
+}
+
+/// A chat-completions response body answering `content`.
+pub fn chat_answer(content: &str) -> String {
+    serde_json::json!({"choices": [{"message": {"content": content}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).to_string()
+}
