@@ -199,7 +199,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             match (run, model) {
                 (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
                 (None, Some(spec)) => {
-                    let s = trusted(None, None).student(&spec, &StudentOptions::default())?;
+                    let s = Workspace::local().student(&spec, &StudentOptions::default())?;
                     cotlab::train::export::export_hf(&s, &out)?;
                 }
                 (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
@@ -222,7 +222,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
-            let s = trusted(None, None).student(&model, &StudentOptions::default())?;
+            let s = Workspace::local().student(&model, &StudentOptions::default())?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
             let qs: Vec<String> = cotlab::data::arith::generate(batch, 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
@@ -246,7 +246,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {
             use cotlab::train::bench::{bench_train, fixed_batch};
-            let base = trusted(None, None).student(&model, &StudentOptions::default())?;
+            let base = Workspace::local().student(&model, &StudentOptions::default())?;
             let student = if lora { base.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
             let ids = fixed_batch(student.config.vocab_size, batch, seq, 1);
             if let Some(p) = &save_batch {

@@ -44,6 +44,12 @@ impl Workspace {
         Workspace { data_dir, runs_dir, out, access: Access::Open }
     }
 
+    /// The trusted workspace of the current directory: data from `COTLAB_DATA` (else
+    /// `./datasets`), runs in `./runs`, no output dir.
+    pub fn local() -> Workspace {
+        Workspace::open(DataDir::resolve(None), PathBuf::from("runs"), None)
+    }
+
     /// A script's workspace: reads confined to the data, runs and output dirs, the cotlab home
     /// and `extra_read` (see [`sandbox`]).
     pub fn sandboxed(data_dir: DataDir, runs_dir: PathBuf, out: Option<Arc<OutputDir>>, extra_read: &[PathBuf]) -> Workspace {
@@ -91,7 +97,10 @@ impl Workspace {
         let dev = device(opts.device.as_deref().unwrap_or("cpu"))?;
         if spec != "default" && !spec.starts_with("hf:") {
             let direct = PathBuf::from(spec);
-            if direct.join("checkpoint").is_dir() || (!direct.exists() && RunName::new(spec).is_ok() && self.runs_dir.join(spec).join("checkpoint").is_dir()) {
+            // A path that exists is taken as given; otherwise the spec may name a run (checked as
+            // a `RunName` by `find_run`).
+            let as_run = if direct.exists() { direct.clone() } else { self.runs_dir.join(spec) };
+            if as_run.join("checkpoint").is_dir() {
                 let dir = self.find_run(spec)?;
                 return crate::train::export::load_run_on(&dir, &dev);
             }
@@ -110,14 +119,12 @@ impl Workspace {
         let cache = |name: &Option<String>| -> Result<Option<Arc<Cache>>> { Ok(Some(Arc::new(Cache::open(&self.teacher_cache(name.as_deref())?)?))) };
         Ok(match spec {
             TeacherSpec::OpenAi { options, cache: c } => {
-                options.validate()?;
                 let model = options.model.clone();
                 let client = OpenAi::new(options).map_err(|e| usage!("teacher: {e}"))?;
                 Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(client), cache: cache(&c)? }
             }
             TeacherSpec::Local { model, device, cache: c } => {
-                let s = self.student(&model, &StudentOptions { device })?;
-                Teacher { kind: "local".into(), model: s.source.display().to_string(), backend: Backend::Local(Arc::new(s)), cache: cache(&c)? }
+                self.student_teacher(Arc::new(self.student(&model, &StudentOptions { device })?), c.as_deref())?
             }
             TeacherSpec::Replay { dataset, teacher } => {
                 Teacher { kind: "replay".into(), model: teacher.clone(), backend: Backend::Replay { dir: self.data_dir.clone(), dataset, teacher }, cache: None }
@@ -166,7 +173,7 @@ impl Student {
     /// Open a student by spec with the default workspace (data dir from `COTLAB_DATA`, runs in
     /// `./runs`), trusted: see [`Workspace::student`] for the specs.
     pub fn open(spec: &str, opts: &StudentOptions) -> Result<Student> {
-        Workspace::open(DataDir::resolve(None), PathBuf::from("runs"), None).student(spec, opts)
+        Workspace::local().student(spec, opts)
     }
 }
 
@@ -174,6 +181,6 @@ impl Teacher {
     /// Build a teacher from its spec with the default workspace, trusted: see
     /// [`Workspace::teacher`].
     pub fn from_spec(spec: TeacherSpec) -> Result<Teacher> {
-        Workspace::open(DataDir::resolve(None), PathBuf::from("runs"), None).teacher(spec)
+        Workspace::local().teacher(spec)
     }
 }

@@ -121,6 +121,7 @@ fn is_loopback(host: &str) -> bool {
 
 impl OpenAi {
     pub fn new(opts: OpenAiOptions) -> Result<OpenAi, String> {
+        opts.validate().map_err(|e| e.to_string())?;
         let ep = endpoint(&opts.base_url)?;
         let official = ep.host == "api.openai.com";
         let var = match &opts.api_key_env {
