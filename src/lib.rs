@@ -3,7 +3,7 @@
 //! Modules are layered; a module uses only modules on its own layer or below (lowest first;
 //! `tests/architecture.rs` enforces this table):
 //!
-//! 1. [`error`], [`rng`]: the error type and the seeded RNG.
+//! 1. [`error`], [`rng`], [`memory`]: the error type, the seeded RNG, live heap accounting.
 //! 2. [`answer`]: answer kinds, the paper's extractor and `judge` (extract, then compare with gold).
 //! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
 //!    runs, eval dirs and the teacher cache.
@@ -29,6 +29,7 @@ pub mod eval;
 pub mod frame;
 pub mod journal;
 pub mod lab;
+pub mod memory;
 pub mod model;
 pub mod notebook;
 pub mod results;

@@ -45,6 +45,10 @@ enum Cmd {
         /// and $COTLAB_HOME). Repeatable.
         #[arg(long = "allow-read", value_name = "DIR")]
         allow_read: Vec<PathBuf>,
+        /// Stop the script when the process holds more heap than this many GiB (0 = no limit;
+        /// default 80% of this machine's RAM).
+        #[arg(long, value_name = "GIB")]
+        max_memory: Option<f64>,
     },
     /// Export a training run's last checkpoint (or a model) as a Hugging Face model dir; LoRA
     /// runs export PEFT adapters unless --merge.
@@ -170,8 +174,9 @@ enum BenchCmd {
 /// Training allocates and frees GB of tensors every step. glibc (and mimalloc by default) hand
 /// large blocks back to the kernel, which must then zero fresh pages on the next allocation:
 /// measured as a quarter of a SmolLM2 training step. mimalloc without purging keeps them.
+/// Counted, so a script can be stopped at its memory ceiling (`cotlab::memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cotlab::memory::Counting<mimalloc::MiMalloc> = cotlab::memory::Counting(mimalloc::MiMalloc);
 
 fn tune_allocator() {
     // SAFETY: sets a global mimalloc option; no allocation races at program start.
@@ -182,6 +187,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    cotlab::memory::mark_installed();
     let cli = Cli::parse();
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,7 +200,13 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run { script, data_dir, out, set, runs, allow_read } => run(script, data_dir, out, set, runs, allow_read),
+        Cmd::Run { script, data_dir, out, set, runs, allow_read, max_memory } => {
+            if std::env::var_os(SCRIPT_CHILD).is_none() {
+                let out_dir = out.unwrap_or_else(|| default_out_dir(&script));
+                return supervise(&script, &out_dir);
+            }
+            run(script, data_dir, out, set, runs, allow_read, max_memory)
+        }
         Cmd::Export { run, model, out, merge } => {
             match (run, model) {
                 (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
@@ -300,7 +312,69 @@ fn trusted(data_dir: Option<PathBuf>, runs: Option<PathBuf>) -> Workspace {
     Workspace::open(DataDir::resolve(data_dir), runs.unwrap_or_else(|| PathBuf::from("runs")), None)
 }
 
-fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Vec<String>, runs: Option<PathBuf>, allow_read: Vec<PathBuf>) -> Result<()> {
+/// Set in the environment of the process that runs a script for `cotlab run`.
+const SCRIPT_CHILD: &str = "COTLAB_SCRIPT_PROCESS";
+
+/// Stack for the thread that runs a script: deeply nested values are dropped and printed
+/// recursively. Virtual memory: only the pages a script really uses are touched.
+const SCRIPT_STACK: usize = 1 << 30;
+
+/// `cotlab run` runs the script in a child process (this binary again) and waits: a script that
+/// crashes the process anyway (a value nested deeper than even a 1 GiB stack holds, the kernel's
+/// out-of-memory killer) then ends with an error that says so, instead of a bare signal. Output
+/// publishing is atomic, so such a crash never leaves a partial output dir.
+fn supervise(script: &std::path::Path, out_dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().map_err(|e| Error::usage(format!("cannot find the cotlab binary to run the script: {e}")))?;
+    let mut child = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(SCRIPT_CHILD, "1")
+        .spawn()
+        .map_err(|e| Error::usage(format!("cannot start the script process: {e}")))?;
+    let status = child.wait().map_err(|e| Error::usage(format!("waiting for the script process: {e}")))?;
+    if let Some(code) = status.code() {
+        // The child printed its own result or error.
+        std::process::exit(code);
+    }
+    let signal = status.signal().unwrap_or(0);
+    let cause = match signal {
+        6 | 11 => "a stack overflow (a value nested too deeply) or an abort in native code; the lines above say which",
+        9 => "killed, most likely by the kernel when the machine ran out of memory (see --max-memory)",
+        2 | 15 => "interrupted",
+        _ => "the signal above",
+    };
+    // The child's staging dir is named after its pid (`results::output`).
+    let prefix = format!("{}-{}-", cotlab::results::output::STAGING, child.id());
+    let staged = std::fs::read_dir(out_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| format!("; the files it wrote are in {} (incomplete)", e.path().display()))
+        .unwrap_or_default();
+    Err(Error::Script(format!(
+        "{}: the script process died (signal {signal}): {cause}; nothing was published to {}{staged}",
+        script.display(),
+        out_dir.display()
+    )))
+}
+
+fn run(
+    script: PathBuf,
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    set: Vec<String>,
+    runs: Option<PathBuf>,
+    allow_read: Vec<PathBuf>,
+    max_memory: Option<f64>,
+) -> Result<()> {
+    let max_memory = match max_memory {
+        None => cotlab::memory::default_ceiling(),
+        Some(g) => {
+            cotlab::error::in_range("run", "max-memory", g, 0.0..=1e6)?;
+            (g > 0.0).then(|| (g * (1u64 << 30) as f64) as u64)
+        }
+    };
     let mut params = Vec::new();
     for kv in &set {
         let Some((k, v)) = kv.split_once('=') else {
@@ -322,9 +396,20 @@ fn run(script: PathBuf, data_dir: Option<PathBuf>, out: Option<PathBuf>, set: Ve
         ctx.runs_dir = r;
     }
     ctx.allow_read = allow_read;
+    ctx.max_memory = max_memory;
     let runner = Runner { ctx: ctx.clone(), params: params.clone() };
     let started = Instant::now();
-    match runner.run_file(&script) {
+    let result = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("script".into())
+            .stack_size(SCRIPT_STACK)
+            // The script's value is dropped on this thread too, for the same reason.
+            .spawn_scoped(s, || runner.run_file(&script).map(drop))
+            .map_err(|e| Error::usage(format!("cannot start the script thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Script(format!("{}: the script stopped on an internal error (a panic, printed above)", script.display())))?
+    });
+    match result {
         Ok(_) => {
             let manifest = serde_json::json!({
                 "script": script.display().to_string(),

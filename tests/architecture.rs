@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first; layer numbers in messages count from 1, as in the crate doc of `src/lib.rs`
 /// (keep the two in step).
 const LAYERS: &[&[&str]] = &[
-    &["error", "rng"],
+    &["error", "rng", "memory"],
     &["answer"],
     &["journal"],
     &["frame"],

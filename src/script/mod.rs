@@ -1,7 +1,8 @@
 //! Rhai bindings and the script runner. The bindings only adapt types and options to the
 //! library; no logic lives here.
 //!
-//! Sandbox: an operation limit, call-depth and size limits, no `eval`, no module imports; files
+//! Sandbox: an operation limit, call and expression depth limits, a memory ceiling, no `eval`, no
+//! module imports; files
 //! only through [`crate::lab::Workspace`]: reads under the data, runs and output dirs, the cotlab
 //! home and `--allow-read` dirs; writes into the output dir and under checked names in the runs
 //! dir (see `lab::sandbox`).
@@ -32,6 +33,9 @@ pub struct Context {
     pub runs_dir: PathBuf,
     /// More dirs the script may read (`cotlab run --allow-read DIR`).
     pub allow_read: Vec<PathBuf>,
+    /// Heap bytes the process may hold before the script is stopped between two operations
+    /// (`cotlab run --max-memory`); only where the binary counts its heap (`crate::memory`).
+    pub max_memory: Option<u64>,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -39,7 +43,14 @@ pub const MAX_OPERATIONS: u64 = 2_000_000_000;
 
 impl Context {
     pub fn new(data_dir: DataDir, out: Option<Arc<OutputDir>>) -> Context {
-        Context { data_dir, out, max_operations: MAX_OPERATIONS, runs_dir: PathBuf::from("runs"), allow_read: Vec::new() }
+        Context {
+            data_dir,
+            out,
+            max_operations: MAX_OPERATIONS,
+            runs_dir: PathBuf::from("runs"),
+            allow_read: Vec::new(),
+            max_memory: crate::memory::default_ceiling(),
+        }
     }
 
     /// The sandboxed workspace every binding goes through.
@@ -54,10 +65,22 @@ pub fn engine(ctx: Context) -> Engine {
     engine.set_max_operations(ctx.max_operations);
     engine.set_max_call_levels(64);
     engine.set_max_expr_depths(128, 64);
-    engine.set_max_string_size(64 << 20);
-    engine.set_max_array_size(10_000_000);
-    engine.set_max_map_size(1_000_000);
+    // No string/array/map size limits: with any of them set, Rhai re-measures a whole array (and
+    // everything nested in it) after every push, which made a 200k-push loop take 22 s. The
+    // memory ceiling below bounds all three at the cost of one atomic load per operation.
     engine.set_max_modules(0);
+    if let Some(ceiling) = ctx.max_memory {
+        engine.on_progress(move |_| {
+            let used = crate::memory::in_use()? as u64;
+            (used > ceiling).then(|| {
+                Dynamic::from(format!(
+                    "memory ceiling reached: the process holds {} of heap, the limit is {} (80% of this machine's RAM unless set; raise it with --max-memory GIB, 0 = none)",
+                    crate::memory::gib(used),
+                    crate::memory::gib(ceiling)
+                ))
+            })
+        });
+    }
     engine.disable_symbol("eval");
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| eprintln!("[debug {}:{}] {s}", src.unwrap_or("script"), pos));
@@ -105,7 +128,11 @@ pub fn format_error(file: &str, err: &EvalAltResult) -> String {
         inner = e;
     }
     let pos = inner.position();
-    let mut reason = inner.to_string();
+    let mut reason = match inner {
+        // A stop requested by `on_progress` (the memory ceiling) carries its own message.
+        EvalAltResult::ErrorTerminated(token, _) if token.is_string() => token.clone().into_string().unwrap_or_default(),
+        _ => inner.to_string(),
+    };
     // Rhai appends " (line L, position C)"; we put the position in front instead.
     if let Some(i) = reason.rfind(" (line ") {
         reason.truncate(i);
