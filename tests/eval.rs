@@ -121,3 +121,19 @@ fn paper_eval_prompts_per_template() {
     let chatml = ChatTemplate::Chatml { default_system: Some("S".into()) };
     assert_eq!(chatml.paper_eval(Evaluator::Math), chatml);
 }
+
+/// `student(spec, #{template})` replaces the model's template; a wrong name lists the choices.
+#[test]
+fn student_template_override_from_rhai() {
+    require!(Model);
+    use cotlab::script::{Context, Runner};
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().to_path_buf();
+    let runner = Runner::new(ctx);
+    let r = runner.eval("t.rhai", r#"[student("default").template, student("default", #{template: "alpaca"}).template]"#).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = r.into_array().unwrap().into_iter().map(|v| v.into_string().unwrap()).collect();
+    assert_eq!(names, ["chatml", "alpaca"]);
+    let e = runner.eval("t.rhai", r#"student("default", #{template: "vicuna"})"#).err().unwrap().to_string();
+    assert!(e.contains("template: unknown value 'vicuna': expected one of chatml, llama3, gemma, alpaca"), "{e}");
+}
