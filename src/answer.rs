@@ -1,20 +1,32 @@
-//! Answers, at the base of the crate: the answer kinds, the paper's extractor and the one
-//! `judge` that every stage uses to decide whether an output is right (scoring students,
-//! filtering teacher rationales, measuring agreement with gold). One definition, so that a
-//! student's accuracy and a teacher's agreement can never be computed two different ways.
+//! Answers, at the base of the crate: the answer kinds, the extractors and the one place that
+//! decides whether an output is right (scoring students, filtering teacher rationales, measuring
+//! agreement with gold). One definition, so that a student's accuracy and a teacher's agreement
+//! can never be computed two different ways.
 //!
-//! The extractor follows the paper's evaluation protocol: take the text after the last "The
-//! answer is"; for numbers drop commas and take the first number after the trigger (the last
-//! number of the whole text when there is no trigger); letters A–E for multiple choice;
-//! True/False (yes/no) for StrategyQA; `\boxed{}` and LaTeX normalisation for MATH.
+//! Two scoring protocols ([`Protocol`]):
+//!
+//! - `paper` ([`paper`]): the paper's own evaluators, rule for rule. Math tasks (SVAMP, GSM8K,
+//!   AQuA, MATH, arith) follow MAmmoTH's `answer_clean` as the paper's repository ships it
+//!   (EIT-NLP/Distilling-CoT-Reasoning `Evaluation/reasoning_eval/utils.py`, copied from
+//!   TIGER-AI-Lab/MAmmoTH `math_eval/utils.py`) and MAmmoTH's comparisons (`math_eval/run_open.py`,
+//!   `run_choice.py`); commonsense tasks (CSQA, OBQA, StrategyQA) follow the paper's own
+//!   `Evaluation/reasoning_eval/run_reasoning.py`.
+//! - `lenient` ([`judge`]): cotlab's original, more forgiving rules: the text after the last "The
+//!   answer is" (any case); numbers drop commas and take the first number after the trigger (the
+//!   last number of the whole text when there is no trigger), compared with a tolerance; letters
+//!   A–E (also "(b)", "b", or a bare letter without trigger) for multiple choice; True/False and
+//!   yes/no for StrategyQA; `\boxed{}` and LaTeX normalisation for MATH. Teachers' rationales
+//!   are filtered and measured with these rules.
 
 use std::sync::LazyLock;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{one_of, Result};
 use crate::usage;
+
+pub mod paper;
 
 /// How a gold answer is written and compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -181,7 +193,8 @@ pub struct Judgement {
     pub correct: bool,
 }
 
-/// Extract the answer of `kind` from `output` and compare it with `gold`. `gold` may be raw
+/// The lenient protocol: extract the answer of `kind` from `output` and compare it with `gold`.
+/// `gold` may be raw
 /// ("145.0", "(C)") or already canonical, as loaders store it: canonicalising a stored gold
 /// again does not change what is compared (`tests/extract_real.rs` checks this on the whole
 /// release; LaTeX normalisation is not idempotent on every string, only on those).
@@ -192,6 +205,61 @@ pub fn judge(output: &str, gold: &str, kind: AnswerKind) -> Judgement {
         _ => false,
     };
     Judgement { extracted, correct }
+}
+
+/// Which rules score an output: the paper's evaluators (the default wherever a student is
+/// scored) or cotlab's lenient extractor. Option `protocol: "paper" | "lenient"` of `evaluate`,
+/// `score_predictions`, `cotlab eval` and `cotlab score`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Protocol {
+    #[default]
+    Paper,
+    Lenient,
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Protocol::parse(&s)
+    }
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Paper, Protocol::Lenient];
+
+    /// "paper" or "lenient"; anything else is an error naming the option and both choices.
+    pub fn parse(s: &str) -> std::result::Result<Protocol, String> {
+        one_of("protocol", s, &[("paper", Protocol::Paper), ("lenient", Protocol::Lenient)])
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Paper => "paper",
+            Protocol::Lenient => "lenient",
+        }
+    }
+
+    /// Extract the answer from `output` and compare it with `gold` under this protocol.
+    /// `evaluator` says which of the paper's evaluators the task belongs to (the lenient rules
+    /// only look at `kind`).
+    pub fn judge(self, output: &str, gold: &str, kind: AnswerKind, evaluator: Evaluator) -> Judgement {
+        match self {
+            Protocol::Paper => paper::judge(output, gold, kind, evaluator),
+            Protocol::Lenient => judge(output, gold, kind),
+        }
+    }
+}
+
+/// Which of the paper's two evaluators scores a task: MAmmoTH's math evaluator (SVAMP, GSM8K,
+/// AQuA, MATH; also `arith`) or the paper's commonsense script (CSQA, OBQA, StrategyQA). AQuA and
+/// CSQA are both multiple choice but are scored by different rules, so the kind alone does not
+/// say it (`data::Task::evaluator` does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Evaluator {
+    Math,
+    Commonsense,
 }
 
 fn canonical_bool(w: &str) -> Option<&'static str> {
@@ -286,7 +354,7 @@ pub fn strip_latex(s: &str) -> String {
     s.trim_end_matches('.').to_string()
 }
 
-fn fix_sqrt(s: &str) -> String {
+pub(crate) fn fix_sqrt(s: &str) -> String {
     let mut parts = s.split("\\sqrt");
     let mut out = parts.next().unwrap_or("").to_string();
     for p in parts {
@@ -304,7 +372,7 @@ fn fix_sqrt(s: &str) -> String {
     out
 }
 
-fn fix_fracs(s: &str) -> String {
+pub(crate) fn fix_fracs(s: &str) -> String {
     let mut parts = s.split("\\frac");
     let mut out = parts.next().unwrap_or("").to_string();
     for p in parts {

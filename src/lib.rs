@@ -4,7 +4,8 @@
 //! `tests/architecture.rs` enforces this table):
 //!
 //! 1. [`error`], [`rng`], [`memory`]: the error type, the seeded RNG, live heap accounting.
-//! 2. [`answer`]: answer kinds, the paper's extractor and `judge` (extract, then compare with gold).
+//! 2. [`answer`]: answer kinds and the scoring protocols: the paper's evaluators and cotlab's
+//!    lenient extractor (extract, then compare with gold).
 //! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
 //!    runs, eval dirs and the teacher cache.
 //! 4. [`frame`]: polars frames and plotly charts.

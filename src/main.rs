@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use cotlab::data::contamination;
 use cotlab::data::loaders::load_questions;
 use cotlab::data::{load_dataset, Catalog, DataDir, DatasetOptions, Task};
+use cotlab::answer::Protocol;
+use cotlab::eval::run::{evaluate, EvalOptions, PromptStyle};
 use cotlab::eval::score_predictions;
 use cotlab::lab::{StudentOptions, Workspace};
 use cotlab::results::tables::catalog_frame;
@@ -81,8 +83,19 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
-        #[arg(long, default_value_t = 320)]
-        max_new_tokens: usize,
+        /// Generation limit (default: the paper's, 1024 new tokens for math, 640 for commonsense).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// Scoring rules: paper (the paper's evaluators) or lenient (cotlab's forgiving extractor).
+        #[arg(long, default_value = "paper")]
+        protocol: String,
+        /// Prompt: paper (the paper evaluator's prompt for the template) or train (the training template).
+        #[arg(long, default_value = "paper")]
+        prompt: String,
+        /// Chat template instead of the model's own: chatml, llama3, gemma or alpaca (needed for a
+        /// model that declares none).
+        #[arg(long)]
+        template: Option<String>,
         /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -106,6 +119,9 @@ enum Cmd {
         /// Test split to score against (default: test).
         #[arg(long)]
         split: Option<String>,
+        /// Scoring rules: paper or lenient (both accuracies are printed; this one is `accuracy`).
+        #[arg(long, default_value = "paper")]
+        protocol: String,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -219,16 +235,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, out, data_dir, runs } => {
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, protocol, prompt, template, out, data_dir, runs } => {
+            let protocol = Protocol::parse(&protocol).map_err(Error::usage)?;
+            let prompt = PromptStyle::parse(&prompt).map_err(Error::usage)?;
             let ws = trusted(data_dir, runs);
             let ds = load_dataset(&ws.data_dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
-            let student = ws.student(&model, &StudentOptions::default())?;
-            let opts = cotlab::eval::run::EvalOptions { batch_size, max_new_tokens, ..Default::default() };
+            let student = ws.student(&model, &StudentOptions { template, ..Default::default() })?;
+            let opts = EvalOptions { batch_size, max_new_tokens, protocol, prompt, ..Default::default() };
             let eval_dir = match out {
                 Some(o) => o,
                 None => ws.eval_dir(None, &ds, &student)?,
             };
-            let r = cotlab::eval::run::evaluate(&student, &ds, &opts, &eval_dir)?;
+            let r = evaluate(&student, &ds, &opts, &eval_dir)?;
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
@@ -274,10 +292,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Score { task, predictions, split, data_dir } => {
+        Cmd::Score { task, predictions, split, protocol, data_dir } => {
+            let protocol = Protocol::parse(&protocol).map_err(Error::usage)?;
             let dir = DataDir::resolve(data_dir);
             let ds = load_dataset(&dir, &task, &DatasetOptions { split, ..Default::default() })?;
-            let report = score_predictions(&ds, &predictions)?;
+            let report = score_predictions(&ds, &predictions, protocol)?;
             println!("{}", serde_json::to_string(&report).expect("report serialises"));
             Ok(())
         }

@@ -166,10 +166,10 @@ fn duplicate_predictions_are_an_error() {
     let d = tempfile::tempdir().unwrap();
     let line = format!("{{\"id\": \"{}\", \"prediction\": \"The answer is {}\"}}\n", ds.examples[0].id, ds.examples[0].answer);
     let p = write(d.path(), "dup.jsonl", line.repeat(500).as_bytes());
-    let e = cotlab::eval::score_predictions(&ds, &p).err().unwrap().to_string();
+    let e = cotlab::eval::score_predictions(&ds, &p, cotlab::answer::Protocol::Paper).err().unwrap().to_string();
     assert!(e.contains("dup.jsonl: line 2: a second prediction") && e.contains("line 1"), "{e}");
     let p = write(d.path(), "one.jsonl", line.as_bytes());
-    let r = cotlab::eval::score_predictions(&ds, &p).unwrap();
+    let r = cotlab::eval::score_predictions(&ds, &p, cotlab::answer::Protocol::Paper).unwrap();
     assert_eq!((r.n, r.correct, r.test_size), (1, 1, 300));
 }
 

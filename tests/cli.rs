@@ -72,7 +72,30 @@ fn score_prints_the_paper_protocol_accuracy() {
     let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
-    assert_eq!(v, serde_json::json!({"task": "svamp", "n": 5, "correct": 3, "accuracy": 0.6, "unparsed": 1, "test_size": 300}));
+    assert_eq!(
+        v,
+        serde_json::json!({"task": "svamp", "n": 5, "correct": 3, "accuracy": 0.6, "unparsed": 1, "test_size": 300,
+            "protocol": "paper", "accuracy_paper": 0.6, "accuracy_lenient": 0.6})
+    );
+    // CSQA: "(B)", a bare letter and a lower-case letter score only under the lenient protocol.
+    let cs = cotlab::data::load_dataset(&common::data_dir(), "csqa", &Default::default()).unwrap();
+    let c = &cs.examples;
+    let lines = [
+        serde_json::json!({"id": c[0].id, "prediction": format!("The answer is {}: …", c[0].answer)}),
+        serde_json::json!({"id": c[1].id, "prediction": format!("The answer is ({})", c[1].answer)}),
+        serde_json::json!({"id": c[2].id, "prediction": c[2].answer.clone()}),
+        serde_json::json!({"id": c[3].id, "prediction": format!("the answer is {}", c[3].answer.to_lowercase())}),
+    ];
+    std::fs::write(&p, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    for (protocol, correct, unparsed) in [("paper", 1, 3), ("lenient", 4, 0)] {
+        let r = run(cotlab().args(["score", "--task", "csqa", "--protocol", protocol, "--predictions"]).arg(&p));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!((v["protocol"].as_str(), v["correct"].as_i64(), v["unparsed"].as_i64()), (Some(protocol), Some(correct), Some(unparsed)), "{v}");
+        assert_eq!((v["accuracy_paper"].as_f64(), v["accuracy_lenient"].as_f64()), (Some(0.25), Some(1.0)));
+    }
+    let r = run(cotlab().args(["score", "--task", "csqa", "--protocol", "strict", "--predictions"]).arg(&p));
+    assert!(r.code == 1 && r.stderr.contains("protocol: unknown value 'strict': expected one of paper, lenient"), "{}", r.stderr);
     // An id from another task is an error naming the line.
     std::fs::write(&p, "{\"id\": \"gsm8k-test-0\", \"prediction\": \"1\"}\n").unwrap();
     let r = run(cotlab().args(["score", "--task", "svamp", "--predictions"]).arg(&p));

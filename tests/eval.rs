@@ -6,7 +6,10 @@ mod common;
 
 use candle_core::Device;
 use cotlab::data::{load_dataset, DatasetOptions};
-use cotlab::eval::run::{evaluate, wilson95, EvalOptions};
+use cotlab::answer::{Evaluator, Protocol};
+use cotlab::data::Task;
+use cotlab::eval::run::{evaluate, wilson95, EvalOptions, PromptStyle};
+use cotlab::model::ChatTemplate;
 use cotlab::model::{default_model_path, Student};
 
 #[test]
@@ -25,7 +28,7 @@ fn evaluate_writes_results_and_resumes() {
     let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(4), seed: Some(1), ..Default::default() }).unwrap();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("eval");
-    let opts = EvalOptions { batch_size: 2, max_new_tokens: 48, ..Default::default() };
+    let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(48), ..Default::default() };
     let mut half = ds.clone();
     half.examples.truncate(2);
     let first = evaluate(&s, &half, &opts, &dir).unwrap();
@@ -41,13 +44,22 @@ fn evaluate_writes_results_and_resumes() {
     }
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["n"], 4);
+    // The protocol, both protocols' accuracies on the same outputs, the limit and the prompt.
+    assert_eq!(results["protocol"], "paper");
+    assert_eq!(results["accuracy"], results["accuracy_paper"]);
+    assert!(results["accuracy_lenient"].as_f64().unwrap() >= 0.0);
+    assert_eq!(results["max_new_tokens"], 48);
+    assert!(results["prompt_template"].as_str().unwrap().contains("<|im_start|>user\n{question}<|im_end|>"), "{}", results["prompt_template"]);
+    // Another protocol is another evaluation (the dir is identified by its options).
+    let lenient = EvalOptions { protocol: Protocol::Lenient, ..opts.clone() };
+    assert!(evaluate(&s, &ds, &lenient, &dir).err().unwrap().to_string().contains("other settings"));
     assert!(dir.join("samples.parquet").is_file());
     // A crash mid-write leaves a torn last line: it is dropped and nothing else is regenerated.
     std::fs::write(dir.join("samples.jsonl"), format!("{lines}{{\"id\": \"chal-")).unwrap();
     let again = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((again.n, again.generated_now), (4, 0));
     // Other settings in the same dir are refused.
-    let other = EvalOptions { max_new_tokens: 49, ..opts };
+    let other = EvalOptions { max_new_tokens: Some(49), ..opts.clone() };
     assert!(evaluate(&s, &ds, &other, &dir).err().unwrap().to_string().contains("other settings"));
 }
 
@@ -67,4 +79,61 @@ fn evaluate_from_rhai() {
     assert_eq!(r[1].clone().into_string().unwrap(), "svamp");
     assert!(r[2].as_int().unwrap() <= 8);
     assert!(d.path().join("e/results.json").is_file());
+}
+
+/// Without options an evaluation is the paper's: its protocol, its prompts, its token limits
+/// (1024 new tokens for math, 640 for commonsense: `autoevaluate.py`, MAmmoTH `run_open.py`).
+#[test]
+fn eval_defaults_are_the_papers() {
+    let o = EvalOptions::default();
+    assert_eq!((o.protocol, o.prompt, o.max_new_tokens, o.temperature), (Protocol::Paper, PromptStyle::Paper, None, 0.0));
+    for t in [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math] {
+        assert_eq!((t.paper_max_new_tokens(), t.evaluator()), (1024, Evaluator::Math), "{}", t.name());
+    }
+    for t in [Task::Csqa, Task::Obqa, Task::StrategyQa] {
+        assert_eq!((t.paper_max_new_tokens(), t.evaluator()), (640, Evaluator::Commonsense), "{}", t.name());
+    }
+    // Rhai options map onto the same defaults and name the choices when wrong.
+    let e = serde_json::from_value::<EvalOptions>(serde_json::json!({"protocol": "strict"})).err().unwrap().to_string();
+    assert!(e.contains("protocol: unknown value 'strict': expected one of paper, lenient"), "{e}");
+    let e = serde_json::from_value::<EvalOptions>(serde_json::json!({"prompt": "chat"})).err().unwrap().to_string();
+    assert!(e.contains("prompt: unknown value 'chat': expected one of paper, train"), "{e}");
+}
+
+/// The paper evaluator's prompts (`prompt_utils.py`), distinct from the training templates.
+#[test]
+fn paper_eval_prompts_per_template() {
+    let q = "Q?";
+    let llama = ChatTemplate::Llama3.paper_eval(Evaluator::Commonsense).prompt(q);
+    assert_eq!(llama, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nQ?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    assert_eq!(ChatTemplate::Llama3.paper_eval(Evaluator::Math).prompt(q), llama);
+    assert_ne!(ChatTemplate::Llama3.prompt(q), llama, "training has no system turn");
+    let alpaca = ChatTemplate::Alpaca { eos: "</s>".into() };
+    let head = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nQ?\n\n";
+    assert_eq!(alpaca.paper_eval(Evaluator::Commonsense).prompt(q), format!("{head}### Response: \n"));
+    assert_eq!(alpaca.paper_eval(Evaluator::Math).prompt(q), format!("{head}### Response:"));
+    assert_eq!(alpaca.prompt(q), format!("{head}### Response:\n"), "LLaMA-Factory's training prompt");
+    assert_eq!(ChatTemplate::Gemma.paper_eval(Evaluator::Commonsense).prompt(q), "<bos><start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n\n");
+    assert_eq!(ChatTemplate::Gemma.paper_eval(Evaluator::Math).prompt(q), "<bos>\n<start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n");
+    // The answer still ends where the training template ends it.
+    assert_eq!(alpaca.paper_eval(Evaluator::Math).end(), "</s>");
+    // ChatML has no paper prompt: the training prompt is kept.
+    let chatml = ChatTemplate::Chatml { default_system: Some("S".into()) };
+    assert_eq!(chatml.paper_eval(Evaluator::Math), chatml);
+}
+
+/// `student(spec, #{template})` replaces the model's template; a wrong name lists the choices.
+#[test]
+fn student_template_override_from_rhai() {
+    require!(Model);
+    use cotlab::script::{Context, Runner};
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().to_path_buf();
+    let runner = Runner::new(ctx);
+    let r = runner.eval("t.rhai", r#"[student("default").template, student("default", #{template: "alpaca"}).template]"#).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = r.into_array().unwrap().into_iter().map(|v| v.into_string().unwrap()).collect();
+    assert_eq!(names, ["chatml", "alpaca"]);
+    let e = runner.eval("t.rhai", r#"student("default", #{template: "vicuna"})"#).err().unwrap().to_string();
+    assert!(e.contains("template: unknown value 'vicuna': expected one of chatml, llama3, gemma, alpaca"), "{e}");
 }

@@ -17,6 +17,7 @@ use crate::usage;
 
 // AnswerKind lives with the extractor at the base of the crate; re-exported so data paths keep working.
 pub use crate::answer::AnswerKind;
+use crate::answer::Evaluator;
 pub use catalog::{Catalog, CatalogEntry, Corpus, Rationale, RationaleQuery, ReleaseTeacher};
 
 /// One question with its gold answer, as a student sees it.
@@ -89,6 +90,25 @@ impl Task {
             Task::Aqua | Task::Csqa | Task::Obqa => AnswerKind::Choice,
             Task::StrategyQa => AnswerKind::Bool,
             Task::Math => AnswerKind::Latex,
+        }
+    }
+
+    /// Which of the paper's evaluators scores this task: MAmmoTH's for the math tasks, the
+    /// paper's `run_reasoning.py` for CSQA, OBQA and StrategyQA (see `answer::paper`).
+    pub fn evaluator(self) -> Evaluator {
+        match self {
+            Task::Csqa | Task::Obqa | Task::StrategyQa => Evaluator::Commonsense,
+            Task::Svamp | Task::Gsm8k | Task::Aqua | Task::Math | Task::Arith => Evaluator::Math,
+        }
+    }
+
+    /// The paper's generation limit: `--model_max_length 640` for the commonsense tasks
+    /// (`Evaluation/reasoning_eval/autoevaluate.py`; 320 is only `run_reasoning.py`'s argparse
+    /// default) and MAmmoTH's default 1024 for math (`math_eval/run_open.py`, `run_choice.py`).
+    pub fn paper_max_new_tokens(self) -> usize {
+        match self.evaluator() {
+            Evaluator::Commonsense => 640,
+            Evaluator::Math => 1024,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Zero-shot evaluation of a student on a test set, the paper's way: the question in the
-//! student's chat template, greedy decoding, the shared extractor, accuracy with a 95% Wilson
-//! interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
+//! Zero-shot evaluation of a student on a test set, the paper's way by default: the question in
+//! the paper evaluator's prompt for the student's template ([`ChatTemplate::paper_eval`]), up to
+//! the paper's token limit (1024 new tokens for math, 640 for commonsense), greedy decoding,
+//! judged by the `paper` protocol ([`crate::answer::Protocol`]; the other protocol's accuracy is
+//! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
 //! (+ `samples.parquet`). Samples are appended per batch, so an interrupted evaluation resumes
 //! where it stopped and never generates an answer twice.
 
@@ -10,28 +12,65 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::judge;
+use crate::answer::Protocol;
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{one_of, Error, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate, Finish, GenOptions};
-use crate::model::Student;
+use crate::model::{ChatTemplate, Student};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalOptions {
     pub batch_size: usize,
-    /// The paper's evaluation generated up to 320 new tokens.
-    pub max_new_tokens: usize,
+    /// `None`: the paper's limit for the task ([`crate::data::Task::paper_max_new_tokens`]:
+    /// 1024 for math, 640 for commonsense).
+    pub max_new_tokens: Option<usize>,
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    /// Which rules score the outputs (default `paper`).
+    pub protocol: Protocol,
+    /// Which prompt wraps the question (default `paper`).
+    pub prompt: PromptStyle,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 8, max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0 }
+        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper }
+    }
+}
+
+/// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
+/// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
+/// (`train`, what `sft` trained on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum PromptStyle {
+    #[default]
+    Paper,
+    Train,
+}
+
+impl TryFrom<String> for PromptStyle {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        PromptStyle::parse(&s)
+    }
+}
+
+impl PromptStyle {
+    pub fn parse(s: &str) -> std::result::Result<PromptStyle, String> {
+        one_of("prompt", s, &[("paper", PromptStyle::Paper), ("train", PromptStyle::Train)])
+    }
+
+    /// The template that wraps each question of `task` for `student`.
+    pub fn template(self, student: &Student, task: crate::data::Task) -> ChatTemplate {
+        match self {
+            PromptStyle::Paper => student.template.paper_eval(task.evaluator()),
+            PromptStyle::Train => student.template.clone(),
+        }
     }
 }
 
@@ -63,6 +102,15 @@ pub struct EvalReport {
     pub generated_now: usize,
     pub seconds: f64,
     pub eval_dir: String,
+    /// The protocol `correct`/`accuracy`/`unparsed` are under.
+    pub protocol: Protocol,
+    /// The same outputs judged by each protocol (one of them is `accuracy`).
+    pub accuracy_paper: f64,
+    pub accuracy_lenient: f64,
+    /// The generation limit used (the option, else the paper's for the task).
+    pub max_new_tokens: usize,
+    /// The exact prompt around a question: `{before}` + question + `{after}`.
+    pub prompt_template: String,
     pub options: EvalOptions,
 }
 
@@ -82,11 +130,17 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
 
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
     crate::error::in_range("evaluate", "batch_size", opts.batch_size, 1..=4096)?;
-    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
+    let max_new_tokens = opts.max_new_tokens.unwrap_or_else(|| ds.task.paper_max_new_tokens());
+    let gen = GenOptions { max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, ..Default::default() };
     // Checked before the eval dir is made.
     gen.validate("evaluate")?;
+    let evaluator = ds.task.evaluator();
+    let template = opts.prompt.template(student, ds.task);
+    // The same weights, prompted with the evaluation's template.
+    let prompted = student.with_template(template.clone());
+    let prompt_template = template.prompt("{question}");
     let started = Instant::now();
-    let settings = serde_json::json!({"task": ds.name, "split": ds.split, "model": student.source.display().to_string(), "options": opts});
+    let settings = serde_json::json!({"task": ds.name, "split": ds.split, "model": student.source.display().to_string(), "options": opts, "max_new_tokens": max_new_tokens, "template": template});
     ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
     // A line torn by a crash is dropped (that example is generated again).
     let (journal, mut samples) = Journal::<Sample>::open(&dir.join("samples.jsonl"))?;
@@ -99,9 +153,9 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let loop_start = Instant::now();
     for batch in todo.chunks(opts.batch_size) {
         let qs: Vec<String> = batch.iter().map(|e| e.question.clone()).collect();
-        let outs = generate(student, &qs, &gen)?;
+        let outs = generate(&prompted, &qs, &gen)?;
         for (e, g) in batch.iter().zip(outs) {
-            let j = judge(&g.text, &e.answer, e.kind);
+            let j = opts.protocol.judge(&g.text, &e.answer, e.kind, evaluator);
             let s = Sample {
                 id: e.id.clone(),
                 question: e.question.clone(),
@@ -133,6 +187,11 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let n = scored.len();
     let correct = scored.iter().filter(|s| s.correct).count();
     let (lo, hi) = wilson95(correct, n);
+    let kinds: std::collections::HashMap<&str, _> = ds.examples.iter().map(|e| (e.id.as_str(), e.kind)).collect();
+    let accuracy_under = |p: Protocol| -> f64 {
+        let k = scored.iter().filter(|s| p.judge(&s.generated, &s.gold, kinds[s.id.as_str()], evaluator).correct).count();
+        if n == 0 { 0.0 } else { k as f64 / n as f64 }
+    };
     let report = EvalReport {
         task: ds.name.clone(),
         split: ds.split.clone(),
@@ -148,6 +207,11 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         generated_now,
         seconds: started.elapsed().as_secs_f64(),
         eval_dir: dir.display().to_string(),
+        protocol: opts.protocol,
+        accuracy_paper: accuracy_under(Protocol::Paper),
+        accuracy_lenient: accuracy_under(Protocol::Lenient),
+        max_new_tokens,
+        prompt_template,
         options: opts.clone(),
     };
     let rp = dir.join("results.json");

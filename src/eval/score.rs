@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::answer::judge;
+use crate::answer::Protocol;
 use crate::data::contamination::normalize;
 use crate::data::loaders::read_records;
 use crate::data::Dataset;
@@ -24,11 +24,19 @@ pub struct ScoreReport {
     pub unparsed: usize,
     /// Examples in the test set: n below it means some examples have no prediction.
     pub test_size: usize,
+    /// The protocol `correct`/`accuracy`/`unparsed` are under.
+    pub protocol: Protocol,
+    /// The same predictions judged by each protocol (one of them is `accuracy`).
+    pub accuracy_paper: f64,
+    pub accuracy_lenient: f64,
 }
 
-/// Score `path` against `ds`. A line whose id/question is not in the test set is an error (a
-/// predictions file for another task or split would otherwise score silently as garbage).
-pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
+/// Score `path` against `ds` under `protocol` (the other protocol's accuracy is reported too). A
+/// line whose id/question is not in the test set is an error (a predictions file for another
+/// task or split would otherwise score silently as garbage).
+pub fn score_predictions(ds: &Dataset, path: &Path, protocol: Protocol) -> Result<ScoreReport> {
+    let evaluator = ds.task.evaluator();
+    let mut right = [0usize; 2];
     let by_id: HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
     let by_q: HashMap<String, usize> = ds.examples.iter().enumerate().map(|(i, e)| (normalize(&e.question), i)).collect();
     let (mut n, mut correct, mut unparsed) = (0, 0, 0);
@@ -63,7 +71,10 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
         }
         seen.insert(idx, rec.loc.to_string());
         n += 1;
-        let j = judge(&prediction, &ex.answer, ex.kind);
+        for (i, p) in Protocol::ALL.iter().enumerate() {
+            right[i] += usize::from(p.judge(&prediction, &ex.answer, ex.kind, evaluator).correct);
+        }
+        let j = protocol.judge(&prediction, &ex.answer, ex.kind, evaluator);
         if j.correct {
             correct += 1;
         } else if j.extracted.is_none() {
@@ -77,5 +88,8 @@ pub fn score_predictions(ds: &Dataset, path: &Path) -> Result<ScoreReport> {
         accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
         unparsed,
         test_size: ds.len(),
+        protocol,
+        accuracy_paper: if n == 0 { 0.0 } else { right[0] as f64 / n as f64 },
+        accuracy_lenient: if n == 0 { 0.0 } else { right[1] as f64 / n as f64 },
     })
 }

@@ -13,7 +13,7 @@ pub use sandbox::{Access, RunName};
 
 use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{device, resolve, Student};
+use crate::model::{device, eos_text, resolve, ChatTemplate, Student};
 use crate::results::OutputDir;
 use crate::teacher::cache::Cache;
 use crate::teacher::openai::{OpenAi, OpenAiOptions};
@@ -36,6 +36,10 @@ pub struct Workspace {
 pub struct StudentOptions {
     /// "cpu" (default), "cuda", "cuda:N" or "auto".
     pub device: Option<String>,
+    /// The chat template to train and prompt with, instead of the one the model declares:
+    /// "chatml", "llama3", "gemma" or "alpaca". Required for a model that declares none (a base
+    /// checkpoint: cotlab never guesses one).
+    pub template: Option<String>,
 }
 
 impl Workspace {
@@ -102,7 +106,11 @@ impl Workspace {
             let as_run = if direct.exists() { direct.clone() } else { self.runs_dir.join(spec) };
             if as_run.join("checkpoint").is_dir() {
                 let dir = self.find_run(spec)?;
-                return crate::train::export::load_run_on(&dir, &dev);
+                let mut s = crate::train::export::load_run_on(&dir, &dev)?;
+                if let Some(t) = &opts.template {
+                    s.template = ChatTemplate::parse(t, &eos_text(&s.tokenizer, s.config.eos_token_id))?;
+                }
+                return Ok(s);
             }
             // A typo gets "model not found" from `resolve`; an existing file outside the read
             // roots is refused.
@@ -110,7 +118,7 @@ impl Workspace {
                 self.readable(&direct, "student")?;
             }
         }
-        Student::load(&resolve(spec)?, &dev)
+        Student::load_with(&resolve(spec)?, &dev, opts.template.as_deref())
     }
 
     /// A teacher: `openai` (an OpenAI-compatible endpoint), `local` (a student as teacher),
@@ -124,7 +132,7 @@ impl Workspace {
                 Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(client), cache: cache(&c)? }
             }
             TeacherSpec::Local { model, device, cache: c } => {
-                self.student_teacher(Arc::new(self.student(&model, &StudentOptions { device })?), c.as_deref())?
+                self.student_teacher(Arc::new(self.student(&model, &StudentOptions { device, ..Default::default() })?), c.as_deref())?
             }
             TeacherSpec::Replay { dataset, teacher } => {
                 Teacher { kind: "replay".into(), model: teacher.clone(), backend: Backend::Replay { dir: self.data_dir.clone(), dataset, teacher }, cache: None }

@@ -1,11 +1,18 @@
 //! Chat templates: how a question is wrapped for a student, and what closes its answer. The
 //! paper used llama3 for Llama, gemma for Gemma and alpaca for BLOOM; SmolLM2 and Qwen use chatml.
+//!
+//! Training and evaluation prompts differ in the paper: LLaMA-Factory's templates train the
+//! students, while its evaluators build their own prompts ([`ChatTemplate::paper_eval`]).
 
 use candle_core::quantized::gguf_file::Content;
 use serde::{Deserialize, Serialize};
 
+use crate::answer::Evaluator;
 use crate::error::Result;
 use crate::usage;
+
+/// The names `student(spec, #{template})` and `cotlab eval --template` accept.
+pub const TEMPLATE_NAMES: &str = "chatml, llama3, gemma, alpaca";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase")]
@@ -16,6 +23,9 @@ pub enum ChatTemplate {
     Gemma,
     /// LLaMA-Factory's alpaca template; the answer ends with the tokenizer's EOS text.
     Alpaca { eos: String },
+    /// A fixed text around the question: the paper evaluator's prompt for a template
+    /// ([`ChatTemplate::paper_eval`]); `base` names the template it stands for.
+    Wrapped { base: String, before: String, after: String, end: String },
 }
 
 impl ChatTemplate {
@@ -25,19 +35,67 @@ impl ChatTemplate {
             "llama3" => ChatTemplate::Llama3,
             "gemma" => ChatTemplate::Gemma,
             "alpaca" => ChatTemplate::Alpaca { eos: eos.to_string() },
-            other => return Err(usage!("unknown chat template '{other}': expected chatml, llama3, gemma or alpaca")),
+            other => return Err(usage!("template: unknown value '{other}': expected one of {TEMPLATE_NAMES}")),
         })
     }
 
-    /// Read the template family (and ChatML's default system message) from a GGUF's Jinja template.
-    pub fn from_gguf(c: &Content) -> ChatTemplate {
+    /// Read the template family (and ChatML's default system message) from a GGUF's Jinja
+    /// template; `None` when it has none or one of no known family.
+    pub fn from_gguf(c: &Content, eos: &str) -> Option<ChatTemplate> {
         let jinja = c.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        ChatTemplate::from_jinja(&jinja, eos)
+    }
+
+    /// The template family of a Jinja chat template (a model's `chat_template`); `None` for an
+    /// empty or unknown one: the caller must then be told to choose (no silent fallback).
+    /// `eos` is the tokenizer's EOS text (alpaca ends answers with it).
+    pub fn from_jinja(jinja: &str, eos: &str) -> Option<ChatTemplate> {
         if jinja.contains("<|start_header_id|>") {
-            ChatTemplate::Llama3
+            Some(ChatTemplate::Llama3)
         } else if jinja.contains("<start_of_turn>") {
-            ChatTemplate::Gemma
+            Some(ChatTemplate::Gemma)
+        } else if jinja.contains("<|im_start|>") {
+            Some(ChatTemplate::Chatml { default_system: default_system(jinja) })
+        } else if jinja.contains("### Instruction:") && jinja.contains("### Response:") {
+            // What `jinja()` writes for alpaca (exported BLOOM students read back as trained).
+            Some(ChatTemplate::Alpaca { eos: eos.to_string() })
         } else {
-            ChatTemplate::Chatml { default_system: default_system(&jinja) }
+            None
+        }
+    }
+
+    /// The prompt the paper's evaluators give a student trained with this template (zero-shot;
+    /// EIT-NLP/Distilling-CoT-Reasoning `Evaluation/reasoning_eval/prompt_utils.py`, whose forms
+    /// `autoevaluate.py` picks by family: alpaca for BLOOM, gemma, llama3):
+    ///
+    /// - commonsense (`run_reasoning.py`: `get_prompt([(q, "")], form)`, the whole `tmp`):
+    ///   alpaca `…request.\n\n### Instruction:\n{q}\n\n### Response: \n`; llama3 with the
+    ///   system turn "You are a helpful assistant."; gemma `<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n\n`.
+    /// - math (MAmmoTH `run_open.py`/`run_choice.py`: `prompt_no_input + prefix.format(query=q)`
+    ///   with no examples): alpaca `…request.\n\n### Instruction:\n{q}\n\n### Response:`; the
+    ///   same llama3 prompt; gemma `\n<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n`.
+    ///
+    /// vLLM and transformers add the tokenizer's BOS to a prompt string (`<|begin_of_text|>`,
+    /// `<bos>`; BLOOM has none); cotlab tokenizes prompts without special tokens, so the BOS is
+    /// written here. ChatML has no paper prompt (no student of the paper used it): its training
+    /// prompt is kept.
+    pub fn paper_eval(&self, evaluator: Evaluator) -> ChatTemplate {
+        let commonsense = evaluator == Evaluator::Commonsense;
+        let wrap = |before: String, after: &str| ChatTemplate::Wrapped { base: self.name().to_string(), before, after: after.to_string(), end: self.end() };
+        match self {
+            ChatTemplate::Chatml { .. } | ChatTemplate::Wrapped { .. } => self.clone(),
+            ChatTemplate::Llama3 => wrap(
+                "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n".into(),
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            ),
+            ChatTemplate::Gemma => wrap(
+                if commonsense { "<bos><start_of_turn>user\n" } else { "<bos>\n<start_of_turn>user\n" }.into(),
+                if commonsense { "<end_of_turn>\n<start_of_turn>model\n\n" } else { "<end_of_turn>\n<start_of_turn>model\n" },
+            ),
+            ChatTemplate::Alpaca { .. } => wrap(
+                "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n".into(),
+                if commonsense { "\n\n### Response: \n" } else { "\n\n### Response:" },
+            ),
         }
     }
 
@@ -47,6 +105,7 @@ impl ChatTemplate {
             ChatTemplate::Llama3 => "llama3",
             ChatTemplate::Gemma => "gemma",
             ChatTemplate::Alpaca { .. } => "alpaca",
+            ChatTemplate::Wrapped { .. } => "wrapped",
         }
     }
 
@@ -64,6 +123,7 @@ impl ChatTemplate {
             ChatTemplate::Alpaca { .. } => format!(
                 "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{user}\n\n### Response:\n"
             ),
+            ChatTemplate::Wrapped { before, after, .. } => format!("{before}{user}{after}"),
         }
     }
 
@@ -74,6 +134,7 @@ impl ChatTemplate {
             ChatTemplate::Llama3 => "<|eot_id|>".into(),
             ChatTemplate::Gemma => "<end_of_turn>\n".into(),
             ChatTemplate::Alpaca { eos } => eos.clone(),
+            ChatTemplate::Wrapped { end, .. } => end.clone(),
         }
     }
 
@@ -91,6 +152,10 @@ impl ChatTemplate {
             }
             ChatTemplate::Llama3 => "{{ '<|begin_of_text|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}".into(),
             ChatTemplate::Gemma => "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' + message['content'] + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}".into(),
+            ChatTemplate::Wrapped { before, after, end, .. } => {
+                let q = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\'', "\\'");
+                format!("{{% for message in messages %}}{{% if message['role'] == 'user' %}}{{{{ '{}' + message['content'] + '{}' }}}}{{% else %}}{{{{ message['content'] + '{}' }}}}{{% endif %}}{{% endfor %}}", q(before), q(after), q(end))
+            }
             ChatTemplate::Alpaca { .. } => "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\\n\\n### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}".into(),
         }
     }

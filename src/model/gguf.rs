@@ -18,7 +18,7 @@ use super::family::Family;
 use super::tokenizer;
 use crate::error::{Error, Result};
 
-type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, Option<ChatTemplate>, String);
 
 pub(crate) fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
     c.metadata.get(key).ok_or_else(|| Error::data(path, format!("GGUF metadata lacks '{key}'")))
@@ -129,7 +129,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         tensors.insert(hf, t);
     }
     let tok = tokenizer::from_gguf(&content, path)?;
-    let template = ChatTemplate::from_gguf(&content);
+    let eos = super::eos_text(&tok, config.eos_token_id);
+    let template = ChatTemplate::from_gguf(&content, &eos);
     let name = content
         .metadata
         .get("general.name")

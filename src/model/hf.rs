@@ -11,7 +11,7 @@ use super::config::ModelConfig;
 use super::family::Family;
 use crate::error::{Error, Result};
 
-type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, ChatTemplate, String);
+type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, Option<ChatTemplate>, String);
 
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
@@ -91,19 +91,10 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     Ok((config, tensors, tokenizer, template, name))
 }
 
-fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> ChatTemplate {
+fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> Option<ChatTemplate> {
     let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     let jinja = cfg.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()).unwrap_or("");
-    if jinja.contains("<|start_header_id|>") {
-        ChatTemplate::Llama3
-    } else if jinja.contains("<start_of_turn>") {
-        ChatTemplate::Gemma
-    } else if jinja.contains("<|im_start|>") {
-        let sys = super::chat::default_system(jinja);
-        ChatTemplate::Chatml { default_system: sys }
-    } else {
-        let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
-        let eos = eos.or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into());
-        ChatTemplate::Alpaca { eos }
-    }
+    let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
+    let eos = eos.or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into());
+    ChatTemplate::from_jinja(jinja, &eos)
 }

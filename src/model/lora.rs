@@ -40,6 +40,15 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// The same adapters (shared `Var`s) with the current dropout key.
+    pub fn share(&self) -> Lora {
+        Lora {
+            config: self.config.clone(),
+            adapters: self.adapters.clone(),
+            dropout_key: AtomicU64::new(self.dropout_key.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+
     pub fn scale(&self) -> f64 {
         self.config.alpha / self.config.r as f64
     }

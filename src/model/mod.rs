@@ -116,15 +116,49 @@ pub struct Student {
 }
 
 impl Student {
-    /// Load from a .gguf file or an HF model dir onto `device`.
+    /// Load from a .gguf file or an HF model dir onto `device`, with the chat template the model
+    /// declares. A model without one (a base checkpoint) is an error that names the choices:
+    /// load it with [`Student::load_with`] and a template.
     pub fn load(path: &Path, device: &Device) -> Result<Student> {
-        let (config, tensors, tokenizer, template, name) = if path.is_dir() {
+        Student::load_with(path, device, None)
+    }
+
+    /// Load with `template` (`chatml`, `llama3`, `gemma`, `alpaca`) instead of the model's own
+    /// chat template; `None` keeps the model's, which must then exist.
+    pub fn load_with(path: &Path, device: &Device, template: Option<&str>) -> Result<Student> {
+        let (config, tensors, tokenizer, detected, name) = if path.is_dir() {
             hf::load_dir(path, device)?
         } else {
             gguf::load(path, device)?
         };
+        let template = match template {
+            Some(t) => ChatTemplate::parse(t, &eos_text(&tokenizer, config.eos_token_id))?,
+            None => detected.ok_or_else(|| {
+                Error::data(
+                    path,
+                    format!(
+                        "the model declares no chat template of a known family (a base checkpoint?): choose the one it was or will be trained with, \
+                         student(spec, #{{template: \"alpaca\"}}) in Rhai or --template alpaca on the command line; templates: {} (the paper used alpaca for BLOOM, llama3 for Llama, gemma for Gemma)",
+                        chat::TEMPLATE_NAMES
+                    ),
+                )
+            })?,
+        };
         let model = Transformer::new(config.clone(), tensors, device)?;
         Ok(Student { name, source: path.to_path_buf(), config, model, tokenizer, template })
+    }
+
+    /// The same student (weights and LoRA adapters shared, not copied) prompted with another
+    /// template: evaluation uses it for the paper evaluator's prompts.
+    pub fn with_template(&self, template: ChatTemplate) -> Student {
+        Student {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            config: self.config.clone(),
+            model: self.model.share_with_adapters(),
+            tokenizer: self.tokenizer.clone(),
+            template,
+        }
     }
 
     /// Every base parameter, by HF name.
@@ -145,6 +179,11 @@ impl Student {
             template: self.template.clone(),
         })
     }
+}
+
+/// The tokenizer's text for the EOS id (what alpaca appends to an answer), else `</s>`.
+pub fn eos_text(tok: &tokenizers::Tokenizer, eos_id: Option<u32>) -> String {
+    eos_id.and_then(|id| tok.id_to_token(id)).or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into())
 }
 
 /// Pick the compute device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when built with it and present).

@@ -107,6 +107,14 @@ impl Transformer {
         }
     }
 
+    /// Another handle on the same base weights and the same LoRA adapters (all `Var`s share
+    /// storage): what training changes, this handle sees.
+    pub fn share_with_adapters(&self) -> Transformer {
+        let mut t = self.share();
+        t.lora = self.lora.as_ref().map(|l| l.share());
+        t
+    }
+
     /// Attach fresh LoRA adapters (base weights become frozen).
     pub fn attach_lora(&mut self, config: LoraConfig, seed: u64) -> Result<()> {
         self.lora = Some(Lora::init(config, self.config.family.lora_modules(), &self.params, seed, &self.device)?);

@@ -63,6 +63,7 @@ struct ContaminationOptions {
 #[serde(default, deny_unknown_fields)]
 struct ScoreOptions {
     split: Option<String>,
+    protocol: crate::answer::Protocol,
 }
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
@@ -179,15 +180,15 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         contam(train, test, o.threshold.unwrap_or(0.8))
     });
     let ws = ctx.workspace();
-    let score = move |task: &str, path: &str, split: Option<String>| -> RhaiResult<Dynamic> {
+    let score = move |task: &str, path: &str, split: Option<String>, protocol: crate::answer::Protocol| -> RhaiResult<Dynamic> {
         let ds = load_dataset(&ws.data_dir, task, &DatasetOptions { split, ..Default::default() }).map_err(rt)?;
         let path = ws.readable(std::path::Path::new(path), "score_predictions").map_err(rt)?;
-        rhai::serde::to_dynamic(score_predictions(&ds, &path).map_err(rt)?)
+        rhai::serde::to_dynamic(score_predictions(&ds, &path, protocol).map_err(rt)?)
     };
     let s2 = score.clone();
-    engine.register_fn("score_predictions", move |task: &str, path: &str| s2(task, path, None));
+    engine.register_fn("score_predictions", move |task: &str, path: &str| s2(task, path, None, crate::answer::Protocol::Paper));
     engine.register_fn("score_predictions", move |task: &str, path: &str, opts: Map| -> RhaiResult<Dynamic> {
         let o: ScoreOptions = options(opts)?;
-        score(task, path, o.split)
+        score(task, path, o.split, o.protocol)
     });
 }

@@ -135,7 +135,19 @@ pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
     let model = model.as_str();
     // A run trained from another run's checkpoint names that run dir as its model.
     let base_path = Path::new(model);
-    let base = if base_path.join("checkpoint").is_dir() { load_run_on(base_path, device)? } else { Student::load(base_path, device)? };
+    // The template the run trained with (runs from before it was recorded: the base's own).
+    let template: Option<crate::model::ChatTemplate> = match cfg.get("template") {
+        Some(v) if !v.is_null() => Some(serde_json::from_value(v.clone()).map_err(|e| Error::data(&cfg_path, format!("template: {e}")))?),
+        _ => None,
+    };
+    let mut base = if base_path.join("checkpoint").is_dir() {
+        load_run_on(base_path, device)?
+    } else {
+        Student::load_with(base_path, device, template.as_ref().map(|t| t.name()))?
+    };
+    if let Some(t) = template {
+        base.template = t;
+    }
     let lora: Option<crate::model::lora::LoraConfig> = match cfg["options"].get("lora") {
         Some(v) if !v.is_null() => Some(serde_json::from_value(v.clone()).map_err(|e| Error::data(&cfg_path, e.to_string()))?),
         _ => None,

@@ -520,6 +520,9 @@ pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOpt
         .fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
     serde_json::json!({
         "model": student.source.display().to_string(),
+        // The chat template trained with (a base model may have none of its own, or another):
+        // `load_run_on` restores it.
+        "template": student.template,
         "options": opts,
         "data": {
             "dataset": corpus.task.name(),
