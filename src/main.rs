@@ -79,6 +79,9 @@ enum Cmd {
         batch_size: usize,
         #[arg(long, default_value_t = 320)]
         max_new_tokens: usize,
+        /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
+        #[arg(long)]
+        beams: Option<usize>,
         /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -207,11 +210,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, out, data_dir, runs } => {
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, beams, out, data_dir, runs } => {
             let ws = trusted(data_dir, runs);
             let ds = load_dataset(&ws.data_dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
             let student = ws.student(&model, &StudentOptions::default())?;
-            let opts = cotlab::eval::run::EvalOptions { batch_size, max_new_tokens, ..Default::default() };
+            let opts = cotlab::eval::run::EvalOptions { batch_size, max_new_tokens, beams, ..Default::default() };
             let eval_dir = match out {
                 Some(o) => o,
                 None => ws.eval_dir(None, &ds, &student)?,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::answer::judge;
-use crate::data::Dataset;
+use crate::data::{Dataset, Task};
 use crate::error::{Error, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
@@ -27,11 +27,25 @@ pub struct EvalOptions {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    /// Beam width; default (`None`) the paper's: 5 for the commonsense tasks, 1 (greedy) otherwise
+    /// (see [`paper_beams`]). Reported resolved in `results.json`.
+    pub beams: Option<usize>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 8, max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0 }
+        EvalOptions { batch_size: 8, max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, beams: None }
+    }
+}
+
+/// The paper's beam width per task: its evaluator for CSQA, OBQA and StrategyQA
+/// (`Evaluation/reasoning_eval/run_reasoning.py`) decodes with vLLM
+/// `SamplingParams(temperature=0, use_beam_search=True, best_of=5)`; the math tasks go through
+/// MAmmoTH's greedy decoding.
+pub fn paper_beams(task: Task) -> usize {
+    match task {
+        Task::Csqa | Task::Obqa | Task::StrategyQa => 5,
+        _ => 1,
     }
 }
 
@@ -82,7 +96,17 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
 
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
     crate::error::in_range("evaluate", "batch_size", opts.batch_size, 1..=4096)?;
-    let gen = GenOptions { max_new_tokens: opts.max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, stop: Vec::new(), ignore_eos: false };
+    // The beam width resolved, so identity and report name the width that ran.
+    let opts = &EvalOptions { beams: Some(opts.beams.unwrap_or_else(|| paper_beams(ds.task))), ..opts.clone() };
+    let gen = GenOptions {
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        seed: opts.seed,
+        stop: Vec::new(),
+        ignore_eos: false,
+        beams: opts.beams.unwrap_or(1),
+    };
     // Checked before the eval dir is made.
     gen.validate("evaluate")?;
     let started = Instant::now();
