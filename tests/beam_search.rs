@@ -110,3 +110,41 @@ fn beam_width_one_is_greedy_on_smollm2() {
         assert!(generate(&s, &qs[..1], &bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn evaluation_defaults_to_the_papers_beam_width() {
+    require!(Data, Model);
+    use cotlab::data::{load_dataset, Task};
+    use cotlab::eval::run::{evaluate, paper_beams, EvalOptions};
+    let widths: Vec<usize> = Task::ALL.iter().map(|&t| paper_beams(t)).collect();
+    assert_eq!(widths, [1, 1, 1, 1, 5, 5, 5, 1], "{:?}", Task::ALL);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let opts = EvalOptions { batch_size: 2, max_new_tokens: 8, ..Default::default() };
+    for (task, want) in [("csqa", 5), ("svamp", 1)] {
+        let ds = load_dataset(&common::data_dir(), task, &cotlab::data::DatasetOptions { limit: Some(2), seed: Some(1), ..Default::default() }).unwrap();
+        let dir = d.path().join(task);
+        let r = evaluate(&s, &ds, &opts, &dir).unwrap();
+        assert_eq!(r.options.beams, Some(want), "{task}");
+        let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+        assert_eq!(results["options"]["beams"], want, "{task}: results.json");
+        // The default and the same width given explicitly are one identity (resumes, no regeneration).
+        let again = evaluate(&s, &ds, &EvalOptions { beams: Some(want), ..opts.clone() }, &dir).unwrap();
+        assert_eq!(again.generated_now, 0);
+        assert!(evaluate(&s, &ds, &EvalOptions { beams: Some(if want == 5 { 1 } else { 5 }), ..opts.clone() }, &dir).is_err(), "another width is another evaluation");
+    }
+    // From Rhai: `beams` in generate and evaluate, range-checked.
+    use cotlab::script::{Context, Runner};
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().to_path_buf();
+    let runner = Runner::new(ctx);
+    let r = runner
+        .eval("b.rhai", r#"let s = student("default"); let e = evaluate(s, dataset("obqa", #{limit: 1, seed: 2}), #{max_new_tokens: 6, beams: 2, name: "b"}); [e.options.beams, generate(s, "What is 2 + 2?", #{max_new_tokens: 6, beams: 3}).tokens]"#)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_array()
+        .unwrap();
+    assert_eq!(r[0].as_int().unwrap(), 2);
+    assert!(r[1].as_int().unwrap() <= 6);
+    let err = runner.eval("c.rhai", r#"generate(student("default"), "Hi", #{beams: 17})"#).err().unwrap().to_string();
+    assert!(err.contains("'beams' must be in 1..=16, got 17"), "{err}");
+}
