@@ -96,6 +96,9 @@ enum Cmd {
         /// model that declares none).
         #[arg(long)]
         template: Option<String>,
+        /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
+        #[arg(long)]
+        beams: Option<usize>,
         /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -235,13 +238,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, protocol, prompt, template, out, data_dir, runs } => {
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, beams, protocol, prompt, template, out, data_dir, runs } => {
             let protocol = Protocol::parse(&protocol).map_err(Error::usage)?;
             let prompt = PromptStyle::parse(&prompt).map_err(Error::usage)?;
             let ws = trusted(data_dir, runs);
             let ds = load_dataset(&ws.data_dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
             let student = ws.student(&model, &StudentOptions { template, ..Default::default() })?;
-            let opts = EvalOptions { batch_size, max_new_tokens, protocol, prompt, ..Default::default() };
+            let opts = EvalOptions { batch_size, max_new_tokens, beams, protocol, prompt, ..Default::default() };
             let eval_dir = match out {
                 Some(o) => o,
                 None => ws.eval_dir(None, &ds, &student)?,

@@ -121,6 +121,7 @@ fn numeric_options_are_range_checked() {
         ("stop_after: -1", "'stop_after' must be at least 1"),
         ("stop_after: 0", "'stop_after' must be at least 1"),
         ("lora: #{ r: 8, alpha: 16.0, dropout: 1.5, targets: [\"q_proj\"] }", "'dropout' must be in"),
+        ("max_len: 4", "'max_len' must be in"),
     ] {
         let e = r.eval("o.rhai", &format!("{corpus}sft(s, c, #{{ run: \"r\", {opts} }})")).err().unwrap_or_else(|| panic!("{opts}: accepted")).to_string();
         assert!(e.contains(needle), "{opts}: {e}");
@@ -131,6 +132,11 @@ fn numeric_options_are_range_checked() {
         ("teacher(\"openai\", #{ base_url: \"http://127.0.0.1:9\", api_key_env: (), concurrency: 0 })", "'concurrency' must be in"),
         ("generate(student(\"default\"), \"Hi\", #{ top_p: 0.0 })", "'top_p' must be in"),
         ("generate(student(\"default\"), \"Hi\", #{ temperature: -1.0 })", "'temperature' must be in"),
+        ("generate(student(\"default\"), \"Hi\", #{ beams: 0 })", "'beams' must be in 1..=16"),
+        ("generate(student(\"default\"), \"Hi\", #{ beams: 17 })", "'beams' must be in 1..=16"),
+        ("generate(student(\"default\"), \"Hi\", #{ beams: 5, temperature: 0.7 })", "leave 'temperature' at 0"),
+        ("evaluate(student(\"default\"), dataset(\"csqa\", #{limit: 1}), #{ beams: 0 })", "'beams' must be in 1..=16"),
+        ("teacher(\"replay\", #{ dataset: \"svamp\", teacher: \"gpt-4o\" }).ask(dataset(\"svamp\", #{limit: 1}), #{ level: 1, shots: 2 })", "'shots' must be in 0..=1"),
         ("evaluate(student(\"default\"), dataset(\"svamp\", #{limit: 1}), #{ batch_size: 0 })", "'batch_size' must be in"),
         ("contamination([\"a b c\"], [\"a b c\"], #{ threshold: 2.0 })", "'threshold' must be in"),
         ("dataset(\"arith\", #{ n: 1000000000000 })", "'n' must be in"),
@@ -144,9 +150,13 @@ fn numeric_options_are_range_checked() {
         (vec!["bench", "train", "--batch", "0"], "'batch' must be in"),
         (vec!["bench", "generate", "--batch", "0"], "'batch' must be in"),
         (vec!["contamination", "--threshold", "nan"], "'threshold' must be in"),
+        (vec!["eval", "--task", "csqa", "--limit", "1", "--beams", "17"], "'beams' must be in 1..=16"),
     ] {
         let mut cmd = common::cotlab();
         cmd.args(&args);
+        if args[0] == "eval" {
+            cmd.arg("--runs").arg(d.path().join("cli-runs"));
+        }
         if args[0] == "contamination" {
             let p = d.path().join("q.jsonl");
             std::fs::write(&p, "{\"question\": \"a b c\"}\n").unwrap();
@@ -156,6 +166,7 @@ fn numeric_options_are_range_checked() {
         assert_eq!(o.code, 1, "{args:?}: {}", o.stderr);
         assert!(o.stderr.contains(needle) && !o.stderr.contains("panicked"), "{args:?}: {}", o.stderr);
     }
+    assert!(!d.path().join("cli-runs").exists(), "a refused evaluation left an eval dir");
 }
 
 /// A predictions file with one line repeated is not a perfect score on the whole test set.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::answer::Protocol;
-use crate::data::Dataset;
+use crate::data::{Dataset, Task};
 use crate::error::{one_of, Error, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
@@ -34,11 +34,14 @@ pub struct EvalOptions {
     pub protocol: Protocol,
     /// Which prompt wraps the question (default `paper`).
     pub prompt: PromptStyle,
+    /// Beam width; default (`None`) the paper's: 5 for the commonsense tasks, 1 (greedy) otherwise
+    /// (see [`paper_beams`]). Reported resolved in `results.json`.
+    pub beams: Option<usize>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper }
+        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper, beams: None }
     }
 }
 
@@ -71,6 +74,17 @@ impl PromptStyle {
             PromptStyle::Paper => student.template.paper_eval(task.evaluator()),
             PromptStyle::Train => student.template.clone(),
         }
+    }
+}
+
+/// The paper's beam width per task: its evaluator for CSQA, OBQA and StrategyQA
+/// (`Evaluation/reasoning_eval/run_reasoning.py`) decodes with vLLM
+/// `SamplingParams(temperature=0, use_beam_search=True, best_of=5)`; the math tasks go through
+/// MAmmoTH's greedy decoding.
+pub fn paper_beams(task: Task) -> usize {
+    match task {
+        Task::Csqa | Task::Obqa | Task::StrategyQa => 5,
+        _ => 1,
     }
 }
 
@@ -131,7 +145,17 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
     crate::error::in_range("evaluate", "batch_size", opts.batch_size, 1..=4096)?;
     let max_new_tokens = opts.max_new_tokens.unwrap_or_else(|| ds.task.paper_max_new_tokens());
-    let gen = GenOptions { max_new_tokens, temperature: opts.temperature, top_p: opts.top_p, seed: opts.seed, ..Default::default() };
+    // The beam width resolved, so identity and report name the width that ran.
+    let opts = &EvalOptions { beams: Some(opts.beams.unwrap_or_else(|| paper_beams(ds.task))), ..opts.clone() };
+    let gen = GenOptions {
+        max_new_tokens,
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        seed: opts.seed,
+        stop: Vec::new(),
+        ignore_eos: false,
+        beams: opts.beams.unwrap_or(1),
+    };
     // Checked before the eval dir is made.
     gen.validate("evaluate")?;
     let evaluator = ds.task.evaluator();

@@ -21,11 +21,14 @@ pub struct GenOptions {
     pub stop: Vec<String>,
     /// Decode exactly max_new_tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Beam width: 1 = greedy (or sampling); N > 1 = beam search as transformers'
+    /// `generate(num_beams=N, do_sample=False)` (length_penalty 1.0, early_stopping False).
+    pub beams: usize,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), ignore_eos: false }
+        GenOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), ignore_eos: false, beams: 1 }
     }
 }
 
@@ -111,54 +114,81 @@ fn pick(logits: &[f32], opts: &GenOptions, rng: &mut Rng) -> u32 {
     kept.last().map(|k| k.0 as u32).unwrap_or(0)
 }
 
-/// Generate an answer for each user message (wrapped in the student's chat template).
 impl GenOptions {
     pub fn validate(&self, what: &str) -> Result<()> {
         use crate::error::in_range;
         in_range(what, "max_new_tokens", self.max_new_tokens, 1..=1_000_000)?;
         in_range(what, "temperature", self.temperature, 0.0..=100.0)?;
         in_range(what, "top_p", self.top_p, 1e-9..=1.0)?;
+        in_range(what, "beams", self.beams, 1..=MAX_BEAMS)?;
+        if self.beams > 1 && self.temperature > 0.0 {
+            return Err(crate::usage!(
+                "{what}: beam search ('beams' {}) is deterministic: leave 'temperature' at 0 (got {})",
+                self.beams,
+                self.temperature
+            ));
+        }
         Ok(())
     }
 }
 
+/// The widest beam search allowed (`beams`).
+pub const MAX_BEAMS: usize = 16;
+
+/// The token ids a decoding produced (the stop token included) and why it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub ids: Vec<u32>,
+    pub finish: Finish,
+}
+
+/// Generate an answer for each user message (wrapped in the student's chat template).
 pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<Vec<Generation>> {
     opts.validate("generate")?;
-    if questions.is_empty() {
+    let prompts = prompt_ids(s, questions)?;
+    let keys: Vec<u64> = questions.iter().map(|q| crate::rng::fnv1a(crate::rng::FNV_OFFSET, q.bytes())).collect();
+    let stops = if opts.ignore_eos { Vec::new() } else { stop_ids(s) };
+    let decoded = decode(s, &prompts, &keys, &stops, opts)?;
+    Ok(decoded
+        .into_iter()
+        .map(|d| {
+            let body: Vec<u32> = d.ids.iter().copied().filter(|t| !stops.contains(t)).collect();
+            let mut text = s.tokenizer.decode(&body, true).unwrap_or_default();
+            if d.finish == Finish::Stop {
+                if let Some(i) = opts.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
+                    text.truncate(i);
+                }
+            }
+            Generation { text, tokens: d.ids.len(), finish: d.finish }
+        })
+        .collect())
+}
+
+/// Decode from raw prompt ids (no chat template), stopping at `stops` (token ids) and at
+/// `opts.stop` strings: what `generate` runs, exposed for reference checks against other
+/// implementations. Sampling streams are seeded from each prompt's ids.
+pub fn generate_ids(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptions) -> Result<Vec<Decoded>> {
+    opts.validate("generate")?;
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(crate::usage!("generate: an empty prompt"));
+    }
+    let keys: Vec<u64> = prompts.iter().map(|p| crate::rng::fnv1a(crate::rng::FNV_OFFSET, p.iter().flat_map(|t| t.to_le_bytes()))).collect();
+    decode(s, prompts, &keys, stops, opts)
+}
+
+fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: &GenOptions) -> Result<Vec<Decoded>> {
+    if prompts.is_empty() {
         return Ok(Vec::new());
     }
-    let dev = s.model.device.clone();
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt"))
-        .collect::<Result<_>>()?;
-    let b = prompts.len();
-    let p = prompts.iter().map(|v| v.len()).max().unwrap();
-    let pads: Vec<usize> = prompts.iter().map(|v| p - v.len()).collect();
-    let stops = if opts.ignore_eos { Vec::new() } else { stop_ids(s) };
-    let mut rngs: Vec<Rng> = questions.iter().map(|q| Rng::new(opts.seed ^ crate::rng::fnv1a(crate::rng::FNV_OFFSET, q.bytes()))).collect();
-
-    // Prefill.
-    let mut ids = Vec::with_capacity(b * p);
-    let mut pos = Vec::with_capacity(b * p);
-    let mut mask = Vec::with_capacity(b * p * p);
-    for (r, v) in prompts.iter().enumerate() {
-        ids.extend(std::iter::repeat_n(0u32, pads[r]).chain(v.iter().copied()));
-        pos.extend((0..p).map(|j| j.saturating_sub(pads[r]) as u32));
-        for q in 0..p {
-            // A padded query row attends to itself only, so its softmax stays finite.
-            mask.extend((0..p).map(|k| if (k <= q && k >= pads[r]) || (q < pads[r] && k == q) { 0f32 } else { -1e9 }));
-        }
+    if opts.beams > 1 {
+        return beam_search(s, prompts, stops, opts);
     }
-    let mut cache = super::transformer::KvCache::new(s.config.num_hidden_layers);
-    let t = |v: Vec<u32>, shape: (usize, usize)| Tensor::from_vec(v, shape, &dev).map_err(ce);
-    let mut logits = s
-        .model
-        .step(&t(ids, (b, p))?, &t(pos, (b, p))?, &Tensor::from_vec(mask, (b, 1, p, p), &dev).map_err(ce)?, &mut cache)
-        .map_err(ce)?;
+    let dev = s.model.device.clone();
+    let b = prompts.len();
+    let mut rngs: Vec<Rng> = keys.iter().map(|k| Rng::new(opts.seed ^ k)).collect();
+    let (mut logits, mut cache, pads, mut total) = prefill(s, prompts)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut finish: Vec<Option<Finish>> = vec![None; b];
-    let mut total = p;
     for step in 0..opts.max_new_tokens {
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
         let mut next = Vec::with_capacity(b);
@@ -171,41 +201,252 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
             out[r].push(tok);
             if stops.contains(&tok) {
                 finish[r] = Some(Finish::Eos);
-            } else if !opts.stop.is_empty() {
-                let text = s.tokenizer.decode(&out[r], true).unwrap_or_default();
-                if opts.stop.iter().any(|st| text.contains(st.as_str())) {
-                    finish[r] = Some(Finish::Stop);
-                }
+            } else if hits_stop_string(s, &out[r], &opts.stop) {
+                finish[r] = Some(Finish::Stop);
             }
             next.push(tok);
         }
         if finish.iter().all(|f| f.is_some()) || step + 1 == opts.max_new_tokens {
             break;
         }
-        let pos: Vec<u32> = (0..b).map(|r| (total - pads[r]) as u32).collect();
-        let mask: Vec<f32> = pads.iter().flat_map(|&pad| (0..=total).map(move |k| if k >= pad { 0f32 } else { -1e9 })).collect();
-        total += 1;
-        logits = s
-            .model
-            .step(&t(next, (b, 1))?, &t(pos, (b, 1))?, &Tensor::from_vec(mask, (b, 1, 1, total), &dev).map_err(ce)?, &mut cache)
-            .map_err(ce)?;
+        logits = feed(s, &mut cache, next, &pads, &mut total, &dev)?;
     }
-    Ok(out
-        .into_iter()
-        .zip(finish)
-        .map(|(toks, f)| {
-            let body: Vec<u32> = toks.iter().copied().filter(|t| !stops.contains(t)).collect();
-            let mut text = s.tokenizer.decode(&body, true).unwrap_or_default();
-            if f == Some(Finish::Stop) {
-                if let Some(i) = opts.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
-                    text.truncate(i);
+    Ok(out.into_iter().zip(finish).map(|(ids, f)| Decoded { ids, finish: f.unwrap_or(Finish::Length) }).collect())
+}
+
+/// Whether the decoded text of `ids` contains one of the stop strings.
+fn hits_stop_string(s: &Student, ids: &[u32], stop: &[String]) -> bool {
+    if stop.is_empty() {
+        return false;
+    }
+    let text = s.tokenizer.decode(ids, true).unwrap_or_default();
+    stop.iter().any(|st| text.contains(st.as_str()))
+}
+
+/// Run the left-padded prompts through the model: last-position logits (B, V), the filled cache,
+/// each row's padding, and the padded length.
+fn prefill(s: &Student, prompts: &[Vec<u32>]) -> Result<(Tensor, super::transformer::KvCache, Vec<usize>, usize)> {
+    let dev = &s.model.device;
+    let b = prompts.len();
+    let p = prompts.iter().map(|v| v.len()).max().unwrap();
+    let pads: Vec<usize> = prompts.iter().map(|v| p - v.len()).collect();
+    let mut ids = Vec::with_capacity(b * p);
+    let mut pos = Vec::with_capacity(b * p);
+    let mut mask = Vec::with_capacity(b * p * p);
+    for (r, v) in prompts.iter().enumerate() {
+        ids.extend(std::iter::repeat_n(0u32, pads[r]).chain(v.iter().copied()));
+        pos.extend((0..p).map(|j| j.saturating_sub(pads[r]) as u32));
+        for q in 0..p {
+            // A padded query row attends to itself only, so its softmax stays finite.
+            mask.extend((0..p).map(|k| if (k <= q && k >= pads[r]) || (q < pads[r] && k == q) { 0f32 } else { -1e9 }));
+        }
+    }
+    let mut cache = super::transformer::KvCache::new(s.config.num_hidden_layers);
+    let t = |v: Vec<u32>| Tensor::from_vec(v, (b, p), dev).map_err(ce);
+    let logits = s.model.step(&t(ids)?, &t(pos)?, &Tensor::from_vec(mask, (b, 1, p, p), dev).map_err(ce)?, &mut cache).map_err(ce)?;
+    Ok((logits, cache, pads, p))
+}
+
+/// One decoding step: token `next[r]` for each cached row `r` (whose prompt had `pads[r]` pads),
+/// at position `total`; returns the logits (rows, V).
+fn feed(s: &Student, cache: &mut super::transformer::KvCache, next: Vec<u32>, pads: &[usize], total: &mut usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let b = next.len();
+    let pos: Vec<u32> = pads.iter().map(|&pad| (*total - pad) as u32).collect();
+    let mask: Vec<f32> = pads.iter().flat_map(|&pad| (0..=*total).map(move |k| if k >= pad { 0f32 } else { -1e9 })).collect();
+    *total += 1;
+    let t = |v: Vec<u32>| Tensor::from_vec(v, (b, 1), dev).map_err(ce);
+    s.model.step(&t(next)?, &t(pos)?, &Tensor::from_vec(mask, (b, 1, 1, *total), dev).map_err(ce)?, cache).map_err(ce)
+}
+
+// ---- Beam search.
+//
+// The algorithm of transformers' `generate(num_beams=N, do_sample=False)` (its vectorised
+// `_beam_search`, 4.50 and later), with its defaults `length_penalty=1.0` and
+// `early_stopping=False`, per prompt:
+// - every step, the accumulated log-probabilities of all N×V continuations of the N running
+//   beams; the top K = max(2, 1 + #stop ids)·N of them, best first;
+// - a candidate ending in a stop id, containing a stop string, or reaching `max_new_tokens` is
+//   finished. Among the top N candidates, finished ones enter the N finished slots with score
+//   log-prob / generated length (the stop token counted), if better than the worst slot;
+// - the best N unfinished candidates are the next running beams (the cache rows are reordered
+//   by parent);
+// - the search ends when all N slots are finished and the best running beam, at its current
+//   length, cannot beat the worst of them, or when every candidate finished; the best slot is
+//   the answer.
+// Scores are f32 with the same -1e9 masks, so the choices are transformers' to the last bit
+// of their arithmetic (checked against transformers in tests/beam_search.rs).
+
+const MASK: f32 = -1.0e9;
+
+#[derive(Clone)]
+struct Slot {
+    ids: Vec<u32>,
+    score: f32,
+    finish: Option<Finish>,
+}
+
+struct Search {
+    /// Running beams (ids generated so far, accumulated log-prob), best first.
+    running: Vec<(Vec<u32>, f32)>,
+    /// The cache row of each running beam.
+    rows: Vec<usize>,
+    /// The N best finished hypotheses, best first (`finish: None` = an empty slot).
+    slots: Vec<Slot>,
+    /// transformers' `is_early_stop_heuristic_unsatisfied`: a running beam may still win.
+    open: bool,
+    done: bool,
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = row.iter().map(|&x| (x - m).exp()).sum();
+    let lz = z.ln();
+    row.iter().map(|&x| (x - m) - lz).collect()
+}
+
+/// The `k` best (score, beam, token) over every beam's row, best first; ties by flat index.
+fn top_k(rows: &[Vec<f32>], k: usize) -> Vec<(f32, usize, u32)> {
+    let mut all: Vec<(f32, usize, u32)> = Vec::new();
+    for (j, row) in rows.iter().enumerate() {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let k = k.min(idx.len());
+        let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k, cmp);
+            idx.truncate(k);
+        }
+        all.extend(idx.into_iter().map(|t| (row[t as usize], j, t)));
+    }
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    all.truncate(k);
+    all
+}
+
+fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptions) -> Result<Vec<Decoded>> {
+    let dev = s.model.device.clone();
+    let n = opts.beams;
+    let k = 2.max(1 + stops.len()) * n;
+    let length_penalty = 1.0f32;
+    let (mut logits, mut cache, prompt_pads, mut total) = prefill(s, prompts)?;
+    let empty = Slot { ids: Vec::new(), score: MASK, finish: None };
+    // As transformers: beam 0 starts at 0, the others at -1e9 (so the first step expands beam 0).
+    let mut searches: Vec<Search> = (0..prompts.len())
+        .map(|r| Search {
+            running: (0..n).map(|j| (Vec::new(), if j == 0 { 0.0 } else { MASK })).collect(),
+            rows: vec![r; n],
+            slots: vec![empty.clone(); n],
+            open: true,
+            done: false,
+        })
+        .collect();
+    loop {
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
+        for st in searches.iter_mut().filter(|st| !st.done) {
+            let acc: Vec<Vec<f32>> = st
+                .running
+                .iter()
+                .zip(&st.rows)
+                .map(|((_, score), &row)| log_softmax(&rows[row]).into_iter().map(|x| x + score).collect())
+                .collect();
+            let cands = top_k(&acc, k);
+            let generated = st.running[0].0.len() + 1;
+            let finished: Vec<Option<Finish>> = cands
+                .iter()
+                .map(|&(_, j, tok)| {
+                    if stops.contains(&tok) {
+                        return Some(Finish::Eos);
+                    }
+                    if !opts.stop.is_empty() {
+                        let mut ids = st.running[j].0.clone();
+                        ids.push(tok);
+                        if hits_stop_string(s, &ids, &opts.stop) {
+                            return Some(Finish::Stop);
+                        }
+                    }
+                    (generated >= opts.max_new_tokens).then_some(Finish::Length)
+                })
+                .collect();
+            // Finished slots: the top-N candidates that finished, length-normalised, merged with
+            // the slots so far (slots first, so a tie keeps the older entry).
+            let mut merged: Vec<Slot> = st.slots.clone();
+            for (i, (&(score, j, tok), f)) in cands.iter().zip(&finished).enumerate() {
+                let mut v = score / (generated as f32).powf(length_penalty);
+                if !st.open {
+                    v += MASK;
                 }
+                let eligible = i < n && f.is_some();
+                if !eligible {
+                    v += MASK;
+                }
+                let mut ids = st.running[j].0.clone();
+                ids.push(tok);
+                merged.push(Slot { ids, score: v, finish: if eligible { *f } else { None } });
             }
-            Generation { text, tokens: toks.len(), finish: f.unwrap_or(Finish::Length) }
+            merged.sort_by(|a, b| b.score.total_cmp(&a.score));
+            merged.truncate(n);
+            st.slots = merged;
+            // Running beams: the best N candidates that did not finish (finished ones masked).
+            let mut next: Vec<(f32, usize)> =
+                cands.iter().zip(&finished).enumerate().map(|(i, (c, f))| (if f.is_some() { c.0 + MASK } else { c.0 }, i)).collect();
+            next.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            next.truncate(n);
+            let old_rows = std::mem::take(&mut st.rows);
+            let old_running = std::mem::take(&mut st.running);
+            for &(score, i) in &next {
+                let (_, j, tok) = cands[i];
+                let mut ids = old_running[j].0.clone();
+                ids.push(tok);
+                st.running.push((ids, score));
+                st.rows.push(old_rows[j]);
+            }
+            // transformers' early-stop heuristic (early_stopping=False): the best running beam,
+            // normalised by its current length, against the worst finished slot.
+            let best = st.running[0].1 / (generated as f32).powf(length_penalty);
+            let worst = st.slots.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
+            st.open = st.open && st.slots.iter().any(|x| best > if x.finish.is_some() { worst } else { MASK });
+            st.done = !st.open || finished.iter().all(|f| f.is_some());
+        }
+        let live: Vec<usize> = (0..searches.len()).filter(|&r| !searches[r].done).collect();
+        if live.is_empty() {
+            break;
+        }
+        // The cache rows the next step continues from (parents, repeated as needed), then the
+        // last token of each running beam.
+        let mut parents = Vec::new();
+        let mut next = Vec::new();
+        let mut pads = Vec::new();
+        for &r in &live {
+            let st = &mut searches[r];
+            for (b, (ids, _)) in st.rows.iter_mut().zip(&st.running) {
+                parents.push(*b as u32);
+                *b = next.len();
+                next.push(*ids.last().expect("a running beam has a token"));
+                pads.push(prompt_pads[r]);
+            }
+        }
+        let identity = parents.iter().enumerate().all(|(i, &p)| p as usize == i) && parents.len() == cache_rows(&logits);
+        if !identity {
+            cache.reorder(&Tensor::from_vec(parents, next.len(), &dev).map_err(ce)?).map_err(ce)?;
+        }
+        logits = feed(s, &mut cache, next, &pads, &mut total, &dev)?;
+    }
+    Ok(searches
+        .into_iter()
+        .map(|st| {
+            let best = st.slots.into_iter().next().filter(|x| x.finish.is_some());
+            match best {
+                Some(x) => Decoded { ids: x.ids, finish: x.finish.unwrap_or(Finish::Length) },
+                // Unreachable in practice (the last step finishes every candidate); the best
+                // running beam then.
+                None => Decoded { ids: st.running.into_iter().next().map(|b| b.0).unwrap_or_default(), finish: Finish::Length },
+            }
         })
         .collect())
 }
 
+fn cache_rows(logits: &Tensor) -> usize {
+    logits.dims().first().copied().unwrap_or(0)
+}
 
 /// Chat-templated prompt ids of each question (what `generate` feeds the model).
 pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {

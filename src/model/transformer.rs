@@ -27,6 +27,17 @@ impl KvCache {
         KvCache { k: vec![None; layers], v: vec![None; layers] }
     }
 
+    /// Keep the cached rows `rows` (indices into the batch, repeats allowed), in that order:
+    /// beam search continues each beam from its parent's keys and values.
+    pub fn reorder(&mut self, rows: &Tensor) -> candle_core::Result<()> {
+        for slot in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if let Some(t) = slot.take() {
+                *slot = Some(t.index_select(rows, 0)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Append this step's keys/values of `layer`; returns everything cached so far.
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (k, v) = match (self.k[layer].take(), self.v[layer].take()) {

@@ -63,9 +63,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         no_more(&opts, "teacher(student)", "cache")?;
         Ok(TeacherH(Arc::new(w.student_teacher(s.0.clone(), cache.as_deref()).map_err(rt)?)))
     });
-    engine.register_fn("ask", |t: &mut TeacherH, ds: Dataset, opts: Map| -> RhaiResult<AskH> {
+    let w = ws.clone();
+    engine.register_fn("ask", move |t: &mut TeacherH, ds: Dataset, opts: Map| -> RhaiResult<AskH> {
         let o: AskOptions = options(opts)?;
-        Ok(AskH(Arc::new(t.0.ask(&ds, &o).map_err(rt)?), ds))
+        Ok(AskH(Arc::new(t.0.ask_with(&ds, &o, Some(&w.data_dir)).map_err(rt)?), ds))
     });
     engine.register_fn("to_string", |t: &mut TeacherH| format!("Teacher({} {})", t.0.kind, t.0.model));
     engine.register_get("requests", |r: &mut AskH| r.0.requests as i64);

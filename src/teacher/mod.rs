@@ -60,12 +60,52 @@ pub struct AskOptions {
     pub temperature: f64,
     pub top_p: f64,
     pub max_tokens: usize,
+    /// Worked examples before each question: 0 (zero-shot) or 1 (one exemplar at the asked level
+    /// and format, from the release: see [`exemplars`]).
+    pub shots: usize,
 }
 
 impl Default for AskOptions {
     fn default() -> Self {
-        AskOptions { level: None, format: "plain".into(), with_gold: false, n: 1, keep_correct: false, seed: 0, temperature: 0.0, top_p: 1.0, max_tokens: 512 }
+        AskOptions { level: None, format: "plain".into(), with_gold: false, n: 1, keep_correct: false, seed: 0, temperature: 0.0, top_p: 1.0, max_tokens: 512, shots: 0 }
     }
+}
+
+/// The release teachers an exemplar is taken from, in this order of preference.
+const EXEMPLAR_TEACHERS: [&str; 4] = ["gpt-4o", "gemini", "llama-3-70b", "rule"];
+
+/// Candidate exemplars for `shots: 1`, best first: rationales of the release at this level and
+/// format, for this dataset (the first of gpt-4o, gemini, llama-3-70b that the release has; `rule`
+/// for `arith`), else SVAMP's. In file order, keeping only those whose extracted answer agrees
+/// with gold; two, so a question never gets itself as its example.
+pub fn exemplars(dir: &DataDir, task: crate::data::Task, level: Option<u8>, format: Format) -> Result<Vec<prompts::Exemplar>> {
+    let cat = Catalog::new(dir.clone());
+    let teachers: Vec<Option<&str>> = if format == Format::AnswerOnly { vec![None] } else { EXEMPLAR_TEACHERS.iter().map(|t| Some(*t)).collect() };
+    let mut tried = Vec::new();
+    for name in [task.name(), "svamp"] {
+        for teacher in &teachers {
+            let q = RationaleQuery { teacher: teacher.map(str::to_string), level: level.map(i64::from), format: Some(format.name().into()), ..Default::default() };
+            let Ok(c) = cat.rationales(name, &q) else { continue };
+            let picked: Vec<prompts::Exemplar> = c
+                .rationales
+                .iter()
+                .filter(|r| r.gold.as_deref().is_none_or(|g| judge(&r.text, g, c.kind()).correct))
+                .take(2)
+                .map(|r| prompts::Exemplar { source: format!("{}#{}", c.source, r.id), question: r.question.clone(), rationale: r.text.clone() })
+                .collect();
+            if picked.len() == 2 {
+                return Ok(picked);
+            }
+            tried.push(c.source.clone());
+        }
+    }
+    Err(usage!(
+        "ask: 'shots: 1' takes its exemplar from the release, which has no {} rationales at level {} for {} or svamp{}",
+        format.name(),
+        level.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+        task.name(),
+        if tried.is_empty() { String::new() } else { format!(" (too few agreeing with gold in {})", tried.join(", ")) }
+    ))
 }
 
 /// One produced rationale with its provenance.
@@ -81,6 +121,8 @@ pub struct Row {
     pub level: Option<u8>,
     pub format: String,
     pub template_version: String,
+    /// The worked example shown (`shots: 1`): `<release file>#<record id>`.
+    pub exemplar: Option<String>,
     pub seed: u64,
     pub sample: usize,
     pub cache_key: Option<String>,
@@ -114,8 +156,14 @@ struct Job {
 }
 
 impl Teacher {
-    /// Ask for a rationale for every example (× n samples).
+    /// Ask for a rationale for every example (× n samples), zero-shot (`shots: 1` needs the
+    /// release: [`Teacher::ask_with`]).
     pub fn ask(&self, ds: &Dataset, o: &AskOptions) -> Result<AskReport> {
+        self.ask_with(ds, o, None)
+    }
+
+    /// `ask`, with the release dir `shots: 1` draws its exemplars from.
+    pub fn ask_with(&self, ds: &Dataset, o: &AskOptions, release: Option<&DataDir>) -> Result<AskReport> {
         let format = Format::parse(&o.format)?;
         let level = match (o.level, format) {
             (_, Format::AnswerOnly) => None,
@@ -126,12 +174,22 @@ impl Teacher {
         crate::error::in_range("ask", "temperature", o.temperature, 0.0..=100.0)?;
         crate::error::in_range("ask", "top_p", o.top_p, 1e-9..=1.0)?;
         crate::error::in_range("ask", "max_tokens", o.max_tokens, 1..=1_000_000)?;
+        crate::error::in_range("ask", "shots", o.shots, 0..=1)?;
+        let shots = if o.shots == 0 {
+            Vec::new()
+        } else {
+            let dir = release.ok_or_else(|| usage!("ask: 'shots: 1' takes its exemplar from the release: give the data dir (Teacher::ask_with)"))?;
+            exemplars(dir, ds.task, level, format)?
+        };
+        let norm = crate::data::contamination::normalize;
         let mut rows = Vec::new();
         let mut jobs = Vec::new();
         let mut hits = 0;
         for e in &ds.examples {
             for sample in 0..o.n {
-                let (system, user) = prompts::build(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()));
+                // The first exemplar, unless it is this very question.
+                let exemplar = shots.iter().find(|x| norm(&x.question) != norm(&e.question));
+                let (system, user) = prompts::build_with(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()), exemplar);
                 let seed = o.seed.wrapping_add(sample as u64);
                 let (temperature, top_p, max_tokens, seed_s, sample_s) =
                     (o.temperature.to_string(), o.top_p.to_string(), o.max_tokens.to_string(), seed.to_string(), sample.to_string());
@@ -153,6 +211,7 @@ impl Teacher {
                     level,
                     format: format.name().into(),
                     template_version: prompts::TEMPLATE_VERSION.into(),
+                    exemplar: exemplar.map(|x| x.source.clone()),
                     seed,
                     sample,
                     cache_key: self.cache.as_ref().map(|_| key.clone()),
@@ -249,7 +308,7 @@ impl Teacher {
         let total = jobs.len();
         for (k, chunk) in jobs.chunks(8).enumerate() {
             // Same seed for the chunk: generation is seeded per prompt anyway.
-            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new(), ignore_eos: false };
+            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new(), ignore_eos: false, beams: 1 };
             let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
             let outs = generate(student, &msgs, &gen)?;
             for (j, g) in chunk.iter().zip(outs) {
@@ -304,6 +363,7 @@ impl AskReport {
             ("level".into(), ColumnData::Int(r.iter().map(|x| x.level.map(|l| l as i64)).collect())),
             ("format".into(), s(&|x| Some(x.format.clone()))),
             ("template_version".into(), s(&|x| Some(x.template_version.clone()))),
+            ("exemplar".into(), s(&|x| x.exemplar.clone())),
             ("seed".into(), ColumnData::Int(r.iter().map(|x| Some(x.seed as i64)).collect())),
             ("sample".into(), ColumnData::Int(r.iter().map(|x| Some(x.sample as i64)).collect())),
             ("cache_key".into(), s(&|x| x.cache_key.clone())),

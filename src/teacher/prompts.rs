@@ -31,8 +31,24 @@ pub fn format_instruction(format: Format) -> &'static str {
     }
 }
 
+/// A worked example shown before the question (`shots: 1`): a question and its rationale at the
+/// asked level and format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    /// Where it comes from: `<release file>#<record id>`.
+    pub source: String,
+    pub question: String,
+    pub rationale: String,
+}
+
 /// (system, user) messages for one question.
 pub fn build(question: &str, level: u8, format: Format, gold: Option<&str>) -> (String, String) {
+    build_with(question, level, format, gold, None)
+}
+
+/// (system, user) messages for one question, after a worked example when `exemplar` is given.
+/// Without one the messages are exactly `build`'s (same cache keys as before `shots` existed).
+pub fn build_with(question: &str, level: u8, format: Format, gold: Option<&str>, exemplar: Option<&Exemplar>) -> (String, String) {
     let mut system = String::from("You are a careful teacher who writes step-by-step solutions for students. ");
     if format != Format::AnswerOnly {
         system.push_str(level_instruction(level));
@@ -44,7 +60,15 @@ pub fn build(question: &str, level: u8, format: Format, gold: Option<&str>) -> (
         system.push(' ');
     }
     system.push_str("End with the sentence \"The answer is X\", where X is the final answer (a number, a choice letter, or True/False).");
-    let mut user = question.trim().to_string();
+    let mut user = match exemplar {
+        Some(x) => format!(
+            "Here is an example of a solution at the required level of detail and format.\n\nExample question:\n{}\n\nExample solution:\n{}\n\nNow solve the following question in the same way.\n\n{}",
+            x.question.trim(),
+            x.rationale.trim(),
+            question.trim()
+        ),
+        None => question.trim().to_string(),
+    };
     if let Some(g) = gold {
         user.push_str(&format!("\n\n(The correct answer is {g}. Explain how to reach it.)"));
     }
@@ -66,5 +90,11 @@ mod tests {
         assert!(u.contains("The correct answer is 7"));
         let (a, _) = build("Q?", 3, Format::AnswerOnly, None);
         assert!(!a.contains("main steps"));
+        // A one-shot prompt: the exemplar before the question, the system message unchanged.
+        let x = Exemplar { source: "f.json#1".into(), question: "Ex?".into(), rationale: "2 + 2 = 4. The answer is 4".into() };
+        let (s3, u) = build_with("Q?", 3, Format::Plain, None, Some(&x));
+        assert_eq!(s3, build("Q?", 3, Format::Plain, None).0);
+        let (ex, q) = (u.find("Ex?").unwrap(), u.find("Q?").unwrap());
+        assert!(ex < u.find("The answer is 4").unwrap() && u.find("The answer is 4").unwrap() < q, "{u}");
     }
 }

@@ -27,6 +27,21 @@ pub struct Tokenized {
     pub truncated: usize,
     /// Examples dropped because the prompt alone filled `max_len`.
     pub dropped: usize,
+    /// Examples whose rationale states its answer ("The answer is …").
+    pub with_answer: usize,
+    /// Truncated examples whose kept response no longer holds the final "The answer is …"
+    /// sentence (the student is trained on a rationale without its answer).
+    pub answer_lost: usize,
+    /// The longest example in tokens (prompt + response) before truncation.
+    pub longest: usize,
+}
+
+/// Where the final answer sentence of `text` ends: the end of the line holding the last
+/// "the answer is" (case-insensitive), or None when there is none.
+fn answer_end(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.rfind("the answer is")?;
+    Some(text[at..].find('\n').map(|i| at + i).unwrap_or(text.len()).max(at + "the answer is".len()))
 }
 
 pub fn tokenize(
@@ -45,6 +60,10 @@ pub fn tokenize(
     for (q, r) in pairs {
         let prompt = enc(&template.prompt(q))?;
         let mut response = enc(&format!("{}{}", r.trim(), template.end()))?;
+        out.longest = out.longest.max(prompt.len() + response.len());
+        // Measured on the decoded response, so the cut is compared in the same text.
+        let answer = answer_end(r).and_then(|_| answer_end(&tok.decode(&response, true).unwrap_or_default()));
+        out.with_answer += answer.is_some() as usize;
         if prompt.len() + 1 >= max_len {
             out.dropped += 1;
             continue;
@@ -52,6 +71,9 @@ pub fn tokenize(
         if prompt.len() + response.len() > max_len {
             response.truncate(max_len - prompt.len());
             out.truncated += 1;
+            if let Some(end) = answer {
+                out.answer_lost += (tok.decode(&response, true).unwrap_or_default().len() < end) as usize;
+            }
         }
         let prompt_len = prompt.len();
         let mut ids = prompt;

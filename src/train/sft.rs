@@ -53,6 +53,12 @@ impl TryFrom<String> for Preset {
     }
 }
 
+/// The paper's training cut-off in tokens: LLaMA-Factory `cutoff_len: 4096` in every config of
+/// its repository (`config/yamlgeneration.py`, `config/examples/*.yaml`).
+pub const PAPER_CUTOFF_LEN: usize = 4096;
+/// The paper's training seed: `seed: 100` in the same configs.
+pub const PAPER_SEED: u64 = 100;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftOptions {
@@ -67,6 +73,7 @@ pub struct SftOptions {
     pub batch_size: usize,
     /// Micro-batches per optimizer step; global batch = batch_size × grad_accum.
     pub grad_accum: usize,
+    /// Tokens per example (prompt + response); longer responses are cut (the paper: 4096).
     pub max_len: usize,
     pub max_grad_norm: f64,
     pub weight_decay: f64,
@@ -90,10 +97,10 @@ impl Default for SftOptions {
             warmup_steps: 0,
             batch_size: 4,
             grad_accum: 16,
-            max_len: 512,
+            max_len: PAPER_CUTOFF_LEN,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
-            seed: 42,
+            seed: PAPER_SEED,
             group_by_length: false,
             save_every: 50,
             lora: None,
@@ -157,12 +164,76 @@ pub struct SftReport {
     pub examples: usize,
     pub truncated: usize,
     pub dropped: usize,
+    /// How `max_len` cut this run's corpus (its level), also in the run dir's `truncation.json`.
+    pub truncation: Truncation,
     /// Loss of each optimizer step of this invocation (after a resume: only the new steps).
     pub losses: Vec<f64>,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
     pub tokens_per_s: f64,
     pub seconds: f64,
+}
+
+/// How `max_len` cut the training data of one corpus (one teacher, level and format).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Truncation {
+    /// The corpus, from the run config: "<dataset> <teacher> level <L> <format>".
+    pub label: String,
+    pub level: Option<u8>,
+    pub max_len: usize,
+    /// Examples trained on (after drops).
+    pub examples: usize,
+    /// Examples whose response was cut.
+    pub truncated: usize,
+    /// Cut examples that lost their final "The answer is …" sentence.
+    pub answer_lost: usize,
+    /// Examples dropped: the prompt alone filled `max_len`.
+    pub dropped: usize,
+    /// Examples whose rationale states an answer ("The answer is").
+    pub with_answer: usize,
+    /// The longest example in tokens before the cut.
+    pub longest: usize,
+}
+
+impl Truncation {
+    fn new(data: &Tokenized, max_len: usize, run_config: &serde_json::Value) -> Truncation {
+        let d = &run_config["data"];
+        let level = d["level"].as_u64().map(|l| l as u8);
+        let parts: Vec<String> = [
+            d["dataset"].as_str().map(str::to_string),
+            d["teacher"].as_str().map(str::to_string),
+            level.map(|l| format!("level {l}")),
+            d["format"].as_str().map(str::to_string),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Truncation {
+            label: if parts.is_empty() { "pairs".to_string() } else { parts.join(" ") },
+            level,
+            max_len,
+            examples: data.examples.len(),
+            truncated: data.truncated,
+            answer_lost: data.answer_lost,
+            dropped: data.dropped,
+            with_answer: data.with_answer,
+            longest: data.longest,
+        }
+    }
+
+    /// The line the run's console log shows.
+    pub fn line(&self) -> String {
+        format!(
+            "[sft] {}: {} of {} examples cut to max_len {} ({} lost their \"The answer is\"), {} dropped (prompt alone too long); longest {} tokens",
+            self.label,
+            self.truncated,
+            self.examples + self.dropped,
+            self.max_len,
+            self.answer_lost,
+            self.dropped,
+            self.longest
+        )
+    }
 }
 
 /// The example order for the whole run: one seeded shuffle per epoch, concatenated, so that
@@ -224,6 +295,7 @@ pub struct Trainer<'a> {
     opts: &'a SftOptions,
     run: &'a RunDir,
     data: Tokenized,
+    truncation: Truncation,
     order: Vec<usize>,
     /// Examples per optimizer step (micro-batch × accumulation).
     global: usize,
@@ -268,15 +340,8 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let s = lora.as_ref().unwrap_or(student);
         let data = tokenize(&s.tokenizer, &s.template, pairs, opts.max_len)?;
-        if data.truncated > 0 || data.dropped > 0 {
-            eprintln!(
-                "note: {} of {} examples truncated to max_len {} ({} dropped: prompt alone too long)",
-                data.truncated,
-                pairs.len(),
-                opts.max_len,
-                data.dropped
-            );
-        }
+        let truncation = Truncation::new(&data, opts.max_len, &run_config);
+        eprintln!("{}", truncation.line());
         let global = opts.batch_size * opts.grad_accum;
         let steps_per_epoch = data.examples.len().div_ceil(global);
         let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
@@ -293,6 +358,8 @@ impl<'a> Trainer<'a> {
         let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })
             .model_ctx("creating the optimizer")?;
         let resumable = run.init(&run_config)?;
+        let tp = run.path.join("truncation.json");
+        std::fs::write(&tp, serde_json::to_string_pretty(&truncation).unwrap()).map_err(|e| crate::error::Error::io(&tp, e))?;
         let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
         let mut resumed_from = None;
         if resumable {
@@ -315,6 +382,7 @@ impl<'a> Trainer<'a> {
             opts,
             run,
             data,
+            truncation,
             order,
             global,
             steps_per_epoch,
@@ -482,6 +550,7 @@ impl<'a> Trainer<'a> {
             examples: self.data.examples.len(),
             truncated: self.data.truncated,
             dropped: self.data.dropped,
+            truncation: self.truncation.clone(),
             first_loss: self.losses.first().copied(),
             last_loss: self.losses.last().copied(),
             losses: self.losses,
