@@ -219,13 +219,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run { script, data_dir, out, set, runs, allow_read, max_memory } => {
-            if std::env::var_os(SCRIPT_CHILD).is_none() {
-                let out_dir = out.unwrap_or_else(|| default_out_dir(&script));
-                return supervise(&script, &out_dir);
-            }
-            run(script, data_dir, out, set, runs, allow_read, max_memory)
-        }
+        Cmd::Run { script, data_dir, out, set, runs, allow_read, max_memory } => run(script, data_dir, out, set, runs, allow_read, max_memory),
         Cmd::Export { run, model, out, merge } => {
             match (run, model) {
                 (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
@@ -334,52 +328,11 @@ fn trusted(data_dir: Option<PathBuf>, runs: Option<PathBuf>) -> Workspace {
     Workspace::open(DataDir::resolve(data_dir), runs.unwrap_or_else(|| PathBuf::from("runs")), None)
 }
 
-/// Set in the environment of the process that runs a script for `cotlab run`.
-const SCRIPT_CHILD: &str = "COTLAB_SCRIPT_PROCESS";
-
 /// Stack for the thread that runs a script: deeply nested values are dropped and printed
-/// recursively. Virtual memory: only the pages a script really uses are touched.
+/// recursively (the 8 MiB main stack overflowed at 6 000 levels; this holds hundreds of
+/// thousands, and Rhai copies a value on every read, so building that deep takes hours).
+/// Virtual memory: only the pages a script really uses are touched.
 const SCRIPT_STACK: usize = 1 << 30;
-
-/// `cotlab run` runs the script in a child process (this binary again) and waits: a script that
-/// crashes the process anyway (a value nested deeper than even a 1 GiB stack holds, the kernel's
-/// out-of-memory killer) then ends with an error that says so, instead of a bare signal. Output
-/// publishing is atomic, so such a crash never leaves a partial output dir.
-fn supervise(script: &std::path::Path, out_dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::process::ExitStatusExt;
-    let exe = std::env::current_exe().map_err(|e| Error::usage(format!("cannot find the cotlab binary to run the script: {e}")))?;
-    let mut child = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(SCRIPT_CHILD, "1")
-        .spawn()
-        .map_err(|e| Error::usage(format!("cannot start the script process: {e}")))?;
-    let status = child.wait().map_err(|e| Error::usage(format!("waiting for the script process: {e}")))?;
-    if let Some(code) = status.code() {
-        // The child printed its own result or error.
-        std::process::exit(code);
-    }
-    let signal = status.signal().unwrap_or(0);
-    let cause = match signal {
-        6 | 11 => "a stack overflow (a value nested too deeply) or an abort in native code; the lines above say which",
-        9 => "killed, most likely by the kernel when the machine ran out of memory (see --max-memory)",
-        2 | 15 => "interrupted",
-        _ => "the signal above",
-    };
-    // The child's staging dir is named after its pid (`results::output`).
-    let prefix = format!("{}-{}-", cotlab::results::output::STAGING, child.id());
-    let staged = std::fs::read_dir(out_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| format!("; the files it wrote are in {} (incomplete)", e.path().display()))
-        .unwrap_or_default();
-    Err(Error::Script(format!(
-        "{}: the script process died (signal {signal}): {cause}; nothing was published to {}{staged}",
-        script.display(),
-        out_dir.display()
-    )))
-}
 
 fn run(
     script: PathBuf,

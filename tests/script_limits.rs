@@ -114,22 +114,3 @@ fn deeply_nested_values_do_not_overflow_the_stack() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(o.stdout.trim(), "12002");
 }
-
-#[test]
-fn a_killed_script_process_is_reported_and_publishes_nothing() {
-    require!(Data);
-    let d = tempfile::tempdir().unwrap();
-    let s = script(d.path(), "spin.rhai", "df(#{a: [1]}).write_csv(\"a.csv\");\nloop { }\n");
-    let out = d.path().join("o");
-    let parent = cotlab().arg("run").arg(&s).arg("--out").arg(&out).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let child = common::child_of(parent.id());
-    // What the kernel's out-of-memory killer would do.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").arg("-9").arg(child.to_string()).status().unwrap().success());
-    let o = parent.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("spin.rhai: the script process died (signal 9): killed, most likely"), "{stderr}");
-    assert!(stderr.contains(&format!("nothing was published to {}; the files it wrote are in {}/.incomplete-{child}-", out.display(), out.display())), "{stderr}");
-    assert!(nothing_published(&out));
-}

@@ -135,17 +135,3 @@ pub fn write_http_response(stream: &mut std::net::TcpStream, status: &str, extra
 pub fn chat_answer(content: &str) -> String {
     serde_json::json!({"choices": [{"message": {"content": content}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).to_string()
 }
-
-/// The pid of `parent`'s first child process, once it exists (`cotlab run` runs its script in a
-/// child process).
-pub fn child_of(parent: u32) -> u32 {
-    let t0 = std::time::Instant::now();
-    loop {
-        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            return pid.parse().unwrap();
-        }
-        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "no script process started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
