@@ -314,10 +314,9 @@ pub fn find_boxed(text: &str) -> Option<String> {
     }
 }
 
-/// MATH answer normalisation (the usual Hendrycks rules): drop `\left`/`\right`, `\!`,
-/// dollars, degree marks, `\%`, units in `\text{ }`, spaces; `tfrac`/`dfrac` → `frac`;
-/// `\frac12` → `\frac{1}{2}`; `a/b` → `\frac{a}{b}`; `\sqrt3` → `\sqrt{3}`; a leading `x =`.
-pub fn strip_latex(s: &str) -> String {
+/// The first steps of Hendrycks' MATH normalisation, shared by both protocols: linebreaks, `\!`,
+/// `\\`, `tfrac`/`dfrac`, `\left`/`\right`, degrees, dollars, units after `\text{ `, `\%`.
+fn strip_markup(s: &str) -> String {
     let mut s = s.replace('\n', "").replace("\\!", "").replace("\\\\", "\\");
     s = s.replace("tfrac", "frac").replace("dfrac", "frac");
     s = s.replace("\\left", "").replace("\\right", "");
@@ -326,7 +325,14 @@ pub fn strip_latex(s: &str) -> String {
     if let Some(i) = s.find("\\text{ ") {
         s.truncate(i);
     }
-    s = s.replace("\\%", "").replace('%', "");
+    s.replace("\\%", "")
+}
+
+/// MATH answer normalisation (the usual Hendrycks rules): drop `\left`/`\right`, `\!`,
+/// dollars, degree marks, `\%`, units in `\text{ }`, spaces; `tfrac`/`dfrac` → `frac`;
+/// `\frac12` → `\frac{1}{2}`; `a/b` → `\frac{a}{b}`; `\sqrt3` → `\sqrt{3}`; a leading `x =`.
+pub fn strip_latex(s: &str) -> String {
+    let mut s = strip_markup(s).replace('%', "");
     // `\text{abc}` → `abc`
     while let Some(i) = s.find("\\text{") {
         let body = &s[i + 6..];

@@ -19,12 +19,8 @@ fn beam_search_matches_transformers() {
     require!(Model, Torch);
     let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string());
     let d = tempfile::tempdir().unwrap();
-    // transformers needs a tokenizer beside the model: SmolLM2's, as cotlab exports it.
-    let smol = Student::load(&default_model_path(), &Device::Cpu).unwrap();
-    let tok_dir = d.path().join("tok");
-    std::fs::create_dir_all(&tok_dir).unwrap();
-    smol.tokenizer.save(tok_dir.join("tokenizer.json"), false).unwrap();
-    std::fs::write(tok_dir.join("tokenizer_config.json"), serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>"}).to_string()).unwrap();
+    // transformers needs a tokenizer beside a model: SmolLM2's, as cotlab exports it.
+    let tok_dir = common::smol_tokenizer_dir(d.path());
     // Ten prompts of 5..14 random ids (a fixed LCG: no ids below 3, the special tokens).
     let mut x: u64 = 12345;
     let prompts: Vec<Vec<u32>> = (0..10)

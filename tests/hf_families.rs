@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use cotlab::model::{cotlab_home, default_model_path, Student};
+use cotlab::model::{cotlab_home, Student};
 use cotlab::train::data::TrainExample;
 use cotlab::train::export::export_hf;
 use cotlab::train::sft::batch_nll;
@@ -20,12 +20,8 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
     require!(Model, Torch);
     let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string());
     let d = tempfile::tempdir().unwrap();
-    // transformers needs a tokenizer beside each model: take SmolLM2's, as cotlab exports it.
-    let smol = Student::load(&default_model_path(), &Device::Cpu).unwrap();
-    let tok_dir = d.path().join("tok");
-    std::fs::create_dir_all(&tok_dir).unwrap();
-    smol.tokenizer.save(tok_dir.join("tokenizer.json"), false).unwrap();
-    std::fs::write(tok_dir.join("tokenizer_config.json"), serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>"}).to_string()).unwrap();
+    // transformers needs a tokenizer beside a model: SmolLM2's, as cotlab exports it.
+    let tok_dir = common::smol_tokenizer_dir(d.path());
     let o = Command::new(&py)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/tiny_hf_models.py"))
         .arg(d.path())

@@ -204,15 +204,7 @@ pub fn extract_math_answer(pred: &str, answer_flag: bool) -> String {
 /// and `a/b` → `\frac{a}{b}` for integers. (cotlab's lenient `strip_latex` goes further: it also
 /// unwraps `\text{…}` and drops a trailing period.)
 pub fn strip_string(s: &str) -> String {
-    let mut s = s.replace('\n', "").replace("\\!", "").replace("\\\\", "\\");
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac");
-    s = s.replace("\\left", "").replace("\\right", "");
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "");
-    s = s.trim_matches('$').replace("\\$", "");
-    if let Some(i) = s.find("\\text{ ") {
-        s.truncate(i);
-    }
-    s = s.replace("\\%", "");
+    let mut s = super::strip_markup(s);
     s = s.replace(" .", " 0.").replace("{.", "{0.");
     if s.is_empty() {
         return s;

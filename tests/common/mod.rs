@@ -135,3 +135,15 @@ pub fn write_http_response(stream: &mut std::net::TcpStream, status: &str, extra
 pub fn chat_answer(content: &str) -> String {
     serde_json::json!({"choices": [{"message": {"content": content}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).to_string()
 }
+
+/// `DIR/tok` holding SmolLM2's tokenizer as transformers reads it (tokenizer.json and
+/// tokenizer_config.json), for the tiny models the reference tests write.
+pub fn smol_tokenizer_dir(dir: &std::path::Path) -> PathBuf {
+    let smol = cotlab::model::Student::load(&cotlab::model::default_model_path(), &candle_core::Device::Cpu).unwrap();
+    let tok_dir = dir.join("tok");
+    std::fs::create_dir_all(&tok_dir).unwrap();
+    smol.tokenizer.save(tok_dir.join("tokenizer.json"), false).unwrap();
+    let config = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>"});
+    std::fs::write(tok_dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    tok_dir
+}
