@@ -66,7 +66,8 @@ fn granularity_sweep_stopped_and_killed_midway_finishes_only_the_missing_points(
     let second = point_files(&sweep_dir);
     assert_eq!(second.len(), 2, "killed after the second point: {second:?}");
     let snapshot: Vec<Vec<u8>> = second.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    assert!(!d.path().join("out/granularity.csv").exists(), "a killed run publishes nothing");
+    // A killed run publishes nothing: the output dir still holds the first run's one-level table.
+    assert!(std::fs::read_to_string(d.path().join("out/granularity.csv")).unwrap().starts_with("student,level 1\n"));
 
     // 3. The re-run does only the third point; the two complete ones are untouched.
     let r = run(&mut granularity(d.path(), &levels));
@@ -103,7 +104,7 @@ fn invalid_points_are_skipped_and_a_failing_point_fails_the_run() {
         &script,
         r#"
         let r = sweep(#{ name: "bad", grid: #{ format: ["plain", "bsm"], student: ["default", "runs/missing.gguf"] },
-                         base: #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, max_len: 96,
+                         base: #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96,
                                   eval_n: 2, eval_max_new_tokens: 8 } });
         r.results.write_csv("points.csv");
         print(`ran ${r.ran} failed ${r.failed} invalid ${r.invalid}`);
@@ -146,7 +147,7 @@ fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     let spec = |name: &str| -> SweepSpec {
         serde_json::from_value(serde_json::json!({
             "name": name, "grid": {"level": [3]},
-            "base": {"dataset": "arith", "train_n": 4, "max_steps": 2, "batch_size": 2, "max_len": 96, "save_every": 1,
+            "base": {"dataset": "arith", "train_n": 4, "max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_len": 96, "save_every": 1,
                      "eval_n": 3, "eval_max_new_tokens": 12, "seed": 7},
         }))
         .unwrap()
