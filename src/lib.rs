@@ -7,7 +7,8 @@
 //! 2. [`answer`]: answer kinds and the scoring protocols: the paper's evaluators and cotlab's
 //!    lenient extractor (extract, then compare with gold).
 //! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
-//!    runs, eval dirs and the teacher cache.
+//!    runs, eval dirs and the teacher cache; [`provenance`]: the build and file hashes behind a
+//!    result.
 //! 4. [`frame`]: polars frames and plotly charts.
 //! 5. [`cot`]: rationale formats, steps and measures.
 //! 6. [`data`]: datasets, the release catalog, the synthetic `arith` set, contamination.
@@ -18,7 +19,9 @@
 //! 11. [`results`]: analysis tables and the output dir.
 //! 12. [`lab`]: the library facade (students, teachers, run/eval dir names, the script sandbox)
 //!     that the CLI and the Rhai bindings both adapt.
-//! 13. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
+//! 13. [`experiment`]: sweeps (grids of SFT + evaluation points in run dirs named by the
+//!     workspace), on top of the facade.
+//! 14. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
 //!
 //! The `cotlab` binary is a thin CLI over this library, on top of all of them.
 
@@ -27,12 +30,14 @@ pub mod cot;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod frame;
 pub mod journal;
 pub mod lab;
 pub mod memory;
 pub mod model;
 pub mod notebook;
+pub mod provenance;
 pub mod results;
 pub mod rng;
 pub mod script;

@@ -397,6 +397,17 @@ fn run(
             for f in files {
                 eprintln!("wrote {}", f.display());
             }
+            // Failed sweep points let the script finish (its tables were written and published
+            // above), but the run as a whole did not succeed.
+            let failures = ctx.failures.list();
+            if !failures.is_empty() {
+                return Err(Error::Script(format!(
+                    "{}: {} sweep point(s) failed (the outputs were published; fix the cause and run again: complete points are skipped):\n  {}",
+                    script.display(),
+                    failures.len(),
+                    failures.join("\n  ")
+                )));
+            }
             Ok(())
         }
         Err(e) if output.has_staged_files() => Err(Error::Script(format!(

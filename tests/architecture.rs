@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "memory"],
     &["answer"],
-    &["journal"],
+    &["journal", "provenance"],
     &["frame"],
     &["cot"],
     &["data"],
@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["results"],
     &["lab"],
+    &["experiment"],
     &["script", "notebook"],
     &["main"],
 ];

@@ -94,6 +94,23 @@ pub struct Rationale {
     /// Canonical gold answer, when known (from the release's answer-only file or MATH's `output`).
     pub gold: Option<String>,
     pub text: String,
+    /// Where it came from: kept through concatenation, sampling and mixing.
+    pub origin: Origin,
+}
+
+/// Provenance of one rationale: the dataset, teacher, level and format it was written for, and
+/// the file and row it was read from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub task: Task,
+    /// A release teacher's name, a live teacher's `kind:model`, or None (answer-only data).
+    pub teacher: Option<String>,
+    pub level: Option<u8>,
+    pub format: Format,
+    /// The file read (relative to the data dir), "generated" for `arith`, `teacher:…` for a live teacher.
+    pub source: String,
+    /// The record's index in that source.
+    pub row: usize,
 }
 
 /// A set of rationales from one teacher at one level and format.
@@ -108,6 +125,11 @@ pub struct Corpus {
     pub rationales: Vec<Rationale>,
     /// Records dropped because they lack this teacher's column (see the MATH gemini caveat).
     pub skipped: usize,
+    /// How a corpus made of others was made (`concat`, `sample`, `mix`, `order`: see
+    /// `data::mix`), None for one file. Set, it is part of a training run's identity, and
+    /// `task`/`teacher`/`level`/`format` hold the value shared by every rationale (None / the
+    /// first's when they differ; each rationale's own is in its `origin`).
+    pub recipe: Option<super::mix::Recipe>,
 }
 
 impl Corpus {
@@ -295,6 +317,29 @@ impl Catalog {
         Ok(e)
     }
 
+    /// Check a query without loading it: Ok with the files it would read (the rationale file and
+    /// the gold answers; none for generated `arith`), or the reason the release lacks it (the
+    /// same error `rationales` would give). Sweeps use it to reject points before any work.
+    pub fn check(&self, task_name: &str, q: &RationaleQuery) -> Result<Vec<PathBuf>> {
+        let task = Task::parse(task_name)?;
+        if task == Task::Arith {
+            arith_check(q)?;
+            return Ok(Vec::new());
+        }
+        if q.n.is_some() {
+            return Err(usage!("'n' applies to the generated 'arith' set only"));
+        }
+        let e = self.lookup(task, q)?;
+        let mut files = vec![self.dir.path(&e.file)];
+        if task != Task::Math {
+            if let Some(g) = self.entries.iter().find(|g| g.task == task && g.format == Format::AnswerOnly) {
+                files.push(self.dir.path(&g.file));
+            }
+        }
+        files.dedup();
+        Ok(files)
+    }
+
     /// Load the rationales a query names.
     pub fn rationales(&self, task_name: &str, q: &RationaleQuery) -> Result<Corpus> {
         let task = Task::parse(task_name)?;
@@ -320,7 +365,8 @@ impl Catalog {
                 Some(a) => canonical_gold(a, kind),
                 None => golds.get(&p.prompt).cloned(),
             };
-            rationales.push(Rationale { id: format!("{}-train-{}", task.name(), p.index), question: p.prompt, gold, text });
+            let origin = Origin { task, teacher: e.teacher.map(|t| t.name().to_string()), level: e.level, format: e.format, source: e.file.clone(), row: p.index };
+            rationales.push(Rationale { id: format!("{}-train-{}", task.name(), p.index), question: p.prompt, gold, text, origin });
         }
         if rationales.is_empty() {
             return Err(Error::data(&path, format!("no record has the '{}' column", e.response_col)));
@@ -333,7 +379,7 @@ impl Catalog {
             );
         }
         let mut corpus =
-            Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped };
+            Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped, recipe: None };
         apply_limit(&mut corpus.rationales, q.seed, q.limit);
         corpus.task = task;
         Ok(corpus)
@@ -384,6 +430,37 @@ pub fn describe(e: &CatalogEntry) -> String {
 
 /// `arith` rationales come from the rule teacher, generated on the fly.
 fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
+    let (level, format) = arith_check(q)?;
+    let problems = arith::generate(q.n.unwrap_or(500), q.seed.unwrap_or(1));
+    let mut rationales: Vec<Rationale> = problems
+        .iter()
+        .enumerate()
+        .map(|(row, p)| {
+            let ex = p.example();
+            Rationale {
+                id: ex.id.clone(),
+                question: ex.question.clone(),
+                gold: Some(ex.answer.clone()),
+                text: p.rationale(level.unwrap_or(1), format),
+                origin: Origin { task: Task::Arith, teacher: Some("rule".into()), level, format, source: "generated".into(), row },
+            }
+        })
+        .collect();
+    apply_limit(&mut rationales, None, q.limit);
+    Ok(Corpus {
+        task: Task::Arith,
+        teacher: Some(ReleaseTeacher::Rule),
+        level,
+        format,
+        source: "generated".into(),
+        rationales,
+        skipped: 0,
+        recipe: None,
+    })
+}
+
+/// The level and format of an `arith` query, or why the rule teacher cannot write it.
+fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
     let format = match &q.format {
         Some(f) => Format::parse(f)?,
         None => Format::Plain,
@@ -409,29 +486,7 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
             format.name()
         ));
     }
-    let problems = arith::generate(q.n.unwrap_or(500), q.seed.unwrap_or(1));
-    let mut rationales: Vec<Rationale> = problems
-        .iter()
-        .map(|p| {
-            let ex = p.example();
-            Rationale {
-                id: ex.id.clone(),
-                question: ex.question.clone(),
-                gold: Some(ex.answer.clone()),
-                text: p.rationale(level.unwrap_or(1), format),
-            }
-        })
-        .collect();
-    apply_limit(&mut rationales, None, q.limit);
-    Ok(Corpus {
-        task: Task::Arith,
-        teacher: Some(ReleaseTeacher::Rule),
-        level,
-        format,
-        source: "generated".into(),
-        rationales,
-        skipped: 0,
-    })
+    Ok((level, format))
 }
 
 /// Where a catalog entry's file is, for error messages and listings.

@@ -187,6 +187,25 @@ pub fn parse_choices(question: &str) -> Vec<String> {
     out
 }
 
+/// The files (relative to the data dir) [`load_task`] reads for a task and split: hashed into a
+/// sweep point's provenance. Empty for generated `arith` and for a split the release lacks.
+pub fn task_files(task: Task, split: &str) -> Vec<&'static str> {
+    match (task, split) {
+        (Task::Svamp, "test") => vec!["test/svamp/SVAMP_test.json"],
+        (Task::Svamp, "all") => vec!["test/svamp/SVAMP.json"],
+        (Task::Svamp, "train") => vec!["test/svamp/SVAMP.json", "test/svamp/SVAMP_test.json"],
+        (Task::Gsm8k, "test") => vec!["test/gsm8k/test.jsonl"],
+        (Task::Gsm8k, "train") => vec!["test/gsm8k/train.jsonl"],
+        (Task::Aqua, "test") => vec!["test/aqua/test.json"],
+        (Task::Math, "test") => vec!["test/math/test.jsonl"],
+        (Task::Math, "full") => vec!["test/math/full/test.jsonl"],
+        (Task::Csqa, "test") => vec!["paper/eval/csqa_test.json"],
+        (Task::Obqa, "test") => vec!["paper/eval/openbookQA_test.json"],
+        (Task::StrategyQa, "test") => vec!["paper/eval/strategyQA_test.json"],
+        _ => Vec::new(),
+    }
+}
+
 /// Load one of the seven test sets (or a train split where the release has one).
 pub fn load_task(dir: &DataDir, task: Task, split: &str) -> Result<Vec<Example>> {
     let bad_split = |have: &str| {

@@ -6,6 +6,7 @@ pub mod arith;
 pub mod catalog;
 pub mod contamination;
 pub mod loaders;
+pub mod mix;
 
 use std::path::PathBuf;
 
@@ -18,7 +19,8 @@ use crate::usage;
 // AnswerKind lives with the extractor at the base of the crate; re-exported so data paths keep working.
 pub use crate::answer::AnswerKind;
 use crate::answer::Evaluator;
-pub use catalog::{Catalog, CatalogEntry, Corpus, Rationale, RationaleQuery, ReleaseTeacher};
+pub use catalog::{Catalog, CatalogEntry, Corpus, Origin, Rationale, RationaleQuery, ReleaseTeacher};
+pub use mix::{CurriculumOrder, MixPart};
 
 /// One question with its gold answer, as a student sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

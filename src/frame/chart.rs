@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use plotly::common::{Mode, Title};
+use plotly::common::{ErrorData, ErrorType, Mode, Title};
 use plotly::layout::{Axis, BarMode, Layout};
 use plotly::{Bar, HeatMap, Plot, Scatter};
 use serde_json::Value;
@@ -24,6 +24,10 @@ pub struct ChartSpec {
     pub title: Option<String>,
     pub x_title: Option<String>,
     pub y_title: Option<String>,
+    /// Error bars (line and bar charts): the columns holding each point's lower and upper bound
+    /// (e.g. `ci95_low`, `ci95_high`), drawn as asymmetric bars around `y`.
+    pub error_low: Option<String>,
+    pub error_high: Option<String>,
 }
 
 /// A finished chart: the plotly figure as JSON (plotly's `Plot` is not `Send`, and the JSON is
@@ -50,6 +54,45 @@ fn label(c: &Cell) -> String {
         Cell::Str(s) => s.clone(),
         other => cell_json(other).to_string(),
     }
+}
+
+fn number(c: &Cell) -> Option<f64> {
+    match c {
+        Cell::Int(i) => Some(*i as f64),
+        Cell::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// The error bars of each trace of [`series`] (same grouping), when the spec asks for them:
+/// (below y, above y) per point, 0 where a bound is missing.
+fn error_bars(frame: &Frame, spec: &ChartSpec) -> Result<Option<Vec<ErrorData>>> {
+    let (Some(lo), Some(hi)) = (&spec.error_low, &spec.error_high) else {
+        if spec.error_low.is_some() || spec.error_high.is_some() {
+            return Err(usage!("error bars need both 'error_low' and 'error_high' (the columns of each point's lower and upper bound)"));
+        }
+        return Ok(None);
+    };
+    let (ys, los, his) = (frame.column_cells(&spec.y)?, frame.column_cells(lo)?, frame.column_cells(hi)?);
+    let groups = match &spec.color {
+        Some(c) => frame.column_cells(c)?,
+        None => vec![Cell::Str(spec.y.clone()); frame.height()],
+    };
+    let mut out: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for (((y, l), h), g) in ys.iter().zip(&los).zip(&his).zip(&groups) {
+        let name = label(g);
+        let i = match out.iter().position(|(n, _, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                out.push((name, Vec::new(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        let y = number(y).unwrap_or(0.0);
+        out[i].1.push(number(l).map(|l| (y - l).max(0.0)).unwrap_or(0.0));
+        out[i].2.push(number(h).map(|h| (h - y).max(0.0)).unwrap_or(0.0));
+    }
+    Ok(Some(out.into_iter().map(|(_, minus, plus)| ErrorData::new(ErrorType::Data).symmetric(false).array(plus).array_minus(minus)).collect()))
 }
 
 /// Rows grouped by the color column, in first-appearance order: (group name, xs, ys).
@@ -86,8 +129,13 @@ fn layout(spec: &ChartSpec) -> Layout {
 impl Chart {
     pub fn line(frame: &Frame, spec: &ChartSpec) -> Result<Chart> {
         let mut plot = Plot::new();
+        let mut errors = error_bars(frame, spec)?.map(|e| e.into_iter());
         for (name, xs, ys) in series(frame, spec)? {
-            plot.add_trace(Scatter::new(xs, ys).mode(Mode::LinesMarkers).name(name));
+            let mut t = Scatter::new(xs, ys).mode(Mode::LinesMarkers).name(name);
+            if let Some(e) = errors.as_mut().and_then(|e| e.next()) {
+                t = t.error_y(e);
+            }
+            plot.add_trace(t);
         }
         plot.set_layout(layout(spec));
         Ok(Chart { figure: plot.to_json(), title: spec.title.clone().unwrap_or_default() })
@@ -95,8 +143,13 @@ impl Chart {
 
     pub fn bar(frame: &Frame, spec: &ChartSpec) -> Result<Chart> {
         let mut plot = Plot::new();
+        let mut errors = error_bars(frame, spec)?.map(|e| e.into_iter());
         for (name, xs, ys) in series(frame, spec)? {
-            plot.add_trace(Bar::new(xs, ys).name(name));
+            let mut t = Bar::new(xs, ys).name(name);
+            if let Some(e) = errors.as_mut().and_then(|e| e.next()) {
+                t = t.error_y(e);
+            }
+            plot.add_trace(t);
         }
         plot.set_layout(layout(spec).bar_mode(BarMode::Group));
         Ok(Chart { figure: plot.to_json(), title: spec.title.clone().unwrap_or_default() })

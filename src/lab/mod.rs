@@ -28,6 +28,23 @@ pub struct Workspace {
     pub runs_dir: PathBuf,
     pub out: Option<Arc<OutputDir>>,
     pub access: Access,
+    /// Work that failed without stopping the session (a sweep's failed points): `cotlab run`
+    /// publishes the outputs, then exits non-zero when this is not empty.
+    pub failures: Arc<Failures>,
+}
+
+/// Failures a session carries on past, in the order they happened.
+#[derive(Debug, Default)]
+pub struct Failures(std::sync::Mutex<Vec<String>>);
+
+impl Failures {
+    pub fn add(&self, what: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Options of [`Workspace::student`] (Rhai: `student(spec, #{...})`).
@@ -45,7 +62,7 @@ pub struct StudentOptions {
 impl Workspace {
     /// Trusted use (the CLI's own arguments, Rust code): any path.
     pub fn open(data_dir: DataDir, runs_dir: PathBuf, out: Option<Arc<OutputDir>>) -> Workspace {
-        Workspace { data_dir, runs_dir, out, access: Access::Open }
+        Workspace { data_dir, runs_dir, out, access: Access::Open, failures: Arc::default() }
     }
 
     /// The trusted workspace of the current directory: data from `COTLAB_DATA` (else
@@ -62,7 +79,7 @@ impl Workspace {
             roots.push(o.root().to_path_buf());
         }
         roots.extend(extra_read.iter().cloned());
-        Workspace { data_dir, runs_dir, out, access: Access::sandboxed(roots) }
+        Workspace { data_dir, runs_dir, out, access: Access::sandboxed(roots), failures: Arc::default() }
     }
 
     /// A file a caller wants to read, checked against the read policy.

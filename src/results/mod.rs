@@ -3,6 +3,7 @@
 //! charts themselves are the base module [`crate::frame`].
 
 pub mod output;
+pub mod runs;
 pub mod tables;
 
 // Frames and charts live in the base module `frame`; these keep the `results::` paths.

@@ -11,12 +11,12 @@ use crate::frame::{ColumnData, Frame};
 /// `cot::measure` numbers (words, steps, numbers, equations, verification).
 pub fn corpus_frame(c: &Corpus) -> Result<Frame> {
     let n = c.len();
-    let kind = c.kind();
     let (mut extracted, mut agrees) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut words, mut steps, mut numbers, mut eqs, mut verif) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for r in &c.rationales {
         // Without a gold answer there is nothing to agree with: agreement is unknown, not false.
+        let kind = r.origin.task.kind();
         let (x, agree) = match &r.gold {
             Some(g) => {
                 let j = judge(&r.text, g, kind);
@@ -33,13 +33,16 @@ pub fn corpus_frame(c: &Corpus) -> Result<Frame> {
         eqs.push(Some(m.equations as i64));
         verif.push(Some(m.has_verification));
     }
-    let rep = |s: Option<String>| vec![s; n];
+    // Per rationale, from its origin: a mixture's rows keep their own teacher, level and file.
+    let origin = |f: &dyn Fn(&crate::data::Origin) -> Option<String>| ColumnData::Str(c.rationales.iter().map(|r| f(&r.origin)).collect());
     Frame::from_columns(vec![
         ("id".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.id.clone())).collect())),
-        ("dataset".into(), ColumnData::Str(rep(Some(c.task.name().into())))),
-        ("teacher".into(), ColumnData::Str(rep(Some(c.teacher.map(|t| t.name()).unwrap_or("none").into())))),
-        ("level".into(), ColumnData::Int(vec![c.level.map(|l| l as i64); n])),
-        ("format".into(), ColumnData::Str(rep(Some(c.format.name().into())))),
+        ("dataset".into(), origin(&|o| Some(o.task.name().into()))),
+        ("teacher".into(), origin(&|o| Some(o.teacher.clone().unwrap_or_else(|| "none".into())))),
+        ("level".into(), ColumnData::Int(c.rationales.iter().map(|r| r.origin.level.map(|l| l as i64)).collect())),
+        ("format".into(), origin(&|o| Some(o.format.name().into()))),
+        ("source".into(), origin(&|o| Some(o.source.clone()))),
+        ("row".into(), ColumnData::Int(c.rationales.iter().map(|r| Some(r.origin.row as i64)).collect())),
         ("question".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.question.clone())).collect())),
         ("gold".into(), ColumnData::Str(c.rationales.iter().map(|r| r.gold.clone()).collect())),
         ("rationale".into(), ColumnData::Str(c.rationales.iter().map(|r| Some(r.text.clone())).collect())),

@@ -130,11 +130,15 @@ struct ChartOptions {
     x_title: Option<String>,
     #[serde(default)]
     y_title: Option<String>,
+    #[serde(default)]
+    error_low: Option<String>,
+    #[serde(default)]
+    error_high: Option<String>,
 }
 
 impl From<ChartOptions> for ChartSpec {
     fn from(o: ChartOptions) -> Self {
-        ChartSpec { x: o.x, y: o.y, color: o.color, z: o.z, title: o.title, x_title: o.x_title, y_title: o.y_title }
+        ChartSpec { x: o.x, y: o.y, color: o.color, z: o.z, title: o.title, x_title: o.x_title, y_title: o.y_title, error_low: o.error_low, error_high: o.error_high }
     }
 }
 
@@ -160,12 +164,16 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         }
         Frame::from_columns(cols).map_err(rt)
     });
-    engine.register_fn("concat", |frames: Array| -> RhaiResult<Frame> {
+    engine.register_fn("concat", |frames: Array| -> RhaiResult<Dynamic> {
+        // Corpora concatenate too (`data::mix`): dispatched on the first item's type.
+        if frames.first().is_some_and(|f| f.is::<crate::data::Corpus>()) {
+            return super::experiment::concat_corpora(frames).map(Dynamic::from);
+        }
         let fs: Vec<Frame> = frames
             .into_iter()
-            .map(|f| f.try_cast::<Frame>().ok_or_else(|| rt(usage!("concat: expected an array of DataFrames"))))
+            .map(|f| f.try_cast::<Frame>().ok_or_else(|| rt(usage!("concat: expected an array of DataFrames (or of corpora)"))))
             .collect::<RhaiResult<_>>()?;
-        Frame::concat(&fs).map_err(rt)
+        Frame::concat(&fs).map(Dynamic::from).map_err(rt)
     });
     let ws = ctx.workspace();
     let readers: [(&str, fn(&std::path::Path) -> crate::Result<Frame>); 3] =

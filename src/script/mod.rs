@@ -8,6 +8,7 @@
 //! dir (see `lab::sandbox`).
 
 mod data;
+mod experiment;
 mod frame;
 mod teacher;
 mod train;
@@ -36,6 +37,9 @@ pub struct Context {
     /// Heap bytes the process may hold before the script is stopped between two operations
     /// (`cotlab run --max-memory`); only where the binary counts its heap (`crate::memory`).
     pub max_memory: Option<u64>,
+    /// Failures the script carried on past (failed sweep points), shared by every workspace made
+    /// from this context: `cotlab run` exits non-zero when there are any.
+    pub failures: Arc<crate::lab::Failures>,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -50,12 +54,15 @@ impl Context {
             runs_dir: PathBuf::from("runs"),
             allow_read: Vec::new(),
             max_memory: crate::memory::default_ceiling(),
+            failures: Arc::default(),
         }
     }
 
     /// The sandboxed workspace every binding goes through.
     pub fn workspace(&self) -> Workspace {
-        Workspace::sandboxed(self.data_dir.clone(), self.runs_dir.clone(), self.out.clone(), &self.allow_read)
+        let mut ws = Workspace::sandboxed(self.data_dir.clone(), self.runs_dir.clone(), self.out.clone(), &self.allow_read);
+        ws.failures = self.failures.clone();
+        ws
     }
 }
 
@@ -88,6 +95,7 @@ pub fn engine(ctx: Context) -> Engine {
     frame::register(&mut engine, &ctx);
     train::register(&mut engine, &ctx);
     teacher::register(&mut engine, &ctx);
+    experiment::register(&mut engine, &ctx);
     engine
 }
 

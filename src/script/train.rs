@@ -9,7 +9,8 @@ use crate::data::Corpus;
 use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
-use crate::train::{sft, RunDir, SftOptions};
+use crate::train::sft::sft_corpus;
+use crate::train::{RunDir, SftOptions};
 use crate::usage;
 
 /// A loaded student, shared (its weights are `Var`s and train in place).
@@ -57,9 +58,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             None => None,
         };
         let o: SftOptions = options(opts)?;
-        let pairs = corpus.pairs();
-        let run_config = crate::train::sft::run_config(&s.0, &corpus, &o);
-        let report = sft(&s.0, &pairs, &o, &run, run_config, stop_after).map_err(rt)?;
+        let report = sft_corpus(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
         rhai::serde::to_dynamic(report)
     });
 

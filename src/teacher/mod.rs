@@ -378,20 +378,31 @@ impl AskReport {
     /// The successful rationales as a corpus for `sft`.
     pub fn corpus(&self, ds: &Dataset) -> crate::data::Corpus {
         let first = self.rows.first();
+        let source = format!("teacher:{}:{}", first.map(|r| r.teacher.as_str()).unwrap_or(""), first.map(|r| r.model.as_str()).unwrap_or(""));
         crate::data::Corpus {
             task: ds.task,
             teacher: None,
             level: first.and_then(|r| r.level),
             format: first.and_then(|r| Format::parse(&r.format).ok()).unwrap_or(Format::Plain),
-            source: format!("teacher:{}:{}", first.map(|r| r.teacher.as_str()).unwrap_or(""), first.map(|r| r.model.as_str()).unwrap_or("")),
             rationales: self
                 .rows
                 .iter()
-                .filter_map(|r| {
-                    r.rationale.as_ref().map(|t| crate::data::Rationale { id: r.id.clone(), question: r.question.clone(), gold: Some(r.gold.clone()), text: t.clone() })
+                .enumerate()
+                .filter_map(|(row, r)| {
+                    let origin = crate::data::Origin {
+                        task: ds.task,
+                        teacher: Some(format!("{}:{}", r.teacher, r.model)),
+                        level: r.level,
+                        format: Format::parse(&r.format).unwrap_or(Format::Plain),
+                        source: source.clone(),
+                        row,
+                    };
+                    r.rationale.as_ref().map(|t| crate::data::Rationale { id: r.id.clone(), question: r.question.clone(), gold: Some(r.gold.clone()), text: t.clone(), origin })
                 })
                 .collect(),
+            source,
             skipped: 0,
+            recipe: None,
         }
     }
 }

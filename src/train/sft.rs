@@ -84,6 +84,15 @@ pub struct SftOptions {
     pub save_every: usize,
     /// Train LoRA adapters instead of every weight: #{r, alpha, dropout, targets}.
     pub lora: Option<LoraConfig>,
+    /// Shuffle the examples each epoch (seeded). Off: the corpus order is kept (a curriculum;
+    /// `sft` turns it off for an ordered corpus). Written to a run's identity only when off, so
+    /// runs made before the option existed still resume.
+    #[serde(skip_serializing_if = "is_true")]
+    pub shuffle: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for SftOptions {
@@ -104,6 +113,7 @@ impl Default for SftOptions {
             group_by_length: false,
             save_every: 50,
             lora: None,
+            shuffle: true,
         }
     }
 }
@@ -244,8 +254,11 @@ fn schedule_order(examples: &[TrainExample], opts: &SftOptions, total_examples: 
     let mut epoch = 0u64;
     while order.len() < total_examples {
         let mut idx: Vec<usize> = (0..n).collect();
-        Rng::new(opts.seed.wrapping_add(epoch)).shuffle(&mut idx);
-        if opts.group_by_length {
+        if opts.shuffle {
+            Rng::new(opts.seed.wrapping_add(epoch)).shuffle(&mut idx);
+        }
+        // A kept order is the point of a curriculum: no regrouping by length either.
+        if opts.group_by_length && opts.shuffle {
             // Sort by length inside windows of 50 micro-batches: similar lengths share a batch
             // while the order across windows stays random.
             let w = opts.batch_size * 50;
@@ -572,11 +585,30 @@ pub fn sft(
     stop_after: Option<usize>,
 ) -> Result<SftReport> {
     let mut t = Trainer::new(student, pairs, opts, run, run_config)?;
+    record_provenance(student, run, opts)?;
     let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
     while t.state().step < stop_at {
         t.step()?;
     }
     t.finish()
+}
+
+/// Fine-tune on a corpus: [`sft`] with the corpus's pairs and identity; an ordered corpus (a
+/// curriculum, `data::mix`) is trained in its order, without shuffling. `data_files` are the
+/// files the corpus was read from, hashed into the run's provenance.
+pub fn sft_corpus(student: &Student, corpus: &crate::data::Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>) -> Result<SftReport> {
+    let opts = &SftOptions { shuffle: opts.shuffle && !corpus.is_ordered(), ..opts.clone() };
+    sft(student, &corpus.pairs(), opts, run, run_config(student, corpus, opts), stop_after)
+}
+
+/// Append this invocation's build, model hash and seed to `provenance.jsonl` in the run dir (one
+/// line per invocation: a run resumed by another build shows both).
+fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Result<()> {
+    let mut seeds = serde_json::Map::new();
+    seeds.insert("sft".into(), opts.seed.into());
+    let p = crate::provenance::Provenance::new(std::slice::from_ref(&student.source), &[], seeds)?;
+    let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.path.join("provenance.jsonl"))?;
+    log.append(&p)
 }
 
 /// What identifies a run on disk (`runs/<name>/config.json`): the base model, the options, and
@@ -587,7 +619,7 @@ pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOpt
         .rationales
         .iter()
         .fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "model": student.source.display().to_string(),
         // The chat template trained with (a base model may have none of its own, or another):
         // `load_run_on` restores it.
@@ -602,5 +634,10 @@ pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOpt
             "examples": corpus.len(),
             "fingerprint": format!("{fingerprint:016x}"),
         },
-    })
+    });
+    // Only a combined corpus has one: runs on one file keep the identity they always had.
+    if let Some(r) = &corpus.recipe {
+        v["data"]["recipe"] = r.text.clone().into();
+    }
+    v
 }

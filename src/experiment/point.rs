@@ -1,0 +1,226 @@
+//! One sweep point's configuration: a flat map of options (what the grid varies and the base
+//! sets), resolved into the data to train on, the student, the SFT options and the evaluation.
+//! Flat, so any option is a grid key: `level`, `teacher`, `lr`, `seed`, `student`, `mix`, ….
+//!
+//! Keys (defaults in brackets):
+//! * data: `dataset` [svamp], `teacher` [gpt-4o; rule for arith], `level`, `format` [plain],
+//!   `train_n` (a seeded subset of the corpus; the generated set's size for arith [500]),
+//!   `train_seed` [1], `mix` (a list of parts `#{dataset, teacher, level, format, weight}` mixed
+//!   to `train_n` rationales), `order` (`coarse_to_fine` / `fine_to_coarse`: a curriculum);
+//! * student: `student` [default], `device` [cpu], `template`;
+//! * `train` [true]: false evaluates the base student (a before-training baseline);
+//! * evaluation: `eval_dataset` [= dataset], `eval_split` [test], `eval_n` (a seeded subset),
+//!   `eval_seed` [1; the generated set's seed for arith: 2, apart from the training problems],
+//!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`;
+//! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …).
+
+use serde_json::{Map, Value};
+
+use crate::data::{Catalog, DatasetOptions, RationaleQuery, Task};
+use crate::error::{Error, Result};
+use crate::eval::run::EvalOptions;
+use crate::lab::StudentOptions;
+use crate::train::SftOptions;
+use crate::usage;
+
+pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order"];
+pub const STUDENT_KEYS: &[&str] = &["student", "device", "template", "train"];
+pub const EVAL_KEYS: &[&str] =
+    &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams"];
+
+/// Every key a point accepts, for checking a grid before anything runs.
+pub fn known_keys() -> Vec<String> {
+    let sft = serde_json::to_value(SftOptions { shuffle: false, ..Default::default() }).expect("options serialise");
+    let mut keys: Vec<String> = DATA_KEYS.iter().chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
+    keys.extend(sft.as_object().expect("an object").keys().cloned());
+    keys
+}
+
+/// One part of a `mix`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixSpec {
+    pub dataset: Option<String>,
+    pub teacher: Option<String>,
+    pub level: Option<i64>,
+    pub format: Option<String>,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A point resolved into what runs.
+#[derive(Clone, Debug)]
+pub struct PointConfig {
+    /// (dataset, query, weight) of each corpus; one part unless `mix`.
+    pub parts: Vec<(String, RationaleQuery, f64)>,
+    pub mixed: bool,
+    /// Rationales in a mixture (`train_n`).
+    pub mix_n: Option<usize>,
+    pub train_seed: u64,
+    pub order: Option<crate::data::CurriculumOrder>,
+    pub student: String,
+    pub student_opts: StudentOptions,
+    pub train: bool,
+    pub sft: SftOptions,
+    pub eval_dataset: String,
+    pub eval_data: DatasetOptions,
+    pub eval: EvalOptions,
+}
+
+fn take<T: serde::de::DeserializeOwned>(m: &mut Map<String, Value>, key: &str) -> Result<Option<T>> {
+    match m.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| usage!("'{key}': {e} (got {v})")),
+    }
+}
+
+impl PointConfig {
+    /// Resolve a point's flat config. Unknown keys were rejected for the whole sweep already;
+    /// what fails here (a wrong type, a value out of range) makes only this point invalid.
+    pub fn resolve(config: &Map<String, Value>) -> Result<PointConfig> {
+        let mut m = config.clone();
+        let dataset: String = take(&mut m, "dataset")?.unwrap_or_else(|| "svamp".into());
+        let task = Task::parse(&dataset)?;
+        let train_n: Option<usize> = take(&mut m, "train_n")?;
+        let train_seed: u64 = take(&mut m, "train_seed")?.unwrap_or(1);
+        let teacher: Option<String> = take(&mut m, "teacher")?;
+        let level: Option<i64> = take(&mut m, "level")?;
+        let format: Option<String> = take(&mut m, "format")?;
+        let mix: Option<Vec<MixSpec>> = take(&mut m, "mix")?;
+        let order = take(&mut m, "order")?;
+        // arith is generated: `train_n` is its size and `train_seed` picks the problems.
+        let query = |ds: &str, teacher: Option<String>, level, format| {
+            let arith = Task::parse(ds).is_ok_and(|t| t == Task::Arith);
+            RationaleQuery {
+                teacher,
+                level,
+                format,
+                limit: if arith { None } else { train_n },
+                seed: if arith { Some(train_seed) } else { train_n.map(|_| train_seed) },
+                n: if arith { Some(train_n.unwrap_or(500)) } else { None },
+            }
+        };
+        let (parts, mixed) = match mix {
+            Some(parts) => {
+                if teacher.is_some() || level.is_some() || format.is_some() {
+                    return Err(usage!("'mix' names its parts' teacher, level and format: drop 'teacher', 'level' and 'format' beside it"));
+                }
+                if parts.is_empty() {
+                    return Err(usage!("'mix' has no parts: give #{{level: 1, weight: 1.0}}, ..."));
+                }
+                if train_n.is_none() {
+                    return Err(usage!("'mix' needs 'train_n': how many rationales the mixture holds"));
+                }
+                let p = parts
+                    .into_iter()
+                    .map(|p| {
+                        let ds = p.dataset.unwrap_or_else(|| dataset.clone());
+                        let q = RationaleQuery { limit: None, seed: None, ..query(&ds, p.teacher, p.level, p.format) };
+                        (ds, q, p.weight)
+                    })
+                    .collect();
+                (p, true)
+            }
+            None => (vec![(dataset.clone(), query(&dataset, teacher, level, format), 1.0)], false),
+        };
+        let student = take(&mut m, "student")?.unwrap_or_else(|| "default".into());
+        let student_opts = StudentOptions { device: take(&mut m, "device")?, template: take(&mut m, "template")? };
+        let train = take(&mut m, "train")?.unwrap_or(true);
+        let eval_dataset: String = take(&mut m, "eval_dataset")?.unwrap_or_else(|| dataset.clone());
+        let eval_task = Task::parse(&eval_dataset)?;
+        let eval_n: Option<usize> = take(&mut m, "eval_n")?;
+        let eval_seed: Option<u64> = take(&mut m, "eval_seed")?;
+        let eval_data = if eval_task == Task::Arith {
+            DatasetOptions { split: take(&mut m, "eval_split")?, limit: None, seed: Some(eval_seed.unwrap_or(2)), n: Some(eval_n.unwrap_or(100)) }
+        } else {
+            DatasetOptions { split: take(&mut m, "eval_split")?, limit: eval_n, seed: eval_n.map(|_| eval_seed.unwrap_or(1)), n: None }
+        };
+        let d = EvalOptions::default();
+        let eval = EvalOptions {
+            batch_size: take(&mut m, "eval_batch_size")?.unwrap_or(d.batch_size),
+            max_new_tokens: take(&mut m, "eval_max_new_tokens")?,
+            protocol: take(&mut m, "eval_protocol")?.unwrap_or(d.protocol),
+            prompt: take(&mut m, "eval_prompt")?.unwrap_or(d.prompt),
+            beams: take(&mut m, "eval_beams")?,
+            ..d
+        };
+        crate::error::in_range("sweep", "eval_batch_size", eval.batch_size, 1..=4096)?;
+        // What is left are SFT options.
+        // Key by key first, so a wrong value's error names its key (serde's does not).
+        for (k, v) in &m {
+            let one: Map<String, Value> = [(k.clone(), v.clone())].into_iter().collect();
+            serde_json::from_value::<SftOptions>(Value::Object(one)).map_err(|e| usage!("sft option '{k}': {e} (got {v})"))?;
+        }
+        let sft: SftOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("sft options: {e}"))?;
+        sft.validate()?;
+        let _ = task;
+        Ok(PointConfig { parts, mixed, mix_n: train_n, train_seed, order, student, student_opts, train, sft, eval_dataset, eval_data, eval })
+    }
+
+    /// The data files this point reads (for provenance), or why the release lacks its corpus.
+    pub fn check(&self, catalog: &Catalog) -> Result<Vec<std::path::PathBuf>> {
+        let mut files = Vec::new();
+        if self.train {
+            for (ds, q, _) in &self.parts {
+                files.extend(catalog.check(ds, q)?);
+            }
+        }
+        let task = Task::parse(&self.eval_dataset)?;
+        let split = self.eval_data.split.clone().unwrap_or_else(|| "test".into());
+        files.extend(crate::data::loaders::task_files(task, &split).into_iter().map(|f| catalog.dir.path(f)));
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    /// The training corpus: one query, or the mixture, then the curriculum order.
+    pub fn corpus(&self, catalog: &Catalog) -> Result<crate::data::Corpus> {
+        let mut corpus = if self.mixed {
+            let parts = self
+                .parts
+                .iter()
+                .map(|(ds, q, w)| Ok(crate::data::MixPart { corpus: catalog.rationales(ds, q)?, weight: *w }))
+                .collect::<Result<Vec<_>>>()?;
+            crate::data::Corpus::mix(&parts, self.mix_n.unwrap_or(0), self.train_seed)?
+        } else {
+            let (ds, q, _) = &self.parts[0];
+            catalog.rationales(ds, q)?
+        };
+        if let Some(o) = self.order {
+            corpus = corpus.ordered(o, self.train_seed);
+        }
+        if corpus.is_empty() {
+            return Err(Error::usage("the training corpus is empty"));
+        }
+        Ok(corpus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn resolves_flat_keys() {
+        let p = PointConfig::resolve(&map(serde_json::json!({"dataset": "arith", "level": 3, "train_n": 8, "lr": 1e-4, "max_steps": 2, "eval_n": 4}))).unwrap();
+        assert_eq!(p.parts[0].1.n, Some(8));
+        assert_eq!(p.parts[0].1.level, Some(3));
+        assert_eq!((p.sft.lr, p.sft.max_steps), (1e-4, Some(2)));
+        assert_eq!((p.eval_data.n, p.eval_data.seed), (Some(4), Some(2)));
+        let e = PointConfig::resolve(&map(serde_json::json!({"lr": "fast"}))).unwrap_err().to_string();
+        assert!(e.contains("sft option 'lr'") && e.contains("fast"), "{e}");
+        let e = PointConfig::resolve(&map(serde_json::json!({"lr": 5.0}))).unwrap_err().to_string();
+        assert!(e.contains("'lr' must be in"), "{e}");
+        let e = PointConfig::resolve(&map(serde_json::json!({"mix": [{"level": 1}], "level": 2}))).unwrap_err().to_string();
+        assert!(e.contains("drop 'teacher', 'level'"), "{e}");
+        assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"max_steps".to_string()));
+    }
+}

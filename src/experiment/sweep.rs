@@ -1,0 +1,446 @@
+//! Sweeps: a grid over any point option (see [`super::point`]), each point trained from the base
+//! weights and evaluated in its own dir `<runs>/<sweep>/<readable>-<hash>`.
+//!
+//! * **Plan first.** Every point is resolved and checked against the release catalog before
+//!   anything runs; points the release lacks (or with a bad value) are listed with the reason
+//!   and skipped. An unknown grid key or an empty grid is an error before any work.
+//! * **Resume.** A point is complete when its `point.json` exists (written atomically, last).
+//!   A re-run skips complete points; an interrupted point resumes from its SFT checkpoint and
+//!   its eval samples. A failed point leaves `failed.json` (config + reason) and is retried on
+//!   the next run.
+//! * **Base weights.** Each point loads its student afresh (full SFT updates weights in place),
+//!   trains, then evaluates the run's last checkpoint loaded back from disk (LoRA included).
+//! * **Failures carry on.** A point that fails (NaN loss, a missing file, any error, even a panic)
+//!   is recorded and the sweep goes on; the workspace's failures make `cotlab run` exit non-zero
+//!   after publishing the outputs.
+//! * **Addressable points.** Point `i` is the i-th of the grid (row-major over the keys in
+//!   order, then `include`), so one process can run one point (`point: i`: a job array task).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::point::{known_keys, PointConfig};
+use super::progress::Progress;
+use crate::data::{load_dataset, Catalog};
+use crate::error::{Error, Result};
+use crate::eval::run::evaluate;
+use crate::journal::write_atomic;
+use crate::lab::Workspace;
+use crate::provenance::Provenance;
+use crate::results::runs::{load_runs, FAILED_FILE, POINT_FILE, SWEEP_FILE};
+use crate::results::Frame;
+use crate::train::sft::sft_corpus;
+use crate::train::RunDir;
+use crate::usage;
+
+/// What a sweep is: `sweep(#{name, grid, base, include, point, stop_after_points})`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// The sweep's dir under the runs dir (a run name: `granularity`, `paper/svamp`).
+    pub name: String,
+    /// key → list of values; the points are every combination.
+    #[serde(default)]
+    pub grid: Map<String, Value>,
+    /// Options every point shares (a grid value overrides one).
+    #[serde(default)]
+    pub base: Map<String, Value>,
+    /// Extra points beyond the grid (each over `base`), e.g. an answer-only baseline.
+    #[serde(default)]
+    pub include: Vec<Map<String, Value>>,
+    /// Run only this point (by index); the others are reported as they stand on disk.
+    #[serde(default)]
+    pub point: Option<usize>,
+    /// Stop after this many points were run by this call (a time-boxed slice; re-run to go on).
+    #[serde(default)]
+    pub stop_after_points: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointStatus {
+    /// Not run yet (or not selected by `point`).
+    Pending,
+    Done,
+    Failed,
+    /// The release lacks it or a value is wrong: never run.
+    Invalid,
+}
+
+/// One point of a sweep as planned.
+#[derive(Clone, Debug, Serialize)]
+pub struct PointPlan {
+    pub index: usize,
+    /// Its dir name inside the sweep dir.
+    pub point: String,
+    /// The full config (base + grid values), as given.
+    pub config: Map<String, Value>,
+    pub status: PointStatus,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub resolved: Option<PointConfig>,
+    #[serde(skip)]
+    pub data_files: Vec<PathBuf>,
+}
+
+/// What a sweep call did, and the results of every point.
+#[derive(Clone, Debug)]
+pub struct SweepReport {
+    pub name: String,
+    pub dir: PathBuf,
+    pub total: usize,
+    pub done: usize,
+    /// Complete before this call (skipped).
+    pub already_done: usize,
+    /// Run by this call (done or failed).
+    pub ran: usize,
+    pub failed: usize,
+    pub invalid: usize,
+    pub pending: usize,
+    /// `stop_after_points` ended this call early.
+    pub stopped: bool,
+    pub seconds: f64,
+    /// One row per point: meta, config and metrics (`results::runs`).
+    pub results: Frame,
+    pub points: Vec<PointPlan>,
+}
+
+/// `2e-5` → `2e-05`-free short text for dir names.
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(_) | Value::Object(_) => format!("{:08x}", crate::rng::fnv1a(crate::rng::FNV_OFFSET, v.to_string().bytes()) as u32),
+        other => other.to_string(),
+    }
+}
+
+/// `level-3_teacher-gpt-4o-1a2b3c4d`: the grid values readable, then a hash of the whole config.
+fn point_name(keys: &[String], config: &Map<String, Value>, extra: Option<usize>) -> String {
+    let mut readable: Vec<String> = keys.iter().filter_map(|k| config.get(k).map(|v| format!("{k}-{}", short(v)))).collect();
+    if let Some(i) = extra {
+        readable.insert(0, format!("include{i}"));
+    }
+    let clean: String = readable.join("_").chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    let clean: String = clean.trim_start_matches('.').chars().take(80).collect();
+    // serde_json maps are sorted: the text is canonical, so equal configs get equal hashes.
+    let hash = crate::rng::fnv1a(crate::rng::FNV_OFFSET, Value::Object(config.clone()).to_string().bytes());
+    if clean.is_empty() { format!("{:08x}", hash as u32) } else { format!("{clean}-{:08x}", hash as u32) }
+}
+
+/// Expand the grid and check every point (no training): the plan a sweep runs. Errors only for
+/// what is wrong with the whole sweep (an unknown key, an empty grid, a bad name).
+pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
+    crate::lab::RunName::new(&spec.name)?;
+    let known = known_keys();
+    let mut keys: Vec<String> = Vec::new();
+    let mut values: Vec<Vec<Value>> = Vec::new();
+    for (k, v) in &spec.grid {
+        let Value::Array(vs) = v else {
+            return Err(usage!("sweep '{}': grid key '{k}' must be a list of values, e.g. {k}: [1, 2, 3]; got {v}", spec.name));
+        };
+        if vs.is_empty() {
+            return Err(usage!("sweep '{}': grid key '{k}' has no values, so the grid has no points: give at least one", spec.name));
+        }
+        keys.push(k.clone());
+        values.push(vs.clone());
+    }
+    let all_keys = spec.grid.keys().chain(spec.base.keys()).chain(spec.include.iter().flat_map(|m| m.keys()));
+    for k in all_keys {
+        if !known.contains(k) {
+            return Err(usage!(
+                "sweep '{}': unknown option '{k}'; a point takes: {}",
+                spec.name,
+                known.join(", ")
+            ));
+        }
+    }
+    if keys.is_empty() && spec.include.is_empty() {
+        return Err(usage!(
+            "sweep '{}': the grid is empty: give grid: #{{level: [1, 2, 3], ...}} (or points in 'include')",
+            spec.name
+        ));
+    }
+    // Row-major: the last key varies fastest.
+    let mut configs: Vec<(Map<String, Value>, Option<usize>)> = Vec::new();
+    if !keys.is_empty() {
+        let total: usize = values.iter().map(Vec::len).product();
+        if total > 100_000 {
+            return Err(usage!("sweep '{}': the grid has {total} points; more than 100000 is surely a mistake", spec.name));
+        }
+        for mut i in 0..total {
+            let mut c = spec.base.clone();
+            for (k, vs) in keys.iter().zip(&values).rev() {
+                c.insert(k.clone(), vs[i % vs.len()].clone());
+                i /= vs.len();
+            }
+            configs.push((c, None));
+        }
+    }
+    for (i, extra) in spec.include.iter().enumerate() {
+        let mut c = spec.base.clone();
+        c.extend(extra.clone());
+        configs.push((c, Some(i)));
+    }
+    let catalog = Catalog::new(ws.data_dir.clone());
+    let sweep_dir = ws.run_dir(&spec.name)?;
+    let mut names: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (index, (config, extra)) in configs.into_iter().enumerate() {
+        // Include points are named by their own keys.
+        let name_keys: Vec<String> = match extra {
+            Some(i) => spec.include[i].keys().cloned().collect(),
+            None => keys.clone(),
+        };
+        let point = point_name(&name_keys, &config, extra);
+        let mut p = PointPlan { index, point: point.clone(), config, status: PointStatus::Pending, reason: None, resolved: None, data_files: Vec::new() };
+        if let Some(first) = names.iter().position(|n| *n == point) {
+            p.status = PointStatus::Invalid;
+            p.reason = Some(format!("the same config as point {first}"));
+        } else {
+            match PointConfig::resolve(&p.config).and_then(|r| r.check(&catalog).map(|files| (r, files))) {
+                Ok((r, files)) => {
+                    p.resolved = Some(r);
+                    p.data_files = files;
+                }
+                Err(e) => {
+                    p.status = PointStatus::Invalid;
+                    p.reason = Some(e.to_string());
+                }
+            }
+        }
+        if p.status != PointStatus::Invalid && sweep_dir.join(&point).join(POINT_FILE).is_file() {
+            p.status = PointStatus::Done;
+        }
+        names.push(point);
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn write_sweep_file(dir: &Path, spec: &SweepSpec, points: &[PointPlan]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let v = serde_json::json!({
+        "name": spec.name, "grid": spec.grid, "base": spec.base, "include": spec.include,
+        "points": points.iter().map(|p| serde_json::json!({
+            "sweep": spec.name, "index": p.index, "point": p.point, "status": p.status, "reason": p.reason, "config": p.config,
+        })).collect::<Vec<_>>(),
+    });
+    write_atomic(&dir.join(SWEEP_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())
+}
+
+/// The last line of a JSON-lines log, and the first.
+fn first_last(path: &Path) -> (Option<Value>, Option<Value>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (lines.first().cloned(), lines.last().cloned())
+}
+
+/// Train and evaluate one point in `dir`; its metrics and provenance.
+fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance)> {
+    let r = p.resolved.as_ref().expect("a planned point is resolved");
+    let started = Instant::now();
+    let catalog = Catalog::new(ws.data_dir.clone());
+    let mut metrics = Map::new();
+    // The base weights, loaded afresh for every point.
+    let base = ws.student(&r.student, &r.student_opts)?;
+    let model_files = vec![base.source.clone()];
+    let mut sft_seconds = 0.0;
+    let trained = if r.train {
+        let corpus = r.corpus(&catalog)?;
+        let t = Instant::now();
+        let report = sft_corpus(&base, &corpus, &r.sft, &RunDir::new(dir), None)?;
+        sft_seconds = t.elapsed().as_secs_f64();
+        drop(base);
+        let (first, last) = first_last(&dir.join("train_log.jsonl"));
+        metrics.insert("train_steps".into(), report.steps.into());
+        metrics.insert("train_examples".into(), report.examples.into());
+        metrics.insert("train_tokens".into(), last.as_ref().map(|l| l["tokens"].clone()).unwrap_or(Value::Null));
+        metrics.insert("train_loss_first".into(), first.map(|l| l["loss"].clone()).unwrap_or(Value::Null));
+        metrics.insert("train_loss_last".into(), last.map(|l| l["loss"].clone()).unwrap_or(Value::Null));
+        // The last checkpoint loaded back: what a user would evaluate later, LoRA included.
+        ws.student(&dir.display().to_string(), &r.student_opts)?
+    } else {
+        base
+    };
+    let ds = load_dataset(&ws.data_dir, &r.eval_dataset, &r.eval_data)?;
+    let t = Instant::now();
+    let e = evaluate(&trained, &ds, &r.eval, &dir.join("eval"))?;
+    for (k, v) in [
+        ("accuracy", e.accuracy.into()),
+        ("ci95_low", e.ci95_low.into()),
+        ("ci95_high", e.ci95_high.into()),
+        ("n", e.n.into()),
+        ("correct", e.correct.into()),
+        ("unparsed", e.unparsed.into()),
+        ("mean_tokens", e.mean_tokens.into()),
+    ] {
+        metrics.insert(k.into(), v);
+    }
+    metrics.insert("sft_seconds".into(), sft_seconds.into());
+    metrics.insert("eval_seconds".into(), t.elapsed().as_secs_f64().into());
+    metrics.insert("seconds".into(), started.elapsed().as_secs_f64().into());
+    let mut seeds = Map::new();
+    seeds.insert("sft".into(), r.sft.seed.into());
+    seeds.insert("train_data".into(), r.train_seed.into());
+    seeds.insert("eval_subset".into(), r.eval_data.seed.map(Value::from).unwrap_or(Value::Null));
+    seeds.insert("eval_sampling".into(), r.eval.seed.into());
+    let prov = Provenance::new(&model_files, &p.data_files, seeds)?;
+    Ok((metrics, prov))
+}
+
+/// The record a point dir keeps: `point.json` when complete, `failed.json` when not.
+fn record(spec: &SweepSpec, p: &PointPlan, dir: &Path, status: PointStatus, reason: Option<String>, metrics: Map<String, Value>, prov: Option<Provenance>) -> Value {
+    serde_json::json!({
+        "sweep": spec.name, "index": p.index, "point": p.point, "status": status, "reason": reason,
+        "config": p.config, "metrics": metrics, "provenance": prov,
+        "run_dir": dir.display().to_string(), "eval_dir": dir.join("eval").display().to_string(),
+    })
+}
+
+/// Run a sweep (see the module doc): plan, then every pending point (or only `spec.point`),
+/// then the results of all points as one frame.
+pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
+    let started = Instant::now();
+    let mut points = plan(ws, spec)?;
+    let dir = ws.run_dir(&spec.name)?;
+    if let Some(i) = spec.point {
+        if i >= points.len() {
+            return Err(usage!("sweep '{}': point {i} does not exist: the sweep has points 0..{}", spec.name, points.len().saturating_sub(1)));
+        }
+    }
+    if let Some(k) = spec.stop_after_points {
+        crate::error::in_range("sweep", "stop_after_points", k, 1..=usize::MAX)?;
+    }
+    let invalid = points.iter().filter(|p| p.status == PointStatus::Invalid).count();
+    if invalid > 0 {
+        eprintln!("[sweep {}] {invalid} of {} points are skipped as invalid:", spec.name, points.len());
+        for p in points.iter().filter(|p| p.status == PointStatus::Invalid) {
+            eprintln!("  point {} ({}): {}", p.index, p.point, p.reason.as_deref().unwrap_or(""));
+        }
+    }
+    write_sweep_file(&dir, spec, &points)?;
+    let selected = |p: &PointPlan| spec.point.is_none_or(|i| i == p.index);
+    let already_done = points.iter().filter(|p| p.status == PointStatus::Done).count();
+    let to_run: Vec<usize> = points.iter().filter(|p| p.status == PointStatus::Pending && selected(p)).map(|p| p.index).collect();
+    let to_run_now = spec.stop_after_points.map_or(to_run.len(), |k| k.min(to_run.len()));
+    let mut progress = Progress::new(&spec.name, points.len() - invalid, already_done, to_run_now);
+    let (mut ran, mut failed) = (0, 0);
+    let mut stopped = false;
+    for i in to_run {
+        if spec.stop_after_points.is_some_and(|k| ran >= k) {
+            stopped = true;
+            break;
+        }
+        let p = &points[i].clone();
+        let pdir = ws.run_dir(&format!("{}/{}", spec.name, p.point))?;
+        std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
+        progress.start(p.index, &p.point);
+        let t = Instant::now();
+        // A panic deep in a kernel must not end the other points.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_point(ws, p, &pdir)))
+            .unwrap_or_else(|panic| {
+                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                Err(Error::usage(format!("internal error (a panic): {msg}")))
+            });
+        ran += 1;
+        let secs = t.elapsed().as_secs_f64();
+        match outcome {
+            Ok((metrics, prov)) => {
+                let what = format!(
+                    "accuracy {:.3} [{:.3}, {:.3}] on {}",
+                    metrics["accuracy"].as_f64().unwrap_or(f64::NAN),
+                    metrics["ci95_low"].as_f64().unwrap_or(f64::NAN),
+                    metrics["ci95_high"].as_f64().unwrap_or(f64::NAN),
+                    metrics["n"]
+                );
+                let v = record(spec, p, &pdir, PointStatus::Done, None, metrics, Some(prov));
+                // Written last and atomically: a point.json is a complete point.
+                write_atomic(&pdir.join(POINT_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
+                let _ = std::fs::remove_file(pdir.join(FAILED_FILE));
+                points[i].status = PointStatus::Done;
+                progress.finish(p.index, &points[i].point, true, &what, secs);
+            }
+            Err(e) => {
+                failed += 1;
+                let reason = e.to_string();
+                let v = record(spec, p, &pdir, PointStatus::Failed, Some(reason.clone()), Map::new(), None);
+                write_atomic(&pdir.join(FAILED_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
+                ws.failures.add(format!("sweep '{}' point {} ({}): {reason}", spec.name, p.index, p.point));
+                points[i].status = PointStatus::Failed;
+                points[i].reason = Some(reason.clone());
+                progress.finish(p.index, &points[i].point, false, &reason, secs);
+            }
+        }
+    }
+    write_sweep_file(&dir, spec, &points)?;
+    let count = |s: PointStatus| points.iter().filter(|p| p.status == s).count();
+    let (done, pending) = (count(PointStatus::Done), count(PointStatus::Pending));
+    progress.close(&format!(
+        "{done} done, {failed} failed, {invalid} invalid, {pending} pending of {} points{}",
+        points.len(),
+        if stopped { " (stopped by stop_after_points: run again to go on)" } else { "" }
+    ));
+    let results = load_runs(&[dir.clone()])?;
+    Ok(SweepReport {
+        name: spec.name.clone(),
+        dir,
+        total: points.len(),
+        done,
+        already_done,
+        ran,
+        failed,
+        invalid: count(PointStatus::Invalid),
+        pending,
+        stopped,
+        seconds: started.elapsed().as_secs_f64(),
+        results,
+        points,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: Value) -> SweepSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn plan_expands_checks_and_names() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        let s = spec(serde_json::json!({
+            "name": "t", "grid": {"level": [1, 2], "format": ["plain", "bsm"]}, "base": {"dataset": "arith", "max_steps": 1},
+            "include": [{"format": "answer_only"}],
+        }));
+        let p = plan(&ws, &s).unwrap();
+        assert_eq!(p.len(), 5);
+        // Row-major over the keys in order (format, level): the last varies fastest.
+        assert_eq!((p[0].config["format"].as_str(), p[0].config["level"].as_i64()), (Some("plain"), Some(1)));
+        assert_eq!((p[1].config["format"].as_str(), p[1].config["level"].as_i64()), (Some("plain"), Some(2)));
+        assert!(p[2].point.starts_with("format-bsm_level-1-"), "{}", p[2].point);
+        assert_eq!(p[0].status, PointStatus::Pending);
+        // The rule teacher writes no BSM: invalid, with the catalog's reason.
+        assert_eq!((p[2].status, p[3].status), (PointStatus::Invalid, PointStatus::Invalid));
+        assert!(p[2].reason.as_ref().unwrap().contains("not bsm"), "{:?}", p[2].reason);
+        assert!(p[4].point.starts_with("include0_format-answer_only-"), "{}", p[4].point);
+        assert_eq!(p[4].status, PointStatus::Pending);
+        // Same config, same name; another config, another hash.
+        assert_eq!(plan(&ws, &s).unwrap()[1].point, p[1].point);
+        assert_ne!(p[0].point, p[1].point);
+
+        let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"lvl": [1]}}))).unwrap_err().to_string();
+        assert!(e.contains("unknown option 'lvl'") && e.contains("level"), "{e}");
+        let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {}}))).unwrap_err().to_string();
+        assert!(e.contains("the grid is empty"), "{e}");
+        let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": []}}))).unwrap_err().to_string();
+        assert!(e.contains("has no values"), "{e}");
+        let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": 3}}))).unwrap_err().to_string();
+        assert!(e.contains("must be a list"), "{e}");
+        assert!(plan(&ws, &spec(serde_json::json!({"name": "../x", "grid": {"level": [1]}}))).is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! Results across runs: any set of sweep dirs, sweep points, training runs and eval dirs read
+//! into one frame (config columns + status + metrics), and seeds aggregated to mean ± CI.
+//!
+//! What a dir holds decides its row(s):
+//! * a sweep dir (`sweep.json`): one row per point it lists, done, failed, invalid or pending;
+//! * a point dir: `point.json` (complete) or `failed.json` (its last attempt failed);
+//! * an eval dir: `results.json` (+ `eval_config.json`);
+//! * a training run: `config.json` + `train_log.jsonl` (the last step's loss);
+//! * any other dir: the dirs inside it, in name order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::frame::{Cell, ColumnData, Frame};
+use crate::usage;
+
+/// A sweep point's record, complete (`point.json`) or failed (`failed.json`).
+pub const POINT_FILE: &str = "point.json";
+pub const FAILED_FILE: &str = "failed.json";
+pub const SWEEP_FILE: &str = "sweep.json";
+
+/// Columns that describe where a row came from and how it ended (not configuration).
+pub const META_COLUMNS: &[&str] = &["sweep", "point", "index", "status", "reason", "dir"];
+/// Measured columns (not configuration).
+pub const METRIC_COLUMNS: &[&str] = &[
+    "accuracy",
+    "ci95_low",
+    "ci95_high",
+    "n",
+    "correct",
+    "unparsed",
+    "mean_tokens",
+    "train_steps",
+    "train_examples",
+    "train_tokens",
+    "train_loss_first",
+    "train_loss_last",
+    "sft_seconds",
+    "eval_seconds",
+    "seconds",
+];
+
+/// One row: meta fields, flattened config, metrics.
+#[derive(Default)]
+struct Row {
+    meta: Map<String, Value>,
+    config: Map<String, Value>,
+    metrics: Map<String, Value>,
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::data(p, format!("not valid JSON ({e})")))
+}
+
+/// `{"options": {"lr": 1}}` → `options.lr = 1`; arrays stay values (shown as JSON text).
+fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+/// The row of a point record (`point.json`/`failed.json`, or an invalid/pending entry of
+/// `sweep.json`, which have the same shape without metrics).
+fn point_row(v: &Value, dir: Option<&Path>) -> Row {
+    let mut r = Row::default();
+    for k in ["sweep", "point", "index", "status", "reason"] {
+        r.meta.insert(k.into(), v.get(k).cloned().unwrap_or(Value::Null));
+    }
+    r.meta.insert("dir".into(), dir.map(|d| Value::from(d.display().to_string())).unwrap_or(Value::Null));
+    if let Some(Value::Object(c)) = v.get("config") {
+        for (k, x) in c {
+            r.config.insert(k.clone(), x.clone());
+        }
+    }
+    if let Some(Value::Object(m)) = v.get("metrics") {
+        r.metrics = m.clone();
+    }
+    r
+}
+
+fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    if !path.is_dir() {
+        return Err(Error::data(path, "not a dir: give a runs dir, a sweep dir, a point, run or eval dir"));
+    }
+    let sweep = path.join(SWEEP_FILE);
+    if sweep.is_file() {
+        let v = read_json(&sweep)?;
+        let points = v["points"].as_array().ok_or_else(|| Error::data(&sweep, "no 'points' list"))?;
+        for p in points {
+            let name = p["point"].as_str().unwrap_or_default();
+            let dir = path.join(name);
+            if !name.is_empty() && (dir.join(POINT_FILE).is_file() || dir.join(FAILED_FILE).is_file()) {
+                collect(&dir, rows)?;
+            } else {
+                rows.push(point_row(p, (!name.is_empty()).then_some(dir.as_path())));
+            }
+        }
+        return Ok(());
+    }
+    for f in [POINT_FILE, FAILED_FILE] {
+        if path.join(f).is_file() {
+            rows.push(point_row(&read_json(&path.join(f))?, Some(path)));
+            return Ok(());
+        }
+    }
+    if path.join("results.json").is_file() {
+        let res = read_json(&path.join("results.json"))?;
+        let mut r = Row::default();
+        r.meta.insert("status".into(), "done".into());
+        r.meta.insert("dir".into(), path.display().to_string().into());
+        if path.join("eval_config.json").is_file() {
+            flatten("", &read_json(&path.join("eval_config.json"))?, &mut r.config);
+            r.config.remove("template");
+        }
+        for k in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "unparsed", "mean_tokens"] {
+            r.metrics.insert(k.into(), res[k].clone());
+        }
+        r.metrics.insert("eval_seconds".into(), res["seconds"].clone());
+        rows.push(r);
+        return Ok(());
+    }
+    if path.join("config.json").is_file() && path.join("train_log.jsonl").is_file() {
+        let mut r = Row::default();
+        r.meta.insert("dir".into(), path.display().to_string().into());
+        flatten("", &read_json(&path.join("config.json"))?, &mut r.config);
+        r.config.remove("template");
+        let log = std::fs::read_to_string(path.join("train_log.jsonl")).map_err(|e| Error::io(path, e))?;
+        let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let total = std::fs::read_to_string(path.join("checkpoint/state.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let done = total.as_ref().is_some_and(|s| s["step"] == s["total_steps"]);
+        r.meta.insert("status".into(), (if done { "done" } else { "incomplete" }).into());
+        r.metrics.insert("train_steps".into(), lines.last().map(|l| l["step"].clone()).unwrap_or(Value::Null));
+        r.metrics.insert("train_loss_first".into(), lines.first().map(|l| l["loss"].clone()).unwrap_or(Value::Null));
+        r.metrics.insert("train_loss_last".into(), lines.last().map(|l| l["loss"].clone()).unwrap_or(Value::Null));
+        r.metrics.insert("train_tokens".into(), lines.last().map(|l| l["tokens"].clone()).unwrap_or(Value::Null));
+        rows.push(r);
+        return Ok(());
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    subdirs.sort();
+    for d in subdirs {
+        // A checkpoint or other plain dir inside holds no rows; skip what is not a result.
+        if d.file_name().is_some_and(|n| n == "checkpoint" || n == "checkpoint.tmp" || n == "checkpoint.old") {
+            continue;
+        }
+        collect(&d, rows)?;
+    }
+    Ok(())
+}
+
+/// A column from JSON values: integers → Int, numbers → Float, booleans → Bool, else text (a
+/// non-string value as its JSON).
+fn column(values: Vec<Option<&Value>>) -> ColumnData {
+    let present: Vec<&Value> = values.iter().flatten().copied().filter(|v| !v.is_null()).collect();
+    if !present.is_empty() && present.iter().all(|v| v.is_i64() || v.is_u64()) {
+        return ColumnData::Int(values.iter().map(|v| v.and_then(|v| v.as_i64())).collect());
+    }
+    if !present.is_empty() && present.iter().all(|v| v.is_number()) {
+        return ColumnData::Float(values.iter().map(|v| v.and_then(|v| v.as_f64())).collect());
+    }
+    if !present.is_empty() && present.iter().all(|v| v.is_boolean()) {
+        return ColumnData::Bool(values.iter().map(|v| v.and_then(|v| v.as_bool())).collect());
+    }
+    ColumnData::Str(
+        values
+            .iter()
+            .map(|v| match v {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+            })
+            .collect(),
+    )
+}
+
+/// Every run found under `paths` as one frame: the meta columns (`sweep`, `point`, `index`,
+/// `status`, `reason`, `dir`), then each config key seen (first-seen order), then the metrics.
+pub fn load_runs(paths: &[PathBuf]) -> Result<Frame> {
+    if paths.is_empty() {
+        return Err(usage!("results: give at least one dir"));
+    }
+    let mut rows = Vec::new();
+    for p in paths {
+        collect(p, &mut rows)?;
+    }
+    if rows.is_empty() {
+        return Err(usage!(
+            "results: no runs under {}: expected sweep dirs (sweep.json), points (point.json), eval dirs (results.json) or training runs (config.json)",
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut config_keys: Vec<String> = Vec::new();
+    for r in &rows {
+        for k in r.config.keys() {
+            if !config_keys.contains(k) && !META_COLUMNS.contains(&k.as_str()) && !METRIC_COLUMNS.contains(&k.as_str()) {
+                config_keys.push(k.clone());
+            }
+        }
+    }
+    let mut cols = Vec::new();
+    for k in META_COLUMNS {
+        cols.push((k.to_string(), column(rows.iter().map(|r| r.meta.get(*k)).collect())));
+    }
+    for k in &config_keys {
+        cols.push((k.clone(), column(rows.iter().map(|r| r.config.get(k)).collect())));
+    }
+    for k in METRIC_COLUMNS {
+        cols.push((k.to_string(), column(rows.iter().map(|r| r.metrics.get(*k)).collect())));
+    }
+    Frame::from_columns(cols)
+}
+
+/// Two-sided 95% Student-t critical values for 1..=30 degrees of freedom (beyond: 1.96).
+fn t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
+        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    if df == 0 { f64::NAN } else { T.get(df - 1).copied().unwrap_or(1.96) }
+}
+
+fn cell_key(c: &Cell) -> String {
+    match c {
+        Cell::Null => "\u{0}null".into(),
+        Cell::Bool(b) => b.to_string(),
+        Cell::Int(i) => i.to_string(),
+        Cell::Float(f) => f.to_string(),
+        Cell::Str(s) => s.clone(),
+    }
+}
+
+fn cell_value(c: &Cell) -> Value {
+    match c {
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => (*b).into(),
+        Cell::Int(i) => (*i).into(),
+        Cell::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        Cell::Str(s) => s.clone().into(),
+    }
+}
+
+/// Aggregate the seeds of each point: rows with status `done` grouped by every config column
+/// except `seed_columns` (those the seeds vary), giving `seeds` (how many), `accuracy` (mean),
+/// `accuracy_std`, and a 95% CI: the t-interval of the mean across seeds when there are two or
+/// more, the single run's own (Wilson) interval when there is one.
+pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> {
+    let cols = frame.columns();
+    for s in seed_columns {
+        if !cols.contains(s) {
+            return Err(usage!("aggregate_seeds: no column '{s}' (columns: {})", cols.join(", ")));
+        }
+    }
+    let keys: Vec<String> = cols
+        .iter()
+        .filter(|c| !META_COLUMNS.contains(&c.as_str()) && !METRIC_COLUMNS.contains(&c.as_str()) && !seed_columns.contains(c))
+        .cloned()
+        .collect();
+    for need in ["status", "accuracy", "ci95_low", "ci95_high"] {
+        if !cols.iter().any(|c| c == need) {
+            return Err(usage!("aggregate_seeds: the frame has no '{need}' column: give it a results(...) frame"));
+        }
+    }
+    let status = frame.column_cells("status")?;
+    let acc = frame.column_cells("accuracy")?;
+    let (lo, hi) = (frame.column_cells("ci95_low")?, frame.column_cells("ci95_high")?);
+    let key_cells: Vec<Vec<Cell>> = keys.iter().map(|k| frame.column_cells(k)).collect::<Result<_>>()?;
+    // Group order: first appearance.
+    let mut groups: Vec<(Vec<Cell>, Vec<usize>)> = Vec::new();
+    let mut index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for row in 0..frame.height() {
+        if status[row] != Cell::Str("done".into()) {
+            continue;
+        }
+        let cells: Vec<Cell> = key_cells.iter().map(|c| c[row].clone()).collect();
+        let k: Vec<String> = cells.iter().map(cell_key).collect();
+        let g = *index.entry(k).or_insert_with(|| {
+            groups.push((cells, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(row);
+    }
+    let f = |c: &Cell| match c {
+        Cell::Float(x) => Some(*x),
+        Cell::Int(i) => Some(*i as f64),
+        _ => None,
+    };
+    let mut out: Vec<(String, ColumnData)> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let vals: Vec<Value> = groups.iter().map(|(cells, _)| cell_value(&cells[i])).collect();
+        out.push((k.clone(), column(vals.iter().map(Some).collect())));
+    }
+    let (mut n, mut mean, mut sd, mut low, mut high) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (_, rows) in &groups {
+        let xs: Vec<f64> = rows.iter().filter_map(|&r| f(&acc[r])).collect();
+        let k = xs.len();
+        let m = xs.iter().sum::<f64>() / k.max(1) as f64;
+        n.push(Some(k as i64));
+        mean.push((k > 0).then_some(m));
+        if k >= 2 {
+            let s = (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
+            let half = t95(k - 1) * s / (k as f64).sqrt();
+            sd.push(Some(s));
+            low.push(Some((m - half).max(0.0)));
+            high.push(Some((m + half).min(1.0)));
+        } else {
+            sd.push(None);
+            low.push(rows.first().and_then(|&r| f(&lo[r])));
+            high.push(rows.first().and_then(|&r| f(&hi[r])));
+        }
+    }
+    out.push(("seeds".into(), ColumnData::Int(n)));
+    out.push(("accuracy".into(), ColumnData::Float(mean)));
+    out.push(("accuracy_std".into(), ColumnData::Float(sd)));
+    out.push(("ci95_low".into(), ColumnData::Float(low)));
+    out.push(("ci95_high".into(), ColumnData::Float(high)));
+    Frame::from_columns(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(dir: &Path, name: &str, seed: i64, level: i64, acc: f64, status: &str) {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let v = serde_json::json!({
+            "sweep": "s", "point": name, "index": 0, "status": status, "reason": if status == "done" { Value::Null } else { "boom".into() },
+            "config": {"level": level, "seed": seed, "lr": 1e-4},
+            "metrics": {"accuracy": acc, "ci95_low": acc - 0.1, "ci95_high": acc + 0.1, "n": 10},
+        });
+        std::fs::write(d.join(if status == "done" { POINT_FILE } else { FAILED_FILE }), v.to_string()).unwrap();
+    }
+
+    #[test]
+    fn load_and_aggregate_seeds() {
+        let d = tempfile::tempdir().unwrap();
+        point(d.path(), "a", 1, 1, 0.5, "done");
+        point(d.path(), "b", 2, 1, 0.7, "done");
+        point(d.path(), "c", 1, 2, 0.4, "done");
+        point(d.path(), "e", 2, 2, 0.9, "failed");
+        let f = load_runs(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(f.height(), 4);
+        assert_eq!(f.cell(3, "status").unwrap(), Cell::Str("failed".into()));
+        assert_eq!(f.cell(3, "reason").unwrap(), Cell::Str("boom".into()));
+        assert_eq!(f.cell(0, "level").unwrap(), Cell::Int(1));
+        let a = aggregate_seeds(&f, &["seed".into()]).unwrap();
+        assert_eq!(a.height(), 2, "{}", a.to_table_string());
+        assert_eq!(a.cell(0, "seeds").unwrap(), Cell::Int(2));
+        let Cell::Float(m) = a.cell(0, "accuracy").unwrap() else { panic!() };
+        assert!((m - 0.6).abs() < 1e-12);
+        // sd = 0.1414…, half-width = 12.706 × 0.1414 / √2 = 1.27: clamped to [0, 1].
+        assert_eq!(a.cell(0, "ci95_low").unwrap(), Cell::Float(0.0));
+        // One seed (the failed one is left out): the run's own interval.
+        assert_eq!(a.cell(1, "seeds").unwrap(), Cell::Int(1));
+        let Cell::Float(l) = a.cell(1, "ci95_low").unwrap() else { panic!() };
+        assert!((l - 0.3).abs() < 1e-12);
+        assert!(aggregate_seeds(&f, &["nope".into()]).unwrap_err().to_string().contains("no column 'nope'"));
+        assert!(load_runs(&[d.path().join("missing")]).is_err());
+    }
+}
