@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{cotlab, run};
@@ -15,6 +16,10 @@ const TINY: [&str; 16] = [
     "--set", "dataset=arith", "--set", "teachers=rule", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2",
     "--set", "eval_n=2", "--set", "eval_max_new_tokens=8", "--set", "max_len=96",
 ];
+
+/// Each test fine-tunes the full student (weights, gradients, optimizer state, several GB): one
+/// at a time, so the suite's peak memory stays that of one.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn point_files(sweep_dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(sweep_dir)
@@ -39,6 +44,7 @@ fn granularity(dir: &Path, extra: &[&str]) -> Command {
 #[test]
 fn granularity_sweep_stopped_and_killed_midway_finishes_only_the_missing_points() {
     require!(Model);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
     let sweep_dir = d.path().join("runs/granularity-arith");
     let levels = ["--set", "levels=1,2,3", "--set", "baseline=false"];
@@ -96,6 +102,7 @@ fn granularity_sweep_stopped_and_killed_midway_finishes_only_the_missing_points(
 #[test]
 fn invalid_points_are_skipped_and_a_failing_point_fails_the_run() {
     require!(Model);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("bad.rhai");
     // bsm: the rule teacher does not write it (invalid, known before anything runs);
@@ -141,6 +148,7 @@ fn invalid_points_are_skipped_and_a_failing_point_fails_the_run() {
 #[test]
 fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     require!(Model);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use cotlab::experiment::{sweep, SweepSpec};
     let d = tempfile::tempdir().unwrap();
     let ws = cotlab::lab::Workspace::open(cotlab::data::DataDir::resolve(None), d.path().join("runs"), None);
