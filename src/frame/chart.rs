@@ -74,20 +74,11 @@ fn error_bars(frame: &Frame, spec: &ChartSpec) -> Result<Option<Vec<ErrorData>>>
         return Ok(None);
     };
     let (ys, los, his) = (frame.column_cells(&spec.y)?, frame.column_cells(lo)?, frame.column_cells(hi)?);
-    let groups = match &spec.color {
-        Some(c) => frame.column_cells(c)?,
-        None => vec![Cell::Str(spec.y.clone()); frame.height()],
-    };
+    let groups = group_cells(frame, spec)?;
     let mut out: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     for (((y, l), h), g) in ys.iter().zip(&los).zip(&his).zip(&groups) {
         let name = label(g);
-        let i = match out.iter().position(|(n, _, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                out.push((name, Vec::new(), Vec::new()));
-                out.len() - 1
-            }
-        };
+        let i = group_slot(&mut out, name);
         let y = number(y).unwrap_or(0.0);
         out[i].1.push(number(l).map(|l| (y - l).max(0.0)).unwrap_or(0.0));
         out[i].2.push(number(h).map(|h| (h - y).max(0.0)).unwrap_or(0.0));
@@ -95,24 +86,34 @@ fn error_bars(frame: &Frame, spec: &ChartSpec) -> Result<Option<Vec<ErrorData>>>
     Ok(Some(out.into_iter().map(|(_, minus, plus)| ErrorData::new(ErrorType::Data).symmetric(false).array(plus).array_minus(minus)).collect()))
 }
 
+/// Each row's group: its color column's cell, or one group named after y.
+fn group_cells(frame: &Frame, spec: &ChartSpec) -> Result<Vec<Cell>> {
+    match &spec.color {
+        Some(c) => frame.column_cells(c),
+        None => Ok(vec![Cell::Str(spec.y.clone()); frame.height()]),
+    }
+}
+
+/// The index of group `name` in `out`, appended (empty) on first appearance.
+fn group_slot<A, B>(out: &mut Vec<(String, Vec<A>, Vec<B>)>, name: String) -> usize {
+    match out.iter().position(|(n, _, _)| *n == name) {
+        Some(i) => i,
+        None => {
+            out.push((name, Vec::new(), Vec::new()));
+            out.len() - 1
+        }
+    }
+}
+
 /// Rows grouped by the color column, in first-appearance order: (group name, xs, ys).
 fn series(frame: &Frame, spec: &ChartSpec) -> Result<Vec<(String, Vec<Value>, Vec<Value>)>> {
     let xs = frame.column_cells(&spec.x)?;
     let ys = frame.column_cells(&spec.y)?;
-    let groups = match &spec.color {
-        Some(c) => frame.column_cells(c)?,
-        None => vec![Cell::Str(spec.y.clone()); frame.height()],
-    };
+    let groups = group_cells(frame, spec)?;
     let mut out: Vec<(String, Vec<Value>, Vec<Value>)> = Vec::new();
     for ((x, y), g) in xs.iter().zip(&ys).zip(&groups) {
         let name = label(g);
-        let i = match out.iter().position(|(n, _, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                out.push((name, Vec::new(), Vec::new()));
-                out.len() - 1
-            }
-        };
+        let i = group_slot(&mut out, name);
         out[i].1.push(cell_json(x));
         out[i].2.push(cell_json(y));
     }

@@ -606,7 +606,9 @@ pub fn sft_corpus(student: &Student, corpus: &crate::data::Corpus, opts: &SftOpt
 fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Result<()> {
     let mut seeds = serde_json::Map::new();
     seeds.insert("sft".into(), opts.seed.into());
-    let p = crate::provenance::Provenance::new(std::slice::from_ref(&student.source), &[], seeds)?;
+    // A student built in code (tests, random-weight benches) has no file to hash.
+    let model: Vec<std::path::PathBuf> = std::iter::once(&student.source).filter(|p| p.exists()).cloned().collect();
+    let p = crate::provenance::Provenance::new(&model, &[], seeds)?;
     let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.path.join("provenance.jsonl"))?;
     log.append(&p)
 }
