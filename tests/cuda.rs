@@ -115,18 +115,19 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
     }
 }
 
-/// A SmolLM2-135M-shaped student with seeded random weights on `dev` (same weights everywhere).
-fn smol_shaped(dev: &Device, dtype: DType) -> Student {
-    let config = preset("smollm2-135m").unwrap();
-    let cpu = random_student_with(config.clone(), "smollm2-135m", "none", &Device::Cpu, 7).unwrap();
-    let mut s = if dev.is_cuda() {
-        let tensors = cpu.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().to_device(dev).unwrap())).collect();
-        Student { model: Transformer::new(config, tensors, dev).unwrap(), ..cpu }
-    } else {
-        cpu
-    };
+/// A SmolLM2-135M-shaped student with random weights on the CPU, computing in `dtype`.
+fn smol_shaped(dtype: DType) -> Student {
+    let mut s = random_student_with(preset("smollm2-135m").unwrap(), "smollm2-135m", "none", &Device::Cpu, 7).unwrap();
     s.model.set_compute_dtype(dtype).unwrap();
     s
+}
+
+/// Another student with `s`'s weights (copied) on `dev`, computing in `dtype`.
+fn same_weights(s: &Student, dev: &Device, dtype: DType) -> Student {
+    let tensors = s.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap().to_device(dev).unwrap())).collect();
+    let mut model = Transformer::new(s.config.clone(), tensors, dev).unwrap();
+    model.set_compute_dtype(dtype).unwrap();
+    Student { name: s.name.clone(), source: s.source.clone(), config: s.config.clone(), model, tokenizer: s.tokenizer.clone(), template: s.template.clone() }
 }
 
 fn batch() -> Vec<TrainExample> {
@@ -139,15 +140,26 @@ fn batch() -> Vec<TrainExample> {
 #[test]
 fn every_parameter_gets_a_gradient_on_cuda() {
     let Some(gpu) = cuda() else { return };
+    gradients_against_the_cpu(&gpu, &[(DType::F32, 1e-3), (DType::BF16, 0.1)]);
+}
+
+/// The mixed-precision path itself (f32 master weights, bf16 compute) on the CPU, which has
+/// every kernel it needs in bf16 too: runs everywhere, GPU or not.
+#[test]
+fn bf16_mixed_precision_gradients_on_cpu() {
+    gradients_against_the_cpu(&Device::Cpu, &[(DType::BF16, 0.1)]);
+}
+
+fn gradients_against_the_cpu(dev: &Device, runs: &[(DType, f64)]) {
     let data = batch();
     let refs: Vec<&TrainExample> = data.iter().collect();
-    let cpu = smol_shaped(&Device::Cpu, DType::F32);
+    let cpu = smol_shaped(DType::F32);
     let loss_cpu = batch_nll(&cpu, &refs).unwrap();
     let grads_cpu = loss_cpu.backward().unwrap();
-    for (dtype, tol) in [(DType::F32, 1e-3f64), (DType::BF16, 6e-2)] {
-        let s = smol_shaped(&gpu, dtype);
+    for &(dtype, tol) in runs {
+        let s = same_weights(&cpu, dev, dtype);
         let loss = batch_nll(&s, &refs).unwrap();
-        assert!(loss.device().is_cuda());
+        assert_eq!(loss.device().is_cuda(), dev.is_cuda());
         let dl = (loss.to_scalar::<f32>().unwrap() - loss_cpu.to_scalar::<f32>().unwrap()).abs() / loss_cpu.to_scalar::<f32>().unwrap();
         let grads = loss.backward().unwrap();
         let mut missing = Vec::new();
@@ -164,8 +176,8 @@ fn every_parameter_gets_a_gradient_on_cuda() {
                 _ => missing.push(name.clone()),
             }
         }
-        eprintln!("{dtype:?} on CUDA: loss rel diff {dl:.2e}, worst gradient rel err {:.2e} ({})", worst.0, worst.1);
-        assert!(missing.is_empty(), "{dtype:?}: {} of {} parameters got no gradient on CUDA: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
+        eprintln!("{dtype:?} on {dev:?}: loss rel diff {dl:.2e}, worst gradient rel err {:.2e} ({})", worst.0, worst.1);
+        assert!(missing.is_empty(), "{dtype:?}: {} of {} parameters got no gradient on {dev:?}: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
         assert_eq!(s.params().len(), 272);
         assert!((dl as f64) < tol, "{dtype:?}: loss differs from the CPU's by {dl:.2e}");
         assert!(worst.0 < tol, "{dtype:?}: gradient of {} differs from the CPU's by {:.2e}", worst.1, worst.0);
@@ -176,7 +188,7 @@ fn every_parameter_gets_a_gradient_on_cuda() {
 #[test]
 fn lora_trains_only_adapters_on_cuda() {
     let Some(gpu) = cuda() else { return };
-    let s = smol_shaped(&gpu, DType::BF16).with_lora(cotlab::model::lora::LoraConfig { dropout: 0.1, ..Default::default() }, 1).unwrap();
+    let s = same_weights(&smol_shaped(DType::F32), &gpu, DType::BF16).with_lora(cotlab::model::lora::LoraConfig { dropout: 0.1, ..Default::default() }, 1).unwrap();
     s.model.lora.as_ref().unwrap().set_dropout_key(5);
     let data = batch();
     let refs: Vec<&TrainExample> = data.iter().collect();
@@ -197,8 +209,8 @@ fn lora_trains_only_adapters_on_cuda() {
 #[test]
 fn bf16_decoding_on_cuda() {
     let Some(gpu) = cuda() else { return };
-    let cpu = smol_shaped(&Device::Cpu, DType::F32);
-    let s = smol_shaped(&gpu, DType::BF16);
+    let cpu = smol_shaped(DType::F32);
+    let s = same_weights(&cpu, &gpu, DType::BF16);
     let ids: Vec<u32> = batch()[0].ids[..20].to_vec();
     let a = cpu.model.last_logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
     let b = s.model.last_logits(&Tensor::new(ids.as_slice(), &gpu).unwrap().unsqueeze(0).unwrap()).unwrap();
