@@ -53,7 +53,14 @@ if [ "${1:-}" = "--prepare" ]; then
     echo "gpu_check: prepared $(du -sh "$gpu" | cut -f1) in .gpu/; on the GPU machine run: bash scripts/gpu_check.sh (carry: [\".gpu\"])" >&2
     exit 0
 fi
-[ $# -eq 0 ] || { echo "usage: scripts/gpu_check.sh [--prepare]" >&2; exit 2; }
+# --dry-run: the same steps on the CPU at toy sizes (no GPU needed; checks this script and the
+# binaries' output here, with the stub libcuda on LD_LIBRARY_PATH, see README → CUDA).
+dry=0
+case "${1:-}" in
+    "") ;;
+    --dry-run) dry=1 ;;
+    *) echo "usage: scripts/gpu_check.sh [--prepare|--dry-run]" >&2; exit 2 ;;
+esac
 
 # What comes back from the device tool is at most 8 files: gpu_check.log, cuda-tests.txt,
 # summary.txt, summary.json and steps.tar.gz (each step's output and memory trace).
@@ -71,13 +78,18 @@ SECONDS=0
 for f in cotlab.xz cuda-tests.xz tokenizer.json; do
     [ -f "$gpu/$f" ] || die ".gpu/$f missing: run scripts/gpu_check.sh --prepare on the build machine and carry .gpu"
 done
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader || die "nvidia-smi failed: no GPU?"
+if [ "$dry" = 1 ]; then
+    say "dry run: CPU, toy sizes"
+else
+    nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader || die "nvidia-smi failed: no GPU?"
+fi
 command -v nvcc >/dev/null && nvcc --version | tail -2
 xz -dc "$gpu/cotlab.xz" >"$work/cotlab" && xz -dc "$gpu/cuda-tests.xz" >"$work/cuda-tests" || die "could not unpack the binaries"
 chmod +x "$work/cotlab" "$work/cuda-tests"
 
-# Folders that may hold the driver's and the CUDA 13 libraries.
-cands=(/usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64
+# Folders that may hold the driver's and the CUDA 13 libraries: LD_LIBRARY_PATH's first.
+IFS=: read -r -a cands <<<"${LD_LIBRARY_PATH:-}"
+cands+=(/usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64
     /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/lib64)
 for d in /usr/local/cuda-13*/targets/x86_64-linux/lib /opt/*/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
     /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib; do
@@ -117,8 +129,8 @@ if ldd "$work/cotlab" | grep -q 'not found'; then
 fi
 
 # Device memory, polled while each step runs (the driver's view, all processes).
-poll_start() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$out/smi-$1.txt" 2>/dev/null & poll=$!; }
-poll_stop() { kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null; sort -n "$out/smi-$1.txt" | tail -1; }
+poll_start() { [ "$dry" = 1 ] && { : >"$out/smi-$1.txt"; poll=""; return; }; nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$out/smi-$1.txt" 2>/dev/null & poll=$!; }
+poll_stop() { [ -n "$poll" ] && { kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null; }; sort -n "$out/smi-$1.txt" | tail -1; }
 status=0
 results="$out/results.jsonl"
 : >"$results"
@@ -148,19 +160,26 @@ PY
 # ---- 2. the CUDA tests
 say "---- cuda tests (timeout 300s)"
 t0=$SECONDS
-COTLAB_REQUIRE_CUDA=1 timeout 300 "$work/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$res/cuda-tests.txt"
+require=1
+[ "$dry" = 1 ] && require=0
+COTLAB_REQUIRE_CUDA=$require timeout 300 "$work/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$res/cuda-tests.txt"
 trc=${PIPESTATUS[0]}
 say "cuda tests: exit $trc in $((SECONDS - t0)) s"
 [ "$trc" -eq 0 ] || status=1
 
 # ---- 3. SFT benchmarks
 tok="$gpu/tokenizer.json"
-step sft-smollm2-135m-bf16 180 "$work/cotlab" bench train --device cuda --dtype bf16 --random smollm2-135m --tokenizer "$tok" --batch 16 --seq 512 --steps 5 --json
-step sft-smollm2-135m-f32 180 "$work/cotlab" bench train --device cuda --dtype f32 --random smollm2-135m --tokenizer "$tok" --batch 16 --seq 512 --steps 3 --json
-step sft-llama-1b-bf16 300 "$work/cotlab" bench train --device cuda --dtype bf16 --random llama-1b --tokenizer "$tok" --batch 4 --seq 1024 --steps 5 --json
+c=(--device cuda --tokenizer "$tok")
+small=(--batch 16 --seq 512) big=(--batch 4 --seq 1024) gen=(--batch 64 --new-tokens 128) big_arch=llama-1b
+if [ "$dry" = 1 ]; then
+    c=(--device cpu --tokenizer "$tok") small=(--batch 1 --seq 16) big=(--batch 1 --seq 16) gen=(--batch 2 --new-tokens 4) big_arch=smollm2-135m
+fi
+step sft-smollm2-135m-bf16 180 "$work/cotlab" bench train "${c[@]}" --dtype bf16 --peak-tflops 989 --random smollm2-135m "${small[@]}" --steps 5 --json
+step sft-smollm2-135m-f32 180 "$work/cotlab" bench train "${c[@]}" --dtype f32 --random smollm2-135m "${small[@]}" --steps 3 --json
+step sft-$big_arch-bf16 300 "$work/cotlab" bench train "${c[@]}" --dtype bf16 --peak-tflops 989 --random $big_arch "${big[@]}" --steps 5 --json
 # ---- 4. batched decoding
-step gen-smollm2-135m-bf16 180 "$work/cotlab" bench generate --device cuda --dtype bf16 --random smollm2-135m --tokenizer "$tok" --batch 64 --new-tokens 128 --json
-step gen-llama-1b-bf16 180 "$work/cotlab" bench generate --device cuda --dtype bf16 --random llama-1b --tokenizer "$tok" --batch 64 --new-tokens 128 --json
+step gen-smollm2-135m-bf16 180 "$work/cotlab" bench generate "${c[@]}" --dtype bf16 --random smollm2-135m "${gen[@]}" --json
+step gen-$big_arch-bf16 180 "$work/cotlab" bench generate "${c[@]}" --dtype bf16 --random $big_arch "${gen[@]}" --json
 
 # ---- 5. summary
 python3 - "$results" "$trc" "$SECONDS" "$res/summary.json" <<'PY' | tee "$res/summary.txt"

@@ -222,7 +222,11 @@ fn open_cuda(ordinal: usize) -> std::result::Result<Device, String> {
     }
     Device::new_cuda(ordinal).map_err(|e| {
         let e = crate::error::candle_message(&e);
-        let e = e.split(", \"<Failure").next().unwrap_or(&e).trim_end_matches(')');
+        // A driver error reads best as its code alone (cudarc's text adds a failed lookup).
+        let e = match e.find("CUDA_ERROR_") {
+            Some(i) => e[i..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("").to_string(),
+            None => e,
+        };
         format!("no usable CUDA device {ordinal} ({e}; is a GPU visible, and are the driver's libcuda.so.1 and the CUDA 13 libraries on LD_LIBRARY_PATH?)")
     })
 }
