@@ -163,7 +163,7 @@ say "---- cuda tests (timeout 150s)"
 t0=$SECONDS
 require=1
 [ "$dry" = 1 ] && require=0
-COTLAB_REQUIRE_CUDA=$require timeout 150 "$work/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$res/cuda-tests.txt"
+COTLAB_TEST_TOKENIZER="$gpu/tokenizer.json" COTLAB_REQUIRE_CUDA=$require timeout 150 "$work/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$res/cuda-tests.txt"
 trc=${PIPESTATUS[0]}
 say "cuda tests: exit $trc in $((SECONDS - t0)) s"
 [ "$trc" -eq 0 ] || status=1

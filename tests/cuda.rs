@@ -222,3 +222,72 @@ fn bf16_decoding_on_cuda() {
     let out = cotlab::model::generate::generate_ids(&s, &prompts, &[], &opts).unwrap();
     assert!(out.iter().all(|d| d.ids.len() == 8));
 }
+
+/// Where a text test gets its tokenizer: COTLAB_TEST_TOKENIZER (a tokenizer.json; the GPU check
+/// sets it), else the default student's; None (skipped) when neither is there.
+fn tokenizer_source() -> Option<String> {
+    match std::env::var("COTLAB_TEST_TOKENIZER") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if cotlab::model::default_model_path().is_file() => Some("default".into()),
+        _ => {
+            eprintln!("skipped: no tokenizer (set COTLAB_TEST_TOKENIZER to a tokenizer.json, or run scripts/setup.sh)");
+            None
+        }
+    }
+}
+
+/// SFT on CUDA in bf16 through the real trainer: the loss falls, a checkpoint is written and a
+/// second run resumes from it, and the checkpoint loads on the CPU.
+#[test]
+fn sft_on_cuda_trains_checkpoints_and_resumes() {
+    let Some(gpu) = cuda() else { return };
+    sft_in_bf16(&gpu);
+}
+
+/// The same on the CPU (bf16 compute, f32 master weights): the trainer's mixed-precision path
+/// without a GPU.
+#[test]
+fn sft_in_bf16_on_cpu() {
+    sft_in_bf16(&Device::Cpu);
+}
+
+fn sft_in_bf16(dev: &Device) {
+    use cotlab::train::{sft, RunDir, Schedule, SftOptions};
+    let Some(tok) = tokenizer_source() else { return };
+    let config = cotlab::model::ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 512,
+        ..preset("smollm2-135m").unwrap()
+    };
+    let pairs: Vec<(String, String)> = cotlab::data::arith::generate(16, 4)
+        .iter()
+        .map(|p| (p.example().question, cotlab::teacher::rule::write(p, 2, cotlab::cot::Format::Plain)))
+        .collect();
+    let student = || {
+        let mut s = random_student_with(config.clone(), "tiny", &tok, dev, 5).unwrap();
+        s.model.set_compute_dtype(DType::BF16).unwrap();
+        s
+    };
+    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
+    let cfg = serde_json::json!({"model": "tiny", "options": opts});
+    let d = tempfile::tempdir().unwrap();
+    let run = RunDir::new(d.path().join("run"));
+    let s = student();
+    let first = sft(&s, &pairs, &opts, &run, cfg.clone(), Some(3)).unwrap();
+    assert_eq!(first.steps, 3);
+    assert!(run.checkpoint().join("model.safetensors").is_file());
+    let second = sft(&s, &pairs, &opts, &run, cfg, None).unwrap();
+    assert_eq!(second.resumed_from, Some(3));
+    let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    eprintln!("SFT on {dev:?} (bf16): losses {losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[5] < losses[0] - 0.3, "the loss falls: {losses:?}");
+    // The checkpoint (f32 master weights) reloads on the CPU.
+    let w = candle_core::safetensors::load(run.checkpoint().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(!w.is_empty());
+    assert!(w.values().all(|t| t.dtype() == DType::F32));
+}
