@@ -22,8 +22,8 @@
 #
 # The build writes to $CARGO_TARGET_DIR (default ~/.cache/cotlab-target-cuda, kept apart from the
 # CPU build so neither invalidates the other). The binary is dynamically linked against
-# libcuda.so.1 (driver), libcudart.so.13, libnvrtc.so.13, libcublas.so.13, libcublasLt.so.13 and
-# libcurand.so.10: on the GPU machine these come from the driver and the CUDA 13 toolkit or the
+# libcuda.so.1 (driver), libcudart.so.13, libcublas.so.13 (which needs libcublasLt.so.13) and
+# libcurand.so.10 (nvrtc is linked as unused and dropped): on the GPU machine these come from the driver and the CUDA 13 toolkit or the
 # nvidia-* wheels there (scripts/gpu_check.sh finds them and sets LD_LIBRARY_PATH).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

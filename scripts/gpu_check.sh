@@ -24,10 +24,10 @@
 #   4. batched greedy decoding (bf16, KV cache): both architectures, batch 1 and 64;
 #   5. one summary table (and summary.json).
 #
-# Libraries: the binaries link libcuda.so.1 (the driver's), libcudart.so.13, libnvrtc.so.13,
-# libcublas.so.13, libcublasLt.so.13 and libcurand.so.10. They are looked for in the driver's and
-# the toolkit's usual places and in Python's nvidia-* CUDA 13 wheels (torch's venv), and their
-# folders put on LD_LIBRARY_PATH; a missing one stops the check with its name.
+# Libraries: the binaries link libcuda.so.1 (the driver's), libcudart.so.13, libcublas.so.13
+# (+ libcublasLt.so.13) and libcurand.so.10. They are looked for on LD_LIBRARY_PATH, in the
+# driver's and the toolkit's usual places and in Python's nvidia-* CUDA 13 wheels (torch's venv),
+# and their folders put on LD_LIBRARY_PATH; a missing one stops the check with its name.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 gpu="$repo/.gpu"
