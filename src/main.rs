@@ -66,6 +66,10 @@ enum Cmd {
         /// Fold LoRA adapters into the base weights and write a full model.
         #[arg(long)]
         merge: bool,
+        /// With --model: write only tokenizer.json (for `bench --random ARCH --tokenizer FILE`
+        /// on a machine without the model, e.g. the GPU check).
+        #[arg(long, requires = "model")]
+        tokenizer_only: bool,
     },
     /// Evaluate a student zero-shot on a test set (results.json + samples.jsonl/parquet; resumable).
     Eval {
@@ -161,6 +165,20 @@ enum BenchCmd {
         batch: usize,
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
+        /// cpu, cuda, cuda:N or auto (CUDA needs a cotlab built with scripts/build_cuda.sh).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Compute dtype: auto (bf16 on CUDA, f32 on the CPU), bf16 or f32. Weights, gradients
+        /// and optimizer state stay f32.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Random weights with this architecture instead of --model's weights: smollm2-135m,
+        /// llama-1b, or an HF config.json (speed and memory depend on the shapes alone).
+        #[arg(long, value_name = "ARCH")]
+        random: Option<String>,
+        /// With --random: where the tokenizer comes from (a tokenizer.json, or a model spec).
+        #[arg(long, default_value = "default")]
+        tokenizer: String,
         /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
         #[arg(long)]
         save_prompts: Option<PathBuf>,
@@ -181,6 +199,24 @@ enum BenchCmd {
         steps: usize,
         #[arg(long, default_value_t = 1e-4)]
         lr: f64,
+        /// cpu, cuda, cuda:N or auto (CUDA needs a cotlab built with scripts/build_cuda.sh).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Compute dtype: auto (bf16 on CUDA, f32 on the CPU), bf16 or f32. Weights, gradients
+        /// and optimizer state stay f32.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Random weights with this architecture instead of --model's weights: smollm2-135m,
+        /// llama-1b, or an HF config.json (speed and memory depend on the shapes alone).
+        #[arg(long, value_name = "ARCH")]
+        random: Option<String>,
+        /// With --random: where the tokenizer comes from (a tokenizer.json, or a model spec).
+        #[arg(long, default_value = "default")]
+        tokenizer: String,
+        /// The device's dense peak in TFLOP/s for the compute dtype, for the MFU (H100/H200
+        /// bf16: 989); default 989 on CUDA in bf16, else no MFU.
+        #[arg(long)]
+        peak_tflops: Option<f64>,
         /// Write the batch's token ids (JSON) for benches/torch_train.py.
         #[arg(long)]
         save_batch: Option<PathBuf>,
@@ -220,8 +256,14 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Run { script, data_dir, out, set, runs, allow_read, max_memory } => run(script, data_dir, out, set, runs, allow_read, max_memory),
-        Cmd::Export { run, model, out, merge } => {
+        Cmd::Export { run, model, out, merge, tokenizer_only } => {
             match (run, model) {
+                (None, Some(spec)) if tokenizer_only => {
+                    let s = Workspace::local().student(&spec, &StudentOptions::default())?;
+                    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+                    let file = out.join("tokenizer.json");
+                    s.tokenizer.save(&file, false).map_err(|e| Error::usage(format!("could not write {}: {e}", file.display())))?;
+                }
                 (Some(run), _) => cotlab::train::export::export_run_with(&run, &out, merge)?,
                 (None, Some(spec)) => {
                     let s = Workspace::local().student(&spec, &StudentOptions::default())?;
@@ -247,9 +289,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json } } => {
+        Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json, device, dtype, random, tokenizer } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
-            let s = Workspace::local().student(&model, &StudentOptions::default())?;
+            let (s, _) = bench_student(&model, random.as_deref(), &tokenizer, &device, &dtype)?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
             let qs: Vec<String> = cotlab::data::arith::generate(batch, 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
@@ -265,27 +307,53 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let _warm = time(&qs[..1])?;
             let one = time(&qs[..1])?;
             let many = time(&qs)?;
-            eprintln!("cotlab greedy decoding, {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s", qs.len());
+            let dt = format!("{:?}", s.model.compute_dtype()).to_lowercase();
+            let mem = cotlab::train::bench::device_memory_used_mb(&s.model.device);
+            eprintln!(
+                "cotlab greedy decoding ({}, {device}, {dt}), {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s{}",
+                s.name,
+                qs.len(),
+                mem.map(|m| format!(", device memory in use {m:.0} MB")).unwrap_or_default()
+            );
             if json {
-                println!("{}", serde_json::json!({"batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens}));
+                println!("{}", serde_json::json!({"model": s.name, "device": device, "dtype": dt, "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
             }
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json } } => {
+        Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json, device, dtype, random, tokenizer, peak_tflops } } => {
             use cotlab::train::bench::{bench_train, fixed_batch};
-            let base = Workspace::local().student(&model, &StudentOptions::default())?;
+            let (base, mem_base) = bench_student(&model, random.as_deref(), &tokenizer, &device, &dtype)?;
+            let peak = peak_tflops.or((base.model.device.is_cuda() && base.model.compute_dtype() == candle_core::DType::BF16).then_some(989.0));
             let student = if lora { base.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
             let ids = fixed_batch(student.config.vocab_size, batch, seq, 1);
             if let Some(p) = &save_batch {
                 std::fs::write(p, serde_json::to_string(&ids).unwrap()).map_err(|e| Error::io(p, e))?;
             }
-            let r = bench_train(&student, &ids, steps, lr)?;
+            let r = bench_train(&student, &ids, steps, lr, peak, mem_base)?;
             eprintln!(
-                "cotlab {} fine-tuning, {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
-                r.mode, r.batch, r.seq, r.threads, r.step_s, r.fwd_s, r.bwd_s, r.opt_s, r.tokens_per_s, r.cpu_s_per_step, r.peak_rss_mb, r.losses
+                "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} TFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}",
+                r.mode,
+                student.name,
+                r.params as f64 / 1e6,
+                r.device,
+                r.dtype,
+                r.batch,
+                r.seq,
+                r.threads,
+                r.step_s,
+                r.fwd_s,
+                r.bwd_s,
+                r.opt_s,
+                r.tokens_per_s,
+                r.tflops,
+                r.mfu.map(|m| format!(" (MFU {:.1}%)", m * 100.0)).unwrap_or_default(),
+                r.cpu_s_per_step,
+                r.peak_rss_mb,
+                r.device_mem_mb.map(|m| format!(", device memory {m:.0} MB")).unwrap_or_default(),
+                r.losses
             );
             if json {
-                println!("{}", serde_json::json!({"tokens_per_s": r.tokens_per_s, "peak_rss_mb": r.peak_rss_mb, "step_s": r.step_s, "mode": r.mode, "cpu_s_per_step": r.cpu_s_per_step, "losses": r.losses, "fwd_s": r.fwd_s, "bwd_s": r.bwd_s, "opt_s": r.opt_s, "threads": r.threads}));
+                println!("{}", serde_json::to_string(&r).expect("report serialises"));
             }
             Ok(())
         }
@@ -321,6 +389,23 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The student a bench runs: `model`'s weights, or random weights of architecture `random` with
+/// `tokenizer`'s tokenizer; on `device` in `dtype`. Also the device memory in use before it was
+/// loaded (CUDA), so the bench reports what the model and its step take.
+fn bench_student(model: &str, random: Option<&str>, tokenizer: &str, device: &str, dtype: &str) -> Result<(cotlab::model::Student, Option<f64>)> {
+    let dev = cotlab::model::device(device)?;
+    let base = cotlab::train::bench::device_memory_used_mb(&dev);
+    let s = match random {
+        Some(arch) => {
+            let mut s = cotlab::model::random::random_student(arch, tokenizer, &dev, 1)?;
+            s.model.set_compute_dtype(cotlab::model::compute_dtype(dtype, &dev)?)?;
+            s
+        }
+        None => Workspace::local().student(model, &StudentOptions { device: Some(device.to_string()), dtype: Some(dtype.to_string()), ..Default::default() })?,
+    };
+    Ok((s, base))
 }
 
 /// The CLI's own arguments are trusted: any path (scripts get a sandboxed workspace instead).

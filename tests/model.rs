@@ -90,22 +90,32 @@ fn gguf_tokenizer_and_forward_match_the_reference() {
     assert!(text.starts_with("To find out how many groups of 2 bananas are in each group of 93"), "{text}");
 }
 
+/// On the CPU, and also on CUDA (f32 and bf16) when this is a `--features cuda` build with a GPU
+/// (tests/cuda.rs checks the same without the model file, against the CPU's gradients).
 #[test]
 fn every_parameter_of_smollm_gets_a_gradient() {
     require!(Model);
-    let s = smollm();
-    let ex = TrainExample { ids: s.tokenizer.encode("Q: 2+3? A: 2 + 3 = 5. The answer is 5", false).unwrap().get_ids().to_vec(), prompt_len: 6 };
-    let loss = batch_nll(&s, &[&ex]).unwrap();
-    let grads = loss.backward().unwrap();
-    let mut missing = Vec::new();
-    for (name, v) in s.params() {
-        match grads.get(v) {
-            Some(g) if g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0 => {}
-            _ => missing.push(name.clone()),
-        }
+    let mut runs = vec![(Device::Cpu, candle_core::DType::F32)];
+    match Device::new_cuda(0) {
+        Ok(gpu) => runs.extend([(gpu.clone(), candle_core::DType::F32), (gpu, candle_core::DType::BF16)]),
+        Err(e) => eprintln!("CUDA part skipped: {e}"),
     }
-    assert!(missing.is_empty(), "{} of {} parameters got no gradient: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
-    assert_eq!(s.params().len(), 272);
+    for (dev, dtype) in runs {
+        let mut s = Student::load(&default_model_path(), &dev).unwrap();
+        s.model.set_compute_dtype(dtype).unwrap();
+        let ex = TrainExample { ids: s.tokenizer.encode("Q: 2+3? A: 2 + 3 = 5. The answer is 5", false).unwrap().get_ids().to_vec(), prompt_len: 6 };
+        let loss = batch_nll(&s, &[&ex]).unwrap();
+        let grads = loss.backward().unwrap();
+        let mut missing = Vec::new();
+        for (name, v) in s.params() {
+            match grads.get(v) {
+                Some(g) if g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0 => {}
+                _ => missing.push(name.clone()),
+            }
+        }
+        assert!(missing.is_empty(), "{dev:?} {dtype:?}: {} of {} parameters got no gradient: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
+        assert_eq!(s.params().len(), 272);
+    }
 }
 
 #[test]

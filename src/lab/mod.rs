@@ -13,7 +13,7 @@ pub use sandbox::{Access, RunName};
 
 use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{device, eos_text, resolve, ChatTemplate, Student};
+use crate::model::{compute_dtype, device, eos_text, resolve, ChatTemplate, Student};
 use crate::results::OutputDir;
 use crate::teacher::cache::Cache;
 use crate::teacher::openai::{OpenAi, OpenAiOptions};
@@ -51,8 +51,12 @@ impl Failures {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudentOptions {
-    /// "cpu" (default), "cuda", "cuda:N" or "auto".
+    /// "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when this cotlab was built with it
+    /// and a GPU is present, else the CPU with a message). See README → CUDA.
     pub device: Option<String>,
+    /// The compute dtype: "auto" (default: bf16 on CUDA, f32 on the CPU), "bf16" or "f32".
+    /// Weights, gradients and optimizer state are f32 either way (mixed precision).
+    pub dtype: Option<String>,
     /// The chat template to train and prompt with, instead of the one the model declares:
     /// "chatml", "llama3", "gemma" or "alpaca". Required for a model that declares none (a base
     /// checkpoint: cotlab never guesses one).
@@ -116,6 +120,7 @@ impl Workspace {
     /// checkpoint's weights on the run's base model).
     pub fn student(&self, spec: &str, opts: &StudentOptions) -> Result<Student> {
         let dev = device(opts.device.as_deref().unwrap_or("cpu"))?;
+        let dtype = compute_dtype(opts.dtype.as_deref().unwrap_or("auto"), &dev)?;
         if spec != "default" && !spec.starts_with("hf:") {
             let direct = PathBuf::from(spec);
             // A path that exists is taken as given; otherwise the spec may name a run (checked as
@@ -124,6 +129,7 @@ impl Workspace {
             if as_run.join("checkpoint").is_dir() {
                 let dir = self.find_run(spec)?;
                 let mut s = crate::train::export::load_run_on(&dir, &dev)?;
+                s.model.set_compute_dtype(dtype)?;
                 if let Some(t) = &opts.template {
                     s.template = ChatTemplate::parse(t, &eos_text(&s.tokenizer, s.config.eos_token_id))?;
                 }
@@ -135,7 +141,9 @@ impl Workspace {
                 self.readable(&direct, "student")?;
             }
         }
-        Student::load_with(&resolve(spec)?, &dev, opts.template.as_deref())
+        let mut s = Student::load_with(&resolve(spec)?, &dev, opts.template.as_deref())?;
+        s.model.set_compute_dtype(dtype)?;
+        Ok(s)
     }
 
     /// A teacher: `openai` (an OpenAI-compatible endpoint), `local` (a student as teacher),

@@ -180,6 +180,8 @@ fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: 
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
+    // bf16: one cast copy of the weights for this whole call, not one per step.
+    let _weights = s.model.inference_weights().map_err(ce)?;
     if opts.beams > 1 {
         return beam_search(s, prompts, stops, opts);
     }

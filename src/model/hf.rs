@@ -14,55 +14,7 @@ use crate::error::{Error, Result};
 type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, Option<ChatTemplate>, String);
 
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let raw: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, format!("line {}: {e}", e.line())))?;
-    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let Some(family) = Family::from_model_type(&model_type) else {
-        return Err(Error::data(&cfg_path, format!("model_type '{model_type}' is not supported yet ({})", Family::MODEL_TYPES)));
-    };
-    let mut raw = family.normalise_hf_config(raw);
-    // Rope settings: top level (transformers 4) or `rope_parameters` / `rope_scaling` (5).
-    let rope = raw.get("rope_parameters").or(raw.get("rope_scaling")).cloned().filter(|v| v.is_object());
-    if let Some(r) = &rope {
-        if raw.get("rope_theta").is_none() {
-            if let Some(t) = r.get("rope_theta") {
-                raw["rope_theta"] = t.clone();
-            }
-        }
-        let kind = r.get("rope_type").or(r.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-        match kind {
-            "default" => {}
-            "llama3" => {
-                let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
-                let (Some(a), Some(b), Some(c), Some(d)) =
-                    (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"))
-                else {
-                    return Err(Error::data(&cfg_path, "llama3 rope scaling lacks factor/low_freq_factor/high_freq_factor/original_max_position_embeddings"));
-                };
-                raw["rope_llama3"] = serde_json::json!([a, b, c, d]);
-            }
-            other => return Err(Error::data(&cfg_path, format!("rope type '{other}' is not supported yet (default, llama3)"))),
-        }
-    }
-    if raw.get("num_key_value_heads").is_none() {
-        raw["num_key_value_heads"] = raw["num_attention_heads"].clone();
-    }
-    for (k, d) in [("rope_theta", serde_json::json!(10000.0)), ("tie_word_embeddings", serde_json::json!(false)), ("max_position_embeddings", serde_json::json!(2048))] {
-        if raw.get(k).is_none() {
-            raw[k] = d;
-        }
-    }
-    // eos_token_id may be a list in newer configs; keep the first.
-    if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
-        raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
-    }
-    let mut config: ModelConfig = serde_json::from_value(raw).map_err(|e| Error::data(&cfg_path, format!("{e}")))?;
-    // An explicit head_dim equal to the implied one is the same model.
-    if config.head_dim == Some(config.hidden_size / config.num_attention_heads.max(1)) {
-        config.head_dim = None;
-    }
+    let config = read_config(&dir.join("config.json"))?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -97,4 +49,57 @@ fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> Option<ChatTemp
     let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
     let eos = eos.or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into());
     ChatTemplate::from_jinja(jinja, &eos)
+}
+
+/// The config.json of an HF model dir, in cotlab's terms (family, rope scaling, defaults).
+pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
+    let text = std::fs::read_to_string(cfg_path).map_err(|e| Error::io(cfg_path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::data(cfg_path, format!("line {}: {e}", e.line())))?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let Some(family) = Family::from_model_type(&model_type) else {
+        return Err(Error::data(cfg_path, format!("model_type '{model_type}' is not supported yet ({})", Family::MODEL_TYPES)));
+    };
+    let mut raw = family.normalise_hf_config(raw);
+    // Rope settings: top level (transformers 4) or `rope_parameters` / `rope_scaling` (5).
+    let rope = raw.get("rope_parameters").or(raw.get("rope_scaling")).cloned().filter(|v| v.is_object());
+    if let Some(r) = &rope {
+        if raw.get("rope_theta").is_none() {
+            if let Some(t) = r.get("rope_theta") {
+                raw["rope_theta"] = t.clone();
+            }
+        }
+        let kind = r.get("rope_type").or(r.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        match kind {
+            "default" => {}
+            "llama3" => {
+                let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
+                let (Some(a), Some(b), Some(c), Some(d)) =
+                    (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"))
+                else {
+                    return Err(Error::data(cfg_path, "llama3 rope scaling lacks factor/low_freq_factor/high_freq_factor/original_max_position_embeddings"));
+                };
+                raw["rope_llama3"] = serde_json::json!([a, b, c, d]);
+            }
+            other => return Err(Error::data(cfg_path, format!("rope type '{other}' is not supported yet (default, llama3)"))),
+        }
+    }
+    if raw.get("num_key_value_heads").is_none() {
+        raw["num_key_value_heads"] = raw["num_attention_heads"].clone();
+    }
+    for (k, d) in [("rope_theta", serde_json::json!(10000.0)), ("tie_word_embeddings", serde_json::json!(false)), ("max_position_embeddings", serde_json::json!(2048))] {
+        if raw.get(k).is_none() {
+            raw[k] = d;
+        }
+    }
+    // eos_token_id may be a list in newer configs; keep the first.
+    if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
+        raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
+    }
+    let mut config: ModelConfig = serde_json::from_value(raw).map_err(|e| Error::data(cfg_path, format!("{e}")))?;
+    // An explicit head_dim equal to the implied one is the same model.
+    if config.head_dim == Some(config.hidden_size / config.num_attention_heads.max(1)) {
+        config.head_dim = None;
+    }
+    Ok(config)
 }

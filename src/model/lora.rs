@@ -95,11 +95,13 @@ impl Lora {
             let mut rng = Rng::new(crate::rng::fnv1a(key, module.bytes()));
             let keep = 1.0 - self.config.dropout;
             let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.chance(keep) { (1.0 / keep) as f32 } else { 0.0 }).collect();
-            (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+            (x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?
         } else {
             x.clone()
         };
-        let y = x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
+        // The adapters are f32 (master weights); cast to the input's compute dtype.
+        let (a, b) = (a.as_tensor().to_dtype(x.dtype())?, b.as_tensor().to_dtype(x.dtype())?);
+        let y = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
         Ok(Some((y * self.scale())?))
     }
 

@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod ops;
+pub mod random;
 pub mod tokenizer;
 pub mod transformer;
 
@@ -186,15 +187,58 @@ pub fn eos_text(tok: &tokenizers::Tokenizer, eos_id: Option<u32>) -> String {
     eos_id.and_then(|id| tok.id_to_token(id)).or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into())
 }
 
-/// Pick the compute device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when built with it and present).
+/// Pick the compute device: "cpu", "cuda", "cuda:N", or "auto" (CUDA device 0 when this cotlab
+/// was built with the `cuda` feature and a GPU is present, else the CPU, saying why once).
+/// "cuda"/"cuda:N" without a usable device is an error that says what is missing.
 pub fn device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        s if s.starts_with("cuda") => {
-            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| usage!("bad device '{s}'"))?.unwrap_or(0);
-            Device::new_cuda(ordinal).map_err(|e| usage!("device '{s}': {e} (build with --features cuda on a machine with a GPU)"))
+        "auto" => match open_cuda(0) {
+            Ok(d) => Ok(d),
+            Err(why) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("cotlab: device auto: {why}; running on the CPU"));
+                Ok(Device::Cpu)
+            }
+        },
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n.parse::<usize>().map_err(|_| usage!("bad device '{s}': expected cuda:N with N a GPU index (cuda:0)"))?,
+            };
+            open_cuda(ordinal).map_err(|why| usage!("device '{s}': {why}"))
         }
         other => Err(usage!("unknown device '{other}': expected cpu, cuda, cuda:N or auto")),
+    }
+}
+
+/// Whether this cotlab was built with CUDA support (`--features cuda`, scripts/build_cuda.sh).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// CUDA device `ordinal`, or why there is none.
+fn open_cuda(ordinal: usize) -> std::result::Result<Device, String> {
+    if !CUDA_BUILT {
+        return Err("this cotlab was built without CUDA support (build one with scripts/build_cuda.sh, i.e. cargo build --release --features cuda)".into());
+    }
+    Device::new_cuda(ordinal).map_err(|e| {
+        let e = crate::error::candle_message(&e);
+        // A driver error reads best as its code alone (cudarc's text adds a failed lookup).
+        let e = match e.find("CUDA_ERROR_") {
+            Some(i) => e[i..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("").to_string(),
+            None => e,
+        };
+        format!("no usable CUDA device {ordinal} ({e}; is a GPU visible, and are the driver's libcuda.so.1 and the CUDA 13 libraries on LD_LIBRARY_PATH?)")
+    })
+}
+
+/// The compute dtype for `spec` ("f32", "bf16", or "auto": bf16 on CUDA, f32 on the CPU).
+/// Parameters, gradients and optimizer state stay f32 whatever this is (see `Transformer`).
+pub fn compute_dtype(spec: &str, device: &Device) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match spec {
+        "auto" => Ok(if device.is_cuda() { DType::BF16 } else { DType::F32 }),
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(usage!("unknown dtype '{other}': expected f32, bf16 or auto")),
     }
 }

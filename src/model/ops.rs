@@ -21,6 +21,7 @@ fn take_cpu(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
 
 #[cfg(feature = "cuda")]
 fn take_cuda(slot: &Mutex<Option<Tensor>>) -> Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
     let t = slot.lock().unwrap().take().expect("fused result is taken once").contiguous()?;
     let (s, l) = t.storage_and_layout();
     match &*s {

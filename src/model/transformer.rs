@@ -6,6 +6,7 @@
 //! `tests/hf_families.rs` check gradients reach every weight and cached == cache-free decoding.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
@@ -66,9 +67,18 @@ impl Pass<'_> {
     }
 }
 
+/// Mixed precision: the parameters (`params`, LoRA adapters) are f32 `Var`s whatever the compute
+/// dtype, so gradients and optimizer state are f32 too ("master weights"). With a bf16 compute
+/// dtype each forward casts the weights it uses to bf16 (the cast is differentiable: the
+/// gradient comes back as f32), matmuls and the residual stream run in bf16, and the numerically
+/// touchy parts run in f32: RMSNorm/LayerNorm (on f32 inputs with the f32 weight), the attention
+/// softmax (scores, mask and ALiBi in f32), the logits and the cross-entropy. Embedding rows are
+/// gathered from the f32 table, then cast. Cached decoding keeps a bf16 copy of every weight for
+/// the length of one `generate` call (see [`Transformer::inference_weights`]) instead of casting
+/// each step.
 pub struct Transformer {
     pub config: ModelConfig,
-    /// Every weight as a `Var`, under its Hugging Face name.
+    /// Every weight as a `Var`, under its Hugging Face name (always f32).
     pub params: BTreeMap<String, Var>,
     pub device: Device,
     /// LoRA adapters; when present the base weights are frozen.
@@ -76,6 +86,32 @@ pub struct Transformer {
     act: Activation,
     /// Rotary tables (positions, head_dim / 2); `None` for ALiBi families.
     rope: Option<(Tensor, Tensor)>,
+    /// The compute dtype: F32 or BF16.
+    dtype: DType,
+    /// Weights cast to `dtype` for decoding, while an [`InferenceWeights`] guard lives.
+    cast: Arc<Mutex<CastCache>>,
+}
+
+#[derive(Default)]
+struct CastCache {
+    users: usize,
+    weights: HashMap<String, Tensor>,
+}
+
+/// Keeps the decoding copy of the weights in the compute dtype alive (see
+/// [`Transformer::inference_weights`]); dropped, the copy goes when no other guard holds it.
+pub struct InferenceWeights(Option<Arc<Mutex<CastCache>>>);
+
+impl Drop for InferenceWeights {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            let mut c = c.lock().unwrap();
+            c.users -= 1;
+            if c.users == 0 {
+                c.weights.clear();
+            }
+        }
+    }
 }
 
 impl Transformer {
@@ -99,7 +135,34 @@ impl Transformer {
         }
         let act = Activation::parse(&config.hidden_act)?;
         let rope = if config.family.uses_rope() { Some(rope_tables(&config, device).model_ctx("rotary tables")?) } else { None };
-        Ok(Transformer { config, params, device: device.clone(), lora: None, act, rope })
+        Ok(Transformer { config, params, device: device.clone(), lora: None, act, rope, dtype: DType::F32, cast: Default::default() })
+    }
+
+    /// The dtype forwards compute in (parameters stay f32).
+    pub fn compute_dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Compute in `dtype`: F32, or BF16 (mixed precision, see [`Transformer`]).
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(usage!("compute dtype {dtype:?} is not supported: f32 or bf16"));
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
+    /// For cached decoding in bf16: while the returned guard lives, each weight a decoding step
+    /// uses is cast once and the copy kept (decoding then reads bf16 weights, half the bytes of
+    /// f32, instead of casting every step). Nothing to do in f32. Training passes never use the copies, so
+    /// weights that change while no guard lives (optimizer steps) are always seen fresh.
+    pub fn inference_weights(&self) -> candle_core::Result<InferenceWeights> {
+        if self.dtype == DType::F32 {
+            return Ok(InferenceWeights(None));
+        }
+        let mut c = self.cast.lock().unwrap();
+        c.users += 1;
+        Ok(InferenceWeights(Some(self.cast.clone())))
     }
 
     pub fn family(&self) -> Family {
@@ -115,6 +178,8 @@ impl Transformer {
             lora: None,
             act: self.act,
             rope: self.rope.clone(),
+            dtype: self.dtype,
+            cast: Default::default(),
         }
     }
 
@@ -153,25 +218,45 @@ impl Transformer {
 
     // ---- kernels the family blocks are written with; `grad` comes from the pass.
 
-    /// A base weight as a forward uses it: tracked only when training without LoRA.
-    pub(crate) fn w(&self, name: &str, grad: bool) -> Tensor {
+    /// A base weight in f32: tracked only when training without LoRA.
+    fn w32(&self, name: &str, grad: bool) -> Tensor {
         let t = self.params[name].as_tensor();
         if grad && self.lora.is_none() { t.clone() } else { t.detach() }
     }
 
-    /// Rows of the embedding table for `ids` (B, T): (B·T, D).
+    /// A base weight as a forward uses it, in the compute dtype (decoding: the guard's copy
+    /// when one lives, see [`Transformer::inference_weights`]).
+    pub(crate) fn w(&self, name: &str, grad: bool) -> candle_core::Result<Tensor> {
+        if self.dtype == DType::F32 {
+            return Ok(self.w32(name, grad));
+        }
+        if !grad {
+            let mut c = self.cast.lock().unwrap();
+            if c.users > 0 {
+                if let Some(t) = c.weights.get(name) {
+                    return Ok(t.clone());
+                }
+                let t = self.w32(name, false).to_dtype(self.dtype)?;
+                c.weights.insert(name.to_string(), t.clone());
+                return Ok(t);
+            }
+        }
+        self.w32(name, grad).to_dtype(self.dtype)
+    }
+
+    /// Rows of the embedding table for `ids` (B, T): (B·T, D), gathered in f32 then cast.
     pub(crate) fn embed(&self, ids: &Tensor, table: &str, grad: bool) -> candle_core::Result<Tensor> {
-        self.w(table, grad).index_select(&ids.flatten_all()?, 0)
+        self.w32(table, grad).index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)
     }
 
     /// One projection `x Wᵀ (+ b) (+ LoRA)` for module path `m` (e.g. model.layers.0.mlp.up_proj).
     pub(crate) fn linear(&self, x: &Tensor, m: &str, grad: bool) -> candle_core::Result<Tensor> {
-        let w = self.w(&format!("{m}.weight"), grad);
+        let w = self.w(&format!("{m}.weight"), grad)?;
         // A frozen weight under training: skip its weight-gradient GEMM.
         let mut y = if grad && self.lora.is_some() { ops::frozen_linear(x, &w)? } else { x.matmul(&w.t()?)? };
         let bias = format!("{m}.bias");
         if self.params.contains_key(&bias) {
-            y = y.broadcast_add(&self.w(&bias, grad))?;
+            y = y.broadcast_add(&self.w(&bias, grad)?)?;
         }
         if let Some(l) = &self.lora {
             if let Some(d) = l.delta(m, x)? {
@@ -181,39 +266,44 @@ impl Transformer {
         Ok(y)
     }
 
-    /// RMSNorm with weight `name` (`offset`: Gemma's `1 + w`).
+    /// RMSNorm with weight `name` (`offset`: Gemma's `1 + w`), computed in f32.
     pub(crate) fn rms_norm(&self, x: &Tensor, name: &str, offset: bool, grad: bool) -> candle_core::Result<Tensor> {
-        let w = self.w(name, grad);
+        let w = self.w32(name, grad);
         let w = if offset { (w + 1.0)? } else { w };
         let eps = self.config.rms_norm_eps as f32;
-        if grad { ops::rms_norm(x, &w, eps) } else { candle_nn::ops::rms_norm(x, &w, eps) }
+        let x = x.to_dtype(DType::F32)?;
+        let y = if grad { ops::rms_norm(&x, &w, eps)? } else { candle_nn::ops::rms_norm(&x, &w, eps)? };
+        y.to_dtype(self.dtype)
     }
 
     /// LayerNorm `p.weight`, `p.bias` over the last dim, from differentiable primitives
     /// (candle's fused one has no backward).
     pub(crate) fn layer_norm(&self, x: &Tensor, p: &str, grad: bool) -> candle_core::Result<Tensor> {
-        let (w, b) = (self.w(&format!("{p}.weight"), grad), self.w(&format!("{p}.bias"), grad));
+        let (w, b) = (self.w32(&format!("{p}.weight"), grad), self.w32(&format!("{p}.bias"), grad));
+        let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        xc.broadcast_div(&(var + self.config.rms_norm_eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)
+        xc.broadcast_div(&(var + self.config.rms_norm_eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(self.dtype)
     }
 
     pub(crate) fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.act.apply(x)
     }
 
-    /// cos/sin for the pass's positions: (T, hd/2) for training, (B, T, hd/2) for decoding.
+    /// cos/sin for the pass's positions, in the compute dtype: (T, hd/2) for training,
+    /// (B, T, hd/2) for decoding.
     pub(crate) fn rope_for(&self, pass: &Pass, b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let Some((cos, sin)) = &self.rope else { candle_core::bail!("this family has no rotary embeddings") };
-        match pass {
-            Pass::Train => Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?)),
+        let (cos, sin) = match pass {
+            Pass::Train => (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?),
             Pass::Decode { pos, .. } => {
                 let flat = pos.flatten_all()?;
                 let half = cos.dim(1)?;
-                Ok((cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin.index_select(&flat, 0)?.reshape((b, t, half))?))
+                (cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin.index_select(&flat, 0)?.reshape((b, t, half))?)
             }
-        }
+        };
+        Ok((cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?))
     }
 
     /// Rotary embedding of x (B, H, T, hd).
@@ -250,13 +340,14 @@ impl Transformer {
         let (h, kv) = (q.dim(1)?, k.dim(1)?);
         let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
         let hd = q.dim(D::Minus1)?;
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        // Scores in the compute dtype; bias, mask and softmax in f32.
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.to_dtype(DType::F32)?;
         if let Some(b) = bias {
             scores = scores.broadcast_add(b)?;
         }
         let scores = scores.broadcast_add(mask)?;
         let probs = if grad { ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
-        probs.matmul(&v)
+        probs.to_dtype(self.dtype)?.matmul(&v)
     }
 
     // ---- the forward passes.
@@ -279,9 +370,12 @@ impl Transformer {
         self.logits_with(hidden, true)
     }
 
+    /// Logits in f32 whatever the compute dtype.
     fn logits_with(&self, hidden: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
-        let w = self.w(self.config.family.head_weight(&self.config), grad);
-        if grad && self.lora.is_some() { ops::frozen_linear(hidden, &w) } else { hidden.matmul(&w.t()?) }
+        let w = self.w(self.config.family.head_weight(&self.config), grad)?;
+        let hidden = hidden.to_dtype(self.dtype)?;
+        let y = if grad && self.lora.is_some() { ops::frozen_linear(&hidden, &w)? } else { hidden.matmul(&w.t()?)? };
+        y.to_dtype(DType::F32)
     }
 
     /// Logits of the last position of each sequence (B, V) — for tests and greedy decoding.

@@ -1,6 +1,8 @@
 //! `cotlab bench train`: time optimizer steps (forward + backward + AdamW) of a student on a
-//! fixed batch, and report tokens/s, seconds per step, CPU-seconds per step and peak RSS. The
-//! batch can be saved so `benches/torch_train.py` trains PyTorch on exactly the same ids.
+//! fixed batch, and report tokens/s, seconds per step, CPU-seconds per step and peak RSS; on
+//! CUDA also the device memory in use (the most seen at the step's phase boundaries) and, given
+//! the card's peak, the model FLOP utilisation (MFU). The batch can be saved so
+//! `benches/torch_train.py` trains PyTorch on exactly the same ids.
 
 use std::time::Instant;
 
@@ -30,6 +32,38 @@ pub struct BenchReport {
     pub fwd_s: f64,
     pub bwd_s: f64,
     pub opt_s: f64,
+    /// "cpu" or "cuda:N", and the compute dtype ("f32", "bf16").
+    pub device: String,
+    pub dtype: String,
+    pub params: usize,
+    /// Model FLOPs per step (6·N·tokens + attention, see `model::random::train_flops_per_token`)
+    /// and what that makes per second.
+    pub flops_per_step: f64,
+    pub tflops: f64,
+    /// `tflops` over the peak given (`--peak-tflops`), when given.
+    pub mfu: Option<f64>,
+    /// CUDA: the most device memory in use (driver's view: total − free) seen after the forward,
+    /// the backward and the optimizer step, minus what was in use before the model was loaded
+    /// when the caller measured that; MB.
+    pub device_mem_mb: Option<f64>,
+}
+
+/// Device memory in use on a CUDA device (total − free, MB); None on the CPU.
+pub fn device_memory_used_mb(dev: &candle_core::Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = dev {
+        return d.cuda_stream().context().mem_get_info().ok().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64);
+    }
+    let _ = dev;
+    None
+}
+
+fn device_name(dev: &candle_core::Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 /// Peak resident set size of this process (VmHWM), in MB.
@@ -57,7 +91,10 @@ pub fn fixed_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec
     (0..batch).map(|_| (0..seq).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()).collect()
 }
 
-pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -> Result<BenchReport> {
+/// Time `steps` optimizer steps (after one warm-up step) on the batch `ids`. `peak_tflops`: the
+/// device's dense peak in the compute dtype, for the MFU; `mem_base_mb`: device memory in use
+/// before the model was loaded (subtracted from the reported use).
+pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, peak_tflops: Option<f64>, mem_base_mb: Option<f64>) -> Result<BenchReport> {
     use crate::error::in_range;
     in_range("bench train", "batch", ids.len(), 1..=4096)?;
     // A sequence needs a prompt token and at least one token to predict.
@@ -74,17 +111,34 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -
     let mut cpu = Vec::new();
     let mut losses = Vec::new();
     let (mut fwd, mut bwd, mut optt) = (Vec::new(), Vec::new(), Vec::new());
+    let dev = &student.model.device;
+    // Device work is asynchronous: wait for it at each phase boundary so the split is real.
+    let sync = |what: &str| dev.synchronize().model_ctx(format!("bench: waiting for the {what}"));
+    let mut mem: Option<f64> = None;
+    let mut sample = || {
+        if let Some(m) = device_memory_used_mb(dev) {
+            mem = Some(mem.map_or(m, |x: f64| x.max(m)));
+        }
+    };
+    sync("model")?;
     for _ in 0..steps + 1 {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let nll = batch_nll(student, &refs).model_ctx("bench: forward pass")?;
         let loss = (&nll / tokens as f64).model_ctx("bench: loss")?;
+        sync("forward pass")?;
+        sample();
         fwd.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         let grads = loss.backward().model_ctx("bench: backward pass")?;
         let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().model_ctx("bench: gradients")?;
+        sync("backward pass")?;
+        sample();
         bwd.push(t1.elapsed().as_secs_f64());
         let t2 = Instant::now();
         opt.step(&vars, &g, lr, 1.0).model_ctx("bench: optimizer step")?;
+        sync("optimizer step")?;
+        sample();
+        drop((grads, g));
         optt.push(t2.elapsed().as_secs_f64());
         losses.push(loss.to_dtype(DType::F64).and_then(|l| l.to_scalar::<f64>()).model_ctx("bench: reading the loss")?);
         times.push(t0.elapsed().as_secs_f64());
@@ -93,7 +147,18 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64) -
     // The first step warms caches and allocators: report the mean of the rest.
     let mean = |v: &[f64]| v[1..].iter().sum::<f64>() / (v.len() - 1) as f64;
     let step_s = mean(&times);
+    let seq = ids.first().map(|v| v.len()).unwrap_or(0);
+    let frozen = student.model.lora.is_some();
+    let flops_per_step = crate::model::random::train_flops_per_token(&student.model, seq, frozen) * (ids.len() * seq) as f64;
+    let tflops = flops_per_step / step_s / 1e12;
     Ok(BenchReport {
+        device: device_name(dev),
+        dtype: format!("{:?}", student.model.compute_dtype()).to_lowercase(),
+        params: student.model.num_params(),
+        flops_per_step,
+        tflops,
+        mfu: peak_tflops.filter(|p| *p > 0.0).map(|p| tflops / p),
+        device_mem_mb: mem.map(|m| m - mem_base_mb.unwrap_or(0.0)),
         mode: if student.model.lora.is_some() { "lora".into() } else { "full".into() },
         batch: ids.len(),
         seq: ids.first().map(|v| v.len()).unwrap_or(0),
