@@ -24,7 +24,7 @@ use crate::train::SftOptions;
 use crate::usage;
 
 pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order"];
-pub const STUDENT_KEYS: &[&str] = &["student", "device", "template", "train"];
+pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
 pub const EVAL_KEYS: &[&str] =
     &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams"];
 
@@ -128,7 +128,7 @@ impl PointConfig {
             None => (vec![(dataset.clone(), query(&dataset, teacher, level, format), 1.0)], false),
         };
         let student = take(&mut m, "student")?.unwrap_or_else(|| "default".into());
-        let student_opts = StudentOptions { device: take(&mut m, "device")?, template: take(&mut m, "template")? };
+        let student_opts = StudentOptions { device: take(&mut m, "device")?, template: take(&mut m, "template")?, dtype: take(&mut m, "dtype")? };
         let train = take(&mut m, "train")?.unwrap_or(true);
         let eval_dataset: String = take(&mut m, "eval_dataset")?.unwrap_or_else(|| dataset.clone());
         let eval_task = Task::parse(&eval_dataset)?;
