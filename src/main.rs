@@ -155,16 +155,11 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Time greedy decoding with the KV cache at batch 1 and batch N (fixed arith prompts).
-    Generate {
-        #[arg(long, default_value = "default")]
-        model: String,
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
+/// The student a benchmark times: its weights (or random ones of an architecture) and where it runs.
+#[derive(clap::Args)]
+struct BenchStudent {
+    #[arg(long, default_value = "default")]
+    model: String,
         /// cpu, cuda, cuda:N or auto (CUDA needs a cotlab built with scripts/build_cuda.sh).
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -179,6 +174,18 @@ enum BenchCmd {
         /// With --random: where the tokenizer comes from (a tokenizer.json, or a model spec).
         #[arg(long, default_value = "default")]
         tokenizer: String,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time greedy decoding with the KV cache at batch 1 and batch N (fixed arith prompts).
+    Generate {
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[command(flatten)]
+        student: BenchStudent,
         /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
         #[arg(long)]
         save_prompts: Option<PathBuf>,
@@ -187,8 +194,6 @@ enum BenchCmd {
     },
     /// Time optimizer steps (forward + backward + AdamW) of a student on a fixed batch.
     Train {
-        #[arg(long, default_value = "default")]
-        model: String,
         #[arg(long)]
         lora: bool,
         #[arg(long, default_value_t = 4)]
@@ -199,20 +204,8 @@ enum BenchCmd {
         steps: usize,
         #[arg(long, default_value_t = 1e-4)]
         lr: f64,
-        /// cpu, cuda, cuda:N or auto (CUDA needs a cotlab built with scripts/build_cuda.sh).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Compute dtype: auto (bf16 on CUDA, f32 on the CPU), bf16 or f32. Weights, gradients
-        /// and optimizer state stay f32.
-        #[arg(long, default_value = "auto")]
-        dtype: String,
-        /// Random weights with this architecture instead of --model's weights: smollm2-135m,
-        /// llama-1b, or an HF config.json (speed and memory depend on the shapes alone).
-        #[arg(long, value_name = "ARCH")]
-        random: Option<String>,
-        /// With --random: where the tokenizer comes from (a tokenizer.json, or a model spec).
-        #[arg(long, default_value = "default")]
-        tokenizer: String,
+        #[command(flatten)]
+        student: BenchStudent,
         /// The device's dense peak in TFLOP/s for the compute dtype, for the MFU (H100/H200
         /// bf16: 989); default 989 on CUDA in bf16, else no MFU.
         #[arg(long)]
@@ -289,9 +282,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Generate { model, batch, new_tokens, save_prompts, json, device, dtype, random, tokenizer } } => {
+        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
-            let (s, _) = bench_student(&model, random.as_deref(), &tokenizer, &device, &dtype)?;
+            let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
             let qs: Vec<String> = cotlab::data::arith::generate(batch, 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
@@ -310,19 +303,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let dt = format!("{:?}", s.model.compute_dtype()).to_lowercase();
             let mem = cotlab::train::bench::device_memory_used_mb(&s.model.device);
             eprintln!(
-                "cotlab greedy decoding ({}, {device}, {dt}), {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s{}",
+                "cotlab greedy decoding ({}, {}, {dt}), {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s{}",
                 s.name,
+                bs.device,
                 qs.len(),
                 mem.map(|m| format!(", device memory in use {m:.0} MB")).unwrap_or_default()
             );
             if json {
-                println!("{}", serde_json::json!({"model": s.name, "device": device, "dtype": dt, "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
+                println!("{}", serde_json::json!({"model": s.name, "device": bs.device, "dtype": dt, "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
             }
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Train { model, lora, batch, seq, steps, lr, save_batch, json, device, dtype, random, tokenizer, peak_tflops } } => {
+        Cmd::Bench { what: BenchCmd::Train { student: bs, lora, batch, seq, steps, lr, save_batch, json, peak_tflops } } => {
             use cotlab::train::bench::{bench_train, fixed_batch};
-            let (base, mem_base) = bench_student(&model, random.as_deref(), &tokenizer, &device, &dtype)?;
+            let (base, mem_base) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             let peak = peak_tflops.or((base.model.device.is_cuda() && base.model.compute_dtype() == candle_core::DType::BF16).then_some(989.0));
             let student = if lora { base.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
             let ids = fixed_batch(student.config.vocab_size, batch, seq, 1);
