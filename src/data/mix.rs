@@ -98,6 +98,16 @@ impl Corpus {
         Ok(out.with_recipe(format!("concat({})", labels.join(", ")), false))
     }
 
+    /// Rationales picked from `from` by some rule (one per question by a student's loss, say),
+    /// the rule described by `how` (the recipe, part of a training run's identity).
+    pub fn picked(from: &[Corpus], rationales: Vec<super::Rationale>, how: String) -> Result<Corpus> {
+        let Some(first) = from.first() else { return Err(usage!("picked: give the corpora the rationales come from")) };
+        let mut out = first.clone();
+        out.rationales = rationales;
+        out.skipped = from.iter().map(|c| c.skipped).sum();
+        Ok(out.with_recipe(how, false))
+    }
+
     /// `n` rationales drawn without replacement (seeded).
     pub fn sample(&self, n: usize, seed: u64) -> Result<Corpus> {
         if n == 0 || n > self.len() {

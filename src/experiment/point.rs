@@ -24,6 +24,8 @@ use crate::train::SftOptions;
 use crate::usage;
 
 pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order"];
+/// The student-adaptive strategy's keys (see [`super::adaptive`]).
+pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
 pub const EVAL_KEYS: &[&str] =
     &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams"];
@@ -31,7 +33,7 @@ pub const EVAL_KEYS: &[&str] =
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
     let sft = serde_json::to_value(SftOptions { shuffle: false, ..Default::default() }).expect("options serialise");
-    let mut keys: Vec<String> = DATA_KEYS.iter().chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
+    let mut keys: Vec<String> = DATA_KEYS.iter().chain(STRATEGY_KEYS).chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
     keys.extend(sft.as_object().expect("an object").keys().cloned());
     keys
 }
@@ -62,6 +64,9 @@ pub struct PointConfig {
     pub mix_n: Option<usize>,
     pub train_seed: u64,
     pub order: Option<crate::data::CurriculumOrder>,
+    /// The student-adaptive strategy (`select`): `parts` are then its candidate levels, each as
+    /// the fixed-level point of that level would read it.
+    pub strategy: Option<super::adaptive::StrategyConfig>,
     pub student: String,
     pub student_opts: StudentOptions,
     pub train: bool,
@@ -84,7 +89,7 @@ impl PointConfig {
     pub fn resolve(config: &Map<String, Value>) -> Result<PointConfig> {
         let mut m = config.clone();
         let dataset: String = take(&mut m, "dataset")?.unwrap_or_else(|| "svamp".into());
-        let task = Task::parse(&dataset)?;
+        Task::parse(&dataset)?;
         let train_n: Option<usize> = take(&mut m, "train_n")?;
         let train_seed: u64 = take(&mut m, "train_seed")?.unwrap_or(1);
         let teacher: Option<String> = take(&mut m, "teacher")?;
@@ -104,6 +109,15 @@ impl PointConfig {
                 n: if arith { Some(train_n.unwrap_or(500)) } else { None },
             }
         };
+        let max_steps = m.get("max_steps").and_then(Value::as_u64).map(|n| n as usize);
+        let strategy = super::adaptive::take_strategy(&mut m, train_n, max_steps)?;
+        if let Some(st) = &strategy {
+            if level.is_some() || mix.is_some() || order.is_some() {
+                return Err(usage!("'select' chooses the levels itself (from 'select_levels'): drop 'level', 'mix' and 'order' beside it"));
+            }
+            let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l as i64), format.clone()), 1.0)).collect();
+            return Self::finish(m, parts, false, train_n, train_seed, None, strategy, dataset);
+        }
         let (parts, mixed) = match mix {
             Some(parts) => {
                 if teacher.is_some() || level.is_some() || format.is_some() {
@@ -127,9 +141,27 @@ impl PointConfig {
             }
             None => (vec![(dataset.clone(), query(&dataset, teacher, level, format), 1.0)], false),
         };
+        Self::finish(m, parts, mixed, train_n, train_seed, order, None, dataset)
+    }
+
+    /// The student, evaluation and SFT keys (what is left in `m`).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        mut m: Map<String, Value>,
+        parts: Vec<(String, RationaleQuery, f64)>,
+        mixed: bool,
+        train_n: Option<usize>,
+        train_seed: u64,
+        order: Option<crate::data::CurriculumOrder>,
+        strategy: Option<super::adaptive::StrategyConfig>,
+        dataset: String,
+    ) -> Result<PointConfig> {
         let student = take(&mut m, "student")?.unwrap_or_else(|| "default".into());
         let student_opts = StudentOptions { device: take(&mut m, "device")?, template: take(&mut m, "template")?, dtype: take(&mut m, "dtype")? };
         let train = take(&mut m, "train")?.unwrap_or(true);
+        if strategy.is_some() && !train {
+            return Err(usage!("'select' picks what to train on: it needs train: true"));
+        }
         let eval_dataset: String = take(&mut m, "eval_dataset")?.unwrap_or_else(|| dataset.clone());
         let eval_task = Task::parse(&eval_dataset)?;
         let eval_n: Option<usize> = take(&mut m, "eval_n")?;
@@ -157,8 +189,7 @@ impl PointConfig {
         }
         let sft: SftOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("sft options: {e}"))?;
         sft.validate()?;
-        let _ = task;
-        Ok(PointConfig { parts, mixed, mix_n: train_n, train_seed, order, student, student_opts, train, sft, eval_dataset, eval_data, eval })
+        Ok(PointConfig { parts, mixed, mix_n: train_n, train_seed, order, strategy, student, student_opts, train, sft, eval_dataset, eval_data, eval })
     }
 
     /// The data files this point reads (for provenance), or why the release lacks its corpus.

@@ -232,14 +232,15 @@ fn write_sweep_file(dir: &Path, spec: &SweepSpec, points: &[PointPlan]) -> Resul
 }
 
 /// The last line of a JSON-lines log, and the first.
-fn first_last(path: &Path) -> (Option<Value>, Option<Value>) {
+pub(super) fn first_last(path: &Path) -> (Option<Value>, Option<Value>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     (lines.first().cloned(), lines.last().cloned())
 }
 
-/// Train and evaluate one point in `dir`; its metrics and provenance.
-fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance)> {
+/// Train and evaluate one point in `dir`; its metrics, provenance and (with `select`) what the
+/// adaptive strategy decided.
+fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance, Option<Value>)> {
     let r = p.resolved.as_ref().expect("a planned point is resolved");
     let started = Instant::now();
     let catalog = Catalog::new(ws.data_dir.clone());
@@ -248,8 +249,17 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     let base = ws.student(&r.student, &r.student_opts)?;
     let model_files = vec![base.source.clone()];
     let mut sft_seconds = 0.0;
+    let mut strategy = None;
     let trained = if r.train {
-        let corpus = r.corpus(&catalog)?;
+        let corpus = match &r.strategy {
+            Some(s) => {
+                let d = super::adaptive::decide(ws, r, s, &base, dir)?;
+                metrics.insert("selected_level".into(), d.selected_level.into());
+                strategy = Some(d.record);
+                d.corpus
+            }
+            None => r.corpus(&catalog)?,
+        };
         let t = Instant::now();
         let report = sft_corpus(&base, &corpus, &r.sft, &RunDir::new(dir), None)?;
         sft_seconds = t.elapsed().as_secs_f64();
@@ -288,14 +298,15 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     seeds.insert("eval_subset".into(), r.eval_data.seed.map(Value::from).unwrap_or(Value::Null));
     seeds.insert("eval_sampling".into(), r.eval.seed.into());
     let prov = Provenance::new(&model_files, &p.data_files, seeds)?;
-    Ok((metrics, prov))
+    Ok((metrics, prov, strategy))
 }
 
 /// The record a point dir keeps: `point.json` when complete, `failed.json` when not.
-fn record(spec: &SweepSpec, p: &PointPlan, dir: &Path, status: PointStatus, reason: Option<String>, metrics: Map<String, Value>, prov: Option<Provenance>) -> Value {
+#[allow(clippy::too_many_arguments)]
+fn record(spec: &SweepSpec, p: &PointPlan, dir: &Path, status: PointStatus, reason: Option<String>, metrics: Map<String, Value>, prov: Option<Provenance>, strategy: Option<Value>) -> Value {
     serde_json::json!({
         "sweep": spec.name, "index": p.index, "point": p.point, "status": status, "reason": reason,
-        "config": p.config, "metrics": metrics, "provenance": prov,
+        "config": p.config, "metrics": metrics, "provenance": prov, "strategy": strategy,
         "run_dir": dir.display().to_string(), "eval_dir": dir.join("eval").display().to_string(),
     })
 }
@@ -348,7 +359,7 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
         ran += 1;
         let secs = t.elapsed().as_secs_f64();
         match outcome {
-            Ok((metrics, prov)) => {
+            Ok((metrics, prov, strategy)) => {
                 let what = format!(
                     "accuracy {:.3} [{:.3}, {:.3}] on {}",
                     metrics["accuracy"].as_f64().unwrap_or(f64::NAN),
@@ -356,7 +367,7 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
                     metrics["ci95_high"].as_f64().unwrap_or(f64::NAN),
                     metrics["n"]
                 );
-                let v = record(spec, p, &pdir, PointStatus::Done, None, metrics, Some(prov));
+                let v = record(spec, p, &pdir, PointStatus::Done, None, metrics, Some(prov), strategy);
                 // Written last and atomically: a point.json is a complete point.
                 write_atomic(&pdir.join(POINT_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
                 let _ = std::fs::remove_file(pdir.join(FAILED_FILE));
@@ -366,7 +377,7 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
             Err(e) => {
                 failed += 1;
                 let reason = e.to_string();
-                let v = record(spec, p, &pdir, PointStatus::Failed, Some(reason.clone()), Map::new(), None);
+                let v = record(spec, p, &pdir, PointStatus::Failed, Some(reason.clone()), Map::new(), None, None);
                 write_atomic(&pdir.join(FAILED_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
                 ws.failures.add(format!("sweep '{}' point {} ({}): {reason}", spec.name, p.index, p.point));
                 points[i].status = PointStatus::Failed;

@@ -38,6 +38,7 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "train_tokens",
     "train_loss_first",
     "train_loss_last",
+    "selected_level",
     "sft_seconds",
     "eval_seconds",
     "seconds",

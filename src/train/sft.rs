@@ -276,6 +276,33 @@ fn schedule_order(examples: &[TrainExample], opts: &SftOptions, total_examples: 
 /// Sum of response-token NLL for one micro-batch (right-padded; the causal mask makes padding
 /// invisible to real tokens, and padded positions carry no loss).
 pub fn batch_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Result<Tensor> {
+    token_nll(student, batch)?.sum_all()
+}
+
+/// The student's mean NLL per response token of each example (no training): how hard it finds
+/// each rationale. In batches of `batch_size`, in the examples' order.
+pub fn response_nll(student: &Student, examples: &[TrainExample], batch_size: usize) -> Result<Vec<f64>> {
+    crate::error::in_range("response_nll", "batch_size", batch_size, 1..=4096)?;
+    let mut out = Vec::with_capacity(examples.len());
+    for (i, chunk) in examples.chunks(batch_size).enumerate() {
+        let refs: Vec<&TrainExample> = chunk.iter().collect();
+        let rows = token_nll(student, &refs)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
+            .model_ctx(format!("scoring examples {}..{}", i * batch_size, i * batch_size + chunk.len()))?;
+        // Rows come example by example, response tokens in order.
+        let mut at = 0;
+        for e in chunk {
+            let k = e.response_tokens();
+            let sum: f64 = rows[at..at + k].iter().map(|&x| x as f64).sum();
+            out.push(if k == 0 { f64::NAN } else { sum / k as f64 });
+            at += k;
+        }
+    }
+    Ok(out)
+}
+
+/// NLL of every response token of a micro-batch, example by example.
+fn token_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Result<Tensor> {
     let device = &student.model.device;
     let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     let b = batch.len();
@@ -295,7 +322,7 @@ pub fn batch_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Res
     let pos = Tensor::new(positions.as_slice(), device)?;
     let h = hidden.reshape((b * t, d))?.index_select(&pos, 0)?;
     let logits = student.model.logits(&h)?;
-    crate::model::ops::cross_entropy_rows(&logits, &targets)?.sum_all()
+    crate::model::ops::cross_entropy_rows(&logits, &targets)
 }
 
 /// One SFT run, step by step: [`Trainer::new`] tokenizes, lays out the example order and the

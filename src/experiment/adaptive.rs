@@ -1,0 +1,424 @@
+//! The student-adaptive strategy: choose the rationale granularity for *this* student instead of
+//! fixing one level for all. The paper proposes it without a recipe; this is ours, as three
+//! point options (`select`), each compared with the fixed levels in the same sweep:
+//!
+//! * **`pilot`** (per student): a short SFT run per candidate level on `pilot_n` rationales,
+//!   each evaluated on the same `pilot_eval_n` held-out *training* questions (never the test
+//!   set); the level with the best held-out accuracy wins (ties: the coarser level, which costs
+//!   fewer tokens to generate), and the point then trains exactly what the fixed point of that
+//!   level trains. The pilot table is `pilot.csv` in the point dir.
+//! * **`min_loss`** (per example): the base student's mean NLL per response token on every
+//!   candidate rationale of a question; each question keeps the one it finds most learnable
+//!   (lowest NLL; ties: the coarser level).
+//! * **`softmin`** (a mixture): per question, a rationale drawn with probability
+//!   ∝ exp(−(NLL − min NLL) / `select_temperature`): mostly the easiest, sometimes another.
+//!
+//! The per-example choices are `selection.csv` in the point dir (question, every candidate's
+//! NLL, the level kept). `selected_level` in the results is the pilot's pick, or the mean level
+//! kept per question.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::point::PointConfig;
+use crate::data::{Catalog, Corpus, Dataset, Example, Rationale, RationaleQuery, Task};
+use crate::error::{one_of, Result};
+use crate::eval::run::evaluate;
+use crate::frame::{ColumnData, Frame};
+use crate::lab::Workspace;
+use crate::model::Student;
+use crate::rng::{fnv1a, Rng, FNV_OFFSET};
+use crate::train::data::tokenize;
+use crate::train::sft::{response_nll, sft_corpus};
+use crate::train::{RunDir, SftOptions};
+use crate::usage;
+
+/// `select`: how a point chooses its rationales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Strategy {
+    Pilot,
+    MinLoss,
+    Softmin,
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        one_of("select", &s, &[("pilot", Strategy::Pilot), ("min_loss", Strategy::MinLoss), ("softmin", Strategy::Softmin)])
+    }
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Pilot => "pilot",
+            Strategy::MinLoss => "min_loss",
+            Strategy::Softmin => "softmin",
+        }
+    }
+}
+
+/// The strategy of one point, its candidates and sizes.
+#[derive(Clone, Debug)]
+pub struct StrategyConfig {
+    pub strategy: Strategy,
+    /// Candidate levels (`select_levels`, default 1–6), each a part of the point's `parts`.
+    pub levels: Vec<u8>,
+    /// `softmin` only (`select_temperature`, default 0.1 nats per token).
+    pub temperature: f64,
+    /// `pilot` only: rationales per pilot run (`pilot_n`, default the point's `train_n`, else 64).
+    pub pilot_n: usize,
+    /// `pilot` only: optimizer steps per pilot run (`pilot_steps`, default the point's
+    /// `max_steps`, else 20).
+    pub pilot_steps: usize,
+    /// `pilot` only: held-out training questions each pilot is evaluated on (`pilot_eval_n`, 20).
+    pub pilot_eval_n: usize,
+}
+
+/// What a strategy decided, for the point's record and its metrics.
+pub struct Decision {
+    /// The training corpus.
+    pub corpus: Corpus,
+    /// The pilot's level, or the mean level kept per question.
+    pub selected_level: f64,
+    /// `point.json`'s `strategy` entry: the pick, the pilot table or the level counts.
+    pub record: Value,
+}
+
+/// A question's key across corpora: its text with whitespace collapsed.
+fn question_key(q: &str) -> String {
+    q.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The questions of `corpora` (first-seen order), with each candidate's rationale index.
+fn by_question(corpora: &[Corpus]) -> (Vec<String>, HashMap<String, Vec<Option<usize>>>) {
+    let mut order = Vec::new();
+    let mut table: HashMap<String, Vec<Option<usize>>> = HashMap::new();
+    for (c, corpus) in corpora.iter().enumerate() {
+        for (i, r) in corpus.rationales.iter().enumerate() {
+            let k = question_key(&r.question);
+            let row = table.entry(k.clone()).or_insert_with(|| {
+                order.push(k.clone());
+                vec![None; corpora.len()]
+            });
+            // A question repeated in one file keeps its first rationale.
+            row[c].get_or_insert(i);
+        }
+    }
+    (order, table)
+}
+
+/// Uniform in [0, 1).
+fn uniform(rng: &mut Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The candidate corpora of a point, whole (the strategy subsets them itself).
+fn candidates(r: &PointConfig, catalog: &Catalog) -> Result<Vec<Corpus>> {
+    r.parts
+        .iter()
+        .map(|(ds, q, _)| {
+            // A release corpus whole (the fixed point's subset is `train_n` of it); generated
+            // arith already has the point's problems.
+            let whole = if Task::parse(ds).is_ok_and(|t| t == Task::Arith) { q.clone() } else { RationaleQuery { limit: None, seed: None, ..q.clone() } };
+            catalog.rationales(ds, &whole)
+        })
+        .collect()
+}
+
+fn level_of(c: &Corpus) -> u8 {
+    c.level.unwrap_or(0)
+}
+
+/// Decide the training corpus of a point with a strategy. `base` is the point's student, not
+/// trained (`min_loss`/`softmin` score with it; `pilot` loads a fresh copy per pilot run).
+pub fn decide(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, base: &Student, dir: &Path) -> Result<Decision> {
+    let catalog = Catalog::new(ws.data_dir.clone());
+    let cands = candidates(r, &catalog)?;
+    match s.strategy {
+        Strategy::Pilot => pilot(ws, r, s, &cands, &catalog, dir),
+        Strategy::MinLoss | Strategy::Softmin => per_example(r, s, &cands, base, dir),
+    }
+}
+
+/// `min_loss` / `softmin`: one rationale per question, chosen by the base student's NLL.
+fn per_example(r: &PointConfig, s: &StrategyConfig, cands: &[Corpus], base: &Student, dir: &Path) -> Result<Decision> {
+    let (mut questions, table) = by_question(cands);
+    // The same seeded subset of questions whatever the strategy (`train_n`, `train_seed`).
+    Rng::new(r.train_seed).shuffle(&mut questions);
+    if let Some(n) = r.mix_n {
+        questions.truncate(n);
+    }
+    let max_len = r.sft.max_len;
+    let batch = r.sft.batch_size.max(1);
+    // Score every (question, candidate) pair that exists; tokenized one by one so a prompt that
+    // fills max_len drops only its own pair.
+    let mut nll: Vec<Vec<Option<f64>>> = vec![vec![None; cands.len()]; questions.len()];
+    for (c, corpus) in cands.iter().enumerate() {
+        let mut examples = Vec::new();
+        let mut rows = Vec::new();
+        for (qi, q) in questions.iter().enumerate() {
+            if let Some(i) = table[q][c] {
+                let rat = &corpus.rationales[i];
+                let t = tokenize(&base.tokenizer, &base.template, &[(rat.question.clone(), rat.text.clone())], max_len)?;
+                if let Some(e) = t.examples.into_iter().next() {
+                    examples.push(e);
+                    rows.push(qi);
+                }
+            }
+        }
+        eprintln!("[select {}] scoring {} level-{} rationales with the base student", s.strategy.name(), examples.len(), level_of(corpus));
+        let losses = response_nll(base, &examples, batch)?;
+        for (qi, l) in rows.into_iter().zip(losses) {
+            if l.is_finite() {
+                nll[qi][c] = Some(l);
+            }
+        }
+    }
+    let mut rng = Rng::new(fnv1a(r.train_seed, *b"softmin"));
+    let mut chosen: Vec<Rationale> = Vec::new();
+    let mut counts = vec![0usize; cands.len()];
+    let mut cols: Vec<Vec<Option<f64>>> = vec![Vec::new(); cands.len()];
+    let (mut q_col, mut kept_col) = (Vec::new(), Vec::new());
+    for (qi, q) in questions.iter().enumerate() {
+        let scored: Vec<(usize, f64)> = nll[qi].iter().enumerate().filter_map(|(c, l)| l.map(|l| (c, l))).collect();
+        let Some(&(_, best)) = scored.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else { continue };
+        let pick = match s.strategy {
+            // The first minimum: candidates are in level order, so ties go to the coarser.
+            Strategy::MinLoss => scored.iter().find(|(_, l)| *l == best).map(|(c, _)| *c).expect("a minimum"),
+            _ => {
+                let w: Vec<f64> = scored.iter().map(|(_, l)| (-(l - best) / s.temperature).exp()).collect();
+                let mut u = uniform(&mut rng) * w.iter().sum::<f64>();
+                let mut pick = scored.last().expect("scored").0;
+                for ((c, _), wi) in scored.iter().zip(&w) {
+                    if u < *wi {
+                        pick = *c;
+                        break;
+                    }
+                    u -= wi;
+                }
+                pick
+            }
+        };
+        counts[pick] += 1;
+        chosen.push(cands[pick].rationales[table[q][pick].expect("scored candidates exist")].clone());
+        q_col.push(Some(q.clone()));
+        kept_col.push(Some(level_of(&cands[pick]) as i64));
+        for (c, col) in cols.iter_mut().enumerate() {
+            col.push(nll[qi][c]);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(usage!("select {}: no question has a rationale the student could score (all prompts longer than max_len {max_len}?)", s.strategy.name()));
+    }
+    let mut frame_cols = vec![("question".to_string(), ColumnData::Str(q_col)), ("level".to_string(), ColumnData::Int(kept_col))];
+    for (c, col) in cols.into_iter().enumerate() {
+        frame_cols.push((format!("nll_level_{}", level_of(&cands[c])), ColumnData::Float(col)));
+    }
+    Frame::from_columns(frame_cols)?.write_csv(&dir.join("selection.csv"))?;
+    let total: usize = counts.iter().sum();
+    let mean = counts.iter().zip(cands).map(|(n, c)| *n as f64 * level_of(c) as f64).sum::<f64>() / total as f64;
+    let levels: Vec<String> = s.levels.iter().map(|l| l.to_string()).collect();
+    let how = match s.strategy {
+        Strategy::MinLoss => "min_loss".to_string(),
+        _ => format!("softmin T={}", s.temperature),
+    };
+    let recipe = format!("select({how} by {} over levels {}; n={}, seed={})", base.source.display(), levels.join(","), chosen.len(), r.train_seed);
+    let corpus = Corpus::picked(cands, chosen, recipe)?;
+    let mut kept = Map::new();
+    for (n, c) in counts.iter().zip(cands) {
+        kept.insert(format!("level_{}", level_of(c)), (*n).into());
+    }
+    let record = serde_json::json!({ "select": s.strategy, "levels": s.levels, "temperature": s.temperature, "kept": kept, "mean_level": mean });
+    eprintln!("[select {}] kept per level: {}", s.strategy.name(), serde_json::to_string(&kept).unwrap_or_default());
+    Ok(Decision { corpus, selected_level: mean, record })
+}
+
+/// One pilot run's outcome.
+#[derive(Clone, Debug, Serialize)]
+struct PilotRow {
+    level: u8,
+    train_n: usize,
+    heldout_n: usize,
+    accuracy: f64,
+    ci95_low: f64,
+    ci95_high: f64,
+    mean_tokens: f64,
+    train_loss_last: Option<f64>,
+}
+
+/// `pilot`: train briefly on each candidate level, evaluate on held-out training questions,
+/// keep the best level, then train on it as the fixed-level point would.
+fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, cands: &[Corpus], catalog: &Catalog, dir: &Path) -> Result<Decision> {
+    let (questions, table) = by_question(cands);
+    // The held-out questions: the same for every level (the smallest seeded hashes among the
+    // questions with a gold answer), so pilots compare on one set.
+    let gold = |q: &String| table[q].iter().enumerate().find_map(|(c, i)| i.and_then(|i| cands[c].rationales[i].gold.clone()));
+    let mut ranked: Vec<(u64, &String, String)> =
+        questions.iter().filter_map(|q| gold(q).map(|g| (fnv1a(fnv1a(FNV_OFFSET, r.train_seed.to_le_bytes()), q.bytes()), q, g))).collect();
+    ranked.sort();
+    ranked.truncate(s.pilot_eval_n);
+    if ranked.is_empty() {
+        return Err(usage!("select pilot: the candidates have {} questions with a gold answer; the pilot needs pilot_eval_n = {} held out", ranked.len(), s.pilot_eval_n));
+    }
+    let heldout: std::collections::HashSet<&String> = ranked.iter().map(|(_, q, _)| *q).collect();
+    let task = cands[0].task;
+    let examples: Vec<Example> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, (_, q, g))| Example { id: format!("{}-pilot-{i}", task.name()), question: (*q).clone(), choices: Vec::new(), answer: g.clone(), kind: task.kind() })
+        .collect();
+    let ds = Dataset { name: task.name().into(), split: "pilot-heldout".into(), task, subset: Some((examples.len(), Some(r.train_seed))), examples };
+    let mut rows = Vec::new();
+    for corpus in cands {
+        let level = level_of(corpus);
+        let mut train = corpus.clone();
+        train.rationales.retain(|x| !heldout.contains(&question_key(&x.question)));
+        if train.is_empty() {
+            return Err(usage!("select pilot: level {level} has no rationales left after holding out {} questions", ds.len()));
+        }
+        let train = train.sample(s.pilot_n.min(train.len()), r.train_seed)?;
+        let pdir = dir.join("pilot").join(format!("level-{level}"));
+        let opts = SftOptions { max_steps: Some(s.pilot_steps), save_every: s.pilot_steps, ..r.sft.clone() };
+        eprintln!("[select pilot] level {level}: {} steps on {} rationales, then {} held-out questions", s.pilot_steps, train.len(), ds.len());
+        let student = ws.student(&r.student, &r.student_opts)?;
+        sft_corpus(&student, &train, &opts, &RunDir::new(&pdir), None)?;
+        drop(student);
+        let (_, last) = super::sweep::first_last(&pdir.join("train_log.jsonl"));
+        let trained = ws.student(&pdir.display().to_string(), &r.student_opts)?;
+        let e = evaluate(&trained, &ds, &r.eval, &pdir.join("eval"))?;
+        rows.push(PilotRow {
+            level,
+            train_n: train.len(),
+            heldout_n: e.n,
+            accuracy: e.accuracy,
+            ci95_low: e.ci95_low,
+            ci95_high: e.ci95_high,
+            mean_tokens: e.mean_tokens,
+            train_loss_last: last.and_then(|l| l["loss"].as_f64()),
+        });
+    }
+    // Best accuracy; rows are in level order and `max_by` keeps the last maximum, so compare
+    // reversed to keep the first (the coarser level).
+    let best = rows.iter().rev().max_by(|a, b| a.accuracy.total_cmp(&b.accuracy)).expect("a pilot row").level;
+    let pick = s.levels.iter().position(|&l| l == best).expect("a candidate level");
+    let pilot_frame = Frame::from_columns(vec![
+        ("level".into(), ColumnData::Int(rows.iter().map(|x| Some(x.level as i64)).collect())),
+        ("train_n".into(), ColumnData::Int(rows.iter().map(|x| Some(x.train_n as i64)).collect())),
+        ("heldout_n".into(), ColumnData::Int(rows.iter().map(|x| Some(x.heldout_n as i64)).collect())),
+        ("accuracy".into(), ColumnData::Float(rows.iter().map(|x| Some(x.accuracy)).collect())),
+        ("ci95_low".into(), ColumnData::Float(rows.iter().map(|x| Some(x.ci95_low)).collect())),
+        ("ci95_high".into(), ColumnData::Float(rows.iter().map(|x| Some(x.ci95_high)).collect())),
+        ("mean_tokens".into(), ColumnData::Float(rows.iter().map(|x| Some(x.mean_tokens)).collect())),
+        ("train_loss_last".into(), ColumnData::Float(rows.iter().map(|x| x.train_loss_last).collect())),
+        ("chosen".into(), ColumnData::Bool(rows.iter().map(|x| Some(x.level == best)).collect())),
+    ])?;
+    pilot_frame.write_csv(&dir.join("pilot.csv"))?;
+    eprintln!("[select pilot] chose level {best}:\n{pilot_frame}");
+    // The chosen level's corpus exactly as the fixed-level point has it.
+    let (ds_name, q, _) = &r.parts[pick];
+    let corpus = catalog.rationales(ds_name, q)?;
+    let record = serde_json::json!({ "select": s.strategy, "levels": s.levels, "chosen": best, "pilot": rows });
+    Ok(Decision { corpus, selected_level: best as f64, record })
+}
+
+/// Parse the strategy keys of a point (`select`, `select_levels`, `select_temperature`,
+/// `pilot_n`, `pilot_steps`, `pilot_eval_n`), removing them from `m`.
+pub(super) fn take_strategy(m: &mut Map<String, Value>, train_n: Option<usize>, max_steps: Option<usize>) -> Result<Option<StrategyConfig>> {
+    let take = |m: &mut Map<String, Value>, k: &str| m.remove(k).filter(|v| !v.is_null());
+    let parse = |k: &str, v: Value| -> Result<u64> { v.as_u64().ok_or_else(|| usage!("'{k}' must be a positive integer (got {v})")) };
+    let select = take(m, "select");
+    let levels = take(m, "select_levels");
+    let temperature = take(m, "select_temperature");
+    let (pilot_n, pilot_steps, pilot_eval_n) = (take(m, "pilot_n"), take(m, "pilot_steps"), take(m, "pilot_eval_n"));
+    let Some(select) = select else {
+        if let Some(k) = [("select_levels", &levels), ("select_temperature", &temperature), ("pilot_n", &pilot_n), ("pilot_steps", &pilot_steps), ("pilot_eval_n", &pilot_eval_n)]
+            .iter()
+            .find_map(|(k, v)| v.is_some().then_some(*k))
+        {
+            return Err(usage!("'{k}' belongs to the adaptive strategy: give 'select' (pilot, min_loss, softmin) with it, or drop it"));
+        }
+        return Ok(None);
+    };
+    let strategy: Strategy = serde_json::from_value(select.clone()).map_err(|e| usage!("{e}"))?;
+    let levels: Vec<u8> = match levels {
+        None => (1..=6).collect(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| usage!("'select_levels' must be a list of levels 1-6, e.g. [1, 3, 6] (got {v})"))?,
+    };
+    if levels.len() < 2 || levels.iter().any(|l| !(1..=6).contains(l)) {
+        return Err(usage!("'select_levels' must list at least two levels, each 1-6 (got {levels:?})"));
+    }
+    let mut sorted = levels.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted != levels {
+        return Err(usage!("'select_levels' must be increasing without repeats, e.g. [1, 3, 6] (got {levels:?})"));
+    }
+    let temperature = match temperature {
+        None => 0.1,
+        Some(v) => v.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| usage!("'select_temperature' must be a number > 0 (got {v})"))?,
+    };
+    let pilot_n = pilot_n.map(|v| parse("pilot_n", v)).transpose()?.map(|n| n as usize).or(train_n).unwrap_or(64);
+    let pilot_steps = pilot_steps.map(|v| parse("pilot_steps", v)).transpose()?.map(|n| n as usize).or(max_steps).unwrap_or(20);
+    let pilot_eval_n = pilot_eval_n.map(|v| parse("pilot_eval_n", v)).transpose()?.map(|n| n as usize).unwrap_or(20);
+    for (k, v) in [("pilot_n", pilot_n), ("pilot_steps", pilot_steps), ("pilot_eval_n", pilot_eval_n)] {
+        crate::error::in_range("select pilot", k, v, 1..=1_000_000)?;
+    }
+    Ok(Some(StrategyConfig { strategy, levels, temperature, pilot_n, pilot_steps, pilot_eval_n }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_keys_parse_and_check() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        assert!(take_strategy(&mut m(serde_json::json!({})), None, None).unwrap().is_none());
+        let s = take_strategy(&mut m(serde_json::json!({"select": "pilot", "select_levels": [1, 3]})), Some(8), Some(2)).unwrap().unwrap();
+        assert_eq!((s.strategy, s.levels.clone(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
+        let e = take_strategy(&mut m(serde_json::json!({"select": "best"})), None, None).unwrap_err().to_string();
+        assert!(e.contains("pilot") && e.contains("min_loss"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"pilot_n": 4})), None, None).unwrap_err().to_string();
+        assert!(e.contains("give 'select'"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "softmin", "select_temperature": 0})), None, None).unwrap_err().to_string();
+        assert!(e.contains("> 0"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("at least two"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3, 1]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("increasing"), "{e}");
+    }
+
+    #[test]
+    fn questions_are_matched_across_corpora() {
+        let task = Task::Arith;
+        let corpus = |level: u8, qs: &[&str]| Corpus {
+            task,
+            teacher: None,
+            level: Some(level),
+            format: crate::cot::Format::Plain,
+            source: "generated".into(),
+            rationales: qs
+                .iter()
+                .enumerate()
+                .map(|(i, q)| Rationale {
+                    id: format!("{i}"),
+                    question: q.to_string(),
+                    gold: Some("1".into()),
+                    text: format!("level {level}"),
+                    origin: crate::data::Origin { task, teacher: None, level: Some(level), format: crate::cot::Format::Plain, source: "generated".into(), row: i },
+                })
+                .collect(),
+            skipped: 0,
+            recipe: None,
+        };
+        let (order, table) = by_question(&[corpus(1, &["a  b", "c"]), corpus(2, &["c", "a b", "d"])]);
+        assert_eq!(order, vec!["a b", "c", "d"]);
+        assert_eq!(table["a b"], vec![Some(0), Some(1)]);
+        assert_eq!(table["d"], vec![None, Some(2)]);
+    }
+}
