@@ -550,7 +550,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
         // Point 1 is invalid (the rule teacher writes no BSM): no point here needs a model.
-        let s = spec(serde_json::json!({"name": "c", "grid": {"format": ["plain", "bsm"]}, "base": {"dataset": "arith", "train": false}}));
+        let s = spec(serde_json::json!({"name": "c", "grid": {"format": ["plain", "bsm"]}, "base": {"dataset": "arith", "level": 1, "max_steps": 1}}));
         let collect = Sweeps::new(SweepMode::Collect);
         let r = sweep_in(&ws, &s, &collect).unwrap();
         assert_eq!((r.ran, r.pending, r.invalid, r.done), (0, 1, 1, 0));
