@@ -467,7 +467,7 @@ fn memory_ceiling(max_memory: Option<f64>) -> Result<Option<u64>> {
         None => Ok(cotlab::memory::default_ceiling()),
         Some(g) => {
             cotlab::error::in_range("run", "max-memory", g, 0.0..=1e6)?;
-            Ok((g > 0.0).then(|| (g * (1u64 << 30) as f64) as u64))
+            Ok((g > 0.0).then_some((g * (1u64 << 30) as f64) as u64))
         }
     }
 }
@@ -623,7 +623,7 @@ fn sweep_cmd(a: RunArgs, slurm: Option<SlurmArgs>) -> Result<()> {
     let plan_args = RunArgs { script: script.clone(), data_dir: Some(data_dir.clone()), out: None, set: a.set.clone(), runs: Some(runs.clone()), allow_read: allow_read.clone(), max_memory: a.max_memory };
 
     let scratch = Scratch::new()?;
-    let ctx = script_context(&plan_args, Arc::new(OutputDir::create(&scratch.0.join("out"))?), SweepMode::Collect)?;
+    let ctx = script_context(&plan_args, Arc::new(OutputDir::create(scratch.0.join("out"))?), SweepMode::Collect)?;
     let runner = Runner { ctx: ctx.clone(), params };
     run_script(&runner, &script).map_err(|e| Error::Script(format!("{e}\nnote: `cotlab sweep` runs the script once with no sweep point running, to learn its sweeps; it must get through that")))?;
     let called = ctx.sweeps.called();

@@ -484,7 +484,7 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
         points.len(),
         if stopped { " (stopped by stop_after_points: run again to go on)" } else { "" }
     ));
-    let results = load_runs(&[dir.clone()])?;
+    let results = load_runs(std::slice::from_ref(&dir))?;
     Ok(SweepReport {
         name: spec.name.clone(),
         dir,
