@@ -21,13 +21,21 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` atomically: a temporary file next to it, synced, then renamed over it.
+/// The temporary file is this writer's own (pid, thread, time), so processes replacing the same
+/// file at once (array tasks writing one `sweep.json`) never write into each other's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{:?}-{nanos}", std::process::id(), std::thread::current().id()));
+    let written = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        // A name of our own is never reused: do not leave it behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// What [`ensure_identity`] found.
@@ -271,7 +279,8 @@ mod tests {
         j.append(&rec(4)).unwrap();
         let (_, got) = Journal::<Rec>::open(&p).unwrap();
         assert_eq!(got.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        assert!(!d.path().join(".log.jsonl.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ use cotlab::data::{load_dataset, Catalog, DataDir, DatasetOptions, Task};
 use cotlab::answer::Protocol;
 use cotlab::eval::run::{evaluate, EvalOptions, PromptStyle};
 use cotlab::eval::score_predictions;
+use cotlab::experiment::slurm::SlurmOptions;
+use cotlab::experiment::{PointStatus, SweepMode, Sweeps};
 use cotlab::lab::{StudentOptions, Workspace};
 use cotlab::results::tables::catalog_frame;
 use cotlab::results::OutputDir;
@@ -30,27 +32,44 @@ struct Cli {
 enum Cmd {
     /// Run a Rhai script.
     Run {
-        script: PathBuf,
-        /// The data dir (default: $COTLAB_DATA, then ./datasets).
+        #[command(flatten)]
+        args: RunArgs,
+        /// Run only point N of every sweep() in the script (a job array task; a sweep with fewer
+        /// points runs nothing). Default: $SLURM_ARRAY_TASK_ID when set, else every point.
+        #[arg(long, value_name = "N", conflicts_with = "collect")]
+        point: Option<usize>,
+        /// Run no sweep point: every sweep() reports its points as they are on disk, so the
+        /// script only merges results and writes its tables; points not complete fail the run
+        /// (after publishing). What the Slurm finalize job runs.
         #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Output dir for files the script writes (default: out/<script name>).
+        collect: bool,
+    },
+    /// Plan a script's sweeps (every point with its status), and with --slurm write and submit
+    /// a Slurm job array (one task per point) and a job that merges the results after it.
+    Sweep {
+        #[command(flatten)]
+        args: RunArgs,
+        /// Write <runs>/<sweep>/slurm/{array,finalize}.sbatch and submit them with sbatch.
         #[arg(long)]
-        out: Option<PathBuf>,
-        /// key=value, visible to the script as a variable and in `params`. Repeatable.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Where training runs live (default: ./runs).
-        #[arg(long)]
-        runs: Option<PathBuf>,
-        /// Another dir the script may read (it may always read the data, runs and output dirs
-        /// and $COTLAB_HOME). Repeatable.
-        #[arg(long = "allow-read", value_name = "DIR")]
-        allow_read: Vec<PathBuf>,
-        /// Stop the script when the process holds more heap than this many GiB (0 = no limit;
-        /// default 80% of this machine's RAM).
-        #[arg(long, value_name = "GIB")]
-        max_memory: Option<f64>,
+        slurm: bool,
+        /// With --slurm: write the job files and print them, but submit nothing.
+        #[arg(long, requires = "slurm")]
+        dry_run: bool,
+        /// Slurm partition for the jobs (default: the cluster's).
+        #[arg(long, requires = "slurm")]
+        partition: Option<String>,
+        /// GPUs per array task (sbatch --gpus: "1", "h100:1").
+        #[arg(long, requires = "slurm")]
+        gpus: Option<String>,
+        /// CPUs per array task (sbatch --cpus-per-task).
+        #[arg(long, requires = "slurm", value_parser = clap::value_parser!(u32).range(1..))]
+        cpus: Option<u32>,
+        /// Memory per job (sbatch --mem: "16G").
+        #[arg(long, requires = "slurm")]
+        mem: Option<String>,
+        /// Time limit per job (sbatch --time: "2:00:00").
+        #[arg(long, requires = "slurm")]
+        time: Option<String>,
     },
     /// Export a training run's last checkpoint (or a model) as a Hugging Face model dir; LoRA
     /// runs export PEFT adapters unless --merge.
@@ -155,6 +174,32 @@ enum Cmd {
     },
 }
 
+/// What `cotlab run` and `cotlab sweep` take to run a script.
+#[derive(clap::Args)]
+struct RunArgs {
+    script: PathBuf,
+    /// The data dir (default: $COTLAB_DATA, then ./datasets).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output dir for files the script writes (default: out/<script name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// key=value, visible to the script as a variable and in `params`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Where training runs live (default: ./runs).
+    #[arg(long)]
+    runs: Option<PathBuf>,
+    /// Another dir the script may read (it may always read the data, runs and output dirs
+    /// and $COTLAB_HOME). Repeatable.
+    #[arg(long = "allow-read", value_name = "DIR")]
+    allow_read: Vec<PathBuf>,
+    /// Stop the script when the process holds more heap than this many GiB (0 = no limit;
+    /// default 80% of this machine's RAM).
+    #[arg(long, value_name = "GIB")]
+    max_memory: Option<f64>,
+}
+
 /// The student a benchmark times: its weights (or random ones of an architecture) and where it runs.
 #[derive(clap::Args)]
 struct BenchStudent {
@@ -248,7 +293,10 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Run { script, data_dir, out, set, runs, allow_read, max_memory } => run(script, data_dir, out, set, runs, allow_read, max_memory),
+        Cmd::Run { args, point, collect } => run(args, run_mode(point, collect)?),
+        Cmd::Sweep { args, slurm, dry_run, partition, gpus, cpus, mem, time } => {
+            sweep_cmd(args, slurm.then_some(SlurmArgs { dry_run, options: SlurmOptions { partition, gpus, cpus, mem, time } }))
+        }
         Cmd::Export { run, model, out, merge, tokenizer_only } => {
             match (run, model) {
                 (None, Some(spec)) if tokenizer_only => {
@@ -413,24 +461,21 @@ fn trusted(data_dir: Option<PathBuf>, runs: Option<PathBuf>) -> Workspace {
 /// Virtual memory: only the pages a script really uses are touched.
 const SCRIPT_STACK: usize = 1 << 30;
 
-fn run(
-    script: PathBuf,
-    data_dir: Option<PathBuf>,
-    out: Option<PathBuf>,
-    set: Vec<String>,
-    runs: Option<PathBuf>,
-    allow_read: Vec<PathBuf>,
-    max_memory: Option<f64>,
-) -> Result<()> {
-    let max_memory = match max_memory {
-        None => cotlab::memory::default_ceiling(),
+/// `--max-memory`: bytes, or None for no ceiling.
+fn memory_ceiling(max_memory: Option<f64>) -> Result<Option<u64>> {
+    match max_memory {
+        None => Ok(cotlab::memory::default_ceiling()),
         Some(g) => {
             cotlab::error::in_range("run", "max-memory", g, 0.0..=1e6)?;
-            (g > 0.0).then(|| (g * (1u64 << 30) as f64) as u64)
+            Ok((g > 0.0).then_some((g * (1u64 << 30) as f64) as u64))
         }
-    };
+    }
+}
+
+/// `--set KEY=VALUE` pairs as script variables.
+fn script_params(set: &[String]) -> Result<Vec<(String, rhai::Dynamic)>> {
     let mut params = Vec::new();
-    for kv in &set {
+    for kv in set {
         let Some((k, v)) = kv.split_once('=') else {
             return Err(Error::usage(format!("--set expects KEY=VALUE, got '{kv}'")));
         };
@@ -440,35 +485,73 @@ fn run(
         }
         params.push((k.to_string(), parse_param(v)));
     }
-    if !script.is_file() {
-        return Err(Error::data(&script, "script not found"));
+    Ok(params)
+}
+
+/// The script's context: data, runs, read roots, memory ceiling, how sweeps run.
+fn script_context(a: &RunArgs, output: Arc<OutputDir>, mode: SweepMode) -> Result<Context> {
+    let mut ctx = Context::new(DataDir::resolve(a.data_dir.clone()), Some(output));
+    if let Some(r) = &a.runs {
+        ctx.runs_dir = r.clone();
     }
-    let out_dir = out.unwrap_or_else(|| default_out_dir(&script));
-    let output = Arc::new(OutputDir::create(&out_dir)?);
-    let mut ctx = Context::new(DataDir::resolve(data_dir), Some(output.clone()));
-    if let Some(r) = runs {
-        ctx.runs_dir = r;
-    }
-    ctx.allow_read = allow_read;
-    ctx.max_memory = max_memory;
-    let runner = Runner { ctx: ctx.clone(), params: params.clone() };
-    let started = Instant::now();
-    let result = std::thread::scope(|s| {
+    ctx.allow_read = a.allow_read.clone();
+    ctx.max_memory = memory_ceiling(a.max_memory)?;
+    ctx.sweeps = Arc::new(Sweeps::new(mode));
+    Ok(ctx)
+}
+
+/// Run a script file on a thread with a deep stack.
+fn run_script(runner: &Runner, script: &std::path::Path) -> Result<()> {
+    std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("script".into())
             .stack_size(SCRIPT_STACK)
             // The script's value is dropped on this thread too, for the same reason.
-            .spawn_scoped(s, || runner.run_file(&script).map(drop))
+            .spawn_scoped(s, || runner.run_file(script).map(drop))
             .map_err(|e| Error::usage(format!("cannot start the script thread: {e}")))?
             .join()
             .map_err(|_| Error::Script(format!("{}: the script stopped on an internal error (a panic, printed above)", script.display())))?
-    });
+    })
+}
+
+/// `cotlab run --point N`, else `SLURM_ARRAY_TASK_ID` (said on stderr), else every point.
+fn run_mode(point: Option<usize>, collect: bool) -> Result<SweepMode> {
+    if collect {
+        return Ok(SweepMode::Collect);
+    }
+    if let Some(n) = point {
+        return Ok(SweepMode::Point(n));
+    }
+    match std::env::var("SLURM_ARRAY_TASK_ID") {
+        Ok(v) if !v.trim().is_empty() => {
+            let n = v.trim().parse::<usize>().map_err(|_| {
+                Error::usage(format!("SLURM_ARRAY_TASK_ID is {v:?}, not a point index: pass --point N, or unset it to run every point"))
+            })?;
+            eprintln!("[cotlab run] SLURM_ARRAY_TASK_ID={n}: every sweep runs only its point {n} (--point chooses another)");
+            Ok(SweepMode::Point(n))
+        }
+        _ => Ok(SweepMode::Run),
+    }
+}
+
+fn run(a: RunArgs, mode: SweepMode) -> Result<()> {
+    let params = script_params(&a.set)?;
+    let script = a.script.clone();
+    if !script.is_file() {
+        return Err(Error::data(&script, "script not found"));
+    }
+    let out_dir = a.out.clone().unwrap_or_else(|| default_out_dir(&script));
+    let output = Arc::new(OutputDir::create(&out_dir)?);
+    let ctx = script_context(&a, output.clone(), mode)?;
+    let runner = Runner { ctx: ctx.clone(), params };
+    let started = Instant::now();
+    let result = run_script(&runner, &script);
     match result {
         Ok(_) => {
             let manifest = serde_json::json!({
                 "script": script.display().to_string(),
                 "data_dir": ctx.data_dir.0.display().to_string(),
-                "params": set,
+                "params": a.set,
                 "seconds": started.elapsed().as_secs_f64(),
                 "cotlab_version": env!("CARGO_PKG_VERSION"),
             });
@@ -480,12 +563,12 @@ fn run(
             // above), but the run as a whole did not succeed.
             let failures = ctx.failures.list();
             if !failures.is_empty() {
-                return Err(Error::Script(format!(
-                    "{}: {} sweep point(s) failed (the outputs were published; fix the cause and run again: complete points are skipped):\n  {}",
-                    script.display(),
-                    failures.len(),
-                    failures.join("\n  ")
-                )));
+                let what = if mode == SweepMode::Collect {
+                    "are not complete (the outputs were published; `cotlab sweep SCRIPT --slurm` submits only those points, `cotlab run SCRIPT` runs them here)"
+                } else {
+                    "failed (the outputs were published; fix the cause and run again: complete points are skipped)"
+                };
+                return Err(Error::Script(format!("{}: {} sweep point(s) {what}:\n  {}", script.display(), failures.len(), failures.join("\n  "))));
             }
             Ok(())
         }
@@ -496,4 +579,120 @@ fn run(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// A temporary dir, removed when dropped: where the planning run's outputs go to be discarded.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("cotlab-sweep-plan-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Slurm resources as `cotlab sweep` takes them.
+struct SlurmArgs {
+    dry_run: bool,
+    options: SlurmOptions,
+}
+
+/// `cotlab sweep`: run the script with no point running to learn its sweeps (its outputs go to
+/// a temporary dir and are dropped), print every point; with `slurm`, write and submit the jobs.
+fn sweep_cmd(a: RunArgs, slurm: Option<SlurmArgs>) -> Result<()> {
+    use cotlab::experiment::slurm::{indices_to_run, submit, ArrayJob};
+    use cotlab::lab::sandbox::absolute;
+    let params = script_params(&a.set)?;
+    if !a.script.is_file() {
+        return Err(Error::data(&a.script, "script not found"));
+    }
+    // Jobs run elsewhere, later: every path absolute.
+    let script = absolute(&a.script);
+    let data_dir = absolute(&DataDir::resolve(a.data_dir.clone()).0);
+    let runs = absolute(a.runs.as_deref().unwrap_or(std::path::Path::new("runs")));
+    let out = absolute(&a.out.clone().unwrap_or_else(|| default_out_dir(&script)));
+    let allow_read: Vec<PathBuf> = a.allow_read.iter().map(|p| absolute(p)).collect();
+    let plan_args = RunArgs { script: script.clone(), data_dir: Some(data_dir.clone()), out: None, set: a.set.clone(), runs: Some(runs.clone()), allow_read: allow_read.clone(), max_memory: a.max_memory };
+
+    let scratch = Scratch::new()?;
+    let ctx = script_context(&plan_args, Arc::new(OutputDir::create(scratch.0.join("out"))?), SweepMode::Collect)?;
+    let runner = Runner { ctx: ctx.clone(), params };
+    run_script(&runner, &script).map_err(|e| Error::Script(format!("{e}\nnote: `cotlab sweep` runs the script once with no sweep point running, to learn its sweeps; it must get through that")))?;
+    let called = ctx.sweeps.called();
+    if called.is_empty() {
+        return Err(Error::usage(format!("{} calls no sweep(): there are no points to plan or submit", script.display())));
+    }
+    for s in &called {
+        let count = |st: PointStatus| s.points.iter().filter(|p| p.status == st).count();
+        println!(
+            "sweep {} ({}): {} points: {} done, {} failed, {} invalid, {} pending",
+            s.name,
+            s.dir.display(),
+            s.points.len(),
+            count(PointStatus::Done),
+            count(PointStatus::Failed),
+            count(PointStatus::Invalid),
+            count(PointStatus::Pending)
+        );
+        for p in &s.points {
+            let status = serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            println!("  {:>4}  {status:<8} {}{}", p.index, p.point, p.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default());
+        }
+    }
+    let Some(slurm) = slurm else { return Ok(()) };
+    let indices = indices_to_run(&called);
+    if indices.is_empty() {
+        println!("every point is complete or invalid: nothing to submit; `cotlab run {} --collect` writes the tables", a.script.display());
+        return Ok(());
+    }
+    let mut args = vec!["--data-dir".to_string(), data_dir.display().to_string(), "--runs".into(), runs.display().to_string()];
+    for kv in &a.set {
+        args.extend(["--set".to_string(), kv.clone()]);
+    }
+    for d in &allow_read {
+        args.extend(["--allow-read".to_string(), d.display().to_string()]);
+    }
+    if let Some(g) = a.max_memory {
+        args.extend(["--max-memory".to_string(), g.to_string()]);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::usage(format!("cannot tell where this cotlab binary is ({e}), which the jobs run")))?;
+    let job = ArrayJob {
+        name: called[0].name.clone(),
+        dir: absolute(&called[0].dir).join("slurm"),
+        indices,
+        exe,
+        script,
+        args,
+        out: out.clone(),
+        workdir: absolute(std::path::Path::new(".")),
+        options: slurm.options,
+    };
+    let files = job.write()?;
+    let tasks = cotlab::experiment::slurm::array_spec(&job.indices);
+    if slurm.dry_run {
+        for f in [&files.array, &files.finalize] {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            println!("==> {} <==\n{text}", f.display());
+        }
+        println!(
+            "not submitted (--dry-run). To submit: id=$(sbatch --parsable {}) && sbatch --dependency=afterany:$id {}",
+            files.array.display(),
+            files.finalize.display()
+        );
+        return Ok(());
+    }
+    let s = submit(&files)?;
+    println!("submitted array job {} (tasks {tasks}) and finalize job {} (after it)", s.array_job, s.finalize_job);
+    println!("job files: {} {}", files.array.display(), files.finalize.display());
+    println!("logs: {}; task outputs: {}", files.logs.display(), files.tasks.display());
+    println!("tables (after the finalize job): {}", out.display());
+    Ok(())
 }

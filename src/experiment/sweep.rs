@@ -14,7 +14,13 @@
 //!   is recorded and the sweep goes on; the workspace's failures make `cotlab run` exit non-zero
 //!   after publishing the outputs.
 //! * **Addressable points.** Point `i` is the i-th of the grid (row-major over the keys in
-//!   order, then `include`), so one process can run one point (`point: i`: a job array task).
+//!   order, then `include`), so one process can run one point (`point: i`, or a session in
+//!   [`SweepMode::Point`]: a job array task; see [`super::slurm`]).
+//! * **Concurrent processes.** Several processes may run different points of one sweep at once
+//!   (array tasks on one runs dir): each writes only its point's dir, `sweep.json` is replaced
+//!   atomically (a temporary file of its own, then a rename) and re-reads the statuses from disk
+//!   just before, and results are read from the point dirs, so the last writer's view never
+//!   hides a point another process completed.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -97,6 +103,7 @@ pub struct SweepReport {
     pub already_done: usize,
     /// Run by this call (done or failed).
     pub ran: usize,
+    /// Points whose last attempt failed (by this call or, not retried by it, an earlier one).
     pub failed: usize,
     pub invalid: usize,
     pub pending: usize,
@@ -128,6 +135,69 @@ fn point_name(keys: &[String], config: &Map<String, Value>, extra: Option<usize>
     // serde_json maps are sorted: the text is canonical, so equal configs get equal hashes.
     let hash = crate::rng::fnv1a(crate::rng::FNV_OFFSET, Value::Object(config.clone()).to_string().bytes());
     if clean.is_empty() { format!("{:08x}", hash as u32) } else { format!("{clean}-{:08x}", hash as u32) }
+}
+
+/// How the `sweep()` calls of one session run their points (`cotlab run`, `--point`, `--collect`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SweepMode {
+    /// Every pending point (or only the spec's `point`).
+    #[default]
+    Run,
+    /// Only point N of every sweep, whatever the spec's `point` says (a job array task). A sweep
+    /// with fewer points runs nothing (a message, not an error), so one array sized to the
+    /// largest sweep serves a script with several.
+    Point(usize),
+    /// No point runs: every sweep reports its points as they stand on disk (the script then only
+    /// merges results and writes its tables), and each point not complete is a session failure.
+    /// The finalize step of a job array, and the plan `cotlab sweep` reads.
+    Collect,
+}
+
+/// The sweeps of one session: how they run, and every sweep called so far with its plan (what
+/// `cotlab sweep` sizes a job array from).
+#[derive(Debug, Default)]
+pub struct Sweeps {
+    pub mode: SweepMode,
+    called: std::sync::Mutex<Vec<PlannedSweep>>,
+}
+
+/// One `sweep()` call as planned: its name, dir and points (statuses as on disk after the call).
+#[derive(Clone, Debug)]
+pub struct PlannedSweep {
+    pub name: String,
+    pub dir: PathBuf,
+    pub points: Vec<PointPlan>,
+}
+
+impl Sweeps {
+    pub fn new(mode: SweepMode) -> Sweeps {
+        Sweeps { mode, called: Default::default() }
+    }
+
+    /// The sweeps called so far, in call order (a sweep called twice is listed twice).
+    pub fn called(&self) -> Vec<PlannedSweep> {
+        self.called.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Statuses as they are on disk now: another process (an array task) may have completed or
+/// failed a point since this one planned.
+fn refresh(dir: &Path, points: &mut [PointPlan]) {
+    for p in points.iter_mut().filter(|p| matches!(p.status, PointStatus::Pending | PointStatus::Failed)) {
+        let pdir = dir.join(&p.point);
+        if pdir.join(POINT_FILE).is_file() {
+            p.status = PointStatus::Done;
+            p.reason = None;
+            continue;
+        }
+        // A failed point keeps the reason it has (this call's own, or the one read before).
+        if p.status == PointStatus::Pending {
+            if let Ok(text) = std::fs::read_to_string(pdir.join(FAILED_FILE)) {
+                p.status = PointStatus::Failed;
+                p.reason = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["reason"].as_str().map(String::from));
+            }
+        }
+    }
 }
 
 /// Expand the grid and check every point (no training): the plan a sweep runs. Errors only for
@@ -314,6 +384,11 @@ fn record(spec: &SweepSpec, p: &PointPlan, dir: &Path, status: PointStatus, reas
 /// Run a sweep (see the module doc): plan, then every pending point (or only `spec.point`),
 /// then the results of all points as one frame.
 pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
+    sweep_in(ws, spec, &Sweeps::default())
+}
+
+/// [`sweep`] in a session whose `sweeps` say which points run ([`SweepMode`]) and record the call.
+pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<SweepReport> {
     let started = Instant::now();
     let mut points = plan(ws, spec)?;
     let dir = ws.run_dir(&spec.name)?;
@@ -332,13 +407,29 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
             eprintln!("  point {} ({}): {}", p.index, p.point, p.reason.as_deref().unwrap_or(""));
         }
     }
+    refresh(&dir, &mut points);
     write_sweep_file(&dir, spec, &points)?;
-    let selected = |p: &PointPlan| spec.point.is_none_or(|i| i == p.index);
+    // Which points this call may run: the spec's choice, unless the session decides.
+    let only: Option<Option<usize>> = match sweeps.mode {
+        SweepMode::Run => Some(spec.point),
+        SweepMode::Point(n) => {
+            match points.get(n) {
+                None => eprintln!("[sweep {}] point {n}: the sweep has only {} points: nothing to run in this task", spec.name, points.len()),
+                Some(p) if p.status == PointStatus::Invalid => eprintln!("[sweep {}] point {n} ({}) is invalid: nothing to run in this task", spec.name, p.point),
+                Some(_) => {}
+            }
+            Some(Some(n))
+        }
+        SweepMode::Collect => None,
+    };
+    let selected = |p: &PointPlan| only.is_some_and(|o| o.is_none_or(|i| i == p.index));
     let already_done = points.iter().filter(|p| p.status == PointStatus::Done).count();
-    let to_run: Vec<usize> = points.iter().filter(|p| p.status == PointStatus::Pending && selected(p)).map(|p| p.index).collect();
+    // A point failed earlier is retried, as on any re-run.
+    let to_run: Vec<usize> =
+        points.iter().filter(|p| matches!(p.status, PointStatus::Pending | PointStatus::Failed) && selected(p)).map(|p| p.index).collect();
     let to_run_now = spec.stop_after_points.map_or(to_run.len(), |k| k.min(to_run.len()));
     let mut progress = Progress::new(&spec.name, points.len() - invalid, already_done, to_run_now);
-    let (mut ran, mut failed) = (0, 0);
+    let mut ran = 0;
     let mut stopped = false;
     for i in to_run {
         if spec.stop_after_points.is_some_and(|k| ran >= k) {
@@ -375,7 +466,6 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
                 progress.finish(p.index, &points[i].point, true, &what, secs);
             }
             Err(e) => {
-                failed += 1;
                 let reason = e.to_string();
                 let v = record(spec, p, &pdir, PointStatus::Failed, Some(reason.clone()), Map::new(), None, None);
                 write_atomic(&pdir.join(FAILED_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
@@ -386,15 +476,26 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
             }
         }
     }
+    refresh(&dir, &mut points);
     write_sweep_file(&dir, spec, &points)?;
+    if sweeps.mode == SweepMode::Collect {
+        for p in points.iter().filter(|p| matches!(p.status, PointStatus::Pending | PointStatus::Failed)) {
+            let why = match (&p.status, &p.reason) {
+                (PointStatus::Failed, Some(r)) => format!("failed: {r}"),
+                _ => "not run yet".to_string(),
+            };
+            ws.failures.add(format!("sweep '{}' point {} ({}): {why}", spec.name, p.index, p.point));
+        }
+    }
+    sweeps.called.lock().unwrap_or_else(|p| p.into_inner()).push(PlannedSweep { name: spec.name.clone(), dir: dir.clone(), points: points.clone() });
     let count = |s: PointStatus| points.iter().filter(|p| p.status == s).count();
-    let (done, pending) = (count(PointStatus::Done), count(PointStatus::Pending));
+    let (done, failed, pending) = (count(PointStatus::Done), count(PointStatus::Failed), count(PointStatus::Pending));
     progress.close(&format!(
         "{done} done, {failed} failed, {invalid} invalid, {pending} pending of {} points{}",
         points.len(),
         if stopped { " (stopped by stop_after_points: run again to go on)" } else { "" }
     ));
-    let results = load_runs(&[dir.clone()])?;
+    let results = load_runs(std::slice::from_ref(&dir))?;
     Ok(SweepReport {
         name: spec.name.clone(),
         dir,
@@ -453,5 +554,38 @@ mod tests {
         let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": 3}}))).unwrap_err().to_string();
         assert!(e.contains("must be a list"), "{e}");
         assert!(plan(&ws, &spec(serde_json::json!({"name": "../x", "grid": {"level": [1]}}))).is_err());
+    }
+
+    #[test]
+    fn collect_and_out_of_range_points_run_nothing_and_record_the_plan() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        // Point 1 is invalid (the rule teacher writes no BSM): no point here needs a model.
+        let s = spec(serde_json::json!({"name": "c", "grid": {"format": ["plain", "bsm"]}, "base": {"dataset": "arith", "level": 1, "max_steps": 1}}));
+        let collect = Sweeps::new(SweepMode::Collect);
+        let r = sweep_in(&ws, &s, &collect).unwrap();
+        assert_eq!((r.ran, r.pending, r.invalid, r.done), (0, 1, 1, 0));
+        assert!(d.path().join("runs/c/sweep.json").is_file());
+        // The point not complete is a session failure; the invalid one is not.
+        let f = ws.failures.list();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("sweep 'c' point 0") && f[0].contains("not run yet"), "{f:?}");
+        let called = collect.called();
+        assert_eq!((called.len(), called[0].name.as_str(), called[0].points.len()), (1, "c", 2));
+
+        // Point mode: an index past the end, or an invalid point, runs nothing and is no error.
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        for n in [1, 7] {
+            let r = sweep_in(&ws, &s, &Sweeps::new(SweepMode::Point(n))).unwrap();
+            assert_eq!((r.ran, r.pending), (0, 1));
+        }
+        assert!(ws.failures.list().is_empty());
+        // A point another process completed meanwhile counts as done.
+        let p0 = d.path().join("runs/c").join(&r.points[0].point);
+        std::fs::create_dir_all(&p0).unwrap();
+        std::fs::write(p0.join(POINT_FILE), serde_json::json!({"status": "done", "point": r.points[0].point, "index": 0}).to_string()).unwrap();
+        let r = sweep_in(&ws, &s, &Sweeps::new(SweepMode::Collect)).unwrap();
+        assert_eq!((r.done, r.pending), (1, 0));
+        assert!(ws.failures.list().is_empty());
     }
 }

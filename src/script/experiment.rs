@@ -7,7 +7,7 @@ use rhai::{Array, Dynamic, Engine, Map};
 
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
-use crate::experiment::{sweep, SweepSpec};
+use crate::experiment::{sweep_in, SweepSpec};
 use crate::lab::Workspace;
 use crate::results::runs::{aggregate_seeds, load_runs};
 use crate::results::Frame;
@@ -39,9 +39,10 @@ fn one() -> u64 {
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let ws = ctx.workspace();
     let w = ws.clone();
+    let sweeps = ctx.sweeps.clone();
     engine.register_fn("sweep", move |spec: Map| -> RhaiResult<Map> {
         let spec: SweepSpec = options(spec)?;
-        let r = sweep(&w, &spec).map_err(rt)?;
+        let r = sweep_in(&w, &spec, &sweeps).map_err(rt)?;
         let mut m = Map::new();
         m.insert("name".into(), r.name.into());
         m.insert("dir".into(), r.dir.display().to_string().into());

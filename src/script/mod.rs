@@ -40,6 +40,9 @@ pub struct Context {
     /// Failures the script carried on past (failed sweep points), shared by every workspace made
     /// from this context: `cotlab run` exits non-zero when there are any.
     pub failures: Arc<crate::lab::Failures>,
+    /// How `sweep()` calls run their points (all, one by index, none) and the sweeps called so
+    /// far (`cotlab run --point/--collect`, `cotlab sweep`).
+    pub sweeps: Arc<crate::experiment::Sweeps>,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -55,6 +58,7 @@ impl Context {
             allow_read: Vec::new(),
             max_memory: crate::memory::default_ceiling(),
             failures: Arc::default(),
+            sweeps: Arc::default(),
         }
     }
 
