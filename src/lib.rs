@@ -20,7 +20,8 @@
 //! 12. [`lab`]: the library facade (students, teachers, run/eval dir names, the script sandbox)
 //!     that the CLI and the Rhai bindings both adapt.
 //! 13. [`experiment`]: sweeps (grids of SFT + evaluation points in run dirs named by the
-//!     workspace), on top of the facade.
+//!     workspace), the student-adaptive strategy as sweep points, Slurm job arrays, on top of
+//!     the facade.
 //! 14. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
 //!
 //! The `cotlab` binary is a thin CLI over this library, on top of all of them.
