@@ -31,18 +31,26 @@ fn csv(path: &Path) -> Vec<Vec<String>> {
 fn adaptive_strategies_run_beside_the_fixed_levels() {
     require!(Model);
     let d = tempfile::tempdir().unwrap();
-    let r = run(cotlab()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["run", "scripts/adaptive.rhai", "--out"])
-        .arg(d.path().join("out"))
-        .arg("--runs")
-        .arg(d.path().join("runs"))
-        .args(["--set", "levels=1,6", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2", "--set", "eval_n=2"])
-        .args(["--set", "eval_max_new_tokens=8", "--set", "max_len=96", "--set", "pilot_eval_n=2"]));
+    let adaptive = || {
+        run(cotlab()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["run", "scripts/adaptive.rhai", "--out"])
+            .arg(d.path().join("out"))
+            .arg("--runs")
+            .arg(d.path().join("runs"))
+            .args(["--set", "levels=1,6", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2", "--set", "eval_n=2"])
+            .args(["--set", "eval_max_new_tokens=8", "--set", "max_len=96", "--set", "pilot_eval_n=2"]))
+    };
+    let r = adaptive();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let ps = points(&d.path().join("runs/adaptive-arith"));
     // level 1, level 6, answer-only, pilot, min_loss, softmin.
     assert_eq!(ps.len(), 6, "{}", r.stderr);
+    // A complete point keeps its weights, not its optimizer moments (they only serve a resume).
+    for p in &ps {
+        let ck = Path::new(p["run_dir"].as_str().unwrap()).join("checkpoint");
+        assert!(ck.join("model.safetensors").is_file() && !ck.join("optimizer.safetensors").exists(), "{}", ck.display());
+    }
     let by_select = |s: &str| ps.iter().find(|p| p["config"]["select"] == s).unwrap_or_else(|| panic!("no {s} point"));
 
     // The pilot: one row per candidate level, one chosen, then the chosen level's own training.
@@ -57,11 +65,23 @@ fn adaptive_strategies_run_beside_the_fixed_levels() {
     assert_eq!(pilot["strategy"]["chosen"].as_f64(), Some(level));
     for l in ["level-1", "level-6"] {
         assert!(pilot_dir.join("pilot").join(l).join("eval/results.json").is_file(), "pilot {l} was evaluated");
+        assert!(!pilot_dir.join("pilot").join(l).join("checkpoint/optimizer.safetensors").exists());
     }
     let fixed = ps.iter().find(|p| p["config"]["level"].as_f64() == Some(level) && p["config"].get("select").is_none()).unwrap();
     for k in ["train_loss_first", "train_loss_last", "accuracy", "train_tokens"] {
         assert_eq!(pilot["metrics"][k], fixed["metrics"][k], "{k}: the pilot's pick trains what the fixed level {level} trains");
     }
+
+    // A pilot point interrupted after its runs finished (no point.json) resumes from checkpoints
+    // without optimizer moments: nothing is trained again, the numbers are the same.
+    std::fs::remove_file(pilot_dir.join("point.json")).unwrap();
+    let r = adaptive();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("[sft] step"), "nothing is retrained:\n{}", r.stderr);
+    let again = points(&d.path().join("runs/adaptive-arith"));
+    let pilot_again = again.iter().find(|p| p["config"]["select"] == "pilot").unwrap();
+    assert_eq!(pilot_again["metrics"]["accuracy"], pilot["metrics"]["accuracy"]);
+    assert_eq!(pilot_again["strategy"], pilot["strategy"]);
 
     // min_loss: every question keeps the candidate with the lowest NLL (ties: the coarser).
     let min_loss = by_select("min_loss");

@@ -291,6 +291,8 @@ fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, cands: &[Corpus], 
         let (_, last) = super::sweep::first_last(&pdir.join("train_log.jsonl"));
         let trained = ws.student(&pdir.display().to_string(), &r.student_opts)?;
         let e = evaluate(&trained, &ds, &r.eval, &pdir.join("eval"))?;
+        // The pilot's weights stay (a re-run skips its training); its moments never serve again.
+        RunDir::new(&pdir).drop_optimizer_state()?;
         rows.push(PilotRow {
             level,
             train_n: train.len(),

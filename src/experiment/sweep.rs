@@ -462,6 +462,8 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
                 // Written last and atomically: a point.json is a complete point.
                 write_atomic(&pdir.join(POINT_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())?;
                 let _ = std::fs::remove_file(pdir.join(FAILED_FILE));
+                // A complete point never resumes: its optimizer moments only fill the disk.
+                RunDir::new(&pdir).drop_optimizer_state()?;
                 points[i].status = PointStatus::Done;
                 progress.finish(p.index, &points[i].point, true, &what, secs);
             }

@@ -89,6 +89,23 @@ impl RunDir {
         Ok(())
     }
 
+    /// Delete the optimizer moments of a complete run (two thirds of a full-SFT checkpoint):
+    /// only an unfinished run needs them to resume. The weights stay (export, evaluation). A
+    /// run that is not complete keeps everything. Returns the bytes freed.
+    pub fn drop_optimizer_state(&self) -> Result<u64> {
+        let dir = self.checkpoint();
+        let sp = dir.join("state.json");
+        let Ok(text) = std::fs::read_to_string(&sp) else { return Ok(0) };
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::data(&sp, e.to_string()))?;
+        let op = dir.join("optimizer.safetensors");
+        if state.step < state.total_steps || !op.exists() {
+            return Ok(0);
+        }
+        let bytes = std::fs::metadata(&op).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(&op).map_err(|e| Error::io(&op, e))?;
+        Ok(bytes)
+    }
+
     /// Restore weights and optimizer state from the checkpoint into `params`/`opt`.
     pub fn load(&self, params: &[(&String, &Var)], opt: &mut AdamW, device: &Device) -> Result<TrainState> {
         let dir = self.checkpoint();
@@ -98,13 +115,26 @@ impl RunDir {
         let wp = dir.join("model.safetensors");
         let weights = candle_core::safetensors::load(&wp, device).map_err(ce(&wp))?;
         let op = dir.join("optimizer.safetensors");
-        let moments = candle_core::safetensors::load(&op, device).map_err(ce(&op))?;
+        let complete = state.step >= state.total_steps;
+        // A complete run may have dropped its moments (`drop_optimizer_state`): it has no step
+        // left to take, so its weights are all it needs.
+        let moments = if complete && !op.exists() {
+            None
+        } else if !op.exists() {
+            return Err(Error::data(
+                &op,
+                format!("missing: the run stopped at step {}/{} and cannot resume without its optimizer state; delete {} to train from the start", state.step, state.total_steps, dir.display()),
+            ));
+        } else {
+            Some(candle_core::safetensors::load(&op, device).map_err(ce(&op))?)
+        };
         for (i, (n, v)) in params.iter().enumerate() {
             let w = weights.get(*n).ok_or_else(|| Error::data(&wp, format!("checkpoint lacks '{n}'")))?;
             if w.shape() != v.shape() {
                 return Err(Error::data(&wp, format!("'{n}' has shape {:?}, the model {:?}", w.dims(), v.dims())));
             }
             v.set(w).model_ctx(format!("restoring '{n}' from the checkpoint"))?;
+            let Some(moments) = &moments else { continue };
             let (m, vv) = (moments.get(&format!("m.{n}")), moments.get(&format!("v.{n}")));
             let (Some(m), Some(vv)) = (m, vv) else { return Err(Error::data(&op, format!("optimizer state lacks '{n}'"))) };
             opt.moments[i] = Moments::from_tensors(m.clone(), vv.clone(), v).model_ctx(format!("restoring the optimizer moments of '{n}'"))?;
