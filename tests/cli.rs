@@ -200,7 +200,7 @@ fn quickstart_runs_on_embedded_data() {
     let rows = csv_rows(&out.join("quickstart.csv"));
     let settings: Vec<&str> = rows.iter().map(|r| r["setting"].as_str()).collect();
     assert_eq!(settings, ["before", "level 1", "level 3"]);
-    for col in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "gain", "mean_words", "loss_first", "loss_last"] {
+    for col in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "gain", "unparsed", "mean_tokens", "mean_words", "loss_first", "loss_last"] {
         assert!(rows[0].contains_key(col), "column {col}: {:?}", rows[0].keys());
     }
     for row in &rows {
