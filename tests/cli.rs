@@ -217,6 +217,32 @@ fn quickstart_runs_on_embedded_data() {
 }
 
 #[test]
+fn teacher_and_format_reports_plan_what_the_release_has() {
+    require!(Data);
+    // Plans only: `point` selects a point the release lacks, so nothing trains; what the sweep
+    // lists (and skips as invalid) is the grid each script builds.
+    let work = tempfile::tempdir().unwrap();
+    let plan = |script: &str, sets: &[&str]| {
+        let mut c = cotlab();
+        c.args(["run", script]).arg("--out").arg(work.path().join(script.replace('/', "_"))).arg("--runs").arg(work.path().join("runs"));
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let r = run(&mut c);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    // OBQA has no human rationales: gpt-4o, gemini, llama-3-70b at level 3, human, answer-only.
+    let r = plan("scripts/teacher_comparison.rhai", &["dataset=obqa", "point=3"]);
+    assert!(r.stdout.contains("0 done, 0 failed, 1 invalid, 4 pending of 5"), "{}", r.stdout);
+    assert!(r.stderr.contains("teacher-human") && r.stderr.contains("no human plain rationales for obqa"), "{}", r.stderr);
+    // SVAMP has bsm/rar/sym at levels 3 and 5 only: at level 4 only plain and answer-only are valid.
+    let r = plan("scripts/format_comparison.rhai", &["levels=4", "point=1"]);
+    assert!(r.stdout.contains("0 done, 0 failed, 3 invalid, 2 pending of 5"), "{}", r.stdout);
+    assert!(r.stderr.contains("no gpt-4o level-4 bsm rationales for svamp"), "{}", r.stderr);
+}
+
+#[test]
 fn rationale_report_runs_on_embedded_data() {
     require!(Data);
     let out = tempfile::tempdir().unwrap();
