@@ -187,13 +187,71 @@ fn set_values_reach_the_script() {
 #[test]
 fn quickstart_runs_on_embedded_data() {
     require!(Data, Model);
-    let out = tempfile::tempdir().unwrap();
-    let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--set", "n=60", "--out"]).arg(out.path()).env("COTLAB_DATA", "/nonexistent"));
+    let work = tempfile::tempdir().unwrap();
+    let (out, runs) = (work.path().join("out"), work.path().join("runs"));
+    // Toy sizes (one SFT step, four questions of eight tokens): the report's shape, not learning;
+    // the README has the default run's numbers.
+    let tiny = [
+        "--set", "levels=1,3", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2", "--set", "max_len=96",
+        "--set", "eval_n=4", "--set", "eval_max_new_tokens=8",
+    ];
+    let r = run(cotlab().args(["run", "scripts/quickstart.rhai"]).args(tiny).arg("--out").arg(&out).arg("--runs").arg(&runs).env("COTLAB_DATA", "/nonexistent"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let rows = csv_rows(&out.path().join("quickstart_report.csv"));
+    let rows = csv_rows(&out.join("quickstart.csv"));
+    let settings: Vec<&str> = rows.iter().map(|r| r["setting"].as_str()).collect();
+    assert_eq!(settings, ["before", "level 1", "level 3"]);
+    for col in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "gain", "unparsed", "mean_tokens", "mean_words", "loss_first", "loss_last"] {
+        assert!(rows[0].contains_key(col), "column {col}: {:?}", rows[0].keys());
+    }
+    for row in &rows {
+        assert_eq!(row["n"], "4");
+        let (acc, lo, hi) = (row["accuracy"].parse::<f64>().unwrap(), row["ci95_low"].parse::<f64>().unwrap(), row["ci95_high"].parse::<f64>().unwrap());
+        assert!(lo <= acc && acc <= hi, "{row:?}");
+    }
+    assert_eq!(rows[0]["gain"].parse::<f64>().unwrap(), 0.0, "before is the baseline");
+    assert!(rows[0]["loss_first"].is_empty() && !rows[1]["loss_first"].is_empty(), "only the trained points have a loss");
+    let html = std::fs::read_to_string(out.join("quickstart.html")).unwrap();
+    assert!(html.contains("Plotly.newPlot") && html.contains("\"arrayminus\""), "a chart with CI bars");
+    assert!(out.join("quickstart.parquet").is_file() && out.join("points.csv").is_file());
+    assert_eq!(std::fs::read_dir(runs.join("quickstart")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()).count(), 3);
+}
+
+#[test]
+fn teacher_and_format_reports_plan_what_the_release_has() {
+    require!(Data);
+    // Plans only: `point` selects a point the release lacks, so nothing trains; what the sweep
+    // lists (and skips as invalid) is the grid each script builds.
+    let work = tempfile::tempdir().unwrap();
+    let plan = |script: &str, sets: &[&str]| {
+        let mut c = cotlab();
+        c.args(["run", script]).arg("--out").arg(work.path().join(script.replace('/', "_"))).arg("--runs").arg(work.path().join("runs"));
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let r = run(&mut c);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    // OBQA has no human rationales: gpt-4o, gemini, llama-3-70b at level 3, human, answer-only.
+    let r = plan("scripts/teacher_comparison.rhai", &["dataset=obqa", "point=3"]);
+    assert!(r.stdout.contains("0 done, 0 failed, 1 invalid, 4 pending of 5"), "{}", r.stdout);
+    assert!(r.stderr.contains("teacher-human") && r.stderr.contains("no human plain rationales for obqa"), "{}", r.stderr);
+    // SVAMP has bsm/rar/sym at levels 3 and 5 only: at level 4 only plain and answer-only are valid.
+    let r = plan("scripts/format_comparison.rhai", &["levels=4", "point=1"]);
+    assert!(r.stdout.contains("0 done, 0 failed, 3 invalid, 2 pending of 5"), "{}", r.stdout);
+    assert!(r.stderr.contains("no gpt-4o level-4 bsm rationales for svamp"), "{}", r.stderr);
+}
+
+#[test]
+fn rationale_report_runs_on_embedded_data() {
+    require!(Data);
+    let out = tempfile::tempdir().unwrap();
+    let r = run(cotlab().args(["run", "scripts/rationale_report.rhai", "--set", "n=60", "--out"]).arg(out.path()).env("COTLAB_DATA", "/nonexistent"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows = csv_rows(&out.path().join("rationale_report.csv"));
     assert_eq!(rows.len(), 8);
     assert!(rows.iter().all(|r| r["agree_pct"] == "100.0"), "the rule teacher is always right");
-    assert!(out.path().join("quickstart_report.html").is_file());
+    assert!(out.path().join("rationale_report.html").is_file());
 }
 
 #[test]
