@@ -61,11 +61,6 @@ impl KvCache {
         self.layers.iter().flatten().next().map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
-    /// Rows (batch entries) cached.
-    pub fn rows(&self) -> usize {
-        self.layers.iter().flatten().next().map(|(k, _)| k.dim(0).unwrap_or(0)).unwrap_or(0)
-    }
-
     /// Keep the cached rows `rows` (indices into the batch, repeats allowed), in that order:
     /// beam search continues each beam from its parent's keys and values; a finished row is
     /// dropped the same way.
