@@ -234,6 +234,14 @@ enum BenchCmd {
         /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
         #[arg(long)]
         save_prompts: Option<PathBuf>,
+        /// Real questions instead: TASK:N (e.g. svamp:48), the first N of a seeded shuffle of
+        /// the test split, decoded to EOS (answers of different lengths, at most --new-tokens)
+        /// --batch at a time: static batches (each waits for its longest answer) against
+        /// continuous batching (a finished row takes the next prompt).
+        #[arg(long, value_name = "TASK:N")]
+        prompts: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -330,7 +338,29 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, json } } => {
+        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, prompts: Some(spec), data_dir, json } } => {
+            let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
+            cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
+            let (task, n) = spec.split_once(':').ok_or_else(|| Error::usage(format!("--prompts: '{spec}' is not TASK:N (e.g. svamp:48)")))?;
+            let n: usize = n.parse().map_err(|_| Error::usage(format!("--prompts: '{n}' is not a number of questions")))?;
+            cotlab::error::in_range("bench generate", "--prompts N", n, 1..=100_000)?;
+            let ds = load_dataset(&DataDir::resolve(data_dir), task, &DatasetOptions { limit: Some(n), seed: Some(0), ..Default::default() })?;
+            let qs: Vec<String> = ds.examples.iter().map(|e| e.question.clone()).collect();
+            if let Some(p) = &save_prompts {
+                std::fs::write(p, serde_json::to_string(&cotlab::model::generate::prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
+            }
+            let r = bench_prompts(&s, &qs, batch, new_tokens)?;
+            eprintln!(
+                "cotlab greedy decoding ({}, {}, {}), {} {task} questions, batch {batch}, at most {new_tokens} new tokens ({} generated, longest {}): static batches {:.1} tokens/s ({:.1} s), continuous batching {:.1} tokens/s ({:.1} s), {:.2}x; same outputs: {}",
+                s.name, bs.device, r["dtype"].as_str().unwrap_or(""), qs.len(), r["tokens"], r["longest"], r["static_tokens_per_s"].as_f64().unwrap_or(0.0), r["static_s"].as_f64().unwrap_or(0.0),
+                r["continuous_tokens_per_s"].as_f64().unwrap_or(0.0), r["continuous_s"].as_f64().unwrap_or(0.0), r["speedup"].as_f64().unwrap_or(0.0), r["same_outputs"]
+            );
+            if json {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, prompts: None, data_dir: _, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
             let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
@@ -431,6 +461,39 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `bench generate --prompts`: greedy decoding of `qs` to EOS, `batch` at a time, as static
+/// batches (one `generate` call per chunk: a batch waits for its longest answer) and with
+/// continuous batching; tokens/s of each and whether both produced the same answers.
+fn bench_prompts(s: &cotlab::model::Student, qs: &[String], batch: usize, new_tokens: usize) -> Result<serde_json::Value> {
+    use cotlab::model::generate::{generate, generate_batched, GenOptions};
+    let opts = GenOptions { max_new_tokens: new_tokens, ..Default::default() };
+    // Warm-up (allocator, weight caches).
+    generate(s, &qs[..1], &GenOptions { max_new_tokens: 4, ..Default::default() })?;
+    let t0 = Instant::now();
+    let mut fixed = Vec::new();
+    for chunk in qs.chunks(batch) {
+        fixed.extend(generate(s, chunk, &opts)?);
+    }
+    let static_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut cont = vec![None; qs.len()];
+    generate_batched(s, qs, &opts, batch, &mut |i, g| {
+        cont[i] = Some(g);
+        Ok(())
+    })?;
+    let continuous_s = t1.elapsed().as_secs_f64();
+    let cont: Vec<_> = cont.into_iter().flatten().collect();
+    let tokens: usize = cont.iter().map(|g| g.tokens).sum();
+    let longest = cont.iter().map(|g| g.tokens).max().unwrap_or(0);
+    let dt = format!("{:?}", s.model.compute_dtype()).to_lowercase();
+    Ok(serde_json::json!({
+        "model": s.name, "dtype": dt, "questions": qs.len(), "batch": batch, "new_tokens": new_tokens, "tokens": tokens, "longest": longest,
+        "static_s": static_s, "static_tokens_per_s": tokens as f64 / static_s,
+        "continuous_s": continuous_s, "continuous_tokens_per_s": tokens as f64 / continuous_s,
+        "speedup": static_s / continuous_s, "same_outputs": fixed == cont,
+    }))
 }
 
 /// The student a bench runs: `model`'s weights, or random weights of architecture `random` with

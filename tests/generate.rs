@@ -41,3 +41,41 @@ fn cached_batched_decoding_matches_references() {
     let c = generate(&s, &[BANANAS.to_string()], &stop).unwrap();
     assert_eq!((c[0].text.as_str(), c[0].finish), ("To find out how many groups of 2 ", Finish::Stop));
 }
+
+/// Continuous batching (a finished row takes the next waiting prompt, left-padded into its cache
+/// row) decodes what each prompt decodes alone, token for token, with rows finishing at
+/// different steps and prompts of different lengths admitted mid-decode.
+#[test]
+fn continuous_batching_matches_batch_one() {
+    require!(Model);
+    use cotlab::model::generate::{generate_ids, generate_ids_batched, prompt_ids};
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let qs: Vec<String> = [
+        "Say hi.",
+        BANANAS,
+        "What is 7 + 5?",
+        "Answer yes or no: is the sky blue?",
+        "Tom has 12 apples and eats 3. How many apples are left?",
+        "Is 17 prime?",
+        "Name a colour.",
+        "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour? Explain step by step.",
+        "Reply with the single word OK.",
+        "What is the capital of France?",
+        "Write the number after 41, and nothing else.",
+        "Mary had 5 pencils, gave 2 to John and bought 7 more. Then she lost half of them. How many pencils does she have now?",
+    ]
+    .iter()
+    .map(|q| q.to_string())
+    .collect();
+    let prompts = prompt_ids(&s, &qs).unwrap();
+    let opts = GenOptions { max_new_tokens: 24, ..Default::default() };
+    let stops = [2u32];
+    let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 4).unwrap();
+    for (q, (p, b)) in qs.iter().zip(prompts.iter().zip(&batched)) {
+        let alone = generate_ids(&s, std::slice::from_ref(p), &stops, &opts).unwrap();
+        assert_eq!(alone[0], *b, "continuous batching != batch 1 for {q}");
+    }
+    // The schedule was exercised: answers ended at different steps.
+    let lengths: std::collections::BTreeSet<usize> = batched.iter().map(|d| d.ids.len()).collect();
+    assert!(lengths.len() >= 3 && batched.iter().any(|d| d.finish == Finish::Eos), "{:?}", batched.iter().map(|d| (d.ids.len(), d.finish)).collect::<Vec<_>>());
+}

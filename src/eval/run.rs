@@ -3,7 +3,7 @@
 //! the paper's token limit (1024 new tokens for math, 640 for commonsense), greedy decoding,
 //! judged by the `paper` protocol ([`crate::answer::Protocol`]; the other protocol's accuracy is
 //! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
-//! (+ `samples.parquet`). Samples are appended per batch, so an interrupted evaluation resumes
+//! (+ `samples.parquet`). Samples are appended as answers complete (in dataset order), so an interrupted evaluation resumes
 //! where it stopped and never generates an answer twice.
 
 use std::collections::HashSet;
@@ -17,7 +17,7 @@ use crate::data::{Dataset, Task};
 use crate::error::{one_of, Error, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
-use crate::model::generate::{generate, Finish, GenOptions};
+use crate::model::generate::{generate_batched, Finish, GenOptions};
 use crate::model::{ChatTemplate, Student};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -175,36 +175,45 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     }
     let mut generated_now = 0;
     let loop_start = Instant::now();
-    for batch in todo.chunks(opts.batch_size) {
-        let qs: Vec<String> = batch.iter().map(|e| e.question.clone()).collect();
-        let outs = generate(&prompted, &qs, &gen)?;
-        for (e, g) in batch.iter().zip(outs) {
-            let j = opts.protocol.judge(&g.text, &e.answer, e.kind, evaluator);
-            let s = Sample {
-                id: e.id.clone(),
-                question: e.question.clone(),
-                gold: e.answer.clone(),
-                generated: g.text,
-                extracted: j.extracted,
-                correct: j.correct,
-                tokens: g.tokens,
-                finish: g.finish,
-            };
+    let qs: Vec<String> = todo.iter().map(|e| e.question.clone()).collect();
+    // Answers end out of order (continuous batching); they are journaled in dataset order, as
+    // soon as every earlier one is in, so the files match a batch-by-batch run's. An interrupted
+    // run regenerates only those not yet journaled.
+    let mut ready: Vec<Option<Sample>> = vec![None; todo.len()];
+    let mut reported = 0;
+    generate_batched(&prompted, &qs, &gen, opts.batch_size, &mut |i, g| {
+        let e = todo[i];
+        let j = opts.protocol.judge(&g.text, &e.answer, e.kind, evaluator);
+        ready[i] = Some(Sample {
+            id: e.id.clone(),
+            question: e.question.clone(),
+            gold: e.answer.clone(),
+            generated: g.text,
+            extracted: j.extracted,
+            correct: j.correct,
+            tokens: g.tokens,
+            finish: g.finish,
+        });
+        while let Some(s) = ready.get_mut(generated_now).and_then(Option::take) {
             journal.append(&s)?;
             samples.push(s);
+            generated_now += 1;
         }
-        generated_now += batch.len();
-        let el = loop_start.elapsed().as_secs_f64();
-        let acc = samples.iter().filter(|s| s.correct).count() as f64 / samples.len() as f64;
-        eprintln!(
-            "[eval] {}/{} acc {:.3} {:.1} s/example eta {:.0}s",
-            samples.len(),
-            ds.len(),
-            acc,
-            el / generated_now as f64,
-            el / generated_now as f64 * (todo.len() - generated_now) as f64
-        );
-    }
+        if generated_now >= reported + opts.batch_size || (generated_now == todo.len() && generated_now > reported) {
+            reported = generated_now;
+            let el = loop_start.elapsed().as_secs_f64();
+            let acc = samples.iter().filter(|s| s.correct).count() as f64 / samples.len() as f64;
+            eprintln!(
+                "[eval] {}/{} acc {:.3} {:.1} s/example eta {:.0}s",
+                samples.len(),
+                ds.len(),
+                acc,
+                el / generated_now as f64,
+                el / generated_now as f64 * (todo.len() - generated_now) as f64
+            );
+        }
+        Ok(())
+    })?;
     // Only this dataset's examples count (the file may hold the same ids only).
     let ids: HashSet<&str> = ds.examples.iter().map(|e| e.id.as_str()).collect();
     let scored: Vec<&Sample> = samples.iter().filter(|s| ids.contains(s.id.as_str())).collect();

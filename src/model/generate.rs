@@ -5,6 +5,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::transformer::KvCache;
 use super::Student;
 use crate::error::{Error, ModelContext, Result};
 use crate::rng::Rng;
@@ -142,78 +143,169 @@ pub struct Decoded {
     pub finish: Finish,
 }
 
-/// Generate an answer for each user message (wrapped in the student's chat template).
+/// Generate an answer for each user message (wrapped in the student's chat template), all in
+/// one batch.
 pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<Vec<Generation>> {
+    let mut out: Vec<Option<Generation>> = vec![None; questions.len()];
+    generate_batched(s, questions, opts, questions.len(), &mut |i, g| {
+        out[i] = Some(g);
+        Ok(())
+    })?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Generate an answer for each user message with at most `width` prompts decoding at once;
+/// `done(i, answer)` is called as question `i`'s answer ends, in completion order. Greedy and
+/// sampled decoding refill a finished row with the next waiting prompt (continuous batching),
+/// so a long answer does not hold a batch; beam search runs `width` prompts at a time.
+pub fn generate_batched(s: &Student, questions: &[String], opts: &GenOptions, width: usize, done: &mut dyn FnMut(usize, Generation) -> Result<()>) -> Result<()> {
     opts.validate("generate")?;
     let prompts = prompt_ids(s, questions)?;
     let keys: Vec<u64> = questions.iter().map(|q| crate::rng::fnv1a(crate::rng::FNV_OFFSET, q.bytes())).collect();
     let stops = if opts.ignore_eos { Vec::new() } else { stop_ids(s) };
-    let decoded = decode(s, &prompts, &keys, &stops, opts)?;
-    Ok(decoded
-        .into_iter()
-        .map(|d| {
-            let body: Vec<u32> = d.ids.iter().copied().filter(|t| !stops.contains(t)).collect();
-            let mut text = s.tokenizer.decode(&body, true).unwrap_or_default();
-            if d.finish == Finish::Stop {
-                if let Some(i) = opts.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
-                    text.truncate(i);
-                }
-            }
-            Generation { text, tokens: d.ids.len(), finish: d.finish }
-        })
-        .collect())
+    decode(s, &prompts, &keys, &stops, opts, width, &mut |i, d| done(i, to_generation(s, d, &stops, opts)))
+}
+
+/// The answer text of decoded ids: stop tokens dropped, cut at the first stop string.
+fn to_generation(s: &Student, d: Decoded, stops: &[u32], opts: &GenOptions) -> Generation {
+    let body: Vec<u32> = d.ids.iter().copied().filter(|t| !stops.contains(t)).collect();
+    let mut text = s.tokenizer.decode(&body, true).unwrap_or_default();
+    if d.finish == Finish::Stop {
+        if let Some(i) = opts.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
+            text.truncate(i);
+        }
+    }
+    Generation { text, tokens: d.ids.len(), finish: d.finish }
 }
 
 /// Decode from raw prompt ids (no chat template), stopping at `stops` (token ids) and at
 /// `opts.stop` strings: what `generate` runs, exposed for reference checks against other
-/// implementations. Sampling streams are seeded from each prompt's ids.
+/// implementations. Sampling streams are seeded from each prompt's ids. All prompts in one batch.
 pub fn generate_ids(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptions) -> Result<Vec<Decoded>> {
+    generate_ids_batched(s, prompts, stops, opts, prompts.len())
+}
+
+/// [`generate_ids`] with at most `width` prompts decoding at once (see [`generate_batched`]).
+pub fn generate_ids_batched(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptions, width: usize) -> Result<Vec<Decoded>> {
     opts.validate("generate")?;
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(crate::usage!("generate: an empty prompt"));
     }
     let keys: Vec<u64> = prompts.iter().map(|p| crate::rng::fnv1a(crate::rng::FNV_OFFSET, p.iter().flat_map(|t| t.to_le_bytes()))).collect();
-    decode(s, prompts, &keys, stops, opts)
+    let mut out: Vec<Option<Decoded>> = vec![None; prompts.len()];
+    decode(s, prompts, &keys, stops, opts, width, &mut |i, d| {
+        out[i] = Some(d);
+        Ok(())
+    })?;
+    Ok(out.into_iter().flatten().collect())
 }
 
-fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: &GenOptions) -> Result<Vec<Decoded>> {
+type Done<'a> = &'a mut dyn FnMut(usize, Decoded) -> Result<()>;
+
+fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: &GenOptions, width: usize, done: Done) -> Result<()> {
     if prompts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
+    crate::error::in_range("generate", "batch width", width, 1..=1 << 20)?;
+    let width = width.min(prompts.len());
     // bf16: one cast copy of the weights for this whole call, not one per step.
     let _weights = s.model.inference_weights().map_err(ce)?;
     if opts.beams > 1 {
-        return beam_search(s, prompts, stops, opts);
+        for (c, chunk) in prompts.chunks(width).enumerate() {
+            for (j, d) in beam_search(s, chunk, stops, opts)?.into_iter().enumerate() {
+                done(c * width + j, d)?;
+            }
+        }
+        return Ok(());
     }
+    continuous(s, prompts, keys, stops, opts, width, done)
+}
+
+/// A prompt decoding in a cache row.
+struct Row {
+    prompt: usize,
+    /// The cache column its prompt starts at (columns before it are masked).
+    pad: usize,
+    out: Vec<u32>,
+    rng: Rng,
+}
+
+/// Greedy/sampled decoding with continuous batching: `width` rows of one KV cache; when a row's
+/// answer ends, the next waiting prompt is prefilled alone and its keys/values written into that
+/// row, left-padded to the cache's current length (its mask hides the columns before its
+/// prompt, its positions count from its own start), so every prompt decodes what it decodes
+/// alone. Leading columns that every row masks are trimmed, so attention reads about as many
+/// keys as the longest live row has.
+fn continuous(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: &GenOptions, width: usize, done: Done) -> Result<()> {
     let dev = s.model.device.clone();
-    let b = prompts.len();
-    let mut rngs: Vec<Rng> = keys.iter().map(|k| Rng::new(opts.seed ^ k)).collect();
-    let (mut logits, mut cache, pads, mut total) = prefill(s, prompts)?;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut finish: Vec<Option<Finish>> = vec![None; b];
-    for step in 0..opts.max_new_tokens {
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
-        let mut next = Vec::with_capacity(b);
-        for r in 0..b {
-            if finish[r].is_some() {
-                next.push(0);
-                continue;
+    let (logits, mut cache, pads) = prefill(s, &prompts[..width], opts.max_new_tokens)?;
+    let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
+    let mut rows: Vec<Row> = (0..width).map(|i| Row { prompt: i, pad: pads[i], out: Vec::new(), rng: Rng::new(opts.seed ^ keys[i]) }).collect();
+    let mut waiting = width..prompts.len();
+    loop {
+        let mut live = Vec::with_capacity(rows.len());
+        for r in 0..rows.len() {
+            // Pick this row's next token; a finished row takes the next waiting prompt, whose
+            // first token comes from its own prefill (and may end it at once).
+            loop {
+                let row = &mut rows[r];
+                let tok = pick(&logits[r], opts, &mut row.rng);
+                row.out.push(tok);
+                let finish = if stops.contains(&tok) {
+                    Some(Finish::Eos)
+                } else if hits_stop_string(s, &row.out, &opts.stop) {
+                    Some(Finish::Stop)
+                } else {
+                    (row.out.len() >= opts.max_new_tokens).then_some(Finish::Length)
+                };
+                let Some(finish) = finish else {
+                    live.push(r);
+                    break;
+                };
+                done(row.prompt, Decoded { ids: std::mem::take(&mut row.out), finish })?;
+                let Some(next) = waiting.next() else { break };
+                logits[r] = admit(s, &mut cache, &mut rows, r, next, &prompts[next], Rng::new(opts.seed ^ keys[next]))?;
             }
-            let tok = pick(&rows[r], opts, &mut rngs[r]);
-            out[r].push(tok);
-            if stops.contains(&tok) {
-                finish[r] = Some(Finish::Eos);
-            } else if hits_stop_string(s, &out[r], &opts.stop) {
-                finish[r] = Some(Finish::Stop);
-            }
-            next.push(tok);
         }
-        if finish.iter().all(|f| f.is_some()) || step + 1 == opts.max_new_tokens {
-            break;
+        if live.is_empty() {
+            return Ok(());
         }
-        logits = feed(s, &mut cache, next, &pads, &mut total, &dev)?;
+        if live.len() < rows.len() {
+            // Nothing left to admit: drop the finished rows instead of decoding them idle.
+            cache.reorder(&Tensor::from_vec(live.iter().map(|&r| r as u32).collect::<Vec<_>>(), live.len(), &dev).map_err(ce)?).map_err(ce)?;
+            let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+            rows = live.iter().filter_map(|&r| old[r].take()).collect();
+        }
+        let first = rows.iter().map(|r| r.pad).min().unwrap_or(0);
+        cache.trim_front(first.saturating_sub(cache.start()));
+        if cache.len() + 1 > cache.capacity() && cache.start() > 0 {
+            // Out of room with trimmed columns in front: move the window to column 0.
+            let (shift, wide) = (cache.start(), cache.len() - cache.start() + 1);
+            cache.relayout(0, cache.capacity().max(2 * wide)).map_err(ce)?;
+            rows.iter_mut().for_each(|r| r.pad -= shift);
+        }
+        let next: Vec<u32> = rows.iter().map(|r| *r.out.last().unwrap_or(&0)).collect();
+        let pads: Vec<usize> = rows.iter().map(|r| r.pad).collect();
+        logits = feed(s, &mut cache, next, &pads, &dev)?.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
     }
-    Ok(out.into_iter().zip(finish).map(|(ids, f)| Decoded { ids, finish: f.unwrap_or(Finish::Length) }).collect())
+}
+
+/// Prefill prompt `i` alone and write its keys/values into cache row `r`, left-padded to the
+/// cache's length; returns its last-position logits.
+fn admit(s: &Student, cache: &mut KvCache, rows: &mut [Row], r: usize, i: usize, prompt: &[u32], rng: Rng) -> Result<Vec<f32>> {
+    let (logits, one, _) = prefill(s, std::slice::from_ref(&prompt.to_vec()), 0)?;
+    let len = prompt.len();
+    if len > cache.len() {
+        // Longer than every column so far: shift the window right to make room in front.
+        let shift = len - cache.len();
+        let cap = cache.capacity() + shift;
+        cache.relayout(cache.start() + shift, cap).map_err(ce)?;
+        rows.iter_mut().for_each(|row| row.pad += shift);
+    }
+    cache.set_row(r, &one).map_err(ce)?;
+    rows[r] = Row { prompt: i, pad: cache.len() - len, out: Vec::new(), rng };
+    let mut v: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
+    Ok(v.pop().unwrap_or_default())
 }
 
 /// Whether the decoded text of `ids` contains one of the stop strings.
@@ -225,12 +317,12 @@ fn hits_stop_string(s: &Student, ids: &[u32], stop: &[String]) -> bool {
     stop.iter().any(|st| text.contains(st.as_str()))
 }
 
-/// Run the left-padded prompts through the model: last-position logits (B, V), the filled cache,
-/// each row's padding, and the padded length.
-fn prefill(s: &Student, prompts: &[Vec<u32>]) -> Result<(Tensor, super::transformer::KvCache, Vec<usize>, usize)> {
+/// Run the left-padded prompts through the model: last-position logits (B, V), the filled cache
+/// (room for `new_tokens` more columns) and each row's padding.
+fn prefill(s: &Student, prompts: &[Vec<u32>], new_tokens: usize) -> Result<(Tensor, KvCache, Vec<usize>)> {
     let dev = &s.model.device;
     let b = prompts.len();
-    let p = prompts.iter().map(|v| v.len()).max().unwrap();
+    let p = prompts.iter().map(|v| v.len()).max().unwrap_or(0);
     let pads: Vec<usize> = prompts.iter().map(|v| p - v.len()).collect();
     let mut ids = Vec::with_capacity(b * p);
     let mut pos = Vec::with_capacity(b * p);
@@ -243,21 +335,21 @@ fn prefill(s: &Student, prompts: &[Vec<u32>]) -> Result<(Tensor, super::transfor
             mask.extend((0..p).map(|k| if (k <= q && k >= pads[r]) || (q < pads[r] && k == q) { 0f32 } else { -1e9 }));
         }
     }
-    let mut cache = super::transformer::KvCache::new(s.config.num_hidden_layers);
+    let mut cache = KvCache::with_capacity(s.config.num_hidden_layers, p + new_tokens);
     let t = |v: Vec<u32>| Tensor::from_vec(v, (b, p), dev).map_err(ce);
     let logits = s.model.step(&t(ids)?, &t(pos)?, &Tensor::from_vec(mask, (b, 1, p, p), dev).map_err(ce)?, &mut cache).map_err(ce)?;
-    Ok((logits, cache, pads, p))
+    Ok((logits, cache, pads))
 }
 
-/// One decoding step: token `next[r]` for each cached row `r` (whose prompt had `pads[r]` pads),
-/// at position `total`; returns the logits (rows, V).
-fn feed(s: &Student, cache: &mut super::transformer::KvCache, next: Vec<u32>, pads: &[usize], total: &mut usize, dev: &candle_core::Device) -> Result<Tensor> {
+/// One decoding step: token `next[r]` for each cached row `r` (whose prompt starts at column
+/// `pads[r]`) at column `cache.len()`; returns the logits (rows, V).
+fn feed(s: &Student, cache: &mut KvCache, next: Vec<u32>, pads: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
     let b = next.len();
-    let pos: Vec<u32> = pads.iter().map(|&pad| (*total - pad) as u32).collect();
-    let mask: Vec<f32> = pads.iter().flat_map(|&pad| (0..=*total).map(move |k| if k >= pad { 0f32 } else { -1e9 })).collect();
-    *total += 1;
+    let (start, total) = (cache.start(), cache.len());
+    let pos: Vec<u32> = pads.iter().map(|&pad| (total - pad) as u32).collect();
+    let mask: Vec<f32> = pads.iter().flat_map(|&pad| (start..=total).map(move |k| if k >= pad { 0f32 } else { -1e9 })).collect();
     let t = |v: Vec<u32>| Tensor::from_vec(v, (b, 1), dev).map_err(ce);
-    s.model.step(&t(next)?, &t(pos)?, &Tensor::from_vec(mask, (b, 1, 1, *total), dev).map_err(ce)?, cache).map_err(ce)
+    s.model.step(&t(next)?, &t(pos)?, &Tensor::from_vec(mask, (b, 1, 1, total + 1 - start), dev).map_err(ce)?, cache).map_err(ce)
 }
 
 // ---- Beam search.
@@ -329,7 +421,9 @@ fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptio
     let n = opts.beams;
     let k = 2.max(1 + stops.len()) * n;
     let length_penalty = 1.0f32;
-    let (mut logits, mut cache, prompt_pads, mut total) = prefill(s, prompts)?;
+    // No room reserved: every step reorders the whole buffer by parent, so it stays at most twice
+    // the live length (grown by doubling).
+    let (mut logits, mut cache, prompt_pads) = prefill(s, prompts, 0)?;
     let empty = Slot { ids: Vec::new(), score: MASK, finish: None };
     // As transformers: beam 0 starts at 0, the others at -1e9 (so the first step expands beam 0).
     let mut searches: Vec<Search> = (0..prompts.len())
@@ -430,7 +524,7 @@ fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptio
         if !identity {
             cache.reorder(&Tensor::from_vec(parents, next.len(), &dev).map_err(ce)?).map_err(ce)?;
         }
-        logits = feed(s, &mut cache, next, &pads, &mut total, &dev)?;
+        logits = feed(s, &mut cache, next, &pads, &dev)?;
     }
     Ok(searches
         .into_iter()
