@@ -134,15 +134,10 @@ fn level_of(c: &Corpus) -> u8 {
     c.level.unwrap_or(0)
 }
 
-/// Decide the training corpus of a point with a strategy. `base` is the point's student, not
-/// trained (`min_loss`/`softmin` score with it; `pilot` loads a fresh copy per pilot run).
-pub fn decide(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, base: &Student, dir: &Path) -> Result<Decision> {
-    let catalog = Catalog::new(ws.data_dir.clone());
-    let cands = candidates(r, &catalog)?;
-    match s.strategy {
-        Strategy::Pilot => pilot(ws, r, s, &cands, &catalog, dir),
-        Strategy::MinLoss | Strategy::Softmin => per_example(r, s, &cands, base, dir),
-    }
+/// `min_loss` / `softmin`: the training corpus chosen by `base`, the point's untrained student.
+pub fn by_loss(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, base: &Student, dir: &Path) -> Result<Decision> {
+    let cands = candidates(r, &Catalog::new(ws.data_dir.clone()))?;
+    per_example(r, s, &cands, base, dir)
 }
 
 /// `min_loss` / `softmin`: one rationale per question, chosen by the base student's NLL.
@@ -251,9 +246,12 @@ struct PilotRow {
     train_loss_last: Option<f64>,
 }
 
-/// `pilot`: train briefly on each candidate level, evaluate on held-out training questions,
-/// keep the best level, then train on it as the fixed-level point would.
-fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, cands: &[Corpus], catalog: &Catalog, dir: &Path) -> Result<Decision> {
+/// `pilot`: train briefly on each candidate level (a fresh student each, loaded and dropped in
+/// turn), evaluate on held-out training questions, keep the best level; the corpus returned is
+/// that level's as the fixed-level point reads it.
+pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) -> Result<Decision> {
+    let catalog = &Catalog::new(ws.data_dir.clone());
+    let cands = &candidates(r, catalog)?;
     let (questions, table) = by_question(cands);
     // The held-out questions: the same for every level (the smallest seeded hashes among the
     // questions with a gold answer), so pilots compare on one set.

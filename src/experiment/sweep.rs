@@ -28,6 +28,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::adaptive::{self, Strategy};
 use super::point::{known_keys, PointConfig};
 use super::progress::Progress;
 use crate::data::{load_dataset, Catalog};
@@ -316,6 +317,12 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     let catalog = Catalog::new(ws.data_dir.clone());
     let mut metrics = Map::new();
     // The base weights, loaded afresh for every point.
+    // A pilot trains students of its own: it runs before the point's copy is loaded, so two
+    // copies never share the device.
+    let piloted = match &r.strategy {
+        Some(s) if s.strategy == Strategy::Pilot => Some(adaptive::pilot(ws, r, s, dir)?),
+        _ => None,
+    };
     let base = ws.student(&r.student, &r.student_opts)?;
     let model_files = vec![base.source.clone()];
     let mut sft_seconds = 0.0;
@@ -323,7 +330,10 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     let trained = if r.train {
         let corpus = match &r.strategy {
             Some(s) => {
-                let d = super::adaptive::decide(ws, r, s, &base, dir)?;
+                let d = match piloted {
+                    Some(d) => d,
+                    None => adaptive::by_loss(ws, r, s, &base, dir)?,
+                };
                 metrics.insert("selected_level".into(), d.selected_level.into());
                 strategy = Some(d.record);
                 d.corpus
