@@ -245,6 +245,37 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the real SFT job: optimizer steps of the paper's recipe (lr 5e-5, cosine, global
+    /// batch 4 x 16, loss on the response only) on a release corpus, through the trainer `sft`
+    /// runs (checkpoints left out).
+    Job {
+        #[arg(long, default_value = "svamp")]
+        task: String,
+        #[arg(long, default_value = "gpt-4o")]
+        teacher: String,
+        #[arg(long, default_value_t = 3)]
+        level: i64,
+        /// Steps timed after one warm-up step.
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 16)]
+        grad_accum: usize,
+        /// LoRA (r 8, alpha 16, q_proj and v_proj, no dropout) instead of full fine-tuning.
+        #[arg(long)]
+        lora: bool,
+        #[command(flatten)]
+        student: BenchStudent,
+        /// Write each step's examples and learning rate (JSON) for benches/torch_job.py.
+        #[arg(long)]
+        save_plan: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time optimizer steps (forward + backward + AdamW) of a student on a fixed batch.
     Train {
         #[arg(long)]
@@ -422,6 +453,38 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 r.cpu_s_per_step,
                 r.peak_rss_mb,
                 r.device_mem_mb.map(|m| format!(", device memory {m:.0} MB")).unwrap_or_default(),
+                r.losses
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("report serialises"));
+            }
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Job { task, teacher, level, steps, batch_size, grad_accum, lora, student: bs, save_plan, data_dir, json } } => {
+            let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
+            let cat = Catalog::new(DataDir::resolve(data_dir));
+            let q = cotlab::data::catalog::RationaleQuery { teacher: Some(teacher), level: Some(level), ..Default::default() };
+            let corpus = cat.rationales(&task, &q)?;
+            let opts = cotlab::train::sft::SftOptions {
+                batch_size,
+                grad_accum,
+                lora: lora.then(|| cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }),
+                ..Default::default()
+            };
+            let r = cotlab::train::bench::bench_job(&s, &corpus, &opts, steps, save_plan.as_deref())?;
+            eprintln!(
+                "cotlab SFT job on {} ({} examples), {} of {} x {}, {} threads: {:.1} s/step, {:.0} tokens/step, {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
+                r.corpus,
+                r.examples,
+                if lora { "LoRA" } else { "full FT" },
+                r.batch_size,
+                r.grad_accum,
+                r.threads,
+                r.step_s,
+                r.tokens_per_step,
+                r.tokens_per_s,
+                r.cpu_s_per_step,
+                r.peak_rss_mb,
                 r.losses
             );
             if json {

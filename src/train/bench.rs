@@ -174,3 +174,95 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, p
         opt_s: mean(&optt),
     })
 }
+
+/// `cotlab bench job`: the real SFT job (a release corpus, the paper's recipe) timed step by
+/// step through the same [`Trainer`](super::sft::Trainer) that `sft` runs, so everything a real
+/// run does per step (length-varied micro-batches, response-only loss, accumulation, clipping,
+/// the schedule, the train log) is in the numbers; only checkpoints are left out.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub corpus: String,
+    pub examples: usize,
+    /// Steps timed (after one warm-up step).
+    pub steps: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Tokens of the timed steps' examples (prompt + response, no padding), per step.
+    pub tokens_per_step: f64,
+    pub step_s: f64,
+    pub cpu_s_per_step: f64,
+    /// Example tokens per second: padding or any other extra work is not counted.
+    pub tokens_per_s: f64,
+    pub peak_rss_mb: f64,
+    /// Every step's loss, the warm-up's first.
+    pub losses: Vec<f64>,
+    pub threads: usize,
+}
+
+/// Time `steps` optimizer steps (after one warm-up step) of `opts`'s SFT run on `corpus`, in a
+/// scratch run dir that is removed afterwards. `save`: write each step's examples (token ids,
+/// prompt lengths, micro-batches) and learning rate as JSON for `benches/torch_job.py`.
+pub fn bench_job(student: &Student, corpus: &crate::data::Corpus, opts: &super::sft::SftOptions, steps: usize, save: Option<&std::path::Path>) -> Result<JobReport> {
+    use crate::error::{in_range, Error};
+    in_range("bench job", "steps", steps, 1..=10_000)?;
+    // No checkpoint inside the timed steps: the PyTorch side saves nothing either.
+    let opts = super::sft::SftOptions { save_every: super::sft::SftOptions::MAX_STEPS, ..opts.clone() };
+    let scratch = std::env::temp_dir().join(format!("cotlab-bench-job-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let run = super::run::RunDir::new(&scratch);
+    let result = (|| {
+        let config = super::sft::run_config(student, corpus, &opts);
+        let mut t = super::sft::Trainer::new(student, &corpus.pairs(), &opts, &run, config)?;
+        if steps + 1 > t.total_steps() {
+            return Err(crate::usage!(
+                "bench job: {} steps (+1 warm-up) is more than the run's {} (epochs {}, {} examples, global batch {}): lower --steps",
+                steps,
+                t.total_steps(),
+                opts.epochs,
+                corpus.len(),
+                opts.batch_size * opts.grad_accum
+            ));
+        }
+        if let Some(p) = save {
+            let plan: Vec<serde_json::Value> = (0..=steps)
+                .map(|k| {
+                    let mbs: Vec<Vec<serde_json::Value>> = t
+                        .window(k)
+                        .chunks(opts.batch_size)
+                        .map(|mb| mb.iter().map(|e| serde_json::json!({ "ids": e.ids, "prompt_len": e.prompt_len })).collect())
+                        .collect();
+                    serde_json::json!({ "lr": opts.lr_at(k, t.total_steps()), "micro_batches": mbs })
+                })
+                .collect();
+            let doc = serde_json::json!({ "max_grad_norm": opts.max_grad_norm, "weight_decay": opts.weight_decay, "steps": plan });
+            std::fs::write(p, doc.to_string()).map_err(|e| Error::io(p, e))?;
+        }
+        let (mut times, mut cpu, mut losses, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in 0..=steps {
+            tokens.push(t.window(k).iter().map(|e| e.ids.len()).sum::<usize>() as f64);
+            let (t0, c0) = (Instant::now(), cpu_seconds());
+            losses.push(t.step()?);
+            times.push(t0.elapsed().as_secs_f64());
+            cpu.push(cpu_seconds() - c0);
+        }
+        // The first step warms caches and allocators: report the mean of the rest.
+        let mean = |v: &[f64]| v[1..].iter().sum::<f64>() / steps as f64;
+        let step_s = mean(&times);
+        Ok(JobReport {
+            corpus: corpus.label(),
+            examples: corpus.len(),
+            steps,
+            batch_size: opts.batch_size,
+            grad_accum: opts.grad_accum,
+            tokens_per_step: mean(&tokens),
+            step_s,
+            cpu_s_per_step: mean(&cpu),
+            tokens_per_s: mean(&tokens) / step_s,
+            peak_rss_mb: peak_rss_mb(),
+            losses,
+            threads: candle_core::utils::get_num_threads(),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
