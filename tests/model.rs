@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use cotlab::model::{default_model_path, ChatTemplate, Family, ModelConfig, Student, Transformer};
 use cotlab::rng::Rng;
-use cotlab::train::sft::batch_nll;
+use cotlab::train::sft::{batch_nll, batch_nll_with, layout};
 use cotlab::train::data::{tokenize, TrainExample};
 use cotlab::train::export::export_hf;
 use cotlab::train::{sft, RunDir, Schedule, SftOptions, Trainer};
@@ -395,4 +395,26 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
     let opts = SftOptions { max_steps: Some(2), batch_size: 2, grad_accum: 1, max_len: 96, ..Default::default() };
     let e = sft(&s, &arith_pairs(4), &opts, &RunDir::new(d.path().join("r")), serde_json::json!({}), None).err().unwrap().to_string();
     assert!(e.contains("loss is NaN at step 1") && e.contains("diverged"), "{e}");
+}
+
+/// Packing on the real student and real rationales (SVAMP level 3, gpt-4o): a micro-batch of one
+/// long and three short examples packs into fewer rows and gives the padded loss.
+#[test]
+fn packed_and_padded_losses_agree_on_smollm_with_svamp() {
+    require!(Data, Model);
+    let s = smollm();
+    let cat = cotlab::data::Catalog::new(common::data_dir());
+    let q = cotlab::data::RationaleQuery { teacher: Some("gpt-4o".into()), level: Some(3), limit: Some(32), seed: Some(1), ..Default::default() };
+    let pairs = cat.rationales("svamp", &q).unwrap().pairs();
+    let mut ex = tokenize(&s.tokenizer, &s.template, &pairs, 4096).unwrap().examples;
+    ex.sort_by_key(|e| e.ids.len());
+    let batch: Vec<&TrainExample> = vec![&ex[ex.len() - 1], &ex[0], &ex[1], &ex[ex.len() / 2]];
+    let lens: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+    let (packed, padded) = (layout(&batch, true), layout(&batch, false));
+    assert!(packed.rows < 4 && packed.computed_tokens() < padded.computed_tokens(), "{lens:?}: {} rows", packed.rows);
+    let loss = |pack: bool| batch_nll_with(&s, &batch, pack).unwrap().to_scalar::<f32>().unwrap();
+    let (a, b) = (loss(true), loss(false));
+    let tokens: usize = batch.iter().map(|e| e.response_tokens()).sum();
+    assert!((a - b).abs() <= 1e-5 * b.abs(), "{lens:?}: packed loss {a}, padded {b} ({tokens} response tokens)");
+    assert!(b / tokens as f32 > 0.05 && b / (tokens as f32) < 5.0, "mean NLL {} is not a trained model's", b / tokens as f32);
 }

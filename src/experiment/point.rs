@@ -32,7 +32,7 @@ pub const EVAL_KEYS: &[&str] =
 
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
-    let sft = serde_json::to_value(SftOptions { shuffle: false, ..Default::default() }).expect("options serialise");
+    let sft = serde_json::to_value(SftOptions { shuffle: false, pack: false, ..Default::default() }).expect("options serialise");
     let mut keys: Vec<String> = DATA_KEYS.iter().chain(STRATEGY_KEYS).chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
     keys.extend(sft.as_object().expect("an object").keys().cloned());
     keys
@@ -252,6 +252,6 @@ mod tests {
         assert!(e.contains("'lr' must be in"), "{e}");
         let e = PointConfig::resolve(&map(serde_json::json!({"mix": [{"level": 1}], "level": 2}))).unwrap_err().to_string();
         assert!(e.contains("drop 'teacher', 'level'"), "{e}");
-        assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"max_steps".to_string()));
+        assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"pack".to_string()) && known_keys().contains(&"max_steps".to_string()));
     }
 }

@@ -285,6 +285,13 @@ mod tests {
         check(softmax_last_dim(&x)?, candle_nn::ops::softmax(&x, D::Minus1)?, &[&x])?;
         check(rms_norm(&x, &alpha, 1e-5)?, candle_nn::ops::rms_norm_slow(&x, &alpha, 1e-5)?, &[&x, &alpha])?;
         check(rope(&x, &cos, &sin)?, candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?, &[&x])?;
+        // Per-row positions (packed rows, decoding): cos/sin (B, T, D/2), each row its own table.
+        let cos3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let sin3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let rows = (0..2)
+            .map(|b| candle_nn::rotary_emb::rope_slow(&x.narrow(0, b, 1)?, &cos3.get(b)?, &sin3.get(b)?))
+            .collect::<Result<Vec<_>>>()?;
+        check(rope(&x, &cos3, &sin3)?, Tensor::cat(&rows, 0)?, &[&x])?;
         let m = Var::randn(0f32, 1., (30, 8), &dev)?;
         let w = Var::randn(0f32, 1., (30, 6), &dev)?;
         let lin = Tensor::randn(0f32, 1., (6, 8), &dev)?;

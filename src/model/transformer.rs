@@ -163,11 +163,23 @@ pub enum Pass<'a> {
     /// Cached decoding: new tokens at per-row positions `pos` (B, T), attending through the
     /// additive `mask` (B, 1, T, T_cached + T) to the cache. No autograd graph is built.
     Decode { pos: &'a Tensor, mask: &'a Tensor, cache: &'a mut KvCache },
+    /// Training on packed rows: several sequences share a row, each at its own positions `pos`
+    /// (R, L) (restarting at 0) and seeing only itself through the block-diagonal causal
+    /// additive `mask` (R, 1, L, L). Every op has a backward, as for `Train`.
+    Packed { pos: &'a Tensor, mask: &'a Tensor },
 }
 
 impl Pass<'_> {
     pub fn grad(&self) -> bool {
-        matches!(self, Pass::Train)
+        matches!(self, Pass::Train | Pass::Packed { .. })
+    }
+
+    /// Per-token positions (B, T) when the pass has its own (decoding, packed rows); `None`: 0..T.
+    pub fn positions(&self) -> Option<&Tensor> {
+        match self {
+            Pass::Train => None,
+            Pass::Decode { pos, .. } | Pass::Packed { pos, .. } => Some(*pos),
+        }
     }
 }
 
@@ -396,12 +408,12 @@ impl Transformer {
     }
 
     /// cos/sin for the pass's positions, in the compute dtype: (T, hd/2) for training,
-    /// (B, T, hd/2) for decoding.
+    /// (B, T, hd/2) for decoding and packed rows (`ops::rope` takes both, backward included).
     pub(crate) fn rope_for(&self, pass: &Pass, b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let Some((cos, sin)) = &self.rope else { candle_core::bail!("this family has no rotary embeddings") };
-        let (cos, sin) = match pass {
-            Pass::Train => (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?),
-            Pass::Decode { pos, .. } => {
+        let (cos, sin) = match pass.positions() {
+            None => (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?),
+            Some(pos) => {
                 let flat = pos.flatten_all()?;
                 let half = cos.dim(1)?;
                 (cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin.index_select(&flat, 0)?.reshape((b, t, half))?)
@@ -416,18 +428,21 @@ impl Transformer {
     }
 
     /// The additive attention mask of the pass: causal (T, T) for training, the caller's for
-    /// decoding. Also refuses sequences longer than the model's context.
+    /// decoding and packed rows. Also refuses training rows longer than the model's context
+    /// (a packed row's positions never exceed its length).
     pub(crate) fn mask(&self, pass: &Pass, t: usize) -> candle_core::Result<Tensor> {
+        if matches!(pass, Pass::Train | Pass::Packed { .. }) {
+            let context = self.rope.as_ref().map(|(c, _)| c.dim(0)).transpose()?.unwrap_or(self.config.max_position_embeddings);
+            if t > context {
+                candle_core::bail!("sequence of {t} tokens exceeds the model's context of {context}");
+            }
+        }
         match pass {
             Pass::Train => {
-                let context = self.rope.as_ref().map(|(c, _)| c.dim(0)).transpose()?.unwrap_or(self.config.max_position_embeddings);
-                if t > context {
-                    candle_core::bail!("sequence of {t} tokens exceeds the model's context of {context}");
-                }
                 let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
                 Tensor::from_vec(m, (t, t), &self.device)
             }
-            Pass::Decode { mask, .. } => Ok((*mask).clone()),
+            Pass::Decode { mask, .. } | Pass::Packed { mask, .. } => Ok((*mask).clone()),
         }
     }
 
@@ -439,7 +454,7 @@ impl Transformer {
         let grad = pass.grad();
         let (k, v) = match pass {
             Pass::Decode { cache, .. } => cache.append(layer, k, v)?,
-            Pass::Train => (k, v),
+            Pass::Train | Pass::Packed { .. } => (k, v),
         };
         let (h, kv) = (q.dim(1)?, k.dim(1)?);
         let hd = q.dim(D::Minus1)?;
@@ -474,6 +489,13 @@ impl Transformer {
     /// Hidden states (B, T, D) after the final norm, with gradients.
     pub fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         self.config.family.hidden(self, ids, &mut Pass::Train)
+    }
+
+    /// Hidden states (R, L, D) of packed rows `ids` (R, L), with gradients: each token at its
+    /// position `pos` (R, L), attending through the additive `mask` (R, 1, L, L) (see
+    /// [`Pass::Packed`]).
+    pub fn hidden_packed(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.config.family.hidden(self, ids, &mut Pass::Packed { pos, mask })
     }
 
     /// Inference: run new tokens `ids` (B, T) at positions `pos` (B, T) against the cache,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::data::{tokenize, Tokenized, TrainExample};
+use super::pack::Packing;
 use super::run::{RunDir, TrainState};
 use crate::error::{one_of, ModelContext, Result};
 use crate::journal::Journal;
@@ -89,6 +90,14 @@ pub struct SftOptions {
     /// runs made before the option existed still resume.
     #[serde(skip_serializing_if = "is_true")]
     pub shuffle: bool,
+    /// Pack each micro-batch's examples into as few rows as fit (first-fit decreasing, rows as
+    /// long as its longest example), each example at its own positions and seeing only itself:
+    /// the same loss and gradients as right-padding (`tests`: within f32 rounding; LoRA dropout
+    /// draws its masks over the laid-out tokens, so those differ), fewer tokens computed. Off:
+    /// pad every example to the longest. Written to a run's identity only when off, so runs
+    /// made before the option existed still resume.
+    #[serde(skip_serializing_if = "is_true")]
+    pub pack: bool,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -114,6 +123,7 @@ impl Default for SftOptions {
             save_every: 50,
             lora: None,
             shuffle: true,
+            pack: true,
         }
     }
 }
@@ -273,20 +283,26 @@ fn schedule_order(examples: &[TrainExample], opts: &SftOptions, total_examples: 
     order
 }
 
-/// Sum of response-token NLL for one micro-batch (right-padded; the causal mask makes padding
-/// invisible to real tokens, and padded positions carry no loss).
+/// Sum of response-token NLL for one micro-batch, packed (see [`batch_nll_with`]).
 pub fn batch_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Result<Tensor> {
-    token_nll(student, batch)?.sum_all()
+    batch_nll_with(student, batch, true)
+}
+
+/// Sum of response-token NLL for one micro-batch: packed rows (`pack`, see [`Packing`]) or
+/// right-padded (the causal mask makes padding invisible to real tokens); padded positions
+/// carry no loss either way.
+pub fn batch_nll_with(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<Tensor> {
+    token_nll(student, batch, pack)?.sum_all()
 }
 
 /// The student's mean NLL per response token of each example (no training): how hard it finds
-/// each rationale. In batches of `batch_size`, in the examples' order.
+/// each rationale. In packed batches of `batch_size`, in the examples' order.
 pub fn response_nll(student: &Student, examples: &[TrainExample], batch_size: usize) -> Result<Vec<f64>> {
     crate::error::in_range("response_nll", "batch_size", batch_size, 1..=4096)?;
     let mut out = Vec::with_capacity(examples.len());
     for (i, chunk) in examples.chunks(batch_size).enumerate() {
         let refs: Vec<&TrainExample> = chunk.iter().collect();
-        let rows = token_nll(student, &refs)
+        let rows = token_nll(student, &refs, true)
             .and_then(|t| t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
             .model_ctx(format!("scoring examples {}..{}", i * batch_size, i * batch_size + chunk.len()))?;
         // Rows come example by example, response tokens in order.
@@ -301,26 +317,39 @@ pub fn response_nll(student: &Student, examples: &[TrainExample], batch_size: us
     Ok(out)
 }
 
-/// NLL of every response token of a micro-batch, example by example.
-fn token_nll(student: &Student, batch: &[&TrainExample]) -> candle_core::Result<Tensor> {
+/// How a micro-batch is laid out: packed (`pack`) or one padded row per example.
+pub fn layout(batch: &[&TrainExample], pack: bool) -> Packing {
+    let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+    if pack { Packing::first_fit(&lengths) } else { Packing::padded(&lengths) }
+}
+
+/// NLL of every response token of a micro-batch, example by example (whatever the layout).
+fn token_nll(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<Tensor> {
     let device = &student.model.device;
-    let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let b = batch.len();
-    let mut ids = vec![0u32; b * t];
+    let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+    let p = layout(batch, pack);
+    let (r, t) = (p.rows, p.width.max(1));
+    let seqs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+    let ids = Tensor::from_vec(p.ids(&seqs), (r, t), device)?;
+    // One example per row (nothing packed, or packing off): the plain causal pass, whose mask
+    // and positions are shared by every row.
+    let hidden = if r == batch.len() {
+        student.model.hidden(&ids)?
+    } else {
+        let (pos, mask) = p.positions_and_mask(&lengths, device)?;
+        student.model.hidden_packed(&ids, &pos, &mask)?
+    };
     let mut positions = Vec::new(); // flat index of the position whose output predicts a response token
     let mut targets = Vec::new();
-    for (r, e) in batch.iter().enumerate() {
-        ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
+    for (e, &(row, off)) in batch.iter().zip(&p.place) {
         for j in e.prompt_len..e.ids.len() {
-            positions.push((r * t + j - 1) as u32);
+            positions.push((row * t + off + j - 1) as u32);
             targets.push(e.ids[j]);
         }
     }
-    let ids = Tensor::from_vec(ids, (b, t), device)?;
-    let hidden = student.model.hidden(&ids)?;
     let d = hidden.dim(D::Minus1)?;
     let pos = Tensor::new(positions.as_slice(), device)?;
-    let h = hidden.reshape((b * t, d))?.index_select(&pos, 0)?;
+    let h = hidden.reshape((r * t, d))?.index_select(&pos, 0)?;
     let logits = student.model.logits(&h)?;
     crate::model::ops::cross_entropy_rows(&logits, &targets)
 }
@@ -360,6 +389,8 @@ struct Accumulated {
     grads: Vec<Tensor>,
     loss: f64,
     tokens: u64,
+    /// Token positions the forward passes computed (rows × row length, padding included).
+    computed: u64,
 }
 
 impl<'a> Trainer<'a> {
@@ -494,7 +525,7 @@ impl<'a> Trainer<'a> {
         self.state.tokens_seen += acc.tokens;
         self.tokens_this_run += acc.tokens;
         self.losses.push(loss);
-        self.log_step(loss, lr, grad_norm, loop_start)?;
+        self.log_step(loss, lr, grad_norm, acc.computed, loop_start)?;
         if self.state.step % self.opts.save_every.max(1) == 0 || self.state.step == self.total_steps {
             self.checkpoint()?;
         }
@@ -512,13 +543,15 @@ impl<'a> Trainer<'a> {
         let vars = self.vars();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut nll_sum = 0.0;
+        let mut computed = 0u64;
         for (k, mb) in window.chunks(self.opts.batch_size).enumerate() {
+            computed += layout(mb, self.opts.pack).computed_tokens() as u64;
             let what = || format!("step {} micro-batch {}", step + 1, k + 1);
             if let Some(l) = &student.model.lora {
                 // Dropout masks depend on (seed, step, micro-batch) only: resume draws the same.
                 l.set_dropout_key(self.opts.seed.wrapping_mul(0x9E37_79B9).wrapping_add((step * 4096 + k) as u64));
             }
-            let nll = batch_nll(student, mb).model_ctx(format!("forward pass, {}", what()))?;
+            let nll = batch_nll_with(student, mb, self.opts.pack).model_ctx(format!("forward pass, {}", what()))?;
             let loss = (&nll / window_tokens as f64).model_ctx(format!("loss, {}", what()))?;
             let g = loss.backward().model_ctx(format!("backward pass, {}", what()))?;
             nll_sum += nll.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).model_ctx(format!("reading the loss, {}", what()))?;
@@ -543,7 +576,7 @@ impl<'a> Trainer<'a> {
             .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
             .collect::<candle_core::Result<_>>()
             .model_ctx(format!("zero gradients for unused parameters, step {}", step + 1))?;
-        Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum() })
+        Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum(), computed })
     }
 
     /// The global gradient norm and the factor that clips it to `max_grad_norm`.
@@ -562,7 +595,7 @@ impl<'a> Trainer<'a> {
         Ok((grad_norm, if max > 0.0 && grad_norm > max { max / (grad_norm + 1e-6) } else { 1.0 }))
     }
 
-    fn log_step(&self, loss: f64, lr: f64, grad_norm: f64, loop_start: Instant) -> Result<()> {
+    fn log_step(&self, loss: f64, lr: f64, grad_norm: f64, computed: u64, loop_start: Instant) -> Result<()> {
         let step = self.state.step;
         let elapsed = loop_start.elapsed().as_secs_f64();
         let tps = self.tokens_this_run as f64 / elapsed.max(1e-9);
@@ -570,6 +603,8 @@ impl<'a> Trainer<'a> {
         self.log.append(&serde_json::json!({
             "step": step, "epoch": step as f64 / self.steps_per_epoch as f64, "loss": loss, "lr": lr,
             "grad_norm": grad_norm, "tokens": self.state.tokens_seen, "tokens_per_s": tps, "elapsed_s": elapsed,
+            // This step's token positions computed, padding included (`pack` lowers it).
+            "computed_tokens": computed,
         }))?;
         // Line-mode progress: readable in terminals, CI logs and notebooks alike.
         eprintln!(
@@ -682,4 +717,154 @@ pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOpt
         v["data"]["recipe"] = r.text.clone().into();
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::{Family, ModelConfig};
+
+    fn config(family: Family) -> ModelConfig {
+        let bloom = family == Family::Bloom;
+        ModelConfig {
+            family,
+            hidden_act: match family {
+                Family::Llama | Family::Qwen2 => "silu",
+                _ => "gelu_pytorch_tanh",
+            }
+            .into(),
+            head_dim: None,
+            rope_llama3: None,
+            vocab_size: 97,
+            hidden_size: 32,
+            intermediate_size: if bloom { 128 } else { 48 },
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: if bloom { 4 } else { 2 },
+            rms_norm_eps: 1e-5,
+            rope_theta: if bloom { 0.0 } else { 10_000.0 },
+            max_position_embeddings: 256,
+            tie_word_embeddings: bloom || family == Family::Gemma,
+            attention_bias: family == Family::Qwen2 || bloom,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        }
+    }
+
+    /// A random student whose weights (biases and norms too) are large enough that attention
+    /// is far from uniform: a wrong position or a leaking mask then moves the loss well past
+    /// the tolerance.
+    fn student(family: Family, seed: u64) -> Student {
+        let s = crate::model::random::random_student_with(config(family), family.name(), "none", &Device::Cpu, seed).unwrap();
+        let mut rng = Rng::new(seed);
+        for (n, v) in s.params() {
+            let base = if n.contains("norm") || n.contains("ln_f") { if n.ends_with("bias") { 0.0 } else { 1.0 } } else { 0.0 };
+            let vals: Vec<f32> = (0..v.elem_count()).map(|_| base + ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.3).collect();
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        s
+    }
+
+    /// Examples of quite different lengths (3 to 41 tokens), prompts of 1 to 9 tokens.
+    fn examples(seed: u64) -> Vec<TrainExample> {
+        let mut rng = Rng::new(seed);
+        [41, 6, 17, 3, 25, 9, 12, 30]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| TrainExample { ids: (0..n).map(|_| (rng.next_u64() % 97) as u32).collect(), prompt_len: 1 + i % n.min(9) })
+            .collect()
+    }
+
+    /// max |a − b| relative to max(|b|, 1e-3): the tensors agree to f32 rounding.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+        d / scale
+    }
+
+    /// Packed and padded micro-batches: the same NLL token by token, the same summed loss, the
+    /// same gradient for every trainable tensor.
+    fn packed_equals_padded(s: &Student, what: &str) {
+        let ex = examples(3);
+        let batch: Vec<&TrainExample> = ex.iter().collect();
+        let packed = layout(&batch, true);
+        assert!(packed.rows < batch.len(), "{what}: nothing packed");
+        let nll_packed = token_nll(s, &batch, true).unwrap();
+        let nll_padded = token_nll(s, &batch, false).unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = (nll_packed.to_vec1().unwrap(), nll_padded.to_vec1().unwrap());
+        assert_eq!(a.len(), batch.iter().map(|e| e.response_tokens()).sum::<usize>());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{what}: token {i}: packed NLL {x}, padded {y}");
+        }
+        let (sa, sb) = (nll_packed.sum_all().unwrap(), nll_padded.sum_all().unwrap());
+        let (la, lb) = (sa.to_scalar::<f32>().unwrap(), sb.to_scalar::<f32>().unwrap());
+        assert!((la - lb).abs() <= 1e-5 * lb.abs(), "{what}: summed loss {la} packed, {lb} padded");
+        let (ga, gb) = (sa.backward().unwrap(), sb.backward().unwrap());
+        let params = s.model.trainable_named();
+        assert!(!params.is_empty());
+        for (n, v) in &params {
+            let (x, y) = (ga.get(v).unwrap_or_else(|| panic!("{what}: packed: no gradient for {n}")), gb.get(v).unwrap());
+            let r = rel_diff(x, y);
+            assert!(r < 1e-4, "{what}: gradient of {n} differs by {r} (relative)");
+        }
+    }
+
+    #[test]
+    fn packed_loss_and_gradients_equal_padded_for_every_family() {
+        for family in [Family::Llama, Family::Qwen2, Family::Gemma, Family::Bloom] {
+            packed_equals_padded(&student(family, 11), family.name());
+        }
+    }
+
+    #[test]
+    fn packed_lora_gradients_equal_padded() {
+        for (family, targets) in [(Family::Llama, vec!["q_proj", "v_proj", "down_proj"]), (Family::Bloom, vec!["query_key_value", "dense_4h_to_h"])] {
+            let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: targets.into_iter().map(String::from).collect() };
+            let s = student(family, 5).with_lora(cfg, 1).unwrap();
+            // B starts at zero (A's gradient too): give it values so both gradients are real.
+            let mut rng = Rng::new(9);
+            for (_, b) in s.model.lora.as_ref().unwrap().adapters.values() {
+                let vals: Vec<f32> = (0..b.elem_count()).map(|_| ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.2).collect();
+                b.set(&Tensor::from_vec(vals, b.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+            packed_equals_padded(&s, &format!("{} + LoRA", family.name()));
+        }
+    }
+
+    /// A skewed micro-batch (one long example, several short ones) computes far fewer tokens
+    /// packed, and no layout ever computes more than padding.
+    #[test]
+    fn packing_cuts_rows_and_computed_tokens() {
+        let batch = |lens: &[usize]| -> Vec<TrainExample> { lens.iter().map(|&n| TrainExample { ids: vec![5; n], prompt_len: 1 }).collect() };
+        let ex = batch(&[200, 40, 60, 30, 50, 20, 70, 10]);
+        let refs: Vec<&TrainExample> = ex.iter().collect();
+        let (packed, padded) = (layout(&refs, true), layout(&refs, false));
+        assert_eq!((padded.rows, padded.computed_tokens()), (8, 1600));
+        // 480 real tokens in rows of 200: 3 rows (200 | 70+60+50+20 | 40+30+10).
+        assert_eq!((packed.rows, packed.computed_tokens()), (3, 600));
+        let mut rng = Rng::new(1);
+        for _ in 0..200 {
+            let lens: Vec<usize> = (0..1 + rng.next_u64() % 16).map(|_| 1 + (rng.next_u64() % 300) as usize).collect();
+            let ex = batch(&lens);
+            let refs: Vec<&TrainExample> = ex.iter().collect();
+            let (p, q) = (layout(&refs, true), layout(&refs, false));
+            assert!(p.computed_tokens() <= q.computed_tokens() && p.computed_tokens() >= lens.iter().sum::<usize>(), "{lens:?}");
+        }
+    }
+
+    /// `pack` defaults to on and, like `shuffle`, enters a run's identity only when off.
+    #[test]
+    fn pack_option_defaults_on_and_serialises_only_when_off() {
+        let on = SftOptions::default();
+        assert!(on.pack);
+        let v = serde_json::to_value(&on).unwrap();
+        assert!(v.get("pack").is_none());
+        let back: SftOptions = serde_json::from_value(v).unwrap();
+        assert!(back.pack);
+        let off = serde_json::to_value(SftOptions { pack: false, ..Default::default() }).unwrap();
+        assert_eq!(off["pack"], false);
+        assert!(!serde_json::from_value::<SftOptions>(off).unwrap().pack);
+    }
 }

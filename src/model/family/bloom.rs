@@ -94,7 +94,9 @@ pub fn alibi_slopes(heads: usize) -> Vec<f32> {
 
 /// The decoder, for training and cached decoding alike. ALiBi adds slope·(key index) to each
 /// score; with left padding a row's true key positions differ from the index by a constant,
-/// which softmax ignores, so decoding needs no positions.
+/// which softmax ignores, so decoding needs no positions. Packed rows add slope·(key position in
+/// its own sequence) instead: the very scores of the sequence trained alone (the keys of other
+/// sequences are masked).
 pub fn hidden(m: &Transformer, ids: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
     let c = &m.config;
     let (b, t) = ids.dims2()?;
@@ -104,8 +106,16 @@ pub fn hidden(m: &Transformer, ids: &Tensor, pass: &mut Pass) -> candle_core::Re
     let mask = m.mask(pass, t)?;
     let keys = mask.dim(D::Minus1)?;
     let slopes = Tensor::from_vec(alibi_slopes(h), (h, 1, 1), &m.device)?;
-    let key_pos = Tensor::arange(0u32, keys as u32, &m.device)?.to_dtype(DType::F32)?.reshape((1, 1, keys))?;
-    let alibi = slopes.broadcast_mul(&key_pos)?.unsqueeze(0)?; // (1, H, 1, keys)
+    let alibi = match pass {
+        Pass::Packed { pos, .. } => {
+            let key_pos = pos.to_dtype(DType::F32)?.reshape((b, 1, 1, keys))?;
+            slopes.unsqueeze(0)?.broadcast_mul(&key_pos)? // (B, H, 1, keys)
+        }
+        _ => {
+            let key_pos = Tensor::arange(0u32, keys as u32, &m.device)?.to_dtype(DType::F32)?.reshape((1, 1, keys))?;
+            slopes.broadcast_mul(&key_pos)?.unsqueeze(0)? // (1, H, 1, keys)
+        }
+    };
     let mut x = m.embed(ids, EMBEDDING, grad)?;
     x = m.layer_norm(&x, "transformer.word_embeddings_layernorm", grad)?;
     for i in 0..c.num_hidden_layers {

@@ -110,7 +110,7 @@ pub fn to_hf_config(c: &ModelConfig) -> serde_json::Value {
     with_llama_keys(hf_config_common(c, "LlamaForCausalLM", "llama"), c)
 }
 
-/// The decoder: used for training (`Pass::Train`) and cached decoding (`Pass::Decode`).
+/// The decoder: used for training (`Pass::Train`, `Pass::Packed`) and cached decoding (`Pass::Decode`).
 pub fn hidden(m: &Transformer, ids: &Tensor, pass: &mut Pass, style: Style) -> candle_core::Result<Tensor> {
     let c = &m.config;
     let (b, t) = ids.dims2()?;
