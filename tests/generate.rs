@@ -194,7 +194,7 @@ fn q8_0_copy_never_goes_stale() {
         let (f, q) = (decoded_logits(&s, &prompt, DecodeWeights::F32), decoded_logits(&s, &prompt, DecodeWeights::Q8_0));
         let (fresh, moved) = (max_abs_diff(&f, &q), max_abs_diff(&before, &q));
         eprintln!("lora {lora}: q8_0 vs new f32 {fresh}, q8_0 moved by {moved}");
-        // Measured: 0.92 and 22.7 (full), 0.65 and 1.07 at lr 2e-3 (LoRA).
+        // Measured: 0.92 and 22.7 (full, lr 2e-3), 0.89 and 5.3 (LoRA, lr 3e-2).
         assert!(fresh < 2.0 && moved > 4.0 * fresh, "lora {lora}: q8_0 vs new f32 {fresh}, moved {moved}");
     }
 }
