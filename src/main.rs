@@ -12,6 +12,7 @@ use cotlab::data::loaders::load_questions;
 use cotlab::data::{load_dataset, Catalog, DataDir, DatasetOptions, Task};
 use cotlab::answer::Protocol;
 use cotlab::eval::run::{evaluate, EvalOptions, PromptStyle};
+use cotlab::model::DecodeWeights;
 use cotlab::eval::score_predictions;
 use cotlab::experiment::slurm::SlurmOptions;
 use cotlab::experiment::{PointStatus, SweepMode, Sweeps};
@@ -122,6 +123,10 @@ enum Cmd {
         /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
         #[arg(long)]
         beams: Option<usize>,
+        /// Weights decoding reads: auto (the compute dtype's), f32, bf16 or q8_0 (quantized
+        /// projections and LM head: faster on the CPU, outputs close to f32's, not identical).
+        #[arg(long, default_value = "auto")]
+        decode_weights: String,
         /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -231,6 +236,9 @@ enum BenchCmd {
         new_tokens: usize,
         #[command(flatten)]
         student: BenchStudent,
+        /// Weights decoding reads: auto (the compute dtype's), f32, bf16 or q8_0.
+        #[arg(long, default_value = "auto")]
+        decode_weights: String,
         /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
         #[arg(long)]
         save_prompts: Option<PathBuf>,
@@ -354,13 +362,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, beams, protocol, prompt, template, out, data_dir, runs } => {
+        Cmd::Eval { model, task, split, limit, seed, batch_size, max_new_tokens, beams, decode_weights, protocol, prompt, template, out, data_dir, runs } => {
             let protocol = Protocol::parse(&protocol).map_err(Error::usage)?;
+            let decode_weights = DecodeWeights::parse(&decode_weights).map_err(Error::usage)?;
             let prompt = PromptStyle::parse(&prompt).map_err(Error::usage)?;
             let ws = trusted(data_dir, runs);
             let ds = load_dataset(&ws.data_dir, &task, &DatasetOptions { split, limit, seed: limit.map(|_| seed), ..Default::default() })?;
             let student = ws.student(&model, &StudentOptions { template, ..Default::default() })?;
-            let opts = EvalOptions { batch_size, max_new_tokens, beams, protocol, prompt, ..Default::default() };
+            let opts = EvalOptions { batch_size, max_new_tokens, beams, protocol, prompt, decode_weights, ..Default::default() };
             let eval_dir = match out {
                 Some(o) => o,
                 None => ws.eval_dir(None, &ds, &student)?,
@@ -369,7 +378,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", serde_json::to_string(&r).expect("report serialises"));
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, prompts: Some(spec), data_dir, json } } => {
+        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, decode_weights, save_prompts, prompts: Some(spec), data_dir, json } } => {
+            let dw = DecodeWeights::parse(&decode_weights).map_err(Error::usage)?;
             let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
             let (task, n) = spec.split_once(':').ok_or_else(|| Error::usage(format!("--prompts: '{spec}' is not TASK:N (e.g. svamp:48)")))?;
@@ -380,10 +390,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if let Some(p) = &save_prompts {
                 std::fs::write(p, serde_json::to_string(&cotlab::model::generate::prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
             }
-            let r = bench_prompts(&s, &qs, batch, new_tokens)?;
+            let r = bench_prompts(&s, &qs, batch, new_tokens, dw)?;
             eprintln!(
-                "cotlab greedy decoding ({}, {}, {}), {} {task} questions, batch {batch}, at most {new_tokens} new tokens ({} generated, longest {}): static batches {:.1} tokens/s ({:.1} s), continuous batching {:.1} tokens/s ({:.1} s), {:.2}x; same outputs: {}",
-                s.name, bs.device, r["dtype"].as_str().unwrap_or(""), qs.len(), r["tokens"], r["longest"], r["static_tokens_per_s"].as_f64().unwrap_or(0.0), r["static_s"].as_f64().unwrap_or(0.0),
+                "cotlab greedy decoding ({}, {}, {}, {} weights), {} {task} questions, batch {batch}, at most {new_tokens} new tokens ({} generated, longest {}): static batches {:.1} tokens/s ({:.1} s), continuous batching {:.1} tokens/s ({:.1} s), {:.2}x; same outputs: {}",
+                s.name, bs.device, r["dtype"].as_str().unwrap_or(""), dw.name(), qs.len(), r["tokens"], r["longest"], r["static_tokens_per_s"].as_f64().unwrap_or(0.0), r["static_s"].as_f64().unwrap_or(0.0),
                 r["continuous_tokens_per_s"].as_f64().unwrap_or(0.0), r["continuous_s"].as_f64().unwrap_or(0.0), r["speedup"].as_f64().unwrap_or(0.0), r["same_outputs"]
             );
             if json {
@@ -391,35 +401,39 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, save_prompts, prompts: None, data_dir: _, json } } => {
+        Cmd::Bench { what: BenchCmd::Generate { student: bs, batch, new_tokens, decode_weights, save_prompts, prompts: None, data_dir: _, json } } => {
             use cotlab::model::generate::{generate, prompt_ids, GenOptions};
+            let dw = DecodeWeights::parse(&decode_weights).map_err(Error::usage)?;
             let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             cotlab::error::in_range("bench generate", "batch", batch, 1..=1024)?;
             let qs: Vec<String> = cotlab::data::arith::generate(batch, 7).iter().map(|p| p.example().question).collect();
             if let Some(p) = &save_prompts {
                 std::fs::write(p, serde_json::to_string(&prompt_ids(&s, &qs)?).unwrap()).map_err(|e| Error::io(p, e))?;
             }
-            let opts = GenOptions { max_new_tokens: new_tokens, ignore_eos: true, ..Default::default() };
-            let time = |qs: &[String]| -> Result<f64> {
-                let t0 = std::time::Instant::now();
+            let opts = GenOptions { max_new_tokens: new_tokens, ignore_eos: true, decode_weights: dw, ..Default::default() };
+            // Tokens per wall second and per CPU second (the machine may be shared).
+            let time = |qs: &[String]| -> Result<(f64, f64)> {
+                let (t0, c0) = (std::time::Instant::now(), cotlab::train::bench::cpu_seconds());
                 let out = generate(&s, qs, &opts)?;
-                let toks: usize = out.iter().map(|g| g.tokens).sum();
-                Ok(toks as f64 / t0.elapsed().as_secs_f64())
+                let toks = out.iter().map(|g| g.tokens).sum::<usize>() as f64;
+                Ok((toks / t0.elapsed().as_secs_f64(), toks / (cotlab::train::bench::cpu_seconds() - c0).max(1e-9)))
             };
+            // Warm-up (allocator; the bf16/Q8_0 copies are made in every call, so timed too).
             let _warm = time(&qs[..1])?;
-            let one = time(&qs[..1])?;
-            let many = time(&qs)?;
+            let (one, one_cpu) = time(&qs[..1])?;
+            let (many, many_cpu) = time(&qs)?;
             let dt = format!("{:?}", s.model.compute_dtype()).to_lowercase();
             let mem = cotlab::train::bench::device_memory_used_mb(&s.model.device);
             eprintln!(
-                "cotlab greedy decoding ({}, {}, {dt}), {new_tokens} new tokens: batch 1 {one:.1} tokens/s, batch {} {many:.1} tokens/s{}",
+                "cotlab greedy decoding ({}, {}, {dt}, {} weights), {new_tokens} new tokens: batch 1 {one:.1} tokens/s ({one_cpu:.1} per CPU-s), batch {} {many:.1} tokens/s ({many_cpu:.1} per CPU-s){}",
                 s.name,
                 bs.device,
+                dw.name(),
                 qs.len(),
                 mem.map(|m| format!(", device memory in use {m:.0} MB")).unwrap_or_default()
             );
             if json {
-                println!("{}", serde_json::json!({"model": s.name, "device": bs.device, "dtype": dt, "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
+                println!("{}", serde_json::json!({"model": s.name, "device": bs.device, "dtype": dt, "decode_weights": dw.name(), "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch1_tokens_per_cpu_s": one_cpu, "batchN_tokens_per_cpu_s": many_cpu, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
             }
             Ok(())
         }
@@ -529,11 +543,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 /// `bench generate --prompts`: greedy decoding of `qs` to EOS, `batch` at a time, as static
 /// batches (one `generate` call per chunk: a batch waits for its longest answer) and with
 /// continuous batching; tokens/s of each and whether both produced the same answers.
-fn bench_prompts(s: &cotlab::model::Student, qs: &[String], batch: usize, new_tokens: usize) -> Result<serde_json::Value> {
+fn bench_prompts(s: &cotlab::model::Student, qs: &[String], batch: usize, new_tokens: usize, dw: DecodeWeights) -> Result<serde_json::Value> {
     use cotlab::model::generate::{generate, generate_batched, GenOptions};
-    let opts = GenOptions { max_new_tokens: new_tokens, ..Default::default() };
+    let opts = GenOptions { max_new_tokens: new_tokens, decode_weights: dw, ..Default::default() };
     // Warm-up (allocator, weight caches).
-    generate(s, &qs[..1], &GenOptions { max_new_tokens: 4, ..Default::default() })?;
+    generate(s, &qs[..1], &GenOptions { max_new_tokens: 4, ..opts.clone() })?;
     let t0 = Instant::now();
     let mut fixed = Vec::new();
     for chunk in qs.chunks(batch) {

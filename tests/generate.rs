@@ -79,3 +79,141 @@ fn continuous_batching_matches_batch_one() {
     let lengths: std::collections::BTreeSet<usize> = batched.iter().map(|d| d.ids.len()).collect();
     assert!(lengths.len() >= 3 && batched.iter().any(|d| d.finish == Finish::Eos), "{:?}", batched.iter().map(|d| (d.ids.len(), d.finish)).collect::<Vec<_>>());
 }
+
+// ---- Decoding with quantized (Q8_0) weights.
+
+use candle_core::Tensor;
+use cotlab::model::generate::{generate_ids, generate_ids_batched, prompt_ids};
+use cotlab::model::transformer::KvCache;
+use cotlab::model::DecodeWeights;
+
+/// Last-position logits of `ids` from one cached-decoding step (a prefill) with `mode`'s weights.
+fn decoded_logits(s: &Student, ids: &[u32], mode: DecodeWeights) -> Vec<f32> {
+    let _w = s.model.decode_weights(mode).unwrap();
+    let t = ids.len();
+    let dev = &s.model.device;
+    let input = Tensor::new(ids, dev).unwrap().unsqueeze(0).unwrap();
+    let pos = Tensor::arange(0u32, t as u32, dev).unwrap().unsqueeze(0).unwrap();
+    let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+    let mask = Tensor::from_vec(m, (1, 1, t, t), dev).unwrap();
+    let mut cache = KvCache::new(s.config.num_hidden_layers);
+    s.model.step(&input, &pos, &mask, &mut cache).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}
+
+fn svamp_prompts(s: &Student, n: usize) -> Vec<Vec<u32>> {
+    let ds = cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(n), seed: Some(0), ..Default::default() }).unwrap();
+    let qs: Vec<String> = ds.examples.iter().map(|e| e.question.clone()).collect();
+    prompt_ids(s, &qs).unwrap()
+}
+
+/// Q8_0 decoding of real SVAMP prompts stays close to f32's: the same next token at every
+/// prompt's end with logits within a small tolerance, and the same greedy answers for most of
+/// their length. A broken path (wrong rows, a missing bias or head, stale weights) fails both.
+#[test]
+fn q8_0_decoding_agrees_with_f32() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let prompts = svamp_prompts(&s, 8);
+    let mut worst = 0f32;
+    for p in &prompts {
+        let (f, q) = (decoded_logits(&s, p, DecodeWeights::F32), decoded_logits(&s, p, DecodeWeights::Q8_0));
+        assert_eq!(argmax(&f), argmax(&q), "q8_0 changes the first token");
+        worst = worst.max(max_abs_diff(&f, &q));
+    }
+    let stops = [2u32];
+    let f32_opts = GenOptions { max_new_tokens: 64, ..Default::default() };
+    let q8_opts = GenOptions { decode_weights: DecodeWeights::Q8_0, ..f32_opts.clone() };
+    let f = generate_ids(&s, &prompts, &stops, &f32_opts).unwrap();
+    let q = generate_ids(&s, &prompts, &stops, &q8_opts).unwrap();
+    let common_prefix: Vec<usize> = f.iter().zip(&q).map(|(a, b)| a.ids.iter().zip(&b.ids).take_while(|(x, y)| x == y).count()).collect();
+    let same16 = common_prefix.iter().filter(|&&n| n >= 16).count();
+    eprintln!("q8_0 vs f32: last-position logits within {worst}; common prefix of 64 new tokens per prompt: {common_prefix:?}");
+    // Measured: 1.21 on SmolLM2-135M (logits span about ±30).
+    assert!(worst < 2.0, "q8_0 logits differ from f32 by {worst}");
+    // Measured: [17, 9, 64, 26, 28, 27, 8, 64] (6 of 8 agree on 16 tokens, 243 of 512 in all);
+    // greedy answers part at near-ties, so the floor leaves room for other CPUs' kernels.
+    assert!(same16 >= 5 && common_prefix.iter().sum::<usize>() >= 160, "the first 16 tokens agree for only {same16} of 8 prompts: {common_prefix:?}");
+}
+
+/// Continuous batching with Q8_0 weights should decode what each prompt decodes alone. It does
+/// not yet: candle 0.11 picks its packed Q8_0 kernels by the number of rows (tiles of rows vs
+/// row-by-row gemv, `quantized/repack.rs` `try_matmul_f32`), so a row's rounding depends on the
+/// batch; measured, prompt 6 of 8 parts from its batch-1 answer at token 5. Ignored until the
+/// projections run batch-invariant kernels.
+#[test]
+#[ignore = "candle's Q8_0 kernels are not batch-invariant (see the comment)"]
+fn q8_0_continuous_batching_matches_batch_one() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let prompts = svamp_prompts(&s, 8);
+    let opts = GenOptions { max_new_tokens: 24, decode_weights: DecodeWeights::Q8_0, ..Default::default() };
+    let stops = [2u32];
+    let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 3).unwrap();
+    for (i, (p, b)) in prompts.iter().zip(&batched).enumerate() {
+        let alone = generate_ids(&s, std::slice::from_ref(p), &stops, &opts).unwrap();
+        assert_eq!(alone[0], *b, "q8_0: continuous batching != batch 1 for prompt {i}");
+    }
+}
+
+/// The quantized copy lives only as long as a decoding call: after an optimizer step (full
+/// fine-tuning, then LoRA adapters) the next Q8_0 decoding reads the new weights.
+#[test]
+fn q8_0_copy_never_goes_stale() {
+    require!(Model);
+    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+    let mut s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS), false).unwrap().get_ids().to_vec();
+    let q8 = GenOptions { max_new_tokens: 4, decode_weights: DecodeWeights::Q8_0, ..Default::default() };
+    let step = |s: &Student, lr: f64| {
+        // One AdamW step on the prompt's next-token loss, large enough to move the logits.
+        let mut opt = AdamW::new(s.model.trainable().into_iter().cloned().collect(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() }).unwrap();
+        let ids = Tensor::new(prompt.as_slice(), &s.model.device).unwrap().unsqueeze(0).unwrap();
+        let h = s.model.hidden(&ids.narrow(1, 0, prompt.len() - 1).unwrap()).unwrap().squeeze(0).unwrap();
+        let target = ids.narrow(1, 1, prompt.len() - 1).unwrap().squeeze(0).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&s.model.logits(&h).unwrap(), &target).unwrap();
+        opt.backward_step(&loss).unwrap();
+    };
+    for lora in [false, true] {
+        if lora {
+            s = s.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0).unwrap();
+        }
+        // A Q8_0 decoding before the step (makes and drops the copy)...
+        generate_ids(&s, std::slice::from_ref(&prompt), &[2], &q8).unwrap();
+        let before = decoded_logits(&s, &prompt, DecodeWeights::Q8_0);
+        // LoRA: B starts at 0, so a larger step to move the logits as much.
+        step(&s, if lora { 3e-2 } else { 2e-3 });
+        // ...then after it: close to the new f32 logits, far from the old ones.
+        let (f, q) = (decoded_logits(&s, &prompt, DecodeWeights::F32), decoded_logits(&s, &prompt, DecodeWeights::Q8_0));
+        let (fresh, moved) = (max_abs_diff(&f, &q), max_abs_diff(&before, &q));
+        eprintln!("lora {lora}: q8_0 vs new f32 {fresh}, q8_0 moved by {moved}");
+        // Measured: 0.92 and 22.7 (full, lr 2e-3), 0.89 and 5.3 (LoRA, lr 3e-2).
+        assert!(fresh < 2.0 && moved > 4.0 * fresh, "lora {lora}: q8_0 vs new f32 {fresh}, moved {moved}");
+    }
+}
+
+/// Bad values and mixed modes give clear errors.
+#[test]
+fn decode_weights_errors_are_clear() {
+    require!(Model);
+    let e = serde_json::from_value::<GenOptions>(serde_json::json!({"decode_weights": "q4"})).unwrap_err().to_string();
+    assert!(e.contains("decode_weights: unknown value 'q4': expected one of auto, f32, bf16, q8_0"), "{e}");
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let _q = s.model.decode_weights(DecodeWeights::Q8_0).unwrap();
+    let e = s.model.decode_weights(DecodeWeights::Bf16).err().unwrap().to_string();
+    assert!(e.contains("decoding with bf16 weights while another decoding of this model uses q8_0 weights"), "{e}");
+    // The same mode again is fine (one copy, shared).
+    let _again = s.model.decode_weights(DecodeWeights::Q8_0).unwrap();
+    // From the command line too, before anything loads.
+    for args in [&["eval", "--task", "svamp", "--decode-weights", "q4"][..], &["bench", "generate", "--decode-weights", "Q8"][..]] {
+        let o = common::run(common::cotlab().args(args));
+        assert!(o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0"), "{args:?}: {}", o.stderr);
+    }
+}

@@ -18,7 +18,7 @@ use crate::error::{one_of, Error, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
-use crate::model::{ChatTemplate, Student};
+use crate::model::{ChatTemplate, DecodeWeights, Student};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -37,11 +37,15 @@ pub struct EvalOptions {
     /// Beam width; default (`None`) the paper's: 5 for the commonsense tasks, 1 (greedy) otherwise
     /// (see [`paper_beams`]). Reported resolved in `results.json`.
     pub beams: Option<usize>,
+    /// The weights decoding reads: "auto" (default), "f32", "bf16" or "q8_0" (see
+    /// [`DecodeWeights`]). Part of the eval dir's identity (other weights, other outputs).
+    #[serde(skip_serializing_if = "DecodeWeights::is_auto")]
+    pub decode_weights: DecodeWeights,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper, beams: None }
+        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper, beams: None, decode_weights: DecodeWeights::Auto }
     }
 }
 
@@ -155,6 +159,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         stop: Vec::new(),
         ignore_eos: false,
         beams: opts.beams.unwrap_or(1),
+        decode_weights: opts.decode_weights,
     };
     // Checked before the eval dir is made.
     gen.validate("evaluate")?;

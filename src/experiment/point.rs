@@ -11,7 +11,7 @@
 //! * `train` [true]: false evaluates the base student (a before-training baseline);
 //! * evaluation: `eval_dataset` [= dataset], `eval_split` [test], `eval_n` (a seeded subset),
 //!   `eval_seed` [1; the generated set's seed for arith: 2, apart from the training problems],
-//!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`;
+//!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`, `eval_decode_weights`;
 //! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …).
 
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
 pub const EVAL_KEYS: &[&str] =
-    &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams"];
+    &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams", "eval_decode_weights"];
 
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
@@ -178,6 +178,7 @@ impl PointConfig {
             protocol: take(&mut m, "eval_protocol")?.unwrap_or(d.protocol),
             prompt: take(&mut m, "eval_prompt")?.unwrap_or(d.prompt),
             beams: take(&mut m, "eval_beams")?,
+            decode_weights: take(&mut m, "eval_decode_weights")?.unwrap_or(d.decode_weights),
             ..d
         };
         crate::error::in_range("sweep", "eval_batch_size", eval.batch_size, 1..=4096)?;

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::transformer::KvCache;
+use super::transformer::{DecodeWeights, KvCache};
 use super::Student;
 use crate::error::{Error, ModelContext, Result};
 use crate::rng::Rng;
@@ -25,11 +25,24 @@ pub struct GenOptions {
     /// Beam width: 1 = greedy (or sampling); N > 1 = beam search as transformers'
     /// `generate(num_beams=N, do_sample=False)` (length_penalty 1.0, early_stopping False).
     pub beams: usize,
+    /// The weights decoding reads: "auto" (default: the compute dtype's, the training
+    /// forward's exact path), "f32", "bf16" or "q8_0" (see [`DecodeWeights`]).
+    #[serde(skip_serializing_if = "DecodeWeights::is_auto")]
+    pub decode_weights: DecodeWeights,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), ignore_eos: false, beams: 1 }
+        GenOptions {
+            max_new_tokens: 320,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+            beams: 1,
+            decode_weights: DecodeWeights::Auto,
+        }
     }
 }
 
@@ -208,8 +221,8 @@ fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: 
     }
     crate::error::in_range("generate", "batch width", width, 1..=1 << 20)?;
     let width = width.min(prompts.len());
-    // bf16: one cast copy of the weights for this whole call, not one per step.
-    let _weights = s.model.inference_weights().map_err(ce)?;
+    // bf16 or Q8_0: one copy of the weights for this whole call, not one per step.
+    let _weights = s.model.decode_weights(opts.decode_weights).map_err(ce)?;
     if opts.beams > 1 {
         for (c, chunk) in prompts.chunks(width).enumerate() {
             for (j, d) in beam_search(s, chunk, stops, opts)?.into_iter().enumerate() {

@@ -27,7 +27,7 @@ use candle_core::{Device, Var};
 pub use chat::ChatTemplate;
 pub use config::ModelConfig;
 pub use family::Family;
-pub use transformer::Transformer;
+pub use transformer::{DecodeWeights, Transformer};
 
 use crate::error::{Error, Result};
 use crate::usage;

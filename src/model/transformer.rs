@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
 
 use super::config::{Activation, ModelConfig};
 use super::family::Family;
@@ -183,6 +185,56 @@ impl Pass<'_> {
     }
 }
 
+/// The weights cached decoding (`generate`, `evaluate`) reads. Batch-1 decoding is bound by
+/// reading every weight each step, so fewer bytes per weight is faster; training never uses
+/// these copies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum DecodeWeights {
+    /// The compute dtype's weights (f32, or the bf16 copy): the exact path of training's forward.
+    #[default]
+    Auto,
+    /// f32 weights and activations, whatever the compute dtype.
+    F32,
+    /// A bf16 copy of the weights; bf16 activations (norms, softmax and logits in f32).
+    Bf16,
+    /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 weights, one f16 scale:
+    /// 8.5 bits a weight), multiplied by candle's quantized kernels (activations quantized to
+    /// Q8_0 per row); everything else f32. A weight whose rows are not whole blocks stays f32.
+    Q8_0,
+}
+
+impl TryFrom<String> for DecodeWeights {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        DecodeWeights::parse(&s)
+    }
+}
+
+impl DecodeWeights {
+    pub fn parse(s: &str) -> std::result::Result<DecodeWeights, String> {
+        crate::error::one_of(
+            "decode_weights",
+            s,
+            &[("auto", DecodeWeights::Auto), ("f32", DecodeWeights::F32), ("bf16", DecodeWeights::Bf16), ("q8_0", DecodeWeights::Q8_0)],
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeWeights::Auto => "auto",
+            DecodeWeights::F32 => "f32",
+            DecodeWeights::Bf16 => "bf16",
+            DecodeWeights::Q8_0 => "q8_0",
+        }
+    }
+
+    /// For `skip_serializing_if`: options files written before this option existed stay equal.
+    pub fn is_auto(&self) -> bool {
+        *self == DecodeWeights::Auto
+    }
+}
+
 /// Mixed precision: the parameters (`params`, LoRA adapters) are f32 `Var`s whatever the compute
 /// dtype, so gradients and optimizer state are f32 too ("master weights"). With a bf16 compute
 /// dtype each forward casts the weights it uses to bf16 (the cast is differentiable: the
@@ -204,14 +256,18 @@ pub struct Transformer {
     rope: Option<(Tensor, Tensor)>,
     /// The compute dtype: F32 or BF16.
     dtype: DType,
-    /// Weights cast to `dtype` for decoding, while an [`InferenceWeights`] guard lives.
+    /// Weights cast or quantized for decoding, while an [`InferenceWeights`] guard lives.
     cast: Arc<Mutex<CastCache>>,
 }
 
 #[derive(Default)]
 struct CastCache {
     users: usize,
+    /// What the live guards decode with (never `Auto`: resolved when the first guard is taken).
+    mode: Option<DecodeWeights>,
     weights: HashMap<String, Tensor>,
+    /// Q8_0 copies; `None` for a weight that cannot be quantized (stays f32).
+    quant: HashMap<String, Option<Arc<QMatMul>>>,
 }
 
 /// Keeps the decoding copy of the weights in the compute dtype alive (see
@@ -224,7 +280,11 @@ impl Drop for InferenceWeights {
             let mut c = c.lock().unwrap();
             c.users -= 1;
             if c.users == 0 {
+                // Dropped with the last guard, so a later optimizer step can never leave a
+                // stale copy behind.
                 c.weights.clear();
+                c.quant.clear();
+                c.mode = None;
             }
         }
     }
@@ -273,12 +333,69 @@ impl Transformer {
     /// f32, instead of casting every step). Nothing to do in f32. Training passes never use the copies, so
     /// weights that change while no guard lives (optimizer steps) are always seen fresh.
     pub fn inference_weights(&self) -> candle_core::Result<InferenceWeights> {
-        if self.dtype == DType::F32 {
+        self.decode_weights(DecodeWeights::Auto)
+    }
+
+    /// For cached decoding with `mode`'s weights: while the returned guard lives, decoding passes
+    /// read a copy of each weight made once (bf16 cast or Q8_0 blocks), dropped with the last
+    /// guard. `Auto` in f32 (and `F32` in an f32 model) is the plain path: no guard needed.
+    /// Two live guards must agree on the mode (decoding reads one copy).
+    pub fn decode_weights(&self, mode: DecodeWeights) -> candle_core::Result<InferenceWeights> {
+        let mode = match mode {
+            DecodeWeights::Auto if self.dtype == DType::BF16 => DecodeWeights::Bf16,
+            DecodeWeights::Auto => DecodeWeights::F32,
+            m => m,
+        };
+        if mode == DecodeWeights::F32 && self.dtype == DType::F32 {
             return Ok(InferenceWeights(None));
         }
         let mut c = self.cast.lock().unwrap();
+        match c.mode {
+            Some(live) if c.users > 0 && live != mode => {
+                candle_core::bail!("decoding with {} weights while another decoding of this model uses {} weights", mode.name(), live.name())
+            }
+            _ => {}
+        }
+        c.mode = Some(mode);
         c.users += 1;
         Ok(InferenceWeights(Some(self.cast.clone())))
+    }
+
+    /// The dtype a pass computes in: the compute dtype when training; when decoding, the live
+    /// guard's (Q8_0 kernels take and give f32).
+    fn dt(&self, grad: bool) -> DType {
+        if grad {
+            return self.dtype;
+        }
+        let c = self.cast.lock().unwrap();
+        match c.mode {
+            Some(DecodeWeights::F32 | DecodeWeights::Q8_0) if c.users > 0 => DType::F32,
+            Some(DecodeWeights::Bf16) if c.users > 0 => DType::BF16,
+            _ => self.dtype,
+        }
+    }
+
+    /// The Q8_0 copy of weight `name` for a decoding pass under a Q8_0 guard (made on first use).
+    fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<QMatMul>>> {
+        if grad {
+            return Ok(None);
+        }
+        let mut c = self.cast.lock().unwrap();
+        if c.users == 0 || c.mode != Some(DecodeWeights::Q8_0) {
+            return Ok(None);
+        }
+        if let Some(q) = c.quant.get(name) {
+            return Ok(q.clone());
+        }
+        let w = self.w32(name, false);
+        // Q8_0 blocks run along a row (the input dim): rows must be whole blocks.
+        let q = if w.rank() == 2 && w.dim(1)? % GgmlDType::Q8_0.block_size() == 0 {
+            Some(Arc::new(QMatMul::from_qtensor(QTensor::quantize(&w.contiguous()?, GgmlDType::Q8_0)?)?))
+        } else {
+            None
+        };
+        c.quant.insert(name.to_string(), q.clone());
+        Ok(q)
     }
 
     pub fn family(&self) -> Family {
@@ -343,7 +460,8 @@ impl Transformer {
     /// A base weight as a forward uses it, in the compute dtype (decoding: the guard's copy
     /// when one lives, see [`Transformer::inference_weights`]).
     pub(crate) fn w(&self, name: &str, grad: bool) -> candle_core::Result<Tensor> {
-        if self.dtype == DType::F32 {
+        let dt = self.dt(grad);
+        if dt == DType::F32 {
             return Ok(self.w32(name, grad));
         }
         if !grad {
@@ -352,24 +470,29 @@ impl Transformer {
                 if let Some(t) = c.weights.get(name) {
                     return Ok(t.clone());
                 }
-                let t = self.w32(name, false).to_dtype(self.dtype)?;
+                let t = self.w32(name, false).to_dtype(dt)?;
                 c.weights.insert(name.to_string(), t.clone());
                 return Ok(t);
             }
         }
-        self.w32(name, grad).to_dtype(self.dtype)
+        self.w32(name, grad).to_dtype(dt)
     }
 
     /// Rows of the embedding table for `ids` (B, T): (B·T, D), gathered in f32 then cast.
     pub(crate) fn embed(&self, ids: &Tensor, table: &str, grad: bool) -> candle_core::Result<Tensor> {
-        self.w32(table, grad).index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)
+        self.w32(table, grad).index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dt(grad))
     }
 
     /// One projection `x Wᵀ (+ b) (+ LoRA)` for module path `m` (e.g. model.layers.0.mlp.up_proj).
     pub(crate) fn linear(&self, x: &Tensor, m: &str, grad: bool) -> candle_core::Result<Tensor> {
-        let w = self.w(&format!("{m}.weight"), grad)?;
-        // A frozen weight under training: skip its weight-gradient GEMM.
-        let mut y = if grad && self.lora.is_some() { ops::frozen_linear(x, &w)? } else { x.matmul(&w.t()?)? };
+        let name = format!("{m}.weight");
+        let mut y = if let Some(q) = self.quantized(&name, grad)? {
+            q.forward(&x.contiguous()?)?
+        } else {
+            let w = self.w(&name, grad)?;
+            // A frozen weight under training: skip its weight-gradient GEMM.
+            if grad && self.lora.is_some() { ops::frozen_linear(x, &w)? } else { x.matmul(&w.t()?)? }
+        };
         let bias = format!("{m}.bias");
         if self.params.contains_key(&bias) {
             y = y.broadcast_add(&self.w(&bias, grad)?)?;
@@ -389,7 +512,7 @@ impl Transformer {
         let eps = self.config.rms_norm_eps as f32;
         let x = x.to_dtype(DType::F32)?;
         let y = if grad { ops::rms_norm(&x, &w, eps)? } else { candle_nn::ops::rms_norm(&x, &w, eps)? };
-        y.to_dtype(self.dtype)
+        y.to_dtype(self.dt(grad))
     }
 
     /// LayerNorm `p.weight`, `p.bias` over the last dim, from differentiable primitives
@@ -400,7 +523,7 @@ impl Transformer {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        xc.broadcast_div(&(var + self.config.rms_norm_eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(self.dtype)
+        xc.broadcast_div(&(var + self.config.rms_norm_eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(self.dt(grad))
     }
 
     pub(crate) fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -419,7 +542,8 @@ impl Transformer {
                 (cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin.index_select(&flat, 0)?.reshape((b, t, half))?)
             }
         };
-        Ok((cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?))
+        let dt = self.dt(pass.grad());
+        Ok((cos.to_dtype(dt)?, sin.to_dtype(dt)?))
     }
 
     /// Rotary embedding of x (B, H, T, hd).
@@ -473,7 +597,7 @@ impl Transformer {
             }
             let scores = scores.broadcast_add(mask)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            return probs.to_dtype(self.dtype)?.reshape((b, kv, (h / kv) * t, tk))?.matmul(&v)?.reshape((b, h, t, hd));
+            return probs.to_dtype(self.dt(false))?.reshape((b, kv, (h / kv) * t, tk))?.matmul(&v)?.reshape((b, h, t, hd));
         }
         let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.to_dtype(DType::F32)?;
@@ -514,9 +638,14 @@ impl Transformer {
 
     /// Logits in f32 whatever the compute dtype.
     fn logits_with(&self, hidden: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
-        let w = self.w(self.config.family.head_weight(&self.config), grad)?;
-        let hidden = hidden.to_dtype(self.dtype)?;
-        let y = if grad && self.lora.is_some() { ops::frozen_linear(&hidden, &w)? } else { hidden.matmul(&w.t()?)? };
+        let name = self.config.family.head_weight(&self.config);
+        let hidden = hidden.to_dtype(self.dt(grad))?;
+        let y = if let Some(q) = self.quantized(name, grad)? {
+            q.forward(&hidden.contiguous()?)?
+        } else {
+            let w = self.w(name, grad)?;
+            if grad && self.lora.is_some() { ops::frozen_linear(&hidden, &w)? } else { hidden.matmul(&w.t()?)? }
+        };
         y.to_dtype(DType::F32)
     }
 

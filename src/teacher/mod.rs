@@ -308,7 +308,7 @@ impl Teacher {
         let total = jobs.len();
         for (k, chunk) in jobs.chunks(8).enumerate() {
             // Same seed for the chunk: generation is seeded per prompt anyway.
-            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new(), ignore_eos: false, beams: 1 };
+            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new(), ignore_eos: false, beams: 1, ..Default::default() };
             let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
             let outs = generate(student, &msgs, &gen)?;
             for (j, g) in chunk.iter().zip(outs) {
