@@ -5,8 +5,13 @@
 cd "$(dirname "$0")/.."
 home="${COTLAB_HOME:-$HOME/.cache/cotlab}"
 py="${COTLAB_PYTHON:-$home/venv/bin/python}"
-cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/cotlab"
+# $COTLAB_BIN: time another build (e.g. an older commit's binary) instead of building this one.
+if [ -n "${COTLAB_BIN:-}" ]; then
+    bin="$COTLAB_BIN"
+else
+    cargo build --release --quiet
+    bin="${CARGO_TARGET_DIR:-target}/release/cotlab"
+fi
 hf="$home/models/smollm2-135m-instruct-hf"
 [ -d "$hf" ] || "$bin" export --model default --out "$hf"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT

@@ -65,7 +65,7 @@ fn device_choice_is_explained() {
     assert!(cotlab::model::compute_dtype("fp8", &Device::Cpu).is_err());
 }
 
-/// softmax, rms_norm and rope: the fused CUDA forward and the hand-written backward agree with
+/// attention, rms_norm and rope: the fused CUDA forward and the hand-written backward agree with
 /// the CPU, in f32 and bf16.
 #[test]
 fn custom_ops_backward_on_cuda_matches_cpu() {
@@ -84,7 +84,8 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
             let w = w0.to_dtype(dtype).unwrap().to_device(dev).unwrap();
             let (cos, sin) = (cos0.to_dtype(dtype).unwrap().to_device(dev).unwrap(), sin0.to_dtype(dtype).unwrap().to_device(dev).unwrap());
             let y = match which {
-                0 => ops::softmax_last_dim(x.as_tensor()).unwrap(),
+                // x as queries, keys and values: the gradients of all three reach x.
+                0 => ops::attention(x.as_tensor(), x.as_tensor(), x.as_tensor(), &causal(dev), None, 0.125).unwrap(),
                 1 => ops::rms_norm(x.as_tensor(), alpha.as_tensor(), 1e-5).unwrap(),
                 _ => ops::rope(x.as_tensor(), &cos, &sin).unwrap(),
             };
@@ -93,7 +94,7 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
             let ga = (which == 1).then(|| g.get(&alpha).expect("rms_norm passes a gradient to alpha").clone());
             (y, gx, ga)
         };
-        for (which, name) in ["softmax", "rms_norm", "rope"].iter().enumerate() {
+        for (which, name) in ["attention", "rms_norm", "rope"].iter().enumerate() {
             let (yc, gc, ac) = run(&cpu, which);
             let (yg, gg, ag) = run(&gpu, which);
             assert!(yg.device().is_cuda() && gg.device().is_cuda());
@@ -105,14 +106,23 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
                 assert!(e < tol, "{name} {dtype:?}: alpha gradient {e:.2e}");
             }
         }
-        // The softmax gradient against autograd through the composed (slow) softmax, on CUDA.
+        // The attention gradient against autograd through the composed ops, on CUDA.
         let x = Var::from_tensor(&x0.to_dtype(dtype).unwrap().to_device(&gpu).unwrap()).unwrap();
         let w = w0.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
-        let a = (ops::softmax_last_dim(x.as_tensor()).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let b = (candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let xt = x.as_tensor();
+        let a = (ops::attention(xt, xt, xt, &causal(&gpu), None, 0.125).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let scores = (xt.matmul(&xt.t().unwrap()).unwrap() * 0.125).unwrap().to_dtype(DType::F32).unwrap().broadcast_add(&causal(&gpu)).unwrap();
+        let slow = candle_nn::ops::softmax(&scores, D::Minus1).unwrap().to_dtype(dtype).unwrap().matmul(xt).unwrap();
+        let b = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let e = rel(a.get(&x).unwrap(), b.get(&x).unwrap());
-        assert!(e < tol * 5.0, "softmax {dtype:?}: fused+backward vs composed on CUDA {e:.2e}");
+        assert!(e < tol * 5.0, "attention {dtype:?}: fused+backward vs composed on CUDA {e:.2e}");
     }
+}
+
+/// A causal additive mask (17, 17) in f32 on `dev`.
+fn causal(dev: &Device) -> Tensor {
+    let m: Vec<f32> = (0..17).flat_map(|i| (0..17).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+    Tensor::from_vec(m, (17, 17), dev).unwrap()
 }
 
 /// A SmolLM2-135M-shaped student with random weights on the CPU, computing in `dtype`.

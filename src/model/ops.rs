@@ -1,7 +1,8 @@
 //! Fused ops that carry a gradient. candle 0.11's fused `softmax_last_dim`, `rms_norm` and
 //! `rope` are built with `*_no_bwd`: training through them silently updates only the embedding.
 //! Each op here runs the fused kernel forward and defines the backward by hand:
-//! softmax `y⊙(g − Σ g⊙y)`; rms_norm `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
+//! attention (softmax inside, probabilities recomputed) `dS = P⊙(dP − Σ dP⊙P)`; rms_norm
+//! `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
 
 use std::sync::Mutex;
 
@@ -36,33 +37,6 @@ macro_rules! fused_fwd {
             take_cpu(&self.0)
         }
     };
-}
-
-struct Softmax(Mutex<Option<Tensor>>);
-impl Softmax {
-    fused_fwd!();
-}
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "cotlab-softmax-last-dim"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.cpu_fwd_impl()
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        take_cuda(&self.0)
-    }
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let s = (g * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((g.broadcast_sub(&s)? * y)?))
-    }
-}
-
-/// Softmax over the last dim, with a gradient.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let y = candle_nn::ops::softmax_last_dim(x)?;
-    x.apply_op1(Softmax(Mutex::new(Some(y))))
 }
 
 struct RmsNorm(Mutex<Option<Tensor>>, f32);
@@ -189,6 +163,83 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2(w, FrozenMatmul(Mutex::new(Some(y))))
 }
 
+/// Scores → probabilities of scaled dot-product attention: softmax(q kᵀ·scale + bias + mask)
+/// in f32, whatever q's dtype (the order of operations the unfused path used, so losses match).
+fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let mut scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(candle_core::DType::F32)?;
+    if let Some(b) = bias {
+        scores = scores.broadcast_add(b)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)
+}
+
+struct Attention {
+    out: Mutex<Option<Tensor>>,
+    mask: Tensor,
+    bias: Option<Tensor>,
+    scale: f64,
+}
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "cotlab-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        take_cpu(&self.out)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        take_cuda(&self.out)
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Recompute the probabilities (one layer's worth lives at a time) instead of keeping
+        // scores, scaled scores, masked scores and probabilities of every layer until the end of
+        // the backward pass: 4 × (B, H, T, S) f32 per layer, most of the activation memory.
+        let dt = q.dtype();
+        let p = attention_probs(q, k, &self.mask, self.bias.as_ref(), self.scale)?;
+        let dv = p.to_dtype(dt)?.t()?.matmul(g)?;
+        let dp = g.matmul(&v.t()?)?.to_dtype(candle_core::DType::F32)?;
+        let s = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = ((dp.broadcast_sub(&s)? * &p)?.to_dtype(dt)? * self.scale)?;
+        let dq = ds.matmul(k)?;
+        let dk = ds.t()?.matmul(q)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// softmax(q kᵀ·scale + bias + mask) v for q (B, H, T, hd) and k, v (B, H, S, hd) (one key/value
+/// head per query head), `bias` (ALiBi) and `mask` additive f32 tensors broadcastable to
+/// (B, H, T, S); scores and softmax in f32, matmuls in q's dtype. Same values as the composed
+/// ops, but the backward keeps only q, k and v (see `Attention::bwd`).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let p = attention_probs(&q.detach(), &k.detach(), mask, bias, scale)?;
+    let y = p.to_dtype(q.dtype())?.matmul(&v.detach())?;
+    let op = Attention { out: Mutex::new(Some(y)), mask: mask.clone(), bias: bias.cloned(), scale };
+    q.apply_op3(k, v, op)
+}
+
 /// Cross-entropy of logits (N, V) against `targets` (N): returns the per-row NLL (N). Fused on
 /// CPU: one pass for log-sum-exp forward, one for `softmax − onehot` backward, instead of the
 /// half-dozen vocab-sized tensors a composed log_softmax + gather allocates in each direction.
@@ -282,7 +333,6 @@ mod tests {
             }
             Ok(())
         };
-        check(softmax_last_dim(&x)?, candle_nn::ops::softmax(&x, D::Minus1)?, &[&x])?;
         check(rms_norm(&x, &alpha, 1e-5)?, candle_nn::ops::rms_norm_slow(&x, &alpha, 1e-5)?, &[&x, &alpha])?;
         check(rope(&x, &cos, &sin)?, candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?, &[&x])?;
         // Per-row positions (packed rows, decoding): cos/sin (B, T, D/2), each row its own table.
@@ -313,6 +363,24 @@ mod tests {
         let gs = (slow * &wt)?.sum_all()?.backward()?;
         let d = (gf.get(&logits).unwrap() - gs.get(&logits).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d < 1e-5, "cross-entropy gradient differs by {d}");
+        // Attention with a causal mask and a per-head bias against the composed ops.
+        let (q, k, v) = (Var::randn(0f32, 1., (2, 3, 5, 8), &dev)?, Var::randn(0f32, 1., (2, 3, 6, 8), &dev)?, Var::randn(0f32, 1., (2, 3, 6, 8), &dev)?);
+        let mask: Vec<f32> = (0..5).flat_map(|i| (0..6).map(move |j| if j > i + 1 { -1e9 } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (5, 6), &dev)?;
+        let bias = Tensor::randn(0f32, 1., (1, 3, 1, 6), &dev)?;
+        let wo = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, Some(&bias), 0.3)?;
+        let scores = ((q.as_tensor().matmul(&k.as_tensor().t()?)? * 0.3)?.broadcast_add(&bias)?).broadcast_add(&mask)?;
+        let slow = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v.as_tensor())?;
+        assert!((&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        let gf = (fast * &wo)?.sum_all()?.backward()?;
+        let gs = (slow * &wo)?.sum_all()?.backward()?;
+        for var in [&q, &k, &v] {
+            let (a, b) = (gf.get(var).expect("attention has a gradient"), gs.get(var).unwrap());
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "attention gradient differs by {d}");
+            assert!(b.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2, "a gradient that can differ");
+        }
         Ok(())
     }
 }

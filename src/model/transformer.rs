@@ -600,12 +600,7 @@ impl Transformer {
             return probs.to_dtype(self.dt(false))?.reshape((b, kv, (h / kv) * t, tk))?.matmul(&v)?.reshape((b, h, t, hd));
         }
         let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.to_dtype(DType::F32)?;
-        if let Some(b) = bias {
-            scores = scores.broadcast_add(b)?;
-        }
-        let scores = scores.broadcast_add(mask)?;
-        ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?.matmul(&v)
+        ops::attention(q, &k, &v, mask, bias, 1.0 / (hd as f64).sqrt())
     }
 
     // ---- the forward passes.
