@@ -10,10 +10,9 @@ Prints one JSON object on the last line, with the same keys as cotlab's --json o
 import argparse, json, os, resource, sys, time
 
 import torch
-from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_train import LoRALinear  # noqa: E402
+from torch_train import load_student  # noqa: E402
 
 
 def main():
@@ -27,15 +26,7 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     plan = json.load(open(a.plan))
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-    model.train()
-    if a.lora:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for layer in model.model.layers:
-            layer.self_attn.q_proj = LoRALinear(layer.self_attn.q_proj)
-            layer.self_attn.v_proj = LoRALinear(layer.self_attn.v_proj)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = load_student(a.model, a.lora)
     opt = torch.optim.AdamW(params, lr=plan["steps"][0]["lr"], weight_decay=plan["weight_decay"], betas=(0.9, 0.999), eps=1e-8)
     times, cpu, losses, tokens = [], [], [], []
     for step in plan["steps"]:

@@ -24,6 +24,20 @@ class LoRALinear(torch.nn.Module):
         return self.base(x) + (x @ self.a.t() @ self.b.t()) * self.scale
 
 
+def load_student(path, lora):
+    """The model in f32, in training mode; with lora, frozen but for LoRA on q and v (cotlab's
+    default targets). Returns it and its trainable parameters."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.train()
+    if lora:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj = LoRALinear(layer.self_attn.q_proj)
+            layer.self_attn.v_proj = LoRALinear(layer.self_attn.v_proj)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -36,15 +50,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
-    model.train()
-    if a.lora:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for layer in model.model.layers:
-            layer.self_attn.q_proj = LoRALinear(layer.self_attn.q_proj)
-            layer.self_attn.v_proj = LoRALinear(layer.self_attn.v_proj)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = load_student(a.model, a.lora)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
     ids = torch.tensor(json.load(open(a.batch)), dtype=torch.long)
     times, cpu, losses, fwd, bwd, optt = [], [], [], [], [], []

@@ -39,6 +39,35 @@ macro_rules! fused_fwd {
     };
 }
 
+/// `cpu_fwd` / `cuda_fwd` of a three-input fused op: hand over the result held in `self.$slot`.
+macro_rules! fused_fwd3 {
+    ($slot:tt) => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            take_cpu(&self.$slot)
+        }
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            take_cuda(&self.$slot)
+        }
+    };
+}
+
 struct RmsNorm(Mutex<Option<Tensor>>, f32);
 impl RmsNorm {
     fused_fwd!();
@@ -79,36 +108,11 @@ pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 struct Rope(Mutex<Option<Tensor>>);
-impl Rope {
-    fused_fwd!();
-}
 impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "cotlab-rope"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.cpu_fwd_impl()
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        take_cuda(&self.0)
-    }
+    fused_fwd3!(0);
     fn bwd(
         &self,
         _x: &Tensor,
@@ -183,29 +187,7 @@ impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "cotlab-attention"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        take_cpu(&self.out)
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        take_cuda(&self.out)
-    }
+    fused_fwd3!(out);
     fn bwd(
         &self,
         q: &Tensor,
