@@ -78,10 +78,11 @@ stub="$cu/lib/stubs/libcuda.so"
 stub_version="cotlab-libcuda-stub-2"
 if [ ! -f "$stub" ] || [ "$(cat "$stub.version" 2>/dev/null)" != "$stub_version" ]; then
     command -v cc >/dev/null || die "no C compiler (cc) for the libcuda stub (apt-get install gcc)"
-    cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1)"
+    cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1 || true)"
+    # (|| true: with pipefail a failed ls would end the script here instead of fetching.)
     if [ -z "$cudarc" ]; then
         (cd "$repo" && cargo fetch --quiet) || die "cargo fetch failed"
-        cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1)"
+        cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1 || true)"
     fi
     [ -f "$cudarc/src/driver/sys/mod.rs" ] || die "cudarc 0.19 source not found under ~/.cargo/registry/src"
     mkdir -p "$cu/lib/stubs"
