@@ -5,7 +5,7 @@
 //!
 //! Layout: `family/` holds one file per architecture (tensor names, HF config in/out, the
 //! decoder block); `transformer.rs` the weights, LoRA and the kernels blocks are written with;
-//! `ops.rs` the fused ops with a backward; `generate.rs` batched cached decoding.
+//! `ops.rs` the fused ops with a backward; `quant.rs` int8 weights for decoding; `generate.rs` batched cached decoding.
 
 pub mod chat;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod ops;
+pub mod quant;
 pub mod random;
 pub mod tokenizer;
 pub mod transformer;

@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Activation, ModelConfig};
 use super::family::Family;
 use super::lora::{Lora, LoraConfig};
 use super::ops;
+use super::quant::Q8Weight;
 use crate::error::{ModelContext, Result};
 use crate::usage;
 
@@ -198,9 +198,10 @@ pub enum DecodeWeights {
     F32,
     /// A bf16 copy of the weights; bf16 activations (norms, softmax and logits in f32).
     Bf16,
-    /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 weights, one f16 scale:
-    /// 8.5 bits a weight), multiplied by candle's quantized kernels (activations quantized to
-    /// Q8_0 per row); everything else f32. A weight whose rows are not whole blocks stays f32.
+    /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 int8 weights, one scale),
+    /// everything else f32. On the CPU cotlab's kernel multiplies f32 activations by them
+    /// (batch-invariant, see `model::quant`); on CUDA candle's quantized kernels (activations
+    /// quantized to Q8_0 per row). A weight whose rows are not whole blocks stays f32.
     Q8_0,
 }
 
@@ -267,7 +268,7 @@ struct CastCache {
     mode: Option<DecodeWeights>,
     weights: HashMap<String, Tensor>,
     /// Q8_0 copies; `None` for a weight that cannot be quantized (stays f32).
-    quant: HashMap<String, Option<Arc<QMatMul>>>,
+    quant: HashMap<String, Option<Arc<Q8Weight>>>,
 }
 
 /// Keeps the decoding copy of the weights in the compute dtype alive (see
@@ -376,7 +377,7 @@ impl Transformer {
     }
 
     /// The Q8_0 copy of weight `name` for a decoding pass under a Q8_0 guard (made on first use).
-    fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<QMatMul>>> {
+    fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<Q8Weight>>> {
         if grad {
             return Ok(None);
         }
@@ -387,13 +388,8 @@ impl Transformer {
         if let Some(q) = c.quant.get(name) {
             return Ok(q.clone());
         }
-        let w = self.w32(name, false);
-        // Q8_0 blocks run along a row (the input dim): rows must be whole blocks.
-        let q = if w.rank() == 2 && w.dim(1)? % GgmlDType::Q8_0.block_size() == 0 {
-            Some(Arc::new(QMatMul::from_qtensor(QTensor::quantize(&w.contiguous()?, GgmlDType::Q8_0)?)?))
-        } else {
-            None
-        };
+        // Q8_0 blocks run along a row (the input dim): a weight whose rows are not whole blocks stays f32.
+        let q = Q8Weight::new(&self.w32(name, false))?.map(Arc::new);
         c.quant.insert(name.to_string(), q.clone());
         Ok(q)
     }
@@ -487,7 +483,7 @@ impl Transformer {
     pub(crate) fn linear(&self, x: &Tensor, m: &str, grad: bool) -> candle_core::Result<Tensor> {
         let name = format!("{m}.weight");
         let mut y = if let Some(q) = self.quantized(&name, grad)? {
-            q.forward(&x.contiguous()?)?
+            q.forward(x)?
         } else {
             let w = self.w(&name, grad)?;
             // A frozen weight under training: skip its weight-gradient GEMM.
@@ -636,7 +632,7 @@ impl Transformer {
         let name = self.config.family.head_weight(&self.config);
         let hidden = hidden.to_dtype(self.dt(grad))?;
         let y = if let Some(q) = self.quantized(name, grad)? {
-            q.forward(&hidden.contiguous()?)?
+            q.forward(&hidden)?
         } else {
             let w = self.w(name, grad)?;
             if grad && self.lora.is_some() { ops::frozen_linear(&hidden, &w)? } else { hidden.matmul(&w.t()?)? }

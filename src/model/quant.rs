@@ -1,0 +1,497 @@
+//! Int8 weights for decoding on the CPU (`decode_weights: "q8_0"`). A [`Q8Matrix`] keeps a
+//! weight (out × in) as llama.cpp's Q8_0 blocks — 32 int8 values and one scale each, the scale
+//! kept in f32 — and multiplies f32 activations by it without quantizing them.
+//!
+//! Why not candle's `QMatMul`: it quantizes the activations too (less accurate), and it picks
+//! kernels by the number of rows, so a row's rounding depends on its batch (continuous batching
+//! then decodes differently from batch 1). Here every output element is one fixed sequence of
+//! operations — each weight decoded as `q · scale`, 8 lanes of FMAs over the input in order,
+//! then a fixed reduction of the lanes — whatever the number of rows, the tiling or the
+//! threads: batch-invariant by construction, and the AVX2 and portable paths give the same bits.
+//!
+//! Batch-1 decoding reads every weight once per token, so it is bound by memory: a quarter of
+//! f32's bytes (8.5 bits a weight with the f32 scale at 1/32) is what makes it faster.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Weights per block (one scale each).
+pub const BLOCK: usize = 32;
+/// Weight rows decoded to f32 together (their outputs share each input load).
+const TILE: usize = 4;
+/// Input rows per pass over the weights: their f32 copies stay in cache while every weight
+/// tile is decoded once for them.
+const ROWS_PER_PASS: usize = 32;
+
+/// A weight (rows = outputs, cols = inputs) as Q8_0 blocks along each row, stored by tiles of
+/// [`TILE`] rows with their blocks interleaved (tile, block, row, 32 values): a tile is read as
+/// one sequential stream, which the hardware prefetchers keep up with (four row streams at
+/// once measured half the bandwidth). Rows past `rows` in the last tile are zero.
+pub struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    q: Vec<i8>,
+    /// One per block, in the same order: tiles × (cols / BLOCK) × TILE.
+    scale: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// Quantizes `w` (rows × cols, row-major): per block of 32, scale = max |w| / 127 and
+    /// q = round(w / scale). `cols` must be whole blocks.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Result<Q8Matrix, String> {
+        if cols % BLOCK != 0 || w.len() != rows * cols {
+            return Err(format!("cannot quantize a {rows}×{cols} weight ({} values) to Q8_0: rows must be whole blocks of {BLOCK}", w.len()));
+        }
+        let (tiles, nb) = (rows.div_ceil(TILE), cols / BLOCK);
+        let mut q = vec![0i8; tiles * TILE * cols];
+        let mut scale = vec![0f32; tiles * TILE * nb];
+        q.par_chunks_mut(TILE * cols).zip(scale.par_chunks_mut(TILE * nb)).enumerate().for_each(|(t, (q, d))| {
+            for r in 0..TILE.min(rows - t * TILE) {
+                let row = &w[(t * TILE + r) * cols..(t * TILE + r + 1) * cols];
+                for (b, w) in row.chunks_exact(BLOCK).enumerate() {
+                    let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    d[b * TILE + r] = amax / 127.0;
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let o = (b * TILE + r) * BLOCK;
+                    for (q, x) in q[o..o + BLOCK].iter_mut().zip(w) {
+                        *q = round_half_away(x * inv).clamp(-127, 127) as i8;
+                    }
+                }
+            }
+        });
+        Ok(Q8Matrix { rows, cols, q, scale })
+    }
+
+    /// From a 2-D tensor (any device or float dtype; read as f32).
+    pub fn from_tensor(w: &Tensor) -> candle_core::Result<Q8Matrix> {
+        let (rows, cols) = w.dims2()?;
+        let v = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Q8Matrix::quantize(&v, rows, cols).map_err(candle_core::Error::Msg)
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Tile `t`'s blocks and scales.
+    fn tile(&self, t: usize) -> (&[i8], &[f32]) {
+        let (n, nb) = (TILE * self.cols, TILE * self.cols / BLOCK);
+        (&self.q[t * n..(t + 1) * n], &self.scale[t * nb..(t + 1) * nb])
+    }
+
+    /// The weights as the kernel sees them (`q · scale`), row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let mut buf = vec![0f32; TILE * self.cols];
+        for t in 0..self.rows.div_ceil(TILE) {
+            let (q, d) = self.tile(t);
+            portable::decode_tile(q, d, self.cols, &mut buf);
+            out.extend_from_slice(&buf[..TILE.min(self.rows - t * TILE) * self.cols]);
+        }
+        out
+    }
+
+    /// `x · Wᵀ`: x is m × cols (row-major), the result m × rows.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "Q8Matrix::matmul: x is not m × cols");
+        let mut y = vec![0f32; m * self.rows];
+        let kernel = Kernel::detect();
+        let tiles = self.rows.div_ceil(TILE);
+        for (xs, ys) in x.chunks(ROWS_PER_PASS * self.cols).zip(y.chunks_mut(ROWS_PER_PASS * self.rows)) {
+            let n = xs.len() / self.cols;
+            let out = SharedOut(ys.as_mut_ptr());
+            (0..tiles).into_par_iter().with_min_len(4).for_each_init(
+                || vec![0f32; TILE * self.cols],
+                |buf, t| {
+                    let first = t * TILE;
+                    let live = TILE.min(self.rows - first);
+                    let (q, d) = self.tile(t);
+                    if n == 1 {
+                        // One input row (batch-1 decoding): decode in registers, no f32 copy.
+                        let acc = kernel.dot_row_tile(q, d, xs, buf);
+                        for (r, v) in acc.iter().take(live).enumerate() {
+                            // SAFETY: as below, with i = 0.
+                            unsafe { out.write(first + r, *v) };
+                        }
+                        return;
+                    }
+                    kernel.decode_tile(q, d, self.cols, buf);
+                    let mut acc = [[0f32; TILE]; 2];
+                    let mut i = 0;
+                    while i < n {
+                        let pair = (n - i).min(2);
+                        kernel.dot_tile(buf, self.cols, &xs[i * self.cols..(i + pair) * self.cols], pair, &mut acc);
+                        for (p, row) in acc.iter().take(pair).enumerate() {
+                            for (r, v) in row.iter().take(live).enumerate() {
+                                // SAFETY: (i + p, first + r) is inside ys (i + p < n, first + r <
+                                // rows), and no other task writes this tile's columns.
+                                unsafe { out.write((i + p) * self.rows + first + r, *v) };
+                            }
+                        }
+                        i += pair;
+                    }
+                },
+            );
+        }
+        y
+    }
+}
+
+/// `f32::round` without the libm call (which dominated quantizing): truncate, then step away
+/// from zero when the dropped fraction is at least one half. |v| ≤ 127 here.
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    let frac = v - t as f32;
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+}
+
+/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
+struct SharedOut(*mut f32);
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+impl SharedOut {
+    unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+
+    /// A tile's rows as f32 (TILE × cols, row-major) into `buf`.
+    fn decode_tile(self, q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
+        match self {
+            Kernel::Portable => portable::decode_tile(q, d, cols, buf),
+            // SAFETY: detect() checked AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::decode_tile(q, d, cols, buf) },
+        }
+    }
+
+    /// x (one row) · a tile's rows, decoding in registers where the CPU allows: decode_tile
+    /// then dot_tile's operations, without storing the f32 weights.
+    fn dot_row_tile(self, q: &[i8], d: &[f32], x: &[f32], scratch: &mut [f32]) -> [f32; TILE] {
+        match self {
+            Kernel::Portable => {
+                let mut acc = [[0f32; TILE]; 2];
+                portable::decode_tile(q, d, x.len(), scratch);
+                portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
+                acc[0]
+            }
+            // SAFETY: detect() checked AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_row_tile(q, d, x) },
+        }
+    }
+
+    /// acc[p][r] = x row p · w row r, for p < pair (1 or 2) and every row of the tile.
+    fn dot_tile(self, w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
+        match self {
+            Kernel::Portable => portable::dot_tile(w, cols, x, pair, acc),
+            // SAFETY: detect() checked AVX2 and FMA; slices were sized by the caller.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_tile(w, cols, x, pair, acc) },
+        }
+    }
+}
+
+/// The reference semantics, operation for operation what the AVX2 path computes.
+mod portable {
+    use super::{BLOCK, TILE};
+
+    pub fn decode_tile(q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
+        for b in 0..cols / BLOCK {
+            for r in 0..TILE {
+                let (src, scale) = (&q[(b * TILE + r) * BLOCK..][..BLOCK], d[b * TILE + r]);
+                for (v, &q) in buf[r * cols + b * BLOCK..][..BLOCK].iter_mut().zip(src) {
+                    *v = q as f32 * scale;
+                }
+            }
+        }
+    }
+
+    /// The AVX2 path's horizontal sum: (l0+l4, l1+l5, l2+l6, l3+l7), then pairs, then the two.
+    pub fn reduce(l: &[f32; 8]) -> f32 {
+        let (a, b, c, d) = (l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]);
+        (a + c) + (b + d)
+    }
+
+    pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
+        for p in 0..pair {
+            let x = &x[p * cols..(p + 1) * cols];
+            for r in 0..TILE {
+                let w = &w[r * cols..(r + 1) * cols];
+                let mut lanes = [0f32; 8];
+                for (xs, ws) in x.chunks_exact(8).zip(w.chunks_exact(8)) {
+                    for l in 0..8 {
+                        lanes[l] = ws[l].mul_add(xs[l], lanes[l]);
+                    }
+                }
+                acc[p][r] = reduce(&lanes);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BLOCK, TILE};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn decode_tile(q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
+        debug_assert!(q.len() == TILE * cols && d.len() * BLOCK == q.len() && buf.len() >= q.len());
+        let (q, out) = (q.as_ptr(), buf.as_mut_ptr());
+        for b in 0..cols / BLOCK {
+            for r in 0..TILE {
+                let s = _mm256_set1_ps(*d.get_unchecked(b * TILE + r));
+                let src = q.add((b * TILE + r) * BLOCK);
+                let dst = out.add(r * cols + b * BLOCK);
+                for j in 0..BLOCK / 8 {
+                    let bytes = _mm_loadl_epi64(src.add(j * 8) as *const __m128i);
+                    _mm256_storeu_ps(dst.add(j * 8), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s));
+                }
+            }
+        }
+    }
+
+    /// x · a tile's rows, each weight decoded as `cvt(q) · scale` in a register, then one FMA:
+    /// decode_tile's and dot_tile's operations in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_row_tile(q: &[i8], d: &[f32], x: &[f32]) -> [f32; TILE] {
+        let cols = x.len();
+        debug_assert!(q.len() == TILE * cols && d.len() * BLOCK == q.len());
+        let (q, d, x) = (q.as_ptr(), d.as_ptr(), x.as_ptr());
+        let z = _mm256_setzero_ps();
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        macro_rules! row {
+            ($r:literal, $a:ident, $b:ident) => {
+                let s = _mm256_set1_ps(*d.add($b * TILE + $r));
+                let src = q.add(($b * TILE + $r) * BLOCK);
+                for j in 0..BLOCK / 8 {
+                    let bytes = _mm_loadl_epi64(src.add(j * 8) as *const __m128i);
+                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s);
+                    $a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.add($b * BLOCK + j * 8)), $a);
+                }
+            };
+        }
+        for b in 0..cols / BLOCK {
+            row!(0, a0, b);
+            row!(1, a1, b);
+            row!(2, a2, b);
+            row!(3, a3, b);
+        }
+        [reduce(a0), reduce(a1), reduce(a2), reduce(a3)]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reduce(v: __m256) -> f32 {
+        // (l0+l4, l1+l5, l2+l6, l3+l7) → (a+c, b+d) → (a+c)+(b+d): portable::reduce's order.
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
+        debug_assert!(w.len() >= TILE * cols && x.len() >= pair * cols && cols % 8 == 0);
+        let (w0, w1, w2, w3) = (w.as_ptr(), w.as_ptr().add(cols), w.as_ptr().add(2 * cols), w.as_ptr().add(3 * cols));
+        if pair == 2 {
+            let (x0, x1) = (x.as_ptr(), x.as_ptr().add(cols));
+            let z = _mm256_setzero_ps();
+            let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+            let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+            let mut k = 0;
+            while k < cols {
+                let (u, v) = (_mm256_loadu_ps(x0.add(k)), _mm256_loadu_ps(x1.add(k)));
+                let w = _mm256_loadu_ps(w0.add(k));
+                a00 = _mm256_fmadd_ps(w, u, a00);
+                a10 = _mm256_fmadd_ps(w, v, a10);
+                let w = _mm256_loadu_ps(w1.add(k));
+                a01 = _mm256_fmadd_ps(w, u, a01);
+                a11 = _mm256_fmadd_ps(w, v, a11);
+                let w = _mm256_loadu_ps(w2.add(k));
+                a02 = _mm256_fmadd_ps(w, u, a02);
+                a12 = _mm256_fmadd_ps(w, v, a12);
+                let w = _mm256_loadu_ps(w3.add(k));
+                a03 = _mm256_fmadd_ps(w, u, a03);
+                a13 = _mm256_fmadd_ps(w, v, a13);
+                k += 8;
+            }
+            acc[0] = [reduce(a00), reduce(a01), reduce(a02), reduce(a03)];
+            acc[1] = [reduce(a10), reduce(a11), reduce(a12), reduce(a13)];
+        } else {
+            let x0 = x.as_ptr();
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let mut k = 0;
+            while k < cols {
+                let u = _mm256_loadu_ps(x0.add(k));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(k)), u, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(k)), u, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(k)), u, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(k)), u, a3);
+                k += 8;
+            }
+            acc[0] = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+        }
+    }
+}
+
+/// A weight's Q8_0 copy for decoding: ours on the CPU, candle's quantized kernels elsewhere.
+pub enum Q8Weight {
+    Cpu(Q8Matrix),
+    Candle(candle_core::quantized::QMatMul),
+}
+
+impl Q8Weight {
+    /// The copy of 2-D weight `w`; `None` when its rows are not whole blocks (it stays f32).
+    pub fn new(w: &Tensor) -> candle_core::Result<Option<Q8Weight>> {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        if w.rank() != 2 || w.dim(1)? % BLOCK != 0 {
+            return Ok(None);
+        }
+        Ok(Some(if w.device().is_cpu() {
+            Q8Weight::Cpu(Q8Matrix::from_tensor(w)?)
+        } else {
+            Q8Weight::Candle(QMatMul::from_qtensor(QTensor::quantize(&w.contiguous()?, GgmlDType::Q8_0)?)?)
+        }))
+    }
+
+    /// `x · Wᵀ` for f32 x (…, in) → (…, out).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::Module;
+        match self {
+            Q8Weight::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&Q8Linear(m)),
+            Q8Weight::Candle(q) => q.forward(&x.contiguous()?),
+        }
+    }
+}
+
+/// `x · Wᵀ` as a candle op on CPU tensors: x (…, cols) f32 → (…, rows) f32, no gradient.
+pub struct Q8Linear<'a>(pub &'a Q8Matrix);
+
+impl CustomOp1 for Q8Linear<'_> {
+    fn name(&self) -> &'static str {
+        "q8-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = self.0.shape();
+        let dims = l.shape().dims();
+        if dims.last() != Some(&cols) {
+            candle_core::bail!("q8 linear: input {:?} does not end in {cols} features", dims);
+        }
+        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("q8 linear: input must be contiguous") };
+        let CpuStorage::F32(x) = s else { candle_core::bail!("q8 linear: input must be f32") };
+        let x = &x[start..end];
+        let y = self.0.matmul(x, x.len() / cols);
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = rows;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// Rows not a multiple of the tile, inputs spanning several passes.
+    const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 96), (130, 32)];
+
+    #[test]
+    fn quantization_error_is_within_half_a_step() {
+        let (rows, cols) = (45, 96);
+        let w = data(rows * cols, 1);
+        let q = Q8Matrix::quantize(&w, rows, cols).unwrap();
+        let back = q.dequantize();
+        assert_eq!(back.len(), w.len());
+        for (i, (a, b)) in w.iter().zip(back).enumerate() {
+            let step = w[i / BLOCK * BLOCK..][..BLOCK].iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            assert!((a - b).abs() <= step * 0.5 + 1e-7, "weight {i}: {a} vs {b} (step {step})");
+        }
+        for v in [-127.0f32, -2.5, -1.5, -0.5, -0.49999997, 0.0, 0.49999997, 0.5, 1.5, 2.5, 126.7, 127.0] {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
+        assert!(Q8Matrix::quantize(&w[..45 * 90], 45, 90).err().unwrap().contains("whole blocks"));
+    }
+
+    #[test]
+    fn matmul_matches_the_dequantized_reference() {
+        for (rows, cols) in SHAPES {
+            let q = Q8Matrix::quantize(&data(rows * cols, 2), rows, cols).unwrap();
+            let w = q.dequantize();
+            let m = 37;
+            let x = data(m * cols, 3);
+            let y = q.matmul(&x, m);
+            for i in 0..m {
+                for r in 0..rows {
+                    let exact: f64 = (0..cols).map(|k| x[i * cols + k] as f64 * w[r * cols + k] as f64).sum();
+                    let got = y[i * rows + r] as f64;
+                    assert!((got - exact).abs() < 1e-4 * (1.0 + exact.abs()), "({rows}×{cols}) y[{i},{r}] = {got}, exact {exact}");
+                }
+            }
+        }
+    }
+
+    /// Each row's result is the same bits whatever else is in the batch, and the vector path
+    /// gives the portable path's bits.
+    #[test]
+    fn rows_are_batch_invariant_and_kernels_agree() {
+        for (rows, cols) in SHAPES {
+            let q = Q8Matrix::quantize(&data(rows * cols, 4), rows, cols).unwrap();
+            let m = 71;
+            let x = data(m * cols, 5);
+            let all = q.matmul(&x, m);
+            for i in [0, 1, 2, 31, 32, 33, 70] {
+                let alone = q.matmul(&x[i * cols..(i + 1) * cols], 1);
+                assert_eq!(alone, all[i * rows..(i + 1) * rows], "row {i} of {rows}×{cols} depends on its batch");
+            }
+            let kernel = Kernel::detect();
+            let (mut buf, mut reference) = (vec![0f32; TILE * cols], vec![0f32; TILE * cols]);
+            let last = rows.div_ceil(TILE) - 1;
+            for t in [0, last] {
+                let (qt, dt) = q.tile(t);
+                kernel.decode_tile(qt, dt, cols, &mut buf);
+                portable::decode_tile(qt, dt, cols, &mut reference);
+                assert_eq!(buf, reference, "{kernel:?} decodes tile {t} differently from the portable path");
+                let fused = kernel.dot_row_tile(qt, dt, &x[..cols], &mut vec![0f32; TILE * cols]);
+                let mut split = [[0f32; TILE]; 2];
+                portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
+                assert_eq!(fused, split[0], "{kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
+            }
+            let (qt, dt) = q.tile(0);
+            kernel.decode_tile(qt, dt, cols, &mut buf);
+            for pair in [1, 2] {
+                let (mut a, mut b) = ([[0f32; TILE]; 2], [[0f32; TILE]; 2]);
+                kernel.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut a);
+                Kernel::Portable.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut b);
+                assert_eq!(a, b, "{kernel:?} and the portable path disagree ({rows}×{cols}, {pair} rows)");
+            }
+        }
+    }
+}
+
