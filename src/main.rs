@@ -254,6 +254,21 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the decoding matmul kernels on the student's weights (each distinct weight shape of
+    /// layer 0, and the LM head): cotlab's Q8_0 kernel (`--decode-weights q8_0`) against
+    /// candle's f32 matmul (the default path), at each row count (1 = batch-1 decoding).
+    Matmul {
+        /// Input rows (comma-separated).
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        m: Vec<usize>,
+        /// Seconds to time each side of each row, at least.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        #[command(flatten)]
+        student: BenchStudent,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the real SFT job: optimizer steps of the paper's recipe (lr 5e-5, cosine, global
     /// batch 4 x 16, loss on the response only) on a release corpus, through the trainer `sft`
     /// runs (checkpoints left out).
@@ -451,6 +466,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             );
             if json {
                 println!("{}", serde_json::json!({"model": s.name, "device": bs.device, "dtype": dt, "decode_weights": dw.name(), "batch1_tokens_per_s": one, "batchN_tokens_per_s": many, "batch1_tokens_per_cpu_s": one_cpu, "batchN_tokens_per_cpu_s": many_cpu, "batch": qs.len(), "new_tokens": new_tokens, "device_mem_mb": mem}));
+            }
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Matmul { m, seconds, student: bs, json } } => {
+            let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
+            if !s.model.device.is_cpu() {
+                return Err(Error::usage("bench matmul times the CPU kernels: use --device cpu"));
+            }
+            for &mi in &m {
+                cotlab::error::in_range("bench matmul", "m", mi, 1..=4096)?;
+            }
+            let head = s.config.family.head_weight(&s.config).to_string();
+            let mut seen = std::collections::BTreeSet::new();
+            let weights: Vec<(&String, &candle_core::Var)> = s
+                .model
+                .params
+                .iter()
+                .filter(|(n, v)| (n.starts_with("model.layers.0.") || **n == head) && v.rank() == 2 && seen.insert(v.dims().to_vec()))
+                .collect();
+            println!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7}", "weight (one of each shape)", "rows x cols", "m", "q8_0 GFLOP/s", "f32 GFLOP/s", "ratio");
+            let mut rows = Vec::new();
+            for (name, w) in weights {
+                for &mi in &m {
+                    let t = cotlab::model::quant::time_matmul(name, w.as_tensor(), mi, seconds).model_ctx(format!("timing {name}"))?;
+                    println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.q8_s), t.gflops(t.f32_s), t.f32_s / t.q8_s);
+                    rows.push(t);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rows).unwrap());
             }
             Ok(())
         }

@@ -14,6 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use serde::Serialize;
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -403,6 +404,48 @@ impl CustomOp1 for Q8Linear<'_> {
         *out.last_mut().unwrap() = rows;
         Ok((CpuStorage::F32(y), Shape::from(out)))
     }
+}
+
+/// One row of `cotlab bench matmul`: seconds per `x · Wᵀ` (m input rows, a rows × cols
+/// weight) with the Q8_0 kernel and with candle's f32 matmul (the `f32` decoding path), on the
+/// same weights and inputs, timed alternately.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulTiming {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub m: usize,
+    pub q8_s: f64,
+    pub f32_s: f64,
+}
+
+impl MatmulTiming {
+    pub fn gflops(&self, secs: f64) -> f64 {
+        (2 * self.rows * self.cols * self.m) as f64 / secs / 1e9
+    }
+}
+
+/// Times `w` (2-D f32, on the CPU) at `m` rows, for at least `min_s` seconds a side. Weights
+/// this small stay in cache between repetitions: for batch 1, where real decoding streams every
+/// weight from memory, the LM head's row is the telling one.
+pub fn time_matmul(name: &str, w: &Tensor, m: usize, min_s: f64) -> candle_core::Result<MatmulTiming> {
+    use std::time::Instant;
+    let (rows, cols) = w.dims2()?;
+    let q = Q8Matrix::from_tensor(w)?;
+    let x = Tensor::randn(0f32, 1.0, (m, cols), w.device())?;
+    let wt = w.t()?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let (mut q8, mut f32s, mut reps) = (0f64, 0f64, 0usize);
+    while q8.min(f32s) < min_s || reps < 3 {
+        let t = Instant::now();
+        std::hint::black_box(q.matmul(&xs, m));
+        q8 += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::hint::black_box(x.matmul(&wt)?);
+        f32s += t.elapsed().as_secs_f64();
+        reps += 1;
+    }
+    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, q8_s: q8 / reps as f64, f32_s: f32s / reps as f64 })
 }
 
 #[cfg(test)]
