@@ -470,12 +470,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Bench { what: BenchCmd::Matmul { m, seconds, student: bs, json } } => {
+            for &mi in &m {
+                cotlab::error::in_range("bench matmul", "m", mi, 1..=4096)?;
+            }
             let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             if !s.model.device.is_cpu() {
                 return Err(Error::usage("bench matmul times the CPU kernels: use --device cpu"));
-            }
-            for &mi in &m {
-                cotlab::error::in_range("bench matmul", "m", mi, 1..=4096)?;
             }
             let head = s.config.family.head_weight(&s.config).to_string();
             let mut seen = std::collections::BTreeSet::new();
@@ -485,12 +485,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 .iter()
                 .filter(|(n, v)| (n.starts_with("model.layers.0.") || **n == head) && v.rank() == 2 && seen.insert(v.dims().to_vec()))
                 .collect();
-            println!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7}", "weight (one of each shape)", "rows x cols", "m", "q8_0 GFLOP/s", "f32 GFLOP/s", "ratio");
+            println!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}", "weight (one of each shape)", "rows x cols", "m", "q8_0 GFLOP/s", "f32 GFLOP/s", "ratio", "rel. err");
             let mut rows = Vec::new();
             for (name, w) in weights {
                 for &mi in &m {
                     let t = cotlab::model::quant::time_matmul(name, w.as_tensor(), mi, seconds).model_ctx(format!("timing {name}"))?;
-                    println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.q8_s), t.gflops(t.f32_s), t.f32_s / t.q8_s);
+                    println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.q8_s), t.gflops(t.f32_s), t.f32_s / t.q8_s, t.rel_err);
                     rows.push(t);
                 }
             }

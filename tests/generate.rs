@@ -215,3 +215,23 @@ fn decode_weights_errors_are_clear() {
         assert!(o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0"), "{args:?}: {}", o.stderr);
     }
 }
+
+/// `cotlab bench matmul` times the Q8_0 kernel against candle's f32 matmul on each weight shape
+/// of the default student, and the kernel's products agree with f32's to the quantization error.
+#[test]
+fn bench_matmul_covers_every_shape_and_agrees_with_f32() {
+    require!(Model);
+    let r = common::run(common::cotlab().args(["bench", "matmul", "--m", "1,3", "--seconds", "0.01", "--json"]));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
+    // SmolLM2-135M: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, tied head.
+    assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
+    assert_eq!(rows.len(), 10);
+    for t in &rows {
+        assert!(t["q8_s"].as_f64().unwrap() > 0.0 && t["f32_s"].as_f64().unwrap() > 0.0, "{t}");
+        // Measured: up to 1.2 % of the largest output (random inputs); wrong rows or scales give
+        // errors of the order of the outputs themselves.
+        assert!(t["rel_err"].as_f64().unwrap() < 0.05, "q8_0 and f32 products differ: {t}");
+    }
+}

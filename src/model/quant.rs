@@ -417,6 +417,9 @@ pub struct MatmulTiming {
     pub m: usize,
     pub q8_s: f64,
     pub f32_s: f64,
+    /// max |q8 − f32| over the outputs, relative to max |f32|: the quantization error, and a
+    /// check that the timed kernel computes the product.
+    pub rel_err: f64,
 }
 
 impl MatmulTiming {
@@ -435,6 +438,10 @@ pub fn time_matmul(name: &str, w: &Tensor, m: usize, min_s: f64) -> candle_core:
     let x = Tensor::randn(0f32, 1.0, (m, cols), w.device())?;
     let wt = w.t()?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let reference = x.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
+    let got = q.matmul(&xs, m);
+    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE);
+    let rel_err = (got.iter().zip(&reference).fold(0f32, |a, (g, r)| a.max((g - r).abs())) / scale) as f64;
     let (mut q8, mut f32s, mut reps) = (0f64, 0f64, 0usize);
     while q8.min(f32s) < min_s || reps < 3 {
         let t = Instant::now();
@@ -445,7 +452,7 @@ pub fn time_matmul(name: &str, w: &Tensor, m: usize, min_s: f64) -> candle_core:
         f32s += t.elapsed().as_secs_f64();
         reps += 1;
     }
-    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, q8_s: q8 / reps as f64, f32_s: f32s / reps as f64 })
+    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, q8_s: q8 / reps as f64, f32_s: f32s / reps as f64, rel_err })
 }
 
 #[cfg(test)]
