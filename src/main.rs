@@ -359,7 +359,7 @@ fn pin_thread_count() {
 /// an op on the thread that calls it and hands its parallel parts to rayon: when that thread is
 /// not a worker, it and the workers are one thread more than the cores, and the idle workers'
 /// spinning takes time from it. Measured on 2 cores, `bench generate --batch 16 --decode-weights
-/// q8_0`: batch 1 42–46 → 56–71 tokens/s, batch 16 75–81 → 104–108.
+/// q8_0`, two pairs: batch 1 44.8 / 44.3 → 55.4 / 58.6 tokens/s, batch 16 83.2 / 75.0 → 92.2 / 90.7.
 fn compute_on_this_thread(global: bool) -> Option<rayon::ThreadPool> {
     let b = rayon::ThreadPoolBuilder::new().use_current_thread();
     if global {

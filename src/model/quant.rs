@@ -316,20 +316,20 @@ mod avx2 {
             let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
             let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
             let mut k = 0;
+            // One weight load feeds both input rows.
+            macro_rules! both {
+                ($w:ident, $a:ident, $b:ident, $u:ident, $v:ident) => {
+                    let w = _mm256_loadu_ps($w.add(k));
+                    $a = _mm256_fmadd_ps(w, $u, $a);
+                    $b = _mm256_fmadd_ps(w, $v, $b);
+                };
+            }
             while k < cols {
                 let (u, v) = (_mm256_loadu_ps(x0.add(k)), _mm256_loadu_ps(x1.add(k)));
-                let w = _mm256_loadu_ps(w0.add(k));
-                a00 = _mm256_fmadd_ps(w, u, a00);
-                a10 = _mm256_fmadd_ps(w, v, a10);
-                let w = _mm256_loadu_ps(w1.add(k));
-                a01 = _mm256_fmadd_ps(w, u, a01);
-                a11 = _mm256_fmadd_ps(w, v, a11);
-                let w = _mm256_loadu_ps(w2.add(k));
-                a02 = _mm256_fmadd_ps(w, u, a02);
-                a12 = _mm256_fmadd_ps(w, v, a12);
-                let w = _mm256_loadu_ps(w3.add(k));
-                a03 = _mm256_fmadd_ps(w, u, a03);
-                a13 = _mm256_fmadd_ps(w, v, a13);
+                both!(w0, a00, a10, u, v);
+                both!(w1, a01, a11, u, v);
+                both!(w2, a02, a12, u, v);
+                both!(w3, a03, a13, u, v);
                 k += 8;
             }
             acc[0] = [reduce(a00), reduce(a01), reduce(a02), reduce(a03)];
