@@ -9,8 +9,8 @@
 //! then a fixed reduction of the lanes — whatever the number of rows, the tiling or the
 //! threads: batch-invariant by construction, and the AVX2 and portable paths give the same bits.
 //!
-//! Batch-1 decoding reads every weight once per token, so it is bound by memory: a quarter of
-//! f32's bytes (8.5 bits a weight with the f32 scale at 1/32) is what makes it faster.
+//! Batch-1 decoding reads every weight once per token, so it is bound by memory: 9 bits a
+//! weight (8, and an f32 scale per 32) instead of f32's 32 is what makes it faster.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
