@@ -102,8 +102,9 @@ impl Q8Matrix {
             let n = xs.len() / self.cols;
             let out = SharedOut(ys.as_mut_ptr());
             (0..tiles).into_par_iter().with_min_len(4).for_each_init(
-                || vec![0f32; TILE * self.cols],
-                |buf, t| {
+                // Sized on first use: batch 1 on AVX2 decodes in registers and never needs it.
+                Vec::new,
+                |buf: &mut Vec<f32>, t| {
                     let first = t * TILE;
                     let live = TILE.min(self.rows - first);
                     let (q, d) = self.tile(t);
@@ -116,6 +117,7 @@ impl Q8Matrix {
                         }
                         return;
                     }
+                    buf.resize(TILE * self.cols, 0.0);
                     kernel.decode_tile(q, d, self.cols, buf);
                     let mut acc = [[0f32; TILE]; 2];
                     let mut i = 0;
@@ -184,9 +186,10 @@ impl Kernel {
 
     /// x (one row) · a tile's rows, decoding in registers where the CPU allows: decode_tile
     /// then dot_tile's operations, without storing the f32 weights.
-    fn dot_row_tile(self, q: &[i8], d: &[f32], x: &[f32], scratch: &mut [f32]) -> [f32; TILE] {
+    fn dot_row_tile(self, q: &[i8], d: &[f32], x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE] {
         match self {
             Kernel::Portable => {
+                scratch.resize(TILE * x.len(), 0.0);
                 let mut acc = [[0f32; TILE]; 2];
                 portable::decode_tile(q, d, x.len(), scratch);
                 portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
@@ -528,10 +531,11 @@ mod tests {
                 kernel.decode_tile(qt, dt, cols, &mut buf);
                 portable::decode_tile(qt, dt, cols, &mut reference);
                 assert_eq!(buf, reference, "{kernel:?} decodes tile {t} differently from the portable path");
-                let fused = kernel.dot_row_tile(qt, dt, &x[..cols], &mut vec![0f32; TILE * cols]);
+                let fused = kernel.dot_row_tile(qt, dt, &x[..cols], &mut Vec::new());
                 let mut split = [[0f32; TILE]; 2];
                 portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
                 assert_eq!(fused, split[0], "{kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
+                assert_eq!(Kernel::Portable.dot_row_tile(qt, dt, &x[..cols], &mut Vec::new()), split[0], "portable one-row path ({rows}×{cols}, tile {t})");
             }
             let (qt, dt) = q.tile(0);
             kernel.decode_tile(qt, dt, cols, &mut buf);
