@@ -124,8 +124,9 @@ enum Cmd {
         /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
         #[arg(long)]
         beams: Option<usize>,
-        /// Weights decoding reads: auto (the compute dtype's), f32, bf16 or q8_0 (quantized
-        /// projections and LM head: faster on the CPU, outputs close to f32's, not identical).
+        /// Weights decoding reads: auto (the compute dtype's), f32, bf16, q8_0 or q4_1 (quantized
+        /// projections and LM head: faster on the CPU, outputs close to f32's, not identical;
+        /// q4_1 is exact for weights that came from a Q4_1 GGUF, like the default student's).
         #[arg(long, default_value = "auto")]
         decode_weights: String,
         /// The eval dir (default: <runs>/eval-<task>-<split>-<model>[-n<N>-s<seed>]).
@@ -237,7 +238,7 @@ enum BenchCmd {
         new_tokens: usize,
         #[command(flatten)]
         student: BenchStudent,
-        /// Weights decoding reads: auto (the compute dtype's), f32, bf16 or q8_0.
+        /// Weights decoding reads: auto (the compute dtype's), f32, bf16, q8_0 or q4_1.
         #[arg(long, default_value = "auto")]
         decode_weights: String,
         /// Write the prompts' token ids (JSON) for benches/torch_generate.py.
@@ -255,9 +256,13 @@ enum BenchCmd {
         json: bool,
     },
     /// Time the decoding matmul kernels on the student's weights (one of each 2-D shape: a
-    /// layer's projections and the LM head or embedding): cotlab's Q8_0 kernel (`--decode-weights q8_0`) against
-    /// candle's f32 matmul (the default path), at each row count (1 = batch-1 decoding).
+    /// layer's projections and the LM head or embedding): cotlab's Q8_0 or Q4_1 kernel
+    /// (`--decode-weights`) against candle's f32 matmul (the default path), at each row count
+    /// (1 = batch-1 decoding).
     Matmul {
+        /// The kernel's block format: q8_0 or q4_1.
+        #[arg(long, default_value = "q8_0")]
+        decode_weights: String,
         /// Input rows (comma-separated).
         #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
         m: Vec<usize>,
@@ -466,7 +471,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 let toks = out.iter().map(|g| g.tokens).sum::<usize>() as f64;
                 Ok((toks / t0.elapsed().as_secs_f64(), toks / (cotlab::train::bench::cpu_seconds() - c0).max(1e-9)))
             };
-            // The bf16/Q8_0 copy is made once, before timing, as `evaluate` makes it once per run
+            // The bf16/Q8_0/Q4_1 copy is made once, before timing, as `evaluate` makes it once per run
             // (a guard held here keeps it across the calls); then a warm-up (allocator).
             let _copy = s.model.decode_weights(dw).model_ctx("making the decoding copy of the weights")?;
             let _warm = time(&qs[..1])?;
@@ -487,10 +492,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Matmul { m, seconds, student: bs, json } } => {
+        Cmd::Bench { what: BenchCmd::Matmul { m, seconds, decode_weights, student: bs, json } } => {
             for &mi in &m {
                 cotlab::error::in_range("bench matmul", "m", mi, 1..=4096)?;
             }
+            let format = DecodeWeights::parse(&decode_weights)
+                .map_err(Error::usage)?
+                .quant_format()
+                .ok_or_else(|| Error::usage(format!("bench matmul times a quantized kernel: --decode-weights q8_0 or q4_1, got {decode_weights}")))?;
             let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
             if !s.model.device.is_cpu() {
                 return Err(Error::usage("bench matmul times the CPU kernels: use --device cpu"));
@@ -498,12 +507,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             // One weight of each 2-D shape: the layers repeat theirs, the head or embedding adds one.
             let mut seen = std::collections::BTreeSet::new();
             let weights: Vec<(&String, &candle_core::Var)> = s.model.params.iter().filter(|(_, v)| v.rank() == 2 && seen.insert(v.dims().to_vec())).collect();
-            println!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}", "weight (one of each shape)", "rows x cols", "m", "q8_0 GFLOP/s", "f32 GFLOP/s", "ratio", "rel. err");
+            println!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}", "weight (one of each shape)", "rows x cols", "m", format!("{} GFLOP/s", format.name()), "f32 GFLOP/s", "ratio", "rel. err");
             let mut rows = Vec::new();
             for (name, w) in weights {
                 for &mi in &m {
-                    let t = cotlab::model::quant::time_matmul(name, w.as_tensor(), mi, seconds).model_ctx(format!("timing {name}"))?;
-                    println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.q8_s), t.gflops(t.f32_s), t.f32_s / t.q8_s, t.rel_err);
+                    let t = cotlab::model::quant::time_matmul(name, w.as_tensor(), format, mi, seconds).model_ctx(format!("timing {name}"))?;
+                    println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.quant_s), t.gflops(t.f32_s), t.f32_s / t.quant_s, t.rel_err);
                     rows.push(t);
                 }
             }
@@ -621,7 +630,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 fn bench_prompts(s: &cotlab::model::Student, qs: &[String], batch: usize, new_tokens: usize, dw: DecodeWeights) -> Result<serde_json::Value> {
     use cotlab::model::generate::{generate, generate_batched, GenOptions};
     let opts = GenOptions { max_new_tokens: new_tokens, decode_weights: dw, ..Default::default() };
-    // The bf16/Q8_0 copy is made once, before timing: the static side makes one `generate` call
+    // The bf16/Q8_0/Q4_1 copy is made once, before timing: the static side makes one `generate` call
     // per batch and would otherwise pay for a copy each time, the continuous side once.
     let _copy = s.model.decode_weights(dw).model_ctx("making the decoding copy of the weights")?;
     // Warm-up (allocator, weight caches).

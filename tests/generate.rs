@@ -80,7 +80,7 @@ fn continuous_batching_matches_batch_one() {
     assert!(lengths.len() >= 3 && batched.iter().any(|d| d.finish == Finish::Eos), "{:?}", batched.iter().map(|d| (d.ids.len(), d.finish)).collect::<Vec<_>>());
 }
 
-// ---- Decoding with quantized (Q8_0) weights.
+// ---- Decoding with quantized (Q8_0, Q4_1) weights.
 
 use candle_core::Tensor;
 use cotlab::model::generate::{generate_ids, generate_ids_batched, prompt_ids};
@@ -144,21 +144,47 @@ fn q8_0_decoding_agrees_with_f32() {
     assert!(same16 >= 5 && common_prefix.iter().sum::<usize>() >= 160, "the first 16 tokens agree for only {same16} of 8 prompts: {common_prefix:?}");
 }
 
-/// Continuous batching with Q8_0 weights decodes what each prompt decodes alone: every output
-/// of cotlab's Q8_0 kernel is one fixed sequence of operations whatever the batch (candle's
+/// Continuous batching with Q8_0 or Q4_1 weights decodes what each prompt decodes alone: every
+/// output of cotlab's kernels is one fixed sequence of operations whatever the batch (candle's
 /// kernels, used before, picked tiles by the number of rows and failed this at token 5).
 #[test]
-fn q8_0_continuous_batching_matches_batch_one() {
+fn quantized_continuous_batching_matches_batch_one() {
     require!(Data, Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let prompts = svamp_prompts(&s, 8);
-    let opts = GenOptions { max_new_tokens: 24, decode_weights: DecodeWeights::Q8_0, ..Default::default() };
-    let stops = [2u32];
-    let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 3).unwrap();
-    for (i, (p, b)) in prompts.iter().zip(&batched).enumerate() {
-        let alone = generate_ids(&s, std::slice::from_ref(p), &stops, &opts).unwrap();
-        assert_eq!(alone[0], *b, "q8_0: continuous batching != batch 1 for prompt {i}");
+    for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1] {
+        let opts = GenOptions { max_new_tokens: 24, decode_weights: mode, ..Default::default() };
+        let stops = [2u32];
+        let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 3).unwrap();
+        for (i, (p, b)) in prompts.iter().zip(&batched).enumerate() {
+            let alone = generate_ids(&s, std::slice::from_ref(p), &stops, &opts).unwrap();
+            assert_eq!(alone[0], *b, "{}: continuous batching != batch 1 for prompt {i}", mode.name());
+        }
     }
+}
+
+/// The default student's GGUF stores Q4_1 layers and a Q8_0 embedding table, so `q4_1`
+/// decoding (Q4_1 projections, Q8_0 head) reads exactly the f32 path's weights: the logits
+/// differ only by the order of summation, and greedy answers are the f32 ones.
+#[test]
+fn q4_1_decoding_of_the_default_student_is_f32s() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let prompts = svamp_prompts(&s, 8);
+    let mut worst = 0f32;
+    for p in &prompts {
+        let (f, q) = (decoded_logits(&s, p, DecodeWeights::F32), decoded_logits(&s, p, DecodeWeights::Q4_1));
+        worst = worst.max(max_abs_diff(&f, &q));
+    }
+    let f32_opts = GenOptions { max_new_tokens: 64, ..Default::default() };
+    let q4_opts = GenOptions { decode_weights: DecodeWeights::Q4_1, ..f32_opts.clone() };
+    let f = generate_ids(&s, &prompts, &[2], &f32_opts).unwrap();
+    let q = generate_ids(&s, &prompts, &[2], &q4_opts).unwrap();
+    let common_prefix: Vec<usize> = f.iter().zip(&q).map(|(a, b)| a.ids.iter().zip(&b.ids).take_while(|(x, y)| x == y).count()).collect();
+    eprintln!("q4_1 vs f32: last-position logits within {worst}; common prefix of 64 new tokens per prompt: {common_prefix:?}");
+    // Requantized weights that were not the GGUF's would move logits by about 1 (q8_0: 0.94).
+    assert!(worst < 1e-3, "q4_1 logits differ from f32 by {worst}: the weights are not the GGUF's");
+    assert!(common_prefix.iter().filter(|&&n| n == f[0].ids.len().min(64)).count() >= 6, "greedy answers part: {common_prefix:?}");
 }
 
 /// The quantized copy lives only as long as a decoding call: after an optimizer step (full
@@ -202,7 +228,7 @@ fn q8_0_copy_never_goes_stale() {
 fn decode_weights_errors_are_clear() {
     require!(Model);
     let e = serde_json::from_value::<GenOptions>(serde_json::json!({"decode_weights": "q4"})).unwrap_err().to_string();
-    assert!(e.contains("decode_weights: unknown value 'q4': expected one of auto, f32, bf16, q8_0"), "{e}");
+    assert!(e.contains("decode_weights: unknown value 'q4': expected one of auto, f32, bf16, q8_0, q4_1"), "{e}");
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let _q = s.model.decode_weights(DecodeWeights::Q8_0).unwrap();
     let e = s.model.decode_weights(DecodeWeights::Bf16).err().unwrap().to_string();
@@ -212,26 +238,40 @@ fn decode_weights_errors_are_clear() {
     // From the command line too, before anything loads.
     for args in [&["eval", "--task", "svamp", "--decode-weights", "q4"][..], &["bench", "generate", "--decode-weights", "Q8"][..]] {
         let o = common::run(common::cotlab().args(args));
-        assert!(o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0"), "{args:?}: {}", o.stderr);
+        assert!(o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0, q4_1"), "{args:?}: {}", o.stderr);
     }
 }
 
-/// `cotlab bench matmul` times the Q8_0 kernel against candle's f32 matmul on each weight shape
-/// of the default student, and the kernel's products agree with f32's to the quantization error.
+/// `cotlab bench matmul` times the Q8_0 and Q4_1 kernels against candle's f32 matmul on each
+/// weight shape of the default student, and the kernels' products agree with f32's to the
+/// quantization error — none for Q4_1 on the GGUF's Q4_1 layers.
 #[test]
 fn bench_matmul_covers_every_shape_and_agrees_with_f32() {
     require!(Model);
-    let r = common::run(common::cotlab().args(["bench", "matmul", "--m", "1,3", "--seconds", "0.01", "--json"]));
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
-    let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
-    // SmolLM2-135M: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, tied head.
-    assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
-    assert_eq!(rows.len(), 10);
-    for t in &rows {
-        assert!(t["q8_s"].as_f64().unwrap() > 0.0 && t["f32_s"].as_f64().unwrap() > 0.0, "{t}");
-        // Measured: up to 1.2 % of the largest output (random inputs); wrong rows or scales give
-        // errors of the order of the outputs themselves.
-        assert!(t["rel_err"].as_f64().unwrap() < 0.05, "q8_0 and f32 products differ: {t}");
+    for format in ["q8_0", "q4_1"] {
+        let r = common::run(common::cotlab().args(["bench", "matmul", "--decode-weights", format, "--m", "1,3", "--seconds", "0.01", "--json"]));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+        let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
+        // SmolLM2-135M: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, tied head.
+        assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
+        assert_eq!(rows.len(), 10);
+        for t in &rows {
+            assert_eq!(t["format"], format);
+            assert!(t["quant_s"].as_f64().unwrap() > 0.0 && t["f32_s"].as_f64().unwrap() > 0.0, "{t}");
+            let err = t["rel_err"].as_f64().unwrap();
+            let head = t["rows"] == 49152;
+            match (format, head) {
+                // Measured: up to 1.2 % of the largest output (random inputs); wrong rows or
+                // scales give errors of the order of the outputs themselves.
+                ("q8_0", _) => assert!(err < 0.05, "q8_0 and f32 products differ: {t}"),
+                // The GGUF's Q4_1 layers: summation order only (measured ≤ 7e-7).
+                ("q4_1", false) => assert!(err < 1e-5, "q4_1 does not read the GGUF's weights: {t}"),
+                // Its Q8_0 embedding table in 4 bits (decoding keeps the head Q8_0): 9–15 %.
+                _ => assert!(err < 0.3, "q4_1 head: {t}"),
+            }
+        }
     }
+    let o = common::run(common::cotlab().args(["bench", "matmul", "--decode-weights", "bf16"]));
+    assert!(o.code != 0 && o.stderr.contains("--decode-weights q8_0 or q4_1, got bf16"), "{}", o.stderr);
 }

@@ -37,7 +37,7 @@ pub struct EvalOptions {
     /// Beam width; default (`None`) the paper's: 5 for the commonsense tasks, 1 (greedy) otherwise
     /// (see [`paper_beams`]). Reported resolved in `results.json`.
     pub beams: Option<usize>,
-    /// The weights decoding reads: "auto" (default), "f32", "bf16" or "q8_0" (see
+    /// The weights decoding reads: "auto" (default), "f32", "bf16", "q8_0" or "q4_1" (see
     /// [`DecodeWeights`]). Part of the eval dir's identity (other weights, other outputs).
     #[serde(skip_serializing_if = "DecodeWeights::is_auto")]
     pub decode_weights: DecodeWeights,

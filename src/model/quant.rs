@@ -1,6 +1,7 @@
-//! Int8 weights for decoding on the CPU (`decode_weights: "q8_0"`). A [`Q8Matrix`] keeps a
-//! weight (out × in) as llama.cpp's Q8_0 blocks — 32 int8 values and one scale each, the scale
-//! kept in f32 — and multiplies f32 activations by it without quantizing them.
+//! Quantized weights for decoding on the CPU (`decode_weights: "q8_0"` or `"q4_1"`). A
+//! [`Q8Matrix`] keeps a weight (out × in) as llama.cpp's Q8_0 blocks — 32 int8 values and one
+//! scale each, the scale kept in f32 — and a [`Q4Matrix`] as its Q4_1 blocks — 32 4-bit values,
+//! an f16 scale and an f16 minimum. Both multiply f32 activations without quantizing them.
 //!
 //! Why not candle's `QMatMul`: it quantizes the activations too (less accurate), and it picks
 //! kernels by the number of rows, so a row's rounding depends on its batch (continuous batching
@@ -10,7 +11,10 @@
 //! threads: batch-invariant by construction, and the AVX2 and portable paths give the same bits.
 //!
 //! Batch-1 decoding reads every weight once per token, so it is bound by memory: 9 bits a
-//! weight (8, and an f32 scale per 32) instead of f32's 32 is what makes it faster.
+//! weight (Q8_0: 8, and an f32 scale per 32) or 5 (Q4_1: 4, and two f16 per 32) instead of
+//! f32's 32 is what makes it faster. Q4_1 is the default student's own format: quantizing
+//! weights that came from a Q4_1 GGUF gives back its blocks, so `q4_1` decodes the weights the
+//! f32 path reads, bit for bit (tested), until training changes them.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -94,49 +98,199 @@ impl Q8Matrix {
 
     /// `x · Wᵀ`: x is m × cols (row-major), the result m × rows.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.cols, "Q8Matrix::matmul: x is not m × cols");
-        let mut y = vec![0f32; m * self.rows];
-        let kernel = Kernel::detect();
-        let tiles = self.rows.div_ceil(TILE);
-        for (xs, ys) in x.chunks(ROWS_PER_PASS * self.cols).zip(y.chunks_mut(ROWS_PER_PASS * self.rows)) {
-            let n = xs.len() / self.cols;
-            let out = SharedOut(ys.as_mut_ptr());
-            (0..tiles).into_par_iter().with_min_len(4).for_each_init(
-                // Sized on first use: batch 1 on AVX2 decodes in registers and never needs it.
-                Vec::new,
-                |buf: &mut Vec<f32>, t| {
-                    let first = t * TILE;
-                    let live = TILE.min(self.rows - first);
-                    let (q, d) = self.tile(t);
-                    if n == 1 {
-                        // One input row (batch-1 decoding): decode in registers, no f32 copy.
-                        let acc = kernel.dot_row_tile(q, d, xs, buf);
-                        for (r, v) in acc.iter().take(live).enumerate() {
-                            // SAFETY: as below, with i = 0.
-                            unsafe { out.write(first + r, *v) };
-                        }
-                        return;
+        matmul(self, x, m)
+    }
+}
+
+impl Tiles for Q8Matrix {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]) {
+        let (q, d) = self.tile(t);
+        k.decode_tile(q, d, self.cols, buf)
+    }
+
+    fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE] {
+        let (q, d) = self.tile(t);
+        k.dot_row_tile(q, d, x, scratch)
+    }
+}
+
+/// What the matmul driver needs of a block format: its tiles of [`TILE`] rows, decoded to f32
+/// or multiplied by one input row in registers — the same operations either way, so a row's
+/// result does not depend on its batch.
+trait Tiles: Sync {
+    fn shape(&self) -> (usize, usize);
+    /// Tile `t`'s rows as f32 (TILE × cols, row-major) into `buf`.
+    fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]);
+    /// x (one row) · tile `t`'s rows: decode_tile then dot_tile's operations.
+    fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE];
+}
+
+/// `x · Wᵀ` for any block format: x is m × cols (row-major), the result m × rows.
+fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
+    let (rows, cols) = w.shape();
+    assert_eq!(x.len(), m * cols, "quantized matmul: x is not m × cols");
+    let mut y = vec![0f32; m * rows];
+    let kernel = Kernel::detect();
+    let tiles = rows.div_ceil(TILE);
+    for (xs, ys) in x.chunks(ROWS_PER_PASS * cols).zip(y.chunks_mut(ROWS_PER_PASS * rows)) {
+        let n = xs.len() / cols;
+        let out = SharedOut(ys.as_mut_ptr());
+        (0..tiles).into_par_iter().with_min_len(4).for_each_init(
+            // Sized on first use: batch 1 on AVX2 decodes in registers and never needs it.
+            Vec::new,
+            |buf: &mut Vec<f32>, t| {
+                let first = t * TILE;
+                let live = TILE.min(rows - first);
+                if n == 1 {
+                    // One input row (batch-1 decoding): decode in registers, no f32 copy.
+                    let acc = w.dot_row_tile(kernel, t, xs, buf);
+                    for (r, v) in acc.iter().take(live).enumerate() {
+                        // SAFETY: as below, with i = 0.
+                        unsafe { out.write(first + r, *v) };
                     }
-                    buf.resize(TILE * self.cols, 0.0);
-                    kernel.decode_tile(q, d, self.cols, buf);
-                    let mut acc = [[0f32; TILE]; 2];
-                    let mut i = 0;
-                    while i < n {
-                        let pair = (n - i).min(2);
-                        kernel.dot_tile(buf, self.cols, &xs[i * self.cols..(i + pair) * self.cols], pair, &mut acc);
-                        for (p, row) in acc.iter().take(pair).enumerate() {
-                            for (r, v) in row.iter().take(live).enumerate() {
-                                // SAFETY: (i + p, first + r) is inside ys (i + p < n, first + r <
-                                // rows), and no other task writes this tile's columns.
-                                unsafe { out.write((i + p) * self.rows + first + r, *v) };
-                            }
+                    return;
+                }
+                buf.resize(TILE * cols, 0.0);
+                w.decode_tile(kernel, t, buf);
+                let mut acc = [[0f32; TILE]; 2];
+                let mut i = 0;
+                while i < n {
+                    let pair = (n - i).min(2);
+                    kernel.dot_tile(buf, cols, &xs[i * cols..(i + pair) * cols], pair, &mut acc);
+                    for (p, row) in acc.iter().take(pair).enumerate() {
+                        for (r, v) in row.iter().take(live).enumerate() {
+                            // SAFETY: (i + p, first + r) is inside ys (i + p < n, first + r <
+                            // rows), and no other task writes this tile's columns.
+                            unsafe { out.write((i + p) * rows + first + r, *v) };
                         }
-                        i += pair;
                     }
-                },
-            );
+                    i += pair;
+                }
+            },
+        );
+    }
+    y
+}
+
+/// A weight (rows = outputs, cols = inputs) as llama.cpp's Q4_1 blocks along each row: 32
+/// values q in 0..=15, an f16 scale d and an f16 minimum m, each weight `q · d + m`. Stored by
+/// tiles of [`TILE`] rows and groups of two blocks (64 weights): per group, the tile's 4 scales
+/// and 4 minimums (f16) of its first block, the same of its second, then each row's 32 bytes
+/// of nibbles — 160 bytes per 256 weights, one sequential stream per tile. Within a row's
+/// group, 32-bit word i holds weights i, 8 + i, …, 56 + i in its nibbles 0..8, so one shift and
+/// one mask of the 8 words give 8 consecutive weights, one per lane (the GGUF's own nibble
+/// order would need a widening shuffle per 8 weights, which halved the kernel's speed).
+pub struct Q4Matrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Weights per Q4_1 group (two blocks).
+const GROUP: usize = 2 * BLOCK;
+/// Bytes of one tile's group: 2 × (4 f16 scales, 4 f16 minimums), 4 rows × 32 bytes of nibbles.
+const Q4_TILE_GROUP: usize = 32 + TILE * GROUP / 2;
+
+impl Q4Matrix {
+    /// Quantizes `w` (rows × cols, row-major) as llama.cpp does: per block of 32, d = (max −
+    /// min) / 15 and m = min, both rounded to f16, then q = round((w − m) / d) in 0..=15 (with
+    /// the rounded d and m, which is what the weights are decoded with). `cols` must be whole
+    /// groups of 64.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Result<Q4Matrix, String> {
+        use half::f16;
+        if cols % GROUP != 0 || w.len() != rows * cols {
+            return Err(format!("cannot quantize a {rows}×{cols} weight ({} values) to Q4_1: rows must be whole groups of {GROUP}", w.len()));
         }
-        y
+        let (tiles, ng) = (rows.div_ceil(TILE), cols / GROUP);
+        let mut data = vec![0u8; tiles * ng * Q4_TILE_GROUP];
+        data.par_chunks_mut(ng * Q4_TILE_GROUP).enumerate().for_each(|(t, tile)| {
+            for r in 0..TILE.min(rows - t * TILE) {
+                let row = &w[(t * TILE + r) * cols..(t * TILE + r + 1) * cols];
+                for (g, w) in row.chunks_exact(GROUP).enumerate() {
+                    let grp = &mut tile[g * Q4_TILE_GROUP..(g + 1) * Q4_TILE_GROUP];
+                    let mut words = [0u32; 8];
+                    for (h, w) in w.chunks_exact(BLOCK).enumerate() {
+                        let (lo, hi) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                        let d = f16::from_f32((hi - lo) / 15.0);
+                        let m = f16::from_f32(lo);
+                        grp[16 * h + 2 * r..][..2].copy_from_slice(&d.to_bits().to_le_bytes());
+                        grp[16 * h + 8 + 2 * r..][..2].copy_from_slice(&m.to_bits().to_le_bytes());
+                        let (d, m) = (d.to_f32(), m.to_f32());
+                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                        for (j, &x) in w.iter().enumerate() {
+                            let k = h * BLOCK + j;
+                            words[k % 8] |= (round_half_away((x - m) * inv).clamp(0, 15) as u32) << (4 * (k / 8));
+                        }
+                    }
+                    for (i, word) in words.iter().enumerate() {
+                        grp[32 + r * 32 + 4 * i..][..4].copy_from_slice(&word.to_le_bytes());
+                    }
+                }
+            }
+        });
+        Ok(Q4Matrix { rows, cols, data })
+    }
+
+    /// From a 2-D tensor (any device or float dtype; read as f32).
+    pub fn from_tensor(w: &Tensor) -> candle_core::Result<Q4Matrix> {
+        let (rows, cols) = w.dims2()?;
+        let v = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Q4Matrix::quantize(&v, rows, cols).map_err(candle_core::Error::Msg)
+    }
+
+    fn tile(&self, t: usize) -> &[u8] {
+        let n = self.cols / GROUP * Q4_TILE_GROUP;
+        &self.data[t * n..(t + 1) * n]
+    }
+
+    /// The weights as the kernel sees them (`q · d + m`), row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let mut buf = vec![0f32; TILE * self.cols];
+        for t in 0..self.rows.div_ceil(TILE) {
+            portable::decode_tile_q4(self.tile(t), self.cols, &mut buf);
+            out.extend_from_slice(&buf[..TILE.min(self.rows - t * TILE) * self.cols]);
+        }
+        out
+    }
+
+    /// `x · Wᵀ`: x is m × cols (row-major), the result m × rows.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        matmul(self, x, m)
+    }
+}
+
+impl Tiles for Q4Matrix {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]) {
+        match k {
+            Kernel::Portable => portable::decode_tile_q4(self.tile(t), self.cols, buf),
+            // SAFETY: detect() checked AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::decode_tile_q4(self.tile(t), self.cols, buf) },
+        }
+    }
+
+    fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE] {
+        match k {
+            Kernel::Portable => {
+                scratch.resize(TILE * x.len(), 0.0);
+                let mut acc = [[0f32; TILE]; 2];
+                portable::decode_tile_q4(self.tile(t), x.len(), scratch);
+                portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
+                acc[0]
+            }
+            // SAFETY: detect() checked AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_row_tile_q4(self.tile(t), x) },
+        }
     }
 }
 
@@ -168,7 +322,8 @@ enum Kernel {
 impl Kernel {
     fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // F16C (Q4_1's f16 scales) comes with every AVX2 CPU; checked all the same.
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             return Kernel::Avx2;
         }
         Kernel::Portable
@@ -214,7 +369,26 @@ impl Kernel {
 
 /// The reference semantics, operation for operation what the AVX2 path computes.
 mod portable {
-    use super::{BLOCK, TILE};
+    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE};
+
+    /// A Q4_1 tile's rows as f32. `q · d` is exact in f32 (4 bits times f16's 11), so `q · d + m`
+    /// rounds once, as the AVX2 path's FMA does.
+    pub fn decode_tile_q4(tile: &[u8], cols: usize, buf: &mut [f32]) {
+        let f16 = |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        for g in 0..cols / GROUP {
+            let grp = &tile[g * Q4_TILE_GROUP..(g + 1) * Q4_TILE_GROUP];
+            for r in 0..TILE {
+                let words = &grp[32 + r * 32..32 + (r + 1) * 32];
+                let out = &mut buf[r * cols + g * GROUP..r * cols + (g + 1) * GROUP];
+                for (k, v) in out.iter_mut().enumerate() {
+                    let (slot, lane, h) = (k / 8, k % 8, k / BLOCK);
+                    let word = u32::from_le_bytes(words[4 * lane..4 * lane + 4].try_into().unwrap());
+                    let q = (word >> (4 * slot)) & 15;
+                    *v = q as f32 * f16(&grp[16 * h + 2 * r..]) + f16(&grp[16 * h + 8 + 2 * r..]);
+                }
+            }
+        }
+    }
 
     pub fn decode_tile(q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
         for b in 0..cols / BLOCK {
@@ -252,8 +426,80 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BLOCK, TILE};
+    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE};
     use std::arch::x86_64::*;
+
+    /// Row `$r` of the Q4_1 tile group at `$grp` (headers `$h0`, `$h1` = each block's 4 scales
+    /// then 4 minimums as f32), decoded to 8 vectors of 8 consecutive weights, each
+    /// `cvt(q) · d + m` by one FMA.
+    macro_rules! q4_row {
+        ($grp:expr, $h0:expr, $h1:expr, $r:expr) => {{
+            let (ri, mi) = (_mm256_set1_epi32($r as i32), _mm256_set1_epi32($r as i32 + TILE as i32));
+            let (d0, m0) = (_mm256_permutevar8x32_ps($h0, ri), _mm256_permutevar8x32_ps($h0, mi));
+            let (d1, m1) = (_mm256_permutevar8x32_ps($h1, ri), _mm256_permutevar8x32_ps($h1, mi));
+            let v = _mm256_loadu_si256($grp.add(32 + $r * 32) as *const __m256i);
+            let mask = _mm256_set1_epi32(15);
+            // (Macros, not closures: a closure may not inherit the function's target features.)
+            macro_rules! w {
+                ($s:literal, $d:ident, $m:ident) => {
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * $s), mask)), $d, $m)
+                };
+            }
+            [w!(0, d0, m0), w!(1, d0, m0), w!(2, d0, m0), w!(3, d0, m0), w!(4, d1, m1), w!(5, d1, m1), w!(6, d1, m1), w!(7, d1, m1)]
+        }};
+    }
+
+    /// The two f32 headers of the group at `grp`.
+    macro_rules! q4_headers {
+        ($grp:expr) => {
+            (_mm256_cvtph_ps(_mm_loadu_si128($grp as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128($grp.add(16) as *const __m128i)))
+        };
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn decode_tile_q4(tile: &[u8], cols: usize, buf: &mut [f32]) {
+        debug_assert!(tile.len() == cols / GROUP * Q4_TILE_GROUP && buf.len() >= TILE * cols);
+        for g in 0..cols / GROUP {
+            let grp = tile.as_ptr().add(g * Q4_TILE_GROUP);
+            let (h0, h1) = q4_headers!(grp);
+            for r in 0..TILE {
+                let w = q4_row!(grp, h0, h1, r);
+                let dst = buf.as_mut_ptr().add(r * cols + g * GROUP);
+                for (j, w) in w.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(j * 8), w);
+                }
+            }
+        }
+    }
+
+    /// x · a Q4_1 tile's rows, decoding in registers: decode_tile_q4's and dot_tile's
+    /// operations in the same order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_row_tile_q4(tile: &[u8], x: &[f32]) -> [f32; TILE] {
+        let cols = x.len();
+        debug_assert!(tile.len() == cols / GROUP * Q4_TILE_GROUP);
+        let z = _mm256_setzero_ps();
+        // Named accumulators, not an array: they must stay in registers.
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        macro_rules! row {
+            ($grp:ident, $h0:ident, $h1:ident, $xg:ident, $r:literal, $a:ident) => {
+                let w = q4_row!($grp, $h0, $h1, $r);
+                for (j, w) in w.into_iter().enumerate() {
+                    $a = _mm256_fmadd_ps(w, _mm256_loadu_ps($xg.add(8 * j)), $a);
+                }
+            };
+        }
+        for g in 0..cols / GROUP {
+            let grp = tile.as_ptr().add(g * Q4_TILE_GROUP);
+            let (h0, h1) = q4_headers!(grp);
+            let xg = x.as_ptr().add(g * GROUP);
+            row!(grp, h0, h1, xg, 0, a0);
+            row!(grp, h0, h1, xg, 1, a1);
+            row!(grp, h0, h1, xg, 2, a2);
+            row!(grp, h0, h1, xg, 3, a3);
+        }
+        [reduce(a0), reduce(a1), reduce(a2), reduce(a3)]
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn decode_tile(q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
@@ -355,23 +601,46 @@ mod avx2 {
     }
 }
 
-/// A weight's Q8_0 copy for decoding: ours on the CPU, candle's quantized kernels elsewhere.
-pub enum Q8Weight {
-    Cpu(Q8Matrix),
+/// The block formats decoding can read (`decode_weights: "q8_0"` / `"q4_1"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QFormat {
+    Q8_0,
+    Q4_1,
+}
+
+impl QFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            QFormat::Q8_0 => "q8_0",
+            QFormat::Q4_1 => "q4_1",
+        }
+    }
+}
+
+/// A weight's quantized copy for decoding: ours on the CPU, candle's quantized kernels elsewhere.
+pub enum QWeight {
+    Q8(Q8Matrix),
+    Q4(Q4Matrix),
     Candle(candle_core::quantized::QMatMul),
 }
 
-impl Q8Weight {
-    /// The copy of 2-D weight `w`; `None` when its rows are not whole blocks (it stays f32).
-    pub fn new(w: &Tensor) -> candle_core::Result<Option<Q8Weight>> {
+impl QWeight {
+    /// The copy of 2-D weight `w`; `None` when its rows are not whole blocks (it stays f32). On
+    /// the CPU a Q4_1 weight whose rows are an odd number of blocks is kept as Q8_0.
+    pub fn new(w: &Tensor, format: QFormat) -> candle_core::Result<Option<QWeight>> {
         use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
         if w.rank() != 2 || w.dim(1)? % BLOCK != 0 {
             return Ok(None);
         }
-        Ok(Some(if w.device().is_cpu() {
-            Q8Weight::Cpu(Q8Matrix::from_tensor(w)?)
-        } else {
-            Q8Weight::Candle(QMatMul::from_qtensor(QTensor::quantize(&w.contiguous()?, GgmlDType::Q8_0)?)?)
+        Ok(Some(match (w.device().is_cpu(), format) {
+            (true, QFormat::Q8_0) => QWeight::Q8(Q8Matrix::from_tensor(w)?),
+            (true, QFormat::Q4_1) if w.dim(1)? % GROUP == 0 => QWeight::Q4(Q4Matrix::from_tensor(w)?),
+            // Rows of an odd number of blocks: the kernel's Q4_1 groups need two.
+            (true, QFormat::Q4_1) => QWeight::Q8(Q8Matrix::from_tensor(w)?),
+            (false, f) => {
+                let dt = if f == QFormat::Q8_0 { GgmlDType::Q8_0 } else { GgmlDType::Q4_1 };
+                QWeight::Candle(QMatMul::from_qtensor(QTensor::quantize(&w.contiguous()?, dt)?)?)
+            }
         }))
     }
 
@@ -379,30 +648,47 @@ impl Q8Weight {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         use candle_core::Module;
         match self {
-            Q8Weight::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&Q8Linear(m)),
-            Q8Weight::Candle(q) => q.forward(&x.contiguous()?),
+            QWeight::Candle(q) => q.forward(&x.contiguous()?),
+            w => x.contiguous()?.apply_op1_no_bwd(&QLinear(w)),
+        }
+    }
+
+    /// `x · Wᵀ` on the CPU kernels (m rows of x); `None` for candle's.
+    fn matmul(&self, x: &[f32], m: usize) -> Option<Vec<f32>> {
+        match self {
+            QWeight::Q8(w) => Some(w.matmul(x, m)),
+            QWeight::Q4(w) => Some(w.matmul(x, m)),
+            QWeight::Candle(_) => None,
+        }
+    }
+
+    fn shape(&self) -> Option<(usize, usize)> {
+        match self {
+            QWeight::Q8(w) => Some(w.shape()),
+            QWeight::Q4(w) => Some(Tiles::shape(w)),
+            QWeight::Candle(_) => None,
         }
     }
 }
 
 /// `x · Wᵀ` as a candle op on CPU tensors: x (…, cols) f32 → (…, rows) f32, no gradient.
-pub struct Q8Linear<'a>(pub &'a Q8Matrix);
+struct QLinear<'a>(&'a QWeight);
 
-impl CustomOp1 for Q8Linear<'_> {
+impl CustomOp1 for QLinear<'_> {
     fn name(&self) -> &'static str {
-        "q8-linear"
+        "quantized-linear"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, cols) = self.0.shape();
+        let Some((rows, cols)) = self.0.shape() else { candle_core::bail!("quantized linear: candle's weights run through QMatMul") };
         let dims = l.shape().dims();
         if dims.last() != Some(&cols) {
-            candle_core::bail!("q8 linear: input {:?} does not end in {cols} features", dims);
+            candle_core::bail!("quantized linear: input {:?} does not end in {cols} features", dims);
         }
-        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("q8 linear: input must be contiguous") };
-        let CpuStorage::F32(x) = s else { candle_core::bail!("q8 linear: input must be f32") };
+        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("quantized linear: input must be contiguous") };
+        let CpuStorage::F32(x) = s else { candle_core::bail!("quantized linear: input must be f32") };
         let x = &x[start..end];
-        let y = self.0.matmul(x, x.len() / cols);
+        let y = self.0.matmul(x, x.len() / cols).expect("a CPU kernel's weight");
         let mut out = dims.to_vec();
         *out.last_mut().unwrap() = rows;
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -418,9 +704,11 @@ pub struct MatmulTiming {
     pub rows: usize,
     pub cols: usize,
     pub m: usize,
-    pub q8_s: f64,
+    /// "q8_0" or "q4_1".
+    pub format: &'static str,
+    pub quant_s: f64,
     pub f32_s: f64,
-    /// max |q8 − f32| over the outputs, relative to max |f32|: the quantization error, and a
+    /// max |quantized − f32| over the outputs, relative to max |f32|: the quantization error, and a
     /// check that the timed kernel computes the product.
     pub rel_err: f64,
 }
@@ -431,31 +719,31 @@ impl MatmulTiming {
     }
 }
 
-/// Times `w` (2-D f32, on the CPU) at `m` rows, for at least `min_s` seconds a side. Weights
-/// this small stay in cache between repetitions: for batch 1, where real decoding streams every
-/// weight from memory, the LM head's row is the telling one.
-pub fn time_matmul(name: &str, w: &Tensor, m: usize, min_s: f64) -> candle_core::Result<MatmulTiming> {
+/// Times `w` (2-D f32, on the CPU) as `format` blocks at `m` rows against f32, for at least
+/// `min_s` seconds a side. Weights this small stay in cache between repetitions: for batch 1,
+/// where real decoding streams every weight from memory, the LM head's row is the telling one.
+pub fn time_matmul(name: &str, w: &Tensor, format: QFormat, m: usize, min_s: f64) -> candle_core::Result<MatmulTiming> {
     use std::time::Instant;
     let (rows, cols) = w.dims2()?;
-    let q = Q8Matrix::from_tensor(w)?;
+    let Some(q) = QWeight::new(&w.to_device(&candle_core::Device::Cpu)?, format)? else { candle_core::bail!("{name}: rows of {cols} are not whole blocks of {BLOCK}") };
     let x = Tensor::randn(0f32, 1.0, (m, cols), w.device())?;
     let wt = w.t()?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let reference = x.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
-    let got = q.matmul(&xs, m);
+    let got = q.matmul(&xs, m).expect("a CPU weight");
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE);
     let rel_err = (got.iter().zip(&reference).fold(0f32, |a, (g, r)| a.max((g - r).abs())) / scale) as f64;
-    let (mut q8, mut f32s, mut reps) = (0f64, 0f64, 0usize);
-    while q8.min(f32s) < min_s || reps < 3 {
+    let (mut qs, mut f32s, mut reps) = (0f64, 0f64, 0usize);
+    while qs.min(f32s) < min_s || reps < 3 {
         let t = Instant::now();
         std::hint::black_box(q.matmul(&xs, m));
-        q8 += t.elapsed().as_secs_f64();
+        qs += t.elapsed().as_secs_f64();
         let t = Instant::now();
         std::hint::black_box(x.matmul(&wt)?);
         f32s += t.elapsed().as_secs_f64();
         reps += 1;
     }
-    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, q8_s: q8 / reps as f64, f32_s: f32s / reps as f64, rel_err })
+    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, format: format.name(), quant_s: qs / reps as f64, f32_s: f32s / reps as f64, rel_err })
 }
 
 #[cfg(test)]
@@ -472,39 +760,74 @@ mod tests {
             .collect()
     }
 
-    /// Rows not a multiple of the tile, inputs spanning several passes.
-    const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 96), (130, 32)];
+    /// Rows not a multiple of the tile, inputs spanning several passes (cols: whole Q4_1 groups).
+    const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 128), (130, 64)];
+
+    /// Both formats behind one interface, for the tests.
+    fn both(w: &[f32], rows: usize, cols: usize) -> [(&'static str, Box<dyn Fn(&[f32], usize) -> Vec<f32>>, Vec<f32>); 2] {
+        let (q8, q4) = (Q8Matrix::quantize(w, rows, cols).unwrap(), Q4Matrix::quantize(w, rows, cols).unwrap());
+        let (d8, d4) = (q8.dequantize(), q4.dequantize());
+        [("q8_0", Box::new(move |x, m| q8.matmul(x, m)), d8), ("q4_1", Box::new(move |x, m| q4.matmul(x, m)), d4)]
+    }
 
     #[test]
     fn quantization_error_is_within_half_a_step() {
-        let (rows, cols) = (45, 96);
+        let (rows, cols) = (45, 128);
         let w = data(rows * cols, 1);
-        let q = Q8Matrix::quantize(&w, rows, cols).unwrap();
-        let back = q.dequantize();
+        let back = Q8Matrix::quantize(&w, rows, cols).unwrap().dequantize();
         assert_eq!(back.len(), w.len());
         for (i, (a, b)) in w.iter().zip(back).enumerate() {
             let step = w[i / BLOCK * BLOCK..][..BLOCK].iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-            assert!((a - b).abs() <= step * 0.5 + 1e-7, "weight {i}: {a} vs {b} (step {step})");
+            assert!((a - b).abs() <= step * 0.5 + 1e-7, "q8_0 weight {i}: {a} vs {b} (step {step})");
+        }
+        let back = Q4Matrix::quantize(&w, rows, cols).unwrap().dequantize();
+        for (i, (a, b)) in w.iter().zip(back).enumerate() {
+            let blk = &w[i / BLOCK * BLOCK..][..BLOCK];
+            let (lo, hi) = blk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+            // Half a step, plus what rounding d and m to f16 (2⁻¹¹ relative) moves a weight.
+            let step = (hi - lo) / 15.0;
+            assert!((a - b).abs() <= step * 0.5 + (lo.abs() + hi.abs()) * 1e-3, "q4_1 weight {i}: {a} vs {b} (step {step})");
         }
         for v in [-127.0f32, -2.5, -1.5, -0.5, -0.49999997, 0.0, 0.49999997, 0.5, 1.5, 2.5, 126.7, 127.0] {
             assert_eq!(round_half_away(v), v.round() as i32, "{v}");
         }
         assert!(Q8Matrix::quantize(&w[..45 * 90], 45, 90).err().unwrap().contains("whole blocks"));
+        assert!(Q4Matrix::quantize(&w[..45 * 96], 45, 96).err().unwrap().contains("whole groups of 64"));
+    }
+
+    /// Weights that came from Q4_1 blocks (a GGUF's, dequantized as candle does) quantize back to
+    /// the same blocks: the kernel reads exactly the weights the f32 path reads.
+    #[test]
+    fn q4_1_weights_round_trip_exactly() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (rows, cols) = (45, 128);
+        let mut w = data(rows * cols, 6);
+        // Blocks of other ranges and offsets, and one constant block (d = 0).
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = *v * (1 + i / 1000) as f32 * 0.03 + (i / 320) as f32 * 0.01;
+        }
+        w[..BLOCK].fill(0.25);
+        let t = Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap();
+        let gguf = QTensor::quantize(&t, GgmlDType::Q4_1).unwrap().dequantize(&candle_core::Device::Cpu).unwrap();
+        let f32s = gguf.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let back = Q4Matrix::from_tensor(&gguf).unwrap().dequantize();
+        let same = f32s.iter().zip(&back).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        assert_eq!(same, f32s.len(), "{} of {} weights differ after a round trip", f32s.len() - same, f32s.len());
     }
 
     #[test]
     fn matmul_matches_the_dequantized_reference() {
         for (rows, cols) in SHAPES {
-            let q = Q8Matrix::quantize(&data(rows * cols, 2), rows, cols).unwrap();
-            let w = q.dequantize();
-            let m = 37;
-            let x = data(m * cols, 3);
-            let y = q.matmul(&x, m);
-            for i in 0..m {
-                for r in 0..rows {
-                    let exact: f64 = (0..cols).map(|k| x[i * cols + k] as f64 * w[r * cols + k] as f64).sum();
-                    let got = y[i * rows + r] as f64;
-                    assert!((got - exact).abs() < 1e-4 * (1.0 + exact.abs()), "({rows}×{cols}) y[{i},{r}] = {got}, exact {exact}");
+            for (name, matmul, w) in both(&data(rows * cols, 2), rows, cols) {
+                let m = 37;
+                let x = data(m * cols, 3);
+                let y = matmul(&x, m);
+                for i in 0..m {
+                    for r in 0..rows {
+                        let exact: f64 = (0..cols).map(|k| x[i * cols + k] as f64 * w[r * cols + k] as f64).sum();
+                        let got = y[i * rows + r] as f64;
+                        assert!((got - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{name} ({rows}×{cols}) y[{i},{r}] = {got}, exact {exact}");
+                    }
                 }
             }
         }
@@ -515,30 +838,34 @@ mod tests {
     #[test]
     fn rows_are_batch_invariant_and_kernels_agree() {
         for (rows, cols) in SHAPES {
-            let q = Q8Matrix::quantize(&data(rows * cols, 4), rows, cols).unwrap();
+            let w = data(rows * cols, 4);
             let m = 71;
             let x = data(m * cols, 5);
-            let all = q.matmul(&x, m);
-            for i in [0, 1, 2, 31, 32, 33, 70] {
-                let alone = q.matmul(&x[i * cols..(i + 1) * cols], 1);
-                assert_eq!(alone, all[i * rows..(i + 1) * rows], "row {i} of {rows}×{cols} depends on its batch");
+            for (name, matmul, _) in both(&w, rows, cols) {
+                let all = matmul(&x, m);
+                for i in [0, 1, 2, 31, 32, 33, 70] {
+                    let alone = matmul(&x[i * cols..(i + 1) * cols], 1);
+                    assert_eq!(alone, all[i * rows..(i + 1) * rows], "{name}: row {i} of {rows}×{cols} depends on its batch");
+                }
             }
+            let (q8, q4) = (Q8Matrix::quantize(&w, rows, cols).unwrap(), Q4Matrix::quantize(&w, rows, cols).unwrap());
             let kernel = Kernel::detect();
             let (mut buf, mut reference) = (vec![0f32; TILE * cols], vec![0f32; TILE * cols]);
             let last = rows.div_ceil(TILE) - 1;
-            for t in [0, last] {
-                let (qt, dt) = q.tile(t);
-                kernel.decode_tile(qt, dt, cols, &mut buf);
-                portable::decode_tile(qt, dt, cols, &mut reference);
-                assert_eq!(buf, reference, "{kernel:?} decodes tile {t} differently from the portable path");
-                let fused = kernel.dot_row_tile(qt, dt, &x[..cols], &mut Vec::new());
-                let mut split = [[0f32; TILE]; 2];
-                portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
-                assert_eq!(fused, split[0], "{kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
-                assert_eq!(Kernel::Portable.dot_row_tile(qt, dt, &x[..cols], &mut Vec::new()), split[0], "portable one-row path ({rows}×{cols}, tile {t})");
+            let formats: [(&str, &dyn Tiles); 2] = [("q8_0", &q8), ("q4_1", &q4)];
+            for (name, q) in formats {
+                for t in [0, last] {
+                    q.decode_tile(kernel, t, &mut buf);
+                    q.decode_tile(Kernel::Portable, t, &mut reference);
+                    assert_eq!(buf, reference, "{name}: {kernel:?} decodes tile {t} differently from the portable path");
+                    let fused = q.dot_row_tile(kernel, t, &x[..cols], &mut Vec::new());
+                    let mut split = [[0f32; TILE]; 2];
+                    portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
+                    assert_eq!(fused, split[0], "{name} {kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
+                    assert_eq!(q.dot_row_tile(Kernel::Portable, t, &x[..cols], &mut Vec::new()), split[0], "{name}: portable one-row path ({rows}×{cols}, tile {t})");
+                }
             }
-            let (qt, dt) = q.tile(0);
-            kernel.decode_tile(qt, dt, cols, &mut buf);
+            q8.decode_tile(kernel, 0, &mut buf);
             for pair in [1, 2] {
                 let (mut a, mut b) = ([[0f32; TILE]; 2], [[0f32; TILE]; 2]);
                 kernel.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut a);
@@ -548,4 +875,3 @@ mod tests {
         }
     }
 }
-

@@ -15,7 +15,7 @@ use super::config::{Activation, ModelConfig};
 use super::family::Family;
 use super::lora::{Lora, LoraConfig};
 use super::ops;
-use super::quant::Q8Weight;
+use super::quant::{QFormat, QWeight};
 use crate::error::{ModelContext, Result};
 use crate::usage;
 
@@ -203,6 +203,10 @@ pub enum DecodeWeights {
     /// (batch-invariant, see `model::quant`); on CUDA candle's quantized kernels (activations
     /// quantized to Q8_0 per row). A weight whose rows are not whole blocks stays f32.
     Q8_0,
+    /// The projections as llama.cpp's Q4_1 blocks (32 4-bit weights, an f16 scale and minimum:
+    /// 5 bits a weight), the LM head as Q8_0. The default student's GGUF stores exactly these
+    /// (Q4_1 layers, a Q8_0 embedding table), so its weights decode bit for bit.
+    Q4_1,
 }
 
 impl TryFrom<String> for DecodeWeights {
@@ -217,7 +221,7 @@ impl DecodeWeights {
         crate::error::one_of(
             "decode_weights",
             s,
-            &[("auto", DecodeWeights::Auto), ("f32", DecodeWeights::F32), ("bf16", DecodeWeights::Bf16), ("q8_0", DecodeWeights::Q8_0)],
+            &[("auto", DecodeWeights::Auto), ("f32", DecodeWeights::F32), ("bf16", DecodeWeights::Bf16), ("q8_0", DecodeWeights::Q8_0), ("q4_1", DecodeWeights::Q4_1)],
         )
     }
 
@@ -227,6 +231,16 @@ impl DecodeWeights {
             DecodeWeights::F32 => "f32",
             DecodeWeights::Bf16 => "bf16",
             DecodeWeights::Q8_0 => "q8_0",
+            DecodeWeights::Q4_1 => "q4_1",
+        }
+    }
+
+    /// The block format of a quantized mode.
+    pub fn quant_format(self) -> Option<QFormat> {
+        match self {
+            DecodeWeights::Q8_0 => Some(QFormat::Q8_0),
+            DecodeWeights::Q4_1 => Some(QFormat::Q4_1),
+            _ => None,
         }
     }
 
@@ -267,8 +281,8 @@ struct CastCache {
     /// What the live guards decode with (never `Auto`: resolved when the first guard is taken).
     mode: Option<DecodeWeights>,
     weights: HashMap<String, Tensor>,
-    /// Q8_0 copies; `None` for a weight that cannot be quantized (stays f32).
-    quant: HashMap<String, Option<Arc<Q8Weight>>>,
+    /// Q8_0 / Q4_1 copies; `None` for a weight that cannot be quantized (stays f32).
+    quant: HashMap<String, Option<Arc<QWeight>>>,
 }
 
 /// Keeps the decoding copy of the weights in the compute dtype alive (see
@@ -338,7 +352,7 @@ impl Transformer {
     }
 
     /// For cached decoding with `mode`'s weights: while the returned guard lives, decoding passes
-    /// read a copy of each weight made once (bf16 cast or Q8_0 blocks), dropped with the last
+    /// read a copy of each weight made once (bf16 cast, Q8_0 or Q4_1 blocks), dropped with the last
     /// guard. `Auto` in f32 (and `F32` in an f32 model) is the plain path: no guard needed.
     /// Two live guards must agree on the mode (decoding reads one copy).
     pub fn decode_weights(&self, mode: DecodeWeights) -> candle_core::Result<InferenceWeights> {
@@ -363,33 +377,37 @@ impl Transformer {
     }
 
     /// The dtype a pass computes in: the compute dtype when training; when decoding, the live
-    /// guard's (Q8_0 kernels take and give f32).
+    /// guard's (quantized kernels take and give f32).
     fn dt(&self, grad: bool) -> DType {
         if grad {
             return self.dtype;
         }
         let c = self.cast.lock().unwrap();
         match c.mode {
-            Some(DecodeWeights::F32 | DecodeWeights::Q8_0) if c.users > 0 => DType::F32,
+            Some(DecodeWeights::F32 | DecodeWeights::Q8_0 | DecodeWeights::Q4_1) if c.users > 0 => DType::F32,
             Some(DecodeWeights::Bf16) if c.users > 0 => DType::BF16,
             _ => self.dtype,
         }
     }
 
-    /// The Q8_0 copy of weight `name` for a decoding pass under a Q8_0 guard (made on first use).
-    fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<Q8Weight>>> {
+    /// The quantized copy of weight `name` for a decoding pass under a Q8_0 or Q4_1 guard (made
+    /// on first use).
+    fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<QWeight>>> {
         if grad {
             return Ok(None);
         }
         let mut c = self.cast.lock().unwrap();
-        if c.users == 0 || c.mode != Some(DecodeWeights::Q8_0) {
+        let Some(format) = c.mode.and_then(DecodeWeights::quant_format).filter(|_| c.users > 0) else {
             return Ok(None);
-        }
+        };
         if let Some(q) = c.quant.get(name) {
             return Ok(q.clone());
         }
-        // Q8_0 blocks run along a row (the input dim): a weight whose rows are not whole blocks stays f32.
-        let q = Q8Weight::new(&self.w32(name, false))?.map(Arc::new);
+        // Blocks run along a row (the input dim): a weight whose rows are not whole blocks stays f32.
+        // The LM head stays Q8_0 under q4_1, as llama.cpp's quantizer keeps its output weight
+        // finer: 4-bit logits err by up to 15 % of their range (measured on SmolLM2's tied table).
+        let format = if name == self.config.family.head_weight(&self.config) { QFormat::Q8_0 } else { format };
+        let q = QWeight::new(&self.w32(name, false), format)?.map(Arc::new);
         c.quant.insert(name.to_string(), q.clone());
         Ok(q)
     }
