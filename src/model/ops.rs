@@ -3,6 +3,11 @@
 //! Each op here runs the fused kernel forward and defines the backward by hand:
 //! attention (softmax inside, probabilities recomputed) `dS = P⊙(dP − Σ dP⊙P)`; rms_norm
 //! `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
+//!
+//! Every backward detaches its inputs first: a gradient computed from a tracked tensor (a
+//! `Var` weight, an activation) carries an op node that keeps its operands alive, and weight
+//! gradients stay in the gradient store until the backward pass ends — measured: +1.5 GB peak
+//! RSS for a 4 × 256 step when `linear`'s backward did not.
 
 use std::sync::Mutex;
 
@@ -90,6 +95,7 @@ impl CustomOp2 for RmsNorm {
         take_cuda(&self.0)
     }
     fn bwd(&self, x: &Tensor, alpha: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, alpha) = (&x.detach(), &alpha.detach());
         let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.1 as f64)?.sqrt()?.recip()?;
         let xhat = x.broadcast_mul(&r)?;
         let ga = g.broadcast_mul(alpha)?;
@@ -133,16 +139,21 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.apply_op3(cos, sin, Rope(Mutex::new(Some(y))))
 }
 
-struct FrozenMatmul(Mutex<Option<Tensor>>);
-impl FrozenMatmul {
-    fused_fwd!();
+/// `x Wᵀ` with a hand-written backward. Through candle's own ops (`x.matmul(&w.t())`) the
+/// weight's gradient comes back as xᵀ·g, (in, out), and the transpose node hands it on as a
+/// strided view that is then summed into a zeroed buffer element by element, columns apart;
+/// here it is gᵀ·x, (out, in), contiguous. `trainable: false` (a frozen weight under LoRA)
+/// skips the weight-gradient GEMM.
+struct Linear {
+    out: Mutex<Option<Tensor>>,
+    trainable: bool,
 }
-impl CustomOp2 for FrozenMatmul {
+impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "cotlab-frozen-linear"
+        if self.trainable { "cotlab-linear" } else { "cotlab-frozen-linear" }
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.cpu_fwd_impl()
+        take_cpu(&self.out)
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -152,19 +163,30 @@ impl CustomOp2 for FrozenMatmul {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        take_cuda(&self.0)
+        take_cuda(&self.out)
     }
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // Only the input gradient: the frozen weight needs none, and skipping its GEMM is most of
-        // what makes LoRA cheaper than full fine-tuning.
-        Ok((Some(g.matmul(w)?), None))
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w) = (&x.detach(), &w.detach());
+        let dx = g.matmul(w)?;
+        if !self.trainable {
+            // Skipping the frozen weight's GEMM is most of what makes LoRA cheaper than full FT.
+            return Ok((Some(dx), None));
+        }
+        let (g2, x2) = (g.flatten_to(g.rank() - 2)?, x.flatten_to(x.rank() - 2)?);
+        Ok((Some(dx), Some(g2.t()?.matmul(&x2)?)))
     }
+}
+
+/// `x Wᵀ` for W (out, in), x (N, in), gradients to both.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.detach().t()?)?;
+    x.apply_op2(w, Linear { out: Mutex::new(Some(y)), trainable: true })
 }
 
 /// `x Wᵀ` for a frozen weight W (out, in), x (N, in): gradient flows to x only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let y = x.detach().matmul(&w.t()?)?;
-    x.apply_op2(w, FrozenMatmul(Mutex::new(Some(y))))
+    x.apply_op2(w, Linear { out: Mutex::new(Some(y)), trainable: false })
 }
 
 /// Scores → probabilities of scaled dot-product attention: softmax(q kᵀ·scale + bias + mask)
@@ -199,6 +221,7 @@ impl CustomOp3 for Attention {
         // Recompute the probabilities (one layer's worth lives at a time) instead of keeping
         // scores, scaled scores, masked scores and probabilities of every layer until the end of
         // the backward pass: 4 × (B, H, T, S) f32 per layer, most of the activation memory.
+        let (q, k, v) = (&q.detach(), &k.detach(), &v.detach());
         let dt = q.dtype();
         let p = attention_probs(q, k, &self.mask, self.bias.as_ref(), self.scale)?;
         let dv = p.to_dtype(dt)?.t()?.matmul(g)?;

@@ -505,7 +505,11 @@ impl Transformer {
         } else {
             let w = self.w(&name, grad)?;
             // A frozen weight under training: skip its weight-gradient GEMM.
-            if grad && self.lora.is_some() { ops::frozen_linear(x, &w)? } else { x.matmul(&w.t()?)? }
+            match (grad, self.lora.is_some()) {
+                (true, true) => ops::frozen_linear(x, &w)?,
+                (true, false) => ops::linear(x, &w)?,
+                (false, _) => x.matmul(&w.t()?)?,
+            }
         };
         let bias = format!("{m}.bias");
         if self.params.contains_key(&bias) {
