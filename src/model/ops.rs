@@ -96,6 +96,9 @@ impl CustomOp2 for RmsNorm {
     }
     fn bwd(&self, x: &Tensor, alpha: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, alpha) = (&x.detach(), &alpha.detach());
+        if x.device().is_cpu() {
+            return rms_norm_bwd_cpu(x, alpha, g, self.1);
+        }
         let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.1 as f64)?.sqrt()?.recip()?;
         let xhat = x.broadcast_mul(&r)?;
         let ga = g.broadcast_mul(alpha)?;
@@ -105,6 +108,43 @@ impl CustomOp2 for RmsNorm {
         let dalpha = (g * &xhat)?.flatten_to(dims - 2)?.sum(0)?;
         Ok((Some(dx), Some(dalpha)))
     }
+}
+
+/// Rows per task of the norm's backward; fixed, so the weight gradient's partial sums (one per
+/// task, added in order) do not depend on the number of threads.
+const NORM_ROWS: usize = 32;
+
+/// RmsNorm's backward in one pass per row (candle's composition took about a dozen passes):
+/// r = 1/√(mean x² + ε), x̂ = x·r, dx = r·(gα − x̂·mean(gα⊙x̂)), dα = Σ_rows g⊙x̂.
+fn rms_norm_bwd_cpu(x: &Tensor, alpha: &Tensor, g: &Tensor, eps: f32) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    use rayon::prelude::*;
+    let d = alpha.elem_count();
+    let (xv, av, gv) = (cpu_f32(x)?, cpu_f32(alpha)?, cpu_f32(g)?);
+    let mut dx = vec![0f32; xv.len()];
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(NORM_ROWS * d)
+        .zip(xv.par_chunks(NORM_ROWS * d).zip(gv.par_chunks(NORM_ROWS * d)))
+        .map(|(dx, (x, g))| {
+            let mut da = vec![0f32; d];
+            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+                let m = x.iter().zip(g).zip(&av).map(|((x, g), a)| g * a * (x * r)).sum::<f32>() / d as f32;
+                for (((dx, &x), &g), (&a, da)) in dx.iter_mut().zip(x).zip(g).zip(av.iter().zip(da.iter_mut())) {
+                    let xhat = x * r;
+                    *dx = (g * a - xhat * m) * r;
+                    *da += g * xhat;
+                }
+            }
+            da
+        })
+        .collect();
+    let mut dalpha = vec![0f32; d];
+    for p in &partials {
+        for (a, v) in dalpha.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dalpha, alpha.shape(), alpha.device())?)))
 }
 
 /// RMS norm over the last dim with weight `alpha`, with gradients for both.
@@ -187,6 +227,82 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let y = x.detach().matmul(&w.t()?)?;
     x.apply_op2(w, Linear { out: Mutex::new(Some(y)), trainable: false })
+}
+
+/// `silu(gate) · up`, the gated MLP's activation, as one op on f32 CPU tensors: one pass
+/// forward, one pass backward giving both gradients. Through candle's ops it was two nodes
+/// whose backward took about a dozen passes over (tokens × intermediate) tensors (silu's
+/// derivative alone is neg, exp, +1, recip, 1 − y, ·, +, · plus the zeros + add that
+/// accumulates every node's gradient). Same expressions as candle's, so the same bits.
+struct SwiGlu;
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 16 * 1024;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: expected a contiguous tensor") };
+    Ok(&v[a..b])
+}
+
+/// candle's silu, `v / (1 + exp(−v))`.
+#[inline]
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "cotlab-swiglu"
+    }
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (g, u) = (f32_slice(gs, gl, "swiglu gate")?, f32_slice(us, ul, "swiglu up")?);
+        if gl.shape() != ul.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", gl.shape(), ul.shape());
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                *y = silu(g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let dy = dy.contiguous()?;
+        let (gs, gl) = g.storage_and_layout();
+        let (us, ul) = u.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(us), Storage::Cpu(ds)) = (&*gs, &*us, &*ds) else { candle_core::bail!("swiglu: expected CPU tensors") };
+        let (gv, uv, dyv) = (f32_slice(gs, gl, "swiglu gate")?, f32_slice(us, ul, "swiglu up")?, f32_slice(ds, dl, "swiglu gradient")?);
+        let (mut dg, mut du) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
+        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
+            let o = c * CHUNK;
+            for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+                let (g, u, dy) = (gv[o + i], uv[o + i], dyv[o + i]);
+                // candle: sigmoid = recip(exp(−g) + 1), silu' = sigmoid·(1 − silu) + silu, and
+                // the product's gradients dy·up, dy·silu (one exp serves both).
+                let e = (-g).exp();
+                let sig = (e + 1.0).recip();
+                let y = g / (1.0 + e);
+                *dg = (dy * u) * (sig * (1.0 - y) + y);
+                *du = dy * y;
+            }
+        });
+        Ok((Some(Tensor::from_vec(dg, g.shape(), g.device())?), Some(Tensor::from_vec(du, u.shape(), u.device())?)))
+    }
+}
+
+/// `silu(gate) · up` with gradients to both: the fused op for contiguous f32 CPU tensors,
+/// candle's ops otherwise (CUDA, bf16).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == candle_core::DType::F32 && up.dtype() == candle_core::DType::F32 {
+        gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+    } else {
+        candle_nn::ops::silu(gate)? * up
+    }
 }
 
 /// Scores → probabilities of scaled dot-product attention: softmax(q kᵀ·scale + bias + mask)
@@ -340,6 +456,25 @@ mod tests {
         };
         check(rms_norm(&x, &alpha, 1e-5)?, candle_nn::ops::rms_norm_slow(&x, &alpha, 1e-5)?, &[&x, &alpha])?;
         check(rope(&x, &cos, &sin)?, candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?, &[&x])?;
+        // Rows spanning several of the norm backward's tasks (their weight-gradient partials add up).
+        let xl = Var::randn(0f32, 1., (3, 40, 16), &dev)?;
+        let al = Var::randn(1f32, 0.1, 16, &dev)?;
+        let wl = Tensor::randn(0f32, 1., (3, 40, 16), &dev)?;
+        let gf = (rms_norm(&xl, &al, 1e-5)? * &wl)?.sum_all()?.backward()?;
+        let gs = (candle_nn::ops::rms_norm_slow(&xl, &al, 1e-5)? * &wl)?.sum_all()?.backward()?;
+        for v in [&xl, &al] {
+            let (a, b) = (gf.get(v).unwrap(), gs.get(v).unwrap());
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / b.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "rms_norm gradient over 120 rows differs by {d}");
+        }
+        // The fused SwiGLU is candle's silu · up to the bit, gradients included.
+        let up = Var::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let (fast, slow) = (swiglu(&x, &up)?, (candle_nn::ops::silu(&x)? * up.as_tensor())?);
+        assert_eq!(fast.flatten_all()?.to_vec1::<f32>()?, slow.flatten_all()?.to_vec1::<f32>()?);
+        let (gf, gs) = ((fast * w.as_tensor())?.sum_all()?.backward()?, (slow * w.as_tensor())?.sum_all()?.backward()?);
+        for v in [&x, &up] {
+            assert_eq!(gf.get(v).unwrap().flatten_all()?.to_vec1::<f32>()?, gs.get(v).unwrap().flatten_all()?.to_vec1::<f32>()?, "swiglu gradient");
+        }
         // Per-row positions (packed rows, decoding): cos/sin (B, T, D/2), each row its own table.
         let cos3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
         let sin3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;

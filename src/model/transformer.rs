@@ -548,6 +548,14 @@ impl Transformer {
         self.act.apply(x)
     }
 
+    /// The gated MLP's `act(gate) · up` (SiLU: one fused op, see `ops::swiglu`).
+    pub(crate) fn gated(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        match self.act {
+            Activation::Silu => ops::swiglu(gate, up),
+            _ => self.act.apply(gate)? * up,
+        }
+    }
+
     /// cos/sin for the pass's positions, in the compute dtype: (T, hd/2) for training,
     /// (B, T, hd/2) for decoding and packed rows (`ops::rope` takes both, backward included).
     pub(crate) fn rope_for(&self, pass: &Pass, b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {

@@ -134,9 +134,9 @@ pub fn hidden(m: &Transformer, ids: &Tensor, pass: &mut Pass, style: Style) -> c
         let att = m.attend(&q, k, v, i, pass, &mask, None)?.transpose(1, 2)?.reshape((b * t, h * hd))?;
         x = (x + m.linear(&att, &p("self_attn.o_proj"), grad)?)?;
         let hn = norm(&x, &p("post_attention_layernorm.weight"))?;
-        let gate = m.act(&m.linear(&hn, &p("mlp.gate_proj"), grad)?)?;
+        let gate = m.linear(&hn, &p("mlp.gate_proj"), grad)?;
         let up = m.linear(&hn, &p("mlp.up_proj"), grad)?;
-        x = (x + m.linear(&(gate * up)?, &p("mlp.down_proj"), grad)?)?;
+        x = (x + m.linear(&m.gated(&gate, &up)?, &p("mlp.down_proj"), grad)?)?;
     }
     norm(&x, "model.norm.weight")?.reshape((b, t, d))
 }
