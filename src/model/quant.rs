@@ -69,8 +69,7 @@ impl Q8Matrix {
 
     /// From a 2-D tensor (any device or float dtype; read as f32).
     pub fn from_tensor(w: &Tensor) -> candle_core::Result<Q8Matrix> {
-        let (rows, cols) = w.dims2()?;
-        let v = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (v, rows, cols) = f32_rows(w)?;
         Q8Matrix::quantize(&v, rows, cols).map_err(candle_core::Error::Msg)
     }
 
@@ -86,14 +85,7 @@ impl Q8Matrix {
 
     /// The weights as the kernel sees them (`q · scale`), row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        let mut buf = vec![0f32; TILE * self.cols];
-        for t in 0..self.rows.div_ceil(TILE) {
-            let (q, d) = self.tile(t);
-            portable::decode_tile(q, d, self.cols, &mut buf);
-            out.extend_from_slice(&buf[..TILE.min(self.rows - t * TILE) * self.cols]);
-        }
-        out
+        dequantize(self)
     }
 
     /// `x · Wᵀ`: x is m × cols (row-major), the result m × rows.
@@ -127,6 +119,24 @@ trait Tiles: Sync {
     fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]);
     /// x (one row) · tile `t`'s rows: decode_tile then dot_tile's operations.
     fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE];
+}
+
+/// A 2-D tensor's values as f32, row-major, with its rows and cols.
+fn f32_rows(w: &Tensor) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let (rows, cols) = w.dims2()?;
+    Ok((w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, rows, cols))
+}
+
+/// Any block format's weights as the portable kernel decodes them, row-major.
+fn dequantize<M: Tiles>(w: &M) -> Vec<f32> {
+    let (rows, cols) = w.shape();
+    let mut out = Vec::with_capacity(rows * cols);
+    let mut buf = vec![0f32; TILE * cols];
+    for t in 0..rows.div_ceil(TILE) {
+        w.decode_tile(Kernel::Portable, t, &mut buf);
+        out.extend_from_slice(&buf[..TILE.min(rows - t * TILE) * cols]);
+    }
+    out
 }
 
 /// `x · Wᵀ` for any block format: x is m × cols (row-major), the result m × rows.
@@ -237,8 +247,7 @@ impl Q4Matrix {
 
     /// From a 2-D tensor (any device or float dtype; read as f32).
     pub fn from_tensor(w: &Tensor) -> candle_core::Result<Q4Matrix> {
-        let (rows, cols) = w.dims2()?;
-        let v = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (v, rows, cols) = f32_rows(w)?;
         Q4Matrix::quantize(&v, rows, cols).map_err(candle_core::Error::Msg)
     }
 
@@ -249,13 +258,7 @@ impl Q4Matrix {
 
     /// The weights as the kernel sees them (`q · d + m`), row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        let mut buf = vec![0f32; TILE * self.cols];
-        for t in 0..self.rows.div_ceil(TILE) {
-            portable::decode_tile_q4(self.tile(t), self.cols, &mut buf);
-            out.extend_from_slice(&buf[..TILE.min(self.rows - t * TILE) * self.cols]);
-        }
-        out
+        dequantize(self)
     }
 
     /// `x · Wᵀ`: x is m × cols (row-major), the result m × rows.
