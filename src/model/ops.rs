@@ -1,8 +1,8 @@
 //! Fused ops that carry a gradient. candle 0.11's fused `softmax_last_dim`, `rms_norm` and
 //! `rope` are built with `*_no_bwd`: training through them silently updates only the embedding.
 //! Each op here runs the fused kernel forward and defines the backward by hand:
-//! attention (softmax inside, probabilities recomputed) `dS = P⊙(dP − Σ dP⊙P)`; rms_norm
-//! `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
+//! attention (softmax inside, probabilities recomputed) `dS = P⊙(dP − Σ dP⊙P)` (one pass per
+//! row on the CPU); rms_norm `r·(gα − x̂·mean(gα⊙x̂))`, `dα = Σ g⊙x̂`; rope `rope(g, cos, −sin)`.
 //!
 //! Every backward detaches its inputs first: a gradient computed from a tracked tensor (a
 //! `Var` weight, an activation) carries an op node that keeps its operands alive, and weight
@@ -342,12 +342,37 @@ impl CustomOp3 for Attention {
         let p = attention_probs(q, k, &self.mask, self.bias.as_ref(), self.scale)?;
         let dv = p.to_dtype(dt)?.t()?.matmul(g)?;
         let dp = g.matmul(&v.t()?)?.to_dtype(candle_core::DType::F32)?;
-        let s = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let ds = ((dp.broadcast_sub(&s)? * &p)?.to_dtype(dt)? * self.scale)?;
+        let ds = if dp.device().is_cpu() {
+            softmax_bwd_cpu(&dp, &p, self.scale)?.to_dtype(dt)?
+        } else {
+            let s = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            ((dp.broadcast_sub(&s)? * &p)?.to_dtype(dt)? * self.scale)?
+        };
         let dq = ds.matmul(k)?;
         let dk = ds.t()?.matmul(q)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+/// The scores' gradient from the probabilities' on the CPU, one pass per row:
+/// dS = P ⊙ (dP − Σ_row dP ⊙ P) · scale (five candle ops over (B, H, T, S) f32 before).
+fn softmax_bwd_cpu(dp: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let s = *p.dims().last().expect("attention probabilities have a last dim");
+    let (dp, p) = (dp.contiguous()?, p.contiguous()?);
+    let (dps, dpl) = dp.storage_and_layout();
+    let (ps, pl) = p.storage_and_layout();
+    let (Storage::Cpu(dps), Storage::Cpu(ps)) = (&*dps, &*ps) else { candle_core::bail!("attention backward: expected CPU tensors") };
+    let (dpv, pv) = (f32_slice(dps, dpl, "attention dP")?, f32_slice(ps, pl, "attention P")?);
+    let mut ds = vec![0f32; pv.len()];
+    let scale = scale as f32;
+    ds.par_chunks_mut(s).zip(dpv.par_chunks(s).zip(pv.par_chunks(s))).for_each(|(ds, (dp, p))| {
+        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+        for ((d, &g), &pr) in ds.iter_mut().zip(dp).zip(p) {
+            *d = (g - dot) * pr * scale;
+        }
+    });
+    Tensor::from_vec(ds, p.shape(), p.device())
 }
 
 /// softmax(q kᵀ·scale + bias + mask) v for q (B, H, T, hd) and k, v (B, H, S, hd) (one key/value
