@@ -119,31 +119,34 @@ const NORM_ROWS: usize = 32;
 fn rms_norm_bwd_cpu(x: &Tensor, alpha: &Tensor, g: &Tensor, eps: f32) -> Result<(Option<Tensor>, Option<Tensor>)> {
     use rayon::prelude::*;
     let d = alpha.elem_count();
-    let (xv, av, gv) = (cpu_f32(x)?, cpu_f32(alpha)?, cpu_f32(g)?);
-    let mut dx = vec![0f32; xv.len()];
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(NORM_ROWS * d)
-        .zip(xv.par_chunks(NORM_ROWS * d).zip(gv.par_chunks(NORM_ROWS * d)))
-        .map(|(dx, (x, g))| {
-            let mut da = vec![0f32; d];
-            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
-                let m = x.iter().zip(g).zip(&av).map(|((x, g), a)| g * a * (x * r)).sum::<f32>() / d as f32;
-                for (((dx, &x), &g), (&a, da)) in dx.iter_mut().zip(x).zip(g).zip(av.iter().zip(da.iter_mut())) {
-                    let xhat = x * r;
-                    *dx = (g * a - xhat * m) * r;
-                    *da += g * xhat;
+    let (dx, dalpha) = with_f32(&[x, alpha, g], "rms_norm backward", |v| {
+        let (xv, av, gv) = (v[0], v[1], v[2]);
+        let mut dx = vec![0f32; xv.len()];
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(NORM_ROWS * d)
+            .zip(xv.par_chunks(NORM_ROWS * d).zip(gv.par_chunks(NORM_ROWS * d)))
+            .map(|(dx, (x, g))| {
+                let mut da = vec![0f32; d];
+                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+                    let m = x.iter().zip(g).zip(av).map(|((x, g), a)| g * a * (x * r)).sum::<f32>() / d as f32;
+                    for (((dx, &x), &g), (&a, da)) in dx.iter_mut().zip(x).zip(g).zip(av.iter().zip(da.iter_mut())) {
+                        let xhat = x * r;
+                        *dx = (g * a - xhat * m) * r;
+                        *da += g * xhat;
+                    }
                 }
+                da
+            })
+            .collect();
+        let mut dalpha = vec![0f32; d];
+        for p in &partials {
+            for (a, v) in dalpha.iter_mut().zip(p) {
+                *a += v;
             }
-            da
-        })
-        .collect();
-    let mut dalpha = vec![0f32; d];
-    for p in &partials {
-        for (a, v) in dalpha.iter_mut().zip(p) {
-            *a += v;
         }
-    }
+        Ok((dx, dalpha))
+    })?;
     Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dalpha, alpha.shape(), alpha.device())?)))
 }
 
@@ -185,25 +188,39 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// here it is gᵀ·x, (out, in), contiguous. `trainable: false` (a frozen weight under LoRA)
 /// skips the weight-gradient GEMM.
 struct Linear {
-    out: Mutex<Option<Tensor>>,
     trainable: bool,
+}
+impl Linear {
+    /// (1, N, out, in) and wᵀ's layout: the arguments `Tensor::matmul(x, wᵀ)` passes the backend,
+    /// so the forward is computed in the op (no result handed over and copied) with its bits.
+    fn bmnk(&self, xl: &Layout, wl: &Layout) -> Result<((usize, usize, usize, usize), Layout)> {
+        let ((n, k), (out, k2)) = (xl.shape().dims2()?, wl.shape().dims2()?);
+        if k != k2 {
+            candle_core::bail!("linear: input {:?} against weight {:?}", xl.shape(), wl.shape());
+        }
+        Ok(((1, n, out, k), wl.transpose(0, 1)?))
+    }
 }
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         if self.trainable { "cotlab-linear" } else { "cotlab-frozen-linear" }
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        take_cpu(&self.out)
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (bmnk, wt) = self.bmnk(xl, wl)?;
+        Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        take_cuda(&self.out)
+        use candle_core::backend::BackendStorage;
+        let (bmnk, wt) = self.bmnk(xl, wl)?;
+        Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (&x.detach(), &w.detach());
@@ -219,14 +236,12 @@ impl CustomOp2 for Linear {
 
 /// `x Wᵀ` for W (out, in), x (N, in), gradients to both.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.detach().t()?)?;
-    x.apply_op2(w, Linear { out: Mutex::new(Some(y)), trainable: true })
+    x.apply_op2(w, Linear { trainable: true })
 }
 
 /// `x Wᵀ` for a frozen weight W (out, in), x (N, in): gradient flows to x only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.t()?)?;
-    x.apply_op2(w, Linear { out: Mutex::new(Some(y)), trainable: false })
+    x.apply_op2(w, Linear { trainable: false })
 }
 
 /// `silu(gate) · up`, the gated MLP's activation, as one op on f32 CPU tensors: one pass
@@ -243,6 +258,19 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: expected a contiguous tensor") };
     Ok(&v[a..b])
+}
+
+/// Runs `f` on the f32 data of CPU tensors in place (made contiguous first if need be), for
+/// the hand-written backward kernels: no copy of each input into a Vec.
+fn with_f32<R>(ts: &[&Tensor], what: &str, f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(held.len());
+    for (s, l) in &held {
+        let Storage::Cpu(c) = &**s else { candle_core::bail!("{what}: expected CPU tensors") };
+        slices.push(f32_slice(c, l, what)?);
+    }
+    f(&slices)
 }
 
 /// candle's silu, `v / (1 + exp(−v))`.
@@ -271,26 +299,24 @@ impl CustomOp2 for SwiGlu {
     }
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
-        let dy = dy.contiguous()?;
-        let (gs, gl) = g.storage_and_layout();
-        let (us, ul) = u.storage_and_layout();
-        let (ds, dl) = dy.storage_and_layout();
-        let (Storage::Cpu(gs), Storage::Cpu(us), Storage::Cpu(ds)) = (&*gs, &*us, &*ds) else { candle_core::bail!("swiglu: expected CPU tensors") };
-        let (gv, uv, dyv) = (f32_slice(gs, gl, "swiglu gate")?, f32_slice(us, ul, "swiglu up")?, f32_slice(ds, dl, "swiglu gradient")?);
-        let (mut dg, mut du) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
-        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
-            let o = c * CHUNK;
-            for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
-                let (g, u, dy) = (gv[o + i], uv[o + i], dyv[o + i]);
-                // candle: sigmoid = recip(exp(−g) + 1), silu' = sigmoid·(1 − silu) + silu, and
-                // the product's gradients dy·up, dy·silu (one exp serves both).
-                let e = (-g).exp();
-                let sig = (e + 1.0).recip();
-                let y = g / (1.0 + e);
-                *dg = (dy * u) * (sig * (1.0 - y) + y);
-                *du = dy * y;
-            }
-        });
+        let (dg, du) = with_f32(&[g, u, dy], "swiglu backward", |v| {
+            let (gv, uv, dyv) = (v[0], v[1], v[2]);
+            let (mut dg, mut du) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
+            dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
+                let o = c * CHUNK;
+                for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+                    let (g, u, dy) = (gv[o + i], uv[o + i], dyv[o + i]);
+                    // candle: sigmoid = recip(exp(−g) + 1), silu' = sigmoid·(1 − silu) + silu, and
+                    // the product's gradients dy·up, dy·silu (one exp serves both).
+                    let e = (-g).exp();
+                    let sig = (e + 1.0).recip();
+                    let y = g / (1.0 + e);
+                    *dg = (dy * u) * (sig * (1.0 - y) + y);
+                    *du = dy * y;
+                }
+            });
+            Ok((dg, du))
+        })?;
         Ok((Some(Tensor::from_vec(dg, g.shape(), g.device())?), Some(Tensor::from_vec(du, u.shape(), u.device())?)))
     }
 }
@@ -359,19 +385,18 @@ impl CustomOp3 for Attention {
 fn softmax_bwd_cpu(dp: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
     use rayon::prelude::*;
     let s = *p.dims().last().expect("attention probabilities have a last dim");
-    let (dp, p) = (dp.contiguous()?, p.contiguous()?);
-    let (dps, dpl) = dp.storage_and_layout();
-    let (ps, pl) = p.storage_and_layout();
-    let (Storage::Cpu(dps), Storage::Cpu(ps)) = (&*dps, &*ps) else { candle_core::bail!("attention backward: expected CPU tensors") };
-    let (dpv, pv) = (f32_slice(dps, dpl, "attention dP")?, f32_slice(ps, pl, "attention P")?);
-    let mut ds = vec![0f32; pv.len()];
     let scale = scale as f32;
-    ds.par_chunks_mut(s).zip(dpv.par_chunks(s).zip(pv.par_chunks(s))).for_each(|(ds, (dp, p))| {
-        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-        for ((d, &g), &pr) in ds.iter_mut().zip(dp).zip(p) {
-            *d = (g - dot) * pr * scale;
-        }
-    });
+    let ds = with_f32(&[dp, p], "attention backward", |v| {
+        let (dpv, pv) = (v[0], v[1]);
+        let mut ds = vec![0f32; pv.len()];
+        ds.par_chunks_mut(s).zip(dpv.par_chunks(s).zip(pv.par_chunks(s))).for_each(|(ds, (dp, p))| {
+            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+            for ((d, &g), &pr) in ds.iter_mut().zip(dp).zip(p) {
+                *d = (g - dot) * pr * scale;
+            }
+        });
+        Ok(ds)
+    })?;
     Tensor::from_vec(ds, p.shape(), p.device())
 }
 
@@ -403,20 +428,14 @@ struct CrossEntropy {
     lse: Mutex<Vec<f32>>,
 }
 
-fn cpu_f32(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
-}
-
 impl CustomOp1 for CrossEntropy {
     fn name(&self) -> &'static str {
         "cotlab-cross-entropy"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let CpuStorage::F32(x) = s else { candle_core::bail!("cross-entropy: logits must be f32") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("cross-entropy: logits not contiguous") };
+        let x = f32_slice(s, l, "cross-entropy logits")?;
         let (n, v) = l.shape().dims2()?;
-        let x = &x[a..b];
         if self.targets.len() != n {
             candle_core::bail!("cross-entropy: {} targets for {n} rows", self.targets.len());
         }
@@ -436,17 +455,19 @@ impl CustomOp1 for CrossEntropy {
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         use rayon::prelude::*;
         let (n, v) = x.dims2()?;
-        let xs = cpu_f32(x)?;
-        let gs = cpu_f32(g)?;
         let lse = self.lse.lock().unwrap();
-        let mut out = vec![0f32; n * v];
-        out.par_chunks_mut(v).zip(xs.par_chunks(v)).enumerate().for_each(|(i, (o, row))| {
-            let (gi, li) = (gs[i], lse[i]);
-            for (oj, &z) in o.iter_mut().zip(row) {
-                *oj = gi * (z - li).exp();
-            }
-            o[self.targets[i] as usize] -= gi;
-        });
+        let out = with_f32(&[x, g], "cross-entropy backward", |t| {
+            let (xs, gs) = (t[0], t[1]);
+            let mut out = vec![0f32; n * v];
+            out.par_chunks_mut(v).zip(xs.par_chunks(v)).enumerate().for_each(|(i, (o, row))| {
+                let (gi, li) = (gs[i], lse[i]);
+                for (oj, &z) in o.iter_mut().zip(row) {
+                    *oj = gi * (z - li).exp();
+                }
+                o[self.targets[i] as usize] -= gi;
+            });
+            Ok(out)
+        })?;
         Ok(Some(Tensor::from_vec(out, (n, v), x.device())?))
     }
 }
