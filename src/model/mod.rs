@@ -5,10 +5,11 @@
 //!
 //! Layout: `family/` holds one file per architecture (tensor names, HF config in/out, the
 //! decoder block); `transformer.rs` the weights, LoRA and the kernels blocks are written with;
-//! `ops.rs` the fused ops with a backward; `quant.rs` int8 weights for decoding; `generate.rs` batched cached decoding.
+//! `ops.rs` the fused ops with a backward; `decode_ops.rs` decoding's fused kernels (attention); `quant.rs` int8 weights for decoding; `generate.rs` batched cached decoding.
 
 pub mod chat;
 pub mod config;
+pub mod decode_ops;
 pub mod family;
 pub mod generate;
 pub mod gguf;

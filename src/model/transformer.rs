@@ -614,6 +614,11 @@ impl Transformer {
             // place (a strided view of the preallocated buffer, which the matmul takes as is),
             // instead of copying keys/values once per query head (repeat_kv). Measured on 2
             // cores: no slower than a contiguous copy of the window, and no per-step copies.
+            if bias.is_none() {
+                if let Some(y) = super::decode_ops::attention(q, &k, &v, mask, 1.0 / (hd as f64).sqrt())? {
+                    return Ok(y);
+                }
+            }
             let (b, _, t, _) = q.dims4()?;
             let tk = k.dim(2)?;
             let qg = q.contiguous()?.reshape((b, kv, (h / kv) * t, hd))?;

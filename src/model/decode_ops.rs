@@ -1,0 +1,226 @@
+//! Decoding's fused CPU kernels (no gradient; `ops.rs` has the ones training differentiates).
+//!
+//! Attention while decoding was candle ops on tiny shapes: per (row, KV head) a 3 × 64 · 64 × S
+//! matmul, scale, mask add, softmax, a second matmul — each op single-threaded or a task far
+//! too small to share, so during a step's attention one of two cores idled (measured at batch
+//! 16: candle's gemm dispatch and microkernel 21 % of the wall time, all on the main thread).
+//! Here one task per (row, query head) does the whole softmax(q kᵀ·scale + mask) v.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Mask values at or below this hide their key: its score is never computed (its probability
+/// would be exactly 0 with any finite score, since exp underflows to 0 below -104).
+const HIDDEN: f32 = -1e8;
+
+/// A 4-D f32 CPU tensor's data with its start offset and strides (in elements).
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: [usize; 4],
+}
+
+fn view<'a>(s: &'a Storage, l: &Layout, what: &str) -> Result<View<'a>> {
+    let Storage::Cpu(CpuStorage::F32(data)) = s else { candle_core::bail!("decode attention: {what} is not CPU f32") };
+    let st = l.stride();
+    if st.len() != 4 || st[3] != 1 {
+        candle_core::bail!("decode attention: {what} needs 4 dims with contiguous rows, got strides {st:?}");
+    }
+    Ok(View { data, start: l.start_offset(), stride: [st[0], st[1], st[2], st[3]] })
+}
+
+impl View<'_> {
+    /// The `n` values starting at index (a, b, c, 0).
+    fn row(&self, a: usize, b: usize, c: usize, n: usize) -> &[f32] {
+        let o = self.start + a * self.stride[0] + b * self.stride[1] + c * self.stride[2];
+        &self.data[o..o + n]
+    }
+}
+
+/// softmax(q kᵀ·scale + mask) v on the CPU in f32 for cached decoding: q (B, H, T, hd); k, v
+/// (B, KV, S, hd), any strides with contiguous rows (the cache's window in place), H a multiple
+/// of KV (each KV head serves H / KV query heads); mask additive, broadcastable to
+/// (B, 1, T, S). Returns (B, H, T, hd). `None` when this kernel does not apply (not CPU f32):
+/// the caller then uses candle's ops.
+///
+/// Every output row is computed alone, in one fixed order over its visible keys, so it does not
+/// depend on the batch, the other rows or the hidden (left-padding) columns.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && cpu_f32(mask)) {
+        return Ok(None);
+    }
+    let (b, h, t, hd) = q.dims4()?;
+    let (kb, kv, s, khd) = k.dims4()?;
+    if kb != b || khd != hd || v.dims() != k.dims() || kv == 0 || h % kv != 0 {
+        candle_core::bail!("decode attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims());
+    }
+    let q = q.contiguous()?;
+    let mask = mask.broadcast_as((b, 1, t, s))?;
+    let (k, v) = (if k.stride()[3] == 1 { k.clone() } else { k.contiguous()? }, if v.stride()[3] == 1 { v.clone() } else { v.contiguous()? });
+    let mask = if mask.stride()[3] == 1 { mask } else { mask.contiguous()? };
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (ms, ml) = mask.storage_and_layout();
+    let (qv, kv_, vv, mv) = (view(&qs, ql, "q")?, view(&ks, kl, "k")?, view(&vs, vl, "v")?, view(&ms, ml, "mask")?);
+    let group = h / kv;
+    let scale = scale as f32;
+    let mut out = vec![0f32; b * h * t * hd];
+    let kernel = Kernel::detect();
+    // One task per (row, query head): T rows of hd outputs each, written to their own chunk.
+    out.par_chunks_mut(t * hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (bh, o)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let ki = hi / group;
+        scores.resize(s, 0.0);
+        for ti in 0..t {
+            let qrow = qv.row(bi, hi, ti, hd);
+            let mrow = mv.row(bi, 0, ti, s);
+            let orow = &mut o[ti * hd..(ti + 1) * hd];
+            kernel.row(qrow, |j| kv_.row(bi, ki, j, hd), |j| vv.row(bi, ki, j, hd), mrow, scale, scores, orow);
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, (b, h, t, hd), q.device())?))
+}
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+
+    /// One query row: scores into `scores`, softmax in place, the probability-weighted sum of
+    /// values into `out`. The same code either way; the AVX2 build lets the compiler use
+    /// 8-lane FMAs for the `mul_add`s (same bits as the scalar fused multiply-adds).
+    #[allow(clippy::too_many_arguments)]
+    fn row<'a>(self, q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        match self {
+            Kernel::Portable => attend_row(q, key, value, mask, scale, scores, out),
+            // SAFETY: detect() checked AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { attend_row_avx2(q, key, value, mask, scale, scores, out) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_row_avx2<'a>(q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    attend_row(q, key, value, mask, scale, scores, out)
+}
+
+/// Dot product in 8 lanes of fused multiply-adds, then the lanes summed pairwise.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
+}
+
+#[inline(always)]
+fn attend_row<'a>(q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let mut max = f32::NEG_INFINITY;
+    for (j, (sc, &m)) in scores.iter_mut().zip(mask).enumerate() {
+        *sc = if m <= HIDDEN { f32::NEG_INFINITY } else { dot(q, key(j)) * scale + m };
+        max = max.max(*sc);
+    }
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        // exp(-inf) = 0: hidden keys add nothing, whatever their position.
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    out.fill(0.0);
+    for (j, &e) in scores.iter().enumerate() {
+        if e == 0.0 {
+            continue;
+        }
+        let p = e / sum;
+        for (o, &x) in out.iter_mut().zip(value(j)) {
+            *o = p.mul_add(x, *o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// candle's composed ops, as the decoding path ran them before this kernel.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+        let (b, h, t, hd) = q.dims4().unwrap();
+        let (kv, s) = (k.dim(1).unwrap(), k.dim(2).unwrap());
+        let qg = q.reshape((b, kv, (h / kv) * t, hd)).unwrap();
+        let scores = (qg.matmul(&k.t().unwrap()).unwrap() * scale).unwrap().reshape((b, h, t, s)).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask).unwrap()).unwrap();
+        probs.reshape((b, kv, (h / kv) * t, s)).unwrap().matmul(v).unwrap().reshape((b, h, t, hd)).unwrap()
+    }
+
+    #[test]
+    fn matches_candles_ops_on_a_strided_cache_window_and_ignores_hidden_columns() {
+        let dev = Device::Cpu;
+        let (b, h, kv, t, hd, cap) = (3, 6, 2, 2, 16, 12);
+        let q = Tensor::from_vec(data(b * h * t * hd, 1), (b, h, t, hd), &dev).unwrap();
+        // The live window of a preallocated cache: columns 2..9 of 12.
+        let kc = Tensor::from_vec(data(b * kv * cap * hd, 2), (b, kv, cap, hd), &dev).unwrap();
+        let vc = Tensor::from_vec(data(b * kv * cap * hd, 3), (b, kv, cap, hd), &dev).unwrap();
+        let s = 7;
+        let (k, v) = (kc.narrow(2, 2, s).unwrap(), vc.narrow(2, 2, s).unwrap());
+        // Row 1 left-padded by 3 columns, row 2 by 1; the last query row sees one key less.
+        let pads = [0usize, 3, 1];
+        let m: Vec<f32> = (0..b).flat_map(|r| (0..t).flat_map(move |ti| (0..s).map(move |j| if j >= pads[r] && j < s - 1 + ti { 0.0 } else { -1e9 }))).collect();
+        let mask = Tensor::from_vec(m, (b, 1, t, s), &dev).unwrap();
+        let scale = 0.25;
+        let got = attention(&q, &k, &v, &mask, scale).unwrap().unwrap();
+        let want = reference(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), &mask, scale);
+        let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "max |fused - candle| = {diff}");
+
+        // Row 1 alone, without its 3 hidden columns: the same bits.
+        let alone = attention(
+            &q.narrow(0, 1, 1).unwrap(),
+            &k.narrow(0, 1, 1).unwrap().narrow(2, 3, s - 3).unwrap(),
+            &v.narrow(0, 1, 1).unwrap().narrow(2, 3, s - 3).unwrap(),
+            &mask.narrow(0, 1, 1).unwrap().narrow(3, 3, s - 3).unwrap(),
+            scale,
+        )
+        .unwrap()
+        .unwrap();
+        let batched = got.narrow(0, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), batched);
+    }
+
+    #[test]
+    fn portable_and_avx2_rows_agree_bit_for_bit() {
+        let (hd, s) = (20, 9);
+        let (q, keys, vals) = (data(hd, 4), data(s * hd, 5), data(s * hd, 6));
+        let mask: Vec<f32> = (0..s).map(|j| if j == 3 { -1e9 } else { 0.1 * j as f32 }).collect();
+        let run = |k: Kernel| {
+            let (mut sc, mut out) = (vec![0f32; s], vec![0f32; hd]);
+            k.row(&q, |j| &keys[j * hd..(j + 1) * hd], |j| &vals[j * hd..(j + 1) * hd], &mask, 0.3, &mut sc, &mut out);
+            out
+        };
+        assert_eq!(run(Kernel::Portable), run(Kernel::detect()));
+    }
+}
