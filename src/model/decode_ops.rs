@@ -77,10 +77,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
             let qrow = qv.row(bi, hi, ti, hd);
             let mrow = mv.row(bi, 0, ti, s);
             let orow = &mut o[ti * hd..(ti + 1) * hd];
-            kernel.row(qrow, |j| kv_.row(bi, ki, j, hd), |j| vv.row(bi, ki, j, hd), mrow, scale, scores, orow);
+            let keys = Rows { data: kv_.row(bi, ki, 0, (s - 1) * kv_.stride[2] + hd), stride: kv_.stride[2], len: hd };
+            let values = Rows { data: vv.row(bi, ki, 0, (s - 1) * vv.stride[2] + hd), stride: vv.stride[2], len: hd };
+            kernel.row(qrow, keys, values, mrow, scale, scores, orow);
         }
     });
     Ok(Some(Tensor::from_vec(out, (b, h, t, hd), q.device())?))
+}
+
+/// Rows of `len` values `stride` apart (a cache window's keys or values of one head).
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    len: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn row(&self, j: usize) -> &'a [f32] {
+        &self.data[j * self.stride..j * self.stride + self.len]
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -100,31 +116,56 @@ impl Kernel {
     }
 
     /// One query row: scores into `scores`, softmax in place, the probability-weighted sum of
-    /// values into `out`. The same code either way; the AVX2 build lets the compiler use
-    /// 8-lane FMAs for the `mul_add`s (same bits as the scalar fused multiply-adds).
+    /// values into `out`. The AVX2 path does the portable path's operations, per output
+    /// element in the same order (same bits), with 4 keys' dot products and 64 outputs'
+    /// sums in flight at once (one chain at a time was latency-bound).
     #[allow(clippy::too_many_arguments)]
-    fn row<'a>(self, q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    fn row(self, q: &[f32], keys: Rows, values: Rows, mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
         match self {
-            Kernel::Portable => attend_row(q, key, value, mask, scale, scores, out),
+            Kernel::Portable => {
+                for (j, (sc, &m)) in scores.iter_mut().zip(mask).enumerate() {
+                    *sc = if m <= HIDDEN { f32::NEG_INFINITY } else { dot(q, keys.row(j)) * scale + m };
+                }
+                let sum = softmax_numerators(scores);
+                out.fill(0.0);
+                for (j, &e) in scores.iter().enumerate() {
+                    if e != 0.0 {
+                        let p = e / sum;
+                        for (o, &x) in out.iter_mut().zip(values.row(j)) {
+                            *o = p.mul_add(x, *o);
+                        }
+                    }
+                }
+            }
             // SAFETY: detect() checked AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { attend_row_avx2(q, key, value, mask, scale, scores, out) },
+            Kernel::Avx2 => unsafe {
+                avx2::scores(q, keys, mask, scale, scores);
+                let sum = softmax_numerators(scores);
+                avx2::weighted_sum(scores, sum, values, out);
+            },
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_row_avx2<'a>(q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    attend_row(q, key, value, mask, scale, scores, out)
+/// exp(score − max) in place; returns their sum. exp(−inf) = 0: hidden keys add nothing,
+/// whatever their position.
+fn softmax_numerators(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    sum
 }
 
-/// Dot product in 8 lanes of fused multiply-adds, then the lanes summed pairwise.
-#[inline(always)]
+/// Dot product in 8 lanes of fused multiply-adds, the lanes summed pairwise, then the tail
+/// (hd mod 8) added: the AVX2 path's operations.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail = dot_tail(ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
             acc[l] = x[l].mul_add(y[l], acc[l]);
@@ -134,26 +175,111 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn attend_row<'a>(q: &[f32], key: impl Fn(usize) -> &'a [f32], value: impl Fn(usize) -> &'a [f32], mask: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    let mut max = f32::NEG_INFINITY;
-    for (j, (sc, &m)) in scores.iter_mut().zip(mask).enumerate() {
-        *sc = if m <= HIDDEN { f32::NEG_INFINITY } else { dot(q, key(j)) * scale + m };
-        max = max.max(*sc);
+fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{dot_tail, Rows, HIDDEN};
+    use std::arch::x86_64::*;
+
+    /// (l0+l4, l1+l5, l2+l6, l3+l7) → (a+c, b+d) → (a+c)+(b+d): `dot`'s order.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn reduce(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        // exp(-inf) = 0: hidden keys add nothing, whatever their position.
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
-    out.fill(0.0);
-    for (j, &e) in scores.iter().enumerate() {
-        if e == 0.0 {
-            continue;
+
+    /// scores[j] = q · key j · scale + mask[j], or −inf for hidden keys; four keys at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores(q: &[f32], keys: Rows, mask: &[f32], scale: f32, scores: &mut [f32]) {
+        let hd = q.len();
+        let n8 = hd / 8 * 8;
+        let qp = q.as_ptr();
+        let score = |j: usize, acc: __m256| -> f32 {
+            let m = mask[j];
+            if m <= HIDDEN {
+                f32::NEG_INFINITY
+            } else {
+                (reduce(acc) + dot_tail(&q[n8..], &keys.row(j)[n8..])) * scale + m
+            }
+        };
+        let s = scores.len();
+        let mut j = 0;
+        while j + 4 <= s {
+            let (k0, k1, k2, k3) = (keys.row(j).as_ptr(), keys.row(j + 1).as_ptr(), keys.row(j + 2).as_ptr(), keys.row(j + 3).as_ptr());
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let mut i = 0;
+            while i < n8 {
+                let u = _mm256_loadu_ps(qp.add(i));
+                a0 = _mm256_fmadd_ps(u, _mm256_loadu_ps(k0.add(i)), a0);
+                a1 = _mm256_fmadd_ps(u, _mm256_loadu_ps(k1.add(i)), a1);
+                a2 = _mm256_fmadd_ps(u, _mm256_loadu_ps(k2.add(i)), a2);
+                a3 = _mm256_fmadd_ps(u, _mm256_loadu_ps(k3.add(i)), a3);
+                i += 8;
+            }
+            scores[j] = score(j, a0);
+            scores[j + 1] = score(j + 1, a1);
+            scores[j + 2] = score(j + 2, a2);
+            scores[j + 3] = score(j + 3, a3);
+            j += 4;
         }
-        let p = e / sum;
-        for (o, &x) in out.iter_mut().zip(value(j)) {
-            *o = p.mul_add(x, *o);
+        while j < s {
+            let kp = keys.row(j).as_ptr();
+            let mut a = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < n8 {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), a);
+                i += 8;
+            }
+            scores[j] = score(j, a);
+            j += 1;
+        }
+    }
+
+    /// out = Σ_j (e_j / sum) · value j over the keys with e_j ≠ 0, each output element one
+    /// chain of FMAs in key order; 64 outputs per pass over the keys kept in registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sum(e: &[f32], sum: f32, values: Rows, out: &mut [f32]) {
+        let hd = out.len();
+        let mut c = 0;
+        while c + 64 <= hd {
+            let z = _mm256_setzero_ps();
+            let mut a = [z; 8];
+            for (j, &ej) in e.iter().enumerate() {
+                if ej == 0.0 {
+                    continue;
+                }
+                let p = _mm256_set1_ps(ej / sum);
+                let v = values.row(j).as_ptr().add(c);
+                a[0] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), a[0]);
+                a[1] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8)), a[1]);
+                a[2] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(16)), a[2]);
+                a[3] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(24)), a[3]);
+                a[4] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(32)), a[4]);
+                a[5] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(40)), a[5]);
+                a[6] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(48)), a[6]);
+                a[7] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(56)), a[7]);
+            }
+            for (i, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
+            }
+            c += 64;
+        }
+        // The rest (head dims that are not a multiple of 64): one element at a time, the same
+        // chain per element.
+        for (i, o) in out.iter_mut().enumerate().skip(c) {
+            let mut acc = 0f32;
+            for (j, &ej) in e.iter().enumerate() {
+                if ej != 0.0 {
+                    acc = (ej / sum).mul_add(values.row(j)[i], acc);
+                }
+            }
+            *o = acc;
         }
     }
 }
@@ -213,14 +339,17 @@ mod tests {
 
     #[test]
     fn portable_and_avx2_rows_agree_bit_for_bit() {
-        let (hd, s) = (20, 9);
-        let (q, keys, vals) = (data(hd, 4), data(s * hd, 5), data(s * hd, 6));
-        let mask: Vec<f32> = (0..s).map(|j| if j == 3 { -1e9 } else { 0.1 * j as f32 }).collect();
-        let run = |k: Kernel| {
-            let (mut sc, mut out) = (vec![0f32; s], vec![0f32; hd]);
-            k.row(&q, |j| &keys[j * hd..(j + 1) * hd], |j| &vals[j * hd..(j + 1) * hd], &mask, 0.3, &mut sc, &mut out);
-            out
-        };
-        assert_eq!(run(Kernel::Portable), run(Kernel::detect()));
+        // Head dims below, at and past one 64-wide register block; 9 keys = two groups of 4 + 1.
+        for hd in [20, 64, 72, 136] {
+            let s = 9;
+            let (q, keys, vals) = (data(hd, 4), data(s * hd, 5), data(s * hd, 6));
+            let mask: Vec<f32> = (0..s).map(|j| if j == 3 { -1e9 } else { 0.1 * j as f32 }).collect();
+            let run = |k: Kernel| {
+                let (mut sc, mut out) = (vec![0f32; s], vec![0f32; hd]);
+                k.row(&q, Rows { data: &keys, stride: hd, len: hd }, Rows { data: &vals, stride: hd, len: hd }, &mask, 0.3, &mut sc, &mut out);
+                out
+            };
+            assert_eq!(run(Kernel::Portable), run(Kernel::detect()), "head dim {hd}");
+        }
     }
 }

@@ -24,6 +24,9 @@ use serde::Serialize;
 pub const BLOCK: usize = 32;
 /// Weight rows decoded to f32 together (their outputs share each input load).
 const TILE: usize = 4;
+/// Input rows one call of `dot_tile` multiplies by a decoded tile: 3 × 4 outputs share each
+/// load (12 accumulators, 3 input and 1 weight register: all 16 AVX2 registers).
+const XROWS: usize = 3;
 /// Input rows per pass over the weights: their f32 copies stay in cache while every weight
 /// tile is decoded once for them.
 const ROWS_PER_PASS: usize = 32;
@@ -166,10 +169,10 @@ fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
                 }
                 buf.resize(TILE * cols, 0.0);
                 w.decode_tile(kernel, t, buf);
-                let mut acc = [[0f32; TILE]; 2];
+                let mut acc = [[0f32; TILE]; XROWS];
                 let mut i = 0;
                 while i < n {
-                    let pair = (n - i).min(2);
+                    let pair = (n - i).min(XROWS);
                     kernel.dot_tile(buf, cols, &xs[i * cols..(i + pair) * cols], pair, &mut acc);
                     for (p, row) in acc.iter().take(pair).enumerate() {
                         for (r, v) in row.iter().take(live).enumerate() {
@@ -285,7 +288,7 @@ impl Tiles for Q4Matrix {
         match k {
             Kernel::Portable => {
                 scratch.resize(TILE * x.len(), 0.0);
-                let mut acc = [[0f32; TILE]; 2];
+                let mut acc = [[0f32; TILE]; XROWS];
                 portable::decode_tile_q4(self.tile(t), x.len(), scratch);
                 portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
                 acc[0]
@@ -348,7 +351,7 @@ impl Kernel {
         match self {
             Kernel::Portable => {
                 scratch.resize(TILE * x.len(), 0.0);
-                let mut acc = [[0f32; TILE]; 2];
+                let mut acc = [[0f32; TILE]; XROWS];
                 portable::decode_tile(q, d, x.len(), scratch);
                 portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
                 acc[0]
@@ -359,8 +362,8 @@ impl Kernel {
         }
     }
 
-    /// acc[p][r] = x row p · w row r, for p < pair (1 or 2) and every row of the tile.
-    fn dot_tile(self, w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
+    /// acc[p][r] = x row p · w row r, for p < pair (1 ..= XROWS) and every row of the tile.
+    fn dot_tile(self, w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
         match self {
             Kernel::Portable => portable::dot_tile(w, cols, x, pair, acc),
             // SAFETY: detect() checked AVX2 and FMA; slices were sized by the caller.
@@ -372,7 +375,7 @@ impl Kernel {
 
 /// The reference semantics, operation for operation what the AVX2 path computes.
 mod portable {
-    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE};
+    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
 
     /// A Q4_1 tile's rows as f32. `q · d` is exact in f32 (4 bits times f16's 11), so `q · d + m`
     /// rounds once, as the AVX2 path's FMA does.
@@ -410,7 +413,7 @@ mod portable {
         (a + c) + (b + d)
     }
 
-    pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
+    pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
         for p in 0..pair {
             let x = &x[p * cols..(p + 1) * cols];
             for r in 0..TILE {
@@ -429,7 +432,7 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE};
+    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
     use std::arch::x86_64::*;
 
     /// Row `$r` of the Q4_1 tile group at `$grp` (headers `$h0`, `$h1` = each block's 4 scales
@@ -559,47 +562,35 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; 2]) {
-        debug_assert!(w.len() >= TILE * cols && x.len() >= pair * cols && cols % 8 == 0);
+    pub unsafe fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
+        debug_assert!(w.len() >= TILE * cols && x.len() >= pair * cols && cols % 8 == 0 && (1..=XROWS).contains(&pair));
         let (w0, w1, w2, w3) = (w.as_ptr(), w.as_ptr().add(cols), w.as_ptr().add(2 * cols), w.as_ptr().add(3 * cols));
-        if pair == 2 {
-            let (x0, x1) = (x.as_ptr(), x.as_ptr().add(cols));
-            let z = _mm256_setzero_ps();
-            let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
-            let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-            let mut k = 0;
-            // One weight load feeds both input rows.
-            macro_rules! both {
-                ($w:ident, $a:ident, $b:ident, $u:ident, $v:ident) => {
-                    let w = _mm256_loadu_ps($w.add(k));
-                    $a = _mm256_fmadd_ps(w, $u, $a);
-                    $b = _mm256_fmadd_ps(w, $v, $b);
-                };
-            }
-            while k < cols {
-                let (u, v) = (_mm256_loadu_ps(x0.add(k)), _mm256_loadu_ps(x1.add(k)));
-                both!(w0, a00, a10, u, v);
-                both!(w1, a01, a11, u, v);
-                both!(w2, a02, a12, u, v);
-                both!(w3, a03, a13, u, v);
-                k += 8;
-            }
-            acc[0] = [reduce(a00), reduce(a01), reduce(a02), reduce(a03)];
-            acc[1] = [reduce(a10), reduce(a11), reduce(a12), reduce(a13)];
-        } else {
-            let x0 = x.as_ptr();
-            let z = _mm256_setzero_ps();
-            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
-            let mut k = 0;
-            while k < cols {
-                let u = _mm256_loadu_ps(x0.add(k));
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(k)), u, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(k)), u, a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(k)), u, a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(k)), u, a3);
-                k += 8;
-            }
-            acc[0] = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+        let z = _mm256_setzero_ps();
+        // Named accumulators, not an array: they must stay in registers.
+        macro_rules! tile {
+            ($([$xp:ident, $u:ident, $a0:ident, $a1:ident, $a2:ident, $a3:ident, $p:literal]),+) => {{
+                $(let $xp = x.as_ptr().add($p * cols); let (mut $a0, mut $a1, mut $a2, mut $a3) = (z, z, z, z);)+
+                let mut k = 0;
+                while k < cols {
+                    $(let $u = _mm256_loadu_ps($xp.add(k));)+
+                    // One weight load feeds every input row.
+                    let w = _mm256_loadu_ps(w0.add(k));
+                    $($a0 = _mm256_fmadd_ps(w, $u, $a0);)+
+                    let w = _mm256_loadu_ps(w1.add(k));
+                    $($a1 = _mm256_fmadd_ps(w, $u, $a1);)+
+                    let w = _mm256_loadu_ps(w2.add(k));
+                    $($a2 = _mm256_fmadd_ps(w, $u, $a2);)+
+                    let w = _mm256_loadu_ps(w3.add(k));
+                    $($a3 = _mm256_fmadd_ps(w, $u, $a3);)+
+                    k += 8;
+                }
+                $(acc[$p] = [reduce($a0), reduce($a1), reduce($a2), reduce($a3)];)+
+            }};
+        }
+        match pair {
+            3 => tile!([x0, u0, a00, a01, a02, a03, 0], [x1, u1, a10, a11, a12, a13, 1], [x2, u2, a20, a21, a22, a23, 2]),
+            2 => tile!([x0, u0, a00, a01, a02, a03, 0], [x1, u1, a10, a11, a12, a13, 1]),
+            _ => tile!([x0, u0, a00, a01, a02, a03, 0]),
         }
     }
 }
@@ -862,15 +853,15 @@ mod tests {
                     q.decode_tile(Kernel::Portable, t, &mut reference);
                     assert_eq!(buf, reference, "{name}: {kernel:?} decodes tile {t} differently from the portable path");
                     let fused = q.dot_row_tile(kernel, t, &x[..cols], &mut Vec::new());
-                    let mut split = [[0f32; TILE]; 2];
+                    let mut split = [[0f32; TILE]; XROWS];
                     portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
                     assert_eq!(fused, split[0], "{name} {kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
                     assert_eq!(q.dot_row_tile(Kernel::Portable, t, &x[..cols], &mut Vec::new()), split[0], "{name}: portable one-row path ({rows}×{cols}, tile {t})");
                 }
             }
             q8.decode_tile(kernel, 0, &mut buf);
-            for pair in [1, 2] {
-                let (mut a, mut b) = ([[0f32; TILE]; 2], [[0f32; TILE]; 2]);
+            for pair in 1..=XROWS {
+                let (mut a, mut b) = ([[0f32; TILE]; XROWS], [[0f32; TILE]; XROWS]);
                 kernel.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut a);
                 Kernel::Portable.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut b);
                 assert_eq!(a, b, "{kernel:?} and the portable path disagree ({rows}×{cols}, {pair} rows)");
