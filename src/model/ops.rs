@@ -346,6 +346,8 @@ struct Attention {
     mask: Tensor,
     bias: Option<Tensor>,
     scale: f64,
+    /// Computed by [`attention_cpu`] (and differentiated by it).
+    cpu: bool,
 }
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
@@ -364,6 +366,10 @@ impl CustomOp3 for Attention {
         // scores, scaled scores, masked scores and probabilities of every layer until the end of
         // the backward pass: 4 × (B, H, T, S) f32 per layer, most of the activation memory.
         let (q, k, v) = (&q.detach(), &k.detach(), &v.detach());
+        if self.cpu {
+            let (dq, dk, dv) = attention_cpu(q, k, v, &self.mask, self.scale as f32, Some(&g.detach()))?;
+            return Ok((Some(dq), dk, dv));
+        }
         let dt = q.dtype();
         let p = attention_probs(q, k, &self.mask, self.bias.as_ref(), self.scale)?;
         let dv = p.to_dtype(dt)?.t()?.matmul(g)?;
@@ -403,12 +409,165 @@ fn softmax_bwd_cpu(dp: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
 /// softmax(q kᵀ·scale + bias + mask) v for q (B, H, T, hd) and k, v (B, H, S, hd) (one key/value
 /// head per query head), `bias` (ALiBi) and `mask` additive f32 tensors broadcastable to
 /// (B, H, T, S); scores and softmax in f32, matmuls in q's dtype. Same values as the composed
-/// ops, but the backward keeps only q, k and v (see `Attention::bwd`).
+/// ops, but the backward keeps only q, k and v (see `Attention::bwd`). On the CPU in f32
+/// without a bias: [`attention_cpu`] (one task per (row, head), hidden key ranges skipped).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
-    let p = attention_probs(&q.detach(), &k.detach(), mask, bias, scale)?;
-    let y = p.to_dtype(q.dtype())?.matmul(&v.detach())?;
-    let op = Attention { out: Mutex::new(Some(y)), mask: mask.clone(), bias: bias.cloned(), scale };
+    let cpu = bias.is_none() && [q, k, v, mask].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    let y = if cpu {
+        attention_cpu(&q.detach(), &k.detach(), &v.detach(), mask, scale as f32, None)?.0
+    } else {
+        let p = attention_probs(&q.detach(), &k.detach(), mask, bias, scale)?;
+        p.to_dtype(q.dtype())?.matmul(&v.detach())?
+    };
+    let op = Attention { out: Mutex::new(Some(y)), mask: mask.clone(), bias: bias.cloned(), scale, cpu };
     q.apply_op3(k, v, op)
+}
+
+/// Query rows per block of the CPU attention: each block multiplies only the keys some row
+/// of it sees (causal: the keys up to its last row; packed: from its first sequence's start).
+const QUERY_BLOCK: usize = 64;
+
+/// `dst = [dst +] beta · lhs · rhs` (m × n, row stride `dst_rs`) with the `gemm` crate on one
+/// thread (the caller runs one task per (row, head)); operands as (data, row stride, col stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool, lhs: (&[f32], usize, usize), rhs: (&[f32], usize, usize), beta: f32) {
+    let last = |(d, rs, cs): (&[f32], usize, usize), rows: usize, cols: usize| {
+        assert!(rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < d.len(), "gemm1 operand out of bounds");
+    };
+    last(lhs, m, k);
+    last(rhs, k, n);
+    last((dst, dst_rs, 1), m, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element the operands' strides reach was checked to lie inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            add,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// One query block's probabilities P (rows × (hi − lo), row-major, into `p`) over the keys
+/// `lo..hi` it can see: softmax(q kᵀ·scale + mask) row by row. Keys outside the range are
+/// hidden from every row of the block, so their probabilities are exactly 0 and skipping them
+/// changes nothing; a row that sees no key at all gets the whole row (as the composed ops).
+#[allow(clippy::too_many_arguments)]
+fn block_probs(q: &[f32], k: &[f32], mask: &[f32], hd: usize, s: usize, rows: std::ops::Range<usize>, scale: f32, p: &mut Vec<f32>) -> (usize, usize) {
+    let (mut lo, mut hi) = (s, 0);
+    for i in rows.clone() {
+        let m = &mask[i * s..(i + 1) * s];
+        match (m.iter().position(|&x| x > HIDDEN), m.iter().rposition(|&x| x > HIDDEN)) {
+            (Some(a), Some(b)) => (lo, hi) = (lo.min(a), hi.max(b + 1)),
+            _ => (lo, hi) = (0, s),
+        }
+    }
+    let (r, n) = (rows.len(), hi - lo);
+    p.resize(r * n, 0.0);
+    gemm1(r, n, hd, p, n, false, (&q[rows.start * hd..], hd, 1), (&k[lo * hd..], 1, hd), scale);
+    for (i, row) in rows.zip(p.chunks_mut(n.max(1))) {
+        let m = &mask[i * s + lo..i * s + hi];
+        let mut max = f32::NEG_INFINITY;
+        for (x, &mv) in row.iter_mut().zip(m) {
+            *x += mv;
+            max = max.max(*x);
+        }
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        for x in row.iter_mut() {
+            *x /= sum;
+        }
+    }
+    (lo, hi)
+}
+
+/// Mask values at or below this hide their key (the masks here use -1e9): exp underflows to 0.
+const HIDDEN: f32 = -1e8;
+
+/// Attention on the CPU in f32, one task per (row, head) with single-threaded GEMMs on
+/// [`QUERY_BLOCK`]-row blocks over the keys each block sees. Forward (`dy` None): returns
+/// (y, −, −). Backward (`dy` the output's gradient): recomputes each block's probabilities and
+/// returns (dq, dk, dv). candle's batched matmul ran the (B·H) small products one after
+/// another, each split across the threads, and computed every masked score.
+fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, dy: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    use rayon::prelude::*;
+    let (b, h, t, hd) = q.dims4()?;
+    let s = k.dim(2)?;
+    if k.dims4()? != (b, h, s, hd) || v.dims() != k.dims() {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims());
+    }
+    // The mask per (row, query): (T, S) masks are shared by every row.
+    let mask = mask.broadcast_as((b, 1, t, s))?.contiguous()?;
+    let dy_t = match dy {
+        Some(g) => g.contiguous()?,
+        None => q.clone(),
+    };
+    let (qn, kn) = (t * hd, s * hd);
+    with_f32(&[q, k, v, &mask, &dy_t], "attention", |x| {
+        let (qv, kv, vv, mv, gv) = (x[0], x[1], x[2], x[3], x[4]);
+        let task_mask = |bh: usize| &mv[(bh / h) * t * s..(bh / h + 1) * t * s];
+        let blocks = |t: usize| (0..t.div_ceil(QUERY_BLOCK)).map(move |c| c * QUERY_BLOCK..((c + 1) * QUERY_BLOCK).min(t));
+        if dy.is_none() {
+            let mut y = vec![0f32; b * h * qn];
+            y.par_chunks_mut(qn).enumerate().for_each_init(Vec::new, |p, (bh, y)| {
+                let (q, k, v) = (&qv[bh * qn..(bh + 1) * qn], &kv[bh * kn..(bh + 1) * kn], &vv[bh * kn..(bh + 1) * kn]);
+                for rows in blocks(t) {
+                    let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
+                    let n = hi - lo;
+                    gemm1(rows.len(), hd, n, &mut y[rows.start * hd..], hd, false, (p, n, 1), (&v[lo * hd..], hd, 1), 1.0);
+                }
+            });
+            return Ok((Tensor::from_vec(y, (b, h, t, hd), q.device())?, None, None));
+        }
+        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * qn], vec![0f32; b * h * kn], vec![0f32; b * h * kn]);
+        dq.par_chunks_mut(qn).zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn))).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(p, ds), (bh, (dq, (dk, dv)))| {
+                let (q, k, v) = (&qv[bh * qn..(bh + 1) * qn], &kv[bh * kn..(bh + 1) * kn], &vv[bh * kn..(bh + 1) * kn]);
+                let g = &gv[bh * qn..(bh + 1) * qn];
+                for rows in blocks(t) {
+                    let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
+                    let (r, n) = (rows.len(), hi - lo);
+                    let gb = &g[rows.start * hd..];
+                    // dV += Pᵀ dO; dP = dO Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) · scale; dQ = dS K; dK += dSᵀ Q.
+                    gemm1(n, hd, r, &mut dv[lo * hd..], hd, true, (p, 1, n), (gb, hd, 1), 1.0);
+                    ds.resize(r * n, 0.0);
+                    gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
+                    for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
+                        let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        for (d, &pr) in d.iter_mut().zip(pr) {
+                            *d = (*d - dot) * pr * scale;
+                        }
+                    }
+                    gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
+                    gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);
+                }
+            },
+        );
+        let dev = q.device();
+        Ok((Tensor::from_vec(dq, (b, h, t, hd), dev)?, Some(Tensor::from_vec(dk, (b, h, s, hd), dev)?), Some(Tensor::from_vec(dv, (b, h, s, hd), dev)?)))
+    })
 }
 
 /// Cross-entropy of logits (N, V) against `targets` (N): returns the per-row NLL (N). Fused on
@@ -566,6 +725,47 @@ mod tests {
             let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(d < 1e-4, "attention gradient differs by {d}");
             assert!(b.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2, "a gradient that can differ");
+        }
+        Ok(())
+    }
+
+    /// The CPU kernel (no bias) against the composed ops: a causal (T, T) mask and packed rows'
+    /// block-diagonal (B, 1, T, T) masks, over three query blocks (the last partial), so the
+    /// skipped key ranges and the blocks' dK/dV sums are exercised.
+    #[test]
+    fn cpu_attention_matches_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, t, hd) = (2, 3, 2 * QUERY_BLOCK + 9, 8);
+        let (q, k, v) = (Var::randn(0f32, 1., (b, h, t, hd), &dev)?, Var::randn(0f32, 1., (b, h, t, hd), &dev)?, Var::randn(0f32, 1., (b, h, t, hd), &dev)?);
+        let wo = Tensor::randn(0f32, 1., (b, h, t, hd), &dev)?;
+        let causal: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+        // Row 0: sequences [0, 50) and [50, 120), then 17 padding tokens that see only themselves;
+        // row 1: one sequence of 100, then [100, t).
+        let starts = [vec![0, 50, 120], vec![0, 100]];
+        let packed: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                let st = starts[r].clone();
+                (0..t).flat_map(move |i| {
+                    let seq = *st.iter().filter(|&&a| a <= i).max().unwrap();
+                    let pad = r == 0 && i >= 120;
+                    (0..t).map(move |j| if (pad && j == i) || (!pad && j >= seq && j <= i) { 0.0 } else { -1e9 }).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for mask in [Tensor::from_vec(causal, (t, t), &dev)?, Tensor::from_vec(packed, (b, 1, t, t), &dev)?] {
+            let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, None, 0.3)?;
+            let scores = (q.as_tensor().matmul(&k.as_tensor().t()?)? * 0.3)?.broadcast_add(&mask)?;
+            let slow = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v.as_tensor())?;
+            let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "forward differs by {d}");
+            let gf = (fast * &wo)?.sum_all()?.backward()?;
+            let gs = (slow * &wo)?.sum_all()?.backward()?;
+            for var in [&q, &k, &v] {
+                let (a, b) = (gf.get(var).expect("attention has a gradient"), gs.get(var).unwrap());
+                let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d < 1e-4, "gradient differs by {d}");
+                assert!(b.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2, "a gradient that can differ");
+            }
         }
         Ok(())
     }
