@@ -406,13 +406,20 @@ fn softmax_bwd_cpu(dp: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
     Tensor::from_vec(ds, p.shape(), p.device())
 }
 
-/// softmax(q kᵀ·scale + bias + mask) v for q (B, H, T, hd) and k, v (B, H, S, hd) (one key/value
-/// head per query head), `bias` (ALiBi) and `mask` additive f32 tensors broadcastable to
+/// softmax(q kᵀ·scale + bias + mask) v for q (B, H, T, hd) and k, v (B, KV, S, hd) (each
+/// key/value head shared by H / KV query heads), `bias` (ALiBi) and `mask` additive f32 tensors broadcastable to
 /// (B, H, T, S); scores and softmax in f32, matmuls in q's dtype. Same values as the composed
 /// ops, but the backward keeps only q, k and v (see `Attention::bwd`). On the CPU in f32
 /// without a bias: [`attention_cpu`] (one task per (row, head), hidden key ranges skipped).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let (h, kvh) = (q.dim(1)?, k.dim(1)?);
+    if kvh == 0 || h % kvh != 0 {
+        candle_core::bail!("attention: {h} query heads cannot share {kvh} key/value heads");
+    }
     let cpu = bias.is_none() && [q, k, v, mask].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    if !cpu && kvh != h {
+        return attention(q, &repeat_kv(k, h / kvh)?, &repeat_kv(v, h / kvh)?, mask, bias, scale);
+    }
     let y = if cpu {
         attention_cpu(&q.detach(), &k.detach(), &v.detach(), mask, scale as f32, None)?.0
     } else {
@@ -513,10 +520,12 @@ const HIDDEN: f32 = -1e8;
 fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, dy: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     use rayon::prelude::*;
     let (b, h, t, hd) = q.dims4()?;
-    let s = k.dim(2)?;
-    if k.dims4()? != (b, h, s, hd) || v.dims() != k.dims() {
+    let (kvh, s) = (k.dim(1)?, k.dim(2)?);
+    if kvh == 0 || h % kvh != 0 || k.dims4()? != (b, kvh, s, hd) || v.dims() != k.dims() {
         candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims());
     }
+    // Query heads per key/value head (grouped-query attention reads the shared head in place).
+    let group = h / kvh;
     // The mask per (row, query): (T, S) masks are shared by every row.
     let mask = mask.broadcast_as((b, 1, t, s))?.contiguous()?;
     let dy_t = match dy {
@@ -528,10 +537,12 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, 
         let (qv, kv, vv, mv, gv) = (x[0], x[1], x[2], x[3], x[4]);
         let task_mask = |bh: usize| &mv[(bh / h) * t * s..(bh / h + 1) * t * s];
         let blocks = |t: usize| (0..t.div_ceil(QUERY_BLOCK)).map(move |c| c * QUERY_BLOCK..((c + 1) * QUERY_BLOCK).min(t));
+        // Query head `bh` (= row · H + head) reads key/value head `bh / group`.
+        let kv_of = |bh: usize| (&kv[(bh / group) * kn..(bh / group + 1) * kn], &vv[(bh / group) * kn..(bh / group + 1) * kn]);
         if dy.is_none() {
             let mut y = vec![0f32; b * h * qn];
             y.par_chunks_mut(qn).enumerate().for_each_init(Vec::new, |p, (bh, y)| {
-                let (q, k, v) = (&qv[bh * qn..(bh + 1) * qn], &kv[bh * kn..(bh + 1) * kn], &vv[bh * kn..(bh + 1) * kn]);
+                let (q, (k, v)) = (&qv[bh * qn..(bh + 1) * qn], kv_of(bh));
                 for rows in blocks(t) {
                     let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
                     let n = hi - lo;
@@ -540,34 +551,48 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, 
             });
             return Ok((Tensor::from_vec(y, (b, h, t, hd), q.device())?, None, None));
         }
-        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * qn], vec![0f32; b * h * kn], vec![0f32; b * h * kn]);
-        dq.par_chunks_mut(qn).zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn))).enumerate().for_each_init(
+        // One task per key/value head: its query heads one after another, adding into its dK, dV.
+        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * qn], vec![0f32; b * kvh * kn], vec![0f32; b * kvh * kn]);
+        dq.par_chunks_mut(group * qn).zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn))).enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(p, ds), (bh, (dq, (dk, dv)))| {
-                let (q, k, v) = (&qv[bh * qn..(bh + 1) * qn], &kv[bh * kn..(bh + 1) * kn], &vv[bh * kn..(bh + 1) * kn]);
-                let g = &gv[bh * qn..(bh + 1) * qn];
-                for rows in blocks(t) {
-                    let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
-                    let (r, n) = (rows.len(), hi - lo);
-                    let gb = &g[rows.start * hd..];
-                    // dV += Pᵀ dO; dP = dO Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) · scale; dQ = dS K; dK += dSᵀ Q.
-                    gemm1(n, hd, r, &mut dv[lo * hd..], hd, true, (p, 1, n), (gb, hd, 1), 1.0);
-                    ds.resize(r * n, 0.0);
-                    gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
-                    for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
-                        let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (d, &pr) in d.iter_mut().zip(pr) {
-                            *d = (*d - dot) * pr * scale;
+            |(p, ds), (bk, (dqs, (dk, dv)))| {
+                for (gi, dq) in dqs.chunks_mut(qn).enumerate() {
+                    let bh = bk * group + gi;
+                    let (q, (k, v)) = (&qv[bh * qn..(bh + 1) * qn], kv_of(bh));
+                    let g = &gv[bh * qn..(bh + 1) * qn];
+                    for rows in blocks(t) {
+                        let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
+                        let (r, n) = (rows.len(), hi - lo);
+                        let gb = &g[rows.start * hd..];
+                        // dV += Pᵀ dO; dP = dO Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) · scale; dQ = dS K; dK += dSᵀ Q.
+                        gemm1(n, hd, r, &mut dv[lo * hd..], hd, true, (p, 1, n), (gb, hd, 1), 1.0);
+                        ds.resize(r * n, 0.0);
+                        gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
+                        for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
+                            let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            for (d, &pr) in d.iter_mut().zip(pr) {
+                                *d = (*d - dot) * pr * scale;
+                            }
                         }
+                        gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
+                        gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);
                     }
-                    gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
-                    gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);
                 }
             },
         );
         let dev = q.device();
-        Ok((Tensor::from_vec(dq, (b, h, t, hd), dev)?, Some(Tensor::from_vec(dk, (b, h, s, hd), dev)?), Some(Tensor::from_vec(dv, (b, h, s, hd), dev)?)))
+        Ok((Tensor::from_vec(dq, (b, h, t, hd), dev)?, Some(Tensor::from_vec(dk, (b, kvh, s, hd), dev)?), Some(Tensor::from_vec(dv, (b, kvh, s, hd), dev)?)))
     })
+}
+
+/// Each key/value head `n` times in a row, (B, KV, S, hd) → (B, KV·n, S, hd): grouped-query
+/// attention for the composed ops.
+pub fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.contiguous()?.reshape((b, kv * n, t, hd))
 }
 
 /// Cross-entropy of logits (N, V) against `targets` (N): returns the per-row NLL (N). Fused on
@@ -730,13 +755,12 @@ mod tests {
     }
 
     /// The CPU kernel (no bias) against the composed ops: a causal (T, T) mask and packed rows'
-    /// block-diagonal (B, 1, T, T) masks, over three query blocks (the last partial), so the
+    /// block-diagonal (B, 1, T, T) masks, with and without grouped-query heads, over three query blocks (the last partial), so the
     /// skipped key ranges and the blocks' dK/dV sums are exercised.
     #[test]
     fn cpu_attention_matches_composed_ops() -> Result<()> {
         let dev = Device::Cpu;
         let (b, h, t, hd) = (2, 3, 2 * QUERY_BLOCK + 9, 8);
-        let (q, k, v) = (Var::randn(0f32, 1., (b, h, t, hd), &dev)?, Var::randn(0f32, 1., (b, h, t, hd), &dev)?, Var::randn(0f32, 1., (b, h, t, hd), &dev)?);
         let wo = Tensor::randn(0f32, 1., (b, h, t, hd), &dev)?;
         let causal: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
         // Row 0: sequences [0, 50) and [50, 120), then 17 padding tokens that see only themselves;
@@ -752,10 +776,15 @@ mod tests {
                 })
             })
             .collect();
-        for mask in [Tensor::from_vec(causal, (t, t), &dev)?, Tensor::from_vec(packed, (b, 1, t, t), &dev)?] {
-            let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, None, 0.3)?;
-            let scores = (q.as_tensor().matmul(&k.as_tensor().t()?)? * 0.3)?.broadcast_add(&mask)?;
-            let slow = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v.as_tensor())?;
+        let masks = [Tensor::from_vec(causal, (t, t), &dev)?, Tensor::from_vec(packed, (b, 1, t, t), &dev)?];
+        // One key/value head per query head, and one shared by all three (grouped-query).
+        for (mask, kvh) in [(&masks[0], h), (&masks[1], h), (&masks[1], 1)] {
+            let q = Var::randn(0f32, 1., (b, h, t, hd), &dev)?;
+            let (k, v) = (Var::randn(0f32, 1., (b, kvh, t, hd), &dev)?, Var::randn(0f32, 1., (b, kvh, t, hd), &dev)?);
+            let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), mask, None, 0.3)?;
+            let (kr, vr) = (repeat_kv(k.as_tensor(), h / kvh)?, repeat_kv(v.as_tensor(), h / kvh)?);
+            let scores = (q.as_tensor().matmul(&kr.t()?)? * 0.3)?.broadcast_add(mask)?;
+            let slow = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&vr)?;
             let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "forward differs by {d}");
             let gf = (fast * &wo)?.sum_all()?.backward()?;

@@ -583,8 +583,13 @@ impl Transformer {
     pub(crate) fn mask(&self, pass: &Pass, t: usize) -> candle_core::Result<Tensor> {
         if matches!(pass, Pass::Train | Pass::Packed { .. }) {
             let context = self.rope.as_ref().map(|(c, _)| c.dim(0)).transpose()?.unwrap_or(self.config.max_position_embeddings);
-            if t > context {
-                candle_core::bail!("sequence of {t} tokens exceeds the model's context of {context}");
+            // A packed row may be longer than the context: its sequences' positions restart.
+            let longest = match pass {
+                Pass::Packed { pos, .. } => pos.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize + 1,
+                _ => t,
+            };
+            if longest > context {
+                candle_core::bail!("sequence of {longest} tokens exceeds the model's context of {context}");
             }
         }
         match pass {
@@ -630,7 +635,6 @@ impl Transformer {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             return probs.to_dtype(self.dt(false))?.reshape((b, kv, (h / kv) * t, tk))?.matmul(&v)?.reshape((b, h, t, hd));
         }
-        let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
         ops::attention(q, &k, &v, mask, bias, 1.0 / (hd as f64).sqrt())
     }
 
@@ -714,14 +718,6 @@ impl Transformer {
         }
         Ok(())
     }
-}
-
-fn repeat_kv(x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.contiguous()?.reshape((b, kv * n, t, hd))
 }
 
 fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {

@@ -21,18 +21,24 @@ impl Packing {
         Packing { rows: lengths.len(), width, place: (0..lengths.len()).map(|i| (i, 0)).collect() }
     }
 
-    /// First-fit decreasing into rows as wide as the longest example: never more tokens than
-    /// padding computes, usually fewer rows. Ties keep the batch order (deterministic).
-    pub fn first_fit(lengths: &[usize]) -> Packing {
-        let width = lengths.iter().copied().max().unwrap_or(0);
+    /// Rows of at most `cap` tokens (or the longest example, if longer), as few as hold the
+    /// examples, filled evenly: longest first, each into the least-filled row with room (a new
+    /// row when none has). The width is the fullest row's fill, so a micro-batch whose tokens
+    /// fit in one row computes no padding at all; never more tokens than padding computes
+    /// (padding is returned when it would be as good). Ties keep the batch order (deterministic).
+    pub fn pack(lengths: &[usize], cap: usize) -> Packing {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let cap = cap.max(longest);
+        let total: usize = lengths.iter().sum();
         let mut by_len: Vec<usize> = (0..lengths.len()).collect();
         by_len.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-        let mut used: Vec<usize> = Vec::new();
+        let mut used: Vec<usize> = vec![0; if total == 0 { 0 } else { total.div_ceil(cap.max(1)) }];
         let mut place = vec![(0, 0); lengths.len()];
         for i in by_len {
-            let row = match used.iter().position(|&u| u + lengths[i] <= width) {
-                Some(r) => r,
-                None => {
+            let least = (0..used.len()).min_by_key(|&r| (used[r], r));
+            let row = match least {
+                Some(r) if used[r] + lengths[i] <= cap => r,
+                _ => {
                     used.push(0);
                     used.len() - 1
                 }
@@ -40,7 +46,9 @@ impl Packing {
             place[i] = (row, used[row]);
             used[row] += lengths[i];
         }
-        Packing { rows: used.len(), width, place }
+        let packed = Packing { rows: used.len(), width: used.iter().copied().max().unwrap_or(0), place };
+        let padded = Packing::padded(lengths);
+        if packed.computed_tokens() < padded.computed_tokens() { packed } else { padded }
     }
 
     /// Tokens the forward pass computes (rows × width, padding included).
@@ -99,12 +107,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_fit_packs_without_overlap_or_growth() {
+    fn packs_evenly_without_overlap_or_growth() {
         let lens = [10, 3, 4, 6, 2, 9, 1];
-        let p = Packing::first_fit(&lens);
-        assert_eq!(p.width, 10);
-        // 35 tokens in rows of 10: 4 rows (10 | 9+1 | 6+4 | 3+2), not 7.
-        assert_eq!(p.rows, 4);
+        // 35 tokens in rows of at most 12: 3 rows filled evenly (10+2 | 9+3 | 6+4+1), width 12.
+        let p = Packing::pack(&lens, 12);
+        assert_eq!((p.rows, p.width), (3, 12));
         assert!(p.computed_tokens() <= Packing::padded(&lens).computed_tokens());
         let mut cover = vec![0u8; p.rows * p.width];
         for (&(r, o), &n) in p.place.iter().zip(&lens) {
@@ -112,18 +119,22 @@ mod tests {
             cover[r * p.width + o..r * p.width + o + n].iter_mut().for_each(|c| *c += 1);
         }
         assert!(cover.iter().all(|&c| c <= 1), "examples overlap");
+        // Everything fits in one row: no padding at all.
+        let one = Packing::pack(&lens, 64);
+        assert_eq!((one.rows, one.width), (1, 35));
+        // A cap below the longest example is raised to it; nothing to gain returns padding.
+        assert_eq!(Packing::pack(&[10, 10], 4), Packing::padded(&[10, 10]));
         let (pos, mask) = p.positions_and_mask(&lens, &Device::Cpu).unwrap();
         let pos: Vec<Vec<u32>> = pos.to_vec2().unwrap();
         let mask: Vec<Vec<Vec<f32>>> = mask.squeeze(1).unwrap().to_vec3().unwrap();
-        // Row 1 holds the 9 then the 1: positions restart, and each sees only itself, causally.
-        assert_eq!(pos[1], vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 0]);
-        let sees = |r: usize, q: usize| -> Vec<usize> { (0..10).filter(|&k| mask[r][q][k] == 0.0).collect() };
+        // Row 1 holds the 9 then the 3: positions restart, and each sees only itself, causally.
+        assert_eq!(pos[1], vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2]);
+        let sees = |r: usize, q: usize| -> Vec<usize> { (0..12).filter(|&k| mask[r][q][k] == 0.0).collect() };
         assert_eq!(sees(1, 5), vec![0, 1, 2, 3, 4, 5]);
-        assert_eq!(sees(1, 9), vec![9]);
-        // Row 3 holds 3 + 2 and an unused tail of 5, which sees only itself.
-        assert_eq!(pos[3], vec![0, 1, 2, 0, 1, 0, 1, 2, 3, 4]);
-        assert_eq!(sees(3, 4), vec![3, 4]);
-        assert_eq!(sees(3, 7), vec![5, 6, 7]);
-        assert!(Packing::first_fit(&[]).rows == 0);
+        assert_eq!(sees(1, 10), vec![9, 10]);
+        // Row 2 holds 6 + 4 + 1 and an unused tail of 1, which sees only itself.
+        assert_eq!(pos[2], vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 0]);
+        assert_eq!(sees(2, 11), vec![11]);
+        assert!(Packing::pack(&[], 12).rows == 0);
     }
 }

@@ -317,10 +317,17 @@ pub fn response_nll(student: &Student, examples: &[TrainExample], batch_size: us
     Ok(out)
 }
 
-/// How a micro-batch is laid out: packed (`pack`) or one padded row per example.
+/// Tokens a packed row holds at most (or the longest example, if longer): a micro-batch of
+/// short examples becomes one row with no padding. Attention skips the key ranges a sequence
+/// cannot see on the CPU, so a long row costs about what its sequences cost apart; the
+/// composed ops (CUDA) compute the whole row × row, hence a bound.
+pub const PACK_ROW_TOKENS: usize = 1024;
+
+/// How a micro-batch is laid out: packed (`pack`, rows of up to [`PACK_ROW_TOKENS`]) or one
+/// padded row per example.
 pub fn layout(batch: &[&TrainExample], pack: bool) -> Packing {
     let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
-    if pack { Packing::first_fit(&lengths) } else { Packing::padded(&lengths) }
+    if pack { Packing::pack(&lengths, PACK_ROW_TOKENS) } else { Packing::padded(&lengths) }
 }
 
 /// NLL of every response token of a micro-batch, example by example (whatever the layout).
@@ -842,8 +849,17 @@ mod tests {
         let refs: Vec<&TrainExample> = ex.iter().collect();
         let (packed, padded) = (layout(&refs, true), layout(&refs, false));
         assert_eq!((padded.rows, padded.computed_tokens()), (8, 1600));
-        // 480 real tokens in rows of 200: 3 rows (200 | 70+60+50+20 | 40+30+10).
-        assert_eq!((packed.rows, packed.computed_tokens()), (3, 600));
+        // 480 real tokens: one row of 480, no padding.
+        assert_eq!((packed.rows, packed.computed_tokens()), (1, 480));
+        // More than a row holds: rows filled evenly up to PACK_ROW_TOKENS.
+        let ex = batch(&[300, 200, 100, 250, 150, 50, 280, 20]);
+        let refs: Vec<&TrainExample> = ex.iter().collect();
+        let p = layout(&refs, true);
+        assert_eq!((p.rows, p.width), (2, 680));
+        // Equal lengths: padding wastes nothing, and packing cannot beat it.
+        let ex = batch(&[300; 7]);
+        let refs: Vec<&TrainExample> = ex.iter().collect();
+        assert_eq!(layout(&refs, true), layout(&refs, false));
         let mut rng = Rng::new(1);
         for _ in 0..200 {
             let lens: Vec<usize> = (0..1 + rng.next_u64() % 16).map(|_| 1 + (rng.next_u64() % 300) as usize).collect();
