@@ -474,19 +474,12 @@ fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool
 }
 
 /// One query block's probabilities P (rows × (hi − lo), row-major, into `p`) over the keys
-/// `lo..hi` it can see: softmax(q kᵀ·scale + mask) row by row. Keys outside the range are
+/// `lo..hi` it can see (`seen`: each query's visible range, see [`visible_ranges`]): softmax(q kᵀ·scale + mask) row by row. Keys outside the range are
 /// hidden from every row of the block, so their probabilities are exactly 0 and skipping them
 /// changes nothing; a row that sees no key at all gets the whole row (as the composed ops).
 #[allow(clippy::too_many_arguments)]
-fn block_probs(q: &[f32], k: &[f32], mask: &[f32], hd: usize, s: usize, rows: std::ops::Range<usize>, scale: f32, p: &mut Vec<f32>) -> (usize, usize) {
-    let (mut lo, mut hi) = (s, 0);
-    for i in rows.clone() {
-        let m = &mask[i * s..(i + 1) * s];
-        match (m.iter().position(|&x| x > HIDDEN), m.iter().rposition(|&x| x > HIDDEN)) {
-            (Some(a), Some(b)) => (lo, hi) = (lo.min(a), hi.max(b + 1)),
-            _ => (lo, hi) = (0, s),
-        }
-    }
+fn block_probs(q: &[f32], k: &[f32], mask: &[f32], seen: &[(usize, usize)], hd: usize, s: usize, rows: std::ops::Range<usize>, scale: f32, p: &mut Vec<f32>) -> (usize, usize) {
+    let (lo, hi) = seen[rows.clone()].iter().fold((s, 0), |(lo, hi), &(a, b)| (lo.min(a), hi.max(b)));
     let (r, n) = (rows.len(), hi - lo);
     p.resize(r * n, 0.0);
     gemm1(r, n, hd, p, n, false, (&q[rows.start * hd..], hd, 1), (&k[lo * hd..], 1, hd), scale);
@@ -512,6 +505,17 @@ fn block_probs(q: &[f32], k: &[f32], mask: &[f32], hd: usize, s: usize, rows: st
 /// Mask values at or below this hide their key (the masks here use -1e9): exp underflows to 0.
 const HIDDEN: f32 = -1e8;
 
+/// Per query row of an additive mask (rows × s): the range from its first to its last visible
+/// key, or every key when it sees none (the composed ops' softmax then spans the whole row).
+fn visible_ranges(mask: &[f32], s: usize) -> Vec<(usize, usize)> {
+    mask.chunks(s.max(1))
+        .map(|m| match (m.iter().position(|&x| x > HIDDEN), m.iter().rposition(|&x| x > HIDDEN)) {
+            (Some(a), Some(b)) => (a, b + 1),
+            _ => (0, s),
+        })
+        .collect()
+}
+
 /// Attention on the CPU in f32, one task per (row, head) with single-threaded GEMMs on
 /// [`QUERY_BLOCK`]-row blocks over the keys each block sees. Forward (`dy` None): returns
 /// (y, −, −). Backward (`dy` the output's gradient): recomputes each block's probabilities and
@@ -536,6 +540,9 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, 
     with_f32(&[q, k, v, &mask, &dy_t], "attention", |x| {
         let (qv, kv, vv, mv, gv) = (x[0], x[1], x[2], x[3], x[4]);
         let task_mask = |bh: usize| &mv[(bh / h) * t * s..(bh / h + 1) * t * s];
+        // Scanned once per call, not once per head.
+        let seen = visible_ranges(mv, s);
+        let task_seen = |bh: usize| &seen[(bh / h) * t..(bh / h + 1) * t];
         let blocks = |t: usize| (0..t.div_ceil(QUERY_BLOCK)).map(move |c| c * QUERY_BLOCK..((c + 1) * QUERY_BLOCK).min(t));
         // Query head `bh` (= row · H + head) reads key/value head `bh / group`.
         let kv_of = |bh: usize| (&kv[(bh / group) * kn..(bh / group + 1) * kn], &vv[(bh / group) * kn..(bh / group + 1) * kn]);
@@ -544,42 +551,55 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, 
             y.par_chunks_mut(qn).enumerate().for_each_init(Vec::new, |p, (bh, y)| {
                 let (q, (k, v)) = (&qv[bh * qn..(bh + 1) * qn], kv_of(bh));
                 for rows in blocks(t) {
-                    let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
+                    let (lo, hi) = block_probs(q, k, task_mask(bh), task_seen(bh), hd, s, rows.clone(), scale, p);
                     let n = hi - lo;
                     gemm1(rows.len(), hd, n, &mut y[rows.start * hd..], hd, false, (p, n, 1), (&v[lo * hd..], hd, 1), 1.0);
                 }
             });
             return Ok((Tensor::from_vec(y, (b, h, t, hd), q.device())?, None, None));
         }
-        // One task per key/value head: its query heads one after another, adding into its dK, dV.
-        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * qn], vec![0f32; b * kvh * kn], vec![0f32; b * kvh * kn]);
-        dq.par_chunks_mut(group * qn).zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn))).enumerate().for_each_init(
+        // One task per query head (a row packed into one sequence of many would leave a task per
+        // key/value head too few to share); each query head's dK, dV, then summed per group.
+        let (mut dq, mut dkh, mut dvh) = (vec![0f32; b * h * qn], vec![0f32; b * h * kn], vec![0f32; b * h * kn]);
+        dq.par_chunks_mut(qn).zip(dkh.par_chunks_mut(kn).zip(dvh.par_chunks_mut(kn))).enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(p, ds), (bk, (dqs, (dk, dv)))| {
-                for (gi, dq) in dqs.chunks_mut(qn).enumerate() {
-                    let bh = bk * group + gi;
-                    let (q, (k, v)) = (&qv[bh * qn..(bh + 1) * qn], kv_of(bh));
-                    let g = &gv[bh * qn..(bh + 1) * qn];
-                    for rows in blocks(t) {
-                        let (lo, hi) = block_probs(q, k, task_mask(bh), hd, s, rows.clone(), scale, p);
-                        let (r, n) = (rows.len(), hi - lo);
-                        let gb = &g[rows.start * hd..];
-                        // dV += Pᵀ dO; dP = dO Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) · scale; dQ = dS K; dK += dSᵀ Q.
-                        gemm1(n, hd, r, &mut dv[lo * hd..], hd, true, (p, 1, n), (gb, hd, 1), 1.0);
-                        ds.resize(r * n, 0.0);
-                        gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
-                        for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
-                            let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
-                            for (d, &pr) in d.iter_mut().zip(pr) {
-                                *d = (*d - dot) * pr * scale;
-                            }
+            |(p, ds), (bh, (dq, (dk, dv)))| {
+                let (q, (k, v)) = (&qv[bh * qn..(bh + 1) * qn], kv_of(bh));
+                let g = &gv[bh * qn..(bh + 1) * qn];
+                for rows in blocks(t) {
+                    let (lo, hi) = block_probs(q, k, task_mask(bh), task_seen(bh), hd, s, rows.clone(), scale, p);
+                    let (r, n) = (rows.len(), hi - lo);
+                    let gb = &g[rows.start * hd..];
+                    // dV += Pᵀ dO; dP = dO Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) · scale; dQ = dS K; dK += dSᵀ Q.
+                    gemm1(n, hd, r, &mut dv[lo * hd..], hd, true, (p, 1, n), (gb, hd, 1), 1.0);
+                    ds.resize(r * n, 0.0);
+                    gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
+                    for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
+                        let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        for (d, &pr) in d.iter_mut().zip(pr) {
+                            *d = (*d - dot) * pr * scale;
                         }
-                        gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
-                        gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);
                     }
+                    gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
+                    gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);
                 }
             },
         );
+        let (dk, dv) = if group == 1 {
+            (dkh, dvh)
+        } else {
+            let sum_group = |per_head: &[f32]| {
+                let mut out = vec![0f32; b * kvh * kn];
+                out.par_chunks_mut(kn).enumerate().for_each(|(bk, o)| {
+                    for gi in 0..group {
+                        let src = &per_head[(bk * group + gi) * kn..(bk * group + gi + 1) * kn];
+                        o.iter_mut().zip(src).for_each(|(o, &x)| *o += x);
+                    }
+                });
+                out
+            };
+            (sum_group(&dkh), sum_group(&dvh))
+        };
         let dev = q.device();
         Ok((Tensor::from_vec(dq, (b, h, t, hd), dev)?, Some(Tensor::from_vec(dk, (b, kvh, s, hd), dev)?), Some(Tensor::from_vec(dv, (b, kvh, s, hd), dev)?)))
     })

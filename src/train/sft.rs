@@ -90,8 +90,8 @@ pub struct SftOptions {
     /// runs made before the option existed still resume.
     #[serde(skip_serializing_if = "is_true")]
     pub shuffle: bool,
-    /// Pack each micro-batch's examples into as few rows as fit (first-fit decreasing, rows as
-    /// long as its longest example), each example at its own positions and seeing only itself:
+    /// Pack each micro-batch's examples into as few rows as fit (rows of up to
+    /// [`PACK_ROW_TOKENS`], filled evenly), each example at its own positions and seeing only itself:
     /// the same loss and gradients as right-padding (`tests`: within f32 rounding; LoRA dropout
     /// draws its masks over the laid-out tokens, so those differ), fewer tokens computed. Off:
     /// pad every example to the longest. Written to a run's identity only when off, so runs
