@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::simd::Kernel;
+
 /// Mask values at or below this hide their key: its score is never computed (its probability
 /// would be exactly 0 with any finite score, since exp underflows to 0 below -104).
 const HIDDEN: f32 = -1e8;
@@ -55,6 +57,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     if kb != b || khd != hd || v.dims() != k.dims() || kv == 0 || h % kv != 0 {
         candle_core::bail!("decode attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims());
     }
+    if b * h * t * hd == 0 || s == 0 {
+        // Nothing to attend with or to: candle's ops give the empty (or degenerate) result.
+        return Ok(None);
+    }
     let q = q.contiguous()?;
     let mask = mask.broadcast_as((b, 1, t, s))?;
     let (k, v) = (if k.stride()[3] == 1 { k.clone() } else { k.contiguous()? }, if v.stride()[3] == 1 { v.clone() } else { v.contiguous()? });
@@ -99,22 +105,7 @@ impl<'a> Rows<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kernel {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
 impl Kernel {
-    fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Kernel::Avx2;
-        }
-        Kernel::Portable
-    }
-
     /// One query row: scores into `scores`, softmax in place, the probability-weighted sum of
     /// values into `out`. The AVX2 path does the portable path's operations, per output
     /// element in the same order (same bits), with 4 keys' dot products and 64 outputs'

@@ -416,7 +416,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, bias: Option
     if kvh == 0 || h % kvh != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {kvh} key/value heads");
     }
-    let cpu = bias.is_none() && [q, k, v, mask].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    let cpu = bias.is_none()
+        && q.elem_count() > 0
+        && k.elem_count() > 0
+        && [q, k, v, mask].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
     if !cpu && kvh != h {
         return attention(q, &repeat_kv(k, h / kvh)?, &repeat_kv(v, h / kvh)?, mask, bias, scale);
     }

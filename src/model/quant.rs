@@ -20,6 +20,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::simd::Kernel;
+
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
 /// Weight rows decoded to f32 together (their outputs share each input load).
@@ -318,23 +320,7 @@ impl SharedOut {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
 impl Kernel {
-    fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        // F16C (Q4_1's f16 scales) comes with every AVX2 CPU; checked all the same.
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Kernel::Avx2;
-        }
-        Kernel::Portable
-    }
-
     /// A tile's rows as f32 (TILE × cols, row-major) into `buf`.
     fn decode_tile(self, q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
         match self {
