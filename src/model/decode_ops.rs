@@ -9,11 +9,9 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::simd::Kernel;
+use super::ops::{softmax_numerators, HIDDEN};
+use super::simd::{reduce8, Kernel};
 
-/// Mask values at or below this hide their key: its score is never computed (its probability
-/// would be exactly 0 with any finite score, since exp underflows to 0 below -104).
-const HIDDEN: f32 = -1e8;
 
 /// A 4-D f32 CPU tensor's data with its start offset and strides (in elements).
 struct View<'a> {
@@ -79,12 +77,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
         let (bi, hi) = (bh / h, bh % h);
         let ki = hi / group;
         scores.resize(s, 0.0);
+        let keys = Rows { data: kv_.row(bi, ki, 0, (s - 1) * kv_.stride[2] + hd), stride: kv_.stride[2], len: hd };
+        let values = Rows { data: vv.row(bi, ki, 0, (s - 1) * vv.stride[2] + hd), stride: vv.stride[2], len: hd };
         for ti in 0..t {
             let qrow = qv.row(bi, hi, ti, hd);
             let mrow = mv.row(bi, 0, ti, s);
             let orow = &mut o[ti * hd..(ti + 1) * hd];
-            let keys = Rows { data: kv_.row(bi, ki, 0, (s - 1) * kv_.stride[2] + hd), stride: kv_.stride[2], len: hd };
-            let values = Rows { data: vv.row(bi, ki, 0, (s - 1) * vv.stride[2] + hd), stride: vv.stride[2], len: hd };
             kernel.row(qrow, keys, values, mrow, scale, scores, orow);
         }
     });
@@ -139,18 +137,6 @@ impl Kernel {
     }
 }
 
-/// exp(score − max) in place; returns their sum. exp(−inf) = 0: hidden keys add nothing,
-/// whatever their position.
-fn softmax_numerators(scores: &mut [f32]) -> f32 {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
-    sum
-}
-
 /// Dot product in 8 lanes of fused multiply-adds, the lanes summed pairwise, then the tail
 /// (hd mod 8) added: the AVX2 path's operations.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -162,7 +148,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] = x[l].mul_add(y[l], acc[l]);
         }
     }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
+    reduce8(&acc) + tail
 }
 
 #[inline(always)]
@@ -172,17 +158,9 @@ fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::reduce_avx2 as reduce;
     use super::{dot_tail, Rows, HIDDEN};
     use std::arch::x86_64::*;
-
-    /// (l0+l4, l1+l5, l2+l6, l3+l7) → (a+c, b+d) → (a+c)+(b+d): `dot`'s order.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn reduce(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
 
     /// scores[j] = q · key j · scale + mask[j], or −inf for hidden keys; four keys at a time.
     #[target_feature(enable = "avx2,fma")]

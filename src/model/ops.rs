@@ -396,10 +396,8 @@ fn softmax_bwd_cpu(dp: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
         let (dpv, pv) = (v[0], v[1]);
         let mut ds = vec![0f32; pv.len()];
         ds.par_chunks_mut(s).zip(dpv.par_chunks(s).zip(pv.par_chunks(s))).for_each(|(ds, (dp, p))| {
-            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-            for ((d, &g), &pr) in ds.iter_mut().zip(dp).zip(p) {
-                *d = (g - dot) * pr * scale;
-            }
+            ds.copy_from_slice(dp);
+            softmax_grad_row(ds, p, scale);
         });
         Ok(ds)
     })?;
@@ -488,16 +486,8 @@ fn block_probs(q: &[f32], k: &[f32], mask: &[f32], seen: &[(usize, usize)], hd: 
     gemm1(r, n, hd, p, n, false, (&q[rows.start * hd..], hd, 1), (&k[lo * hd..], 1, hd), scale);
     for (i, row) in rows.zip(p.chunks_mut(n.max(1))) {
         let m = &mask[i * s + lo..i * s + hi];
-        let mut max = f32::NEG_INFINITY;
-        for (x, &mv) in row.iter_mut().zip(m) {
-            *x += mv;
-            max = max.max(*x);
-        }
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        row.iter_mut().zip(m).for_each(|(x, &mv)| *x += mv);
+        let sum = softmax_numerators(row);
         for x in row.iter_mut() {
             *x /= sum;
         }
@@ -505,8 +495,31 @@ fn block_probs(q: &[f32], k: &[f32], mask: &[f32], seen: &[(usize, usize)], hd: 
     (lo, hi)
 }
 
-/// Mask values at or below this hide their key (the masks here use -1e9): exp underflows to 0.
-const HIDDEN: f32 = -1e8;
+/// Mask values at or below this hide their key (the masks here use -1e9): a hidden key's
+/// probability is exactly 0 with any finite score (exp underflows to 0 below −104), so the
+/// attention kernels skip it.
+pub(crate) const HIDDEN: f32 = -1e8;
+
+/// exp(x − max) of a row in place; returns their sum (softmax without the division).
+/// exp(−inf) = 0: keys scored −inf add nothing, whatever their position.
+pub(crate) fn softmax_numerators(row: &mut [f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    sum
+}
+
+/// The scores' gradient of one row from the probabilities', in place over dP:
+/// dS = P ⊙ (dP − Σ dP ⊙ P) · scale.
+fn softmax_grad_row(d: &mut [f32], p: &[f32], scale: f32) {
+    let dot: f32 = d.iter().zip(p).map(|(a, b)| a * b).sum();
+    for (d, &pr) in d.iter_mut().zip(p) {
+        *d = (*d - dot) * pr * scale;
+    }
+}
 
 /// Per query row of an additive mask (rows × s): the range from its first to its last visible
 /// key, or every key when it sees none (the composed ops' softmax then spans the whole row).
@@ -578,10 +591,7 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, 
                     ds.resize(r * n, 0.0);
                     gemm1(r, n, hd, ds, n, false, (gb, hd, 1), (&v[lo * hd..], 1, hd), 1.0);
                     for (d, pr) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))) {
-                        let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (d, &pr) in d.iter_mut().zip(pr) {
-                            *d = (*d - dot) * pr * scale;
-                        }
+                        softmax_grad_row(d, pr, scale);
                     }
                     gemm1(r, hd, n, &mut dq[rows.start * hd..], hd, false, (ds, n, 1), (&k[lo * hd..], hd, 1), 1.0);
                     gemm1(n, hd, r, &mut dk[lo * hd..], hd, true, (ds, 1, n), (&q[rows.start * hd..], hd, 1), 1.0);

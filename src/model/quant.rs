@@ -361,6 +361,7 @@ impl Kernel {
 
 /// The reference semantics, operation for operation what the AVX2 path computes.
 mod portable {
+    use super::super::simd::reduce8 as reduce;
     use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
 
     /// A Q4_1 tile's rows as f32. `q · d` is exact in f32 (4 bits times f16's 11), so `q · d + m`
@@ -393,11 +394,6 @@ mod portable {
         }
     }
 
-    /// The AVX2 path's horizontal sum: (l0+l4, l1+l5, l2+l6, l3+l7), then pairs, then the two.
-    pub fn reduce(l: &[f32; 8]) -> f32 {
-        let (a, b, c, d) = (l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]);
-        (a + c) + (b + d)
-    }
 
     pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
         for p in 0..pair {
@@ -418,6 +414,7 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::reduce_avx2 as reduce;
     use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
     use std::arch::x86_64::*;
 
@@ -537,14 +534,6 @@ mod avx2 {
             row!(3, a3, b);
         }
         [reduce(a0), reduce(a1), reduce(a2), reduce(a3)]
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn reduce(v: __m256) -> f32 {
-        // (l0+l4, l1+l5, l2+l6, l3+l7) → (a+c, b+d) → (a+c)+(b+d): portable::reduce's order.
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
     #[target_feature(enable = "avx2,fma")]
