@@ -379,6 +379,7 @@ fn compute_on_this_thread(global: bool) -> Option<rayon::ThreadPool> {
 fn main() -> ExitCode {
     tune_allocator();
     pin_thread_count();
+    cotlab::model::tune_candle_threads();
     compute_on_this_thread(true);
     cotlab::memory::mark_installed();
     let cli = Cli::parse();

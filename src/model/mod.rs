@@ -130,6 +130,7 @@ impl Student {
     /// Load with `template` (`chatml`, `llama3`, `gemma`, `alpaca`) instead of the model's own
     /// chat template; `None` keeps the model's, which must then exist.
     pub fn load_with(path: &Path, device: &Device, template: Option<&str>) -> Result<Student> {
+        tune_candle_threads();
         let (config, tensors, tokenizer, detected, name) = if path.is_dir() {
             hf::load_dir(path, device)?
         } else {
@@ -190,10 +191,32 @@ pub fn eos_text(tok: &tokenizers::Tokenizer, eos_id: Option<u32>) -> String {
     eos_id.and_then(|id| tok.id_to_token(id)).or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into())
 }
 
+/// Default for `CANDLE_BARRIER_POOL_SPIN_LIMIT`: candle 0.11 runs element-wise ops of 64 Ki
+/// elements or more on its own thread pool, whose workers then spin 25 000 rounds before they
+/// park. Our kernels and the GEMMs run on rayon's threads, so on a 2-core machine a spinning
+/// candle worker takes a core from a GEMM after every such op (training runs thousands per
+/// step). Measured, `bench job --steps 1`, same binary back to back: 95.0 tokens/s and
+/// 171 CPU-s/step with candle's default, 105.0 and 153 with 1; losses identical.
+const CANDLE_SPIN_LIMIT: &str = "1";
+
+/// Sets candle's CPU thread-pool defaults (see [`CANDLE_SPIN_LIMIT`]) unless the user set them.
+/// Must run before candle's first large element-wise op: `device`, `Student::load_with`,
+/// `Transformer::new` and the `cotlab` binary's start call it; calling it again does nothing.
+pub fn tune_candle_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            // std's own environment lock orders this against candle's `std::env::var` read.
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
+        }
+    });
+}
+
 /// Pick the compute device: "cpu", "cuda", "cuda:N", or "auto" (CUDA device 0 when this cotlab
 /// was built with the `cuda` feature and a GPU is present, else the CPU, saying why once).
 /// "cuda"/"cuda:N" without a usable device is an error that says what is missing.
 pub fn device(spec: &str) -> Result<Device> {
+    tune_candle_threads();
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" => match open_cuda(0) {

@@ -189,6 +189,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// skips the weight-gradient GEMM.
 struct Linear {
     trainable: bool,
+    /// Where the weight's gradient is summed in place (see [`GradSink`]); `None`: handed to
+    /// candle's gradient store.
+    sink: Option<Slot>,
 }
 impl Linear {
     /// (1, N, out, in) and wᵀ's layout: the arguments `Tensor::matmul(x, wᵀ)` passes the backend,
@@ -230,18 +233,116 @@ impl CustomOp2 for Linear {
             return Ok((Some(dx), None));
         }
         let (g2, x2) = (g.flatten_to(g.rank() - 2)?, x.flatten_to(x.rank() - 2)?);
+        if let Some(slot) = &self.sink {
+            add_weight_grad(slot, &g2, &x2, w.dims2()?)?;
+            return Ok((Some(dx), None));
+        }
         Ok((Some(dx), Some(g2.t()?.matmul(&x2)?)))
     }
 }
 
-/// `x Wᵀ` for W (out, in), x (N, in), gradients to both.
+/// `x Wᵀ` for W (out, in), x (N, in), gradients to both (W's into its [`GradSink`] when one is
+/// open for it).
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { trainable: true })
+    x.apply_op2(w, Linear { trainable: true, sink: GradSink::slot_of(w) })
 }
 
 /// `x Wᵀ` for a frozen weight W (out, in), x (N, in): gradient flows to x only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { trainable: false })
+    x.apply_op2(w, Linear { trainable: false, sink: None })
+}
+
+/// A weight's gradient summed in place across backward passes.
+type Slot = std::sync::Arc<Mutex<Option<Vec<f32>>>>;
+
+thread_local! {
+    /// The sinks open on this thread by weight, for [`linear`] to find (candle's graph has no
+    /// room for them). Per thread: a forward pass on another thread (a parallel test, another
+    /// script's student) never sends its gradients into this thread's sink.
+    static SINKS: std::cell::RefCell<std::collections::HashMap<candle_core::TensorId, Slot>> = Default::default();
+}
+
+/// Weight gradients that [`linear`]'s backward adds into one buffer per weight, in place, while
+/// the sink is open: `gᵀ·x` is one GEMM that reads the running sum (gemm's `dst + lhs·rhs`).
+/// Through candle's gradient store each backward pass allocates a zeroed gradient per weight,
+/// adds the GEMM's result to it, and the trainer adds that to its running sum: three passes
+/// over every weight's gradient per micro-batch, 16 times an optimizer step in the paper's
+/// recipe. Only CPU f32 weights get a sink; the others keep candle's store.
+pub struct GradSink {
+    slots: Vec<Option<(candle_core::TensorId, Slot)>>,
+    /// Not `Send`: dropped on the thread whose table it is in.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl GradSink {
+    /// Opens a sink for each of `weights` (f32 on the CPU, not already in a sink; the rest get
+    /// `None`) for the forward passes this thread runs until the sink is dropped.
+    pub fn open(weights: &[&Tensor]) -> GradSink {
+        SINKS.with_borrow_mut(|open| {
+            let slots = weights
+                .iter()
+                .map(|w| {
+                    (w.device().is_cpu() && w.dtype() == candle_core::DType::F32 && !open.contains_key(&w.id())).then(|| {
+                        let slot = Slot::default();
+                        open.insert(w.id(), slot.clone());
+                        (w.id(), slot)
+                    })
+                })
+                .collect();
+            GradSink { slots, _thread: std::marker::PhantomData }
+        })
+    }
+
+    fn slot_of(w: &Tensor) -> Option<Slot> {
+        SINKS.with_borrow(|open| open.get(&w.id()).cloned())
+    }
+
+    /// The gradient summed into weight `i`'s sink since it opened (or since the last `take`),
+    /// shaped like the weight; `None` when no backward pass reached it through [`linear`].
+    pub fn take(&self, i: usize, like: &Tensor) -> Result<Option<Tensor>> {
+        let Some((_, slot)) = &self.slots[i] else { return Ok(None) };
+        match slot.lock().unwrap().take() {
+            Some(v) => Ok(Some(Tensor::from_vec(v, like.shape(), like.device())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Weight `i`'s whole gradient: its sink's sum ([`GradSink::take`]) plus `from_store`, what
+    /// candle's gradient store got for it (a tied embedding gets both); zeros when neither.
+    pub fn gradient(&self, i: usize, weight: &Tensor, from_store: Option<Tensor>) -> Result<Tensor> {
+        match (from_store, self.take(i, weight)?) {
+            (Some(a), Some(b)) => a + b,
+            (Some(g), None) | (None, Some(g)) => Ok(g),
+            (None, None) => weight.zeros_like(),
+        }
+    }
+}
+
+impl Drop for GradSink {
+    fn drop(&mut self) {
+        SINKS.with_borrow_mut(|open| {
+            for (id, _) in self.slots.iter().flatten() {
+                open.remove(id);
+            }
+        });
+    }
+}
+
+/// slot += gᵀ·x for g (N, out), x (N, in): one GEMM on rayon's threads that reads the running
+/// sum (zeros the first time, so the first pass's bits are those of a plain `gᵀ·x`).
+fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usize)) -> Result<()> {
+    let ((n, go), (n2, xi)) = (g.dims2()?, x.dims2()?);
+    if n != n2 || go != out || xi != inp {
+        candle_core::bail!("linear backward: gradient {:?} and input {:?} do not fit a ({out}, {inp}) weight", g.shape(), x.shape());
+    }
+    with_f32(&[g, x], "linear backward", |v| {
+        let mut sum = slot.lock().unwrap();
+        let dst = sum.get_or_insert_with(|| vec![0f32; out * inp]);
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        gemm_f32(out, inp, n, dst, inp, true, (v[0], 1, out), (v[1], inp, 1), 1.0, par);
+        Ok(())
+    })
 }
 
 /// `silu(gate) · up`, the gated MLP's activation, as one op on f32 CPU tensors: one pass
@@ -439,6 +540,23 @@ const QUERY_BLOCK: usize = 64;
 /// thread (the caller runs one task per (row, head)); operands as (data, row stride, col stride).
 #[allow(clippy::too_many_arguments)]
 fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool, lhs: (&[f32], usize, usize), rhs: (&[f32], usize, usize), beta: f32) {
+    gemm_f32(m, n, k, dst, dst_rs, add, lhs, rhs, beta, gemm::Parallelism::None)
+}
+
+/// [`gemm1`] with the given parallelism.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    add: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
     let last = |(d, rs, cs): (&[f32], usize, usize), rows: usize, cols: usize| {
         assert!(rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < d.len(), "gemm1 operand out of bounds");
     };
@@ -469,7 +587,7 @@ fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -829,6 +947,41 @@ mod tests {
                 assert!(b.abs()?.max_all()?.to_scalar::<f32>()? > 1e-2, "a gradient that can differ");
             }
         }
+        Ok(())
+    }
+
+    /// A weight's gradient summed in its sink over two backward passes equals the sum of
+    /// candle's two (the first pass alone to the bit); the store gets none for it, the input's
+    /// gradient is unchanged, and another thread's passes are not captured.
+    #[test]
+    fn grad_sink_sums_linear_weight_gradients_in_place() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::randn(0f32, 1., (70, 24), &dev)?;
+        let xs = [Var::randn(0f32, 1., (33, 24), &dev)?, Var::randn(0f32, 1., (9, 24), &dev)?];
+        let rs = [Tensor::randn(0f32, 1., (33, 70), &dev)?, Tensor::randn(0f32, 1., (9, 70), &dev)?];
+        let pass = |i: usize| (linear(xs[i].as_tensor(), w.as_tensor()).unwrap() * &rs[i]).unwrap().sum_all().unwrap().backward();
+        let plain = [pass(0)?, pass(1)?];
+        let (p0, p1) = (plain[0].get(&w).unwrap(), plain[1].get(&w).unwrap());
+        let sink = GradSink::open(&[w.as_tensor()]);
+        let first = pass(0)?;
+        assert!(first.get(&w).is_none(), "a sinked weight's gradient stays out of candle's store");
+        assert_eq!(first.get(&xs[0]).unwrap().flatten_all()?.to_vec1::<f32>()?, plain[0].get(&xs[0]).unwrap().flatten_all()?.to_vec1::<f32>()?);
+        let alone = sink.take(0, w.as_tensor())?.expect("the pass reached the sink");
+        assert_eq!(alone.flatten_all()?.to_vec1::<f32>()?, p0.flatten_all()?.to_vec1::<f32>()?, "one pass: the bits of gᵀ·x");
+        pass(0)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let other = pass(1).unwrap();
+                assert!(other.get(&w).is_some(), "another thread's pass keeps candle's store");
+            });
+        });
+        pass(1)?;
+        let summed = sink.gradient(0, w.as_tensor(), None)?;
+        let want = (p0 + p1)?;
+        let d = (&summed - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / want.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-6, "summed in place differs by {d}");
+        drop(sink);
+        assert!(pass(0)?.get(&w).is_some(), "a closed sink captures nothing");
         Ok(())
     }
 }

@@ -307,6 +307,7 @@ impl Drop for InferenceWeights {
 
 impl Transformer {
     pub fn new(config: ModelConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Transformer> {
+        super::tune_candle_threads();
         config.validate()?;
         let mut tensors = config.family.canonical_tensor_names(&config, tensors);
         let mut params = BTreeMap::new();
@@ -674,7 +675,11 @@ impl Transformer {
             q.forward(&hidden)?
         } else {
             let w = self.w(name, grad)?;
-            if grad && self.lora.is_some() { ops::frozen_linear(&hidden, &w)? } else { hidden.matmul(&w.t()?)? }
+            match (grad, self.lora.is_some()) {
+                (true, true) => ops::frozen_linear(&hidden, &w)?,
+                (true, false) => ops::linear(&hidden, &w)?,
+                (false, _) => hidden.matmul(&w.t()?)?,
+            }
         };
         y.to_dtype(DType::F32)
     }

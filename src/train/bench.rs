@@ -123,6 +123,9 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, p
     sync("model")?;
     for _ in 0..steps + 1 {
         let (t0, c0) = (Instant::now(), cpu_seconds());
+        // Weight gradients summed in place, as the trainer does (see `Trainer::accumulate`); open
+        // before the forward pass, which hands each projection its sink.
+        let sink = crate::model::ops::GradSink::open(&vars.iter().map(|v| v.as_tensor()).collect::<Vec<_>>());
         let nll = batch_nll(student, &refs).model_ctx("bench: forward pass")?;
         let loss = (&nll / tokens as f64).model_ctx("bench: loss")?;
         sync("forward pass")?;
@@ -130,7 +133,13 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, p
         fwd.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         let grads = loss.backward().model_ctx("bench: backward pass")?;
-        let g: Vec<candle_core::Tensor> = vars.iter().map(|v| grads.get(v).cloned().map(Ok).unwrap_or_else(|| v.zeros_like())).collect::<candle_core::Result<_>>().model_ctx("bench: gradients")?;
+        let g: Vec<candle_core::Tensor> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| sink.gradient(i, v.as_tensor(), grads.get(v).cloned()))
+            .collect::<candle_core::Result<_>>()
+            .model_ctx("bench: gradients")?;
+        drop(sink);
         sync("backward pass")?;
         sample();
         bwd.push(t1.elapsed().as_secs_f64());

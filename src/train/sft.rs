@@ -548,6 +548,9 @@ impl<'a> Trainer<'a> {
         let window_tokens: usize = window.iter().map(|e| e.response_tokens()).sum();
         let student = self.student();
         let vars = self.vars();
+        // The projections' gradients are summed in place by their backward (see `GradSink`);
+        // the rest (embedding rows, norms, LoRA adapters) come through candle's store.
+        let sink = crate::model::ops::GradSink::open(&vars.iter().map(|v| v.as_tensor()).collect::<Vec<_>>());
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut nll_sum = 0.0;
         let mut computed = 0u64;
@@ -580,9 +583,10 @@ impl<'a> Trainer<'a> {
         let grads = grads
             .into_iter()
             .zip(&vars)
-            .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
+            .enumerate()
+            .map(|(i, (g, v))| sink.gradient(i, v.as_tensor(), g))
             .collect::<candle_core::Result<_>>()
-            .model_ctx(format!("zero gradients for unused parameters, step {}", step + 1))?;
+            .model_ctx(format!("summing gradients, step {}", step + 1))?;
         Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum(), computed })
     }
 
