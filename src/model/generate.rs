@@ -252,6 +252,7 @@ struct Row {
 fn continuous(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: &GenOptions, width: usize, done: Done) -> Result<()> {
     let dev = s.model.device.clone();
     let (logits, mut cache, pads) = prefill(s, &prompts[..width], opts.max_new_tokens)?;
+    let prefix = shared_prefix(s, &prompts[width..])?;
     let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
     let mut rows: Vec<Row> = (0..width).map(|i| Row { prompt: i, pad: pads[i], out: Vec::new(), rng: Rng::new(opts.seed ^ keys[i]) }).collect();
     let mut waiting = width..prompts.len();
@@ -277,7 +278,7 @@ fn continuous(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], op
                 };
                 done(row.prompt, Decoded { ids: std::mem::take(&mut row.out), finish })?;
                 let Some(next) = waiting.next() else { break };
-                logits[r] = admit(s, &mut cache, &mut rows, r, next, &prompts[next], Rng::new(opts.seed ^ keys[next]))?;
+                logits[r] = admit(s, &mut cache, &mut rows, r, next, &prompts[next], prefix.as_ref(), Rng::new(opts.seed ^ keys[next]))?;
             }
         }
         if live.is_empty() {
@@ -303,10 +304,18 @@ fn continuous(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], op
     }
 }
 
-/// Prefill prompt `i` alone and write its keys/values into cache row `r`, left-padded to the
-/// cache's length; returns its last-position logits.
-fn admit(s: &Student, cache: &mut KvCache, rows: &mut [Row], r: usize, i: usize, prompt: &[u32], rng: Rng) -> Result<Vec<f32>> {
-    let (logits, one, _) = prefill(s, std::slice::from_ref(&prompt.to_vec()), 0)?;
+/// Prefill prompt `i` alone (after a copy of the shared `prefix`'s keys/values when there is
+/// one) and write its keys/values into cache row `r`, left-padded to the cache's length;
+/// returns its last-position logits.
+#[allow(clippy::too_many_arguments)]
+fn admit(s: &Student, cache: &mut KvCache, rows: &mut [Row], r: usize, i: usize, prompt: &[u32], prefix: Option<&Prefix>, rng: Rng) -> Result<Vec<f32>> {
+    let (logits, one) = match prefix {
+        Some(p) => p.extend(s, &prompt[p.len..])?,
+        None => {
+            let (logits, one, _) = prefill(s, std::slice::from_ref(&prompt.to_vec()), 0)?;
+            (logits, one)
+        }
+    };
     let len = prompt.len();
     if len > cache.len() {
         // Longer than every column so far: shift the window right to make room in front.
@@ -319,6 +328,52 @@ fn admit(s: &Student, cache: &mut KvCache, rows: &mut [Row], r: usize, i: usize,
     rows[r] = Row { prompt: i, pad: cache.len() - len, out: Vec::new(), rng };
     let mut v: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
     Ok(v.pop().unwrap_or_default())
+}
+
+/// The first tokens every waiting prompt shares (a chat template's system turn and user
+/// header: 20 of SmolLM2's ~70-token SVAMP prompts), prefilled once; each admitted prompt
+/// starts from a copy of their keys/values and prefills only the rest. Same bits as
+/// prefilling the whole prompt: each token's projections and norms are computed row by row,
+/// and its attention sums over its visible keys in order (hidden keys add exact zeros), so a
+/// prefix's keys/values do not depend on what follows it. (With f32 weights the projections
+/// are candle's GEMMs, whose blocking may depend on the row count: as close as batching is.)
+struct Prefix {
+    len: usize,
+    cache: KvCache,
+}
+
+/// Fewer shared tokens than this are not worth a prefill of their own.
+const MIN_SHARED_PREFIX: usize = 4;
+
+fn shared_prefix(s: &Student, prompts: &[Vec<u32>]) -> Result<Option<Prefix>> {
+    let Some(first) = prompts.first().filter(|_| prompts.len() >= 2) else { return Ok(None) };
+    // Every prompt keeps at least one token of its own: its last position gives the logits.
+    let mut len = prompts.iter().map(Vec::len).min().unwrap_or(0).saturating_sub(1);
+    for p in &prompts[1..] {
+        len = len.min(first.iter().zip(p).take_while(|(a, b)| a == b).count());
+    }
+    if len < MIN_SHARED_PREFIX {
+        return Ok(None);
+    }
+    let (_, cache, _) = prefill(s, &[first[..len].to_vec()], 0)?;
+    Ok(Some(Prefix { len, cache }))
+}
+
+impl Prefix {
+    /// Prefill `rest` after a copy of the prefix: its last position's logits (1, V) and the
+    /// one-row cache of prefix + rest.
+    fn extend(&self, s: &Student, rest: &[u32]) -> Result<(Tensor, KvCache)> {
+        let dev = &s.model.device;
+        let (p, t) = (self.len, rest.len());
+        let mut cache = self.cache.fork(p + t).map_err(ce)?;
+        let pos: Vec<u32> = (p..p + t).map(|j| j as u32).collect();
+        let mask: Vec<f32> = (0..t).flat_map(|q| (0..p + t).map(move |k| if k <= p + q { 0f32 } else { MASK })).collect();
+        let ids = Tensor::from_vec(rest.to_vec(), (1, t), dev).map_err(ce)?;
+        let pos = Tensor::from_vec(pos, (1, t), dev).map_err(ce)?;
+        let mask = Tensor::from_vec(mask, (1, 1, t, p + t), dev).map_err(ce)?;
+        let logits = s.model.step(&ids, &pos, &mask, &mut cache).map_err(ce)?;
+        Ok((logits, cache))
+    }
 }
 
 /// Whether the decoded text of `ids` contains one of the stop strings.
@@ -563,4 +618,67 @@ pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {
         .iter()
         .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, ModelConfig};
+    use candle_core::Device;
+
+    /// A prompt admitted from the shared prefix's keys/values gets the logits and cache of
+    /// prefilling it whole: to the bit with quantized weights (row-by-row kernels), within
+    /// rounding with f32 weights (candle's GEMMs).
+    #[test]
+    fn prefix_extension_equals_whole_prefill() {
+        let config = ModelConfig {
+            family: Family::Llama,
+            hidden_act: "silu".into(),
+            head_dim: None,
+            rope_llama3: None,
+            vocab_size: 96,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        };
+        let s = crate::model::random::random_student_with(config, "llama", "none", &Device::Cpu, 7).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 11, 3, 40, 41, 7, 8, 60, 61, 62], vec![5, 9, 11, 3, 40, 41, 7, 30, 31], vec![5, 9, 11, 3, 40, 41, 7, 8, 50]];
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1, DecodeWeights::F32] {
+            let _w = s.model.decode_weights(mode).unwrap();
+            let prefix = shared_prefix(&s, &prompts).unwrap().expect("7 shared tokens make a prefix");
+            assert_eq!(prefix.len, 7);
+            for p in &prompts {
+                let (whole, whole_cache, _) = prefill(&s, std::slice::from_ref(p), 0).unwrap();
+                let (part, part_cache) = prefix.extend(&s, &p[prefix.len..]).unwrap();
+                let (a, b) = (bits(&whole), bits(&part));
+                if mode == DecodeWeights::F32 {
+                    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    assert!(d < 1e-4, "f32: logits differ by {d}");
+                } else {
+                    assert_eq!(a, b, "{}: logits", mode.name());
+                    for c in [&whole_cache, &part_cache] {
+                        assert_eq!((c.start(), c.len()), (0, p.len()));
+                    }
+                    // Both caches hold the same keys/values: decoding one more token from each agrees.
+                    let next = |c: &KvCache| {
+                        let mut c = c.fork(p.len() + 1).unwrap();
+                        bits(&feed(&s, &mut c, vec![12], &[0], &Device::Cpu).unwrap())
+                    };
+                    assert_eq!(next(&whole_cache), next(&part_cache), "{}: the next step", mode.name());
+                }
+            }
+        }
+        assert!(shared_prefix(&s, &prompts[..1]).unwrap().is_none(), "one prompt shares nothing");
+        assert!(shared_prefix(&s, &[vec![5, 9, 11, 3], vec![5, 9, 11, 3, 4]]).unwrap().is_none(), "a prompt keeps a token of its own: 3 < the minimum");
+    }
 }

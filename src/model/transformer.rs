@@ -99,6 +99,14 @@ impl KvCache {
         Ok(())
     }
 
+    /// A copy in buffers of its own, of at least `capacity` columns, for a prompt that goes on
+    /// from these keys/values (writing into the copy never touches this cache).
+    pub fn fork(&self, capacity: usize) -> candle_core::Result<KvCache> {
+        let mut copy = KvCache { layers: self.layers.clone(), start: self.start, len: self.len, hint: capacity };
+        copy.relayout(self.start, capacity)?;
+        Ok(copy)
+    }
+
     /// Write row `row`'s keys/values from the one-row cache `one` so its live window ends at
     /// this cache's `len()` (left-padded: the caller masks the columns before it). The window
     /// must fit: `one`'s width ≤ `len()`; the live window widens to the left if needed.
@@ -495,7 +503,7 @@ impl Transformer {
 
     /// Rows of the embedding table for `ids` (B, T): (B·T, D), gathered in f32 then cast.
     pub(crate) fn embed(&self, ids: &Tensor, table: &str, grad: bool) -> candle_core::Result<Tensor> {
-        self.w32(table, grad).index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dt(grad))
+        ops::embedding(&self.w32(table, grad), ids)?.to_dtype(self.dt(grad))
     }
 
     /// One projection `x Wᵀ (+ b) (+ LoRA)` for module path `m` (e.g. model.layers.0.mlp.up_proj).
