@@ -333,10 +333,10 @@ pub struct GradSink {
 impl GradSink {
     /// Opens a sink for each of `weights` (f32 on the CPU, not already in a sink; the rest get
     /// `None`) for the forward passes this thread runs until the sink is dropped.
-    pub fn open(weights: &[&Tensor]) -> GradSink {
+    pub fn open<'a>(weights: impl IntoIterator<Item = &'a Tensor>) -> GradSink {
         SINKS.with_borrow_mut(|open| {
             let slots = weights
-                .iter()
+                .into_iter()
                 .map(|w| {
                     (w.device().is_cpu() && w.dtype() == candle_core::DType::F32 && !open.contains_key(&w.id())).then(|| {
                         let slot = Slot::default();
@@ -1018,7 +1018,7 @@ mod tests {
         let pass = |i: usize| (linear(xs[i].as_tensor(), w.as_tensor()).unwrap() * &rs[i]).unwrap().sum_all().unwrap().backward();
         let plain = [pass(0)?, pass(1)?];
         let (p0, p1) = (plain[0].get(&w).unwrap(), plain[1].get(&w).unwrap());
-        let sink = GradSink::open(&[w.as_tensor()]);
+        let sink = GradSink::open([w.as_tensor()]);
         let first = pass(0)?;
         assert!(first.get(&w).is_none(), "a sinked weight's gradient stays out of candle's store");
         assert_eq!(first.get(&xs[0]).unwrap().flatten_all()?.to_vec1::<f32>()?, plain[0].get(&xs[0]).unwrap().flatten_all()?.to_vec1::<f32>()?);
@@ -1048,7 +1048,7 @@ mod tests {
         let plain = epass()?;
         let want = plain.get(&table).unwrap();
         assert_eq!(embedding(table.as_tensor(), &ids)?.to_vec2::<f32>()?, table.as_tensor().index_select(&ids.flatten_all()?, 0)?.to_vec2::<f32>()?);
-        let sink = GradSink::open(&[table.as_tensor()]);
+        let sink = GradSink::open([table.as_tensor()]);
         assert!(epass()?.get(&table).is_none());
         assert_eq!(sink.take(0, table.as_tensor())?.unwrap().to_vec2::<f32>()?, want.to_vec2::<f32>()?);
         epass()?;

@@ -548,9 +548,9 @@ impl<'a> Trainer<'a> {
         let window_tokens: usize = window.iter().map(|e| e.response_tokens()).sum();
         let student = self.student();
         let vars = self.vars();
-        // The projections' gradients are summed in place by their backward (see `GradSink`);
-        // the rest (embedding rows, norms, LoRA adapters) come through candle's store.
-        let sink = crate::model::ops::GradSink::open(&vars.iter().map(|v| v.as_tensor()).collect::<Vec<_>>());
+        // The projections' and the embedding's gradients are summed in place by their backward
+        // (see `GradSink`); the rest (norms, LoRA adapters) come through candle's store.
+        let sink = crate::model::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut nll_sum = 0.0;
         let mut computed = 0u64;
