@@ -18,6 +18,7 @@ pub mod lora;
 pub mod ops;
 pub mod quant;
 pub mod random;
+mod sgemm;
 mod simd;
 pub mod tokenizer;
 pub mod transformer;

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
+use super::sgemm::{sgemm, Operand};
+
 /// Hands a precomputed result to candle as the op's output, so the graph gets our backward.
 fn take_cpu(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
     let t = slot.lock().unwrap().take().expect("fused result is taken once");
@@ -211,7 +213,13 @@ impl CustomOp2 for Linear {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         let (bmnk, wt) = self.bmnk(xl, wl)?;
-        Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
+        let (_, n, out, k) = bmnk;
+        if let (Some(x), Some(w)) = (contiguous_f32(xs, xl), contiguous_f32(ws, wl)) {
+            let mut y = vec![0f32; n * out];
+            sgemm(n, out, k, &mut y, out, false, Operand::new(x, k, 1), Operand::new(w, 1, k), 1.0, threads());
+            return Ok((CpuStorage::F32(y), Shape::from((n, out))));
+        }
+        Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((n, out))))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -227,7 +235,7 @@ impl CustomOp2 for Linear {
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (&x.detach(), &w.detach());
-        let dx = g.matmul(w)?;
+        let dx = matmul(g, w)?;
         if !self.trainable {
             // Skipping the frozen weight's GEMM is most of what makes LoRA cheaper than full FT.
             return Ok((Some(dx), None));
@@ -394,9 +402,7 @@ fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usiz
     with_f32(&[g, x], "linear backward", |v| {
         let mut sum = slot.lock().unwrap();
         let dst = sum.get_or_insert_with(|| vec![0f32; out * inp]);
-        let threads = candle_core::utils::get_num_threads();
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        gemm_f32(out, inp, n, dst, inp, true, (v[0], 1, out), (v[1], inp, 1), 1.0, par);
+        sgemm(out, inp, n, dst, inp, true, Operand::new(v[0], 1, out), Operand::new(v[1], inp, 1), 1.0, threads());
         Ok(())
     })
 }
@@ -415,6 +421,35 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: expected a contiguous tensor") };
     Ok(&v[a..b])
+}
+
+/// `a · b` for 2-D f32 CPU tensors through [`sgemm`] (contiguous copies made if need be);
+/// candle's matmul for anything else.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.rank() == 2;
+    if !(f32_cpu(a) && f32_cpu(b)) {
+        return a.matmul(b);
+    }
+    let ((m, k), (k2, n)) = (a.dims2()?, b.dims2()?);
+    if k != k2 {
+        candle_core::bail!("matmul: {:?} against {:?}", a.shape(), b.shape());
+    }
+    let y = with_f32(&[a, b], "matmul", |v| {
+        let mut y = vec![0f32; m * n];
+        sgemm(m, n, k, &mut y, n, false, Operand::new(v[0], k, 1), Operand::new(v[1], n, 1), 1.0, threads());
+        Ok(y)
+    })?;
+    Tensor::from_vec(y, (m, n), a.device())
+}
+
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// A contiguous f32 CPU storage's elements under `l`, or `None`.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
+    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else { return None };
+    Some(&v[a..b])
 }
 
 /// Runs `f` on the f32 data of CPU tensors in place (made contiguous first if need be), for
@@ -592,60 +627,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, bias: Option
 /// of it sees (causal: the keys up to its last row; packed: from its first sequence's start).
 const QUERY_BLOCK: usize = 64;
 
-/// `dst = [dst +] beta · lhs · rhs` (m × n, row stride `dst_rs`) with the `gemm` crate on one
-/// thread (the caller runs one task per (row, head)); operands as (data, row stride, col stride).
+/// `dst = [dst +] beta · lhs · rhs` (m × n, row stride `dst_rs`) with [`sgemm`] on one thread
+/// (the caller runs one task per (row, head)); operands as (data, row stride, col stride).
 #[allow(clippy::too_many_arguments)]
 fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool, lhs: (&[f32], usize, usize), rhs: (&[f32], usize, usize), beta: f32) {
-    gemm_f32(m, n, k, dst, dst_rs, add, lhs, rhs, beta, gemm::Parallelism::None)
-}
-
-/// [`gemm1`] with the given parallelism.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    add: bool,
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
-    beta: f32,
-    parallelism: gemm::Parallelism,
-) {
-    let last = |(d, rs, cs): (&[f32], usize, usize), rows: usize, cols: usize| {
-        assert!(rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < d.len(), "gemm1 operand out of bounds");
-    };
-    last(lhs, m, k);
-    last(rhs, k, n);
-    last((dst, dst_rs, 1), m, n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element the operands' strides reach was checked to lie inside its slice.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            add,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    sgemm(m, n, k, dst, dst_rs, add, Operand::new(lhs.0, lhs.1, lhs.2), Operand::new(rhs.0, rhs.1, rhs.2), beta, 1)
 }
 
 /// One query block's probabilities P (rows × (hi − lo), row-major, into `p`) over the keys
