@@ -274,6 +274,22 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the training step's f32 products on the student's weight shapes (forward x·wᵀ,
+    /// dx = g·w, dW += gᵀ·x, one of each shape): cotlab's GEMM against the `gemm` crate as
+    /// candle's CPU matmul runs it, and the step's mix (shapes weighted by how many weights
+    /// have them).
+    Gemm {
+        /// Input rows: a micro-batch's tokens (comma-separated).
+        #[arg(long, default_value = "640", value_delimiter = ',')]
+        tokens: Vec<usize>,
+        /// Seconds to time each side of each shape, at least.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        #[command(flatten)]
+        student: BenchStudent,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the real SFT job: optimizer steps of the paper's recipe (lr 5e-5, cosine, global
     /// batch 4 x 16, loss on the response only) on a release corpus, through the trainer `sft`
     /// runs (checkpoints left out).
@@ -520,6 +536,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.quant_s), t.gflops(t.f32_s), t.f32_s / t.quant_s, t.rel_err);
                     rows.push(t);
                 }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rows).unwrap());
+            }
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Gemm { tokens, seconds, student: bs, json } } => {
+            for &t in &tokens {
+                cotlab::error::in_range("bench gemm", "tokens", t, 1..=65_536)?;
+            }
+            cotlab::error::in_range("bench gemm", "seconds", seconds, 0.0..=600.0)?;
+            let (s, _) = bench_student(&bs.model, bs.random.as_deref(), &bs.tokenizer, &bs.device, &bs.dtype)?;
+            // Each 2-D shape once, with how many of the student's weights have it.
+            let mut shapes = std::collections::BTreeMap::<(usize, usize), usize>::new();
+            for v in s.model.params.values().filter(|v| v.rank() == 2) {
+                *shapes.entry(v.dims2().model_ctx("a weight's shape")?).or_default() += 1;
+            }
+            let threads = candle_core::utils::get_num_threads();
+            println!("{:>13} {:>6} {:>7} {:>15} {:>15} {:>7} {:>9}", "weight shape", "count", "tokens", "cotlab GFLOP/s", "gemm GFLOP/s", "ratio", "rel. diff");
+            let mut rows = Vec::new();
+            for &t in &tokens {
+                let (mut ours, mut theirs) = (0f64, 0f64);
+                for (&(r, c), &count) in &shapes {
+                    let g = cotlab::model::sgemm::time_training_products(r, c, t, threads, seconds);
+                    println!("{:>13} {:>6} {:>7} {:>15.1} {:>15.1} {:>6.2}x {:>9.1e}", format!("{r}x{c}"), count, t, g.gflops(g.cotlab_s), g.gflops(g.gemm_s), g.gemm_s / g.cotlab_s, g.rel_diff);
+                    ours += g.cotlab_s * count as f64;
+                    theirs += g.gemm_s * count as f64;
+                    rows.push(g);
+                }
+                println!("step mix at {t} tokens, {threads} threads: cotlab {:.3} s, gemm crate {:.3} s: {:.2}x", ours, theirs, theirs / ours);
             }
             if json {
                 println!("{}", serde_json::to_string(&rows).unwrap());

@@ -150,6 +150,7 @@ fn numeric_options_are_range_checked() {
         (vec!["bench", "train", "--batch", "0"], "'batch' must be in"),
         (vec!["bench", "generate", "--batch", "0"], "'batch' must be in"),
         (vec!["bench", "matmul", "--m", "1,0"], "'m' must be in"),
+        (vec!["bench", "gemm", "--tokens", "0"], "'tokens' must be in"),
         (vec!["contamination", "--threshold", "nan"], "'threshold' must be in"),
         (vec!["eval", "--task", "csqa", "--limit", "1", "--beams", "17"], "'beams' must be in 1..=16"),
     ] {

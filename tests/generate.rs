@@ -237,6 +237,28 @@ fn decode_weights_errors_are_clear() {
     }
 }
 
+/// `cotlab bench gemm` times the training step's three products on every weight shape of the
+/// default student through cotlab's GEMM and the gemm crate, which agree to f32 rounding, and
+/// prints the step's mix (shapes weighted by their weight count: 30 layers × 7, one head).
+#[test]
+fn bench_gemm_covers_every_shape_and_agrees_with_the_gemm_crate() {
+    require!(Model);
+    let r = common::run(common::cotlab().args(["bench", "gemm", "--tokens", "7,96", "--seconds", "0", "--json"]));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
+    assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
+    assert_eq!(rows.len(), 10);
+    for t in &rows {
+        assert!(t["cotlab_s"].as_f64().unwrap() > 0.0 && t["gemm_s"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["rel_diff"].as_f64().unwrap() < 1e-5, "the two GEMMs disagree: {t}");
+    }
+    for tokens in [7, 96] {
+        assert!(r.stdout.contains(&format!("step mix at {tokens} tokens")), "{}", r.stdout);
+    }
+    assert!(r.stdout.lines().any(|l| l.split_whitespace().take(2).eq(["576x576", "60"])), "q and o of 30 layers: {}", r.stdout);
+}
+
 /// `cotlab bench matmul` times the Q8_0 and Q4_1 kernels against candle's f32 matmul on each
 /// weight shape of the default student, and the kernels' products agree with f32's to the
 /// quantization error — none for Q4_1 on the GGUF's Q4_1 layers.

@@ -18,7 +18,7 @@ pub mod lora;
 pub mod ops;
 pub mod quant;
 pub mod random;
-mod sgemm;
+pub mod sgemm;
 mod simd;
 pub mod tokenizer;
 pub mod transformer;

@@ -66,17 +66,17 @@ pub(crate) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
     }
     if !avx2() {
         let par = if threads > 1 && m * n * k >= PARALLEL_MIN { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: every element the strides reach was checked to lie inside its slice.
-        unsafe {
-            gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, dst_rs as isize, accumulate, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, 1.0, alpha, false, false, false, par)
-        }
-        return;
+        return gemm_crate(m, n, k, dst, dst_rs, accumulate, a, b, alpha, par);
     }
     let c = Ptr(dst.as_mut_ptr());
     let job = Job { k, a: a.data.as_ptr(), a_rs: a.rs, a_cs: a.cs, b: b.data.as_ptr(), b_rs: b.rs, b_cs: b.cs, c_rs: dst_rs, accumulate, alpha };
     let parts = if m * n * k >= PARALLEL_MIN { threads.max(1) } else { 1 };
-    // One contiguous part per thread along the longer side of dst, in whole tiles.
-    let (along_rows, len, unit) = if m >= n { (true, m, MR) } else { (false, n, NR) };
+    // One contiguous part per thread, in whole tiles. Each thread packs the B columns of its
+    // part and the A rows of its part (none when A is row-major: read in place), so a split by
+    // columns packs nothing twice for a row-major A; otherwise split the longer side, packing
+    // the smaller operand twice.
+    let by_columns = if a.cs == 1 { n.div_ceil(NR) >= 2 * parts } else { n > m };
+    let (along_rows, len, unit) = if by_columns { (false, n, NR) } else { (true, m, MR) };
     let tiles = len.div_ceil(unit);
     let parts = parts.min(tiles);
     let run = |p: usize| {
@@ -97,6 +97,82 @@ pub(crate) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(run);
     }
+}
+
+/// [`sgemm`] through the `gemm` crate (candle's CPU matmul), for CPUs without AVX2 and for
+/// `cotlab bench gemm`'s baseline; operands checked by the caller.
+#[allow(clippy::too_many_arguments)]
+fn gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
+    // SAFETY: every element the strides reach was checked to lie inside its slice.
+    unsafe {
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, dst_rs as isize, accumulate, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, 1.0, alpha, false, false, false, par)
+    }
+}
+
+/// A training step's three products for one weight shape, timed through [`sgemm`] and through
+/// the `gemm` crate as candle's CPU matmul runs it (`cotlab bench gemm`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemmTiming {
+    /// The weight's shape (out, in).
+    pub rows: usize,
+    pub cols: usize,
+    /// Input rows (a micro-batch's tokens).
+    pub tokens: usize,
+    pub threads: usize,
+    /// Seconds for the three products, best round, each side.
+    pub cotlab_s: f64,
+    pub gemm_s: f64,
+    /// Largest difference between the two sides' results, relative to the largest value.
+    pub rel_diff: f64,
+}
+
+impl GemmTiming {
+    /// Multiply-adds × 2 of the three products.
+    pub fn flop(&self) -> f64 {
+        6.0 * (self.rows * self.cols * self.tokens) as f64
+    }
+    pub fn gflops(&self, seconds: f64) -> f64 {
+        self.flop() / seconds / 1e9
+    }
+}
+
+/// Times y = x·wᵀ, dx = g·w and dW += gᵀ·x (the layouts `ops::linear` runs them in) for a
+/// (rows × cols) weight and `tokens` input rows on `threads` threads, cotlab's GEMM and the
+/// `gemm` crate alternating, each side's best round of at least 3 and `min_s` seconds.
+pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: usize, min_s: f64) -> GemmTiming {
+    use std::time::Instant;
+    let fill = |n: usize, seed: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect::<Vec<f32>>();
+    let (x, w, g) = (fill(tokens * cols, 1), fill(rows * cols, 2), fill(tokens * rows, 3));
+    let (mut y, mut dx, mut dw) = (vec![0f32; tokens * rows], vec![0f32; tokens * cols], vec![0f32; rows * cols]);
+    let (xo, wt, wo, gt, go) = (Operand::new(&x, cols, 1), Operand::new(&w, 1, cols), Operand::new(&w, cols, 1), Operand::new(&g, 1, rows), Operand::new(&g, rows, 1));
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let ours = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
+        sgemm(tokens, rows, cols, y, rows, false, xo, wt, 1.0, threads);
+        sgemm(tokens, cols, rows, dx, cols, false, go, wo, 1.0, threads);
+        sgemm(rows, cols, tokens, dw, cols, true, gt, xo, 1.0, threads);
+    };
+    let theirs = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
+        gemm_crate(tokens, rows, cols, y, rows, false, xo, wt, 1.0, par);
+        gemm_crate(tokens, cols, rows, dx, cols, false, go, wo, 1.0, par);
+        gemm_crate(rows, cols, tokens, dw, cols, true, gt, xo, 1.0, par);
+    };
+    let mut y2 = vec![0f32; tokens * rows];
+    ours(&mut y, &mut dx, &mut dw);
+    theirs(&mut y2, &mut dx, &mut dw);
+    let scale = y2.iter().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE);
+    let rel_diff = (y.iter().zip(&y2).fold(0f32, |a, (p, q)| a.max((p - q).abs())) / scale) as f64;
+    let (mut best, mut spent, mut rounds) = ([f64::MAX; 2], [0f64; 2], 0);
+    while spent[0].min(spent[1]) < min_s || rounds < 3 {
+        for side in 0..2 {
+            let t = Instant::now();
+            if side == 0 { ours(&mut y, &mut dx, &mut dw) } else { theirs(&mut y, &mut dx, &mut dw) }
+            let s = t.elapsed().as_secs_f64();
+            best[side] = best[side].min(s);
+            spent[side] += s;
+        }
+        rounds += 1;
+    }
+    GemmTiming { rows, cols, tokens, threads, cotlab_s: best[0], gemm_s: best[1], rel_diff }
 }
 
 fn avx2() -> bool {
