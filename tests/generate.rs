@@ -237,18 +237,26 @@ fn decode_weights_errors_are_clear() {
     }
 }
 
+/// Runs a per-weight-shape bench (`--json`, two row counts) of the default student: its output
+/// and JSON rows, checked to cover each of SmolLM2-135M's weight shapes (q/o 576×576, k/v
+/// 192×576, gate/up 1536×576, down 576×1536, the tied head) at both counts.
+fn bench_rows(args: &[&str]) -> (common::Out, Vec<serde_json::Value>) {
+    let r = common::run(common::cotlab().args(args));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
+    assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
+    assert_eq!(rows.len(), 10);
+    (r, rows)
+}
+
 /// `cotlab bench gemm` times the training step's three products on every weight shape of the
 /// default student through cotlab's GEMM and the gemm crate, which agree to f32 rounding, and
 /// prints the step's mix (shapes weighted by their weight count: 30 layers × 7, one head).
 #[test]
 fn bench_gemm_covers_every_shape_and_agrees_with_the_gemm_crate() {
     require!(Model);
-    let r = common::run(common::cotlab().args(["bench", "gemm", "--tokens", "7,96", "--seconds", "0", "--json"]));
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
-    let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
-    assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
-    assert_eq!(rows.len(), 10);
+    let (r, rows) = bench_rows(&["bench", "gemm", "--tokens", "7,96", "--seconds", "0", "--json"]);
     for t in &rows {
         assert!(t["cotlab_s"].as_f64().unwrap() > 0.0 && t["gemm_s"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["rel_diff"].as_f64().unwrap() < 1e-5, "the two GEMMs disagree: {t}");
@@ -266,13 +274,7 @@ fn bench_gemm_covers_every_shape_and_agrees_with_the_gemm_crate() {
 fn bench_matmul_covers_every_shape_and_agrees_with_f32() {
     require!(Model);
     for format in ["q8_0", "q4_1"] {
-        let r = common::run(common::cotlab().args(["bench", "matmul", "--decode-weights", format, "--m", "1,3", "--seconds", "0.01", "--json"]));
-        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-        let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
-        let shapes: std::collections::BTreeSet<(u64, u64)> = rows.iter().map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap())).collect();
-        // SmolLM2-135M: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536, tied head.
-        assert_eq!(shapes, [(192, 576), (576, 576), (576, 1536), (1536, 576), (49152, 576)].into_iter().collect());
-        assert_eq!(rows.len(), 10);
+        let (_, rows) = bench_rows(&["bench", "matmul", "--decode-weights", format, "--m", "1,3", "--seconds", "0.01", "--json"]);
         for t in &rows {
             assert_eq!(t["format"], format);
             assert!(t["quant_s"].as_f64().unwrap() > 0.0 && t["f32_s"].as_f64().unwrap() > 0.0, "{t}");

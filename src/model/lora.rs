@@ -101,7 +101,9 @@ impl Lora {
         };
         // The adapters are f32 (master weights); cast to the input's compute dtype.
         let (a, b) = (a.as_tensor().to_dtype(x.dtype())?, b.as_tensor().to_dtype(x.dtype())?);
-        let y = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
+        // Through `ops::linear`: its backward gives gᵀ·x straight into the adapters' gradient
+        // sums (candle's matmul returned them transposed, through a copy).
+        let y = super::ops::linear(&super::ops::linear(&x, &a)?, &b)?;
         Ok(Some((y * self.scale())?))
     }
 

@@ -269,3 +269,15 @@ pub fn compute_dtype(spec: &str, device: &Device) -> Result<candle_core::DType> 
         other => Err(usage!("unknown dtype '{other}': expected f32, bf16 or auto")),
     }
 }
+
+/// Deterministic pseudo-random values in [−1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}

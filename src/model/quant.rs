@@ -719,15 +719,7 @@ pub fn time_matmul(name: &str, w: &Tensor, format: QFormat, m: usize, min_s: f64
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::model::test_values as data;
 
     /// Rows not a multiple of the tile, inputs spanning several passes (cols: whole Q4_1 groups).
     const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 128), (130, 64)];

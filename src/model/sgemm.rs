@@ -437,15 +437,7 @@ unsafe fn kernel<const DIRECT: bool>(_: usize, _: *const f32, _: usize, _: *cons
 mod tests {
     use super::*;
 
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::model::test_values as rand;
 
     /// Every layout (row- and column-major operands), edge sizes around the tile and block
     /// sizes, accumulate and alpha, 1 and 2 threads: within f32 rounding of an f64 reference,
