@@ -524,23 +524,29 @@ fn swiglu_bwd_avx2(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f
     if super::simd::Kernel::detect() == super::simd::Kernel::Avx2 {
         let done = g.len() - g.len() % 8;
         assert!(u.len() >= done && dy.len() >= done && dg.len() >= done && du.len() >= done);
-        // SAFETY: AVX2 and FMA checked; every access is below `done`, within all five slices.
-        unsafe {
-            use std::arch::x86_64::*;
-            let one = _mm256_set1_ps(1.0);
-            for i in (0..done).step_by(8) {
-                let (gi, ui, dyi) = (_mm256_loadu_ps(g.as_ptr().add(i)), _mm256_loadu_ps(u.as_ptr().add(i)), _mm256_loadu_ps(dy.as_ptr().add(i)));
-                let e = super::simd::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), gi));
-                let sig = _mm256_div_ps(one, _mm256_add_ps(e, one));
-                let y = _mm256_div_ps(gi, _mm256_add_ps(one, e));
-                let d = _mm256_add_ps(_mm256_mul_ps(sig, _mm256_sub_ps(one, y)), y);
-                _mm256_storeu_ps(dg.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_mul_ps(dyi, ui), d));
-                _mm256_storeu_ps(du.as_mut_ptr().add(i), _mm256_mul_ps(dyi, y));
-            }
-        }
+        // SAFETY: AVX2 and FMA checked; the five slices hold at least `done` elements.
+        unsafe { swiglu_bwd_lanes(done, g, u, dy, dg, du) };
         return done;
     }
     0
+}
+
+/// The first `n` (a multiple of 8) elements of [`swiglu_bwd_avx2`], in a `target_feature`
+/// function so the intrinsics inline.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_bwd_lanes(n: usize, g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..n).step_by(8) {
+        let (gi, ui, dyi) = (_mm256_loadu_ps(g.as_ptr().add(i)), _mm256_loadu_ps(u.as_ptr().add(i)), _mm256_loadu_ps(dy.as_ptr().add(i)));
+        let e = super::simd::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), gi));
+        let sig = _mm256_div_ps(one, _mm256_add_ps(e, one));
+        let y = _mm256_div_ps(gi, _mm256_add_ps(one, e));
+        let d = _mm256_add_ps(_mm256_mul_ps(sig, _mm256_sub_ps(one, y)), y);
+        _mm256_storeu_ps(dg.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_mul_ps(dyi, ui), d));
+        _mm256_storeu_ps(du.as_mut_ptr().add(i), _mm256_mul_ps(dyi, y));
+    }
 }
 
 /// `silu(gate) · up` with gradients to both: the fused op for contiguous f32 CPU tensors,

@@ -69,18 +69,24 @@ pub(crate) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64
 pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if Kernel::detect() == Kernel::Avx2 {
-        // SAFETY: AVX2 and FMA checked; every load is inside xs.
-        return unsafe {
-            use std::arch::x86_64::*;
-            let (body, tail) = xs.split_at(xs.len() - xs.len() % 8);
-            let mut acc = _mm256_setzero_ps();
-            for v in body.chunks_exact(8) {
-                acc = _mm256_add_ps(acc, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(shift))));
-            }
-            reduce_avx2(acc) + tail.iter().map(|&z| (z - shift).exp()).sum::<f32>()
-        };
+        // SAFETY: AVX2 and FMA checked.
+        return unsafe { sum_exp_avx2(xs, shift) };
     }
     xs.iter().map(|&z| (z - shift).exp()).sum()
+}
+
+/// The AVX2 body of [`sum_exp`] (a `target_feature` function of its own, so the intrinsics
+/// and [`exp_avx2`] inline into its loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_exp_avx2(xs: &[f32], shift: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (body, tail) = xs.split_at(xs.len() - xs.len() % 8);
+    let mut acc = _mm256_setzero_ps();
+    for v in body.chunks_exact(8) {
+        acc = _mm256_add_ps(acc, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(shift))));
+    }
+    reduce_avx2(acc) + tail.iter().map(|&z| (z - shift).exp()).sum::<f32>()
 }
 
 /// out[j] = scale · e^(xs[j] − shift) (a softmax's probabilities times the loss gradient): as
@@ -91,17 +97,22 @@ pub(crate) fn scaled_exp(xs: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Kernel::detect() == Kernel::Avx2 {
         done = xs.len() - xs.len() % 8;
-        // SAFETY: AVX2 and FMA checked; loads and stores stay below `done` ≤ both lengths.
-        unsafe {
-            use std::arch::x86_64::*;
-            for (v, o) in xs[..done].chunks_exact(8).zip(out[..done].chunks_exact_mut(8)) {
-                let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(shift)));
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(scale), e));
-            }
-        }
+        // SAFETY: AVX2 and FMA checked; both slices hold `done` elements.
+        unsafe { scaled_exp_avx2(&xs[..done], shift, scale, &mut out[..done]) };
     }
     for (o, &z) in out[done..].iter_mut().zip(&xs[done..]) {
         *o = scale * (z - shift).exp();
+    }
+}
+
+/// The AVX2 body of [`scaled_exp`] over whole groups of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scaled_exp_avx2(xs: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for (v, o) in xs.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(shift)));
+        _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(scale), e));
     }
 }
 
