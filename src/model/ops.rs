@@ -419,9 +419,11 @@ struct SwiGlu;
 const CHUNK: usize = 16 * 1024;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: expected a contiguous tensor") };
-    Ok(&v[a..b])
+    match contiguous_f32(s, l) {
+        Some(v) => Ok(v),
+        None if !matches!(s, CpuStorage::F32(_)) => candle_core::bail!("{what}: expected f32"),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
 }
 
 /// `a · b` for 2-D f32 CPU tensors through [`sgemm`] (contiguous copies made if need be);
@@ -992,9 +994,6 @@ mod tests {
         Ok(())
     }
 
-    /// The CPU kernel (no bias) against the composed ops: a causal (T, T) mask and packed rows'
-    /// block-diagonal (B, 1, T, T) masks, with and without grouped-query heads, over three query blocks (the last partial), so the
-    /// skipped key ranges and the blocks' dK/dV sums are exercised.
     /// The underflow shortcut in `softmax_numerators` gives expf's own result: every f32 from
     /// −104 down to −200 (and −∞) has exp() = 0.
     #[test]
@@ -1008,6 +1007,9 @@ mod tests {
         assert!((-103.5f32).exp() > 0.0, "the shortcut's bound is not needlessly low");
     }
 
+    /// The CPU kernel (no bias) against the composed ops: a causal (T, T) mask and packed rows'
+    /// block-diagonal (B, 1, T, T) masks, with and without grouped-query heads, over three query blocks (the last partial), so the
+    /// skipped key ranges and the blocks' dK/dV sums are exercised.
     #[test]
     fn cpu_attention_matches_composed_ops() -> Result<()> {
         let dev = Device::Cpu;

@@ -13,7 +13,8 @@
 //! result does not depend on the other rows (prefill of a prompt alone and in a batch, or from
 //! a shared prefix, give the same bits).
 //!
-//! Without AVX2 + FMA the `gemm` crate does the work (one binary runs on any x86-64).
+//! Without AVX2 + FMA, and with AVX-512 (whose 512-bit kernels the `gemm` crate has), the
+//! `gemm` crate does the work (one binary runs on any x86-64).
 
 /// A matrix operand: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -175,10 +176,13 @@ pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: 
     GemmTiming { rows, cols, tokens, threads, cotlab_s: best[0], gemm_s: best[1], rel_diff }
 }
 
+/// Whether cotlab's kernel runs: AVX2 + FMA without AVX-512. With AVX-512 the `gemm` crate's
+/// 512-bit kernels keep the work (on Zen 5 they took full fine-tuning from 171 to 243 tokens/s;
+/// this tile is 256-bit).
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && !is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -457,8 +461,11 @@ mod tests {
                         sgemm(m, n, k, &mut c, n, accumulate, ao, bo, alpha, threads);
                         outs.push(c);
                     }
-                    assert_eq!(outs[0], outs[1], "{m}x{n}x{k}: thread count changed bits");
-                    assert_eq!(outs[0], outs[2], "{m}x{n}x{k}: thread count changed bits");
+                    // Our kernel's promise (the gemm crate, used with AVX-512, makes none).
+                    if avx2() {
+                        assert_eq!(outs[0], outs[1], "{m}x{n}x{k}: thread count changed bits");
+                        assert_eq!(outs[0], outs[2], "{m}x{n}x{k}: thread count changed bits");
+                    }
                     for i in 0..m {
                         for j in 0..n {
                             let mut s = 0f64;
@@ -478,7 +485,9 @@ mod tests {
                     let mut row = c0[i * n..(i + 1) * n].to_vec();
                     let a_row = Operand::new(&a[i * ao.rs..], ao.rs, ao.cs);
                     sgemm(1, n, k, &mut row, n, accumulate, a_row, bo, alpha, 1);
-                    assert_eq!(row, outs[0][i * n..(i + 1) * n], "{m}x{n}x{k}: a row alone differs");
+                    if avx2() {
+                        assert_eq!(row, outs[0][i * n..(i + 1) * n], "{m}x{n}x{k}: a row alone differs");
+                    }
                 }
             }
         }
