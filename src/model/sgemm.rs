@@ -14,7 +14,7 @@
 //! a shared prefix, give the same bits).
 //!
 //! Without AVX2 + FMA, and with AVX-512 (whose 512-bit kernels the `gemm` crate has), the
-//! `gemm` crate does the work (one binary runs on any x86-64).
+//! `gemm` crate does the work (one binary runs on any x86-64); see [`own_kernel`].
 
 /// A matrix operand: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -59,16 +59,33 @@ const PARALLEL_MIN: usize = 1 << 20;
 /// overwrites dst (its old values are never read, NaN included).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
+    sgemm_on(own_kernel(), m, n, k, dst, dst_rs, accumulate, a, b, alpha, threads)
+}
+
+/// [`sgemm`] on cotlab's kernel (`own`, where the CPU has AVX2 + FMA) or the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_on(own: bool, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
     a.check(m, k, "a");
     b.check(k, n, "b");
     Operand::new(dst, dst_rs, 1).check(m, n, "dst");
     if m == 0 || n == 0 {
         return;
     }
-    if !avx2() {
+    if !(own && avx2_fma()) {
         let par = if threads > 1 && m * n * k >= PARALLEL_MIN { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         return gemm_crate(m, n, k, dst, dst_rs, accumulate, a, b, alpha, par);
     }
+    // SAFETY: AVX2 + FMA are there; the operands were checked above.
+    unsafe { sgemm_own(m, n, k, dst, dst_rs, accumulate, a, b, alpha, threads) }
+}
+
+/// [`sgemm`] on cotlab's kernel, operands checked by the caller.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA ([`avx2_fma`]), and every element the strides reach lies inside its
+/// slice.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
     let c = Ptr(dst.as_mut_ptr());
     let job = Job { k, a: a.data.as_ptr(), a_rs: a.rs, a_cs: a.cs, b: b.data.as_ptr(), b_rs: b.rs, b_cs: b.cs, c_rs: dst_rs, accumulate, alpha };
     let parts = if m * n * k >= PARALLEL_MIN { threads.max(1) } else { 1 };
@@ -147,10 +164,12 @@ pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: 
     let (mut y, mut dx, mut dw) = (vec![0f32; tokens * rows], vec![0f32; tokens * cols], vec![0f32; rows * cols]);
     let (xo, wt, wo, gt, go) = (Operand::new(&x, cols, 1), Operand::new(&w, 1, cols), Operand::new(&w, cols, 1), Operand::new(&g, 1, rows), Operand::new(&g, rows, 1));
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // Our kernel wherever it can run (also where `sgemm` leaves the work to the gemm crate).
+    let own = avx2_fma();
     let ours = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
-        sgemm(tokens, rows, cols, y, rows, false, xo, wt, 1.0, threads);
-        sgemm(tokens, cols, rows, dx, cols, false, go, wo, 1.0, threads);
-        sgemm(rows, cols, tokens, dw, cols, true, gt, xo, 1.0, threads);
+        sgemm_on(own, tokens, rows, cols, y, rows, false, xo, wt, 1.0, threads);
+        sgemm_on(own, tokens, cols, rows, dx, cols, false, go, wo, 1.0, threads);
+        sgemm_on(own, rows, cols, tokens, dw, cols, true, gt, xo, 1.0, threads);
     };
     let theirs = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
         gemm_crate(tokens, rows, cols, y, rows, false, xo, wt, 1.0, par);
@@ -176,13 +195,30 @@ pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: 
     GemmTiming { rows, cols, tokens, threads, cotlab_s: best[0], gemm_s: best[1], rel_diff }
 }
 
-/// Whether cotlab's kernel runs: AVX2 + FMA without AVX-512. With AVX-512 the `gemm` crate's
-/// 512-bit kernels keep the work (on Zen 5 they took full fine-tuning from 171 to 243 tokens/s;
-/// this tile is 256-bit).
-fn avx2() -> bool {
+/// Whether the CPU can run cotlab's kernel (AVX2 + FMA).
+fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && !is_x86_feature_detected!("avx512f")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the training GEMMs run on cotlab's kernel: wherever it can run, except on CPUs with
+/// AVX-512, where the `gemm` crate's 512-bit kernels keep the work. On Zen 5 they took full
+/// fine-tuning from 171 to 243 tokens/s over its 256-bit ones; on Zen 4, which runs a 512-bit
+/// FMA as two 256-bit halves, this tile kept up with them product for product (`cotlab bench
+/// gemm`: 1.02× the step's mix) but the SFT job ran 6–7 % slower on it (README → Performance).
+pub(crate) fn own_kernel() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| avx2_fma() && !avx512())
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -362,7 +398,7 @@ unsafe fn transpose8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usiz
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn transpose8(_: *const f32, _: usize, _: *mut f32, _: usize) {
-    unreachable!("sgemm's packing runs only where avx2() holds")
+    unreachable!("sgemm's packing runs only where avx2_fma() holds")
 }
 
 /// The register tile: c (mr × nr of it, row stride rs) = [c +] alpha · Σ_p a_p ⊗ b_p, b from
@@ -434,7 +470,7 @@ unsafe fn kernel<const DIRECT: bool>(kc: usize, a: *const f32, a_rs: usize, b: *
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const DIRECT: bool>(_: usize, _: *const f32, _: usize, _: *const f32, _: *mut f32, _: usize, _: f32, _: bool, _: usize, _: usize) {
-    unreachable!("sgemm's kernel runs only where avx2() holds")
+    unreachable!("sgemm's kernel runs only where avx2_fma() holds")
 }
 
 #[cfg(test)]
@@ -449,20 +485,23 @@ mod tests {
     #[test]
     fn matches_f64_reference_for_every_layout_and_edge() {
         let sizes = [(1, 1, 1), (5, 17, 3), (6, 16, 256), (7, 33, 257), (13, 40, 600), (150, 20, 70), (20, 4100, 9), (145, 31, 513)];
+        // Our kernel wherever it can run (whatever `sgemm` picks on this CPU) and the gemm crate.
+        let kernels: &[bool] = if avx2_fma() { &[true, false] } else { &[false] };
+        let cases: Vec<(bool, f32, bool)> = [(false, 1.0f32), (true, 0.125)].iter().flat_map(|&(acc, alpha)| kernels.iter().map(move |&own| (acc, alpha, own))).collect();
         for &(m, n, k) in &sizes {
             for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
-                for (accumulate, alpha) in [(false, 1.0f32), (true, 0.125)] {
+                for &(accumulate, alpha, own) in &cases {
                     let (a, b, c0) = (rand(m * k, 1), rand(k * n, 2), rand(m * n, 3));
                     let ao = if at { Operand::new(&a, 1, m) } else { Operand::new(&a, k, 1) };
                     let bo = if bt { Operand::new(&b, 1, k) } else { Operand::new(&b, n, 1) };
                     let mut outs = Vec::new();
                     for threads in [1, 2, 3] {
                         let mut c = c0.clone();
-                        sgemm(m, n, k, &mut c, n, accumulate, ao, bo, alpha, threads);
+                        sgemm_on(own, m, n, k, &mut c, n, accumulate, ao, bo, alpha, threads);
                         outs.push(c);
                     }
-                    // Our kernel's promise (the gemm crate, used with AVX-512, makes none).
-                    if avx2() {
+                    // Our kernel's promise (the gemm crate makes none).
+                    if own {
                         assert_eq!(outs[0], outs[1], "{m}x{n}x{k}: thread count changed bits");
                         assert_eq!(outs[0], outs[2], "{m}x{n}x{k}: thread count changed bits");
                     }
@@ -477,15 +516,15 @@ mod tests {
                             }
                             let want = alpha as f64 * s + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
                             let got = outs[0][i * n + j] as f64;
-                            assert!((got - want).abs() <= 1e-5 * (mag + 1.0), "{m}x{n}x{k} at={at} bt={bt} acc={accumulate} ({i},{j}): {got} vs {want}");
+                            assert!((got - want).abs() <= 1e-5 * (mag + 1.0), "{m}x{n}x{k} at={at} bt={bt} acc={accumulate} own={own} ({i},{j}): {got} vs {want}");
                         }
                     }
                     // Row i alone (a 1-row product) gives the bits it had in the whole product.
                     let i = m - 1;
                     let mut row = c0[i * n..(i + 1) * n].to_vec();
                     let a_row = Operand::new(&a[i * ao.rs..], ao.rs, ao.cs);
-                    sgemm(1, n, k, &mut row, n, accumulate, a_row, bo, alpha, 1);
-                    if avx2() {
+                    sgemm_on(own, 1, n, k, &mut row, n, accumulate, a_row, bo, alpha, 1);
+                    if own {
                         assert_eq!(row, outs[0][i * n..(i + 1) * n], "{m}x{n}x{k}: a row alone differs");
                     }
                 }
