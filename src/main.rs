@@ -554,6 +554,15 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 *shapes.entry(v.dims2().model_ctx("a weight's shape")?).or_default() += 1;
             }
             let threads = candle_core::utils::get_num_threads();
+            use cotlab::model::sgemm::{avx2_fma, own_kernel};
+            println!(
+                "{}",
+                match (avx2_fma(), own_kernel()) {
+                    (false, _) => "this CPU lacks AVX2 + FMA: cotlab's kernel cannot run, both columns time the gemm crate",
+                    (true, true) => "the training step runs on cotlab's kernel on this CPU",
+                    (true, false) => "the training step runs on the gemm crate's AVX-512 kernels on this CPU (README → Performance); cotlab's column times its own kernel",
+                }
+            );
             println!("{:>13} {:>6} {:>7} {:>15} {:>15} {:>7} {:>9}", "weight shape", "count", "tokens", "cotlab GFLOP/s", "gemm GFLOP/s", "ratio", "rel. diff");
             let mut rows = Vec::new();
             for &t in &tokens {

@@ -196,7 +196,7 @@ pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: 
 }
 
 /// Whether the CPU can run cotlab's kernel (AVX2 + FMA).
-fn avx2_fma() -> bool {
+pub fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -209,10 +209,10 @@ fn avx2_fma() -> bool {
 /// AVX-512, where the `gemm` crate's 512-bit kernels keep the work. On Zen 5 they took full
 /// fine-tuning from 171 to 243 tokens/s over its 256-bit ones; on Zen 4, which runs a 512-bit
 /// FMA as two 256-bit halves, this tile kept up with them product for product (`cotlab bench
-/// gemm`: 1.02× the step's mix) but the SFT job ran 6–7 % slower on it (README → Performance).
-pub(crate) fn own_kernel() -> bool {
-    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| avx2_fma() && !avx512())
+/// gemm`: 1.01–1.02× the step's mix) but the SFT job ran 6–7 % slower on it (README →
+/// Performance).
+pub fn own_kernel() -> bool {
+    avx2_fma() && !avx512()
 }
 
 fn avx512() -> bool {
