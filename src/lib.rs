@@ -5,7 +5,8 @@
 //!
 //! 1. [`error`], [`rng`], [`memory`]: the error type, the seeded RNG, live heap accounting.
 //! 2. [`answer`]: answer kinds and the scoring protocols: the paper's evaluators and cotlab's
-//!    lenient extractor (extract, then compare with gold).
+//!    lenient extractor (extract, then compare with gold); [`paths`]: the one path policy (how
+//!    every file is resolved, opened, created and walked).
 //! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
 //!    runs, eval dirs and the teacher cache; [`provenance`]: the build and file hashes behind a
 //!    result.
@@ -38,6 +39,7 @@ pub mod lab;
 pub mod memory;
 pub mod model;
 pub mod notebook;
+pub mod paths;
 pub mod provenance;
 pub mod results;
 pub mod rng;

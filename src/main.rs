@@ -833,6 +833,7 @@ fn run(a: RunArgs, mode: SweepMode) -> Result<()> {
         return Err(Error::data(&script, "script not found"));
     }
     let out_dir = a.out.clone().unwrap_or_else(|| default_out_dir(&script));
+    inputs_apart(&a, &out_dir, &script)?;
     let output = Arc::new(OutputDir::create(&out_dir)?);
     let ctx = script_context(&a, output.clone(), mode)?;
     let runner = Runner { ctx: ctx.clone(), params };
@@ -871,6 +872,16 @@ fn run(a: RunArgs, mode: SweepMode) -> Result<()> {
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// Refuse, before any work, an output dir that holds an input or sits in the data or runs dir
+/// (publishing replaces it as a whole: see `check_apart`).
+fn inputs_apart(a: &RunArgs, out: &std::path::Path, script: &std::path::Path) -> Result<()> {
+    let data = DataDir::resolve(a.data_dir.clone()).0;
+    let runs = a.runs.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    let mut inputs = vec![("--data-dir", data.as_path()), ("--runs", runs.as_path()), ("the script", script)];
+    inputs.extend(a.allow_read.iter().map(|d| ("--allow-read", d.as_path())));
+    cotlab::results::output::check_apart(out, &inputs)
 }
 
 /// A temporary dir, removed when dropped: where the planning run's outputs go to be discarded.
@@ -912,6 +923,7 @@ fn sweep_cmd(a: RunArgs, slurm: Option<SlurmArgs>) -> Result<()> {
     let runs = absolute(a.runs.as_deref().unwrap_or(std::path::Path::new("runs")));
     let out = absolute(&a.out.clone().unwrap_or_else(|| default_out_dir(&script)));
     let allow_read: Vec<PathBuf> = a.allow_read.iter().map(|p| absolute(p)).collect();
+    inputs_apart(&a, &out, &script)?;
     let plan_args = RunArgs { script: script.clone(), data_dir: Some(data_dir.clone()), out: None, set: a.set.clone(), runs: Some(runs.clone()), allow_read: allow_read.clone(), max_memory: a.max_memory };
 
     let scratch = Scratch::new()?;

@@ -87,7 +87,7 @@ pub fn hash_file(path: &Path) -> Result<FileHash> {
     if let Some(sha) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
         return Ok(FileHash { path: path.display().to_string(), bytes: meta.len(), sha256: sha.clone() });
     }
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut f, _) = crate::paths::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// (keep the two in step).
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "memory"],
-    &["answer"],
+    &["answer", "paths"],
     &["journal", "provenance"],
     &["frame"],
     &["cot"],

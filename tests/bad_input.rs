@@ -207,3 +207,47 @@ fn ragged_csv_names_the_line() {
     let e = cotlab::frame::Frame::read_csv(&p).err().unwrap().to_string();
     assert!(e.contains("r.csv: line 3: 3 fields, the header has 2"), "{e}");
 }
+
+/// Round 3, class 9: a FIFO, a device or a dir given as an input file is refused at once (no
+/// hang, no endless read), by every reader a script reaches, from a script run by the CLI.
+#[test]
+fn non_regular_inputs_are_refused_at_once() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("in.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir_all(d.path().join("adir")).unwrap();
+    let mut cases = Vec::new();
+    for (input, needle) in [(fifo.display().to_string(), "FIFO"), ("/dev/zero".into(), "a device"), (d.path().join("adir").display().to_string(), "directory")] {
+        for call in ["read_csv(\"P\")", "read_jsonl(\"P\")", "read_parquet(\"P\")", "score_predictions(\"svamp\", \"P\")", "contamination(\"P\", dataset(\"svamp\"))"] {
+            cases.push((call.replace('P', &input), needle));
+        }
+    }
+    for (src, needle) in cases {
+        let s = write(d.path(), "s.rhai", src.as_bytes());
+        let t0 = std::time::Instant::now();
+        let mut child = common::cotlab()
+            .arg("run")
+            .arg(&s)
+            .arg("--out")
+            .arg(d.path().join("o"))
+            .args(["--allow-read", "/dev", "--allow-read"])
+            .arg(d.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("{src}: still running after 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{src}: accepted");
+        assert!(err.contains("s.rhai:1:") && err.contains(needle) && err.contains("not a regular file"), "{src}: {err}");
+    }
+}

@@ -29,12 +29,18 @@ fn evaluate_writes_results_and_resumes() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("eval");
     let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(48), ..Default::default() };
-    let mut half = ds.clone();
-    half.examples.truncate(2);
-    let first = evaluate(&s, &half, &opts, &dir).unwrap();
-    assert_eq!((first.n, first.generated_now), (2, 2));
+    let first = evaluate(&s, &ds, &opts, &dir).unwrap();
+    assert_eq!((first.n, first.generated_now), (4, 4));
+    // An evaluation interrupted after two answers: only the missing ones are generated.
+    let journaled = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
+    std::fs::write(dir.join("samples.jsonl"), journaled.lines().take(2).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let full = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((full.n, full.generated_now), (4, 2), "only the missing examples are generated");
+    // Another subset of questions is another evaluation (round 3: it used to append).
+    let mut half = ds.clone();
+    half.examples.truncate(2);
+    let e = evaluate(&s, &half, &opts, &dir).err().unwrap().to_string();
+    assert!(e.contains("other settings") && e.contains("examples.n: 4 -> 2"), "{e}");
     assert!(full.ci95_low <= full.accuracy && full.accuracy <= full.ci95_high);
     let lines = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
@@ -136,4 +142,53 @@ fn student_template_override_from_rhai() {
     assert_eq!(names, ["chatml", "alpaca"]);
     let e = runner.eval("t.rhai", r#"student("default", #{template: "vicuna"})"#).err().unwrap().to_string();
     assert!(e.contains("template: unknown value 'vicuna': expected one of chatml, llama3, gemma, alpaca"), "{e}");
+}
+
+/// Round 3, class 8: an eval dir resumes only the same weights and the same questions, counts
+/// an id once, and takes one evaluation at a time.
+#[test]
+fn an_eval_dir_is_identified_by_its_weights_and_questions() {
+    require!(Data, Model);
+    use cotlab::script::{Context, Runner};
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().join("runs");
+    let r = Runner::new(ctx);
+    let eval = |student: &str, ds: &str, name: &str| format!("evaluate(student({student}), {ds}, #{{max_new_tokens: 4, name: \"{name}\"}}).n");
+    // A run evaluated, trained one step further, evaluated again into the same dir: refused.
+    let corpus = r#"let c = rationales("arith", #{ level: 1, n: 8, seed: 1 });"#;
+    let train = format!("{corpus}\nsft(student(\"default\"), c, #{{ run: \"r\", max_steps: 2, stop_after: 1, batch_size: 2, grad_accum: 1 }});");
+    r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
+    let svamp2 = r#"dataset("svamp", #{limit: 2, seed: 1})"#;
+    assert_eq!(r.eval("e.rhai", &eval("\"r\"", svamp2, "er")).unwrap_or_else(|e| panic!("{e}")).as_int().unwrap(), 2);
+    r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
+    let e = r.eval("e.rhai", &eval("\"r\"", svamp2, "er")).unwrap_err().to_string();
+    assert!(e.contains("other settings") && e.contains("weights.step: 1 -> 2"), "{e}");
+    // Another model file at the same path: other weights.
+    let model = d.path().join("runs/m.gguf");
+    std::fs::copy(cotlab::model::default_model_path(), &model).unwrap();
+    let m = format!("\"{}\"", model.display());
+    assert_eq!(r.eval("e.rhai", &eval(&m, svamp2, "em")).unwrap().as_int().unwrap(), 2);
+    std::fs::OpenOptions::new().append(true).open(&model).unwrap().set_len(std::fs::metadata(&model).unwrap().len() + 32).unwrap();
+    let e = r.eval("e.rhai", &eval(&m, svamp2, "em")).unwrap_err().to_string();
+    assert!(e.contains("weights.sha256"), "{e}");
+    // Another subset, limit or arith seed into the same dir: refused, never appended.
+    assert_eq!(r.eval("e.rhai", &eval("\"default\"", svamp2, "es")).unwrap().as_int().unwrap(), 2);
+    for other in [r#"dataset("svamp", #{limit: 2, seed: 2})"#, r#"dataset("svamp", #{limit: 3, seed: 1})"#] {
+        let e = r.eval("e.rhai", &eval("\"default\"", other, "es")).unwrap_err().to_string();
+        assert!(e.contains("other settings") && e.contains("examples."), "{other}: {e}");
+    }
+    assert_eq!(r.eval("e.rhai", &eval("\"default\"", r#"dataset("arith", #{n: 2, seed: 1})"#, "ea")).unwrap().as_int().unwrap(), 2);
+    let e = r.eval("e.rhai", &eval("\"default\"", r#"dataset("arith", #{n: 2, seed: 2})"#, "ea")).unwrap_err().to_string();
+    assert!(e.contains("examples.fnv1a"), "{e}");
+    // Ids journaled twice (by an older build, two processes at once) count once on resume.
+    let samples = d.path().join("runs/es/samples.jsonl");
+    let text = std::fs::read_to_string(&samples).unwrap();
+    std::fs::write(&samples, format!("{text}{text}")).unwrap();
+    assert_eq!(r.eval("e.rhai", &eval("\"default\"", svamp2, "es")).unwrap().as_int().unwrap(), 2);
+    // One evaluation at a time: the dir's lock is held while it runs.
+    let held = cotlab::paths::DirLock::take(&d.path().join("runs/es"), "evaluating into").unwrap();
+    let e = r.eval("e.rhai", &eval("\"default\"", svamp2, "es")).unwrap_err().to_string();
+    assert!(e.contains("another cotlab process") && e.contains("evaluating into"), "{e}");
+    drop(held);
 }

@@ -195,3 +195,66 @@ fn two_runs_on_one_output_dir_cannot_mix() {
     assert_eq!(c.code, 0, "{}", c.stderr);
     assert_eq!(consistent(&out), ["a.csv", "teacher.csv"]);
 }
+
+/// Round 3, class 7: an input inside the output dir (or the output dir inside the runs or data
+/// dir) is refused before any work, and nothing is deleted.
+#[test]
+fn inputs_inside_the_output_dir_are_refused_before_any_work() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let s = script(d.path(), "w.rhai", r#"df(#{a: [1]}).write_csv("t.csv");"#);
+    std::fs::create_dir_all(out.join("runs/keep")).unwrap();
+    std::fs::write(out.join("runs/keep/x.txt"), "precious").unwrap();
+    std::fs::create_dir_all(out.join("allowed")).unwrap();
+    let inside_script = script(&out, "in.rhai", r#"df(#{a: [1]}).write_csv("t.csv");"#);
+    let data = std::env::var("COTLAB_DATA").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../shared/datasets"));
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (vec!["run".into(), s.clone().into(), "--out".into(), out.clone().into(), "--runs".into(), out.join("runs").into()], "--runs"),
+        (vec!["run".into(), s.clone().into(), "--out".into(), out.clone().into(), "--runs".into(), out.clone().into()], "--runs"),
+        (vec!["run".into(), s.clone().into(), "--out".into(), out.clone().into(), "--allow-read".into(), out.join("allowed").into()], "--allow-read"),
+        (vec!["run".into(), s.clone().into(), "--out".into(), out.clone().into(), "--data-dir".into(), out.join("runs").into()], "--data-dir"),
+        (vec!["run".into(), inside_script.clone().into(), "--out".into(), out.clone().into()], "the script"),
+        (vec!["run".into(), s.clone().into(), "--out".into(), d.path().join("r/o").into(), "--runs".into(), d.path().join("r").into()], "inside --runs"),
+        (vec!["run".into(), s.clone().into(), "--out".into(), data.join("o").into(), "--data-dir".into(), data.clone().into()], "inside --data-dir"),
+        (vec!["sweep".into(), s.clone().into(), "--out".into(), out.clone().into(), "--runs".into(), out.join("runs").into()], "--runs"),
+    ];
+    for (args, needle) in cases {
+        let r = run(cotlab().args(&args).env("COTLAB_DATA", &data));
+        assert_ne!(r.code, 0, "{args:?}: accepted");
+        assert!(r.stderr.contains(needle) && r.stderr.contains("output dir"), "{args:?}: {}", r.stderr);
+        assert_eq!(std::fs::read_to_string(out.join("runs/keep/x.txt")).unwrap(), "precious");
+        assert!(inside_script.exists() && !out.join("t.csv").exists() && !out.join("run.json").exists());
+    }
+    assert!(!d.path().join("r").exists() && !data.join("o").exists(), "nothing was made");
+}
+
+/// Round 3, class 10: an output name that cannot be published fails at the call, and a failed
+/// run that wrote nothing leaves no staging folder.
+#[test]
+fn output_names_are_checked_at_the_call_and_failed_runs_leave_no_empty_staging() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    for (src, line, needle) in [
+        (r#"df(#{a: [1]}).write_csv("run.json/x.csv");"#, 1, "run.json"),
+        ("df(#{a: [1]}).write_csv(\"t.csv\");\ndf(#{a: [1]}).write_csv(\"t.csv/x.csv\");", 2, "already wrote"),
+        ("df(#{a: [1]}).write_csv(\"d/x.csv\");\ndf(#{a: [1]}).write_parquet(\"d\");", 2, "into 'd/'"),
+    ] {
+        let s = script(d.path(), "names.rhai", src);
+        let r = run(cotlab().arg("run").arg(&s).arg("--out").arg(&out));
+        assert_ne!(r.code, 0, "{src}: accepted");
+        assert!(r.stderr.contains(&format!("names.rhai:{line}:")) && r.stderr.contains(needle), "{src}: {}", r.stderr);
+        assert!(!out.join("run.json").exists(), "{src}: published");
+    }
+    for _ in 0..3 {
+        let s = script(d.path(), "fail.rhai", "throw \"no\";");
+        assert_ne!(run(cotlab().arg("run").arg(&s).arg("--out").arg(&out)).code, 0);
+    }
+    let staging: Vec<String> = names(&out).into_iter().filter(|n| n.starts_with(".incomplete")).collect();
+    // The three name cases wrote a file before failing: those stay for inspection; the three
+    // runs that wrote nothing left nothing.
+    assert!(staging.len() <= 3, "{staging:?}");
+    let empty = staging.iter().filter(|n| std::fs::read_dir(out.join(n)).unwrap().next().is_none()).count();
+    assert_eq!(empty, 0, "empty staging folders left: {staging:?}");
+}

@@ -140,3 +140,110 @@ fn outputs_and_exports_stay_in_the_output_dir() {
     refused(&r, &format!("student(\"{}\")", fake_run.display()), &["outside the dirs a script may read"]);
     nothing_written_outside(&s);
 }
+
+/// The dir layout of the round-3 escapes: `runs/a/b/share` links to the runs dir itself, so
+/// `runs/a/b/share/../outside/...` reads as a path inside the runs dir but leads outside it.
+fn escape_through_link(s: &Setup, rest: &str) -> String {
+    let b = s.runs.join("a/b");
+    if !b.join("share").exists() {
+        std::fs::create_dir_all(&b).unwrap();
+        std::os::unix::fs::symlink(&s.runs, b.join("share")).unwrap();
+    }
+    b.join("share/../outside").join(rest).display().to_string()
+}
+
+#[test]
+fn a_link_plus_dotdot_reads_nothing_outside_for_any_reader() {
+    require!(Data, Model);
+    let s = setup();
+    let r = runner(&s, &[]);
+    // An eval dir and a run dir outside, for the dir readers.
+    std::fs::create_dir_all(s.outside.join("ev")).unwrap();
+    std::fs::write(s.outside.join("ev/results.json"), r#"{"accuracy": 1.0}"#).unwrap();
+    std::fs::create_dir_all(s.outside.join("run/checkpoint")).unwrap();
+    std::fs::write(s.outside.join("run/config.json"), "{}").unwrap();
+    let p = |rest: &str| escape_through_link(&s, rest);
+    for (src, what) in [
+        (format!("read_csv(\"{}\")", p("secret.csv")), "read_csv"),
+        (format!("read_jsonl(\"{}\")", p("secret.jsonl")), "read_jsonl"),
+        (format!("read_parquet(\"{}\")", p("secret.csv")), "read_parquet"),
+        (format!("score_predictions(\"svamp\", \"{}\")", p("secret.jsonl")), "score_predictions"),
+        (format!("contamination(\"{}\", dataset(\"svamp\"))", p("secret.jsonl")), "contamination"),
+        (format!("results(\"{}\")", p("ev")), "results"),
+        (format!("student(\"{}\")", p("")), "student"),
+        (format!("student(\"{}\")", p("run")), "run"),
+        (format!("teacher(\"local\", #{{ model: \"{}\" }})", p("run")), "run"),
+        (format!("export_model(\"{}\", \"m\")", p("run")), "run"),
+    ] {
+        refused(&r, &src, &[what, "outside the dirs a script may read"]);
+    }
+    nothing_written_outside(&s);
+}
+
+#[test]
+fn links_planted_inside_run_and_eval_dirs_are_neither_read_nor_written_through() {
+    require!(Data, Model);
+    let s = setup();
+    let r = runner(&s, &[]);
+    let secret = s.outside.join("secret.jsonl");
+    let before = std::fs::read(&secret).unwrap();
+    let link = |at: &Path, to: &Path| {
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(to, at).unwrap();
+    };
+    // Writers of an eval dir: the samples journal, the report, the parquet copy.
+    for (i, file) in ["samples.jsonl", "results.json", "samples.parquet"].iter().enumerate() {
+        let name = format!("ev{i}");
+        link(&s.runs.join(&name).join(file), &secret);
+        let src = format!("evaluate(student(\"default\"), dataset(\"svamp\", #{{limit: 1}}), #{{ name: \"{name}\", max_new_tokens: 1 }})");
+        refused(&r, &src, &[file, "symbolic link"]);
+        assert_eq!(std::fs::read(&secret).unwrap(), before, "{file}: written through the link");
+    }
+    // Writers of a run dir: the training log, the provenance log, the checkpoint dir.
+    let corpus = r#"let c = rationales("arith", #{ level: 1, n: 4, seed: 1 });"#;
+    for (i, file) in ["provenance.jsonl", "train_log.jsonl"].iter().enumerate() {
+        let name = format!("run{i}");
+        link(&s.runs.join(&name).join(file), &secret);
+        refused(&r, &format!("{corpus}\nsft(student(\"default\"), c, #{{ run: \"{name}\", max_steps: 1 }})"), &[file, "symbolic link"]);
+        assert_eq!(std::fs::read(&secret).unwrap(), before, "{file}: written through the link");
+    }
+    // Readers of a run dir: a checkpoint that links out is refused before it loads.
+    std::fs::create_dir_all(s.runs.join("planted/checkpoint")).unwrap();
+    std::fs::write(s.runs.join("planted/config.json"), "{\"model\": \"default\"}").unwrap();
+    link(&s.runs.join("planted/checkpoint/model.safetensors"), &secret);
+    refused(&r, "student(\"planted\")", &["model.safetensors", "outside the dirs a script may read"]);
+    refused(&r, "export_model(\"planted\", \"m\")", &["model.safetensors", "outside the dirs a script may read"]);
+    // results() walks past links: the link to the outside eval dir gives no row.
+    std::fs::create_dir_all(s.outside.join("ev")).unwrap();
+    std::fs::write(s.outside.join("ev/results.json"), r#"{"accuracy": 1.0}"#).unwrap();
+    link(&s.runs.join("walk/linked"), &s.outside.join("ev"));
+    std::fs::create_dir_all(s.runs.join("walk/real")).unwrap();
+    link(&s.runs.join("walk/real/results.json"), &s.outside.join("ev/results.json"));
+    std::fs::create_dir_all(s.runs.join("walk/ok")).unwrap();
+    std::fs::write(s.runs.join("walk/ok/results.json"), r#"{"accuracy": 0.5}"#).unwrap();
+    let n = r.eval("ok.rhai", &format!("results(\"{}\").height", s.runs.join("walk").display())).unwrap().as_int().unwrap();
+    assert_eq!(n, 1, "a linked dir or file was read");
+    nothing_written_outside(&s);
+}
+
+#[test]
+fn dangling_links_are_never_created_through() {
+    require!(Data, Model);
+    let s = setup();
+    let r = runner(&s, &[]);
+    std::fs::create_dir_all(&s.runs).unwrap();
+    let corpus = r#"let c = rationales("arith", #{ level: 1, n: 4, seed: 1 });"#;
+    let cases = [
+        ("cache.jsonl", "teacher(\"openai\", #{ base_url: \"http://127.0.0.1:9\", api_key_env: (), cache: \"cache.jsonl\" })".to_string()),
+        ("lcache.jsonl", "teacher(\"local\", #{ cache: \"lcache.jsonl\" })".to_string()),
+        ("newrun", format!("{corpus}\nsft(student(\"default\"), c, #{{ run: \"newrun\", max_steps: 1 }})")),
+        ("neweval", "evaluate(student(\"default\"), dataset(\"svamp\", #{limit: 1}), #{ name: \"neweval\", max_new_tokens: 1 })".to_string()),
+    ];
+    for (name, src) in cases {
+        let target = s.outside.join(format!("created-{name}"));
+        std::os::unix::fs::symlink(&target, s.runs.join(name)).unwrap();
+        refused(&r, &src, &["outside"]);
+        assert!(!target.exists(), "{name}: created through a dangling link");
+    }
+    nothing_written_outside(&s);
+}

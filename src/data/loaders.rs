@@ -24,13 +24,10 @@ pub struct Record {
 
 /// Read a whole file as UTF-8, with errors that say which line holds the bad bytes.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::data(path, "file not found (check --data-dir / $COTLAB_DATA; see datasets/README.md)")
-        } else {
-            Error::io(path, e)
-        }
-    })?;
+    if !path.exists() {
+        return Err(Error::data(path, "file not found (check --data-dir / $COTLAB_DATA; see datasets/README.md)"));
+    }
+    let bytes = crate::paths::read_bytes(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;

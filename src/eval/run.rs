@@ -4,7 +4,10 @@
 //! judged by the `paper` protocol ([`crate::answer::Protocol`]; the other protocol's accuracy is
 //! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
 //! (+ `samples.parquet`). Samples are appended as answers complete (in dataset order), so an interrupted evaluation resumes
-//! where it stopped and never generates an answer twice.
+//! where it stopped and never generates an answer twice. The eval dir's identity
+//! (`eval_config.json`) names the weights (a run's checkpoint step and hash, else the model
+//! file's hash) and the questions (count and hash), so it resumes only the same evaluation; one
+//! process at a time holds its lock ([`DirLock`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -19,6 +22,9 @@ use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
 use crate::model::{ChatTemplate, DecodeWeights, Student};
+use crate::paths::{is_real_dir, read_text, DirLock};
+use crate::provenance::hash_file;
+use crate::train::run::{RunDir, TrainState};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -169,10 +175,24 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let prompted = student.with_template(template.clone());
     let prompt_template = template.prompt("{question}");
     let started = Instant::now();
-    let settings = serde_json::json!({"task": ds.name, "split": ds.split, "model": student.source.display().to_string(), "options": opts, "max_new_tokens": max_new_tokens, "template": template});
+    // One evaluation at a time per eval dir: two would both generate the missing answers.
+    let _lock = DirLock::take(dir, "evaluating into")?;
+    let settings = serde_json::json!({
+        "task": ds.name,
+        "split": ds.split,
+        "model": student.source.display().to_string(),
+        "weights": weights_identity(student)?,
+        "examples": examples_identity(ds),
+        "options": opts,
+        "max_new_tokens": max_new_tokens,
+        "template": template,
+    });
     ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
-    // A line torn by a crash is dropped (that example is generated again).
+    // A line torn by a crash is dropped (that example is generated again). An id journaled twice
+    // (by a build without the dir lock) counts once.
     let (journal, mut samples) = Journal::<Sample>::open(&dir.join("samples.jsonl"))?;
+    let mut seen = HashSet::new();
+    samples.retain(|s| seen.insert(s.id.clone()));
     let done: HashSet<String> = samples.iter().map(|s| s.id.clone()).collect();
     let todo: Vec<_> = ds.examples.iter().filter(|e| !done.contains(&e.id)).collect();
     if !done.is_empty() {
@@ -253,9 +273,36 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         options: opts.clone(),
     };
     let rp = dir.join("results.json");
-    std::fs::write(&rp, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| Error::io(&rp, e))?;
+    crate::paths::write(&rp, serde_json::to_string_pretty(&report).unwrap().as_bytes())?;
     samples_frame(&scored)?.write_parquet(&dir.join("samples.parquet"))?;
     Ok(report)
+}
+
+/// What the evaluated weights are, so an eval dir never resumes with other weights: a run's
+/// checkpoint step and weights hash, else the model file's (or dir's) hash; `null` for a student
+/// built in code, which has no file.
+fn weights_identity(student: &Student) -> Result<serde_json::Value> {
+    let run = RunDir::new(&student.source);
+    let ckpt = run.checkpoint();
+    if is_real_dir(&ckpt) {
+        let sp = ckpt.join("state.json");
+        let state: TrainState = serde_json::from_str(&read_text(&sp)?).map_err(|e| Error::data(&sp, e.to_string()))?;
+        let weights = hash_file(&ckpt.join("model.safetensors"))?;
+        return Ok(serde_json::json!({"step": state.step, "sha256": weights.sha256}));
+    }
+    if student.source.exists() {
+        return Ok(serde_json::json!({"sha256": hash_file(&student.source)?.sha256}));
+    }
+    Ok(serde_json::Value::Null)
+}
+
+/// Which questions the eval dir holds: their count and a hash of every (id, question, gold), so
+/// another subset, limit or `arith` seed never appends to this one.
+fn examples_identity(ds: &Dataset) -> serde_json::Value {
+    let h = ds.examples.iter().fold(crate::rng::FNV_OFFSET, |h, e| {
+        crate::rng::fnv1a(h, e.id.bytes().chain([0]).chain(e.question.bytes()).chain([0]).chain(e.answer.bytes()).chain([1]))
+    });
+    serde_json::json!({"n": ds.examples.len(), "fnv1a": format!("{h:016x}")})
 }
 
 fn samples_frame(s: &[&Sample]) -> Result<Frame> {

@@ -226,6 +226,6 @@ impl Chart {
     }
 
     pub fn write_html(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_html()).map_err(|e| Error::io(path, e))
+        crate::paths::write(path, self.to_html().as_bytes())
     }
 }

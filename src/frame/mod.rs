@@ -335,30 +335,28 @@ impl Frame {
     }
 
     pub fn write_csv(&self, path: &Path) -> Result<()> {
-        let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut f = crate::paths::create(path)?;
         let mut df = self.0.clone();
         CsvWriter::new(&mut f).finish(&mut df).frame_ctx(format!("writing {}", path.display()))
     }
 
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        let f = File::create(path).map_err(|e| Error::io(path, e))?;
+        let f = crate::paths::create(path)?;
         let mut df = self.0.clone();
         ParquetWriter::new(f).finish(&mut df).frame_ctx(format!("writing {}", path.display()))?;
         Ok(())
     }
 
     pub fn read_csv(path: &Path) -> Result<Frame> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::data(path, "file not found"));
         }
-        let read = CsvReadOptions::default()
-            .with_has_header(true)
-            .try_into_reader_with_file_path(Some(path.to_path_buf()))
-            .and_then(|r| r.finish());
+        let f = open_checked(path)?;
+        let read = CsvReadOptions::default().with_has_header(true).into_reader_with_file_handle(f).finish();
         match read {
             Ok(df) => Ok(Frame(df)),
             // polars does not say which row is ragged; find it, so the user can fix that line.
-            Err(e) => match std::fs::read_to_string(path).ok().and_then(|t| ragged_csv_row(&t)) {
+            Err(e) => match crate::paths::read_text(path).ok().and_then(|t| ragged_csv_row(&t)) {
                 Some((line, got, want)) => {
                     Err(Error::data(path, format!("line {line}: {got} fields, the header has {want} (a missing or extra comma, or an unquoted comma in a value?)")))
                 }
@@ -371,7 +369,7 @@ impl Frame {
     /// A column is integer if every value is, float if every value is a number, bool or string
     /// likewise; nested values and mixed columns become JSON text; missing keys are nulls.
     pub fn read_jsonl(path: &Path) -> Result<Frame> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::paths::read_text(path)?;
         // A byte-order mark some editors write is not part of the first object.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         if text.trim().is_empty() {
@@ -429,10 +427,19 @@ impl Frame {
     }
 
     pub fn read_parquet(path: &Path) -> Result<Frame> {
-        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let f = open_checked(path)?;
         let df = ParquetReader::new(f).finish().frame_ctx(format!("reading {}", path.display()))?;
         Ok(Frame(df))
     }
+}
+
+/// A regular file within the path policy's size cap, opened for a polars reader.
+fn open_checked(path: &Path) -> Result<File> {
+    let (f, len) = crate::paths::open_regular(path)?;
+    if len > crate::paths::MAX_READ_BYTES {
+        return Err(Error::data(path, format!("is {len} bytes, more than cotlab reads into memory ({} bytes): split it", crate::paths::MAX_READ_BYTES)));
+    }
+    Ok(f)
 }
 
 impl std::fmt::Display for Frame {

@@ -128,6 +128,7 @@ impl Workspace {
             let as_run = if direct.exists() { direct.clone() } else { self.runs_dir.join(spec) };
             if as_run.join("checkpoint").is_dir() {
                 let dir = self.find_run(spec)?;
+                self.base_models_readable(&dir)?;
                 let mut s = crate::train::export::load_run_on(&dir, &dev)?;
                 s.model.set_compute_dtype(dtype)?;
                 if let Some(t) = &opts.template {
@@ -136,14 +137,36 @@ impl Workspace {
                 return Ok(s);
             }
             // A typo gets "model not found" from `resolve`; an existing file outside the read
-            // roots is refused.
+            // roots is refused, and what loads is the path that was checked (named as given).
             if direct.exists() {
-                self.readable(&direct, "student")?;
+                let real = self.readable(&direct, "student")?;
+                let mut s = Student::load_with(&real, &dev, opts.template.as_deref())?;
+                s.source = direct;
+                s.model.set_compute_dtype(dtype)?;
+                return Ok(s);
             }
         }
         let mut s = Student::load_with(&resolve(spec)?, &dev, opts.template.as_deref())?;
         s.model.set_compute_dtype(dtype)?;
         Ok(s)
+    }
+
+    /// The models a run dir was trained from (its config's `model`, and that run's, …) must be
+    /// readable too: a run dir's config names a path that loading it opens.
+    fn base_models_readable(&self, run_dir: &Path) -> Result<()> {
+        let mut dir = run_dir.to_path_buf();
+        for _ in 0..64 {
+            let base = crate::train::export::run_base_model(&dir)?;
+            if base == "default" || base.starts_with("hf:") {
+                return Ok(());
+            }
+            let base = self.readable(Path::new(&base), "student (the base model of a run)")?;
+            if !base.join("checkpoint").is_dir() {
+                return Ok(());
+            }
+            dir = base;
+        }
+        Err(Error::data(run_dir, "its base model chain is longer than 64 runs (a loop of runs?)"))
     }
 
     /// A teacher: `openai` (an OpenAI-compatible endpoint), `local` (a student as teacher),

@@ -5,68 +5,20 @@
 //! * **reads** by path (`read_csv`, `score_predictions`, a model spec that is a path, …) are
 //!   allowed only under the read roots: the data dir, the runs dir, the output dir, the cotlab
 //!   home (`$COTLAB_HOME`: the default student, caches) and any dir the user adds
-//!   (`cotlab run --allow-read DIR`). Paths are resolved (symlinks and `..` included) before
-//!   the check, so a link inside a root cannot point outside it.
+//!   (`cotlab run --allow-read DIR`). A path is resolved as the kernel will open it (each link
+//!   where it stands, then `..`: see [`crate::paths::real_path`]), checked, and that resolved
+//!   path is what the reader opens; a dir's links inside it are checked too. So no link inside
+//!   a root, with or without `..` after it, reads outside the roots.
 //!
 //! The Rust API and the CLI's own arguments are trusted: they use [`Access::Open`].
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::usage;
 
-/// A run or eval name: a relative path under the runs dir, made of parts of letters, digits,
-/// `.`, `_`, `-` (no part starting with `.`), joined by `/`. Validated once, so every dir a
-/// script names stays inside the runs dir.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RunName(String);
-
-impl RunName {
-    pub const MAX_LEN: usize = 200;
-
-    pub fn new(name: &str) -> Result<RunName> {
-        let bad = |why: &str| {
-            usage!(
-                "run name '{name}' is not allowed: {why}; a run name is a relative path under the runs dir \
-                 made of letters, digits, '.', '_' and '-' (e.g. \"svamp-l3\" or \"sweep/level-3\")"
-            )
-        };
-        if name.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        if name.len() > Self::MAX_LEN {
-            return Err(bad(&format!("it is longer than {} bytes", Self::MAX_LEN)));
-        }
-        if name.starts_with('/') || name.starts_with('\\') {
-            return Err(bad("it is an absolute path"));
-        }
-        for part in name.split('/') {
-            if part.is_empty() {
-                return Err(bad("it has an empty part ('//' or a trailing '/')"));
-            }
-            if part == ".." || part == "." {
-                return Err(bad("it has a '.' or '..' part"));
-            }
-            if part.starts_with('.') {
-                return Err(bad("a part starts with '.'"));
-            }
-            if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-                return Err(bad(&format!("it contains {c:?}")));
-            }
-        }
-        Ok(RunName(name.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RunName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::paths::{absolute, RunName};
+use crate::paths::{is_real_dir, real_path};
 
 /// Who is asking: a script (checked against the roots) or trusted code (CLI arguments, Rust).
 #[derive(Clone, Debug)]
@@ -75,72 +27,74 @@ pub enum Access {
     Sandboxed { read_roots: Vec<PathBuf> },
 }
 
-/// An absolute, lexically normalised path (no `.`/`..`), without touching the disk.
-pub fn absolute(p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// The path with every existing ancestor's symlinks resolved (the missing tail kept as is), so
-/// a dir that does not exist yet can still be checked against a root.
-pub fn resolved(p: &Path) -> PathBuf {
-    let abs = absolute(p);
-    let mut existing = abs.as_path();
-    let mut tail = Vec::new();
-    loop {
-        if let Ok(c) = existing.canonicalize() {
-            let mut out = c;
-            for part in tail.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                tail.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
-
 impl Access {
     pub fn sandboxed(roots: impl IntoIterator<Item = PathBuf>) -> Access {
-        Access::Sandboxed { read_roots: roots.into_iter().map(|r| resolved(&r)).collect() }
+        Access::Sandboxed { read_roots: roots.into_iter().map(|r| real_path(&r).unwrap_or_else(|_| absolute(&r))).collect() }
     }
 
-    /// `path` if this caller may read it; `what` names the reader in the error.
+    /// The path a reader must open for `path`, if this caller may read it; `what` names the
+    /// reader in the error. Sandboxed: the real path (links and `..` resolved as the kernel
+    /// does), checked against the roots; a dir's links inside it must stay inside the roots
+    /// too (a run or model dir is read file by file). Trusted: `path` as given.
     pub fn readable(&self, path: &Path, what: &str) -> Result<PathBuf> {
         let Access::Sandboxed { read_roots } = self else { return Ok(path.to_path_buf()) };
-        let real = resolved(path);
-        if read_roots.iter().any(|r| real.starts_with(r)) {
-            return Ok(path.to_path_buf());
+        let real = real_path(path)?;
+        if !within(read_roots, &real) {
+            return Err(outside_roots(read_roots, path, what));
         }
-        let roots: Vec<String> = read_roots.iter().map(|r| r.display().to_string()).collect();
-        Err(usage!(
-            "{what}: '{}' is outside the dirs a script may read ({}); move the file there or allow its dir with `cotlab run --allow-read DIR`",
-            path.display(),
-            roots.join(", ")
-        ))
+        if is_real_dir(&real) {
+            links_stay_within(read_roots, &real, what)?;
+        }
+        Ok(real)
     }
 }
 
-/// `root/name`, checked to stay inside `root` after symlinks are resolved (a link planted inside
-/// the runs dir must not redirect writes elsewhere).
+fn within(roots: &[PathBuf], real: &Path) -> bool {
+    roots.iter().any(|r| real.starts_with(r))
+}
+
+fn outside_roots(roots: &[PathBuf], path: &Path, what: &str) -> Error {
+    let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    usage!(
+        "{what}: '{}' is outside the dirs a script may read ({}); move the file there or allow its dir with `cotlab run --allow-read DIR`",
+        path.display(),
+        roots.join(", ")
+    )
+}
+
+/// Dir entries a readable dir may hold before the link check gives up.
+const MAX_CHECKED_ENTRIES: usize = 200_000;
+
+/// Every link under `dir` (walked without following links) leads inside the roots.
+fn links_stay_within(roots: &[PathBuf], dir: &Path, what: &str) -> Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+            let entry = entry.map_err(|e| Error::io(&d, e))?;
+            seen += 1;
+            if seen > MAX_CHECKED_ENTRIES {
+                return Err(usage!("{what}: '{}' holds more than {MAX_CHECKED_ENTRIES} entries: give a smaller dir", dir.display()));
+            }
+            let Ok(t) = entry.file_type() else { continue };
+            if t.is_symlink() {
+                let real = real_path(&entry.path())?;
+                if !within(roots, &real) {
+                    return Err(outside_roots(roots, &entry.path(), what));
+                }
+            } else if t.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `root/name`, checked to stay inside `root` with every link on the way resolved (a link or a
+/// dangling link planted inside the runs dir must not redirect writes elsewhere).
 pub fn inside(root: &Path, name: &RunName) -> Result<PathBuf> {
     let p = root.join(name.as_str());
-    let (real_root, real) = (resolved(root), resolved(&p));
+    let (real_root, real) = (real_path(root)?, real_path(&p)?);
     if !real.starts_with(&real_root) {
         return Err(Error::data(&p, format!("resolves to {}, outside {} (a symlink?): refusing to write there", real.display(), real_root.display())));
     }
@@ -150,30 +104,6 @@ pub fn inside(root: &Path, name: &RunName) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_names() {
-        for ok in ["svamp-l3", "sweep/level-3", "a.b_c-1", "x/y/z"] {
-            assert_eq!(RunName::new(ok).unwrap().as_str(), ok);
-        }
-        for (bad, why) in [
-            ("", "empty"),
-            ("..", "'..'"),
-            ("../x", "'..'"),
-            ("a/../../x", "'..'"),
-            ("/etc", "absolute"),
-            ("a//b", "empty part"),
-            ("a/", "empty part"),
-            (".incomplete", "starts with '.'"),
-            ("a b", "' '"),
-            ("a\\b", "'\\\\'"),
-            ("a\0b", "'\\0'"),
-        ] {
-            let e = RunName::new(bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-        }
-        assert!(RunName::new(&"x".repeat(201)).is_err());
-    }
 
     #[test]
     fn reads_are_confined_to_the_roots() {
@@ -196,6 +126,30 @@ mod tests {
         assert!(Access::Open.readable(Path::new("/etc/passwd"), "x").is_ok());
     }
 
+    /// The round-3 escape: a link to a dir inside a root, then `..` out of it.
+    #[test]
+    fn a_link_plus_dotdot_reads_nothing_outside() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        let runs = base.join("runs");
+        std::fs::create_dir_all(runs.join("a/deep/x")).unwrap();
+        std::fs::create_dir_all(base.join("secret")).unwrap();
+        std::fs::write(base.join("secret/key.txt"), "k").unwrap();
+        std::os::unix::fs::symlink(runs.join("a/deep/x"), runs.join("a/share")).unwrap();
+        let a = Access::sandboxed([runs.clone()]);
+        // share/.. is runs/a/deep: still inside, and that is the path handed back.
+        assert_eq!(a.readable(&runs.join("a/share/../x"), "read_csv").unwrap(), runs.join("a/deep/x"));
+        for escape in ["a/share/../../../../etc/hostname", "a/share/../../../../secret/key.txt", "a/share/../../../../secret"] {
+            let e = a.readable(&runs.join(escape), "read_csv").unwrap_err().to_string();
+            assert!(e.contains("outside the dirs a script may read"), "{escape}: {e}");
+        }
+        // A dir that is readable itself but holds a link out (a planted model or run dir).
+        std::fs::create_dir_all(runs.join("run1/checkpoint")).unwrap();
+        std::os::unix::fs::symlink(base.join("secret/key.txt"), runs.join("run1/checkpoint/model.safetensors")).unwrap();
+        let e = a.readable(&runs.join("run1"), "student").unwrap_err().to_string();
+        assert!(e.contains("model.safetensors") && e.contains("outside"), "{e}");
+    }
+
     #[test]
     fn writes_stay_inside_even_through_symlinks() {
         let d = tempfile::tempdir().unwrap();
@@ -208,6 +162,10 @@ mod tests {
             std::fs::create_dir_all(&outside).unwrap();
             std::os::unix::fs::symlink(&outside, runs.join("evil")).unwrap();
             let e = inside(&runs, &RunName::new("evil/x").unwrap()).unwrap_err().to_string();
+            assert!(e.contains("outside"), "{e}");
+            // A dangling link named as a cache file: its target is outside.
+            std::os::unix::fs::symlink(d.path().join("nowhere/cache.jsonl"), runs.join("cache.jsonl")).unwrap();
+            let e = inside(&runs, &RunName::new("cache.jsonl").unwrap()).unwrap_err().to_string();
             assert!(e.contains("outside"), "{e}");
         }
     }

@@ -81,7 +81,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut f, _) = crate::paths::open_regular(path)?;
     let content = Content::read(&mut f)
         .map_err(|e| Error::data(path, format!("not a readable GGUF file ({}); is it truncated or corrupt?", crate::error::candle_message(&e))))?;
     let arch = meta(&content, path, "general.architecture")?.to_string().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.clone();

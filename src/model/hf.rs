@@ -44,7 +44,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
 }
 
 fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> Option<ChatTemplate> {
-    let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let cfg = crate::paths::read_text(&dir.join("tokenizer_config.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     let jinja = cfg.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()).unwrap_or("");
     let eos = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(|v| v.as_str()).map(str::to_string);
     let eos = eos.or_else(|| tok.id_to_token(2)).unwrap_or_else(|| "</s>".into());
@@ -53,7 +53,7 @@ fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> Option<ChatTemp
 
 /// The config.json of an HF model dir, in cotlab's terms (family, rope scaling, defaults).
 pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
-    let text = std::fs::read_to_string(cfg_path).map_err(|e| Error::io(cfg_path, e))?;
+    let text = crate::paths::read_text(cfg_path)?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::data(cfg_path, format!("line {}: {e}", e.line())))?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();

@@ -6,7 +6,11 @@
 //! * One run at a time per output dir `O`: the run holds `O.lock` (created exclusively, next to
 //!   `O`, holding the pid); a lock left by a dead process is taken over.
 //! * Staging: `O/.incomplete-<pid>-<nanos>/`, unique per run; it survives a failed run for
-//!   inspection.
+//!   inspection if the run wrote anything (an empty one is removed).
+//! * Names are checked when given: a name that runs through a file already written (or
+//!   `run.json`) is refused then, not at publish.
+//! * Inputs stay apart ([`check_apart`]): no input is inside `O`, and `O` is not inside the data
+//!   or runs dir, checked before any work.
 //! * Publishing: `run.json` is written into the staging folder, which is moved out beside `O`,
 //!   the old `O` is moved aside, the new dir is renamed to `O`, and the old one deleted (without
 //!   following any symlink in it). Nothing is ever written through the old `O`.
@@ -94,6 +98,32 @@ fn check_replaceable(root: &Path) -> Result<()> {
     }
 }
 
+/// Check, before any work, that publishing `out` cannot delete an input: no input (`--runs`,
+/// `--data-dir`, `--allow-read` dirs, the script) is `out` or inside it, and `out` is not the
+/// data or runs dir or inside them (`inputs` names each as its flag: `("--runs", path)`).
+pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let real_out = crate::paths::real_path(out)?;
+    for (flag, p) in inputs {
+        let real = crate::paths::real_path(p)?;
+        if real.starts_with(&real_out) {
+            return Err(usage!(
+                "{flag} {} is inside the output dir {}: publishing replaces the output dir as a whole and would delete it; give an --out outside it",
+                p.display(),
+                out.display()
+            ));
+        }
+        if matches!(*flag, "--runs" | "--data-dir") && real_out.starts_with(&real) {
+            return Err(usage!(
+                "the output dir {} is inside {flag} {}: publishing replaces it as a whole, which must not happen inside the {}; give an --out outside it",
+                out.display(),
+                p.display(),
+                if *flag == "--runs" { "runs dir" } else { "data dir" }
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl OutputDir {
     /// Take the output dir's lock, check the dir may be replaced, and make this run's staging
     /// folder. Fails with "another cotlab run is writing O (pid N)" while another run holds it.
@@ -130,6 +160,7 @@ impl OutputDir {
         if name == MANIFEST {
             return Err(usage!("output name '{name}' is not allowed: {MANIFEST} is the run's manifest, written by cotlab; choose another name"));
         }
+        self.check_fits(name)?;
         let p = self.staging.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -139,6 +170,27 @@ impl OutputDir {
             w.push(name.to_string());
         }
         Ok(p)
+    }
+
+    /// `name` fits beside what the run wrote: no part of it is the manifest or a file already
+    /// written, and it is not a dir that other names were written into. Checked when the name
+    /// is given, so the call fails, not the publish at the end.
+    fn check_fits(&self, name: &str) -> Result<()> {
+        let parts: Vec<&str> = name.split('/').collect();
+        for k in 1..parts.len() {
+            let prefix = parts[..k].join("/");
+            let taken = (k == 1 && prefix == MANIFEST) || self.staging.join(&prefix).symlink_metadata().is_ok_and(|m| !m.is_dir());
+            if taken {
+                return Err(usage!(
+                    "output name '{name}' is not allowed: '{prefix}' is {}, so it cannot be a dir; choose another name",
+                    if prefix == MANIFEST { "the run's manifest" } else { "a file this run already wrote" }
+                ));
+            }
+        }
+        if self.staging.join(name).symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(usage!("output name '{name}' is not allowed: this run already wrote files into '{name}/'; choose another name"));
+        }
+        Ok(())
     }
 
     /// Publish: write `run.json` (what ran, with which settings, which files it produced) into
@@ -187,6 +239,14 @@ impl OutputDir {
 
     pub fn has_staged_files(&self) -> bool {
         !self.written.lock().unwrap().is_empty()
+    }
+}
+
+impl Drop for OutputDir {
+    /// A run that wrote nothing leaves no staging folder behind (one with files stays, for
+    /// inspection; a published one was moved away).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.staging);
     }
 }
 

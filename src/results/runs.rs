@@ -7,6 +7,9 @@
 //! * an eval dir: `results.json` (+ `eval_config.json`);
 //! * a training run: `config.json` + `train_log.jsonl` (the last step's loss);
 //! * any other dir: the dirs inside it, in name order.
+//!
+//! The walk follows no link (a link inside a runs dir is neither entered nor read), and point
+//! names read from `sweep.json` are checked as [`RunName`]s, so it never leaves the dirs given.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::frame::{Cell, ColumnData, Frame};
+use crate::paths::{is_real_dir, is_real_file, subdirs, RunName};
 use crate::usage;
 
 /// A sweep point's record, complete (`point.json`) or failed (`failed.json`).
@@ -53,7 +57,7 @@ struct Row {
 }
 
 fn read_json(p: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    let text = crate::paths::read_text(p)?;
     serde_json::from_str(&text).map_err(|e| Error::data(p, format!("not valid JSON ({e})")))
 }
 
@@ -95,13 +99,17 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         return Err(Error::data(path, "not a dir: give a runs dir, a sweep dir, a point, run or eval dir"));
     }
     let sweep = path.join(SWEEP_FILE);
-    if sweep.is_file() {
+    if is_real_file(&sweep) {
         let v = read_json(&sweep)?;
         let points = v["points"].as_array().ok_or_else(|| Error::data(&sweep, "no 'points' list"))?;
-        for p in points {
+        for (i, p) in points.iter().enumerate() {
             let name = p["point"].as_str().unwrap_or_default();
+            // A name read back from disk is checked like one a script gives: `../../x` stays out.
+            if !name.is_empty() {
+                RunName::new(name).map_err(|e| Error::data(&sweep, format!("point {i}: {e}")))?;
+            }
             let dir = path.join(name);
-            if !name.is_empty() && (dir.join(POINT_FILE).is_file() || dir.join(FAILED_FILE).is_file()) {
+            if !name.is_empty() && is_real_dir(&dir) && (is_real_file(&dir.join(POINT_FILE)) || is_real_file(&dir.join(FAILED_FILE))) {
                 collect(&dir, rows)?;
             } else {
                 rows.push(point_row(p, (!name.is_empty()).then_some(dir.as_path())));
@@ -110,17 +118,17 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         return Ok(());
     }
     for f in [POINT_FILE, FAILED_FILE] {
-        if path.join(f).is_file() {
+        if is_real_file(&path.join(f)) {
             rows.push(point_row(&read_json(&path.join(f))?, Some(path)));
             return Ok(());
         }
     }
-    if path.join("results.json").is_file() {
+    if is_real_file(&path.join("results.json")) {
         let res = read_json(&path.join("results.json"))?;
         let mut r = Row::default();
         r.meta.insert("status".into(), "done".into());
         r.meta.insert("dir".into(), path.display().to_string().into());
-        if path.join("eval_config.json").is_file() {
+        if is_real_file(&path.join("eval_config.json")) {
             flatten("", &read_json(&path.join("eval_config.json"))?, &mut r.config);
             r.config.remove("template");
         }
@@ -131,14 +139,15 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         rows.push(r);
         return Ok(());
     }
-    if path.join("config.json").is_file() && path.join("train_log.jsonl").is_file() {
+    if is_real_file(&path.join("config.json")) && is_real_file(&path.join("train_log.jsonl")) {
         let mut r = Row::default();
         r.meta.insert("dir".into(), path.display().to_string().into());
         flatten("", &read_json(&path.join("config.json"))?, &mut r.config);
         r.config.remove("template");
-        let log = std::fs::read_to_string(path.join("train_log.jsonl")).map_err(|e| Error::io(path, e))?;
+        let log = crate::paths::read_text(&path.join("train_log.jsonl"))?;
         let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let total = std::fs::read_to_string(path.join("checkpoint/state.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let state = path.join("checkpoint/state.json");
+        let total = is_real_dir(&path.join("checkpoint")).then(|| crate::paths::read_text(&state).ok()).flatten().and_then(|t| serde_json::from_str::<Value>(&t).ok());
         let done = total.as_ref().is_some_and(|s| s["step"] == s["total_steps"]);
         r.meta.insert("status".into(), (if done { "done" } else { "incomplete" }).into());
         r.metrics.insert("train_steps".into(), lines.last().map(|l| l["step"].clone()).unwrap_or(Value::Null));
@@ -148,13 +157,8 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         rows.push(r);
         return Ok(());
     }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .collect();
-    subdirs.sort();
-    for d in subdirs {
+    // Links are not followed: a runs dir's walk stays in it and cannot loop.
+    for d in subdirs(path)? {
         // A checkpoint or other plain dir inside holds no rows; skip what is not a result.
         if d.file_name().is_some_and(|n| n == "checkpoint" || n == "checkpoint.tmp" || n == "checkpoint.old") {
             continue;
@@ -345,6 +349,37 @@ mod tests {
             "metrics": {"accuracy": acc, "ci95_low": acc - 0.1, "ci95_high": acc + 0.1, "n": 10},
         });
         std::fs::write(d.join(if status == "done" { POINT_FILE } else { FAILED_FILE }), v.to_string()).unwrap();
+    }
+
+    /// Round 3: names read back from `sweep.json` and links inside a runs dir cannot lead the walk
+    /// outside the dirs given, nor make it loop.
+    #[test]
+    fn the_walk_stays_in_the_dirs_given() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join(POINT_FILE), r#"{"status": "done", "point": "stolen", "metrics": {"accuracy": 1.0}}"#).unwrap();
+        let sweep = d.path().join("runs/sw");
+        std::fs::create_dir_all(&sweep).unwrap();
+        for bad in ["../../outside", "/etc", "a/../../../outside"] {
+            let v = serde_json::json!({"points": [{"point": bad, "status": "done", "index": 0}]});
+            std::fs::write(sweep.join(SWEEP_FILE), v.to_string()).unwrap();
+            let e = load_runs(&[sweep.clone()]).unwrap_err().to_string();
+            assert!(e.contains("point 0") && e.contains("not allowed"), "{bad}: {e}");
+        }
+        // A point that is a link out gives the sweep's own row for it, never the linked record.
+        std::os::unix::fs::symlink(&outside, sweep.join("p0")).unwrap();
+        std::fs::write(sweep.join(SWEEP_FILE), serde_json::json!({"points": [{"point": "p0", "status": "pending", "index": 0}]}).to_string()).unwrap();
+        let f = load_runs(&[sweep.clone()]).unwrap();
+        assert!(matches!(&f.column_cells("status").unwrap()[..], [Cell::Str(s)] if s == "pending"));
+        // Two links back to their own dir: the walk neither follows them nor explodes.
+        let loops = d.path().join("runs/loops");
+        std::fs::create_dir_all(loops.join("ev")).unwrap();
+        std::fs::write(loops.join("ev/results.json"), r#"{"accuracy": 0.5, "n": 2}"#).unwrap();
+        std::os::unix::fs::symlink(&loops, loops.join("a")).unwrap();
+        std::os::unix::fs::symlink(&loops, loops.join("b")).unwrap();
+        std::os::unix::fs::symlink(&outside, loops.join("c")).unwrap();
+        assert_eq!(load_runs(&[loops]).unwrap().height(), 1);
     }
 
     #[test]

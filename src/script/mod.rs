@@ -173,7 +173,7 @@ impl Runner {
 
     pub fn compile(&self, engine: &Engine, file: &Path) -> Result<AST> {
         let name = file.display().to_string();
-        let src = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let src = crate::paths::read_text(file)?;
         engine.compile(&src).map_err(|e| {
             let err: EvalAltResult = e.into();
             Error::Script(format_error(&name, &err))

@@ -112,9 +112,9 @@ pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
 }
 
 /// The model a run started from (its config's `model`).
-fn run_base_model(run_dir: &Path) -> Result<String> {
+pub fn run_base_model(run_dir: &Path) -> Result<String> {
     let cfg_path = run_dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+    let cfg: serde_json::Value = serde_json::from_str(&crate::paths::read_text(&cfg_path)?)
         .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
     cfg["model"].as_str().map(str::to_string).ok_or_else(|| Error::data(&cfg_path, "no 'model' entry"))
 }
@@ -129,7 +129,7 @@ pub fn load_run(run_dir: &Path) -> Result<Student> {
 pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
     let run = RunDir::new(run_dir);
     let cfg_path = run_dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+    let cfg: serde_json::Value = serde_json::from_str(&crate::paths::read_text(&cfg_path)?)
         .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
     let model = run_base_model(run_dir)?;
     let model = model.as_str();

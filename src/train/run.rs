@@ -60,7 +60,8 @@ impl RunDir {
 
     pub fn save(&self, params: &[(&String, &Var)], opt: &AdamW, state: &TrainState) -> Result<()> {
         let tmp = self.path.join("checkpoint.tmp");
-        if tmp.exists() {
+        // A link at the temporary dir's name is removed itself, never followed.
+        if std::fs::symlink_metadata(&tmp).is_ok() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -76,7 +77,7 @@ impl RunDir {
         let op = tmp.join("optimizer.safetensors");
         candle_core::safetensors::save(&moments, &op).map_err(ce(&op))?;
         let sp = tmp.join("state.json");
-        std::fs::write(&sp, serde_json::to_string_pretty(state).unwrap()).map_err(|e| Error::io(&sp, e))?;
+        crate::paths::write(&sp, serde_json::to_string_pretty(state).unwrap().as_bytes())?;
         let dst = self.checkpoint();
         let old = self.path.join("checkpoint.old");
         if dst.exists() {
@@ -95,7 +96,7 @@ impl RunDir {
     pub fn drop_optimizer_state(&self) -> Result<u64> {
         let dir = self.checkpoint();
         let sp = dir.join("state.json");
-        let Ok(text) = std::fs::read_to_string(&sp) else { return Ok(0) };
+        let Ok(text) = crate::paths::read_text(&sp) else { return Ok(0) };
         let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::data(&sp, e.to_string()))?;
         let op = dir.join("optimizer.safetensors");
         if state.step < state.total_steps || !op.exists() {
@@ -110,7 +111,7 @@ impl RunDir {
     pub fn load(&self, params: &[(&String, &Var)], opt: &mut AdamW, device: &Device) -> Result<TrainState> {
         let dir = self.checkpoint();
         let sp = dir.join("state.json");
-        let state: TrainState = serde_json::from_str(&std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?)
+        let state: TrainState = serde_json::from_str(&crate::paths::read_text(&sp)?)
             .map_err(|e| Error::data(&sp, e.to_string()))?;
         let wp = dir.join("model.safetensors");
         let weights = candle_core::safetensors::load(&wp, device).map_err(ce(&wp))?;

@@ -437,7 +437,7 @@ impl<'a> Trainer<'a> {
             .model_ctx("creating the optimizer")?;
         let resumable = run.init(&run_config)?;
         let tp = run.path.join("truncation.json");
-        std::fs::write(&tp, serde_json::to_string_pretty(&truncation).unwrap()).map_err(|e| crate::error::Error::io(&tp, e))?;
+        crate::paths::write(&tp, serde_json::to_string_pretty(&truncation).unwrap().as_bytes())?;
         let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
         let mut resumed_from = None;
         if resumable {
@@ -670,6 +670,8 @@ pub fn sft(
     run_config: serde_json::Value,
     stop_after: Option<usize>,
 ) -> Result<SftReport> {
+    // One trainer per run dir: two would interleave steps and checkpoints.
+    let _lock = crate::paths::DirLock::take(&run.path, "training")?;
     let mut t = Trainer::new(student, pairs, opts, run, run_config)?;
     record_provenance(student, run, opts)?;
     let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
