@@ -55,7 +55,7 @@ if [ "${1:-}" = "--prepare" ]; then
     exit 0
 fi
 # --dry-run: the same steps on the CPU at toy sizes (no GPU needed; checks this script and the
-# binaries' output here, with the stub libcuda on LD_LIBRARY_PATH, see README → CUDA).
+# binaries' output here, with the stub libcuda on LD_LIBRARY_PATH, see docs/cuda.md).
 dry=0
 case "${1:-}" in
     "") ;;

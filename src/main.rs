@@ -560,7 +560,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 match (avx2_fma(), own_kernel()) {
                     (false, _) => "this CPU lacks AVX2 + FMA: cotlab's kernel cannot run, both columns time the gemm crate",
                     (true, true) => "the training step runs on cotlab's kernel on this CPU",
-                    (true, false) => "the training step runs on the gemm crate's AVX-512 kernels on this CPU (README → Performance); cotlab's column times its own kernel",
+                    (true, false) => "the training step runs on the gemm crate's AVX-512 kernels on this CPU (docs/performance.md); cotlab's column times its own kernel",
                 }
             );
             println!("{:>13} {:>6} {:>7} {:>15} {:>15} {:>7} {:>9}", "weight shape", "count", "tokens", "cotlab GFLOP/s", "gemm GFLOP/s", "ratio", "rel. diff");

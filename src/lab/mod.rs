@@ -52,7 +52,7 @@ impl Failures {
 #[serde(default, deny_unknown_fields)]
 pub struct StudentOptions {
     /// "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when this cotlab was built with it
-    /// and a GPU is present, else the CPU with a message). See README → CUDA.
+    /// and a GPU is present, else the CPU with a message). See docs/cuda.md.
     pub device: Option<String>,
     /// The compute dtype: "auto" (default: bf16 on CUDA, f32 on the CPU), "bf16" or "f32".
     /// Weights, gradients and optimizer state are f32 either way (mixed precision).
@@ -170,7 +170,7 @@ impl Workspace {
     }
 
     /// A teacher: `openai` (an OpenAI-compatible endpoint), `local` (a student as teacher),
-    /// `replay` (the release's rationales). Options as in README → Teachers.
+    /// `replay` (the release's rationales). Options as in docs/script-api.md → Teachers.
     pub fn teacher(&self, spec: TeacherSpec) -> Result<Teacher> {
         let cache = |name: &Option<String>| -> Result<Option<Arc<Cache>>> { Ok(Some(Arc::new(Cache::open(&self.teacher_cache(name.as_deref())?)?))) };
         Ok(match spec {

@@ -209,8 +209,8 @@ pub fn avx2_fma() -> bool {
 /// AVX-512, where the `gemm` crate's 512-bit kernels keep the work. On Zen 5 they took full
 /// fine-tuning from 171 to 243 tokens/s over its 256-bit ones; on Zen 4, which runs a 512-bit
 /// FMA as two 256-bit halves, this tile kept up with them product for product (`cotlab bench
-/// gemm`: 1.01–1.02× the step's mix) but the SFT job ran 6–7 % slower on it (README →
-/// Performance).
+/// gemm`: 1.01–1.02× the step's mix) but the SFT job ran 6–7 % slower on it
+/// (docs/performance.md).
 pub fn own_kernel() -> bool {
     avx2_fma() && !avx512()
 }
