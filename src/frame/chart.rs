@@ -10,7 +10,7 @@ use plotly::{Bar, HeatMap, Plot, Scatter};
 use serde_json::Value;
 
 use super::{Cell, Frame};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::usage;
 
 #[derive(Clone, Debug, Default)]

@@ -6,7 +6,6 @@
 //! standard half-split rope.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
