@@ -387,6 +387,8 @@ pub struct Trainer<'a> {
     losses: Vec<f64>,
     tokens_this_run: u64,
     started: Instant,
+    /// The run dir's lock, held as long as the trainer.
+    _lock: crate::paths::DirLock,
     /// When the first step of this invocation began (throughput and ETA are measured from it).
     loop_start: Option<Instant>,
 }
@@ -435,6 +437,9 @@ impl<'a> Trainer<'a> {
         let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
         let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })
             .model_ctx("creating the optimizer")?;
+        // One trainer per run dir: two would interleave steps and checkpoints. Taken once the
+        // options are checked (a refused run leaves no dir), before the run's state is read.
+        let lock = crate::paths::DirLock::take(&run.path, "training")?;
         let resumable = run.init(&run_config)?;
         let tp = run.path.join("truncation.json");
         crate::paths::write(&tp, serde_json::to_string_pretty(&truncation).unwrap().as_bytes())?;
@@ -455,6 +460,7 @@ impl<'a> Trainer<'a> {
         let step = state.step;
         log.retain(|line| line["step"].as_u64().is_some_and(|s| s as usize <= step))?;
         Ok(Trainer {
+            _lock: lock,
             base: student,
             lora,
             opts,
@@ -670,8 +676,6 @@ pub fn sft(
     run_config: serde_json::Value,
     stop_after: Option<usize>,
 ) -> Result<SftReport> {
-    // One trainer per run dir: two would interleave steps and checkpoints.
-    let _lock = crate::paths::DirLock::take(&run.path, "training")?;
     let mut t = Trainer::new(student, pairs, opts, run, run_config)?;
     record_provenance(student, run, opts)?;
     let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
