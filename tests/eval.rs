@@ -192,3 +192,32 @@ fn an_eval_dir_is_identified_by_its_weights_and_questions() {
     assert!(e.contains("another cotlab process") && e.contains("evaluating into"), "{e}");
     drop(held);
 }
+
+/// Round 3, class 8: two `cotlab eval` processes on one eval dir never double-count: the second
+/// waits for nothing and fails at once on the dir's lock, or (if the first is done) resumes.
+#[test]
+fn two_evaluations_at_once_count_each_question_once() {
+    require!(Data, Model);
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("ev");
+    let eval = || {
+        common::cotlab()
+            .args(["eval", "--task", "svamp", "--limit", "4", "--max-new-tokens", "24", "--batch-size", "1", "--out"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (eval(), eval());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert!(ok >= 1, "{}\n{}", err(&a), err(&b));
+    for o in [&a, &b] {
+        assert!(o.status.success() || err(o).contains("another cotlab process"), "{}", err(o));
+    }
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["n"], 4);
+    assert_eq!(std::fs::read_to_string(dir.join("samples.jsonl")).unwrap().lines().count(), 4);
+}
