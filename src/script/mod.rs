@@ -167,14 +167,16 @@ pub fn format_error(file: &str, err: &EvalAltResult) -> String {
 }
 
 /// Whether `msg` is a type error that mentions `v`: Rhai's by its type ("Function not found: f
-/// (string, i64)", "Data type incorrect"), serde's from an options map by type and value
+/// (ImmutableString, i64)", "Data type incorrect"), serde's from an options map by type and value
 /// ("invalid type: string \"abc\"").
 fn type_error_mentions(msg: &str, v: &Dynamic) -> bool {
-    let (rhai, serde) = match v.type_name() {
-        "i64" => ("i64", format!("integer `{v}`")),
-        "f64" => ("f64", format!("floating point `{v}`")),
-        "bool" => ("bool", format!("boolean `{v}`")),
-        "string" => ("string", format!("string {:?}", v.to_string())),
+    // Rhai names a string argument "&str | ImmutableString | String" in "Function not found",
+    // "string" elsewhere.
+    let (rhai, serde): (&[&str], String) = match v.type_name() {
+        "i64" => (&["i64"], format!("integer `{v}`")),
+        "f64" => (&["f64"], format!("floating point `{v}`")),
+        "bool" => (&["bool"], format!("boolean `{v}`")),
+        "string" => (&["ImmutableString", "string"], format!("string {:?}", v.to_string())),
         _ => return false,
     };
     let rhai_type_error = ["Function not found", "Data type incorrect", "Output type incorrect"].iter().any(|m| msg.contains(m));
@@ -185,7 +187,7 @@ fn type_error_mentions(msg: &str, v: &Dynamic) -> bool {
             before && after
         })
     };
-    (rhai_type_error && word(rhai)) || msg.contains(&format!("invalid type: {serde}"))
+    (rhai_type_error && rhai.iter().any(|w| word(w))) || msg.contains(&format!("invalid type: {serde}"))
 }
 
 /// Append a note naming the `params` whose type a type error mentions: Rhai names only types,
