@@ -24,7 +24,14 @@ use cotlab::error::ModelContext;
 use cotlab::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "cotlab", version, about = "Chain-of-thought distillation workbench")]
+#[command(
+    name = "cotlab",
+    version,
+    about = "Chain-of-thought distillation workbench",
+    after_help = "Exit status: 0 on success; 1 on an error (the message says what and where; a script that fails publishes \
+                  nothing, and a sweep whose points are all invalid is such an error), or when sweep points failed or are \
+                  not complete (the outputs were published); 2 on a command-line usage error."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -191,7 +198,9 @@ struct RunArgs {
     /// Output dir for files the script writes (default: out/<script name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// key=value, visible to the script as a variable and in `params`. Repeatable.
+    /// key=value, visible to the script as a variable and in `params`. Repeatable. Unquoted
+    /// numbers and true/false are read as such; a value in double quotes is text
+    /// (--set 'id="007"' is the string "007").
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Where training runs live (default: ./runs).

@@ -6,7 +6,9 @@
 //! [`FLUSH`] bytes (an atomic add per allocation cost a third more time in allocation-heavy
 //! scripts); the shared count is therefore exact to within `FLUSH` bytes per thread. [`in_use`] is
 //! one load, cheap enough to check before every Rhai operation (see `script::engine`). Without the wrapper (the
-//! library used from a notebook or a test binary) [`in_use`] is `None` and no ceiling applies.
+//! library used from a notebook or a test binary) [`in_use`] is `None` and no ceiling applies
+//! between operations; the builtins that allocate in proportion to an argument still refuse one
+//! call larger than the ceiling (`script::limits`).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;

@@ -99,6 +99,95 @@ fn wrong_data_dir_points_to_the_fix() {
     assert!(e.contains("/nonexistent/test/svamp/SVAMP_test.json") && e.contains("--data-dir"), "{e}");
 }
 
+/// A small Llama config.json with `changes` applied (a `null` removes the key).
+fn model_config(dir: &Path, name: &str, changes: serde_json::Value) -> std::path::PathBuf {
+    let mut c = serde_json::json!({
+        "model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 128, "tie_word_embeddings": true,
+    });
+    for (k, v) in changes.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("config.json");
+    std::fs::write(&p, c.to_string()).unwrap();
+    p
+}
+
+/// The error reading `config.json` with `changes`, which must name the file.
+fn config_error(dir: &Path, changes: serde_json::Value) -> String {
+    let p = model_config(dir, "m", changes.clone());
+    let e = cotlab::model::random::config_of(p.to_str().unwrap()).err().unwrap_or_else(|| panic!("{changes}: accepted")).to_string();
+    assert!(e.contains(&p.display().to_string()), "{changes}: the file is not named: {e}");
+    e
+}
+
+/// Sizes no machine can hold are refused from the config alone, naming the file, the key and
+/// the machine's memory, before any weight is allocated (which aborted the process).
+#[test]
+fn absurd_config_sizes_are_refused_before_allocating() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    for (changes, needles) in [
+        (serde_json::json!({"num_hidden_layers": 1e9}), &["num_hidden_layers 1000000000", "of memory"][..]),
+        (serde_json::json!({"num_hidden_layers": 1000000000u64}), &["num_hidden_layers 1000000000", "of memory"]),
+        (serde_json::json!({"vocab_size": 1000000000u64, "hidden_size": 4096}), &["vocab_size 1000000000 × hidden_size 4096", "of memory"]),
+        (serde_json::json!({"hidden_size": 1u64 << 30, "intermediate_size": 1u64 << 30}), &["hidden_size", "of memory"]),
+        (serde_json::json!({"intermediate_size": 1u64 << 62}), &["intermediate_size 4611686018427387904", "overflows 64 bits"]),
+        (serde_json::json!({"hidden_size": 1u64 << 34, "num_attention_heads": 1, "num_key_value_heads": 1}), &["hidden_size 17179869184", "overflows 64 bits"]),
+        (serde_json::json!({"vocab_size": 1u64 << 40}), &["vocab_size 1099511627776", "u32"]),
+        (serde_json::json!({"num_hidden_layers": 2.5}), &["'num_hidden_layers' must be a whole number"]),
+        (serde_json::json!({"hidden_size": -64}), &["'hidden_size' must be a whole number"]),
+    ] {
+        let e = config_error(d.path(), changes.clone());
+        assert!(needles.iter().all(|n| e.contains(n)), "{changes}: {e}");
+    }
+    // `bench --random` with the 1e9 vocabulary: exit 1 with the reason, no abort.
+    let p = model_config(d.path(), "big", serde_json::json!({"vocab_size": 1e9, "hidden_size": 4096}));
+    let o = common::run(common::cotlab().args(["bench", "generate", "--batch", "1", "--new-tokens", "1", "--tokenizer", "none", "--random"]).arg(&p));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("config.json") && o.stderr.contains("vocab_size 1000000000") && o.stderr.contains("of memory"), "{}", o.stderr);
+}
+
+/// A rope base that is not a positive number made every logit NaN and every answer empty; it
+/// is refused naming the file and the key. BLOOM (ALiBi, no rope) keeps its 0.
+#[test]
+fn rope_theta_must_be_a_positive_number() {
+    let d = tempfile::tempdir().unwrap();
+    for theta in [serde_json::json!(0), serde_json::json!(-1.0), serde_json::json!(-10000)] {
+        let e = config_error(d.path(), serde_json::json!({ "rope_theta": theta }));
+        assert!(e.contains("rope_theta must be a positive number"), "{theta}: {e}");
+    }
+    let mut c = cotlab::model::random::preset("smollm2-135m").unwrap();
+    for theta in [f64::NAN, f64::INFINITY, 0.0] {
+        c.rope_theta = theta;
+        let e = c.validate().err().unwrap_or_else(|| panic!("{theta}: accepted")).to_string();
+        assert!(e.contains("rope_theta must be a positive number"), "{theta}: {e}");
+    }
+    c.family = cotlab::model::Family::Bloom;
+    assert!(c.check_values().is_ok(), "BLOOM has no rope");
+    // The neighbours: a zero epsilon, heads that do not divide, a degenerate llama3 scaling.
+    for (changes, needle) in [
+        (serde_json::json!({"rms_norm_eps": 0.0}), "rms_norm_eps must be a positive number"),
+        (serde_json::json!({"num_attention_heads": 3, "num_key_value_heads": 3}), "hidden_size 64 is not a multiple of num_attention_heads 3"),
+        (serde_json::json!({"intermediate_size": 0}), "intermediate_size is 0"),
+        (serde_json::json!({"head_dim": 0}), "head_dim is 0"),
+        (
+            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
+            "low_freq_factor < high_freq_factor",
+        ),
+    ] {
+        let e = config_error(d.path(), changes.clone());
+        assert!(e.contains(needle), "{changes}: {e}");
+    }
+}
+
 /// Numeric options out of range: a clear error naming the option and its range, never a panic,
 /// an abort or a run that starts anyway.
 #[test]

@@ -184,6 +184,52 @@ fn set_values_reach_the_script() {
     assert!(r.stderr.contains("--set expects KEY=VALUE"));
 }
 
+/// A value in double quotes stays text (`--set 'id="007"'`), unquoted numbers stay numbers, and
+/// a type error caused by a --set value names the key.
+#[test]
+fn quoted_set_values_stay_text_and_type_errors_name_the_key() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("p.rhai");
+    std::fs::write(&script, "print(`${type_of(id)} ${id}|${type_of(n)} ${n}|${type_of(x)} ${x}|${type_of(e)} [${e}]|${type_of(t)} ${t}|${type_of(q)} ${q}`);\n").unwrap();
+    let sets = ["id=\"007\"", "n=007", "x=1.5", "e=\"\"", "t=\"true\"", "q=\"a=b\""];
+    let mut c = cotlab();
+    c.arg("run").arg(&script).arg("--out").arg(d.path().join("o"));
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "string 007|i64 7|f64 1.5|string []|string true|string a=b");
+
+    for (src, set, needle) in [
+        ("let y = n * 2;\n", "n=abc", "note: `n` comes from --set and is the string \"abc\""),
+        ("print(name.to_upper());\n", "name=007", "note: `name` comes from --set and is the i64 7; to pass text that looks like one, quote it: --set 'name=\"TEXT\"'"),
+        ("let c = rationales(\"arith\", #{ level: level, n: 2 });\n", "level=abc", "note: `level` comes from --set and is the string \"abc\""),
+        ("let y = flag + [1];\n", "flag=true", "note: `flag` comes from --set and is the bool true"),
+    ] {
+        std::fs::write(&script, src).unwrap();
+        let r = run(cotlab().arg("run").arg(&script).args(["--set", set, "--set", "other=1.5", "--out"]).arg(d.path().join("o")));
+        assert_eq!(r.code, 1, "{set}: {}", r.stderr);
+        assert!(r.stderr.contains("p.rhai:1:") && r.stderr.contains(needle), "{set}: {}", r.stderr);
+        assert!(!r.stderr.contains("`other`"), "only the value the error is about: {}", r.stderr);
+    }
+    // An error that is not about a type gets no note.
+    std::fs::write(&script, "throw `no ${n}`;\n").unwrap();
+    let r = run(cotlab().arg("run").arg(&script).args(["--set", "n=abc", "--out"]).arg(d.path().join("o")));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no abc") && !r.stderr.contains("comes from --set"), "{}", r.stderr);
+}
+
+/// The exit statuses are documented where a user looks first.
+#[test]
+fn help_documents_the_exit_status() {
+    require!(Data);
+    let r = run(cotlab().arg("--help"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Exit status: 0 on success; 1 on an error") && r.stdout.contains("2 on a command-line usage error"), "{}", r.stdout);
+}
+
 #[test]
 fn quickstart_runs_on_embedded_data() {
     require!(Data, Model);

@@ -89,6 +89,61 @@ fn the_same_work_passes_under_a_higher_ceiling() {
     assert_eq!(o.stdout.trim(), "64");
 }
 
+/// A builtin that allocates in proportion to an argument checks the ceiling before allocating:
+/// one call could otherwise run far past it (or abort the process) before the check between
+/// operations. Quick, because nothing is allocated.
+#[test]
+fn allocating_builtins_check_the_ceiling_first() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    for (i, (call, needle)) in [
+        ("let s = \"x\"; s.pad(3000000000, \"y\");", "pad would allocate 2.79 GiB"),
+        ("let s = \"x\"; s.pad(3000000000, 'y');", "pad would allocate 2.79 GiB"),
+        ("let s = \"x\"; s.pad(1000000000, \"\u{e9}\");", "pad would allocate 1.86 GiB"),
+        ("let a = [1]; a.pad(1000000000, 0);", "pad would allocate 14.90 GiB"),
+        ("let a = []; a.pad(100000000, [1, 2, 3]);", "pad would allocate 5.96 GiB"),
+        ("let b = blob(3000000000);", "blob would allocate 2.79 GiB"),
+        ("let b = blob(3000000000, 7);", "blob would allocate 2.79 GiB"),
+        ("let b = blob(); b.pad(3000000000, 1);", "pad would allocate 2.79 GiB"),
+        ("let b = blob(300000000); let a = b.to_array();", "to_array would allocate 4.47 GiB"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = d.path().join(format!("o{i}"));
+        let s = script(d.path(), "alloc.rhai", &format!("df(#{{a: [1]}}).write_csv(\"a.csv\");\n{call}\n"));
+        let o = run_within(cotlab().arg("run").arg(&s).arg("--out").arg(&out).arg("--max-memory").arg("0.5"), Duration::from_secs(60));
+        assert_eq!(o.code, 1, "{call}: {}", o.stderr);
+        assert!(o.stderr.contains("alloc.rhai:2:") && o.stderr.contains(needle), "{call}: {}", o.stderr);
+        assert!(o.stderr.contains("the memory ceiling is 0.50 GiB") && o.stderr.contains("--max-memory"), "{call}: {}", o.stderr);
+        assert!(nothing_published(&out), "{call}");
+    }
+    // Without a ceiling the machine's memory is the limit.
+    let s = script(d.path(), "nolimit.rhai", "let s = \"x\"; s.pad(1000000000000000, \"y\");\n");
+    let o = run_within(cotlab().arg("run").arg(&s).arg("--out").arg(d.path().join("n")).arg("--max-memory").arg("0"), Duration::from_secs(60));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("pad would allocate") && o.stderr.contains("of memory"), "{}", o.stderr);
+}
+
+/// Under the ceiling the checked builtins give what Rhai's own do; an empty padding string
+/// (on which Rhai's own `pad` never returned) is an error.
+#[test]
+fn checked_builtins_keep_their_results() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let src = "let s = \"ab\"; s.pad(5, \"xy\"); print(s);\nlet c = \"ab\"; c.pad(4, '!'); c.pad(1, '?'); print(c);\n\
+               let a = [1]; a.pad(3, 0); a.pad(-1, 9); print(a);\nlet b = blob(2, 0x41); b.pad(3, 0x42); print(b.to_array());\n\
+               print(blob(-3).len()); print(\"h\u{e9}\".to_chars());\n";
+    let s = script(d.path(), "same.rhai", src);
+    let o = run(cotlab().arg("run").arg(&s).arg("--out").arg(d.path().join("o")).arg("--max-memory").arg("1"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().collect::<Vec<_>>(), ["abxyx", "ab!!", "[1, 0, 0]", "[65, 65, 66]", "0", "[h, \u{e9}]"]);
+    let s = script(d.path(), "empty.rhai", "let s = \"x\"; s.pad(5, \"\");\n");
+    let o = run_within(cotlab().arg("run").arg(&s).arg("--out").arg(d.path().join("e")), Duration::from_secs(60));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("the padding string is empty"), "{}", o.stderr);
+}
+
 #[test]
 fn max_memory_is_range_checked() {
     require!(Data);

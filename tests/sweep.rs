@@ -145,6 +145,46 @@ fn invalid_points_are_skipped_and_a_failing_point_fails_the_run() {
     assert!(r.code != 0 && r.stderr.contains("has no values"), "{}", r.stderr);
 }
 
+/// A sweep none of whose points can run fails the run (exit 1) before anything is written:
+/// the last published report and the sweep's `sweep.json` stay as they were.
+#[test]
+fn a_sweep_of_invalid_points_only_fails_and_keeps_the_last_report() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("allbad.rhai");
+    let report = d.path().join("out/report.csv");
+    let run_with = |sweep: &str, sets: &[&str]| {
+        std::fs::write(&script, format!("df(#{{run: [label]}}).write_csv(\"report.csv\");\n{sweep}\n")).unwrap();
+        let mut c = cotlab();
+        c.current_dir(d.path()).arg("run").arg(&script).args(["--out", "out", "--runs", "runs"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        run(&mut c)
+    };
+    let r = run_with("", &["label=first"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "run\nfirst\n");
+    for (sweep, sets, needle) in [
+        // The case: the rule teacher writes no BSM.
+        ("sweep(#{ name: \"allbad\", grid: #{ format: [\"bsm\"] }, base: #{ dataset: \"arith\", level: 1 } });", vec!["label=second"], "all 1 points are invalid"),
+        (
+            "sweep(#{ name: \"allbad\", grid: #{ level: [1, 2] }, base: #{ dataset: \"arith\", format: \"bsm\" }, include: [#{ dataset: \"nope\" }] });",
+            vec!["label=second"],
+            "all 3 points are invalid",
+        ),
+        // A --set value of the wrong type: every point invalid, the key named.
+        ("sweep(#{ name: \"allbad\", grid: #{ level: [level] }, base: #{ dataset: \"arith\" } });", vec!["label=second", "level=abc"], "note: `level` comes from --set"),
+    ] {
+        let r = run_with(sweep, &sets);
+        assert_eq!(r.code, 1, "{sweep}: {}", r.stderr);
+        assert!(r.stderr.contains("sweep 'allbad': all") && r.stderr.contains(needle), "{sweep}: {}", r.stderr);
+        assert!(r.stderr.contains("nothing was published") && !r.stderr.contains("`label`"), "{sweep}: {}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&report).unwrap(), "run\nfirst\n", "{sweep}: the last report was replaced");
+        assert!(!d.path().join("runs/allbad/sweep.json").exists(), "{sweep}");
+    }
+}
+
 #[test]
 fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     require!(Model);

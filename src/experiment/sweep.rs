@@ -3,7 +3,9 @@
 //!
 //! * **Plan first.** Every point is resolved and checked against the release catalog before
 //!   anything runs; points the release lacks (or with a bad value) are listed with the reason
-//!   and skipped. An unknown grid key or an empty grid is an error before any work.
+//!   and skipped. An unknown grid key, an empty grid, a grid of more than 100000 points (its
+//!   size multiplied out with overflow checks) or a sweep whose every point is invalid is an
+//!   error before any work (and before `sweep.json` is written).
 //! * **Resume.** A point is complete when its `point.json` exists (written atomically, last).
 //!   A re-run skips complete points; an interrupted point resumes from its SFT checkpoint and
 //!   its eval samples. A failed point leaves `failed.json` (config + reason) and is retried on
@@ -237,10 +239,7 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
     // Row-major: the last key varies fastest.
     let mut configs: Vec<(Map<String, Value>, Option<usize>)> = Vec::new();
     if !keys.is_empty() {
-        let total: usize = values.iter().map(Vec::len).product();
-        if total > 100_000 {
-            return Err(usage!("sweep '{}': the grid has {total} points; more than 100000 is surely a mistake", spec.name));
-        }
+        let total = grid_points(&spec.name, &keys, &values)?;
         for mut i in 0..total {
             let mut c = spec.base.clone();
             for (k, vs) in keys.iter().zip(&values).rev() {
@@ -289,6 +288,37 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
         out.push(p);
     }
     Ok(out)
+}
+
+/// Most points a grid may have: more is surely a mistake.
+const MAX_GRID_POINTS: usize = 100_000;
+
+/// The product of the axes' sizes, checked: past [`MAX_GRID_POINTS`] (or past what a usize
+/// holds, which would otherwise wrap to a small number or 0) an error naming every axis.
+fn grid_points(name: &str, keys: &[String], values: &[Vec<Value>]) -> Result<usize> {
+    let total = values.iter().try_fold(1usize, |acc, vs| acc.checked_mul(vs.len()));
+    match total {
+        Some(n) if n <= MAX_GRID_POINTS => Ok(n),
+        _ => {
+            let axes: Vec<String> = keys.iter().zip(values).map(|(k, vs)| format!("{k} ({})", vs.len())).collect();
+            let count = total.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+            Err(usage!(
+                "sweep '{name}': the grid has {count} points ({}); more than {MAX_GRID_POINTS} is surely a mistake: give fewer values",
+                axes.join(" × ")
+            ))
+        }
+    }
+}
+
+/// Refuse a sweep none of whose points can run: before `sweep.json` is written and before the
+/// script goes on to write (and publish) an empty report over the last one.
+fn some_point_valid(name: &str, points: &[PointPlan]) -> Result<()> {
+    if points.is_empty() || points.iter().any(|p| p.status != PointStatus::Invalid) {
+        return Ok(());
+    }
+    let reasons: Vec<String> = points.iter().take(5).map(|p| format!("point {} ({}): {}", p.index, p.point, p.reason.as_deref().unwrap_or(""))).collect();
+    let more = if points.len() > 5 { format!("\n  … and {} more", points.len() - 5) } else { String::new() };
+    Err(usage!("sweep '{name}': all {} points are invalid, so nothing can run:\n  {}{more}", points.len(), reasons.join("\n  ")))
 }
 
 fn write_sweep_file(dir: &Path, spec: &SweepSpec, points: &[PointPlan]) -> Result<()> {
@@ -410,6 +440,7 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
     if let Some(k) = spec.stop_after_points {
         crate::error::in_range("sweep", "stop_after_points", k, 1..=usize::MAX)?;
     }
+    some_point_valid(&spec.name, &points)?;
     let invalid = points.iter().filter(|p| p.status == PointStatus::Invalid).count();
     if invalid > 0 {
         eprintln!("[sweep {}] {invalid} of {} points are skipped as invalid:", spec.name, points.len());
@@ -566,6 +597,39 @@ mod tests {
         let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": 3}}))).unwrap_err().to_string();
         assert!(e.contains("must be a list"), "{e}");
         assert!(plan(&ws, &spec(serde_json::json!({"name": "../x", "grid": {"level": [1]}}))).is_err());
+    }
+
+    /// The grid's size is multiplied out with overflow checks: 65536⁴ wrapped to 0 points.
+    #[test]
+    fn grid_size_is_checked_not_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        let axis = |n: usize| Value::Array((0..n as u64).map(Value::from).collect());
+        for (sizes, count) in [(vec![65536; 4], "more than 2^64"), (vec![10000; 5], "more than 2^64"), (vec![100, 100, 11], "110000")] {
+            let keys = ["level", "seed", "lr", "train_n", "train_seed"];
+            let grid: Map<String, Value> = keys.iter().zip(&sizes).map(|(k, &n)| (k.to_string(), axis(n))).collect();
+            let s = SweepSpec { name: "big".into(), grid, base: Map::new(), ..Default::default() };
+            let e = plan(&ws, &s).unwrap_err().to_string();
+            let axes: Vec<String> = s.grid.iter().map(|(k, v)| format!("{k} ({})", v.as_array().unwrap().len())).collect();
+            assert!(e.contains(&format!("the grid has {count} points ({})", axes.join(" × "))), "{sizes:?}: {e}");
+        }
+        assert!(!d.path().join("runs/big").exists());
+    }
+
+    /// A sweep none of whose points can run is an error before sweep.json is written.
+    #[test]
+    fn a_sweep_of_invalid_points_only_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        for v in [
+            serde_json::json!({"name": "bad", "grid": {"format": ["bsm"]}, "base": {"dataset": "arith", "level": 1}}),
+            serde_json::json!({"name": "bad", "grid": {"level": ["abc", -1]}, "base": {"dataset": "arith", "format": "bsm"}}),
+            serde_json::json!({"name": "bad", "include": [{"dataset": "nope"}, {"dataset": "arith", "level": 1, "format": "bsm"}]}),
+        ] {
+            let e = sweep(&ws, &spec(v.clone())).unwrap_err().to_string();
+            assert!(e.contains("sweep 'bad': all") && e.contains("points are invalid") && e.contains("point 0 ("), "{v}: {e}");
+            assert!(!d.path().join("runs/bad/sweep.json").exists(), "{v}");
+        }
     }
 
     #[test]

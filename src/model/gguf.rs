@@ -111,6 +111,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         bos_token_id: meta_usize(&content, path, "tokenizer.ggml.bos_token_id").ok().map(|x| x as u32),
         eos_token_id: meta_usize(&content, path, "tokenizer.ggml.eos_token_id").ok().map(|x| x as u32),
     };
+    // Before any tensor is dequantized, so the error names the file.
+    config.validate().map_err(|e| Error::data(path, e.to_string()))?;
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();

@@ -96,10 +96,33 @@ pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
     if let Some(serde_json::Value::Array(a)) = raw.get("eos_token_id") {
         raw["eos_token_id"] = a.first().cloned().unwrap_or(serde_json::Value::Null);
     }
+    whole_sizes(&mut raw).map_err(|msg| Error::data(cfg_path, msg))?;
     let mut config: ModelConfig = serde_json::from_value(raw).map_err(|e| Error::data(cfg_path, format!("{e}")))?;
     // An explicit head_dim equal to the implied one is the same model.
-    if config.head_dim == Some(config.hidden_size / config.num_attention_heads.max(1)) {
+    if config.head_dim.is_some_and(|hd| hd.checked_mul(config.num_attention_heads) == Some(config.hidden_size)) {
         config.head_dim = None;
     }
+    // Checked here, before any weight is read or made, so the error names the file.
+    config.validate().map_err(|e| Error::data(cfg_path, e.to_string()))?;
     Ok(config)
+}
+
+/// The integer sizes of a config.
+const SIZE_KEYS: [&str; 8] =
+    ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"];
+
+/// Sizes written as whole floats (`1e9`, `2048.0`) become integers; any other non-integer is an
+/// error naming the key (serde's own says only "expected usize", not where).
+fn whole_sizes(raw: &mut serde_json::Value) -> std::result::Result<(), String> {
+    for k in SIZE_KEYS {
+        let Some(v) = raw.get(k) else { continue };
+        if v.is_u64() || v.is_null() {
+            continue;
+        }
+        match v.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 2f64.powi(53) => raw[k] = serde_json::json!(f as u64),
+            _ => return Err(format!("'{k}' must be a whole number ≥ 1, got {v}")),
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! Rhai bindings and the script runner. The bindings only adapt types and options to the
 //! library; no logic lives here.
 //!
-//! Sandbox: an operation limit, call and expression depth limits, a memory ceiling, no `eval`, no
-//! module imports; files
+//! Sandbox: an operation limit, call and expression depth limits, a memory ceiling (checked
+//! between operations, and before the builtins that allocate in proportion to an argument, see
+//! [`limits`]), no `eval`, no module imports; files
 //! only through [`crate::lab::Workspace`]: reads under the data, runs and output dirs, the cotlab
 //! home and `--allow-read` dirs; writes into the output dir and under checked names in the runs
 //! dir (see `lab::sandbox`).
@@ -10,6 +11,7 @@
 mod data;
 mod experiment;
 mod frame;
+mod limits;
 mod teacher;
 mod train;
 
@@ -92,6 +94,7 @@ pub fn engine(ctx: Context) -> Engine {
             })
         });
     }
+    limits::register(&mut engine, ctx.max_memory);
     engine.disable_symbol("eval");
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| eprintln!("[debug {}:{}] {s}", src.unwrap_or("script"), pos));
@@ -117,9 +120,12 @@ pub(crate) fn options<T: serde::de::DeserializeOwned>(m: Map) -> RhaiResult<T> {
     serde_json::from_value(v).map_err(|e| rt(Error::usage(format!("options: {e}"))))
 }
 
-/// Parse a `--set key=value` value: integer, float, bool, else string.
+/// Parse a `--set key=value` value: in double quotes, the text inside (`--set 'id="007"'` is the
+/// string "007"); else integer, float, bool, else the text as given.
 pub fn parse_param(v: &str) -> Dynamic {
-    if let Ok(i) = v.parse::<i64>() {
+    if let Some(text) = v.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Dynamic::from(text.to_string())
+    } else if let Ok(i) = v.parse::<i64>() {
         Dynamic::from_int(i)
     } else if let Ok(f) = v.parse::<f64>() {
         Dynamic::from_float(f)
@@ -160,6 +166,51 @@ pub fn format_error(file: &str, err: &EvalAltResult) -> String {
     msg
 }
 
+/// Whether `msg` is a type error that mentions `v`: Rhai's by its type ("Function not found: f
+/// (ImmutableString, i64)", "Data type incorrect"), serde's from an options map by type and value
+/// ("invalid type: string \"abc\"").
+fn type_error_mentions(msg: &str, v: &Dynamic) -> bool {
+    // Rhai names a string argument "&str | ImmutableString | String" in "Function not found",
+    // "string" elsewhere.
+    let (rhai, serde): (&[&str], String) = match v.type_name() {
+        "i64" => (&["i64"], format!("integer `{v}`")),
+        "f64" => (&["f64"], format!("floating point `{v}`")),
+        "bool" => (&["bool"], format!("boolean `{v}`")),
+        "string" => (&["ImmutableString", "string"], format!("string {:?}", v.to_string())),
+        _ => return false,
+    };
+    let rhai_type_error = ["Function not found", "Data type incorrect", "Output type incorrect"].iter().any(|m| msg.contains(m));
+    let word = |w: &str| {
+        msg.match_indices(w).any(|(i, _)| {
+            let before = msg[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+            let after = msg[i + w.len()..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+            before && after
+        })
+    };
+    (rhai_type_error && rhai.iter().any(|w| word(w))) || msg.contains(&format!("invalid type: {serde}"))
+}
+
+/// Append a note naming the `params` whose type a type error mentions: Rhai names only types,
+/// and a value like `--set id=007` silently became an integer.
+fn note_params(msg: String, params: &[(String, Dynamic)]) -> String {
+    let hits: Vec<String> = params
+        .iter()
+        .filter(|(_, v)| type_error_mentions(&msg, v))
+        .map(|(k, v)| {
+            if v.is_string() {
+                format!("note: `{k}` comes from --set and is the string \"{v}\" (only unquoted numbers and true/false become numbers and booleans)")
+            } else {
+                format!("note: `{k}` comes from --set and is the {} {v}; to pass text that looks like one, quote it: --set '{k}=\"TEXT\"'", v.type_name())
+            }
+        })
+        .collect();
+    if hits.is_empty() {
+        msg
+    } else {
+        format!("{msg}\n{}", hits.join("\n"))
+    }
+}
+
 /// Run a script file. `params` become both variables and the `params` map.
 pub struct Runner {
     pub ctx: Context,
@@ -195,7 +246,7 @@ impl Runner {
     pub fn eval(&self, name: &str, src: &str) -> Result<Dynamic> {
         let engine = engine(self.ctx.clone());
         let mut scope = self.scope();
-        engine.eval_with_scope::<Dynamic>(&mut scope, src).map_err(|e| Error::Script(format_error(name, &e)))
+        engine.eval_with_scope::<Dynamic>(&mut scope, src).map_err(|e| Error::Script(note_params(format_error(name, &e), &self.params)))
     }
 
     pub fn run_file(&self, file: &Path) -> Result<Dynamic> {
@@ -203,7 +254,7 @@ impl Runner {
         let ast = self.compile(&engine, file)?;
         let mut scope = self.scope();
         let name = file.display().to_string();
-        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| Error::Script(format_error(&name, &e)))
+        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| Error::Script(note_params(format_error(&name, &e), &self.params)))
     }
 }
 

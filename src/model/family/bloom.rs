@@ -56,7 +56,7 @@ pub fn normalise_hf_config(raw: serde_json::Value) -> serde_json::Value {
     let hidden = d.as_u64().unwrap_or(0);
     serde_json::json!({
         "family": "bloom", "hidden_act": "gelu", "vocab_size": raw["vocab_size"], "hidden_size": d,
-        "intermediate_size": 4 * hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "intermediate_size": hidden.saturating_mul(4), "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": heads, "rms_norm_eps": raw.get("layer_norm_epsilon").cloned().unwrap_or(1e-5.into()),
         "rope_theta": 0.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "attention_bias": true,
         "bos_token_id": raw.get("bos_token_id").cloned(), "eos_token_id": raw.get("eos_token_id").cloned(),
