@@ -13,17 +13,19 @@
 //! 4. [`frame`]: polars frames and plotly charts.
 //! 5. [`cot`]: rationale formats, steps and measures.
 //! 6. [`data`]: datasets, the release catalog, the synthetic `arith` set, contamination.
-//! 7. [`model`]: candle students (load, generate, LoRA).
-//! 8. [`teacher`]: live teachers that write rationales (OpenAI-compatible, local, replay, rule).
-//! 9. [`train`]: supervised fine-tuning and export.
-//! 10. [`eval`]: zero-shot evaluation and re-scoring of predictions.
-//! 11. [`results`]: analysis tables and the output dir.
-//! 12. [`lab`]: the library facade (students, teachers, run/eval dir names, the script sandbox)
+//! 7. [`kernels`]: the CPU kernels (fused ops with a backward, attention, quantized weights,
+//!    the training GEMM, the one CPU-feature detection).
+//! 8. [`model`]: candle students (load, generate, LoRA).
+//! 9. [`teacher`]: live teachers that write rationales (OpenAI-compatible, local, replay, rule).
+//! 10. [`train`]: supervised fine-tuning and export.
+//! 11. [`eval`]: zero-shot evaluation and re-scoring of predictions.
+//! 12. [`results`]: analysis tables and the output dir.
+//! 13. [`lab`]: the library facade (students, teachers, run/eval dir names, the script sandbox)
 //!     that the CLI and the Rhai bindings both adapt.
-//! 13. [`experiment`]: sweeps (grids of SFT + evaluation points in run dirs named by the
+//! 14. [`experiment`]: sweeps (grids of SFT + evaluation points in run dirs named by the
 //!     workspace), the student-adaptive strategy as sweep points, Slurm job arrays, on top of
 //!     the facade.
-//! 14. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
+//! 15. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
 //!
 //! The `cotlab` binary is a thin CLI over this library, on top of all of them.
 
@@ -35,6 +37,7 @@ pub mod eval;
 pub mod experiment;
 pub mod frame;
 pub mod journal;
+pub mod kernels;
 pub mod lab;
 pub mod memory;
 pub mod model;

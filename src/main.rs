@@ -359,7 +359,7 @@ enum BenchCmd {
 
 /// Training allocates and frees GB of tensors every step. glibc (and mimalloc by default) hand
 /// large blocks back to the kernel, which must then zero fresh pages on the next allocation:
-/// measured as a quarter of a SmolLM2 training step. mimalloc without purging keeps them.
+/// a large share of a training step. mimalloc without purging keeps them.
 /// Counted, so a script can be stopped at its memory ceiling (`cotlab::memory`).
 #[global_allocator]
 static GLOBAL: cotlab::memory::Counting<mimalloc::MiMalloc> = cotlab::memory::Counting(mimalloc::MiMalloc);
@@ -372,10 +372,10 @@ fn tune_allocator() {
 }
 
 /// candle asks for its thread count before every CPU matmul, and without RAYON_NUM_THREADS it
-/// counts physical cores by reading /proc/cpuinfo each time (`num_cpus::get_physical`): 13 118
-/// opens of that file in a 16-token `bench generate`, 2.4 % of an evaluation's samples in the
-/// kernel formatting it. Fixing the variable once, to the count candle would find, keeps the
-/// thread count and drops the reads.
+/// counts physical cores by reading /proc/cpuinfo each time (`num_cpus::get_physical`):
+/// thousands of opens of that file in one short generation, and a visible share of an
+/// evaluation's profile in the kernel formatting it. Fixing the variable once, to the count
+/// candle would find, keeps the thread count and drops the reads.
 fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();
@@ -388,8 +388,8 @@ fn pin_thread_count() {
 /// size; `global`: the global pool, else a pool kept alive by the returned handle). candle runs
 /// an op on the thread that calls it and hands its parallel parts to rayon: when that thread is
 /// not a worker, it and the workers are one thread more than the cores, and the idle workers'
-/// spinning takes time from it. Measured on 2 cores, `bench generate --batch 16 --decode-weights
-/// q8_0`, two pairs: batch 1 44.8 / 44.3 → 55.4 / 58.6 tokens/s, batch 16 83.2 / 75.0 → 92.2 / 90.7.
+/// spinning takes time from it; with it, decoding on 2 cores is faster at batch 1 and at batch
+/// 16 (docs/performance-history.md).
 fn compute_on_this_thread(global: bool) -> Option<rayon::ThreadPool> {
     let b = rayon::ThreadPoolBuilder::new().use_current_thread();
     if global {
@@ -501,7 +501,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             // (a guard held here keeps it across the calls); then a warm-up (allocator).
             let _copy = s.model.decode_weights(dw).model_ctx("making the decoding copy of the weights")?;
             let _warm = time(&qs[..1])?;
-            // Batch 1 is one short generation, which a busy host moves by ±20 %: the median of 3
+            // Batch 1 is one short generation, which a busy host moves a lot: the median of 3
             // (benches/llamacpp_generate.py does the same).
             let mut ones = (0..3).map(|_| time(&qs[..1])).collect::<Result<Vec<_>>>()?;
             ones.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -541,7 +541,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let mut rows = Vec::new();
             for (name, w) in weights {
                 for &mi in &m {
-                    let t = cotlab::model::quant::time_matmul(name, w.as_tensor(), format, mi, seconds).model_ctx(format!("timing {name}"))?;
+                    let t = cotlab::train::kernel_bench::time_matmul(name, w.as_tensor(), format, mi, seconds).model_ctx(format!("timing {name}"))?;
                     println!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), mi, t.gflops(t.quant_s), t.gflops(t.f32_s), t.f32_s / t.quant_s, t.rel_err);
                     rows.push(t);
                 }
@@ -563,7 +563,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 *shapes.entry(v.dims2().model_ctx("a weight's shape")?).or_default() += 1;
             }
             let threads = candle_core::utils::get_num_threads();
-            use cotlab::model::sgemm::{avx2_fma, own_kernel};
+            use cotlab::kernels::{sgemm::own_kernel, simd::avx2_fma};
             println!(
                 "{}",
                 match (avx2_fma(), own_kernel()) {
@@ -577,7 +577,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             for &t in &tokens {
                 let (mut ours, mut theirs) = (0f64, 0f64);
                 for (&(r, c), &count) in &shapes {
-                    let g = cotlab::model::sgemm::time_training_products(r, c, t, threads, seconds);
+                    let g = cotlab::train::kernel_bench::time_training_products(r, c, t, threads, seconds);
                     println!("{:>13} {:>6} {:>7} {:>15.1} {:>15.1} {:>6.2}x {:>9.1e}", format!("{r}x{c}"), count, t, g.gflops(g.cotlab_s), g.gflops(g.gemm_s), g.gemm_s / g.cotlab_s, g.rel_diff);
                     ours += g.cotlab_s * count as f64;
                     theirs += g.gemm_s * count as f64;

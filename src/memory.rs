@@ -3,8 +3,8 @@
 //!
 //! A binary opts in by wrapping its allocator: `#[global_allocator] static A: Counting<MiMalloc>`.
 //! Each thread keeps its own running difference and adds it to the shared count once it passes
-//! [`FLUSH`] bytes (an atomic add per allocation cost a third more time in allocation-heavy
-//! scripts); the shared count is therefore exact to within `FLUSH` bytes per thread. [`in_use`] is
+//! [`FLUSH`] bytes (an atomic add per allocation slowed allocation-heavy scripts markedly);
+//! the shared count is therefore exact to within `FLUSH` bytes per thread. [`in_use`] is
 //! one load, cheap enough to check before every Rhai operation (see `script::engine`). Without the wrapper (the
 //! library used from a notebook or a test binary) [`in_use`] is `None` and no ceiling applies
 //! between operations; the builtins that allocate in proportion to an argument still refuse one

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["frame"],
     &["cot"],
     &["data"],
+    &["kernels"],
     &["model"],
     &["teacher"],
     &["train"],

@@ -9,7 +9,8 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use cotlab::model::random::{preset, random_student_with};
-use cotlab::model::{ops, Student, Transformer, CUDA_BUILT};
+use cotlab::kernels::{attention, ops};
+use cotlab::model::{Student, Transformer, CUDA_BUILT};
 use cotlab::train::data::TrainExample;
 use cotlab::train::sft::batch_nll;
 
@@ -85,7 +86,7 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
             let (cos, sin) = (cos0.to_dtype(dtype).unwrap().to_device(dev).unwrap(), sin0.to_dtype(dtype).unwrap().to_device(dev).unwrap());
             let y = match which {
                 // x as queries, keys and values: the gradients of all three reach x.
-                0 => ops::attention(x.as_tensor(), x.as_tensor(), x.as_tensor(), &causal(dev), None, 0.125).unwrap(),
+                0 => attention::attention(x.as_tensor(), x.as_tensor(), x.as_tensor(), &causal(dev), None, 0.125).unwrap(),
                 1 => ops::rms_norm(x.as_tensor(), alpha.as_tensor(), 1e-5).unwrap(),
                 _ => ops::rope(x.as_tensor(), &cos, &sin).unwrap(),
             };
@@ -110,7 +111,7 @@ fn custom_ops_backward_on_cuda_matches_cpu() {
         let x = Var::from_tensor(&x0.to_dtype(dtype).unwrap().to_device(&gpu).unwrap()).unwrap();
         let w = w0.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
         let xt = x.as_tensor();
-        let a = (ops::attention(xt, xt, xt, &causal(&gpu), None, 0.125).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let a = (attention::attention(xt, xt, xt, &causal(&gpu), None, 0.125).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let scores = (xt.matmul(&xt.t().unwrap()).unwrap() * 0.125).unwrap().to_dtype(DType::F32).unwrap().broadcast_add(&causal(&gpu)).unwrap();
         let slow = candle_nn::ops::softmax(&scores, D::Minus1).unwrap().to_dtype(dtype).unwrap().matmul(xt).unwrap();
         let b = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();

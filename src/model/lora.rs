@@ -103,7 +103,7 @@ impl Lora {
         let (a, b) = (a.as_tensor().to_dtype(x.dtype())?, b.as_tensor().to_dtype(x.dtype())?);
         // Through `ops::linear`: its backward gives gᵀ·x straight into the adapters' gradient
         // sums (candle's matmul returned them transposed, through a copy).
-        let y = super::ops::linear(&super::ops::linear(&x, &a)?, &b)?;
+        let y = crate::kernels::ops::linear(&crate::kernels::ops::linear(&x, &a)?, &b)?;
         Ok(Some((y * self.scale())?))
     }
 

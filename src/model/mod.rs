@@ -5,21 +5,17 @@
 //!
 //! Layout: `family/` holds one file per architecture (tensor names, HF config in/out, the
 //! decoder block); `transformer.rs` the weights, LoRA and the kernels blocks are written with;
-//! `ops.rs` the fused ops with a backward; `decode_ops.rs` decoding's fused kernels (attention); `quant.rs` int8 weights for decoding; `generate.rs` batched cached decoding.
+//! `generate.rs` batched cached decoding. The CPU kernels themselves (fused ops with a
+//! backward, attention, quantized weights, the GEMM) are the layer below, [`crate::kernels`].
 
 pub mod chat;
 pub mod config;
-pub mod decode_ops;
 pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod lora;
-pub mod ops;
-pub mod quant;
 pub mod random;
-pub mod sgemm;
-mod simd;
 pub mod tokenizer;
 pub mod transformer;
 
@@ -196,8 +192,8 @@ pub fn eos_text(tok: &tokenizers::Tokenizer, eos_id: Option<u32>) -> String {
 /// elements or more on its own thread pool, whose workers then spin 25 000 rounds before they
 /// park. Our kernels and the GEMMs run on rayon's threads, so on a 2-core machine a spinning
 /// candle worker takes a core from a GEMM after every such op (training runs thousands per
-/// step). Measured, `bench job --steps 1`, same binary back to back: 95.0 tokens/s and
-/// 171 CPU-s/step with candle's default, 105.0 and 153 with 1; losses identical.
+/// step). With 1 a training step is faster and takes fewer CPU-seconds, losses identical
+/// (docs/performance-history.md).
 const CANDLE_SPIN_LIMIT: &str = "1";
 
 /// Sets candle's CPU thread-pool defaults (see [`CANDLE_SPIN_LIMIT`]) unless the user set them.
@@ -268,16 +264,4 @@ pub fn compute_dtype(spec: &str, device: &Device) -> Result<candle_core::DType> 
         "bf16" | "bfloat16" => Ok(DType::BF16),
         other => Err(usage!("unknown dtype '{other}': expected f32, bf16 or auto")),
     }
-}
-
-/// Deterministic pseudo-random values in [−1, 1) for the kernels' tests.
-#[cfg(test)]
-pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-        })
-        .collect()
 }

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::config::{Activation, ModelConfig};
 use super::family::Family;
 use super::lora::{Lora, LoraConfig};
-use super::ops;
-use super::quant::{QFormat, QWeight};
 use crate::error::{ModelContext, Result};
+use crate::kernels::quant::{QFormat, QWeight};
+use crate::kernels::{attention, decode_ops, ops};
 use crate::usage;
 
 /// Keys and values of every layer for the tokens decoded so far: per layer a preallocated
@@ -208,7 +208,7 @@ pub enum DecodeWeights {
     Bf16,
     /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 int8 weights, one scale),
     /// everything else f32. On the CPU cotlab's kernel multiplies f32 activations by them
-    /// (batch-invariant, see `model::quant`); on CUDA candle's quantized kernels (activations
+    /// (batch-invariant, see `kernels::quant`); on CUDA candle's quantized kernels (activations
     /// quantized to Q8_0 per row). A weight whose rows are not whole blocks stays f32.
     Q8_0,
     /// The projections as llama.cpp's Q4_1 blocks (32 4-bit weights, an f16 scale and minimum:
@@ -629,7 +629,7 @@ impl Transformer {
             // instead of copying keys/values once per query head (repeat_kv). Measured on 2
             // cores: no slower than a contiguous copy of the window, and no per-step copies.
             if bias.is_none() {
-                if let Some(y) = super::decode_ops::attention(q, &k, &v, mask, 1.0 / (hd as f64).sqrt())? {
+                if let Some(y) = decode_ops::attention(q, &k, &v, mask, 1.0 / (hd as f64).sqrt())? {
                     return Ok(y);
                 }
             }
@@ -644,7 +644,7 @@ impl Transformer {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             return probs.to_dtype(self.dt(false))?.reshape((b, kv, (h / kv) * t, tk))?.matmul(&v)?.reshape((b, h, t, hd));
         }
-        ops::attention(q, &k, &v, mask, bias, 1.0 / (hd as f64).sqrt())
+        attention::attention(q, &k, &v, mask, bias, 1.0 / (hd as f64).sqrt())
     }
 
     // ---- the forward passes.

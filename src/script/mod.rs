@@ -79,7 +79,7 @@ pub fn engine(ctx: Context) -> Engine {
     engine.set_max_call_levels(64);
     engine.set_max_expr_depths(128, 64);
     // No string/array/map size limits: with any of them set, Rhai re-measures a whole array (and
-    // everything nested in it) after every push, which made a 200k-push loop take 22 s. The
+    // everything nested in it) after every push, which made a push loop quadratic. The
     // memory ceiling below bounds all three at the cost of one atomic load per operation.
     engine.set_max_modules(0);
     if let Some(ceiling) = ctx.max_memory {

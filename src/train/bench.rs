@@ -125,7 +125,7 @@ pub fn bench_train(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, p
         let (t0, c0) = (Instant::now(), cpu_seconds());
         // Weight gradients summed in place, as the trainer does (see `Trainer::accumulate`); open
         // before the forward pass, which hands each projection its sink.
-        let sink = crate::model::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
+        let sink = crate::kernels::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
         let nll = batch_nll(student, &refs).model_ctx("bench: forward pass")?;
         let loss = (&nll / tokens as f64).model_ctx("bench: loss")?;
         sync("forward pass")?;

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod bench;
 pub mod data;
 pub mod export;
+pub mod kernel_bench;
 pub mod pack;
 pub mod run;
 pub mod sft;

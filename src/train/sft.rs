@@ -358,7 +358,7 @@ fn token_nll(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_c
     let pos = Tensor::new(positions.as_slice(), device)?;
     let h = hidden.reshape((r * t, d))?.index_select(&pos, 0)?;
     let logits = student.model.logits(&h)?;
-    crate::model::ops::cross_entropy_rows(&logits, &targets)
+    crate::kernels::ops::cross_entropy_rows(&logits, &targets)
 }
 
 /// One SFT run, step by step: [`Trainer::new`] tokenizes, lays out the example order and the
@@ -556,7 +556,7 @@ impl<'a> Trainer<'a> {
         let vars = self.vars();
         // The projections' and the embedding's gradients are summed in place by their backward
         // (see `GradSink`); the rest (norms, LoRA adapters) come through candle's store.
-        let sink = crate::model::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
+        let sink = crate::kernels::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut nll_sum = 0.0;
         let mut computed = 0u64;
@@ -576,8 +576,8 @@ impl<'a> Trainer<'a> {
                     // candle leaves a Var's gradient attached to the op that made it (e.g. the
                     // matmul with this micro-batch's activations), so a kept gradient keeps the
                     // micro-batch's whole forward graph alive: detached, each micro-batch's
-                    // activations go when it ends, not at the end of the step (measured: +2.7 GB
-                    // per SmolLM2 micro-batch of 4 real SVAMP rationales otherwise).
+                    // activations go when it ends, not at the end of the step (otherwise the
+                    // peak grows by gigabytes per micro-batch).
                     let gv = gv.detach();
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + gv).model_ctx(format!("accumulating gradients, {}", what()))?,

@@ -1,15 +1,16 @@
-//! Decoding's fused CPU kernels (no gradient; `ops.rs` has the ones training differentiates).
+//! Decoding's fused CPU kernels (no gradient; `ops.rs` and `attention.rs` have the ones
+//! training differentiates).
 //!
 //! Attention while decoding was candle ops on tiny shapes: per (row, KV head) a 3 × 64 · 64 × S
 //! matmul, scale, mask add, softmax, a second matmul — each op single-threaded or a task far
-//! too small to share, so during a step's attention one of two cores idled (measured at batch
-//! 16: candle's gemm dispatch and microkernel 21 % of the wall time, all on the main thread).
+//! too small to share, so during a step's attention one of two cores idled (candle's gemm
+//! dispatch and microkernel took a large share of the wall time, all on the main thread).
 //! Here one task per (row, query head) does the whole softmax(q kᵀ·scale + mask) v.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{softmax_numerators, HIDDEN};
+use super::attention::{softmax_numerators, HIDDEN};
 use super::simd::{reduce8, Kernel};
 
 

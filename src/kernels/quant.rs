@@ -18,7 +18,6 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use serde::Serialize;
 
 use super::simd::Kernel;
 
@@ -36,7 +35,7 @@ const ROWS_PER_PASS: usize = 32;
 /// A weight (rows = outputs, cols = inputs) as Q8_0 blocks along each row, stored by tiles of
 /// [`TILE`] rows with their blocks interleaved (tile, block, row, 32 values): a tile is read as
 /// one sequential stream, which the hardware prefetchers keep up with (four row streams at
-/// once measured half the bandwidth). Rows past `rows` in the last tile are zero.
+/// once got far less bandwidth). Rows past `rows` in the last tile are zero.
 pub struct Q8Matrix {
     rows: usize,
     cols: usize,
@@ -198,7 +197,7 @@ fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
 /// of nibbles — 160 bytes per 256 weights, one sequential stream per tile. Within a row's
 /// group, 32-bit word i holds weights i, 8 + i, …, 56 + i in its nibbles 0..8, so one shift and
 /// one mask of the 8 words give 8 consecutive weights, one per lane (the GGUF's own nibble
-/// order would need a widening shuffle per 8 weights, which halved the kernel's speed).
+/// order would need a widening shuffle per 8 weights, which cost the kernel much of its speed).
 pub struct Q4Matrix {
     rows: usize,
     cols: usize,
@@ -623,7 +622,7 @@ impl QWeight {
     }
 
     /// `x · Wᵀ` on the CPU kernels (m rows of x); `None` for candle's.
-    fn matmul(&self, x: &[f32], m: usize) -> Option<Vec<f32>> {
+    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Option<Vec<f32>> {
         match self {
             QWeight::Q8(w) => Some(w.matmul(x, m)),
             QWeight::Q4(w) => Some(w.matmul(x, m)),
@@ -664,62 +663,11 @@ impl CustomOp1 for QLinear<'_> {
     }
 }
 
-/// One row of `cotlab bench matmul`: seconds per `x · Wᵀ` (m input rows, a rows × cols
-/// weight) with the Q8_0 kernel and with candle's f32 matmul (the `f32` decoding path), on the
-/// same weights and inputs, timed alternately.
-#[derive(Clone, Debug, Serialize)]
-pub struct MatmulTiming {
-    pub name: String,
-    pub rows: usize,
-    pub cols: usize,
-    pub m: usize,
-    /// "q8_0" or "q4_1".
-    pub format: &'static str,
-    pub quant_s: f64,
-    pub f32_s: f64,
-    /// max |quantized − f32| over the outputs, relative to max |f32|: the quantization error, and a
-    /// check that the timed kernel computes the product.
-    pub rel_err: f64,
-}
-
-impl MatmulTiming {
-    pub fn gflops(&self, secs: f64) -> f64 {
-        (2 * self.rows * self.cols * self.m) as f64 / secs / 1e9
-    }
-}
-
-/// Times `w` (2-D f32, on the CPU) as `format` blocks at `m` rows against f32, for at least
-/// `min_s` seconds a side. Weights this small stay in cache between repetitions: for batch 1,
-/// where real decoding streams every weight from memory, the LM head's row is the telling one.
-pub fn time_matmul(name: &str, w: &Tensor, format: QFormat, m: usize, min_s: f64) -> candle_core::Result<MatmulTiming> {
-    use std::time::Instant;
-    let (rows, cols) = w.dims2()?;
-    let Some(q) = QWeight::new(&w.to_device(&candle_core::Device::Cpu)?, format)? else { candle_core::bail!("{name}: rows of {cols} are not whole blocks of {BLOCK}") };
-    let x = Tensor::randn(0f32, 1.0, (m, cols), w.device())?;
-    let wt = w.t()?;
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let reference = x.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
-    let got = q.matmul(&xs, m).expect("a CPU weight");
-    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE);
-    let rel_err = (got.iter().zip(&reference).fold(0f32, |a, (g, r)| a.max((g - r).abs())) / scale) as f64;
-    let (mut qs, mut f32s, mut reps) = (0f64, 0f64, 0usize);
-    while qs.min(f32s) < min_s || reps < 3 {
-        let t = Instant::now();
-        std::hint::black_box(q.matmul(&xs, m));
-        qs += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        std::hint::black_box(x.matmul(&wt)?);
-        f32s += t.elapsed().as_secs_f64();
-        reps += 1;
-    }
-    Ok(MatmulTiming { name: name.to_string(), rows, cols, m, format: format.name(), quant_s: qs / reps as f64, f32_s: f32s / reps as f64, rel_err })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::model::test_values as data;
+    use crate::kernels::test_values as data;
 
     /// Rows not a multiple of the tile, inputs spanning several passes (cols: whole Q4_1 groups).
     const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 128), (130, 64)];

@@ -1,8 +1,8 @@
 //! f32 matrix products for training on AVX2 + FMA CPUs: `dst = [dst +] alpha · a·b`.
 //!
 //! Why our own: on the 2-core Zen 3 machines this project runs on, the `gemm` crate (candle's
-//! CPU matmul) and PyTorch's MKL both run the students' projection shapes at 50–65 GFLOP/s on
-//! one thread, 80–130 on two, where the cores' FMA peak is 93 (one) and 177 (two). This is the
+//! CPU matmul) and PyTorch's MKL both run the students' projection shapes well below the
+//! cores' FMA peak, on one thread and on two (docs/performance.md has the numbers). This is the
 //! classic BLIS layout, which gets much closer: operands packed into cache-sized blocks (B:
 //! KC × NC in L3, A: MC × KC in L2, one B micro-panel KC × 16 in L1), a 6 × 16 register tile of
 //! 12 accumulators, and the work split into one contiguous part per thread with no
@@ -14,7 +14,10 @@
 //! a shared prefix, give the same bits).
 //!
 //! Without AVX2 + FMA, and with AVX-512 (whose 512-bit kernels the `gemm` crate has), the
-//! `gemm` crate does the work (one binary runs on any x86-64); see [`own_kernel`].
+//! `gemm` crate does the work (one binary runs on any x86-64); see [`own_kernel`]. The CPU's
+//! features come from `simd.rs`.
+
+use super::simd::{avx2_fma, avx512f};
 
 /// A matrix operand: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -50,8 +53,8 @@ const NR: usize = 16;
 const KC: usize = 320;
 const MC: usize = 144;
 const NC: usize = 4080;
-/// Below this many multiply-adds one thread does the whole product (a rayon hand-off costs
-/// about as much as ~20 µs of work).
+/// Below this many multiply-adds one thread does the whole product (a rayon hand-off would cost
+/// about as much as the work it shares).
 const PARALLEL_MIN: usize = 1 << 20;
 
 /// `dst = [dst +] alpha · a·b` for a (m × k), b (k × n), dst (m × n, row stride `dst_rs`,
@@ -62,9 +65,10 @@ pub(crate) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
     sgemm_on(own_kernel(), m, n, k, dst, dst_rs, accumulate, a, b, alpha, threads)
 }
 
-/// [`sgemm`] on cotlab's kernel (`own`, where the CPU has AVX2 + FMA) or the `gemm` crate.
+/// [`sgemm`] on cotlab's kernel (`own`, where the CPU has AVX2 + FMA) or the `gemm` crate
+/// (also `cotlab bench gemm`'s cotlab side, which names the kernel).
 #[allow(clippy::too_many_arguments)]
-fn sgemm_on(own: bool, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
+pub(crate) fn sgemm_on(own: bool, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
     a.check(m, k, "a");
     b.check(k, n, "b");
     Operand::new(dst, dst_rs, 1).check(m, n, "dst");
@@ -117,8 +121,8 @@ unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
     }
 }
 
-/// [`sgemm`] through the `gemm` crate (candle's CPU matmul), for CPUs without AVX2 and for
-/// `cotlab bench gemm`'s baseline; operands checked by the caller.
+/// [`sgemm`] through the `gemm` crate (candle's CPU matmul), for CPUs without AVX2; operands
+/// checked by the caller.
 #[allow(clippy::too_many_arguments)]
 fn gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
     // SAFETY: every element the strides reach was checked to lie inside its slice.
@@ -127,101 +131,25 @@ fn gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accu
     }
 }
 
-/// A training step's three products for one weight shape, timed through [`sgemm`] and through
-/// the `gemm` crate as candle's CPU matmul runs it (`cotlab bench gemm`).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct GemmTiming {
-    /// The weight's shape (out, in).
-    pub rows: usize,
-    pub cols: usize,
-    /// Input rows (a micro-batch's tokens).
-    pub tokens: usize,
-    pub threads: usize,
-    /// Seconds for the three products, best round, each side.
-    pub cotlab_s: f64,
-    pub gemm_s: f64,
-    /// Largest difference between the two sides' results, relative to the largest value.
-    pub rel_diff: f64,
-}
-
-impl GemmTiming {
-    /// Multiply-adds × 2 of the three products.
-    pub fn flop(&self) -> f64 {
-        6.0 * (self.rows * self.cols * self.tokens) as f64
+/// [`sgemm`] through the `gemm` crate on `par` whatever the product's size, as candle's CPU
+/// matmul runs it: `cotlab bench gemm`'s baseline.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
+    a.check(m, k, "a");
+    b.check(k, n, "b");
+    Operand::new(dst, dst_rs, 1).check(m, n, "dst");
+    if m == 0 || n == 0 {
+        return;
     }
-    pub fn gflops(&self, seconds: f64) -> f64 {
-        self.flop() / seconds / 1e9
-    }
-}
-
-/// Times y = x·wᵀ, dx = g·w and dW += gᵀ·x (the layouts `ops::linear` runs them in) for a
-/// (rows × cols) weight and `tokens` input rows on `threads` threads, cotlab's GEMM and the
-/// `gemm` crate alternating, each side's best round of at least 3 and `min_s` seconds.
-pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: usize, min_s: f64) -> GemmTiming {
-    use std::time::Instant;
-    let fill = |n: usize, seed: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect::<Vec<f32>>();
-    let (x, w, g) = (fill(tokens * cols, 1), fill(rows * cols, 2), fill(tokens * rows, 3));
-    let (mut y, mut dx, mut dw) = (vec![0f32; tokens * rows], vec![0f32; tokens * cols], vec![0f32; rows * cols]);
-    let (xo, wt, wo, gt, go) = (Operand::new(&x, cols, 1), Operand::new(&w, 1, cols), Operand::new(&w, cols, 1), Operand::new(&g, 1, rows), Operand::new(&g, rows, 1));
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // Our kernel wherever it can run (also where `sgemm` leaves the work to the gemm crate).
-    let own = avx2_fma();
-    let ours = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
-        sgemm_on(own, tokens, rows, cols, y, rows, false, xo, wt, 1.0, threads);
-        sgemm_on(own, tokens, cols, rows, dx, cols, false, go, wo, 1.0, threads);
-        sgemm_on(own, rows, cols, tokens, dw, cols, true, gt, xo, 1.0, threads);
-    };
-    let theirs = |y: &mut [f32], dx: &mut [f32], dw: &mut [f32]| {
-        gemm_crate(tokens, rows, cols, y, rows, false, xo, wt, 1.0, par);
-        gemm_crate(tokens, cols, rows, dx, cols, false, go, wo, 1.0, par);
-        gemm_crate(rows, cols, tokens, dw, cols, true, gt, xo, 1.0, par);
-    };
-    let mut y2 = vec![0f32; tokens * rows];
-    ours(&mut y, &mut dx, &mut dw);
-    theirs(&mut y2, &mut dx, &mut dw);
-    let scale = y2.iter().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE);
-    let rel_diff = (y.iter().zip(&y2).fold(0f32, |a, (p, q)| a.max((p - q).abs())) / scale) as f64;
-    let (mut best, mut spent, mut rounds) = ([f64::MAX; 2], [0f64; 2], 0);
-    while spent[0].min(spent[1]) < min_s || rounds < 3 {
-        for side in 0..2 {
-            let t = Instant::now();
-            if side == 0 { ours(&mut y, &mut dx, &mut dw) } else { theirs(&mut y, &mut dx, &mut dw) }
-            let s = t.elapsed().as_secs_f64();
-            best[side] = best[side].min(s);
-            spent[side] += s;
-        }
-        rounds += 1;
-    }
-    GemmTiming { rows, cols, tokens, threads, cotlab_s: best[0], gemm_s: best[1], rel_diff }
-}
-
-/// Whether the CPU can run cotlab's kernel (AVX2 + FMA).
-pub fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    gemm_crate(m, n, k, dst, dst_rs, accumulate, a, b, alpha, par)
 }
 
 /// Whether the training GEMMs run on cotlab's kernel: wherever it can run, except on CPUs with
-/// AVX-512, where the `gemm` crate's 512-bit kernels keep the work. On Zen 5 they took full
-/// fine-tuning from 171 to 243 tokens/s over its 256-bit ones; on Zen 4, which runs a 512-bit
-/// FMA as two 256-bit halves, this tile kept up with them product for product (`cotlab bench
-/// gemm`: 1.01–1.02× the step's mix) but the SFT job ran 6–7 % slower on it
-/// (docs/performance.md).
+/// AVX-512, where the `gemm` crate's 512-bit kernels keep the work: faster fine-tuning on Zen 5
+/// than this 256-bit tile, and on Zen 4 (a 512-bit FMA as two 256-bit halves) level product
+/// for product in `cotlab bench gemm` yet a slower SFT job on this tile (docs/performance.md).
 pub fn own_kernel() -> bool {
-    avx2_fma() && !avx512()
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    avx2_fma() && !avx512f()
 }
 
 #[derive(Clone, Copy)]
@@ -293,7 +221,7 @@ impl Job {
                         let mc = MC.min(m - ic);
                         let a = self.a.add((i0 + ic) * self.a_rs + pc * self.a_cs);
                         // A row-major: the kernel broadcasts straight from its rows (packing them
-                        // cost as much as 7 % of a product); otherwise packed into panels.
+                        // cost a noticeable share of a product); otherwise packed into panels.
                         let direct = self.a_cs == 1;
                         if !direct {
                             pack_a(mc, kc, a, self.a_rs, self.a_cs, ap);
@@ -477,7 +405,7 @@ unsafe fn kernel<const DIRECT: bool>(_: usize, _: *const f32, _: usize, _: *cons
 mod tests {
     use super::*;
 
-    use crate::model::test_values as rand;
+    use crate::kernels::test_values as rand;
 
     /// Every layout (row- and column-major operands), edge sizes around the tile and block
     /// sizes, accumulate and alpha, 1 and 2 threads: within f32 rounding of an f64 reference,

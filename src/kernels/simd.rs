@@ -1,6 +1,36 @@
-//! Which vector path the hand-written CPU kernels take (`quant.rs`, `decode_ops.rs`): each
-//! kernel has a portable path and an AVX2 one doing the same operations (same bits, tested),
-//! picked at run time so one binary runs on any x86-64.
+//! Which vector path the hand-written CPU kernels take, and the vector helpers they share.
+//! Each kernel has a portable path and an AVX2 one doing the same operations (same bits,
+//! tested), picked at run time so one binary runs on any x86-64.
+//!
+//! This file is the only place the kernels read the CPU's features ([`avx2_fma`], [`avx512f`],
+//! [`Kernel::detect`]); every other kernel asks here.
+
+/// Whether the CPU has AVX2 and FMA, what every 256-bit kernel here needs.
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has F16C (Q4_1's f16 scales).
+#[cfg(target_arch = "x86_64")]
+fn f16c() -> bool {
+    is_x86_feature_detected!("f16c")
+}
+
+/// Whether the CPU has AVX-512F (where the training GEMM leaves the work to the `gemm` crate,
+/// see `sgemm::own_kernel`).
+pub fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
@@ -13,7 +43,7 @@ impl Kernel {
     /// AVX2 + FMA (+ F16C for Q4_1's f16 scales, which every AVX2 CPU has; checked all the same).
     pub(crate) fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if avx2_fma() && f16c() {
             return Kernel::Avx2;
         }
         Kernel::Portable
@@ -42,8 +72,8 @@ pub(crate) unsafe fn reduce_avx2(v: std::arch::x86_64::__m256) -> f32 {
 /// r, 2^n put into the exponent), within 2 ulp of libm's expf on [−87.3, 88] (tested). Inputs
 /// are clamped to that range (a NaN stays NaN): below it the result is e^−87.3 ≈ 1.2e−38 (the
 /// smallest normal) instead of a subnormal or 0, above it e^88. For the training-only passes
-/// ([`sum_exp`], [`scaled_exp`]), where those ends do not matter and libm's scalar expf cost
-/// 4 % of a step.
+/// ([`sum_exp`], [`scaled_exp`]), where those ends do not matter and libm's scalar expf was a
+/// visible share of a step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
