@@ -317,7 +317,7 @@ fn timeout_s_bounds_a_whole_attempt_however_slowly_the_server_drips() {
             };
             let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let (fast, slow) = match what {
-                Drip::Headers => (String::new(), head + &body),
+                Drip::Headers => (String::new(), head + body.as_str()),
                 _ => (head, body),
             };
             if stream.write_all(fast.as_bytes()).is_err() {
