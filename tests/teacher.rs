@@ -1,7 +1,8 @@
 //! Teachers against a loopback HTTP server that injects faults: 429 with Retry-After, 500,
 //! a hang past the client timeout, a dropped connection, malformed JSON. Requests are retried
 //! within limits; answered ones are never asked again; a killed run resumes with only the
-//! missing requests.
+//! missing requests. Waiting is bounded: Retry-After (any number, any date) never waits past
+//! max_wait_s, and timeout_s bounds a whole attempt, however slowly the server drips.
 
 #[macro_use]
 mod common;
@@ -9,11 +10,12 @@ mod common;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
 
 use cotlab::data::{load_dataset, DatasetOptions};
 use cotlab::teacher::cache::Cache;
-use cotlab::teacher::openai::{OpenAi, OpenAiOptions};
+use cotlab::teacher::openai::{Completion, OpenAi, OpenAiOptions};
 use cotlab::teacher::{AskOptions, Backend, Teacher};
 
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +78,7 @@ fn client(url: &str, retries: usize) -> OpenAi {
         timeout_s: 0.5,
         max_retries: retries,
         backoff_s: 0.01,
+        max_wait_s: 60.0,
         price_in: 2.5,
         price_out: 10.0,
     })
@@ -237,4 +240,115 @@ fn teacher_demo_script_local_then_openai_and_a_free_second_run() {
     assert_eq!(server.count.load(Ordering::SeqCst), 40, "the second run sends nothing");
     let csv = std::fs::read_to_string(d.path().join("o/teacher_summary.csv")).unwrap();
     assert!(csv.contains("openai,loopback,1,plain,20") && csv.contains("openai,loopback,6,plain,20"), "{csv}");
+}
+
+fn bounded(url: &str, timeout_s: f64, max_retries: usize, max_wait_s: f64) -> OpenAi {
+    OpenAi::new(OpenAiOptions { base_url: url.into(), model: "loopback".into(), concurrency: 1, timeout_s, max_retries, backoff_s: 0.01, max_wait_s, ..Default::default() })
+        .unwrap()
+}
+
+/// One request, and how long it took.
+fn timed(client: &OpenAi) -> (Result<Completion, String>, Duration) {
+    let started = Instant::now();
+    let r = client.complete("You are a teacher.", "What is 3 + 4?", 0.0, 1.0, 16, 1);
+    (r, started.elapsed())
+}
+
+/// A Retry-After value, however absurd, neither panics nor stalls the run: non-finite and huge
+/// values wait `max_wait_s`, negative and past ones nothing beyond the backoff, and an HTTP date
+/// in the near future is honoured.
+#[test]
+fn retry_after_waits_at_most_max_wait_s() {
+    // (Retry-After, or "+3s" for an HTTP date 3 s after the 429 is sent; max_wait_s; the
+    // shortest and longest the request may take)
+    let cases = [
+        ("inf", 1.0, 1.0, 4.0),
+        ("1e300", 1.0, 1.0, 4.0),
+        ("100000", 1.0, 1.0, 4.0),
+        ("NaN", 1.0, 1.0, 4.0),
+        ("-5", 30.0, 0.0, 2.0),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 30.0, 0.0, 2.0),
+        ("+3s", 30.0, 2.0, 6.0),
+        ("soon", 30.0, 0.0, 2.0),
+    ];
+    std::thread::scope(|s| {
+        for (after, max_wait_s, lo, hi) in cases {
+            s.spawn(move || {
+                let server = common::fake_server(move |k, _, stream| {
+                    if k == 0 {
+                        let value = if after == "+3s" { common::http_date(SystemTime::now() + Duration::from_secs(3)) } else { after.to_string() };
+                        common::write_http_response(stream, "429 Too Many Requests", &format!("Retry-After: {value}\r\n"), "{\"error\": \"slow down\"}");
+                    } else {
+                        common::write_http_response(stream, "200 OK", "", &common::chat_answer("The answer is 7"));
+                    }
+                });
+                let (r, took) = timed(&bounded(&format!("http://{}/v1", server.addr), 5.0, 1, max_wait_s));
+                let c = r.unwrap_or_else(|e| panic!("Retry-After: {after}: {e}"));
+                assert_eq!((c.text.as_str(), c.attempts), ("The answer is 7", 2), "Retry-After: {after}");
+                let took = took.as_secs_f64();
+                assert!((lo..hi).contains(&took), "Retry-After: {after}: took {took:.2} s, expected {lo}..{hi}");
+            });
+        }
+    });
+    // The cap itself is a finite, bounded number.
+    for bad in [f64::INFINITY, -1.0, 1e9] {
+        let e = OpenAi::new(OpenAiOptions { max_wait_s: bad, ..OpenAiOptions::default() }).err().expect("refused");
+        assert!(e.contains("'max_wait_s' must be in 0..=3600"), "{e}");
+    }
+}
+
+/// `timeout_s` bounds a whole attempt: a server that drips its headers, its answer or its
+/// error body slower than that fails the attempt with an error naming timeout_s, in about
+/// timeout_s, not when the last byte arrives; a fast drip still succeeds.
+#[test]
+fn timeout_s_bounds_a_whole_attempt_however_slowly_the_server_drips() {
+    /// What the server drips, one byte per `gap_ms` (at most 5.5 s of it).
+    #[derive(Clone, Copy, Debug)]
+    enum Drip {
+        Headers,
+        Answer,
+        ErrorBody,
+    }
+    fn serve_drip(what: Drip, gap_ms: u64) -> common::FakeServer {
+        common::fake_server(move |_, _, stream| {
+            let (status, body) = match what {
+                Drip::ErrorBody => ("500 Internal Server Error", "{\"error\": \"busy, busy, busy, busy, busy, busy, busy, busy, busy, busy\"}".to_string()),
+                _ => ("200 OK", common::chat_answer("Dripped. The answer is 7")),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let (fast, slow) = match what {
+                Drip::Headers => (String::new(), head + body.as_str()),
+                _ => (head, body),
+            };
+            if stream.write_all(fast.as_bytes()).is_err() {
+                return;
+            }
+            for b in slow.bytes().take((5500 / gap_ms.max(1)) as usize) {
+                if stream.write_all(&[b]).and_then(|_| stream.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(gap_ms));
+            }
+        })
+    }
+    std::thread::scope(|s| {
+        for (what, retries) in [(Drip::Headers, 0), (Drip::Answer, 0), (Drip::ErrorBody, 0), (Drip::Answer, 1)] {
+            s.spawn(move || {
+                let server = serve_drip(what, 50);
+                let (r, took) = timed(&bounded(&format!("http://{}/v1", server.addr), 0.5, retries, 0.05));
+                let e = r.err().unwrap_or_else(|| panic!("{what:?}: a dripped request succeeded"));
+                assert!(e.contains("within timeout_s = 0.5 s") && e.contains("raise timeout_s"), "{what:?}: {e}");
+                if retries > 0 {
+                    assert!(e.starts_with("gave up after 2 attempts: "), "{e}");
+                }
+                let limit = 0.5 * (retries + 1) as f64 + 1.5;
+                assert!(took.as_secs_f64() < limit, "{what:?}: took {took:?}, not about timeout_s per attempt");
+                assert_eq!(server.count.load(Ordering::SeqCst), retries + 1);
+            });
+        }
+    });
+    // A drip that ends within timeout_s is an answer.
+    let server = serve_drip(Drip::Answer, 1);
+    let (r, _) = timed(&bounded(&format!("http://{}/v1", server.addr), 10.0, 0, 0.05));
+    assert_eq!(r.unwrap().text, "Dripped. The answer is 7");
 }

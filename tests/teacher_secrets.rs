@@ -1,6 +1,8 @@
 //! The teacher's API key and endpoint: a key goes only over https or to a loopback host, never
 //! to a custom endpoint by default, and never into an error, a frame, a file or stderr, even when
-//! the server echoes it back; answers are cached per endpoint, not just per model name.
+//! the server echoes it back, raw, JSON-escaped or percent-encoded; answers are cached per
+//! endpoint, not just per model name. base_url is read once, as the HTTP client reads it: what
+//! the key policy judges is where the request goes.
 
 #[macro_use]
 mod common;
@@ -245,4 +247,147 @@ fn two_endpoints_with_one_model_name_do_not_share_the_cache() {
     assert_eq!((again.requests, again.cache_hits), (0, 3));
     assert!(again.rows.iter().all(|r| r.rationale.as_deref() == Some("First server. The answer is 1")));
     assert_eq!(first.count.load(Ordering::SeqCst), 3);
+}
+
+/// Every form a server may echo `key` (ASCII, with a '/' and a '+') in: JSON escapes (every char,
+/// the first only with '/' as '\/', upper-case hex mixed with raw chars, escaped twice) and
+/// percent-encoding (every byte, reserved chars only in lower case, twice), and both mixed.
+fn echo_forms(key: &str) -> Vec<String> {
+    let u = |c: char| format!("\\u{:04x}", c as u32);
+    let all_u: String = key.chars().map(u).collect();
+    let half = key.len() / 2;
+    vec![
+        all_u.clone(),
+        format!("{}{}", u(key.chars().next().unwrap()), key[1..].replace('/', "\\/")),
+        key.chars().enumerate().map(|(i, c)| if i % 2 == 0 { format!("\\u{:04X}", c as u32) } else { c.to_string() }).collect(),
+        all_u.replace('\\', "\\\\"),
+        key.bytes().map(|b| format!("%{b:02X}")).collect(),
+        key.replace('/', "%2f").replace('+', "%2b"),
+        key.replace('/', "%252F").replace('+', "%252B"),
+        format!("{}{}", key[..half].chars().map(u).collect::<String>(), key[half..].bytes().map(|b| format!("%{b:02x}")).collect::<String>()),
+    ]
+}
+
+fn url_key() -> String {
+    format!("sk-cotlab/url+{}-secret", std::process::id())
+}
+
+/// A base_url the client would read other than a person reads it is refused before any request,
+/// with what to give instead, and never echoes the key or a password.
+#[test]
+fn base_urls_read_two_ways_are_refused() {
+    std::env::set_var("COTLAB_TEST_KEY_URL", url_key());
+    for (url, says) in [
+        ("http://evil.example\\@127.0.0.1/v1", "a backslash"),
+        ("http://127.0.0.1:8000\\@evil.example/v1", "a backslash"),
+        ("http://127.0.0.1\t.evil.example/v1", "a tab"),
+        ("http://127.0.0.1\n.evil.example/v1", "a line break"),
+        (" http://127.0.0.1/v1", "a space"),
+        ("http://127.0.0.1/v1 ", "a space"),
+        ("http://127.0.0.1\u{7f}/v1", "U+007F"),
+        ("http://user:pw@127.0.0.1/v1", "user name or password"),
+        ("http://evil.example@127.0.0.1/v1", "user name or password"),
+        ("http://evil.example?@127.0.0.1/v1", "query or fragment"),
+        ("http://evil.example#@127.0.0.1/v1", "query or fragment"),
+        ("http://127.0.0.1.evil.example/v1", "over plain http to 127.0.0.1.evil.example"),
+        ("http://localhost.evil.example/v1", "over plain http to localhost.evil.example"),
+    ] {
+        let e = OpenAi::new(opts(url, Some("COTLAB_TEST_KEY_URL"))).err().unwrap_or_else(|| panic!("{url:?} accepted"));
+        assert!(e.contains(says), "{url:?}: {e}");
+        assert!(["give e.g.", "api_key_env", "allow_insecure_key"].iter().any(|w| e.contains(w)), "{url:?}: says what to give instead: {e}");
+        assert!(!e.contains(&url_key()) && !e.contains(":pw@"), "{e}");
+        // Misreadable URLs are refused with no key as well: the key is not what makes them wrong.
+        if !says.starts_with("over plain http") {
+            assert!(OpenAi::new(opts(url, None)).is_err(), "{url:?} accepted without a key");
+        }
+    }
+}
+
+/// The request goes where the policy looked: the parsed base_url's host (loopback spellings the
+/// client reads as 127.0.0.1 included), its path kept, with chat/completions appended.
+#[test]
+fn requests_go_to_the_url_the_key_policy_judged() {
+    std::env::set_var("COTLAB_TEST_KEY_URL2", url_key());
+    let server = common::fake_server(|_, _, s| common::write_http_response(s, "200 OK", "", &common::chat_answer("The answer is 7")));
+    let port = server.addr.rsplit(':').next().unwrap();
+    let cases = [
+        (format!("http://{}/v1", server.addr), "/v1/chat/completions"),
+        (format!("http://{}/v1/", server.addr), "/v1/chat/completions"),
+        (format!("http://{}", server.addr), "/chat/completions"),
+        (format!("http://127.1:{port}/api/v1"), "/api/v1/chat/completions"),
+        (format!("HTTP://0x7F.0.0.1:{port}/v1"), "/v1/chat/completions"),
+    ];
+    for (i, (url, path)) in cases.iter().enumerate() {
+        let client = OpenAi::new(opts(url, Some("COTLAB_TEST_KEY_URL2"))).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let c = client.complete("s", "u", 0.0, 1.0, 8, 1).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.text, "The answer is 7");
+        let head = server.heads.lock().unwrap()[i].clone();
+        assert!(head.starts_with(&format!("POST {path} HTTP/1.1")), "{url}: {head}");
+        assert_eq!(server.auth()[i], format!("Bearer {}", url_key()));
+    }
+}
+
+/// A server echoing the key JSON-escaped or percent-encoded, in an error body or an answer,
+/// gets `[redacted]` in every form, and nothing of the key is left around it.
+#[test]
+fn an_escaped_or_encoded_echo_of_the_key_is_redacted() {
+    let key = url_key();
+    std::env::set_var("COTLAB_TEST_KEY_ECHO", &key);
+    let forms = echo_forms(&key);
+    let (f1, f2) = (forms.clone(), forms.clone());
+    let errors = common::fake_server(move |k, _, s| common::write_http_response(s, "401 Unauthorized", "", &format!("{{\"error\": \"bad key: {}\"}}", f1[k % f1.len()])));
+    // The answer's JSON string decodes to the form itself.
+    let answers = common::fake_server(move |k, _, s| common::write_http_response(s, "200 OK", "", &common::chat_answer(&format!("you sent {}. The answer is 7", f2[k % f2.len()]))));
+    let client = |server: &common::FakeServer| OpenAi::new(opts(&format!("http://{}/v1", server.addr), Some("COTLAB_TEST_KEY_ECHO"))).unwrap();
+    let (e, a) = (client(&errors), client(&answers));
+    for form in &forms {
+        let err = e.complete("s", "u", 0.0, 1.0, 8, 1).err().expect("401 is an error");
+        assert_eq!(err, "HTTP 401: {\"error\": \"bad key: [redacted]\"}", "echoed as {form}");
+        let text = a.complete("s", "u", 0.0, 1.0, 8, 1).unwrap().text;
+        assert_eq!(text, "you sent [redacted]. The answer is 7", "echoed as {form}");
+    }
+    assert_eq!(errors.count.load(Ordering::SeqCst), forms.len());
+}
+
+/// Through a script, the escaped and encoded echoes reach neither the rows, nor the CSV, nor
+/// the terminal.
+#[test]
+fn an_escaped_echo_never_reaches_the_frame_files_or_stderr() {
+    require!(Data);
+    let key = format!("sk-cotlab/zq9x+{}-secret", std::process::id());
+    let forms = echo_forms(&key);
+    let f = forms.clone();
+    let server = common::fake_server(move |k, head, s| {
+        let sent = head.lines().find_map(|l| l.strip_prefix("Authorization: Bearer ")).unwrap_or("none").to_string();
+        common::write_http_response(s, "400 Bad Request", "", &format!("{{\"error\": \"bad key: {}\"}}", echo_forms(&sent)[k % f.len()]));
+    });
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("escaped.rhai");
+    std::fs::write(
+        &script,
+        format!(
+            r#"let t = teacher("openai", #{{ base_url: "http://{}/v1", model: "echo", api_key_env: "COTLAB_TEST_KEY_ESC", concurrency: 1, timeout_s: 5.0, max_retries: 0 }});
+               let f = t.ask(dataset("arith", #{{ n: {}, seed: 1 }}), #{{ level: 1 }}).df();
+               print(f);
+               for e in f.column("error") {{ print(e); }}
+               f.write_csv("t.csv");"#,
+            server.addr,
+            forms.len()
+        ),
+    )
+    .unwrap();
+    let out = d.path().join("o");
+    let r = common::run(common::cotlab().env("COTLAB_TEST_KEY_ESC", &key).arg("run").arg(&script).arg("--out").arg(&out));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(server.count.load(Ordering::SeqCst), forms.len());
+    assert_eq!(r.stdout.matches("HTTP 400: {\"error\": \"bad key: [redacted]\"}").count(), forms.len(), "{}", r.stdout);
+    let csv = std::fs::read_to_string(out.join("t.csv")).unwrap();
+    assert_eq!(csv.matches("[redacted]").count(), forms.len(), "{csv}");
+    for (what, text) in [("stdout", &r.stdout), ("stderr", &r.stderr), ("t.csv", &csv)] {
+        for form in forms.iter().chain([&key]) {
+            assert!(!text.contains(form.as_str()), "the key is in {what} as {form}: {text}");
+        }
+        // Nothing of the key is left: not even its distinctive middle part.
+        assert!(!text.contains("zq9x"), "{what}: {text}");
+    }
 }

@@ -2,15 +2,25 @@
 //! endpoint, vLLM, Ollama, llama.cpp servers). Retries 429/5xx/timeouts/dropped connections/
 //! malformed JSON with exponential backoff and jitter, honouring Retry-After.
 //!
-//! The API key comes from the environment variable named by `api_key_env`; without one,
-//! `OPENAI_API_KEY` is used for `api.openai.com` only, never for another endpoint. A key is sent
-//! only over https or to a loopback host (127.0.0.0/8, ::1, localhost) unless
-//! `allow_insecure_key` is set, and it is replaced by `[redacted]` in every text this client
-//! returns (errors, response bodies), so it is never written anywhere.
+//! Invariants:
+//! - `base_url` is parsed once, by the `url` crate the HTTP client (ureq) parses with (WHATWG
+//!   rules); the key policy and the request URL both come from that one parse, so the host the
+//!   policy judges is the host the request goes to. What a reader could misread is refused:
+//!   `\` (read as `/`), whitespace, control characters, `user:pass@`, a query or a fragment.
+//! - The API key comes from the environment variable named by `api_key_env`; without one,
+//!   `OPENAI_API_KEY` is used for `api.openai.com` only, never for another endpoint. A key is sent
+//!   only over https or to a loopback host (127.0.0.0/8, ::1, localhost) unless
+//!   `allow_insecure_key` is set; ureq never forwards it on a redirect.
+//! - The key is replaced by `[redacted]` in every text this client returns (errors, answers),
+//!   raw, JSON-escaped (`\uXXXX`, `\/`, nested) or percent-encoded, before a server's text is cut
+//!   or stored, so it is never written anywhere.
+//! - Waiting is bounded: one attempt (connecting, sending, reading the whole answer) ends within
+//!   `timeout_s`, and no wait between attempts exceeds `max_wait_s`, whatever Retry-After says.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use url::{Host, Url};
 
 use crate::rng::Rng;
 
@@ -25,10 +35,14 @@ pub struct OpenAiOptions {
     /// Send the key over plain http to a non-loopback host (off: refused before any request).
     pub allow_insecure_key: bool,
     pub concurrency: usize,
+    /// Longest one attempt may take, from connecting to the last byte of the answer.
     pub timeout_s: f64,
     pub max_retries: usize,
-    /// First backoff delay; doubles on each retry (with jitter), capped at 60 s.
+    /// First backoff delay; doubles on each retry (with jitter), capped at `max_wait_s`.
     pub backoff_s: f64,
+    /// Longest wait between two attempts, backoff and Retry-After alike: a server asking for
+    /// more (or for `inf`) gets this.
+    pub max_wait_s: f64,
     /// USD per million prompt / completion tokens, for the cost estimate.
     pub price_in: f64,
     pub price_out: f64,
@@ -45,6 +59,7 @@ impl Default for OpenAiOptions {
             timeout_s: 60.0,
             max_retries: 5,
             backoff_s: 1.0,
+            max_wait_s: 60.0,
             price_in: 0.0,
             price_out: 0.0,
         }
@@ -65,73 +80,98 @@ pub struct OpenAi {
     agent: ureq::Agent,
     key: Option<String>,
     endpoint: String,
+    /// Where every request goes: the parsed `base_url` with `chat/completions` appended.
+    chat_url: Url,
 }
 
 enum Failure {
+    /// Worth another attempt; the seconds Retry-After asked for, unclamped.
     Retry(String, Option<f64>),
     Fatal(String),
 }
 
-/// What the key policy needs of a base URL: lowercase scheme and host, and the URL normalised
-/// (scheme and host lowercased, no trailing slash) for cache keys.
-struct Endpoint {
-    scheme: String,
-    host: String,
-    normalised: String,
-}
+const EXAMPLE_URLS: &str = "give e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1";
 
-fn endpoint(base_url: &str) -> Result<Endpoint, String> {
-    let bad = || format!("base_url '{base_url}' is not an http(s) URL: give e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1");
-    let (scheme, rest) = base_url.trim().split_once("://").ok_or_else(bad)?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return Err(bad());
-    }
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+/// `raw` for an error message, with a password in a `user:pass@` part masked.
+fn shown(raw: &str) -> String {
+    let masked = match (raw.find("://"), raw.rfind('@')) {
+        (Some(s), Some(at)) if s + 3 < at => match raw[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &raw[..s + 3 + c], &raw[at..]),
+            None => raw.to_string(),
+        },
+        _ => raw.to_string(),
     };
-    let authority = authority.to_ascii_lowercase();
-    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(&authority);
-    let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("").to_string()
+    // Quoted with escapes where a tab or line break would otherwise hide in the message.
+    if masked.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        format!("{masked:?}")
     } else {
-        hostport.split(':').next().unwrap_or("").to_string()
-    };
-    if host.is_empty() {
-        return Err(bad());
+        format!("'{masked}'")
     }
-    let normalised = format!("{scheme}://{authority}{}", path.trim_end_matches('/'));
-    Ok(Endpoint { scheme, host, normalised })
 }
 
-/// 127.0.0.0/8, ::1 (also as ::ffff:127.x), localhost and *.localhost.
-fn is_loopback(host: &str) -> bool {
-    if host == "localhost" || host.ends_with(".localhost") {
-        return true;
+/// `base_url` parsed as the HTTP client parses it, refusing what a reader could misread: the
+/// host this returns is the host requests go to.
+fn parse_base_url(raw: &str) -> Result<Url, String> {
+    if let Some(c) = raw.chars().find(|c| *c == '\\' || c.is_whitespace() || c.is_control()) {
+        let what = match c {
+            '\\' => "a backslash '\\' (HTTP clients read it as '/', so the host would not be the one it seems)".to_string(),
+            ' ' => "a space".to_string(),
+            '\t' => "a tab".to_string(),
+            '\n' | '\r' => "a line break".to_string(),
+            c => format!("the character U+{:04X}", c as u32),
+        };
+        return Err(format!("base_url {} contains {what}: write it with '/' only and nothing around it; {EXAMPLE_URLS}", shown(raw)));
     }
-    if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
-        return ip.is_loopback();
+    let url = Url::parse(raw).map_err(|e| format!("base_url {} is not an http(s) URL ({e}): {EXAMPLE_URLS}", shown(raw)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("base_url {} is not an http(s) URL: {EXAMPLE_URLS}", shown(raw)));
     }
-    match host.parse::<std::net::Ipv6Addr>() {
-        Ok(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        Err(_) => false,
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "base_url {} has a user name or password before the host ('user:pass@'): remove it, and give the API key through api_key_env (the name of the environment variable holding it)",
+            shown(raw)
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("base_url {} has a query or fragment ('?…' or '#…'): give only the API root that chat/completions is appended to; {EXAMPLE_URLS}", shown(raw)));
+    }
+    Ok(url)
+}
+
+/// `base` with `chat/completions` appended to its path (`/v1` and `/v1/` → `/v1/chat/completions`).
+fn chat_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    // http(s) URLs always have a path to extend (parse_base_url checked the scheme).
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(["chat", "completions"]);
+    }
+    url
+}
+
+/// 127.0.0.0/8, ::1 (also as ::ffff:127.x), localhost and *.localhost, judged on the parsed
+/// host (so `0x7f.1` is 127.0.0.1 here as it is to the client).
+fn is_loopback(host: &Host<&str>) -> bool {
+    match host {
+        Host::Domain(d) => *d == "localhost" || d.ends_with(".localhost"),
+        Host::Ipv4(ip) => ip.is_loopback(),
+        Host::Ipv6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
 impl OpenAi {
     pub fn new(opts: OpenAiOptions) -> Result<OpenAi, String> {
         opts.validate().map_err(|e| e.to_string())?;
-        let ep = endpoint(&opts.base_url)?;
-        let official = ep.host == "api.openai.com";
+        let base = parse_base_url(&opts.base_url)?;
+        let host = base.host().ok_or_else(|| format!("base_url {} has no host: {EXAMPLE_URLS}", shown(&opts.base_url)))?;
+        let endpoint = base.as_str().trim_end_matches('/').to_string();
+        let official = host == Host::Domain("api.openai.com");
         let var = match &opts.api_key_env {
             Some(v) => Some(v.clone()),
             None if official => Some("OPENAI_API_KEY".to_string()),
             None => {
                 if std::env::var_os("OPENAI_API_KEY").is_some_and(|k| !k.is_empty()) {
                     eprintln!(
-                        "note: teacher: no API key is sent to {} (OPENAI_API_KEY is only used for api.openai.com); set api_key_env to name the variable holding this endpoint's key",
-                        ep.normalised
+                        "note: teacher: no API key is sent to {endpoint} (OPENAI_API_KEY is only used for api.openai.com); set api_key_env to name the variable holding this endpoint's key"
                     );
                 }
                 None
@@ -149,50 +189,68 @@ impl OpenAi {
             },
             None => None,
         };
-        if key.is_some() && ep.scheme != "https" && !is_loopback(&ep.host) && !opts.allow_insecure_key {
+        if key.is_some() && base.scheme() != "https" && !is_loopback(&host) && !opts.allow_insecure_key {
             return Err(format!(
-                "refusing to send the API key from {} over plain http to {}: anyone on the way could read it. Use https, a loopback host, or set allow_insecure_key: true if you trust the network",
+                "refusing to send the API key from {} over plain http to {host}: anyone on the way could read it. Use https, a loopback host, or set allow_insecure_key: true if you trust the network",
                 var.as_deref().unwrap_or("?"),
-                ep.host
             ));
         }
-        let t = Duration::from_secs_f64(opts.timeout_s.max(0.01));
-        let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout_read(t).timeout_write(t).build();
-        Ok(OpenAi { opts, agent, key, endpoint: ep.normalised })
+        // One deadline for the whole attempt: a server dripping its answer byte by byte cannot
+        // reset it as it would a per-read timeout.
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs_f64(opts.timeout_s)).build();
+        let chat_url = chat_url(&base);
+        Ok(OpenAi { opts, agent, key, endpoint, chat_url })
     }
 
-    /// The base URL normalised (scheme and host lowercased, no trailing slash): part of every
-    /// cache key, so two servers with one model name never share answers.
+    /// The base URL normalised (as parsed: scheme and host lowercased, default port dropped; no
+    /// trailing slash): part of every cache key, so two servers with one model name never share
+    /// answers.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    /// `text` with every occurrence of the key replaced by `[redacted]`.
+    /// `text` with every occurrence of the key, raw, JSON-escaped or percent-encoded, replaced by
+    /// `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         match &self.key {
-            Some(k) if !k.is_empty() => text.replace(k.as_str(), "[redacted]"),
+            Some(k) if !k.is_empty() => redact_key(text, k),
             _ => text.to_string(),
         }
     }
 
+    fn timed_out(&self) -> Failure {
+        Failure::Retry(
+            format!(
+                "the server did not finish answering within timeout_s = {} s (one attempt, from connecting to the last byte): raise timeout_s if it is slow",
+                self.opts.timeout_s
+            ),
+            None,
+        )
+    }
+
     fn once(&self, body: &serde_json::Value) -> Result<Completion, Failure> {
-        let url = format!("{}/chat/completions", self.opts.base_url.trim_end_matches('/'));
-        let mut req = self.agent.post(&url).set("Content-Type", "application/json");
+        let mut req = self.agent.request_url("POST", &self.chat_url).set("Content-Type", "application/json");
         if let Some(k) = &self.key {
             req = req.set("Authorization", &format!("Bearer {k}"));
         }
         let resp = match req.send_json(body.clone()) {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
-                let retry_after = r.header("Retry-After").and_then(|v| v.trim().parse::<f64>().ok());
+                let retry_after = r.header("Retry-After").and_then(|v| retry_after_s(v, SystemTime::now()));
+                let body = match r.into_string() {
+                    Ok(b) => b,
+                    Err(e) if is_timeout(&e) => return Err(self.timed_out()),
+                    Err(_) => String::new(),
+                };
                 // Redacted before truncating: a cut could leave part of the key unmatched.
-                let body = self.redact(&r.into_string().unwrap_or_default());
+                let body = self.redact(&body);
                 let msg = format!("HTTP {code}: {}", body.chars().take(200).collect::<String>());
                 return Err(if code == 429 || code >= 500 { Failure::Retry(msg, retry_after) } else { Failure::Fatal(msg) });
             }
+            Err(ureq::Error::Transport(t)) if is_timeout(&t) => return Err(self.timed_out()),
             Err(e) => return Err(Failure::Retry(format!("transport: {e}"), None)),
         };
-        let text = resp.into_string().map_err(|e| Failure::Retry(format!("reading the body: {e}"), None))?;
+        let text = resp.into_string().map_err(|e| if is_timeout(&e) { self.timed_out() } else { Failure::Retry(format!("reading the body: {e}"), None) })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("malformed JSON: {e}"), None))?;
         let content = v["choices"][0]["message"]["content"]
             .as_str()
@@ -230,15 +288,194 @@ impl OpenAi {
                     if attempt == self.opts.max_retries {
                         break;
                     }
-                    let backoff = (self.opts.backoff_s * 2f64.powi(attempt as i32)).min(60.0);
-                    let jitter = backoff * 0.5 * ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
-                    let wait = after.unwrap_or(0.0).max(backoff + jitter);
-                    std::thread::sleep(Duration::from_secs_f64(wait));
+                    let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    std::thread::sleep(wait_before_retry(after, self.opts.backoff_s, attempt, unit, self.opts.max_wait_s));
                 }
             }
         }
         Err(format!("gave up after {} attempts: {last}", self.opts.max_retries + 1))
     }
+}
+
+/// Whether an error comes from a deadline running out (ureq reports these as io TimedOut, or
+/// WouldBlock from a socket read timeout, somewhere in its source chain).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The wait before the retry after `attempt` (0-based): exponential backoff with `unit` ∈ [0, 1)
+/// of up to 50 % jitter, or what the server asked for if longer; always in [0, `cap`] s, so a
+/// non-finite, negative or huge Retry-After can neither panic nor stall the run.
+fn wait_before_retry(asked_s: Option<f64>, backoff_s: f64, attempt: usize, unit: f64, cap: f64) -> Duration {
+    let backoff = (backoff_s * 2f64.powi(attempt.min(1000) as i32)).min(cap);
+    let jittered = backoff + backoff * 0.5 * unit;
+    let asked = match asked_s {
+        Some(s) if !s.is_finite() => cap,
+        Some(s) => s.max(0.0),
+        None => 0.0,
+    };
+    Duration::from_secs_f64(jittered.max(asked).min(cap).max(0.0))
+}
+
+/// The seconds a Retry-After value asks for, counted from `now`: delta-seconds (any number,
+/// `inf` and `1e300` included, clamped by the caller) or an HTTP date (IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`); None when it is neither.
+fn retry_after_s(value: &str, now: SystemTime) -> Option<f64> {
+    let value = value.trim();
+    if let Ok(s) = value.parse::<f64>() {
+        return Some(s);
+    }
+    let at = imf_fixdate(value)?;
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    Some(at as f64 - now)
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (RFC 7231 §7.1.1.1); None if `v` is not one.
+fn imf_fixdate(v: &str) -> Option<i64> {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (day_name, rest) = v.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let &[day, month, year, time, "GMT"] = parts.as_slice() else { return None };
+    let [h, m, s]: [&str; 3] = time.split(':').collect::<Vec<_>>().try_into().ok()?;
+    let digits = |t: &str, n: usize| if t.len() == n && t.bytes().all(|b| b.is_ascii_digit()) { t.parse::<i64>().ok() } else { None };
+    let (day, year, h, m, s) = (digits(day, 2)?, digits(year, 4)?, digits(h, 2)?, digits(m, 2)?, digits(s, 2)?);
+    let month = MONTHS.iter().position(|x| *x == month)? as i64 + 1;
+    if !DAYS.contains(&day_name) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `text` with `key` replaced by `[redacted]` wherever it appears in any mix of the forms a
+/// server may echo it in: raw, JSON-escaped and percent-encoded (see `key_end`).
+fn redact_key(text: &str, key: &str) -> String {
+    let key: Vec<char> = key.chars().collect();
+    let t = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut kept) = (0, 0);
+    while i < t.len() {
+        match key_end(t, i, &key) {
+            // Encodings start with an ASCII byte or a char's first byte and end after a whole
+            // char; the boundary check only keeps the slicing panic-free.
+            Some(end) if end > i && text.is_char_boundary(i) && text.is_char_boundary(end) => {
+                out.push_str(&text[kept..i]);
+                out.push_str("[redacted]");
+                (i, kept) = (end, end);
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&text[kept..]);
+    out
+}
+
+/// Where an encoding of `key` that starts at `t[i]` ends. Each char may be itself; a JSON
+/// escape (`\uXXXX`, a surrogate pair, `\/`-style or `\n`-style) behind any run of
+/// backslashes, since escaped text may be escaped again; or its UTF-8 bytes percent-encoded
+/// (`%XX`, `%25XX` when encoded twice; `+` for a space). A `%` or `\\` in the key can be read
+/// two ways, so the forms are tried in turn.
+fn key_end(t: &[u8], i: usize, key: &[char]) -> Option<usize> {
+    let Some((&c, rest)) = key.split_first() else { return Some(i) };
+    let mut buf = [0u8; 4];
+    let bytes = c.encode_utf8(&mut buf).as_bytes();
+    let literal = t.get(i..)?.starts_with(bytes).then_some(i + bytes.len());
+    let encoded = match t.get(i) {
+        Some(b'\\') => json_escape_end(t, i, c),
+        Some(b'%' | b'+') => percent_end(t, i, bytes),
+        _ => None,
+    };
+    [literal, encoded].into_iter().flatten().find_map(|end| key_end(t, end, rest))
+}
+
+/// The end of a JSON escape of `c` at `t[i]` (see `key_end`).
+fn json_escape_end(t: &[u8], i: usize, c: char) -> Option<usize> {
+    // A bounded run: nesting deeper than this is not an echo, and a long run of backslashes
+    // must not make redaction quadratic.
+    let after_backslashes = |p: usize| {
+        let n = t.get(p..)?.iter().take(64).take_while(|b| **b == b'\\').count();
+        (n > 0 && n < 64).then_some(p + n)
+    };
+    let q = after_backslashes(i)?;
+    let short = match c {
+        '\\' => return Some(q),
+        '\n' => Some(b'n'),
+        '\r' => Some(b'r'),
+        '\t' => Some(b't'),
+        '\u{8}' => Some(b'b'),
+        '\u{c}' => Some(b'f'),
+        c if c.is_ascii_punctuation() => Some(c as u8),
+        _ => None,
+    };
+    if short.is_some() && t.get(q) == short.as_ref() {
+        return Some(q + 1);
+    }
+    let mut units = [0u16; 2];
+    let mut p = i;
+    for &u in c.encode_utf16(&mut units).iter() {
+        let q = after_backslashes(p)?;
+        if t.get(q) != Some(&b'u') || hex(t, q + 1, 4)? != u32::from(u) {
+            return None;
+        }
+        p = q + 5;
+    }
+    Some(p)
+}
+
+/// The end of `bytes` percent-encoded at `t[i]`, each byte `%XX` or literal (see `key_end`).
+fn percent_end(t: &[u8], mut i: usize, bytes: &[u8]) -> Option<usize> {
+    for &b in bytes {
+        i = match (percent_byte_end(t, i, b), t.get(i)) {
+            (Some(end), _) => end,
+            (None, Some(&x)) if x == b || (b == b' ' && x == b'+') => i + 1,
+            _ => return None,
+        };
+    }
+    Some(i)
+}
+
+/// The end of `b` as `%XX` at `t[i]`, behind up to 8 `25`s (`%` encoded again each round).
+fn percent_byte_end(t: &[u8], i: usize, b: u8) -> Option<usize> {
+    if t.get(i) != Some(&b'%') {
+        return None;
+    }
+    let mut p = i + 1;
+    for _ in 0..9 {
+        match hex(t, p, 2)? {
+            x if x == u32::from(b) => return Some(p + 2),
+            0x25 => p += 2,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The value of the `n` hex digits at `t[i..]`, either case.
+fn hex(t: &[u8], i: usize, n: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(t.get(i..i + n)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
 }
 
 impl OpenAiOptions {
@@ -250,6 +487,7 @@ impl OpenAiOptions {
         in_range(T, "timeout_s", self.timeout_s, 0.001..=86_400.0)?;
         in_range(T, "max_retries", self.max_retries, 0..=100)?;
         in_range(T, "backoff_s", self.backoff_s, 0.0..=3600.0)?;
+        in_range(T, "max_wait_s", self.max_wait_s, 0.0..=3600.0)?;
         in_range(T, "price_in", self.price_in, 0.0..=1e6)?;
         in_range(T, "price_out", self.price_out, 0.0..=1e6)?;
         Ok(())

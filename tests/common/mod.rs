@@ -147,3 +147,85 @@ pub fn smol_tokenizer_dir(dir: &std::path::Path) -> PathBuf {
     std::fs::write(tok_dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     tok_dir
 }
+
+/// A fake HTTP server on 127.0.0.1 (never another interface) for tests that need to control
+/// the bytes and their timing: each connection's request is read, then `respond(k, head,
+/// stream)` answers on its own thread (`k` counts connections from 0, `head` is the request's
+/// header block). It accepts for 60 s and each connection times out after 10 s, so nothing it
+/// starts outlives a test.
+pub fn fake_server<F>(respond: F) -> FakeServer
+where
+    F: Fn(usize, &str, &mut std::net::TcpStream) + Send + Sync + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, h, respond) = (count.clone(), heads.clone(), std::sync::Arc::new(respond));
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let mut stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            };
+            let k = c.fetch_add(1, Ordering::SeqCst);
+            let (h, respond) = (h.clone(), respond.clone());
+            std::thread::spawn(move || {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+                let Some(head) = read_http_request(&mut stream) else { return };
+                h.lock().unwrap().push(head.clone());
+                respond(k, &head, &mut stream);
+            });
+        }
+    });
+    FakeServer { addr, count, heads }
+}
+
+pub struct FakeServer {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Connections accepted so far.
+    pub count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The header block of each request read, in arrival order.
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeServer {
+    /// The Authorization header of each request ("" when none).
+    pub fn auth(&self) -> Vec<String> {
+        let header = |head: &String| {
+            head.lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string()))
+                .unwrap_or_default()
+        };
+        self.heads.lock().unwrap().iter().map(header).collect()
+    }
+}
+
+/// `t` as an HTTP date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let name = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
+    format!("{weekday}, {day:02} {name} {year} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
+}
