@@ -239,6 +239,21 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         }
         Ok(())
     })?;
+    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template };
+    write_report(student, ds, opts, dir, &samples, run)
+}
+
+/// What one invocation of [`evaluate`] did, for its report.
+struct Finished {
+    generated_now: usize,
+    seconds: f64,
+    max_new_tokens: usize,
+    prompt_template: String,
+}
+
+/// Score the journaled samples of `ds`, write `results.json` and `samples.parquet`.
+fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path, samples: &[Sample], run: Finished) -> Result<EvalReport> {
+    let evaluator = ds.task.evaluator();
     // Only this dataset's examples count (the file may hold the same ids only).
     let ids: HashSet<&str> = ds.examples.iter().map(|e| e.id.as_str()).collect();
     let scored: Vec<&Sample> = samples.iter().filter(|s| ids.contains(s.id.as_str())).collect();
@@ -262,14 +277,14 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         unparsed: scored.iter().filter(|s| s.extracted.is_none()).count(),
         // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
         mean_tokens: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n.max(1) as f64 + 0.0,
-        generated_now,
-        seconds: started.elapsed().as_secs_f64(),
+        generated_now: run.generated_now,
+        seconds: run.seconds,
         eval_dir: dir.display().to_string(),
         protocol: opts.protocol,
         accuracy_paper: accuracy_under(Protocol::Paper),
         accuracy_lenient: accuracy_under(Protocol::Lenient),
-        max_new_tokens,
-        prompt_template,
+        max_new_tokens: run.max_new_tokens,
+        prompt_template: run.prompt_template,
         options: opts.clone(),
     };
     let rp = dir.join("results.json");
@@ -277,6 +292,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     samples_frame(&scored)?.write_parquet(&dir.join("samples.parquet"))?;
     Ok(report)
 }
+
 
 /// What the evaluated weights are, so an eval dir never resumes with other weights: a run's
 /// checkpoint step and weights hash, else the model file's (or dir's) hash; `null` for a student

@@ -506,69 +506,7 @@ fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptio
     loop {
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).map_err(ce)?.to_vec2().map_err(ce)?;
         for st in searches.iter_mut().filter(|st| !st.done) {
-            let acc: Vec<Vec<f32>> = st
-                .running
-                .iter()
-                .zip(&st.rows)
-                .map(|((_, score), &row)| log_softmax(&rows[row]).into_iter().map(|x| x + score).collect())
-                .collect();
-            let cands = top_k(&acc, k);
-            let generated = st.running[0].0.len() + 1;
-            let finished: Vec<Option<Finish>> = cands
-                .iter()
-                .map(|&(_, j, tok)| {
-                    if stops.contains(&tok) {
-                        return Some(Finish::Eos);
-                    }
-                    if !opts.stop.is_empty() {
-                        let mut ids = st.running[j].0.clone();
-                        ids.push(tok);
-                        if hits_stop_string(s, &ids, &opts.stop) {
-                            return Some(Finish::Stop);
-                        }
-                    }
-                    (generated >= opts.max_new_tokens).then_some(Finish::Length)
-                })
-                .collect();
-            // Finished slots: the top-N candidates that finished, length-normalised, merged with
-            // the slots so far (slots first, so a tie keeps the older entry).
-            let mut merged: Vec<Slot> = st.slots.clone();
-            for (i, (&(score, j, tok), f)) in cands.iter().zip(&finished).enumerate() {
-                let mut v = score / (generated as f32).powf(length_penalty);
-                if !st.open {
-                    v += MASK;
-                }
-                let eligible = i < n && f.is_some();
-                if !eligible {
-                    v += MASK;
-                }
-                let mut ids = st.running[j].0.clone();
-                ids.push(tok);
-                merged.push(Slot { ids, score: v, finish: if eligible { *f } else { None } });
-            }
-            merged.sort_by(|a, b| b.score.total_cmp(&a.score));
-            merged.truncate(n);
-            st.slots = merged;
-            // Running beams: the best N candidates that did not finish (finished ones masked).
-            let mut next: Vec<(f32, usize)> =
-                cands.iter().zip(&finished).enumerate().map(|(i, (c, f))| (if f.is_some() { c.0 + MASK } else { c.0 }, i)).collect();
-            next.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            next.truncate(n);
-            let old_rows = std::mem::take(&mut st.rows);
-            let old_running = std::mem::take(&mut st.running);
-            for &(score, i) in &next {
-                let (_, j, tok) = cands[i];
-                let mut ids = old_running[j].0.clone();
-                ids.push(tok);
-                st.running.push((ids, score));
-                st.rows.push(old_rows[j]);
-            }
-            // transformers' early-stop heuristic (early_stopping=False): the best running beam,
-            // normalised by its current length, against the worst finished slot.
-            let best = st.running[0].1 / (generated as f32).powf(length_penalty);
-            let worst = st.slots.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
-            st.open = st.open && st.slots.iter().any(|x| best > if x.finish.is_some() { worst } else { MASK });
-            st.done = !st.open || finished.iter().all(|f| f.is_some());
+            beam_step(st, &rows, s, stops, opts, k, length_penalty);
         }
         let live: Vec<usize> = (0..searches.len()).filter(|&r| !searches[r].done).collect();
         if live.is_empty() {
@@ -606,6 +544,76 @@ fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptio
             }
         })
         .collect())
+}
+
+/// One step of one prompt's search: expand its running beams by the top `k` candidates, keep
+/// the best finished ones in its slots and the best unfinished ones running, and decide whether
+/// the search is done (transformers' rules, `early_stopping=False`).
+fn beam_step(st: &mut Search, rows: &[Vec<f32>], s: &Student, stops: &[u32], opts: &GenOptions, k: usize, length_penalty: f32) {
+    let n = opts.beams;
+        let acc: Vec<Vec<f32>> = st
+            .running
+            .iter()
+            .zip(&st.rows)
+            .map(|((_, score), &row)| log_softmax(&rows[row]).into_iter().map(|x| x + score).collect())
+            .collect();
+        let cands = top_k(&acc, k);
+        let generated = st.running[0].0.len() + 1;
+        let finished: Vec<Option<Finish>> = cands
+            .iter()
+            .map(|&(_, j, tok)| {
+                if stops.contains(&tok) {
+                    return Some(Finish::Eos);
+                }
+                if !opts.stop.is_empty() {
+                    let mut ids = st.running[j].0.clone();
+                    ids.push(tok);
+                    if hits_stop_string(s, &ids, &opts.stop) {
+                        return Some(Finish::Stop);
+                    }
+                }
+                (generated >= opts.max_new_tokens).then_some(Finish::Length)
+            })
+            .collect();
+        // Finished slots: the top-N candidates that finished, length-normalised, merged with
+        // the slots so far (slots first, so a tie keeps the older entry).
+        let mut merged: Vec<Slot> = st.slots.clone();
+        for (i, (&(score, j, tok), f)) in cands.iter().zip(&finished).enumerate() {
+            let mut v = score / (generated as f32).powf(length_penalty);
+            if !st.open {
+                v += MASK;
+            }
+            let eligible = i < n && f.is_some();
+            if !eligible {
+                v += MASK;
+            }
+            let mut ids = st.running[j].0.clone();
+            ids.push(tok);
+            merged.push(Slot { ids, score: v, finish: if eligible { *f } else { None } });
+        }
+        merged.sort_by(|a, b| b.score.total_cmp(&a.score));
+        merged.truncate(n);
+        st.slots = merged;
+        // Running beams: the best N candidates that did not finish (finished ones masked).
+        let mut next: Vec<(f32, usize)> =
+            cands.iter().zip(&finished).enumerate().map(|(i, (c, f))| (if f.is_some() { c.0 + MASK } else { c.0 }, i)).collect();
+        next.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        next.truncate(n);
+        let old_rows = std::mem::take(&mut st.rows);
+        let old_running = std::mem::take(&mut st.running);
+        for &(score, i) in &next {
+            let (_, j, tok) = cands[i];
+            let mut ids = old_running[j].0.clone();
+            ids.push(tok);
+            st.running.push((ids, score));
+            st.rows.push(old_rows[j]);
+        }
+        // transformers' early-stop heuristic (early_stopping=False): the best running beam,
+        // normalised by its current length, against the worst finished slot.
+        let best = st.running[0].1 / (generated as f32).powf(length_penalty);
+        let worst = st.slots.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
+        st.open = st.open && st.slots.iter().any(|x| best > if x.finish.is_some() { worst } else { MASK });
+        st.done = !st.open || finished.iter().all(|f| f.is_some());
 }
 
 fn cache_rows(logits: &Tensor) -> usize {
