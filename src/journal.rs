@@ -450,26 +450,29 @@ mod tests {
     }
 
     /// Writers on their own handles (as separate processes have) while another opens the journal
-    /// again and again: every open succeeds, and no record is lost.
+    /// again and again: every open succeeds, and no record is lost. Long lines, so that an open
+    /// often reads one half written.
     #[test]
     fn concurrent_appenders_and_openers_lose_nothing() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("log.jsonl");
-        let done = std::sync::atomic::AtomicUsize::new(0);
+        let long = |step: u64| Rec { step, note: "é".repeat(20_000) };
+        let done = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for w in 0..4u64 {
                 let (p, done) = (&p, &done);
                 s.spawn(move || {
                     let (j, _) = Journal::<Rec>::open(p).unwrap();
                     for i in 0..50 {
-                        j.append(&rec(w * 1000 + i)).unwrap();
+                        j.append(&long(w * 1000 + i)).unwrap();
                     }
-                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    done.fetch_add(1, SeqCst);
                 });
             }
             s.spawn(|| {
                 let mut opens = 0;
-                while done.load(std::sync::atomic::Ordering::SeqCst) < 4 || opens == 0 {
+                while done.load(SeqCst) < 4 || opens == 0 {
                     Journal::<Rec>::open(&p).unwrap();
                     opens += 1;
                 }
@@ -482,34 +485,44 @@ mod tests {
         assert_eq!(steps, want);
     }
 
-    /// `retain` on one handle replaces the file while others append: those appends go to the
-    /// new file, none to the replaced one.
+    /// `retain` on one handle replaces the file again and again while others append: those
+    /// appends go to the new file, none to a replaced one.
     #[test]
     fn retain_under_concurrent_appends_loses_no_append() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("log.jsonl");
-        std::thread::scope(|s| {
-            for w in 1..=3u64 {
-                let p = &p;
-                s.spawn(move || {
-                    let (j, _) = Journal::<Rec>::open(p).unwrap();
-                    for i in 0..50 {
-                        j.append(&rec(w * 1000 + i)).unwrap();
-                    }
-                });
+        let stop = AtomicBool::new(false);
+        let want = std::thread::scope(|s| {
+            let writers: Vec<_> = (1..=3u64)
+                .map(|w| {
+                    let (p, stop) = (&p, &stop);
+                    s.spawn(move || {
+                        let (j, _) = Journal::<Rec>::open(p).unwrap();
+                        let mut wrote = Vec::new();
+                        // At least a few, then until the rewrites are over.
+                        while wrote.len() < 20 || (!stop.load(SeqCst) && wrote.len() < 5000) {
+                            let step = w * 100_000 + wrote.len() as u64;
+                            j.append(&rec(step)).unwrap();
+                            wrote.push(step);
+                        }
+                        wrote
+                    })
+                })
+                .collect();
+            let (j, _) = Journal::<Rec>::open(&p).unwrap();
+            for _ in 0..30 {
+                j.append(&Rec { step: 0, note: "drop me".into() }).unwrap();
+                j.retain(|r| r.step != 0).unwrap();
             }
-            s.spawn(|| {
-                let (j, _) = Journal::<Rec>::open(&p).unwrap();
-                for _ in 0..30 {
-                    j.append(&Rec { step: 0, note: "drop me".into() }).unwrap();
-                    j.retain(|r| r.step != 0).unwrap();
-                }
-            });
+            stop.store(true, SeqCst);
+            let mut want: Vec<u64> = writers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+            want.sort();
+            want
         });
         let (_, got) = Journal::<Rec>::open(&p).unwrap();
         let mut steps: Vec<u64> = got.iter().map(|r| r.step).collect();
         steps.sort();
-        let want: Vec<u64> = (1..=3).flat_map(|w| (0..50).map(move |i| w * 1000 + i)).collect();
         assert_eq!(steps, want);
     }
 
