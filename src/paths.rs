@@ -16,8 +16,8 @@
 //!   runs dir can neither lead a walk outside nor make it loop.
 //! * [`RunName`]: a name for a dir under the runs dir, checked again whenever it is read back
 //!   from disk (`sweep.json` points).
-//! * [`DirLock`]: one writer per run or eval dir (an advisory `flock` on the dir's lock file,
-//!   released by the kernel when the process dies, so no stale lock survives a crash).
+//! * [`FileLock`], [`DirLock`]: advisory `flock`s (a journal's appenders; one writer per run or
+//!   eval dir), released by the kernel when the process dies, so no stale lock survives a crash.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -296,10 +296,55 @@ impl std::fmt::Display for RunName {
 /// The lock file inside every locked dir.
 pub const LOCK_FILE: &str = ".lock";
 
-/// One writer per dir: an exclusive `flock` on `dir/.lock` (holding the owner's pid, for the
+/// An exclusive advisory lock (`flock`) on an open file, released on drop (closing the file
+/// releases it too). `flock` locks belong to the open file, so two handles in one process exclude
+/// each other just as two processes do.
+#[derive(Debug)]
+pub struct FileLock {
+    fd: std::os::unix::io::RawFd,
+}
+
+impl FileLock {
+    /// Wait for the lock.
+    pub fn exclusive(file: &File) -> std::io::Result<FileLock> {
+        Self::take(file, libc::LOCK_EX).map(|l| l.expect("a blocking flock returns only once held"))
+    }
+
+    /// Take the lock if no other open file holds it (`None` if one does).
+    pub fn try_exclusive(file: &File) -> std::io::Result<Option<FileLock>> {
+        Self::take(file, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn take(file: &File, op: i32) -> std::io::Result<Option<FileLock>> {
+        use std::os::unix::io::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor this File owns; the File outlives the guard (callers keep
+        // both, the guard dropped first).
+        while unsafe { libc::flock(fd, op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        Ok(Some(FileLock { fd }))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking an open descriptor we locked cannot fail.
+        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+    }
+}
+
+/// One writer per dir: an exclusive [`FileLock`] on `dir/.lock` (holding the owner's pid, for the
 /// message), held until dropped. The kernel drops it when the process ends, however it ends.
 #[derive(Debug)]
 pub struct DirLock {
+    // Declared first: unlocked before the file closes.
+    _lock: FileLock,
     _file: File,
 }
 
@@ -310,23 +355,29 @@ impl DirLock {
         ensure_dir(dir)?;
         let p = dir.join(LOCK_FILE);
         let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).custom_flags(libc::O_NOFOLLOW).open(&p).map_err(|e| open_error(&p, e))?;
-        match f.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut held = String::new();
-                let _ = f.read_to_string(&mut held);
-                let who = held.trim().parse::<u32>().map(|p| format!("pid {p}")).unwrap_or_else(|_| "another process".into());
-                return Err(usage!(
-                    "another cotlab process ({who}) is {doing} {}: wait for it to finish, or use another name",
-                    dir.display()
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&p, e)),
-        }
+        let Some(lock) = FileLock::try_exclusive(&f).map_err(|e| Error::io(&p, e))? else {
+            let mut held = String::new();
+            let _ = f.read_to_string(&mut held);
+            let who = held.trim().parse::<u32>().map(|p| format!("pid {p}")).unwrap_or_else(|_| "another process".into());
+            return Err(usage!("another cotlab process ({who}) is {doing} {}: wait for it to finish, or use another name", dir.display()));
+        };
         use std::io::{Seek, Write};
         let _ = f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).and_then(|_| write!(f, "{}", std::process::id()));
-        Ok(DirLock { _file: f })
+        Ok(DirLock { _lock: lock, _file: f })
     }
+}
+
+/// Refuse `p` if it is a link (a journal or identity file cotlab reads, then writes).
+pub fn refuse_link(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Err(link_refused(p)),
+        _ => Ok(()),
+    }
+}
+
+/// Open `p` to append and read its last byte (a journal), creating it; a link is refused.
+pub fn append_readable(p: &Path) -> Result<File> {
+    OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| open_error(p, e))
 }
 
 #[cfg(test)]

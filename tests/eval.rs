@@ -164,14 +164,13 @@ fn an_eval_dir_is_identified_by_its_weights_and_questions() {
     r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
     let e = r.eval("e.rhai", &eval("\"r\"", svamp2, "er")).unwrap_err().to_string();
     assert!(e.contains("other settings") && e.contains("weights.step: 1 -> 2"), "{e}");
-    // Another model file at the same path: other weights.
-    let model = d.path().join("runs/m.gguf");
-    std::fs::copy(cotlab::model::default_model_path(), &model).unwrap();
-    let m = format!("\"{}\"", model.display());
-    assert_eq!(r.eval("e.rhai", &eval(&m, svamp2, "em")).unwrap().as_int().unwrap(), 2);
-    std::fs::OpenOptions::new().append(true).open(&model).unwrap().set_len(std::fs::metadata(&model).unwrap().len() + 32).unwrap();
-    let e = r.eval("e.rhai", &eval(&m, svamp2, "em")).unwrap_err().to_string();
-    assert!(e.contains("weights.sha256"), "{e}");
+    // A student trained in place (sft updates the loaded weights) and evaluated again: other weights.
+    let in_place = format!(
+        "{corpus}\nlet s = student(\"default\");\nlet a = evaluate(s, {svamp2}, #{{max_new_tokens: 4, name: \"em\"}});\n\
+         sft(s, c, #{{ run: \"r2\", max_steps: 1, batch_size: 2, grad_accum: 1 }});\nevaluate(s, {svamp2}, #{{max_new_tokens: 4, name: \"em\"}})"
+    );
+    let e = r.eval("e.rhai", &in_place).unwrap_err().to_string();
+    assert!(e.contains("e.rhai:5:") && e.contains("weights.sha256"), "{e}");
     // Another subset, limit or arith seed into the same dir: refused, never appended.
     assert_eq!(r.eval("e.rhai", &eval("\"default\"", svamp2, "es")).unwrap().as_int().unwrap(), 2);
     for other in [r#"dataset("svamp", #{limit: 2, seed: 2})"#, r#"dataset("svamp", #{limit: 3, seed: 1})"#] {

@@ -351,4 +351,121 @@ fn timeout_s_bounds_a_whole_attempt_however_slowly_the_server_drips() {
     let server = serve_drip(Drip::Answer, 1);
     let (r, _) = timed(&bounded(&format!("http://{}/v1", server.addr), 10.0, 0, 0.05));
     assert_eq!(r.unwrap().text, "Dripped. The answer is 7");
+
+/// The shared cache's case from issue 28: one process puts answers while another opens the cache
+/// and finds a torn last line (a third died mid-write). Opening must not replace the file under
+/// the writer: every answer put is there for the next reader.
+#[test]
+fn shared_cache_keeps_answers_put_while_another_process_opens_it() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("cache.jsonl");
+    let writer = Cache::open(&p).unwrap();
+    writer.put("k0", "answer 0", 1, 1).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"key\":\"dead\",\"text\":\"half an ans").unwrap();
+    assert_eq!(Cache::open(&p).unwrap().len(), 1, "the torn line is no answer");
+    for k in 1..40 {
+        writer.put(&format!("k{k}"), &format!("answer {k}"), 1, 1).unwrap();
+    }
+    let back = Cache::open(&p).unwrap();
+    assert_eq!(back.len(), 40, "no answer is lost");
+    assert_eq!(back.get("k39").unwrap().text, "answer 39");
+}
+
+/// A 2-layer student with random weights and a 96-word vocabulary (`w0`..`w95`): nonsense, but
+/// text, and no download needed.
+fn tiny_student() -> cotlab::model::Student {
+    use tokenizers::models::wordlevel::WordLevel;
+    let config = cotlab::model::ModelConfig {
+        vocab_size: 96,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 512,
+        ..cotlab::model::random::preset("smollm2-135m").unwrap()
+    };
+    let mut s = cotlab::model::random::random_student_with(config, "tiny", "none", &candle_core::Device::Cpu, 1).unwrap();
+    let vocab = (0..96u32).map(|i| (format!("w{i}"), i)).collect();
+    let mut tok = tokenizers::Tokenizer::new(WordLevel::builder().vocab(vocab).unk_token("w0".into()).build().unwrap());
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::WhitespaceSplit));
+    s.tokenizer = tok;
+    s
+}
+
+fn local(s: Arc<cotlab::model::Student>, cache: &Arc<Cache>) -> Teacher {
+    // What Workspace::student_teacher names it: the path it was loaded from.
+    Teacher { kind: "local".into(), model: s.source.display().to_string(), backend: Backend::Local(s), cache: Some(cache.clone()) }
+}
+
+fn arith_offline(n: usize) -> cotlab::data::Dataset {
+    load_dataset(&cotlab::data::DataDir("unused".into()), "arith", &DatasetOptions { n: Some(n), seed: Some(1), ..Default::default() }).unwrap()
+}
+
+/// Sample k is drawn with seed + k: at temperature > 0 a question's samples differ (they had
+/// shared one seed and came out identical), and a re-run without the cache draws the same ones.
+#[test]
+fn local_teacher_samples_differ_and_a_rerun_draws_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(tiny_student());
+    let ds = arith_offline(2);
+    let o = AskOptions { level: Some(1), n: 3, temperature: 1.0, max_tokens: 16, seed: 5, ..Default::default() };
+    let a = local(s.clone(), &Arc::new(Cache::open(&d.path().join("a.jsonl")).unwrap())).ask(&ds, &o).unwrap();
+    assert_eq!((a.rows.len(), a.requests, a.failed), (6, 6, 0));
+    for q in a.rows.chunks(3) {
+        let texts: Vec<&str> = q.iter().map(|r| r.rationale.as_deref().unwrap()).collect();
+        assert!(texts[0] != texts[1] && texts[1] != texts[2] && texts[0] != texts[2], "{texts:?}");
+        assert_eq!(q.iter().map(|r| r.seed).collect::<Vec<_>>(), vec![5, 6, 7]);
+    }
+    let b = local(s, &Arc::new(Cache::open(&d.path().join("b.jsonl")).unwrap())).ask(&ds, &o).unwrap();
+    assert_eq!(b.requests, 6, "a fresh cache: generated again");
+    let texts = |r: &cotlab::teacher::AskReport| r.rows.iter().map(|x| x.rationale.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&a), texts(&b));
+}
+
+/// New weights saved at the same path (sft into the same dir) are another teacher: the cache
+/// key covers the weights, not just the path.
+#[test]
+fn local_teacher_key_changes_when_new_weights_are_saved_at_the_same_path() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("model");
+    let cache = Arc::new(Cache::open(&d.path().join("c.jsonl")).unwrap());
+    let ds = arith_offline(2);
+    let o = AskOptions { level: Some(1), max_tokens: 8, ..Default::default() };
+    let save_and_load = || {
+        let _ = std::fs::remove_dir_all(&m);
+        cotlab::train::export::export_hf(&tiny_student(), &m).unwrap();
+        Arc::new(cotlab::model::Student::load(&m, &candle_core::Device::Cpu).unwrap())
+    };
+    let old = save_and_load();
+    let a = local(old.clone(), &cache).ask(&ds, &o).unwrap();
+    assert_eq!((a.requests, a.cache_hits), (2, 0));
+    let again = local(Arc::new(cotlab::model::Student::load(&m, &candle_core::Device::Cpu).unwrap()), &cache).ask(&ds, &o).unwrap();
+    assert_eq!((again.requests, again.cache_hits), (0, 2), "the same weights reloaded: served from the cache");
+    let new = save_and_load();
+    assert_eq!(new.source, old.source);
+    let b = local(new, &cache).ask(&ds, &o).unwrap();
+    assert_eq!((b.requests, b.cache_hits), (2, 0), "new weights at the old path are asked again");
+    assert!(a.rows.iter().zip(&b.rows).all(|(x, y)| x.cache_key != y.cache_key));
+}
+
+/// A loaded student trained in place (a script's `s.sft(...)` then `teacher(s, ...)`) is
+/// another teacher too, though its path is the same.
+#[test]
+fn local_teacher_key_changes_when_the_loaded_student_is_trained() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("c.jsonl")).unwrap());
+    let s = Arc::new(tiny_student());
+    let ds = arith_offline(2);
+    let o = AskOptions { level: Some(1), max_tokens: 8, ..Default::default() };
+    let a = local(s.clone(), &cache).ask(&ds, &o).unwrap();
+    assert_eq!(local(s.clone(), &cache).ask(&ds, &o).unwrap().cache_hits, 2);
+    let before = s.weights_fingerprint().unwrap();
+    let w = &s.params()["model.norm.weight"];
+    w.set(&(w.as_tensor() * 1.5).unwrap()).unwrap();
+    assert_ne!(s.weights_fingerprint().unwrap(), before);
+    let b = local(s, &cache).ask(&ds, &o).unwrap();
+    assert_eq!((b.requests, b.cache_hits), (2, 0));
+    assert!(a.rows.iter().zip(&b.rows).all(|(x, y)| x.cache_key != y.cache_key));
 }

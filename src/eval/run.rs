@@ -5,8 +5,8 @@
 //! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
 //! (+ `samples.parquet`). Samples are appended as answers complete (in dataset order), so an interrupted evaluation resumes
 //! where it stopped and never generates an answer twice. The eval dir's identity
-//! (`eval_config.json`) names the weights (a run's checkpoint step and hash, else the model
-//! file's hash) and the questions (count and hash), so it resumes only the same evaluation; one
+//! (`eval_config.json`) names the weights (their fingerprint, and a run's checkpoint step) and
+//! the questions (count and hash), so it resumes only the same evaluation; one
 //! process at a time holds its lock ([`DirLock`]).
 
 use std::collections::HashSet;
@@ -23,7 +23,6 @@ use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
 use crate::model::{ChatTemplate, DecodeWeights, Student};
 use crate::paths::{is_real_dir, read_text, DirLock};
-use crate::provenance::hash_file;
 use crate::train::run::{RunDir, TrainState};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -294,22 +293,19 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
 }
 
 
-/// What the evaluated weights are, so an eval dir never resumes with other weights: a run's
-/// checkpoint step and weights hash, else the model file's (or dir's) hash; `null` for a student
-/// built in code, which has no file.
+/// What the evaluated weights are, so an eval dir never resumes with other weights: the
+/// fingerprint of the weights in memory ([`Student::weights_fingerprint`]: a student trained in
+/// place since, or another file at the same path, is another one), and for a run its checkpoint
+/// step (the message then says which step each side holds).
 fn weights_identity(student: &Student) -> Result<serde_json::Value> {
-    let run = RunDir::new(&student.source);
-    let ckpt = run.checkpoint();
+    let sha256 = student.weights_fingerprint()?;
+    let ckpt = RunDir::new(&student.source).checkpoint();
     if is_real_dir(&ckpt) {
         let sp = ckpt.join("state.json");
         let state: TrainState = serde_json::from_str(&read_text(&sp)?).map_err(|e| Error::data(&sp, e.to_string()))?;
-        let weights = hash_file(&ckpt.join("model.safetensors"))?;
-        return Ok(serde_json::json!({"step": state.step, "sha256": weights.sha256}));
+        return Ok(serde_json::json!({"step": state.step, "sha256": sha256}));
     }
-    if student.source.exists() {
-        return Ok(serde_json::json!({"sha256": hash_file(&student.source)?.sha256}));
-    }
-    Ok(serde_json::Value::Null)
+    Ok(serde_json::json!({"sha256": sha256}))
 }
 
 /// Which questions the eval dir holds: their count and a hash of every (id, question, gold), so

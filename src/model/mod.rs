@@ -117,6 +117,34 @@ pub struct Student {
 }
 
 impl Student {
+    /// SHA-256 (hex) of what a student answers with: its compute dtype, chat template, and every
+    /// base weight and LoRA adapter (name, shape, f32 values); the same whatever file it came from,
+    /// and another one once training has changed any weight. Reads every weight, so [`Teacher::ask`]
+    /// takes it once per call, and an evaluation once.
+    pub fn weights_fingerprint(&self) -> Result<String> {
+        use crate::error::ModelContext;
+        use sha2::Digest;
+        let (s, m) = (self, &self.model);
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{:?}\0{}\0", m.compute_dtype(), serde_json::to_string(&s.template).unwrap_or_default()).as_bytes());
+        let mut named: Vec<(String, candle_core::Tensor)> = m.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        if let Some(l) = &m.lora {
+            h.update(serde_json::to_string(&l.config).unwrap_or_default().as_bytes());
+            named.extend(m.trainable_named().into_iter().map(|(n, v)| (n, v.as_tensor().clone())));
+        }
+        let mut buf = Vec::new();
+        for (name, t) in named {
+            h.update(format!("{name}\0{:?}\0", t.dims()).as_bytes());
+            let values = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>()).model_ctx(format!("fingerprinting weight '{name}'"))?;
+            for chunk in values.chunks(1 << 16) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                h.update(&buf);
+            }
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Load from a .gguf file or an HF model dir onto `device`, with the chat template the model
     /// declares. A model without one (a base checkpoint) is an error that names the choices:
     /// load it with [`Student::load_with`] and a template.

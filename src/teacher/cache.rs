@@ -1,6 +1,8 @@
 //! The per-request disk cache of teacher answers: JSON lines `{key, text, prompt_tokens,
-//! completion_tokens}`, appended and flushed one answer at a time (a [`Journal`]: a torn last
-//! line from a crash mid-write is dropped and that request is sent again).
+//! completion_tokens}`, appended and flushed one answer at a time (a [`Journal`]). Several
+//! processes may share one cache file (the default is one per user): appends are locked, opening
+//! never rewrites it, and a torn line from a crash mid-write is skipped, so that request is sent
+//! again.
 
 use std::collections::HashMap;
 use std::path::Path;

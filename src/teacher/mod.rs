@@ -7,7 +7,13 @@
 //!
 //! Every answer from `openai` and `local` goes through a per-request disk cache (JSON lines,
 //! appended and flushed as each answer arrives): a crash loses nothing, and a re-run sends only
-//! the requests that never got an answer.
+//! the requests that never got an answer. A cache key covers all that decides the answer: the
+//! prompt, the sampling options, the sample's seed and, for `local`, a fingerprint of the weights
+//! (see [`Student::weights_fingerprint`]: a student trained since, in memory or at the same path, is
+//! another teacher).
+//!
+//! Sample k of a question is drawn with seed `seed + k` (`openai` sends it, `local` samples with it), so the `n` samples at
+//! temperature > 0 differ from each other and a re-run draws the same ones.
 
 pub mod cache;
 pub mod openai;
@@ -181,6 +187,11 @@ impl Teacher {
             let dir = release.ok_or_else(|| usage!("ask: 'shots: 1' takes its exemplar from the release: give the data dir (Teacher::ask_with)"))?;
             exemplars(dir, ds.task, level, format)?
         };
+        // Once per call: training between two calls changes the weights behind one path.
+        let weights = match (&self.backend, &self.cache) {
+            (Backend::Local(s), Some(_)) => Some(s.weights_fingerprint()?),
+            _ => None,
+        };
         let norm = crate::data::contamination::normalize;
         let mut rows = Vec::new();
         let mut jobs = Vec::new();
@@ -198,6 +209,10 @@ impl Teacher {
                 // Two servers may serve one model name: the endpoint is part of the request.
                 if let Backend::OpenAi(client) = &self.backend {
                     parts.push(client.endpoint());
+                }
+                // One path may hold other weights by now (sft since): the weights are part of it.
+                if let Some(w) = &weights {
+                    parts.push(w);
                 }
                 let key = cache::key(&parts);
                 let mut row = Row {
@@ -306,19 +321,28 @@ impl Teacher {
 
     fn run_local(&self, student: &Student, jobs: Vec<Job>, rows: &mut [Row], o: &AskOptions) -> Result<()> {
         let total = jobs.len();
-        for (k, chunk) in jobs.chunks(8).enumerate() {
-            // Same seed for the chunk: generation is seeded per prompt anyway.
-            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop: Vec::new(), ignore_eos: false, beams: 1, ..Default::default() };
-            let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
-            let outs = generate(student, &msgs, &gen)?;
-            for (j, g) in chunk.iter().zip(outs) {
-                if let Some(cache) = &self.cache {
-                    cache.put(&j.key, &g.text, 0, g.tokens as u64)?;
+        // Sampling streams are seeded from the options' seed and the prompt, and a question's
+        // samples share the prompt: each sample's seed gets a batch of its own.
+        let mut by_seed: std::collections::BTreeMap<u64, Vec<Job>> = Default::default();
+        for j in jobs {
+            by_seed.entry(j.seed).or_default().push(j);
+        }
+        let mut finished = 0;
+        for (seed, jobs) in by_seed {
+            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed, stop: Vec::new(), ignore_eos: false, beams: 1, ..Default::default() };
+            for chunk in jobs.chunks(8) {
+                let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
+                let outs = generate(student, &msgs, &gen)?;
+                for (j, g) in chunk.iter().zip(outs) {
+                    if let Some(cache) = &self.cache {
+                        cache.put(&j.key, &g.text, 0, g.tokens as u64)?;
+                    }
+                    rows[j.idx].rationale = Some(g.text);
+                    rows[j.idx].completion_tokens = g.tokens as u64;
                 }
-                rows[j.idx].rationale = Some(g.text);
-                rows[j.idx].completion_tokens = g.tokens as u64;
+                finished += chunk.len();
+                eprintln!("[teacher] {finished}/{total} generated");
             }
-            eprintln!("[teacher] {}/{total} generated", ((k + 1) * 8).min(total));
         }
         Ok(())
     }
