@@ -10,7 +10,7 @@
 //! * Names are checked when given: a name that runs through a file already written (or
 //!   `run.json`) is refused then, not at publish.
 //! * Inputs stay apart ([`check_apart`]): no input is inside `O`, and `O` is not inside the data
-//!   or runs dir, checked before any work.
+//!   dir, checked before any work.
 //! * Publishing: `run.json` is written into the staging folder, which is moved out beside `O`,
 //!   the old `O` is moved aside, the new dir is renamed to `O`, and the old one deleted (without
 //!   following any symlink in it). Nothing is ever written through the old `O`.
@@ -99,8 +99,10 @@ fn check_replaceable(root: &Path) -> Result<()> {
 }
 
 /// Check, before any work, that publishing `out` cannot delete an input: no input (`--runs`,
-/// `--data-dir`, `--allow-read` dirs, the script) is `out` or inside it, and `out` is not the
-/// data or runs dir or inside them (`inputs` names each as its flag: `("--runs", path)`).
+/// `--data-dir`, `--allow-read` dirs, the script) is `out` or inside it, and `out` is not inside
+/// the data dir (`inputs` names each as its flag: `("--runs", path)`). An `out` inside the runs
+/// dir is allowed: Slurm array tasks publish there, and publishing replaces only a cotlab output
+/// dir, never a run.
 pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
     let real_out = crate::paths::real_path(out)?;
     for (flag, p) in inputs {
@@ -112,12 +114,11 @@ pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
                 out.display()
             ));
         }
-        if matches!(*flag, "--runs" | "--data-dir") && real_out.starts_with(&real) {
+        if *flag == "--data-dir" && real_out.starts_with(&real) {
             return Err(usage!(
-                "the output dir {} is inside {flag} {}: publishing replaces it as a whole, which must not happen inside the {}; give an --out outside it",
+                "the output dir {} is inside {flag} {}: cotlab does not write into the data dir; give an --out outside it",
                 out.display(),
-                p.display(),
-                if *flag == "--runs" { "runs dir" } else { "data dir" }
+                p.display()
             ));
         }
     }
