@@ -30,6 +30,7 @@
 //! The `cotlab` binary is a thin CLI over this library, on top of all of them.
 
 pub mod answer;
+pub mod bench;
 pub mod cot;
 pub mod data;
 pub mod error;
