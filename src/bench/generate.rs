@@ -229,3 +229,63 @@ pub fn prompts(spec: &StudentSpec, b: &GenerateBench, task: &str, n: usize, data
         tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON lines keep the keys (and their order) they had before the reports were structs:
+    /// benches/ scripts and saved outputs read them.
+    #[test]
+    fn reports_serialise_to_their_old_json_keys() {
+        let fixed = FixedReport {
+            batch: 2,
+            batch1_tokens_per_cpu_s: 1.0,
+            batch1_tokens_per_s: 1.0,
+            batch_n_tokens_per_cpu_s: 1.0,
+            batch_n_tokens_per_s: 1.0,
+            decode_weights: "auto",
+            device: "cpu".into(),
+            device_mem_mb: None,
+            dtype: "f32".into(),
+            model: "m".into(),
+            new_tokens: 2,
+        };
+        let keys = |v: serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let text = serde_json::to_string(&fixed).unwrap();
+        assert!(text.starts_with(r#"{"batch":2,"batch1_tokens_per_cpu_s":1.0,"#) && text.contains(r#""batchN_tokens_per_s":1.0"#) && text.contains(r#""device_mem_mb":null"#), "{text}");
+        let prompts = PromptsReport {
+            device: "cpu".into(),
+            decode_weights: "auto",
+            task: "svamp".into(),
+            batch: 2,
+            continuous_s: 1.0,
+            continuous_tokens_per_s: 1.0,
+            dtype: "f32".into(),
+            longest: 1,
+            model: "m".into(),
+            new_tokens: 4,
+            questions: 2,
+            same_outputs: true,
+            speedup: 1.0,
+            static_s: 1.0,
+            static_tokens_per_s: 1.0,
+            tokens: 2,
+        };
+        let want = [
+            "batch", "continuous_s", "continuous_tokens_per_s", "dtype", "longest", "model", "new_tokens", "questions", "same_outputs", "speedup", "static_s", "static_tokens_per_s", "tokens",
+        ];
+        assert_eq!(keys(serde_json::to_value(&prompts).unwrap()), want);
+        let text = serde_json::to_string(&prompts).unwrap();
+        assert!(text.starts_with(r#"{"batch":2,"continuous_s":"#) && text.ends_with(r#""tokens":2}"#), "{text}");
+    }
+
+    #[test]
+    fn prompts_spec_is_task_colon_count() {
+        assert_eq!(parse_prompts("svamp:48").unwrap(), ("svamp".to_string(), 48));
+        for (bad, says) in [("svamp", "is not TASK:N"), ("svamp:x", "'x' is not a number"), ("svamp:0", "'--prompts N' must be in")] {
+            let e = parse_prompts(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
