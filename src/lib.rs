@@ -24,12 +24,15 @@
 //!     that the CLI and the Rhai bindings both adapt.
 //! 14. [`experiment`]: sweeps (grids of SFT + evaluation points in run dirs named by the
 //!     workspace), the student-adaptive strategy as sweep points, Slurm job arrays, on top of
-//!     the facade.
+//!     the facade; [`bench`]: the benchmarks behind `cotlab bench` (training steps, the SFT
+//!     job, decoding, the CPU kernels) with their timing harness and reports.
 //! 15. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
 //!
-//! The `cotlab` binary is a thin CLI over this library, on top of all of them.
+//! The `cotlab` binary (`main.rs`, its clap definitions in `cli.rs`) is a thin CLI over this
+//! library, on top of all of them.
 
 pub mod answer;
+pub mod bench;
 pub mod cot;
 pub mod data;
 pub mod error;

@@ -1,5 +1,5 @@
-//! The binary end to end: the corpus report, scoring, contamination, script errors and the
-//! output-dir guarantees.
+//! The binary end to end: the corpus report, scoring, contamination, script errors, the
+//! output-dir guarantees and the exit statuses.
 
 #[macro_use]
 mod common;
@@ -228,6 +228,49 @@ fn help_documents_the_exit_status() {
     let r = run(cotlab().arg("--help"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("Exit status: 0 on success; 1 on an error") && r.stdout.contains("2 on a command-line usage error"), "{}", r.stdout);
+    assert!(r.stdout.contains("3 when a script finished but sweep points failed or are not complete"), "{}", r.stdout);
+}
+
+/// A sweep whose one point fails at once: its student is not there (nothing is trained).
+const FAILING_SWEEP: &str = r#"
+let r = sweep(#{ name: "fails", grid: #{ student: ["runs/missing.gguf"] },
+                 base: #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96, eval_n: 2, eval_max_new_tokens: 8 } });
+r.results.write_csv("points.csv");
+"#;
+
+/// A script that finished and published its tables, but whose sweep points failed (or, with
+/// --collect, are not complete), exits 3: neither success nor a script that failed.
+#[test]
+fn failed_sweep_points_exit_3_after_publishing() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("s.rhai");
+    std::fs::write(&script, FAILING_SWEEP).unwrap();
+    for (out, extra, says) in [("out", None, "1 sweep point(s) failed"), ("collected", Some("--collect"), "1 sweep point(s) are not complete")] {
+        let mut c = cotlab();
+        c.current_dir(d.path()).arg("run").arg(&script).args(["--runs", "runs", "--out", out]).args(extra);
+        let r = run(&mut c);
+        assert_eq!(r.code, 3, "{out}: {}", r.stderr);
+        assert!(r.stderr.contains(says) && r.stderr.contains("missing.gguf: model not found"), "{out}: {}", r.stderr);
+        assert!(d.path().join(out).join("points.csv").is_file() && d.path().join(out).join("run.json").is_file(), "{out}: the tables were published");
+    }
+}
+
+/// A script that fails exits 1 and publishes nothing; a command line clap rejects exits 2.
+#[test]
+fn a_script_error_exits_1_and_a_usage_error_2() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("s.rhai");
+    std::fs::write(&script, "df(#{a: [1]}).write_csv(\"t.csv\");\nthrow \"boom\";\n").unwrap();
+    let out = d.path().join("out");
+    let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(&out));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("s.rhai:2:") && r.stderr.contains("boom"), "{}", r.stderr);
+    assert!(!out.join("t.csv").exists() && !out.join("run.json").exists(), "a failed script publishes nothing");
+    let r = run(cotlab().arg("run").arg(&script).arg("--no-such-flag"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--no-such-flag"), "{}", r.stderr);
 }
 
 #[test]

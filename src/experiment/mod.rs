@@ -1,8 +1,9 @@
 //! Experiments: sweeps over any option, each point fine-tuned from the base weights and
 //! evaluated in its own run dir under the workspace's runs dir (see [`sweep`]); one job array
-//! task per point on a Slurm cluster (see [`slurm`]).
+//! task per point on a Slurm cluster (see [`slurm`]), planned for `cotlab sweep` (see [`plan`]).
 
 pub mod adaptive;
+pub mod plan;
 pub mod point;
 pub mod progress;
 pub mod slurm;

@@ -8,7 +8,7 @@
 //! the same bits, or the documented difference (the vector exp, within 2 ulp) where training
 //! alone uses it; an output row never depends on the other rows, the batch or the thread
 //! count. The timing harnesses of `cotlab bench gemm` / `bench matmul` live outside, in
-//! `train::kernel_bench`.
+//! `bench::kernels`.
 
 pub mod attention;
 pub mod decode_ops;

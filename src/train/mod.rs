@@ -2,10 +2,8 @@
 //! paper's recipe as the default, run directories, checkpoints and exact resume.
 
 pub mod adamw;
-pub mod bench;
 pub mod data;
 pub mod export;
-pub mod kernel_bench;
 pub mod pack;
 pub mod run;
 pub mod sft;

@@ -3,16 +3,90 @@
 //! both. The training GEMM (`kernels::sgemm`) against the `gemm` crate as candle's CPU matmul
 //! runs it; the quantized decoding matmul (`kernels::quant`) against candle's f32 matmul. Each
 //! timing also reports how far the two sides' results differ, a check that both compute the
-//! product.
+//! product. Both benches print their table a row at a time (through the caller's `line`) as
+//! the timings come in, and return the rows as their `--json` output.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use candle_core::Tensor;
 use serde::Serialize;
 
+use super::StudentSpec;
+use crate::error::{in_range, Error, ModelContext, Result};
 use crate::kernels::quant::{QFormat, QWeight, BLOCK};
-use crate::kernels::sgemm::{sgemm_gemm_crate, sgemm_on, Operand};
+use crate::kernels::sgemm::{own_kernel, sgemm_gemm_crate, sgemm_on, Operand};
 use crate::kernels::simd::avx2_fma;
+use crate::model::DecodeWeights;
+
+/// `cotlab bench matmul`: every 2-D weight shape of `spec`'s student (one weight of each: the
+/// layers repeat theirs, the head or embedding adds one) at each of `ms` input rows, the
+/// `decode_weights` kernel (q8_0 or q4_1) against f32, at least `seconds` a side. The table
+/// goes to `line` row by row.
+pub fn matmul(spec: &StudentSpec, decode_weights: &str, ms: &[usize], seconds: f64, line: &mut dyn FnMut(String)) -> Result<Vec<MatmulTiming>> {
+    for &m in ms {
+        in_range("bench matmul", "m", m, 1..=4096)?;
+    }
+    let format = DecodeWeights::parse(decode_weights)
+        .map_err(Error::usage)?
+        .quant_format()
+        .ok_or_else(|| Error::usage(format!("bench matmul times a quantized kernel: --decode-weights q8_0 or q4_1, got {decode_weights}")))?;
+    let (s, _) = super::student(spec)?;
+    if !s.model.device.is_cpu() {
+        return Err(Error::usage("bench matmul times the CPU kernels: use --device cpu"));
+    }
+    let mut seen = BTreeSet::new();
+    let weights: Vec<(&String, &candle_core::Var)> = s.model.params.iter().filter(|(_, v)| v.rank() == 2 && seen.insert(v.dims().to_vec())).collect();
+    line(format!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}", "weight (one of each shape)", "rows x cols", "m", format!("{} GFLOP/s", format.name()), "f32 GFLOP/s", "ratio", "rel. err"));
+    let mut rows = Vec::new();
+    for (name, w) in weights {
+        for &m in ms {
+            let t = time_matmul(name, w.as_tensor(), format, m, seconds).model_ctx(format!("timing {name}"))?;
+            line(format!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), m, t.gflops(t.quant_s), t.gflops(t.f32_s), t.f32_s / t.quant_s, t.rel_err));
+            rows.push(t);
+        }
+    }
+    Ok(rows)
+}
+
+/// `cotlab bench gemm`: the training step's three products on every 2-D weight shape of
+/// `spec`'s student at each of `tokens` input rows, cotlab's GEMM against the `gemm` crate, at
+/// least `seconds` a side; after each row count, the step's mix (each shape weighted by how
+/// many weights have it). The table goes to `line` row by row.
+pub fn gemm(spec: &StudentSpec, tokens: &[usize], seconds: f64, line: &mut dyn FnMut(String)) -> Result<Vec<GemmTiming>> {
+    for &t in tokens {
+        in_range("bench gemm", "tokens", t, 1..=65_536)?;
+    }
+    in_range("bench gemm", "seconds", seconds, 0.0..=600.0)?;
+    let (s, _) = super::student(spec)?;
+    let mut shapes = BTreeMap::<(usize, usize), usize>::new();
+    for v in s.model.params.values().filter(|v| v.rank() == 2) {
+        *shapes.entry(v.dims2().model_ctx("a weight's shape")?).or_default() += 1;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    line(
+        match (avx2_fma(), own_kernel()) {
+            (false, _) => "this CPU lacks AVX2 + FMA: cotlab's kernel cannot run, both columns time the gemm crate",
+            (true, true) => "the training step runs on cotlab's kernel on this CPU",
+            (true, false) => "the training step runs on the gemm crate's AVX-512 kernels on this CPU (docs/performance.md); cotlab's column times its own kernel",
+        }
+        .to_string(),
+    );
+    line(format!("{:>13} {:>6} {:>7} {:>15} {:>15} {:>7} {:>9}", "weight shape", "count", "tokens", "cotlab GFLOP/s", "gemm GFLOP/s", "ratio", "rel. diff"));
+    let mut rows = Vec::new();
+    for &t in tokens {
+        let (mut ours, mut theirs) = (0f64, 0f64);
+        for (&(r, c), &count) in &shapes {
+            let g = time_training_products(r, c, t, threads, seconds);
+            line(format!("{:>13} {:>6} {:>7} {:>15.1} {:>15.1} {:>6.2}x {:>9.1e}", format!("{r}x{c}"), count, t, g.gflops(g.cotlab_s), g.gflops(g.gemm_s), g.gemm_s / g.cotlab_s, g.rel_diff));
+            ours += g.cotlab_s * count as f64;
+            theirs += g.gemm_s * count as f64;
+            rows.push(g);
+        }
+        line(format!("step mix at {t} tokens, {threads} threads: cotlab {:.3} s, gemm crate {:.3} s: {:.2}x", ours, theirs, theirs / ours));
+    }
+    Ok(rows)
+}
 
 /// A training step's three products for one weight shape, timed through cotlab's GEMM and
 /// through the `gemm` crate as candle's CPU matmul runs it (`cotlab bench gemm`).
