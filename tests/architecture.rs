@@ -257,3 +257,45 @@ fn the_reference_scanner_sees_groups_and_ignores_comments_and_strings() {
     let want = [(1, "data"), (1, "eval"), (4, "teacher")];
     assert_eq!(names, want.map(|(l, n)| (l, n.to_string())));
 }
+
+/// The modules named in backticks (or rustdoc links) in `text`, in order.
+fn module_names(text: &str) -> Vec<String> {
+    text.split('`').skip(1).step_by(2).map(|m| m.to_string()).collect()
+}
+
+/// The layer table in docs/architecture.md and the crate doc of src/lib.rs say what `LAYERS`
+/// says: one table, checked, not three copies that drift.
+#[test]
+fn the_documented_layer_tables_match_layers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() > 3 && cells[1].parse::<usize>().is_ok()).then(|| module_names(cells[2]))
+        })
+        .collect();
+    let want: Vec<Vec<String>> = LAYERS.iter().map(|l| l.iter().map(|m| m.to_string()).collect()).collect();
+    assert_eq!(rows, want, "docs/architecture.md's layer table differs from LAYERS");
+    // lib.rs: numbered items `//! N. [`a`] ...; [`b`]: ...` (continuation lines included) for every
+    // library layer (the binary's layer is the closing sentence, not an item).
+    let lib = fs::read_to_string(root.join("src/lib.rs")).unwrap();
+    let mut items: Vec<String> = Vec::new();
+    for line in lib.lines().filter_map(|l| l.strip_prefix("//!")) {
+        let t = line.trim_start();
+        let numbered = t.split_once(". ").is_some_and(|(n, _)| n.parse::<usize>().is_ok());
+        if numbered {
+            items.push(t.split_once(". ").unwrap().1.to_string());
+        } else if !t.is_empty() && line.starts_with("    ") && !items.is_empty() {
+            items.last_mut().unwrap().push_str(t);
+        } else if t.is_empty() && !items.is_empty() {
+            break;
+        }
+    }
+    let linked: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| i.split("[`").skip(1).filter_map(|m| m.split_once("`]").map(|(n, _)| n.to_string())).collect())
+        .collect();
+    assert_eq!(linked, want[..want.len() - 1].to_vec(), "src/lib.rs's crate doc differs from LAYERS");
+}
