@@ -110,15 +110,37 @@ TOML
     # rustc writes only finds it when the cache sits under /tmp, so name the directory.
     local libstd
     libstd="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib"
-    # The kernel starts through a wrapper that drops cargo's per-build variables: Jupyter started
-    # from `cargo test` (tests/notebooks.rs) inherits CARGO_PKG_NAME & co., and build scripts
-    # that track them (ring's does) would rebuild half the cache whenever the environment flips.
+    # The toolchain setup compiles the cache with; the kernel keeps it (below).
+    local toolchain
+    toolchain="$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)"
+    # The kernel starts through a wrapper that gives cargo the same build environment whatever
+    # shell Jupyter was started from, so the cache compiled here is reused; anything that differs
+    # would rebuild polars and candle (13+ min). What differs between shells:
+    # - cargo's per-build variables: Jupyter started from `cargo test` inherits CARGO_PKG_NAME &
+    #   co., which ring's build script tracks; RUSTFLAGS and the like change every crate;
+    # - C toolchain variables (CC, CFLAGS, CPATH, … as conda or `module load` export them), which
+    #   the cc-based build scripts (zstd, ring, blake3, …) track, plus whatever else a cached build
+    #   script declared with rerun-if-env-changed (read from the cache at each start);
+    # - the toolchain: evcxr asks rustup for rustc, which follows RUSTUP_TOOLCHAIN and the
+    #   directory Jupyter starts in (a rustup override, a rust-toolchain file): pinned here;
+    # - the network: online, the `:dep` cell re-resolves against the crates.io index; the cache's
+    #   crates were all fetched here, so the kernel is offline unless CARGO_NET_OFFLINE=false.
     cat > "$home/evcxr/kernel.sh" <<SH
 #!/bin/sh
-for v in \$(env | sed -n 's/^\(CARGO_[A-Z0-9_]*\)=.*/\1/p'); do
+for v in \$(env | sed -n 's/^\(CARGO_[A-Za-z0-9_]*\)=.*/\1/p'); do
     case "\$v" in CARGO_HOME|CARGO_NET_OFFLINE) ;; *) unset "\$v" ;; esac
 done
-unset RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS OUT_DIR
+unset RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS RUSTC_BOOTSTRAP OUT_DIR
+for v in \$( (echo CC CXX AR CFLAGS CXXFLAGS CPPFLAGS ARFLAGS LDFLAGS CPATH C_INCLUDE_PATH CPLUS_INCLUDE_PATH \\
+              OBJC_INCLUDE_PATH OBJCPLUS_INCLUDE_PATH COMPILER_PATH GCC_EXEC_PREFIX SOURCE_DATE_EPOCH | tr ' ' '\\n'
+           env | sed -n 's/^\(\(HOST\|TARGET\|CC\|CXX\|AR\|CFLAGS\|CXXFLAGS\|ARFLAGS\|CRATE_CC\|PKG_CONFIG\)_[A-Za-z0-9_]*\)=.*/\1/p'
+           cat "$home/evcxr/build/target"/*/build/*/output "$home/evcxr/build/target"/*/*/build/*/output 2>/dev/null \\
+               | sed -n 's/^cargo::\{0,1\}rerun-if-env-changed=//p') \\
+         | grep -E '^[A-Za-z_][A-Za-z0-9_]*\$' | grep -vxE 'HOME|PATH|LD_LIBRARY_PATH|CARGO_HOME|RUSTUP_HOME|CARGO_NET_OFFLINE' | sort -u); do
+    unset "\$v"
+done
+${toolchain:+export RUSTUP_TOOLCHAIN="$toolchain"}
+export CARGO_NET_OFFLINE="\${CARGO_NET_OFFLINE:-true}"
 export EVCXR_TMPDIR="$home/evcxr/build"
 export LD_LIBRARY_PATH="$libstd\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "$evcxr" "\$@"
