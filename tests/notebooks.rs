@@ -171,7 +171,7 @@ fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Exe
     assert!(!heavy.is_empty(), "the kernel's compile cache holds no compiled polars or candle: run scripts/setup.sh");
     let start = Instant::now();
     let out = plain_shell(&mut Command::new(&jupyter))
-        .args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=3600", "--output", "executed"])
+        .args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=3600", "--output-dir", "notebooks", "--output", "executed"])
         .arg(&input)
         .current_dir(dir.path())
         .env("COTLAB_DATA", std::fs::canonicalize(&common::data_dir().0).unwrap())
