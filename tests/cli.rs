@@ -43,14 +43,55 @@ fn corpus_report_on_svamp_matches_the_release() {
     find("llama-3-70b", "4", "plain");
     find("gpt-4o", "5", "sym");
     find("human", "", "plain");
-    // The chart is one self-contained page: plotly.js inlined, nothing from a CDN.
+    // The chart page loads plotly.js from the copy beside it, nothing from a CDN.
     let html = std::fs::read_to_string(out.path().join("corpus_report.html")).unwrap();
-    assert!(html.len() > 3_000_000 && html.contains("Plotly.newPlot"));
-    assert!(!html.contains("<script src="), "no external scripts");
+    assert!(html.contains("Plotly.newPlot") && html.contains("<script type=\"text/javascript\" src=\"plotly.min.js\">"));
+    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from the network");
+    assert!(out.path().join("plotly.min.js").is_file());
     assert!(html.contains("\"name\":\"gemini\""));
     assert!(out.path().join("corpus_report.parquet").is_file());
     assert!(out.path().join("run.json").is_file());
     assert!(!out.path().join(".incomplete").exists());
+}
+
+/// The charts of one output dir load one local plotly.min.js (listed in run.json); a standalone
+/// page inlines it; a chart named like the script is refused.
+#[test]
+fn chart_pages_share_one_local_plotly() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("charts.rhai"),
+        r#"
+let f = df(#{ x: [1, 2, 3], y: [0.5, 0.25, 0.75] });
+line_chart(f, #{ x: "x", y: "y", title: "a" }).write_html("a.html");
+bar_chart(f, #{ x: "x", y: "y", title: "b" }).write_html("b.html");
+bar_chart(f, #{ x: "x", y: "y", title: "c" }).write_html("more/c.html");
+bar_chart(f, #{ x: "x", y: "y", title: "alone" }).write_html("alone.html", #{ standalone: true });
+"#,
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let r = run(cotlab().current_dir(d.path()).args(["run", "charts.rhai", "--out"]).arg(&out));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let js = std::fs::read(out.join("plotly.min.js")).unwrap();
+    assert_eq!(js.as_slice(), cotlab::results::Chart::plotly_min_js().as_bytes());
+    assert!(js.len() > 3_000_000 && std::str::from_utf8(&js).unwrap().contains("plotly.js v"), "plotly.js itself: {} bytes", js.len());
+    for page in ["a.html", "b.html", "more/c.html"] {
+        let html = std::fs::read_to_string(out.join(page)).unwrap();
+        assert!(html.len() < 20_000 && html.contains("src=\"plotly.min.js\"") && html.contains("Plotly.newPlot"), "{page}: {} bytes", html.len());
+    }
+    assert!(out.join("more/plotly.min.js").is_file(), "a subfolder's pages load the copy beside them");
+    let alone = std::fs::read_to_string(out.join("alone.html")).unwrap();
+    assert!(alone.len() > 3_000_000 && !alone.contains("src=\"plotly.min.js\""), "standalone: plotly.js inlined");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert_eq!(files.iter().filter(|f| f.ends_with("plotly.min.js")).count(), 2, "{files:?}");
+
+    std::fs::write(d.path().join("bad.rhai"), r#"bar_chart(df(#{ x: [1], y: [2] }), #{ x: "x", y: "y" }).write_html("plotly.min.js");"#).unwrap();
+    let r = run(cotlab().current_dir(d.path()).args(["run", "bad.rhai", "--out"]).arg(d.path().join("bad-out")));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("cannot be written as 'plotly.min.js'"), "{}", r.stderr);
 }
 
 #[test]
@@ -303,6 +344,22 @@ fn quickstart_runs_on_embedded_data() {
     assert!(html.contains("Plotly.newPlot") && html.contains("\"arrayminus\""), "a chart with CI bars");
     assert!(out.join("quickstart.parquet").is_file() && out.join("points.csv").is_file());
     assert_eq!(std::fs::read_dir(runs.join("quickstart")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()).count(), 3);
+    // The point dirs read as their options: the untrained student is `no-train-<hash>`.
+    let mut points: Vec<String> = std::fs::read_dir(runs.join("quickstart")).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
+    points.sort();
+    let readable: Vec<&str> = points.iter().map(|p| p.rsplit_once('-').unwrap().0).collect();
+    assert_eq!(readable, ["level-1", "level-3", "no-train"], "{points:?}");
+    // The printed summary rounds: percentages and tokens per answer to one decimal.
+    let summary: Vec<&str> = r.stdout.lines().filter(|l| l.contains(" tokens per answer")).collect();
+    assert_eq!(summary.len(), 3, "{}", r.stdout);
+    for line in summary {
+        let tokens = line.split(" unparsed, ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
+        let decimals = tokens.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(tokens.parse::<f64>().is_ok() && decimals <= 1, "{line}");
+        for pct in line.split('%').filter_map(|p| p.rsplit(|c: char| c == ' ' || c == '[').next()).filter(|p| !p.is_empty()) {
+            assert!(pct.split_once('.').map_or(0, |(_, d)| d.len()) <= 1, "{pct} in {line}");
+        }
+    }
 }
 
 #[test]

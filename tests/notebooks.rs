@@ -1,15 +1,19 @@
 //! The teaching notebooks, executed headless on the "Rust (cotlab)" evcxr kernel with
-//! `jupyter nbconvert --execute`, exactly as a user would run them after `scripts/setup.sh`; plus
-//! the notebook API itself (display HTML, Rhai sessions) without Jupyter.
+//! `jupyter nbconvert --execute notebooks/NAME`, exactly as a user would run them after
+//! `scripts/setup.sh`: from a plain shell (an environment without what `cargo test` adds), in the
+//! checkout's root; plus the notebook API itself (display HTML, Rhai sessions) without Jupyter.
 //!
-//! Each notebook is copied into a temp dir (its runs/ and out/ land there) with its
-//! `:dep cotlab = { path = ".." }` pointed at this checkout. The kernel's compile cache is shared,
-//! so the notebooks run one at a time.
+//! Each notebook is copied into `notebooks/` of a temp dir laid out like a checkout (its runs/ and
+//! out/ land in that `notebooks/`, `scripts/` is a copy of this checkout's) with its
+//! `:dep cotlab = { path = ".." }` pointed at this checkout. The `cotlab …` commands its prose gives
+//! then run from the temp dir's root, as a user would paste them. The kernel's compile cache is
+//! shared, so the notebooks run one at a time, and every run must reuse it: no compiled polars or
+//! candle in it is rebuilt.
 
 #[macro_use]
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -103,11 +107,55 @@ impl Executed {
     }
 }
 
-/// Execute `notebooks/<name>` (or a notebook given as JSON) in a fresh temp dir.
+/// The environment of a user's shell: the session's own variables, none of those `cargo test`
+/// adds (`CARGO_*`, `RUSTUP_*`, `LD_LIBRARY_PATH`, …), and no `CARGO_NET_OFFLINE`.
+fn plain_shell(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for k in ["HOME", "PATH", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "SHELL", "TMPDIR", "COTLAB_HOME"] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
+/// The kernel cache's compiled polars and candle, with their modification times.
+fn cached_heavy_deps() -> Vec<(PathBuf, std::time::SystemTime)> {
+    let target = cotlab::model::cotlab_home().join("evcxr/build/target");
+    let mut dirs = vec![target.join("debug/deps")];
+    dirs.extend(std::fs::read_dir(&target).into_iter().flatten().flatten().map(|e| e.path().join("debug/deps")));
+    let mut out: Vec<(PathBuf, std::time::SystemTime)> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n.starts_with("libpolars") || n.starts_with("libcandle")) && n.ends_with(".rlib")
+        })
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A temp dir laid out like a checkout: `notebooks/` (where the notebook runs) and a copy of
+/// `scripts/` (which the notebooks' commands name).
+fn checkout_like() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notebooks")).unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    for e in std::fs::read_dir(repo().join("scripts")).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dir.path().join("scripts").join(e.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Execute `notebooks/<name>` (or a notebook given as JSON) in a fresh checkout-like temp dir.
 fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Executed) {
     let jupyter = jupyter();
     let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = checkout_like();
     let text = match notebook_json {
         Some(t) => t,
         None => std::fs::read_to_string(repo().join("notebooks").join(name)).unwrap(),
@@ -117,22 +165,20 @@ fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Exe
     let dep = format!(":dep cotlab = {{ path = \\\"{}\\\" }}", repo().display());
     let text = text.replace(r#":dep cotlab = { path = \"..\" }"#, &dep);
     assert!(text.contains(&dep), "{name}: expected a `:dep cotlab = {{ path = \"..\" }}` cell");
-    let input = dir.path().join(name);
-    std::fs::write(&input, text).unwrap();
+    let input = Path::new("notebooks").join(name);
+    std::fs::write(dir.path().join(&input), text).unwrap();
+    let heavy = cached_heavy_deps();
+    assert!(!heavy.is_empty(), "the kernel's compile cache holds no compiled polars or candle: run scripts/setup.sh");
     let start = Instant::now();
-    let out = Command::new(&jupyter)
-        .args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=3600", "--output-dir"])
-        .arg(dir.path())
-        .args(["--output", "executed"])
+    let out = plain_shell(&mut Command::new(&jupyter))
+        .args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=3600", "--output-dir", "notebooks", "--output", "executed"])
         .arg(&input)
         .current_dir(dir.path())
         .env("COTLAB_DATA", std::fs::canonicalize(&common::data_dir().0).unwrap())
-        // Offline: every crate the kernel needs is in ~/.cargo after the build; no index update.
-        .env("CARGO_NET_OFFLINE", "true")
         .output()
         .expect("jupyter nbconvert runs");
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let executed = dir.path().join("executed.ipynb");
+    let executed = dir.path().join("notebooks/executed.ipynb");
     let cells = if executed.is_file() {
         let nb: J = serde_json::from_str(&std::fs::read_to_string(&executed).unwrap()).unwrap();
         nb["cells"].as_array().cloned().unwrap_or_default()
@@ -146,7 +192,30 @@ fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Exe
         start.elapsed().as_secs_f64(),
         secs.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
     );
+    let rebuilt: Vec<String> = heavy.iter().filter(|(p, t)| std::fs::metadata(p).and_then(|m| m.modified()).ok() != Some(*t)).map(|(p, _)| p.display().to_string()).collect();
+    assert!(rebuilt.is_empty(), "{name}: run from a plain shell, the kernel rebuilt what scripts/setup.sh had compiled:\n{}", rebuilt.join("\n"));
     (dir, e)
+}
+
+/// The `cotlab …` commands a notebook's prose gives (its inline code spans that start so).
+fn prose_commands(e: &Executed) -> Vec<String> {
+    let prose: String = e.cells.iter().filter(|c| c["cell_type"] == "markdown").filter_map(|c| notebook_text(&c["source"])).collect::<Vec<_>>().join("\n");
+    prose.split('`').skip(1).step_by(2).filter(|span| span.starts_with("cotlab ")).map(|s| s.replace('\n', " ")).collect()
+}
+
+/// Run every `cotlab …` command of the notebook's prose from the checkout-like dir's root, as a
+/// user pastes them after running the notebook; each must succeed. Returns their stdout in order.
+fn run_prose_commands(name: &str, dir: &Path, e: &Executed) -> Vec<String> {
+    let commands = prose_commands(e);
+    assert!(!commands.is_empty(), "{name}: its prose gives no `cotlab …` command");
+    commands
+        .iter()
+        .map(|command| {
+            let r = common::run(common::cotlab().current_dir(dir).args(command.split_whitespace().skip(1)));
+            assert_eq!(r.code, 0, "{name}: `{command}` failed:\n{}\n{}", r.stdout, r.stderr);
+            r.stdout
+        })
+        .collect()
 }
 
 /// Run a notebook and require it to have run cleanly.
@@ -161,13 +230,19 @@ fn count(outputs: &[String], needle: &str) -> usize {
     outputs.iter().filter(|o| o.contains(needle)).count()
 }
 
-/// plotly.js inlined once, every chart drawn from it.
+/// plotly.js inlined once, every chart drawn from it; every chart also carries plotly's own MIME
+/// bundle (its figure), which front ends with a plotly renderer and saved notebooks show.
 fn check_charts(name: &str, e: &Executed, charts: usize) {
     let html = e.outputs("text/html");
     assert_eq!(count(&html, "Plotly.newPlot"), charts, "{name}: charts");
     assert_eq!(count(&html, "window.__cotlab_define"), 1, "{name}: plotly.js must be inlined exactly once");
     let first = html.iter().position(|h| h.contains("Plotly.newPlot")).unwrap();
     assert!(html[first].contains("window.__cotlab_define"), "{name}: plotly.js comes with the first chart");
+    let figures: Vec<&J> = e.all_outputs().map(|o| &o["data"][cotlab::notebook::PLOTLY_MIME]).filter(|f| !f.is_null()).collect();
+    assert_eq!(figures.len(), charts, "{name}: a {} bundle per chart", cotlab::notebook::PLOTLY_MIME);
+    for f in figures {
+        assert!(f["data"].as_array().is_some_and(|d| !d.is_empty()) && f["layout"].is_object(), "{name}: a figure as JSON, not text: {f}");
+    }
 }
 
 #[test]
@@ -181,17 +256,23 @@ fn notebook_01_quickstart() {
     let levels = html.iter().find(|h| h.contains("<th>rationale</th>")).expect("01: the levels table");
     assert_eq!(levels.matches("<tr><td>").count(), 6, "01: one row per level");
     // The predictions file: 5 right, 4 wrong, 1 without an answer.
-    assert!(dir.path().join("out/predictions.jsonl").is_file());
+    assert!(dir.path().join("notebooks/out/predictions.jsonl").is_file());
     let plain = e.outputs("text/plain").join("\n");
     for want in ["\"correct\": 5", "\"n\": 10", "\"unparsed\": 1"] {
         assert!(plain.contains(want), "01: score output lacks {want}: {plain}");
+    }
+    // `cotlab score` from a shell scores the same file the same way.
+    let stdout = run_prose_commands("01", dir.path(), &e);
+    assert_eq!(stdout.len(), 1, "01: one command");
+    for want in ["\"correct\":5", "\"n\":10", "\"unparsed\":1"] {
+        assert!(stdout[0].contains(want), "01: `cotlab score` lacks {want}: {}", stdout[0]);
     }
 }
 
 #[test]
 fn notebook_02_granularity_analysis() {
     require!(Data, Model, Jupyter);
-    let (_dir, e) = run_clean("02_granularity_analysis.ipynb");
+    let (dir, e) = run_clean("02_granularity_analysis.ipynb");
     let html = e.outputs("text/html");
     assert!(count(&html, "<table class=\"cotlab-frame\">") >= 3, "02: tables (files, report, contamination)");
     check_charts("02", &e, 3);
@@ -200,6 +281,8 @@ fn notebook_02_granularity_analysis() {
         assert!(contamination.contains(&format!("<td>{d}</td>")), "02: contamination has no row for {d}");
     }
     assert!(e.streams().contains(" rationales"), "02: the load cell prints how many rationales it read");
+    run_prose_commands("02", dir.path(), &e);
+    assert!(dir.path().join("out/corpus_report/corpus_report.csv").is_file(), "02: the report's command wrote its table");
 }
 
 #[test]
@@ -210,16 +293,20 @@ fn notebook_03_distill_a_student() {
     check_charts("03", &e, 2);
     assert!(count(&html, "<th>mean_tokens</th>") == 1, "03: the before/after table");
     // Training really happened: a complete run dir with a loss per step.
-    let log = std::fs::read_to_string(dir.path().join("runs/nb03-sft/train_log.jsonl")).unwrap();
+    let runs = dir.path().join("notebooks/runs");
+    let log = std::fs::read_to_string(runs.join("nb03-sft/train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 8, "03: 2 epochs x 4 steps");
     let streams = e.streams();
     assert!(streams.contains("8/8 steps"), "03: {streams}");
     for eval in ["nb03-before", "nb03-after"] {
-        let samples = std::fs::read_to_string(dir.path().join("runs").join(eval).join("samples.jsonl")).unwrap();
+        let samples = std::fs::read_to_string(runs.join(eval).join("samples.jsonl")).unwrap();
         assert_eq!(samples.lines().count(), 16, "03: {eval} evaluated 16 questions");
     }
     // Progress reaches the notebook as plain lines, without terminal control sequences.
     assert!(!streams.contains('\u{1b}') && !streams.contains('\r'), "03: escape codes in the output");
+    // `cotlab export` finds the run dir where the notebook left it.
+    run_prose_commands("03", dir.path(), &e);
+    assert!(dir.path().join("notebooks/out/nb03-model/config.json").is_file(), "03: the exported model");
 }
 
 /// A failing Rhai cell shows its position in an error box, and the test helper sees it.

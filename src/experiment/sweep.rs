@@ -127,12 +127,21 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// `level-3_teacher-gpt-4o-1a2b3c4d`: the grid values readable, then a hash of the whole config.
-fn point_name(keys: &[String], config: &Map<String, Value>, extra: Option<usize>) -> String {
-    let mut readable: Vec<String> = keys.iter().filter_map(|k| config.get(k).map(|v| format!("{k}-{}", short(v)))).collect();
-    if let Some(i) = extra {
-        readable.insert(0, format!("include{i}"));
+/// One option as it reads in a dir name: `level-3`, `teacher-gpt-4o`; a flag as itself or its
+/// negation (`train`, `no-train`).
+fn readable_option(key: &str, v: &Value) -> String {
+    match v {
+        Value::Bool(true) => key.to_string(),
+        Value::Bool(false) => format!("no-{key}"),
+        v => format!("{key}-{}", short(v)),
     }
+}
+
+/// `level-3_teacher-gpt-4o-1a2b3c4d`: the options that tell the point apart (the grid's, or an
+/// include point's own), readable, then a hash of the whole config. Equal configs get equal
+/// names, whichever part of the spec made them.
+fn point_name(keys: &[String], config: &Map<String, Value>) -> String {
+    let readable: Vec<String> = keys.iter().filter_map(|k| config.get(k).map(|v| readable_option(k, v))).collect();
     let clean: String = readable.join("_").chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
     let clean: String = clean.trim_start_matches('.').chars().take(80).collect();
     // serde_json maps are sorted: the text is canonical, so equal configs get equal hashes.
@@ -264,7 +273,7 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
             Some(i) => spec.include[i].keys().cloned().collect(),
             None => keys.clone(),
         };
-        let point = point_name(&name_keys, &config, extra);
+        let point = point_name(&name_keys, &config);
         let mut p = PointPlan { index, point: point.clone(), config, status: PointStatus::Pending, reason: None, resolved: None, data_files: Vec::new() };
         if let Some(first) = names.iter().position(|n| *n == point) {
             p.status = PointStatus::Invalid;
@@ -582,7 +591,7 @@ mod tests {
         // The rule teacher writes no BSM: invalid, with the catalog's reason.
         assert_eq!((p[2].status, p[3].status), (PointStatus::Invalid, PointStatus::Invalid));
         assert!(p[2].reason.as_ref().unwrap().contains("not bsm"), "{:?}", p[2].reason);
-        assert!(p[4].point.starts_with("include0_format-answer_only-"), "{}", p[4].point);
+        assert!(p[4].point.starts_with("format-answer_only-"), "{}", p[4].point);
         assert_eq!(p[4].status, PointStatus::Pending);
         // Same config, same name; another config, another hash.
         assert_eq!(plan(&ws, &s).unwrap()[1].point, p[1].point);
@@ -597,6 +606,24 @@ mod tests {
         let e = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": 3}}))).unwrap_err().to_string();
         assert!(e.contains("must be a list"), "{e}");
         assert!(plan(&ws, &spec(serde_json::json!({"name": "../x", "grid": {"level": [1]}}))).is_err());
+    }
+
+    /// A point's dir reads as its options: a flag as itself or `no-…`, an include point by its
+    /// own keys with no index; an include equal to a grid point is the same point.
+    #[test]
+    fn point_names_read_as_their_options() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        let s = spec(serde_json::json!({
+            "name": "t", "grid": {"level": [1, 2]}, "base": {"dataset": "arith", "max_steps": 1},
+            "include": [{"train": false}, {"level": 2}, {"train": true, "lr": 3e-4}],
+        }));
+        let p = plan(&ws, &s).unwrap();
+        let names: Vec<&str> = p.iter().map(|p| p.point.rsplit_once('-').unwrap().0).collect();
+        assert_eq!(names, ["level-1", "level-2", "no-train", "level-2", "lr-0.0003_train"]);
+        assert!(p.iter().all(|p| p.point.rsplit_once('-').unwrap().1.len() == 8), "a hash ends each name");
+        assert_eq!((p[3].status, p[3].reason.as_deref()), (PointStatus::Invalid, Some("the same config as point 1")));
+        assert_eq!(p[2].status, PointStatus::Pending);
     }
 
     /// The grid's size is multiplied out with overflow checks: 65536⁴ wrapped to 0 points.

@@ -1,8 +1,15 @@
-//! Charts from frames: line, bar and heatmap, written as one self-contained HTML file with
-//! plotly.js inlined (no CDN: it must open on an offline machine). MathJax, which plotly
+//! Charts from frames: line, bar and heatmap, written as HTML pages that draw with plotly.js
+//! from a local copy, never a CDN: they must open on an offline machine. MathJax, which plotly
 //! bundles too, is left out: 2 MB we do not use.
+//!
+//! * [`Chart::write_html`] writes the page and, beside it, [`PLOTLY_JS_FILE`] (4.65 MB), which
+//!   the page loads by relative path: the charts of one folder share one copy. The page and the
+//!   script travel together (an output dir is published as a whole).
+//! * [`Chart::write_standalone_html`] writes one self-contained page with plotly.js inlined, for
+//!   a chart sent on its own.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use plotly::common::{ErrorData, ErrorType, Mode, Title};
 use plotly::layout::{Axis, BarMode, Layout};
@@ -192,13 +199,19 @@ impl Chart {
     }
 
     /// plotly.js (and only plotly.js) from the copy bundled in the plotly crate.
+    pub fn plotly_min_js() -> &'static str {
+        static JS: OnceLock<String> = OnceLock::new();
+        JS.get_or_init(|| {
+            // offline_js_sources() is "<script …>plotly</script>\n<script …>mathjax</script>": keep the first's body.
+            let all = Plot::offline_js_sources();
+            let body = all.split_once('>').map_or(all.as_str(), |(_, rest)| rest);
+            body.find("</script>").map_or(body, |end| &body[..end]).to_string()
+        })
+    }
+
+    /// plotly.js as an inline `<script>` element.
     pub fn plotly_js() -> String {
-        let all = Plot::offline_js_sources();
-        // offline_js_sources() is "<script>plotly</script>\n<script>mathjax</script>": keep the first.
-        match all.find("</script>") {
-            Some(i) => all[..i + "</script>".len()].to_string(),
-            None => all,
-        }
+        format!("<script type=\"text/javascript\">{}</script>", Self::plotly_min_js())
     }
 
     /// The chart's div and a script that draws it once plotly.js is there: in a page, plotly.js
@@ -209,23 +222,62 @@ impl Chart {
              <script type=\"text/javascript\">\n(function() {{\n  var fig = {fig};\n  function draw(tries) {{\n    \
              if (window.Plotly) {{ Plotly.newPlot(\"{div_id}\", fig.data, fig.layout || {{}}, fig.config || {{}}); }}\n    \
              else if (tries < 100) {{ setTimeout(function() {{ draw(tries + 1); }}, 100); }}\n    \
-             else {{ document.getElementById(\"{div_id}\").textContent = \"plotly.js is not loaded (in a notebook: run cotlab::notebook::load_plotly(), then this cell again).\"; }}\n  }}\n  \
+             else {{ document.getElementById(\"{div_id}\").textContent = \"plotly.js is not loaded ({missing}).\"; }}\n  }}\n  \
              draw(0);\n}})();\n</script>",
-            fig = self.figure
+            fig = self.figure,
+            missing = format_args!("a page needs {PLOTLY_JS_FILE} beside it; in a notebook: run cotlab::notebook::load_plotly(), then this cell again")
         )
     }
 
-    /// A complete standalone page.
-    pub fn to_html(&self) -> String {
+    fn page(&self, plotly_script: &str) -> String {
         let esc = self.title.replace('&', "&amp;").replace('<', "&lt;");
         format!(
-            "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\" />\n<title>{esc}</title>\n{}\n</head>\n<body>\n{}\n</body>\n</html>\n",
-            Self::plotly_js(),
+            "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\" />\n<title>{esc}</title>\n{plotly_script}\n</head>\n<body>\n{}\n</body>\n</html>\n",
             self.to_inline_html("cotlab-chart")
         )
     }
 
+    /// A complete standalone page, plotly.js inlined.
+    pub fn to_html(&self) -> String {
+        self.page(&Self::plotly_js())
+    }
+
+    /// A page that loads plotly.js from [`PLOTLY_JS_FILE`] in its own folder.
+    pub fn to_html_with_local_plotly(&self) -> String {
+        self.page(&format!("<script type=\"text/javascript\" src=\"{PLOTLY_JS_FILE}\"></script>"))
+    }
+
+    /// Write the page and the [`PLOTLY_JS_FILE`] it loads beside it (kept when already there and
+    /// the same, so the charts of a folder share one copy).
     pub fn write_html(&self, path: &Path) -> Result<()> {
+        write_plotly_beside(path)?;
+        crate::paths::write(path, self.to_html_with_local_plotly().as_bytes())
+    }
+
+    /// Write one self-contained page (plotly.js inlined, 4.65 MB more).
+    pub fn write_standalone_html(&self, path: &Path) -> Result<()> {
         crate::paths::write(path, self.to_html().as_bytes())
     }
+}
+
+/// The file a chart page loads plotly.js from, in the page's own folder.
+pub const PLOTLY_JS_FILE: &str = "plotly.min.js";
+
+/// Where the plotly.js of the page at `page` goes: beside it. A page named like the script
+/// itself is refused (it would overwrite it, or be overwritten).
+pub fn plotly_path_beside(page: &Path) -> Result<std::path::PathBuf> {
+    if page.file_name().is_some_and(|n| n == PLOTLY_JS_FILE) {
+        return Err(usage!("a chart cannot be written as '{}': {PLOTLY_JS_FILE} is the plotly.js its pages load; choose another name", page.display()));
+    }
+    Ok(page.with_file_name(PLOTLY_JS_FILE))
+}
+
+fn write_plotly_beside(page: &Path) -> Result<()> {
+    let js = plotly_path_beside(page)?;
+    let want = Chart::plotly_min_js().as_bytes();
+    let same = std::fs::metadata(&js).is_ok_and(|m| m.is_file() && m.len() == want.len() as u64) && crate::paths::read_bytes(&js).is_ok_and(|b| b == want);
+    if same {
+        return Ok(());
+    }
+    crate::paths::write(&js, want)
 }

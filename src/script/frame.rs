@@ -3,7 +3,7 @@
 //! The expression API mirrors polars so its docs carry over:
 //! `df.group_by(["teacher"]).agg([col("words").mean().alias("mean_words"), len().alias("n")])`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::{self as pl, DataType, Expr};
@@ -136,6 +136,14 @@ struct ChartOptions {
     error_high: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HtmlOptions {
+    /// One self-contained page (plotly.js inlined) instead of a page and a shared plotly.min.js.
+    #[serde(default)]
+    standalone: bool,
+}
+
 impl From<ChartOptions> for ChartSpec {
     fn from(o: ChartOptions) -> Self {
         ChartSpec { x: o.x, y: o.y, color: o.color, z: o.z, title: o.title, x_title: o.x_title, y_title: o.y_title, error_low: o.error_low, error_high: o.error_high }
@@ -147,6 +155,18 @@ fn out_path(out: &Option<Arc<OutputDir>>, name: &str) -> RhaiResult<PathBuf> {
         Some(o) => o.path_for(name).map_err(rt),
         None => Err(rt(usage!("this session has no output dir: run the script with `cotlab run --out DIR`"))),
     }
+}
+
+/// A chart page in the output dir: with the plotly.min.js beside it (both in the manifest), or
+/// standalone.
+fn write_chart_html(out: &Option<Arc<OutputDir>>, c: &Chart, name: &str, standalone: bool) -> RhaiResult<()> {
+    if standalone {
+        return c.write_standalone_html(&out_path(out, name)?).map_err(rt);
+    }
+    let js = crate::frame::chart::plotly_path_beside(Path::new(name)).map_err(rt)?;
+    let page = out_path(out, name)?;
+    out_path(out, &js.to_string_lossy())?;
+    c.write_html(&page).map_err(rt)
 }
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
@@ -320,8 +340,12 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     engine.register_fn("bar_chart", chart("bar"));
     engine.register_fn("heatmap", chart("heatmap"));
     let out = ctx.out.clone();
-    engine.register_fn("write_html", move |c: &mut Chart, name: &str| -> RhaiResult<()> {
-        c.write_html(&out_path(&out, name)?).map_err(rt)
+    let out2 = out.clone();
+    engine.register_fn("write_html", move |c: &mut Chart, name: &str| write_chart_html(&out2, c, name, false));
+    // `#{ standalone: true }`: one self-contained page, plotly.js inlined.
+    engine.register_fn("write_html", move |c: &mut Chart, name: &str, opts: Map| -> RhaiResult<()> {
+        let o: HtmlOptions = options(opts)?;
+        write_chart_html(&out, c, name, o.standalone)
     });
     engine.register_fn("to_string", |c: &mut Chart| format!("Chart({})", c.title));
 }

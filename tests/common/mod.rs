@@ -52,6 +52,8 @@ pub enum Need {
     Torch,
     /// Jupyter and the "Rust (cotlab)" evcxr kernel (`scripts/setup.sh`).
     Jupyter,
+    /// A Slurm answering `sinfo`: `scripts/slurm_local.sh` starts a one-node one (idempotent).
+    Slurm,
 }
 
 fn data_path() -> PathBuf {
@@ -80,8 +82,23 @@ pub fn missing(needs: &[Need]) -> Option<String> {
         Need::Jupyter if !home.join("evcxr/kernel.sh").is_file() || !home.join("venv/bin/jupyter").is_file() => {
             Some("no Jupyter + evcxr kernel: run scripts/setup.sh".to_string())
         }
+        Need::Slurm => local_slurm(),
         _ => None,
     })
+}
+
+/// Start the local one-node Slurm; None when it answers, else why not (its last stderr line).
+fn local_slurm() -> Option<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm_local.sh");
+    match Command::new(&script).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "no local Slurm (scripts/slurm_local.sh exited {}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("no message")
+        )),
+        Err(e) => Some(format!("no local Slurm: {} did not start: {e}", script.display())),
+    }
 }
 
 /// Skip the calling test when a prerequisite is missing, with one line saying how to set it up
