@@ -686,7 +686,7 @@ pub fn sft(
 }
 
 /// Fine-tune on a corpus: [`sft`] with the corpus's pairs and identity; an ordered corpus (a
-/// curriculum, `data::mix`) is trained in its order, without shuffling. `data_files` are the
+/// curriculum, `data::corpus`) is trained in its order, without shuffling. `data_files` are the
 /// files the corpus was read from, hashed into the run's provenance.
 pub fn sft_corpus(student: &Student, corpus: &crate::data::Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>) -> Result<SftReport> {
     let opts = &SftOptions { shuffle: opts.shuffle && !corpus.is_ordered(), ..opts.clone() };
