@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
-use crate::error::{one_of, Error, Result};
+use crate::error::{one_of, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
 use crate::model::{ChatTemplate, DecodeWeights, Student};
-use crate::paths::{is_real_dir, read_text, DirLock};
+use crate::paths::{is_real_dir, DirLock};
 use crate::provenance::hash_file;
-use crate::train::run::{RunDir, TrainState};
+use crate::train::run::RunDir;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -283,11 +283,9 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
 /// built in code, which has no file.
 fn weights_identity(student: &Student) -> Result<serde_json::Value> {
     let run = RunDir::new(&student.source);
-    let ckpt = run.checkpoint();
-    if is_real_dir(&ckpt) {
-        let sp = ckpt.join("state.json");
-        let state: TrainState = serde_json::from_str(&read_text(&sp)?).map_err(|e| Error::data(&sp, e.to_string()))?;
-        let weights = hash_file(&ckpt.join("model.safetensors"))?;
+    if is_real_dir(&run.checkpoint()) {
+        let state = run.state()?;
+        let weights = hash_file(&run.weights_path())?;
         return Ok(serde_json::json!({"step": state.step, "sha256": weights.sha256}));
     }
     if student.source.exists() {

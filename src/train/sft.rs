@@ -441,7 +441,7 @@ impl<'a> Trainer<'a> {
         // options are checked (a refused run leaves no dir), before the run's state is read.
         let lock = crate::paths::DirLock::take(&run.path, "training")?;
         let resumable = run.init(&run_config)?;
-        let tp = run.path.join("truncation.json");
+        let tp = run.truncation_path();
         crate::paths::write(&tp, serde_json::to_string_pretty(&truncation).unwrap().as_bytes())?;
         let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
         let mut resumed_from = None;
@@ -701,7 +701,7 @@ fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Resu
     // A student built in code (tests, random-weight benches) has no file to hash.
     let model: Vec<std::path::PathBuf> = std::iter::once(&student.source).filter(|p| p.exists()).cloned().collect();
     let p = crate::provenance::Provenance::new(&model, &[], seeds)?;
-    let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.path.join("provenance.jsonl"))?;
+    let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.provenance_path())?;
     log.append(&p)
 }
 
