@@ -12,7 +12,7 @@ use super::corpus::{Corpus, Origin, Rationale, ReleaseTeacher};
 use super::loaders::{load_alpaca, read_records};
 use super::{arith, DataDir, Task};
 use crate::answer::canonical_gold;
-use crate::cot::{check_level, Format};
+use crate::cot::{Format, Level, LEVELS};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::usage;
@@ -59,7 +59,7 @@ pub fn release_entries() -> Vec<CatalogEntry> {
         match (task, t) {
             (Task::Svamp, Llama70b) => (1..=4).collect(), // the release never had levels 5-6
             (Task::Gsm8k, Llama70b) => (1..=5).collect(), // ... nor level 6
-            _ => (1..=6).collect(),
+            _ => LEVELS.collect(),
         }
     };
     // (task, file name for (teacher, level), human file, answer-only file)
@@ -126,7 +126,7 @@ pub fn release_entries() -> Vec<CatalogEntry> {
         prompt_col: "problem",
         response_col: col,
     };
-    for l in 1..=6u8 {
+    for l in LEVELS {
         v.push(math(Some(Gpt4o), Some(l), Plain, format!("math_mix_level{l}.json"), "chatgpt_output"));
         v.push(math(Some(Gemini), Some(l), Plain, format!("math_gemini_level{l}_ranked.json"), "gemini_output"));
         v.push(math(Some(Llama70b), Some(l), Plain, format!("math_llama_level{l}_ranked.json"), "llama_output"));
@@ -167,7 +167,7 @@ impl Catalog {
             (None, _) => Some(ReleaseTeacher::Gpt4o),
         };
         let level = match q.level {
-            Some(l) => Some(check_level(l)?),
+            Some(l) => Some(Level::new(l)?.get()),
             None => None,
         };
         if format == Format::AnswerOnly && q.level.is_some() {
@@ -372,7 +372,7 @@ fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
     }
     let level = match (q.level, format) {
         (_, Format::AnswerOnly) => None,
-        (Some(l), _) => Some(check_level(l)?),
+        (Some(l), _) => Some(Level::new(l)?.get()),
         (None, _) => return Err(usage!("'level' (1..6) is required for rule rationales")),
     };
     if !matches!(format, Format::Plain | Format::EquationOnly | Format::AnswerOnly) {

@@ -6,11 +6,9 @@
 //! This file imports nothing else of `data` but the `Task` at its root: the catalog makes corpora,
 //! it is not needed to hold one.
 
-use serde::{Deserialize, Serialize};
-
 use super::{AnswerKind, Task};
 use crate::cot::Format;
-use crate::error::{one_of, Result};
+use crate::error::Result;
 use crate::rng::Rng;
 use crate::usage;
 
@@ -129,29 +127,13 @@ pub struct Recipe {
     pub ordered: bool,
 }
 
-/// The order of a curriculum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum CurriculumOrder {
-    /// Level 1 (coarsest) first, level 6 last; rationales without a level (answer-only, human)
-    /// come before level 1.
-    CoarseToFine,
-    FineToCoarse,
-}
-
-impl TryFrom<String> for CurriculumOrder {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("order", &s, &[("coarse_to_fine", CurriculumOrder::CoarseToFine), ("fine_to_coarse", CurriculumOrder::FineToCoarse)])
-    }
-}
-
-impl CurriculumOrder {
-    pub fn name(self) -> &'static str {
-        match self {
-            CurriculumOrder::CoarseToFine => "coarse_to_fine",
-            CurriculumOrder::FineToCoarse => "fine_to_coarse",
-        }
+crate::choices! {
+    /// The order of a curriculum.
+    pub enum CurriculumOrder("order") {
+        /// Level 1 (coarsest) first, level 6 last; rationales without a level (answer-only, human)
+        /// come before level 1.
+        CoarseToFine = "coarse_to_fine",
+        FineToCoarse = "fine_to_coarse",
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
-use crate::error::{one_of, Result};
+use crate::error::Result;
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
@@ -55,29 +55,19 @@ impl Default for EvalOptions {
     }
 }
 
-/// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
-/// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
-/// (`train`, what `sft` trained on).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum PromptStyle {
-    #[default]
-    Paper,
-    Train,
-}
-
-impl TryFrom<String> for PromptStyle {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        PromptStyle::parse(&s)
+crate::choices! {
+    /// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
+    /// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
+    /// (`train`, what `sft` trained on).
+    #[derive(Default)]
+    pub enum PromptStyle("prompt") {
+        #[default]
+        Paper = "paper",
+        Train = "train",
     }
 }
 
 impl PromptStyle {
-    pub fn parse(s: &str) -> std::result::Result<PromptStyle, String> {
-        one_of("prompt", s, &[("paper", PromptStyle::Paper), ("train", PromptStyle::Train)])
-    }
-
     /// The template that wraps each question of `task` for `student`.
     pub fn template(self, student: &Student, task: crate::data::Task) -> ChatTemplate {
         match self {

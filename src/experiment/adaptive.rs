@@ -32,7 +32,7 @@ use crate::lab::Workspace;
 use crate::model::Student;
 use crate::rng::{fnv1a, Rng, FNV_OFFSET};
 use crate::train::data::tokenize;
-use crate::train::sft::{response_nll, sft_corpus};
+use crate::train::sft::{response_nll, sft};
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
 
@@ -242,7 +242,7 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
         eprintln!("[select pilot] level {level}: {} steps on {} rationales, then {} held-out questions", s.pilot_steps, train.len(), ds.len());
         let student = ws.student(&r.student, &r.student_opts)?;
         let run = RunDir::new(&pdir);
-        sft_corpus(&student, &train, &opts, &run, None)?;
+        sft(&student, &train, &opts, &run, None)?;
         drop(student);
         let summary = run.summary()?;
         let trained = ws.student(&pdir.display().to_string(), &r.student_opts)?;
@@ -263,7 +263,7 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
     // Best accuracy; rows are in level order and `max_by` keeps the last maximum, so compare
     // reversed to keep the first (the coarser level).
     let best = rows.iter().rev().max_by(|a, b| a.accuracy.total_cmp(&b.accuracy)).expect("a pilot row").level;
-    let pick = s.levels.iter().position(|&l| l == best).expect("a candidate level");
+    let pick = s.levels.iter().position(|&l| l.get() == best).expect("a candidate level");
     let pilot_frame = Frame::from_columns(vec![
         ("level".into(), ColumnData::Int(rows.iter().map(|x| Some(x.level as i64)).collect())),
         ("train_n".into(), ColumnData::Int(rows.iter().map(|x| Some(x.train_n as i64)).collect())),

@@ -14,11 +14,11 @@
 //!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`, `eval_decode_weights`;
 //! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cot::Level;
 use crate::data::{Catalog, DatasetOptions, RationaleQuery, Task};
-use crate::error::{one_of, Error, Result};
+use crate::error::{Error, Result};
 use crate::eval::run::EvalOptions;
 use crate::lab::StudentOptions;
 use crate::train::SftOptions;
@@ -84,29 +84,12 @@ fn take<T: serde::de::DeserializeOwned>(m: &mut Map<String, Value>, key: &str) -
     }
 }
 
-/// `select`: how a point chooses its rationales.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum Strategy {
-    Pilot,
-    MinLoss,
-    Softmin,
-}
-
-impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("select", &s, &[("pilot", Strategy::Pilot), ("min_loss", Strategy::MinLoss), ("softmin", Strategy::Softmin)])
-    }
-}
-
-impl Strategy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Pilot => "pilot",
-            Strategy::MinLoss => "min_loss",
-            Strategy::Softmin => "softmin",
-        }
+crate::choices! {
+    /// `select`: how a point chooses its rationales.
+    pub enum Strategy("select") {
+        Pilot = "pilot",
+        MinLoss = "min_loss",
+        Softmin = "softmin",
     }
 }
 
@@ -115,7 +98,7 @@ impl Strategy {
 pub struct StrategyConfig {
     pub strategy: Strategy,
     /// Candidate levels (`select_levels`, default 1–6), each a part of the point's `parts`.
-    pub levels: Vec<u8>,
+    pub levels: Vec<Level>,
     /// `softmin` only (`select_temperature`, default 0.1 nats per token).
     pub temperature: f64,
     /// `pilot` only: rationales per pilot run (`pilot_n`, default the point's `train_n`, else 64).
@@ -146,11 +129,11 @@ fn take_strategy(m: &mut Map<String, Value>, train_n: Option<usize>, max_steps: 
         return Ok(None);
     };
     let strategy: Strategy = serde_json::from_value(select.clone()).map_err(|e| usage!("{e}"))?;
-    let levels: Vec<u8> = match levels {
-        None => (1..=6).collect(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| usage!("'select_levels' must be a list of levels 1-6, e.g. [1, 3, 6] (got {v})"))?,
+    let levels: Vec<Level> = match levels {
+        None => Level::all().collect(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| usage!("'select_levels' must be a list of levels 1-6, e.g. [1, 3, 6]: {e} (got {v})"))?,
     };
-    if levels.len() < 2 || levels.iter().any(|l| !(1..=6).contains(l)) {
+    if levels.len() < 2 {
         return Err(usage!("'select_levels' must list at least two levels, each 1-6 (got {levels:?})"));
     }
     let mut sorted = levels.clone();
@@ -204,7 +187,7 @@ impl PointConfig {
             if level.is_some() || mix.is_some() || order.is_some() {
                 return Err(usage!("'select' chooses the levels itself (from 'select_levels'): drop 'level', 'mix' and 'order' beside it"));
             }
-            let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l as i64), format.clone()), 1.0)).collect();
+            let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l.get().into()), format.clone()), 1.0)).collect();
             return Self::finish(m, parts, false, train_n, train_seed, None, strategy, dataset);
         }
         let (parts, mixed) = match mix {
@@ -350,13 +333,15 @@ mod tests {
         let m = |v: Value| v.as_object().unwrap().clone();
         assert!(take_strategy(&mut m(serde_json::json!({})), None, None).unwrap().is_none());
         let s = take_strategy(&mut m(serde_json::json!({"select": "pilot", "select_levels": [1, 3]})), Some(8), Some(2)).unwrap().unwrap();
-        assert_eq!((s.strategy, s.levels.clone(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
+        assert_eq!((s.strategy, s.levels.iter().map(|l| l.get()).collect::<Vec<_>>(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
         let e = take_strategy(&mut m(serde_json::json!({"select": "best"})), None, None).unwrap_err().to_string();
         assert!(e.contains("pilot") && e.contains("min_loss"), "{e}");
         let e = take_strategy(&mut m(serde_json::json!({"pilot_n": 4})), None, None).unwrap_err().to_string();
         assert!(e.contains("give 'select'"), "{e}");
         let e = take_strategy(&mut m(serde_json::json!({"select": "softmin", "select_temperature": 0})), None, None).unwrap_err().to_string();
         assert!(e.contains("> 0"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [1, 9]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("'select_levels'") && e.contains("got 9"), "{e}");
         let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3]})), None, None).unwrap_err().to_string();
         assert!(e.contains("at least two"), "{e}");
         let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3, 1]})), None, None).unwrap_err().to_string();

@@ -41,7 +41,7 @@ use crate::lab::Workspace;
 use crate::provenance::Provenance;
 use crate::results::runs::{load_runs, FAILED_FILE, POINT_FILE, SWEEP_FILE};
 use crate::results::Frame;
-use crate::train::sft::sft_corpus;
+use crate::train::sft::sft;
 use crate::train::RunDir;
 use crate::usage;
 
@@ -365,7 +365,7 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
         };
         let t = Instant::now();
         let run = RunDir::new(dir);
-        let report = sft_corpus(&base, &corpus, &r.sft, &run, None)?;
+        let report = sft(&base, &corpus, &r.sft, &run, None)?;
         sft_seconds = t.elapsed().as_secs_f64();
         drop(base);
         for (k, v) in run.summary()?.metrics() {

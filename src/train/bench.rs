@@ -220,8 +220,7 @@ pub fn bench_job(student: &Student, corpus: &crate::data::Corpus, opts: &super::
     let _ = std::fs::remove_dir_all(&scratch);
     let run = super::run::RunDir::new(&scratch);
     let result = (|| {
-        let config = super::sft::run_config(student, corpus, &opts);
-        let mut t = super::sft::Trainer::new(student, &corpus.pairs(), &opts, &run, config)?;
+        let mut t = super::sft::Trainer::new(student, corpus, &opts, &run)?;
         if steps + 1 > t.total_steps() {
             return Err(crate::usage!(
                 "bench job: {} steps (+1 warm-up) is more than the run's {} (epochs {}, {} examples, global batch {}): lower --steps",
