@@ -216,7 +216,7 @@ pub fn bench_job(student: &Student, corpus: &crate::data::Corpus, opts: &super::
     in_range("bench job", "steps", steps, 1..=10_000)?;
     // No checkpoint inside the timed steps: the PyTorch side saves nothing either.
     let opts = super::sft::SftOptions { save_every: super::sft::SftOptions::MAX_STEPS, ..opts.clone() };
-    let scratch = std::env::temp_dir().join(format!("cotlab-bench-job-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("cotlab-bench-job-{}", crate::paths::unique_suffix()));
     let _ = std::fs::remove_dir_all(&scratch);
     let run = super::run::RunDir::new(&scratch);
     let result = (|| {
