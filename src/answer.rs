@@ -23,7 +23,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{one_of, Result};
+use crate::error::Result;
 use crate::usage;
 
 pub mod paper;
@@ -207,39 +207,19 @@ pub fn judge(output: &str, gold: &str, kind: AnswerKind) -> Judgement {
     Judgement { extracted, correct }
 }
 
-/// Which rules score an output: the paper's evaluators (the default wherever a student is
-/// scored) or cotlab's lenient extractor. Option `protocol: "paper" | "lenient"` of `evaluate`,
-/// `score_predictions`, `cotlab eval` and `cotlab score`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Protocol {
-    #[default]
-    Paper,
-    Lenient,
-}
-
-impl TryFrom<String> for Protocol {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        Protocol::parse(&s)
+crate::choices! {
+    /// Which rules score an output: the paper's evaluators (the default wherever a student is
+    /// scored) or cotlab's lenient extractor. Option `protocol: "paper" | "lenient"` of `evaluate`,
+    /// `score_predictions`, `cotlab eval` and `cotlab score`.
+    #[derive(Default)]
+    pub enum Protocol("protocol") {
+        #[default]
+        Paper = "paper",
+        Lenient = "lenient",
     }
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Paper, Protocol::Lenient];
-
-    /// "paper" or "lenient"; anything else is an error naming the option and both choices.
-    pub fn parse(s: &str) -> std::result::Result<Protocol, String> {
-        one_of("protocol", s, &[("paper", Protocol::Paper), ("lenient", Protocol::Lenient)])
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Paper => "paper",
-            Protocol::Lenient => "lenient",
-        }
-    }
-
     /// Extract the answer from `output` and compare it with `gold` under this protocol.
     /// `evaluator` says which of the paper's evaluators the task belongs to (the lenient rules
     /// only look at `kind`).

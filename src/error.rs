@@ -112,6 +112,63 @@ pub fn one_of<T: Copy>(option: &str, value: &str, choices: &[(&str, T)]) -> std:
     })
 }
 
+/// A string enum whose names are written once: `choices! { enum Schedule("schedule") { Cosine =
+/// "cosine", Linear = "linear" } }` defines the enum (Clone, Copy, Debug, PartialEq, Eq, Hash;
+/// more derives and docs go before `enum`, `#[default]` on a variant), `ALL`, `parse` (through
+/// [`one_of`]: the error names the option and lists the choices), `name`, `Display`, and serde as
+/// the name (`TryFrom<String>`, so a wrong value's error is `parse`'s).
+#[macro_export]
+macro_rules! choices {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($option:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// One of the names; anything else is an error naming the option and every choice.
+            pub fn parse(s: &str) -> std::result::Result<$name, String> {
+                $crate::error::one_of($option, s, &[$(($text, $name::$variant)),+])
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                $name::parse(&s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                $name::parse(&s).map_err(<D::Error as serde::de::Error>::custom)
+            }
+        }
+    };
+}
+
 /// Check a numeric option against its allowed range, NaN included: every option a user types
 /// goes through this before it can overflow an allocation or a `Duration`.
 /// `in_range("sft", "epochs", 1e300, 0.0..=1000.0)` → "sft: 'epochs' must be in 0..=1000, got 1e300".
@@ -127,4 +184,30 @@ pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(what: &str, option: &s
 #[macro_export]
 macro_rules! usage {
     ($($arg:tt)*) => { $crate::error::Error::Usage(format!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    crate::choices! {
+        /// A test enum.
+        #[derive(Default)]
+        enum Speed("speed") {
+            #[default]
+            Slow = "slow",
+            VeryFast = "very_fast",
+        }
+    }
+
+    #[test]
+    fn choices_map_names_both_ways_and_list_them_on_error() {
+        for &v in Speed::ALL {
+            assert_eq!(Speed::parse(v.name()), Ok(v));
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+            assert_eq!(serde_json::from_value::<Speed>(v.name().into()).unwrap(), v);
+        }
+        assert_eq!((Speed::default(), Speed::VeryFast.to_string()), (Speed::Slow, "very_fast".to_string()));
+        let e = serde_json::from_value::<Speed>("fast".into()).unwrap_err().to_string();
+        assert_eq!(e, "speed: unknown value 'fast': expected one of slow, very_fast");
+        assert!(serde_json::from_value::<Speed>(3.into()).is_err(), "not a string");
+    }
 }

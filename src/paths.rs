@@ -115,6 +115,16 @@ pub fn is_real_file(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file())
 }
 
+/// A name part no other call returns, in this process or another: `<pid>-<nanos>-<n>` (the
+/// process id, the clock, and a count of calls in this process, so two calls in the same clock
+/// tick differ too). For staging dirs, scratch dirs and lock tokens.
+pub fn unique_suffix() -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos}-{n}", std::process::id())
+}
+
 /// Whether `p` is a dir itself (not a link to one).
 pub fn is_real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir())
@@ -383,6 +393,13 @@ pub fn append_readable(p: &Path) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_suffixes_differ_within_a_process() {
+        let all: std::collections::HashSet<String> = (0..1000).map(|_| unique_suffix()).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(all.iter().all(|s| s.starts_with(&format!("{}-", std::process::id()))));
+    }
 
     #[test]
     fn run_names() {

@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
 const SAME_LAYER_ALLOWED: &[(&str, &str)] = &[("notebook", "script")];
 
 /// Items at the crate root that are not modules: where they are defined.
-const ROOT_ITEMS: &[(&str, &str)] = &[("Error", "error"), ("Result", "error"), ("usage", "error")];
+const ROOT_ITEMS: &[(&str, &str)] = &[("Error", "error"), ("Result", "error"), ("usage", "error"), ("choices", "error")];
 
 /// `lib.rs` declares every module and re-exports from them; it is the root, not a layer.
 const ROOT_FILE: &str = "lib";

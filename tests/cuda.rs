@@ -274,24 +274,21 @@ fn sft_in_bf16(dev: &Device) {
         max_position_embeddings: 512,
         ..preset("smollm2-135m").unwrap()
     };
-    let pairs: Vec<(String, String)> = cotlab::data::arith::generate(16, 4)
-        .iter()
-        .map(|p| (p.example().question, cotlab::teacher::rule::write(p, 2, cotlab::cot::Format::Plain)))
-        .collect();
+    let q = cotlab::data::RationaleQuery { level: Some(2), n: Some(16), seed: Some(4), ..Default::default() };
+    let corpus = cotlab::data::Catalog::new(cotlab::data::DataDir("unused".into())).rationales("arith", &q).unwrap();
     let student = || {
         let mut s = random_student_with(config.clone(), "tiny", &tok, dev, 5).unwrap();
         s.model.set_compute_dtype(DType::BF16).unwrap();
         s
     };
     let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
-    let cfg = serde_json::json!({"model": "tiny", "options": opts});
     let d = tempfile::tempdir().unwrap();
     let run = RunDir::new(d.path().join("run"));
     let s = student();
-    let first = sft(&s, &pairs, &opts, &run, cfg.clone(), Some(3)).unwrap();
+    let first = sft(&s, &corpus, &opts, &run, Some(3)).unwrap();
     assert_eq!(first.steps, 3);
     assert!(run.checkpoint().join("model.safetensors").is_file());
-    let second = sft(&s, &pairs, &opts, &run, cfg, None).unwrap();
+    let second = sft(&s, &corpus, &opts, &run, None).unwrap();
     assert_eq!(second.resumed_from, Some(3));
     let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
     eprintln!("SFT on {dev:?} (bf16): losses {losses:?}");

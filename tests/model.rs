@@ -209,35 +209,37 @@ fn bad_model_files_give_clear_errors() {
     assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
 }
 
+/// `n` generated problems (seed 4) with the rule teacher's level-2 rationales.
+fn arith_corpus(n: usize) -> cotlab::data::Corpus {
+    let q = cotlab::data::RationaleQuery { level: Some(2), n: Some(n), seed: Some(4), ..Default::default() };
+    cotlab::data::Catalog::new(cotlab::data::DataDir("unused".into())).rationales("arith", &q).unwrap()
+}
+
 fn arith_pairs(n: usize) -> Vec<(String, String)> {
-    cotlab::data::arith::generate(n, 4)
-        .iter()
-        .map(|p| (p.example().question, cotlab::teacher::rule::write(p, 2, cotlab::cot::Format::Plain)))
-        .collect()
+    arith_corpus(n).pairs()
 }
 
 #[test]
 fn sft_learns_and_resumes_exactly() {
     require!(Model);
     let base = smollm();
-    let pairs = arith_pairs(16);
+    let corpus = arith_corpus(16);
     let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
-    let cfg = serde_json::json!({"model": "tiny", "options": opts});
     let d = tempfile::tempdir().unwrap();
 
     let whole = tiny(&base, 5);
-    let full = sft(&whole, &pairs, &opts, &RunDir::new(d.path().join("a")), cfg.clone(), None).unwrap();
+    let full = sft(&whole, &corpus, &opts, &RunDir::new(d.path().join("a")), None).unwrap();
     assert_eq!(full.losses.len(), 6);
     assert!(full.losses[5] < full.losses[0] - 0.5, "loss falls: {:?}", full.losses);
 
     let parts = tiny(&base, 5);
     let run = RunDir::new(d.path().join("b"));
-    let first = sft(&parts, &pairs, &opts, &run, cfg.clone(), Some(3)).unwrap();
+    let first = sft(&parts, &corpus, &opts, &run, Some(3)).unwrap();
     assert_eq!((first.steps, first.resumed_from), (3, None));
     assert!(run.checkpoint().join("model.safetensors").is_file());
     // A fresh process would load the base weights again: start from a new tiny model.
     let again = tiny(&base, 5);
-    let second = sft(&again, &pairs, &opts, &run, cfg.clone(), None).unwrap();
+    let second = sft(&again, &corpus, &opts, &run, None).unwrap();
     assert_eq!(second.resumed_from, Some(3));
     let stitched: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
     for (a, b) in stitched.iter().zip(&full.losses) {
@@ -250,14 +252,14 @@ fn sft_learns_and_resumes_exactly() {
     // line torn) restarts from step 0 with those lines dropped, and gives the same curve.
     let run_c = RunDir::new(d.path().join("c"));
     let crashed = tiny(&base, 5);
-    let mut t = Trainer::new(&crashed, &pairs, &opts, &run_c, cfg.clone()).unwrap();
+    let mut t = Trainer::new(&crashed, &corpus, &opts, &run_c).unwrap();
     t.step().unwrap();
     t.step().unwrap();
     drop(t);
     let mut f = std::fs::OpenOptions::new().append(true).open(run_c.log_path()).unwrap();
     std::io::Write::write_all(&mut f, b"{\"step\": 3, \"lo").unwrap();
     let fresh = tiny(&base, 5);
-    let mut t = Trainer::new(&fresh, &pairs, &opts, &run_c, cfg.clone()).unwrap();
+    let mut t = Trainer::new(&fresh, &corpus, &opts, &run_c).unwrap();
     assert_eq!((t.state().step, t.total_steps()), (0, 6));
     assert_eq!(std::fs::read_to_string(run_c.log_path()).unwrap(), "", "log lines past the (absent) checkpoint are dropped");
     let mut losses = Vec::new();
@@ -277,7 +279,7 @@ fn sft_learns_and_resumes_exactly() {
 
     // The same dir with another config is refused, nothing overwritten.
     let other = SftOptions { lr: 1e-3, ..opts.clone() };
-    let e = sft(&again, &pairs, &other, &run, serde_json::json!({"model": "tiny", "options": other}), None).err().unwrap().to_string();
+    let e = sft(&again, &corpus, &other, &run, None).err().unwrap().to_string();
     assert!(e.contains("holds a different run") && e.contains("lr"), "{e}");
 }
 
@@ -314,8 +316,7 @@ fn lora_trains_only_adapters_and_exports_peft_and_merged() {
 
     let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: Schedule::Constant, max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
     let run = RunDir::new(d.path().join("run"));
-    let cfgj = serde_json::json!({"model": base_dir.display().to_string(), "options": opts});
-    let r = sft(&base, &arith_pairs(16), &opts, &run, cfgj, None).unwrap();
+    let r = sft(&base, &arith_corpus(16), &opts, &run, None).unwrap();
     assert!(r.losses[5] < r.losses[0] - 0.2, "loss falls: {:?}", r.losses);
     let after = base.params()["model.layers.0.self_attn.q_proj.weight"].as_tensor();
     assert_eq!((after - &before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "base untouched");
@@ -393,7 +394,7 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
     w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
     let d = tempfile::tempdir().unwrap();
     let opts = SftOptions { max_steps: Some(2), batch_size: 2, grad_accum: 1, max_len: 96, ..Default::default() };
-    let e = sft(&s, &arith_pairs(4), &opts, &RunDir::new(d.path().join("r")), serde_json::json!({}), None).err().unwrap().to_string();
+    let e = sft(&s, &arith_corpus(4), &opts, &RunDir::new(d.path().join("r")), None).err().unwrap().to_string();
     assert!(e.contains("loss is NaN at step 1") && e.contains("diverged"), "{e}");
 }
 

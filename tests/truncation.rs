@@ -56,8 +56,7 @@ fn truncation_is_counted_per_level_with_lost_answers() {
     let c = cat.rationales("svamp", &RationaleQuery { teacher: Some("gpt-4o".into()), level: Some(6), limit: Some(8), ..Default::default() }).unwrap();
     let opts = SftOptions { max_steps: Some(1), batch_size: 2, grad_accum: 1, max_len: 96, ..Default::default() };
     let run = RunDir::new(d.path().join("r"));
-    let cfg = cotlab::train::sft::run_config(&s, &c, &opts);
-    let r = sft(&s, &c.pairs(), &opts, &run, cfg, None).unwrap();
+    let r = sft(&s, &c, &opts, &run, None).unwrap();
     assert_eq!(r.truncation.label, "svamp gpt-4o level 6 plain");
     assert_eq!((r.truncation.level, r.truncation.max_len, r.truncation.truncated), (Some(6), 96, r.truncated));
     assert!(r.truncation.answer_lost > 0, "{:?}", r.truncation);

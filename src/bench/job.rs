@@ -100,12 +100,11 @@ pub fn time_job(student: &Student, corpus: &Corpus, opts: &SftOptions, steps: us
     in_range("bench job", "steps", steps, 1..=10_000)?;
     // No checkpoint inside the timed steps: the PyTorch side saves nothing either.
     let opts = SftOptions { save_every: SftOptions::MAX_STEPS, ..opts.clone() };
-    let scratch = std::env::temp_dir().join(format!("cotlab-bench-job-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("cotlab-bench-job-{}", crate::paths::unique_suffix()));
     let _ = std::fs::remove_dir_all(&scratch);
     let run = RunDir::new(&scratch);
     let result = (|| {
-        let config = crate::train::sft::run_config(student, corpus, &opts);
-        let mut t = Trainer::new(student, &corpus.pairs(), &opts, &run, config)?;
+        let mut t = Trainer::new(student, corpus, &opts, &run)?;
         if steps + 1 > t.total_steps() {
             return Err(usage!(
                 "bench job: {} steps (+1 warm-up) is more than the run's {} (epochs {}, {} examples, global batch {}): lower --steps",

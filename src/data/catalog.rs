@@ -8,56 +8,14 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::corpus::{Corpus, Origin, Rationale, ReleaseTeacher};
 use super::loaders::{load_alpaca, read_records};
-use super::{arith, AnswerKind, DataDir, Task};
+use super::{arith, DataDir, Task};
 use crate::answer::canonical_gold;
-use crate::cot::{check_level, Format};
+use crate::cot::{Format, Level, LEVELS};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::usage;
-
-/// Who wrote a release rationale (a name in the catalog; `teacher::Teacher` is a live teacher
-/// that writes new ones).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReleaseTeacher {
-    /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
-    Gpt4o,
-    /// Gemini-1.5-Flash.
-    Gemini,
-    /// LLaMA-3-70B; the files say "llama".
-    Llama70b,
-    /// The datasets' own human-written rationales.
-    Human,
-    /// cotlab's rule-based teacher (the embedded `arith` set only).
-    Rule,
-}
-
-impl ReleaseTeacher {
-    pub fn parse(s: &str) -> Result<ReleaseTeacher> {
-        Ok(match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
-            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => ReleaseTeacher::Gpt4o,
-            "gemini" | "gemini-1.5-flash" | "gemini-flash" => ReleaseTeacher::Gemini,
-            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => ReleaseTeacher::Llama70b,
-            "human" => ReleaseTeacher::Human,
-            "rule" => ReleaseTeacher::Rule,
-            _ => {
-                return Err(usage!(
-                    "unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)"
-                ))
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReleaseTeacher::Gpt4o => "gpt-4o",
-            ReleaseTeacher::Gemini => "gemini",
-            ReleaseTeacher::Llama70b => "llama-3-70b",
-            ReleaseTeacher::Human => "human",
-            ReleaseTeacher::Rule => "rule",
-        }
-    }
-}
 
 /// One file of the release: which (dataset, teacher, level, format) it holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,69 +44,6 @@ pub struct RationaleQuery {
     pub n: Option<usize>,
 }
 
-/// One rationale with its question and gold answer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rationale {
-    pub id: String,
-    pub question: String,
-    /// Canonical gold answer, when known (from the release's answer-only file or MATH's `output`).
-    pub gold: Option<String>,
-    pub text: String,
-    /// Where it came from: kept through concatenation, sampling and mixing.
-    pub origin: Origin,
-}
-
-/// Provenance of one rationale: the dataset, teacher, level and format it was written for, and
-/// the file and row it was read from.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Origin {
-    pub task: Task,
-    /// A release teacher's name, a live teacher's `kind:model`, or None (answer-only data).
-    pub teacher: Option<String>,
-    pub level: Option<u8>,
-    pub format: Format,
-    /// The file read (relative to the data dir), "generated" for `arith`, `teacher:…` for a live teacher.
-    pub source: String,
-    /// The record's index in that source.
-    pub row: usize,
-}
-
-/// A set of rationales from one teacher at one level and format.
-#[derive(Clone, Debug)]
-pub struct Corpus {
-    pub task: Task,
-    pub teacher: Option<ReleaseTeacher>,
-    pub level: Option<u8>,
-    pub format: Format,
-    /// The file read (relative to the data dir), or "generated" for `arith`.
-    pub source: String,
-    pub rationales: Vec<Rationale>,
-    /// Records dropped because they lack this teacher's column (see the MATH gemini caveat).
-    pub skipped: usize,
-    /// How a corpus made of others was made (`concat`, `sample`, `mix`, `order`: see
-    /// `data::mix`), None for one file. Set, it is part of a training run's identity, and
-    /// `task`/`teacher`/`level`/`format` hold the value shared by every rationale (None / the
-    /// first's when they differ; each rationale's own is in its `origin`).
-    pub recipe: Option<super::mix::Recipe>,
-}
-
-impl Corpus {
-    pub fn kind(&self) -> AnswerKind {
-        self.task.kind()
-    }
-    pub fn len(&self) -> usize {
-        self.rationales.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.rationales.is_empty()
-    }
-
-    /// (question, rationale) pairs: what SFT trains on.
-    pub fn pairs(&self) -> Vec<(String, String)> {
-        self.rationales.iter().map(|r| (r.question.clone(), r.text.clone())).collect()
-    }
-}
-
 const PLAIN_TEACHERS: [ReleaseTeacher; 3] = [ReleaseTeacher::Gpt4o, ReleaseTeacher::Gemini, ReleaseTeacher::Llama70b];
 
 fn entry(task: Task, teacher: Option<ReleaseTeacher>, level: Option<u8>, format: Format, file: String) -> CatalogEntry {
@@ -164,7 +59,7 @@ pub fn release_entries() -> Vec<CatalogEntry> {
         match (task, t) {
             (Task::Svamp, Llama70b) => (1..=4).collect(), // the release never had levels 5-6
             (Task::Gsm8k, Llama70b) => (1..=5).collect(), // ... nor level 6
-            _ => (1..=6).collect(),
+            _ => LEVELS.collect(),
         }
     };
     // (task, file name for (teacher, level), human file, answer-only file)
@@ -231,7 +126,7 @@ pub fn release_entries() -> Vec<CatalogEntry> {
         prompt_col: "problem",
         response_col: col,
     };
-    for l in 1..=6u8 {
+    for l in LEVELS {
         v.push(math(Some(Gpt4o), Some(l), Plain, format!("math_mix_level{l}.json"), "chatgpt_output"));
         v.push(math(Some(Gemini), Some(l), Plain, format!("math_gemini_level{l}_ranked.json"), "gemini_output"));
         v.push(math(Some(Llama70b), Some(l), Plain, format!("math_llama_level{l}_ranked.json"), "llama_output"));
@@ -272,7 +167,7 @@ impl Catalog {
             (None, _) => Some(ReleaseTeacher::Gpt4o),
         };
         let level = match q.level {
-            Some(l) => Some(check_level(l)?),
+            Some(l) => Some(Level::new(l)?.get()),
             None => None,
         };
         if format == Format::AnswerOnly && q.level.is_some() {
@@ -477,7 +372,7 @@ fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
     }
     let level = match (q.level, format) {
         (_, Format::AnswerOnly) => None,
-        (Some(l), _) => Some(check_level(l)?),
+        (Some(l), _) => Some(Level::new(l)?.get()),
         (None, _) => return Err(usage!("'level' (1..6) is required for rule rationales")),
     };
     if !matches!(format, Format::Plain | Format::EquationOnly | Format::AnswerOnly) {

@@ -1,12 +1,12 @@
 //! Stage 1 — data: the `Example` type, loaders for every native test format and the paper's
-//! Alpaca-style training files, the name-based catalog over the release, the embedded
+//! Alpaca-style training files, the name-based catalog over the release, corpora of rationales as values (`corpus`), the embedded
 //! synthetic `arith` set, and the train/test contamination check.
 
 pub mod arith;
 pub mod catalog;
 pub mod contamination;
+pub mod corpus;
 pub mod loaders;
-pub mod mix;
 
 use std::path::PathBuf;
 
@@ -19,8 +19,8 @@ use crate::usage;
 // AnswerKind lives with the extractor at the base of the crate; re-exported so data paths keep working.
 pub use crate::answer::AnswerKind;
 use crate::answer::Evaluator;
-pub use catalog::{Catalog, CatalogEntry, Corpus, Origin, Rationale, RationaleQuery, ReleaseTeacher};
-pub use mix::{CurriculumOrder, MixPart};
+pub use catalog::{Catalog, CatalogEntry, RationaleQuery};
+pub use corpus::{Corpus, CurriculumOrder, MixPart, Origin, Rationale, Recipe, ReleaseTeacher};
 
 /// One question with its gold answer, as a student sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -17,13 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
-use crate::error::{one_of, Error, Result};
+use crate::error::Result;
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
 use crate::model::{ChatTemplate, DecodeWeights, Student};
-use crate::paths::{is_real_dir, read_text, DirLock};
-use crate::train::run::{RunDir, TrainState};
+use crate::paths::{is_real_dir, DirLock};
+use crate::train::run::RunDir;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -54,29 +54,19 @@ impl Default for EvalOptions {
     }
 }
 
-/// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
-/// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
-/// (`train`, what `sft` trained on).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum PromptStyle {
-    #[default]
-    Paper,
-    Train,
-}
-
-impl TryFrom<String> for PromptStyle {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        PromptStyle::parse(&s)
+crate::choices! {
+    /// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
+    /// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
+    /// (`train`, what `sft` trained on).
+    #[derive(Default)]
+    pub enum PromptStyle("prompt") {
+        #[default]
+        Paper = "paper",
+        Train = "train",
     }
 }
 
 impl PromptStyle {
-    pub fn parse(s: &str) -> std::result::Result<PromptStyle, String> {
-        one_of("prompt", s, &[("paper", PromptStyle::Paper), ("train", PromptStyle::Train)])
-    }
-
     /// The template that wraps each question of `task` for `student`.
     pub fn template(self, student: &Student, task: crate::data::Task) -> ChatTemplate {
         match self {
@@ -292,18 +282,15 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
     Ok(report)
 }
 
-
 /// What the evaluated weights are, so an eval dir never resumes with other weights: the
 /// fingerprint of the weights in memory ([`Student::weights_fingerprint`]: a student trained in
 /// place since, or another file at the same path, is another one), and for a run its checkpoint
 /// step (the message then says which step each side holds).
 fn weights_identity(student: &Student) -> Result<serde_json::Value> {
     let sha256 = student.weights_fingerprint()?;
-    let ckpt = RunDir::new(&student.source).checkpoint();
-    if is_real_dir(&ckpt) {
-        let sp = ckpt.join("state.json");
-        let state: TrainState = serde_json::from_str(&read_text(&sp)?).map_err(|e| Error::data(&sp, e.to_string()))?;
-        return Ok(serde_json::json!({"step": state.step, "sha256": sha256}));
+    let run = RunDir::new(&student.source);
+    if is_real_dir(&run.checkpoint()) {
+        return Ok(serde_json::json!({"step": run.state()?.step, "sha256": sha256}));
     }
     Ok(serde_json::json!({"sha256": sha256}))
 }

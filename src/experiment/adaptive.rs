@@ -20,64 +20,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::point::PointConfig;
+use super::point::{PointConfig, Strategy, StrategyConfig};
 use crate::data::{Catalog, Corpus, Dataset, Example, Rationale, RationaleQuery, Task};
-use crate::error::{one_of, Result};
+use crate::error::Result;
 use crate::eval::run::evaluate;
 use crate::frame::{ColumnData, Frame};
 use crate::lab::Workspace;
 use crate::model::Student;
 use crate::rng::{fnv1a, Rng, FNV_OFFSET};
 use crate::train::data::tokenize;
-use crate::train::sft::{response_nll, sft_corpus};
+use crate::train::sft::{response_nll, sft};
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
-
-/// `select`: how a point chooses its rationales.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum Strategy {
-    Pilot,
-    MinLoss,
-    Softmin,
-}
-
-impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("select", &s, &[("pilot", Strategy::Pilot), ("min_loss", Strategy::MinLoss), ("softmin", Strategy::Softmin)])
-    }
-}
-
-impl Strategy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Pilot => "pilot",
-            Strategy::MinLoss => "min_loss",
-            Strategy::Softmin => "softmin",
-        }
-    }
-}
-
-/// The strategy of one point, its candidates and sizes.
-#[derive(Clone, Debug)]
-pub struct StrategyConfig {
-    pub strategy: Strategy,
-    /// Candidate levels (`select_levels`, default 1–6), each a part of the point's `parts`.
-    pub levels: Vec<u8>,
-    /// `softmin` only (`select_temperature`, default 0.1 nats per token).
-    pub temperature: f64,
-    /// `pilot` only: rationales per pilot run (`pilot_n`, default the point's `train_n`, else 64).
-    pub pilot_n: usize,
-    /// `pilot` only: optimizer steps per pilot run (`pilot_steps`, default the point's
-    /// `max_steps`, else 20).
-    pub pilot_steps: usize,
-    /// `pilot` only: held-out training questions each pilot is evaluated on (`pilot_eval_n`, 20).
-    pub pilot_eval_n: usize,
-}
 
 /// What a strategy decided, for the point's record and its metrics.
 pub struct Decision {
@@ -284,13 +241,14 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
         let opts = SftOptions { max_steps: Some(s.pilot_steps), save_every: s.pilot_steps, ..r.sft.clone() };
         eprintln!("[select pilot] level {level}: {} steps on {} rationales, then {} held-out questions", s.pilot_steps, train.len(), ds.len());
         let student = ws.student(&r.student, &r.student_opts)?;
-        sft_corpus(&student, &train, &opts, &RunDir::new(&pdir), None)?;
+        let run = RunDir::new(&pdir);
+        sft(&student, &train, &opts, &run, None)?;
         drop(student);
-        let (_, last) = super::sweep::first_last(&pdir.join("train_log.jsonl"));
+        let summary = run.summary()?;
         let trained = ws.student(&pdir.display().to_string(), &r.student_opts)?;
         let e = evaluate(&trained, &ds, &r.eval, &pdir.join("eval"))?;
         // The pilot's weights stay (a re-run skips its training); its moments never serve again.
-        RunDir::new(&pdir).drop_optimizer_state()?;
+        run.drop_optimizer_state()?;
         rows.push(PilotRow {
             level,
             train_n: train.len(),
@@ -299,13 +257,13 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
             ci95_low: e.ci95_low,
             ci95_high: e.ci95_high,
             mean_tokens: e.mean_tokens,
-            train_loss_last: last.and_then(|l| l["loss"].as_f64()),
+            train_loss_last: summary.loss_last,
         });
     }
     // Best accuracy; rows are in level order and `max_by` keeps the last maximum, so compare
     // reversed to keep the first (the coarser level).
     let best = rows.iter().rev().max_by(|a, b| a.accuracy.total_cmp(&b.accuracy)).expect("a pilot row").level;
-    let pick = s.levels.iter().position(|&l| l == best).expect("a candidate level");
+    let pick = s.levels.iter().position(|&l| l.get() == best).expect("a candidate level");
     let pilot_frame = Frame::from_columns(vec![
         ("level".into(), ColumnData::Int(rows.iter().map(|x| Some(x.level as i64)).collect())),
         ("train_n".into(), ColumnData::Int(rows.iter().map(|x| Some(x.train_n as i64)).collect())),
@@ -326,72 +284,9 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
     Ok(Decision { corpus, selected_level: best as f64, record })
 }
 
-/// Parse the strategy keys of a point (`select`, `select_levels`, `select_temperature`,
-/// `pilot_n`, `pilot_steps`, `pilot_eval_n`), removing them from `m`.
-pub(super) fn take_strategy(m: &mut Map<String, Value>, train_n: Option<usize>, max_steps: Option<usize>) -> Result<Option<StrategyConfig>> {
-    let take = |m: &mut Map<String, Value>, k: &str| m.remove(k).filter(|v| !v.is_null());
-    let parse = |k: &str, v: Value| -> Result<u64> { v.as_u64().ok_or_else(|| usage!("'{k}' must be a positive integer (got {v})")) };
-    let select = take(m, "select");
-    let levels = take(m, "select_levels");
-    let temperature = take(m, "select_temperature");
-    let (pilot_n, pilot_steps, pilot_eval_n) = (take(m, "pilot_n"), take(m, "pilot_steps"), take(m, "pilot_eval_n"));
-    let Some(select) = select else {
-        if let Some(k) = [("select_levels", &levels), ("select_temperature", &temperature), ("pilot_n", &pilot_n), ("pilot_steps", &pilot_steps), ("pilot_eval_n", &pilot_eval_n)]
-            .iter()
-            .find_map(|(k, v)| v.is_some().then_some(*k))
-        {
-            return Err(usage!("'{k}' belongs to the adaptive strategy: give 'select' (pilot, min_loss, softmin) with it, or drop it"));
-        }
-        return Ok(None);
-    };
-    let strategy: Strategy = serde_json::from_value(select.clone()).map_err(|e| usage!("{e}"))?;
-    let levels: Vec<u8> = match levels {
-        None => (1..=6).collect(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| usage!("'select_levels' must be a list of levels 1-6, e.g. [1, 3, 6] (got {v})"))?,
-    };
-    if levels.len() < 2 || levels.iter().any(|l| !(1..=6).contains(l)) {
-        return Err(usage!("'select_levels' must list at least two levels, each 1-6 (got {levels:?})"));
-    }
-    let mut sorted = levels.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted != levels {
-        return Err(usage!("'select_levels' must be increasing without repeats, e.g. [1, 3, 6] (got {levels:?})"));
-    }
-    let temperature = match temperature {
-        None => 0.1,
-        Some(v) => v.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| usage!("'select_temperature' must be a number > 0 (got {v})"))?,
-    };
-    let pilot_n = pilot_n.map(|v| parse("pilot_n", v)).transpose()?.map(|n| n as usize).or(train_n).unwrap_or(64);
-    let pilot_steps = pilot_steps.map(|v| parse("pilot_steps", v)).transpose()?.map(|n| n as usize).or(max_steps).unwrap_or(20);
-    let pilot_eval_n = pilot_eval_n.map(|v| parse("pilot_eval_n", v)).transpose()?.map(|n| n as usize).unwrap_or(20);
-    for (k, v) in [("pilot_n", pilot_n), ("pilot_steps", pilot_steps), ("pilot_eval_n", pilot_eval_n)] {
-        crate::error::in_range("select pilot", k, v, 1..=1_000_000)?;
-    }
-    Ok(Some(StrategyConfig { strategy, levels, temperature, pilot_n, pilot_steps, pilot_eval_n }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strategy_keys_parse_and_check() {
-        let m = |v: Value| v.as_object().unwrap().clone();
-        assert!(take_strategy(&mut m(serde_json::json!({})), None, None).unwrap().is_none());
-        let s = take_strategy(&mut m(serde_json::json!({"select": "pilot", "select_levels": [1, 3]})), Some(8), Some(2)).unwrap().unwrap();
-        assert_eq!((s.strategy, s.levels.clone(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
-        let e = take_strategy(&mut m(serde_json::json!({"select": "best"})), None, None).unwrap_err().to_string();
-        assert!(e.contains("pilot") && e.contains("min_loss"), "{e}");
-        let e = take_strategy(&mut m(serde_json::json!({"pilot_n": 4})), None, None).unwrap_err().to_string();
-        assert!(e.contains("give 'select'"), "{e}");
-        let e = take_strategy(&mut m(serde_json::json!({"select": "softmin", "select_temperature": 0})), None, None).unwrap_err().to_string();
-        assert!(e.contains("> 0"), "{e}");
-        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3]})), None, None).unwrap_err().to_string();
-        assert!(e.contains("at least two"), "{e}");
-        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3, 1]})), None, None).unwrap_err().to_string();
-        assert!(e.contains("increasing"), "{e}");
-    }
 
     #[test]
     fn questions_are_matched_across_corpora() {

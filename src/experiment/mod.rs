@@ -9,6 +9,5 @@ pub mod progress;
 pub mod slurm;
 pub mod sweep;
 
-pub use adaptive::{Strategy, StrategyConfig};
-pub use point::{PointConfig, DATA_KEYS, EVAL_KEYS, STRATEGY_KEYS, STUDENT_KEYS};
+pub use point::{PointConfig, Strategy, StrategyConfig, DATA_KEYS, EVAL_KEYS, STRATEGY_KEYS, STUDENT_KEYS};
 pub use sweep::{plan, sweep, sweep_in, PlannedSweep, PointPlan, PointStatus, SweepMode, SweepReport, SweepSpec, Sweeps};

@@ -42,8 +42,7 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new() -> Result<Scratch> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("cotlab-sweep-plan-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cotlab-sweep-plan-{}", crate::paths::unique_suffix()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Scratch(dir))
     }

@@ -16,6 +16,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::cot::Level;
 use crate::data::{Catalog, DatasetOptions, RationaleQuery, Task};
 use crate::error::{Error, Result};
 use crate::eval::run::EvalOptions;
@@ -24,7 +25,7 @@ use crate::train::SftOptions;
 use crate::usage;
 
 pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order"];
-/// The student-adaptive strategy's keys (see [`super::adaptive`]).
+/// The student-adaptive strategy's keys (parsed by `take_strategy`; run by [`super::adaptive`]).
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
 pub const EVAL_KEYS: &[&str] =
@@ -66,7 +67,7 @@ pub struct PointConfig {
     pub order: Option<crate::data::CurriculumOrder>,
     /// The student-adaptive strategy (`select`): `parts` are then its candidate levels, each as
     /// the fixed-level point of that level would read it.
-    pub strategy: Option<super::adaptive::StrategyConfig>,
+    pub strategy: Option<StrategyConfig>,
     pub student: String,
     pub student_opts: StudentOptions,
     pub train: bool,
@@ -81,6 +82,77 @@ fn take<T: serde::de::DeserializeOwned>(m: &mut Map<String, Value>, key: &str) -
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| usage!("'{key}': {e} (got {v})")),
     }
+}
+
+crate::choices! {
+    /// `select`: how a point chooses its rationales.
+    pub enum Strategy("select") {
+        Pilot = "pilot",
+        MinLoss = "min_loss",
+        Softmin = "softmin",
+    }
+}
+
+/// The strategy of one point, its candidates and sizes.
+#[derive(Clone, Debug)]
+pub struct StrategyConfig {
+    pub strategy: Strategy,
+    /// Candidate levels (`select_levels`, default 1–6), each a part of the point's `parts`.
+    pub levels: Vec<Level>,
+    /// `softmin` only (`select_temperature`, default 0.1 nats per token).
+    pub temperature: f64,
+    /// `pilot` only: rationales per pilot run (`pilot_n`, default the point's `train_n`, else 64).
+    pub pilot_n: usize,
+    /// `pilot` only: optimizer steps per pilot run (`pilot_steps`, default the point's
+    /// `max_steps`, else 20).
+    pub pilot_steps: usize,
+    /// `pilot` only: held-out training questions each pilot is evaluated on (`pilot_eval_n`, 20).
+    pub pilot_eval_n: usize,
+}
+
+/// Parse the strategy keys of a point (`select`, `select_levels`, `select_temperature`,
+/// `pilot_n`, `pilot_steps`, `pilot_eval_n`), removing them from `m`.
+fn take_strategy(m: &mut Map<String, Value>, train_n: Option<usize>, max_steps: Option<usize>) -> Result<Option<StrategyConfig>> {
+    let take = |m: &mut Map<String, Value>, k: &str| m.remove(k).filter(|v| !v.is_null());
+    let parse = |k: &str, v: Value| -> Result<u64> { v.as_u64().ok_or_else(|| usage!("'{k}' must be a positive integer (got {v})")) };
+    let select = take(m, "select");
+    let levels = take(m, "select_levels");
+    let temperature = take(m, "select_temperature");
+    let (pilot_n, pilot_steps, pilot_eval_n) = (take(m, "pilot_n"), take(m, "pilot_steps"), take(m, "pilot_eval_n"));
+    let Some(select) = select else {
+        if let Some(k) = [("select_levels", &levels), ("select_temperature", &temperature), ("pilot_n", &pilot_n), ("pilot_steps", &pilot_steps), ("pilot_eval_n", &pilot_eval_n)]
+            .iter()
+            .find_map(|(k, v)| v.is_some().then_some(*k))
+        {
+            return Err(usage!("'{k}' belongs to the adaptive strategy: give 'select' (pilot, min_loss, softmin) with it, or drop it"));
+        }
+        return Ok(None);
+    };
+    let strategy: Strategy = serde_json::from_value(select.clone()).map_err(|e| usage!("{e}"))?;
+    let levels: Vec<Level> = match levels {
+        None => Level::all().collect(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| usage!("'select_levels' must be a list of levels 1-6, e.g. [1, 3, 6]: {e} (got {v})"))?,
+    };
+    if levels.len() < 2 {
+        return Err(usage!("'select_levels' must list at least two levels, each 1-6 (got {levels:?})"));
+    }
+    let mut sorted = levels.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted != levels {
+        return Err(usage!("'select_levels' must be increasing without repeats, e.g. [1, 3, 6] (got {levels:?})"));
+    }
+    let temperature = match temperature {
+        None => 0.1,
+        Some(v) => v.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| usage!("'select_temperature' must be a number > 0 (got {v})"))?,
+    };
+    let pilot_n = pilot_n.map(|v| parse("pilot_n", v)).transpose()?.map(|n| n as usize).or(train_n).unwrap_or(64);
+    let pilot_steps = pilot_steps.map(|v| parse("pilot_steps", v)).transpose()?.map(|n| n as usize).or(max_steps).unwrap_or(20);
+    let pilot_eval_n = pilot_eval_n.map(|v| parse("pilot_eval_n", v)).transpose()?.map(|n| n as usize).unwrap_or(20);
+    for (k, v) in [("pilot_n", pilot_n), ("pilot_steps", pilot_steps), ("pilot_eval_n", pilot_eval_n)] {
+        crate::error::in_range("select pilot", k, v, 1..=1_000_000)?;
+    }
+    Ok(Some(StrategyConfig { strategy, levels, temperature, pilot_n, pilot_steps, pilot_eval_n }))
 }
 
 impl PointConfig {
@@ -110,12 +182,12 @@ impl PointConfig {
             }
         };
         let max_steps = m.get("max_steps").and_then(Value::as_u64).map(|n| n as usize);
-        let strategy = super::adaptive::take_strategy(&mut m, train_n, max_steps)?;
+        let strategy = take_strategy(&mut m, train_n, max_steps)?;
         if let Some(st) = &strategy {
             if level.is_some() || mix.is_some() || order.is_some() {
                 return Err(usage!("'select' chooses the levels itself (from 'select_levels'): drop 'level', 'mix' and 'order' beside it"));
             }
-            let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l as i64), format.clone()), 1.0)).collect();
+            let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l.get().into()), format.clone()), 1.0)).collect();
             return Self::finish(m, parts, false, train_n, train_seed, None, strategy, dataset);
         }
         let (parts, mixed) = match mix {
@@ -153,7 +225,7 @@ impl PointConfig {
         train_n: Option<usize>,
         train_seed: u64,
         order: Option<crate::data::CurriculumOrder>,
-        strategy: Option<super::adaptive::StrategyConfig>,
+        strategy: Option<StrategyConfig>,
         dataset: String,
     ) -> Result<PointConfig> {
         let student = take(&mut m, "student")?.unwrap_or_else(|| "default".into());
@@ -254,5 +326,25 @@ mod tests {
         let e = PointConfig::resolve(&map(serde_json::json!({"mix": [{"level": 1}], "level": 2}))).unwrap_err().to_string();
         assert!(e.contains("drop 'teacher', 'level'"), "{e}");
         assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"pack".to_string()) && known_keys().contains(&"max_steps".to_string()));
+    }
+
+    #[test]
+    fn strategy_keys_parse_and_check() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        assert!(take_strategy(&mut m(serde_json::json!({})), None, None).unwrap().is_none());
+        let s = take_strategy(&mut m(serde_json::json!({"select": "pilot", "select_levels": [1, 3]})), Some(8), Some(2)).unwrap().unwrap();
+        assert_eq!((s.strategy, s.levels.iter().map(|l| l.get()).collect::<Vec<_>>(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
+        let e = take_strategy(&mut m(serde_json::json!({"select": "best"})), None, None).unwrap_err().to_string();
+        assert!(e.contains("pilot") && e.contains("min_loss"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"pilot_n": 4})), None, None).unwrap_err().to_string();
+        assert!(e.contains("give 'select'"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "softmin", "select_temperature": 0})), None, None).unwrap_err().to_string();
+        assert!(e.contains("> 0"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [1, 9]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("'select_levels'") && e.contains("got 9"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("at least two"), "{e}");
+        let e = take_strategy(&mut m(serde_json::json!({"select": "min_loss", "select_levels": [3, 1]})), None, None).unwrap_err().to_string();
+        assert!(e.contains("increasing"), "{e}");
     }
 }

@@ -30,8 +30,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::adaptive::{self, Strategy};
-use super::point::{known_keys, PointConfig};
+use super::adaptive;
+use super::point::{known_keys, PointConfig, Strategy};
 use super::progress::Progress;
 use crate::data::{load_dataset, Catalog};
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ use crate::lab::Workspace;
 use crate::provenance::Provenance;
 use crate::results::runs::{load_runs, FAILED_FILE, POINT_FILE, SWEEP_FILE};
 use crate::results::Frame;
-use crate::train::sft::sft_corpus;
+use crate::train::sft::sft;
 use crate::train::RunDir;
 use crate::usage;
 
@@ -341,13 +341,6 @@ fn write_sweep_file(dir: &Path, spec: &SweepSpec, points: &[PointPlan]) -> Resul
     write_atomic(&dir.join(SWEEP_FILE), serde_json::to_string_pretty(&v).expect("JSON").as_bytes())
 }
 
-/// The last line of a JSON-lines log, and the first.
-pub(super) fn first_last(path: &Path) -> (Option<Value>, Option<Value>) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (lines.first().cloned(), lines.last().cloned())
-}
-
 /// Train and evaluate one point in `dir`; its metrics, provenance and (with `select`) what the
 /// adaptive strategy decided.
 fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance, Option<Value>)> {
@@ -380,15 +373,16 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
             None => r.corpus(&catalog)?,
         };
         let t = Instant::now();
-        let report = sft_corpus(&base, &corpus, &r.sft, &RunDir::new(dir), None)?;
+        let run = RunDir::new(dir);
+        let report = sft(&base, &corpus, &r.sft, &run, None)?;
         sft_seconds = t.elapsed().as_secs_f64();
         drop(base);
-        let (first, last) = first_last(&dir.join("train_log.jsonl"));
+        for (k, v) in run.summary()?.metrics() {
+            metrics.insert(k.into(), v);
+        }
+        // The steps this invocation's report counts (a resumed run's log already held them).
         metrics.insert("train_steps".into(), report.steps.into());
         metrics.insert("train_examples".into(), report.examples.into());
-        metrics.insert("train_tokens".into(), last.as_ref().map(|l| l["tokens"].clone()).unwrap_or(Value::Null));
-        metrics.insert("train_loss_first".into(), first.map(|l| l["loss"].clone()).unwrap_or(Value::Null));
-        metrics.insert("train_loss_last".into(), last.map(|l| l["loss"].clone()).unwrap_or(Value::Null));
         // The last checkpoint loaded back: what a user would evaluate later, LoRA included.
         ws.student(&dir.display().to_string(), &r.student_opts)?
     } else {

@@ -19,24 +19,17 @@ pub use chart::{Chart, ChartSpec};
 #[derive(Clone, Debug)]
 pub struct Frame(pub DataFrame);
 
-/// How [`Frame::pivot`] combines the values that land in one cell.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Agg {
-    #[default]
-    First,
-    Mean,
-    Sum,
-    Min,
-    Max,
-    Count,
-}
-
-impl TryFrom<String> for Agg {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        use Agg::*;
-        crate::error::one_of("agg", &s, &[("first", First), ("mean", Mean), ("sum", Sum), ("min", Min), ("max", Max), ("count", Count)])
+crate::choices! {
+    /// How [`Frame::pivot`] combines the values that land in one cell.
+    #[derive(Default)]
+    pub enum Agg("agg") {
+        #[default]
+        First = "first",
+        Mean = "mean",
+        Sum = "sum",
+        Min = "min",
+        Max = "max",
+        Count = "count",
     }
 }
 

@@ -18,6 +18,7 @@ use crate::results::OutputDir;
 use crate::teacher::cache::Cache;
 use crate::teacher::openai::{OpenAi, OpenAiOptions};
 use crate::teacher::{default_cache_path, Backend, Teacher};
+use crate::train::RunDir;
 use crate::usage;
 
 /// Where a session reads and writes: the data dir, the runs dir (training runs, eval dirs,
@@ -99,8 +100,8 @@ impl Workspace {
     /// An existing run dir named by path (`runs/svamp-l3`) or by run name (`svamp-l3`).
     pub fn find_run(&self, run: &str) -> Result<PathBuf> {
         let direct = PathBuf::from(run);
-        let dir = if direct.join("config.json").is_file() { direct } else { self.run_dir(run)? };
-        if !dir.join("config.json").is_file() {
+        let dir = if RunDir::new(&direct).config_path().is_file() { direct } else { self.run_dir(run)? };
+        if !RunDir::new(&dir).config_path().is_file() {
             return Err(Error::data(&dir, format!("not a run dir (no config.json); runs live in {}", self.runs_dir.display())));
         }
         self.readable(&dir, "run")
@@ -126,7 +127,7 @@ impl Workspace {
             // A path that exists is taken as given; otherwise the spec may name a run (checked as
             // a `RunName` by `find_run`).
             let as_run = if direct.exists() { direct.clone() } else { self.runs_dir.join(spec) };
-            if as_run.join("checkpoint").is_dir() {
+            if RunDir::new(&as_run).checkpoint().is_dir() {
                 let dir = self.find_run(spec)?;
                 self.base_models_readable(&dir)?;
                 let mut s = crate::train::export::load_run_on(&dir, &dev)?;
@@ -161,7 +162,7 @@ impl Workspace {
                 return Ok(());
             }
             let base = self.readable(Path::new(&base), "student (the base model of a run)")?;
-            if !base.join("checkpoint").is_dir() {
+            if !RunDir::new(&base).checkpoint().is_dir() {
                 return Ok(());
             }
             dir = base;

@@ -16,7 +16,6 @@ pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod random;
-pub mod tokenizer;
 pub mod transformer;
 
 use std::collections::BTreeMap;

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use serde::{Deserialize, Serialize};
 
 use super::config::{Activation, ModelConfig};
 use super::family::Family;
@@ -193,56 +192,32 @@ impl Pass<'_> {
     }
 }
 
-/// The weights cached decoding (`generate`, `evaluate`) reads. Batch-1 decoding is bound by
-/// reading every weight each step, so fewer bytes per weight is faster; training never uses
-/// these copies.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum DecodeWeights {
-    /// The compute dtype's weights (f32, or the bf16 copy): the exact path of training's forward.
-    #[default]
-    Auto,
-    /// f32 weights and activations, whatever the compute dtype.
-    F32,
-    /// A bf16 copy of the weights; bf16 activations (norms, softmax and logits in f32).
-    Bf16,
-    /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 int8 weights, one scale),
-    /// everything else f32. On the CPU cotlab's kernel multiplies f32 activations by them
-    /// (batch-invariant, see `kernels::quant`); on CUDA candle's quantized kernels (activations
-    /// quantized to Q8_0 per row). A weight whose rows are not whole blocks stays f32.
-    Q8_0,
-    /// The projections as llama.cpp's Q4_1 blocks (32 4-bit weights, an f16 scale and minimum:
-    /// 5 bits a weight), the LM head as Q8_0. The default student's GGUF stores exactly these
-    /// (Q4_1 layers, a Q8_0 embedding table), so its weights decode bit for bit.
-    Q4_1,
-}
-
-impl TryFrom<String> for DecodeWeights {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        DecodeWeights::parse(&s)
+crate::choices! {
+    /// The weights cached decoding (`generate`, `evaluate`) reads. Batch-1 decoding is bound by
+    /// reading every weight each step, so fewer bytes per weight is faster; training never uses
+    /// these copies.
+    #[derive(Default)]
+    pub enum DecodeWeights("decode_weights") {
+        /// The compute dtype's weights (f32, or the bf16 copy): the exact path of training's forward.
+        #[default]
+        Auto = "auto",
+        /// f32 weights and activations, whatever the compute dtype.
+        F32 = "f32",
+        /// A bf16 copy of the weights; bf16 activations (norms, softmax and logits in f32).
+        Bf16 = "bf16",
+        /// The projections and the LM head as llama.cpp's Q8_0 blocks (32 int8 weights, one scale),
+        /// everything else f32. On the CPU cotlab's kernel multiplies f32 activations by them
+        /// (batch-invariant, see `kernels::quant`); on CUDA candle's quantized kernels (activations
+        /// quantized to Q8_0 per row). A weight whose rows are not whole blocks stays f32.
+        Q8_0 = "q8_0",
+        /// The projections as llama.cpp's Q4_1 blocks (32 4-bit weights, an f16 scale and minimum:
+        /// 5 bits a weight), the LM head as Q8_0. The default student's GGUF stores exactly these
+        /// (Q4_1 layers, a Q8_0 embedding table), so its weights decode bit for bit.
+        Q4_1 = "q4_1",
     }
 }
 
 impl DecodeWeights {
-    pub fn parse(s: &str) -> std::result::Result<DecodeWeights, String> {
-        crate::error::one_of(
-            "decode_weights",
-            s,
-            &[("auto", DecodeWeights::Auto), ("f32", DecodeWeights::F32), ("bf16", DecodeWeights::Bf16), ("q8_0", DecodeWeights::Q8_0), ("q4_1", DecodeWeights::Q4_1)],
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DecodeWeights::Auto => "auto",
-            DecodeWeights::F32 => "f32",
-            DecodeWeights::Bf16 => "bf16",
-            DecodeWeights::Q8_0 => "q8_0",
-            DecodeWeights::Q4_1 => "q4_1",
-        }
-    }
-
     /// The block format of a quantized mode.
     pub fn quant_format(self) -> Option<QFormat> {
         match self {

@@ -5,7 +5,7 @@
 //!
 //! * One run at a time per output dir `O`: the run holds `O.lock` (created exclusively, next to
 //!   `O`, holding the pid); a lock left by a dead process is taken over.
-//! * Staging: `O/.incomplete-<pid>-<nanos>/`, unique per run; it survives a failed run for
+//! * Staging: `O/.incomplete-<pid>-<nanos>-<n>/` (`paths::unique_suffix`), unique per run; it survives a failed run for
 //!   inspection if the run wrote anything (an empty one is removed).
 //! * Names are checked when given: a name that runs through a file already written (or
 //!   `run.json`) is refused then, not at publish.
@@ -21,7 +21,7 @@
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::usage;
@@ -40,11 +40,6 @@ pub const STAGING: &str = ".incomplete";
 
 /// The manifest every published output dir holds.
 pub const MANIFEST: &str = "run.json";
-
-fn unique() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
-}
 
 /// The output dir's parent ("." for a bare name) and file name.
 fn split(root: &Path) -> Result<(PathBuf, String)> {
@@ -138,7 +133,7 @@ impl OutputDir {
             Err(e) => return Err(Error::io(&root, e)),
             Ok(_) => check_replaceable(&root)?,
         }
-        let staging = root.join(format!("{STAGING}-{}", unique()));
+        let staging = root.join(format!("{STAGING}-{}", crate::paths::unique_suffix()));
         std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
         Ok(OutputDir { root, staging, written: Mutex::new(Vec::new()), _lock: lock })
     }
@@ -210,7 +205,7 @@ impl OutputDir {
         std::fs::write(&run, text).map_err(|e| kept(Error::io(&run, e), &self.staging))?;
         check_replaceable(&self.root).map_err(|e| kept(e, &self.staging))?;
 
-        let tag = unique();
+        let tag = crate::paths::unique_suffix();
         let fresh = parent.join(format!(".{name}.new-{tag}"));
         let old = parent.join(format!(".{name}.old-{tag}"));
         std::fs::rename(&self.staging, &fresh).map_err(|e| kept(Error::io(&fresh, e), &self.staging))?;
@@ -251,7 +246,7 @@ impl Drop for OutputDir {
     }
 }
 
-/// `O.lock`: created exclusively (never through a symlink), holding "<pid> <nanos>"; removed on
+/// `O.lock`: created exclusively (never through a symlink), holding "<pid> <unique suffix>"; removed on
 /// drop if it is still ours.
 #[derive(Debug)]
 struct RunLock {
@@ -270,7 +265,7 @@ fn alive(pid: u32) -> bool {
 
 impl RunLock {
     fn acquire(path: PathBuf, root: &Path) -> Result<RunLock> {
-        let token = format!("{} {}", std::process::id(), unique());
+        let token = format!("{} {}", std::process::id(), crate::paths::unique_suffix());
         for _ in 0..8 {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
@@ -304,7 +299,7 @@ impl RunLock {
             }
             // Stale: move it aside, and check that what we moved is the lock we judged stale
             // (another run may have taken it over in between; then put that one back).
-            let aside = path.with_file_name(format!(".{}.stale-{}", path.file_name().unwrap().to_string_lossy(), unique()));
+            let aside = path.with_file_name(format!(".{}.stale-{}", path.file_name().unwrap().to_string_lossy(), crate::paths::unique_suffix()));
             if std::fs::rename(&path, &aside).is_err() {
                 continue;
             }

@@ -5,7 +5,7 @@
 //! * a sweep dir (`sweep.json`): one row per point it lists, done, failed, invalid or pending;
 //! * a point dir: `point.json` (complete) or `failed.json` (its last attempt failed);
 //! * an eval dir: `results.json` (+ `eval_config.json`);
-//! * a training run: `config.json` + `train_log.jsonl` (the last step's loss);
+//! * a training run (a [`RunDir`] with its record): its config and the log's summary;
 //! * any other dir: the dirs inside it, in name order.
 //!
 //! The walk follows no link (a link inside a runs dir is neither entered nor read), and point
@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::frame::{Cell, ColumnData, Frame};
 use crate::paths::{is_real_dir, is_real_file, subdirs, RunName};
+use crate::train::RunDir;
 use crate::usage;
 
 /// A sweep point's record, complete (`point.json`) or failed (`failed.json`).
@@ -139,28 +140,23 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         rows.push(r);
         return Ok(());
     }
-    if is_real_file(&path.join("config.json")) && is_real_file(&path.join("train_log.jsonl")) {
+    let run = RunDir::new(path);
+    if run.is_recorded() {
         let mut r = Row::default();
         r.meta.insert("dir".into(), path.display().to_string().into());
-        flatten("", &read_json(&path.join("config.json"))?, &mut r.config);
+        flatten("", &run.config()?, &mut r.config);
         r.config.remove("template");
-        let log = crate::paths::read_text(&path.join("train_log.jsonl"))?;
-        let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let state = path.join("checkpoint/state.json");
-        let total = is_real_dir(&path.join("checkpoint")).then(|| crate::paths::read_text(&state).ok()).flatten().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let done = total.as_ref().is_some_and(|s| s["step"] == s["total_steps"]);
-        r.meta.insert("status".into(), (if done { "done" } else { "incomplete" }).into());
-        r.metrics.insert("train_steps".into(), lines.last().map(|l| l["step"].clone()).unwrap_or(Value::Null));
-        r.metrics.insert("train_loss_first".into(), lines.first().map(|l| l["loss"].clone()).unwrap_or(Value::Null));
-        r.metrics.insert("train_loss_last".into(), lines.last().map(|l| l["loss"].clone()).unwrap_or(Value::Null));
-        r.metrics.insert("train_tokens".into(), lines.last().map(|l| l["tokens"].clone()).unwrap_or(Value::Null));
+        r.meta.insert("status".into(), (if run.is_complete() { "done" } else { "incomplete" }).into());
+        for (k, v) in run.summary()?.metrics() {
+            r.metrics.insert(k.into(), v);
+        }
         rows.push(r);
         return Ok(());
     }
     // Links are not followed: a runs dir's walk stays in it and cannot loop.
     for d in subdirs(path)? {
         // A checkpoint or other plain dir inside holds no rows; skip what is not a result.
-        if d.file_name().is_some_and(|n| n == "checkpoint" || n == "checkpoint.tmp" || n == "checkpoint.old") {
+        if d.file_name().is_some_and(RunDir::is_own_subdir) {
             continue;
         }
         collect(&d, rows)?;

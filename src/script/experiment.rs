@@ -1,5 +1,5 @@
 //! Rhai bindings for sweeps, results across runs and corpus mixing: argument adapters over
-//! `experiment`, `results::runs` and `data::mix`.
+//! `experiment`, `results::runs` and `data::corpus`.
 
 use std::path::PathBuf;
 

@@ -185,7 +185,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Frame::from_columns(cols).map_err(rt)
     });
     engine.register_fn("concat", |frames: Array| -> RhaiResult<Dynamic> {
-        // Corpora concatenate too (`data::mix`): dispatched on the first item's type.
+        // Corpora concatenate too (`data::corpus`): dispatched on the first item's type.
         if frames.first().is_some_and(|f| f.is::<crate::data::Corpus>()) {
             return super::experiment::concat_corpora(frames).map(Dynamic::from);
         }

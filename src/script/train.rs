@@ -9,7 +9,7 @@ use crate::data::Corpus;
 use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
-use crate::train::sft::sft_corpus;
+use crate::train::sft::sft;
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
 
@@ -58,7 +58,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             None => None,
         };
         let o: SftOptions = options(opts)?;
-        let report = sft_corpus(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
+        let report = sft(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
         rhai::serde::to_dynamic(report)
     });
 

@@ -113,9 +113,9 @@ pub fn export_run_with(run_dir: &Path, out: &Path, merge: bool) -> Result<()> {
 
 /// The model a run started from (its config's `model`).
 pub fn run_base_model(run_dir: &Path) -> Result<String> {
-    let cfg_path = run_dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&crate::paths::read_text(&cfg_path)?)
-        .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
+    let run = RunDir::new(run_dir);
+    let cfg = run.config()?;
+    let cfg_path = run.config_path();
     cfg["model"].as_str().map(str::to_string).ok_or_else(|| Error::data(&cfg_path, "no 'model' entry"))
 }
 
@@ -128,9 +128,8 @@ pub fn load_run(run_dir: &Path) -> Result<Student> {
 /// [`load_run`] onto `device`.
 pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
     let run = RunDir::new(run_dir);
-    let cfg_path = run_dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&crate::paths::read_text(&cfg_path)?)
-        .map_err(|e| Error::data(&cfg_path, e.to_string()))?;
+    let cfg = run.config()?;
+    let cfg_path = run.config_path();
     let model = run_base_model(run_dir)?;
     let model = model.as_str();
     // A run trained from another run's checkpoint names that run dir as its model.
@@ -140,7 +139,7 @@ pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
         Some(v) if !v.is_null() => Some(serde_json::from_value(v.clone()).map_err(|e| Error::data(&cfg_path, format!("template: {e}")))?),
         _ => None,
     };
-    let mut base = if base_path.join("checkpoint").is_dir() {
+    let mut base = if RunDir::new(base_path).checkpoint().is_dir() {
         load_run_on(base_path, device)?
     } else {
         Student::load_with(base_path, device, template.as_ref().map(|t| t.name()))?
@@ -156,7 +155,7 @@ pub fn load_run_on(run_dir: &Path, device: &Device) -> Result<Student> {
         Some(l) => base.with_lora(l, 0)?,
         None => base,
     };
-    let wp = run.checkpoint().join("model.safetensors");
+    let wp = run.weights_path();
     if !wp.exists() {
         return Err(Error::data(&wp, "no checkpoint in this run dir yet"));
     }

@@ -8,5 +8,5 @@ pub mod pack;
 pub mod run;
 pub mod sft;
 
-pub use run::RunDir;
+pub use run::{RunDir, TrainState, TrainSummary};
 pub use sft::{sft, Preset, Schedule, SftOptions, SftReport, Trainer};

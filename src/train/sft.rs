@@ -15,42 +15,31 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::data::{tokenize, Tokenized, TrainExample};
 use super::pack::Packing;
 use super::run::{RunDir, TrainState};
-use crate::error::{one_of, ModelContext, Result};
+use crate::data::Corpus;
+use crate::error::{ModelContext, Result};
 use crate::journal::Journal;
 use crate::model::lora::LoraConfig;
 use crate::model::Student;
 use crate::rng::Rng;
 use crate::usage;
 
-/// The learning-rate schedule after warm-up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Schedule {
-    #[default]
-    Cosine,
-    Linear,
-    Constant,
-}
-
-impl TryFrom<String> for Schedule {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("schedule", &s, &[("cosine", Schedule::Cosine), ("linear", Schedule::Linear), ("constant", Schedule::Constant)])
+crate::choices! {
+    /// The learning-rate schedule after warm-up.
+    #[derive(Default)]
+    pub enum Schedule("schedule") {
+        #[default]
+        Cosine = "cosine",
+        Linear = "linear",
+        Constant = "constant",
     }
 }
 
-/// A named recipe. Only the paper's exists: it is the default, named for clarity in scripts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Preset {
-    #[default]
-    Paper,
-}
-
-impl TryFrom<String> for Preset {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("preset", &s, &[("paper", Preset::Paper)])
+crate::choices! {
+    /// A named recipe. Only the paper's exists: it is the default, named for clarity in scripts.
+    #[derive(Default)]
+    pub enum Preset("preset") {
+        #[default]
+        Paper = "paper",
     }
 }
 
@@ -197,7 +186,7 @@ pub struct SftReport {
 /// How `max_len` cut the training data of one corpus (one teacher, level and format).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Truncation {
-    /// The corpus, from the run config: "<dataset> <teacher> level <L> <format>".
+    /// The corpus: "<dataset> <teacher> level <L> <format>" (what its rationales share).
     pub label: String,
     pub level: Option<u8>,
     pub max_len: usize,
@@ -216,21 +205,19 @@ pub struct Truncation {
 }
 
 impl Truncation {
-    fn new(data: &Tokenized, max_len: usize, run_config: &serde_json::Value) -> Truncation {
-        let d = &run_config["data"];
-        let level = d["level"].as_u64().map(|l| l as u8);
+    fn new(data: &Tokenized, max_len: usize, corpus: &Corpus) -> Truncation {
         let parts: Vec<String> = [
-            d["dataset"].as_str().map(str::to_string),
-            d["teacher"].as_str().map(str::to_string),
-            level.map(|l| format!("level {l}")),
-            d["format"].as_str().map(str::to_string),
+            Some(corpus.task.name().to_string()),
+            corpus.teacher.map(|t| t.name().to_string()),
+            corpus.level.map(|l| format!("level {l}")),
+            Some(corpus.format.name().to_string()),
         ]
         .into_iter()
         .flatten()
         .collect();
         Truncation {
-            label: if parts.is_empty() { "pairs".to_string() } else { parts.join(" ") },
-            level,
+            label: parts.join(" "),
+            level: corpus.level,
             max_len,
             examples: data.examples.len(),
             truncated: data.truncated,
@@ -368,7 +355,8 @@ pub struct Trainer<'a> {
     /// The student as given, or its LoRA-wrapped copy (owned here) when `opts.lora` is set.
     base: &'a Student,
     lora: Option<Student>,
-    opts: &'a SftOptions,
+    /// The options as given, with `shuffle` off for an ordered corpus (a curriculum).
+    opts: SftOptions,
     run: &'a RunDir,
     data: Tokenized,
     truncation: Truncation,
@@ -403,24 +391,21 @@ struct Accumulated {
 }
 
 impl<'a> Trainer<'a> {
-    /// Prepare a run of `student` on (question, rationale) pairs. Resumes from `run`'s
-    /// checkpoint when it holds one of the same `run_config`.
-    pub fn new(
-        student: &'a Student,
-        pairs: &[(String, String)],
-        opts: &'a SftOptions,
-        run: &'a RunDir,
-        run_config: serde_json::Value,
-    ) -> Result<Trainer<'a>> {
+    /// Prepare a run of `student` on `corpus`. Resumes from `run`'s checkpoint when it holds
+    /// one of the same identity ([`run_config`]); an ordered corpus (a curriculum,
+    /// `data::corpus`) is trained in its order, without shuffling.
+    pub fn new(student: &'a Student, corpus: &Corpus, opts: &SftOptions, run: &'a RunDir) -> Result<Trainer<'a>> {
         opts.validate()?;
+        let opts = SftOptions { shuffle: opts.shuffle && !corpus.is_ordered(), ..opts.clone() };
+        let run_config = run_config(student, corpus, &opts);
         let lora = match &opts.lora {
             Some(cfg) => Some(student.with_lora(cfg.clone(), opts.seed)?),
             None => None,
         };
         let started = Instant::now();
         let s = lora.as_ref().unwrap_or(student);
-        let data = tokenize(&s.tokenizer, &s.template, pairs, opts.max_len)?;
-        let truncation = Truncation::new(&data, opts.max_len, &run_config);
+        let data = tokenize(&s.tokenizer, &s.template, &corpus.pairs(), opts.max_len)?;
+        let truncation = Truncation::new(&data, opts.max_len, corpus);
         eprintln!("{}", truncation.line());
         let global = opts.batch_size * opts.grad_accum;
         let steps_per_epoch = data.examples.len().div_ceil(global);
@@ -431,7 +416,7 @@ impl<'a> Trainer<'a> {
                 SftOptions::MAX_SCHEDULED_EXAMPLES
             )
         })?;
-        let order = schedule_order(&data.examples, opts, scheduled);
+        let order = schedule_order(&data.examples, &opts, scheduled);
 
         let params = s.model.trainable_named();
         let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
@@ -441,7 +426,7 @@ impl<'a> Trainer<'a> {
         // options are checked (a refused run leaves no dir), before the run's state is read.
         let lock = crate::paths::DirLock::take(&run.path, "training")?;
         let resumable = run.init(&run_config)?;
-        let tp = run.path.join("truncation.json");
+        let tp = run.truncation_path();
         crate::paths::write(&tp, serde_json::to_string_pretty(&truncation).unwrap().as_bytes())?;
         let mut state = TrainState { step: 0, total_steps, adam_t: 0, tokens_seen: 0 };
         let mut resumed_from = None;
@@ -665,32 +650,18 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Fine-tune `student` on (question, rationale) pairs. Resumes from `run`'s checkpoint when it
-/// holds one of the same config. `stop_after` ends this invocation after that many steps (a
-/// time-boxed slice of a longer run, e.g. a cluster job); it is not part of the run's config.
-pub fn sft(
-    student: &Student,
-    pairs: &[(String, String)],
-    opts: &SftOptions,
-    run: &RunDir,
-    run_config: serde_json::Value,
-    stop_after: Option<usize>,
-) -> Result<SftReport> {
-    let mut t = Trainer::new(student, pairs, opts, run, run_config)?;
+/// Fine-tune `student` on `corpus` (see [`Trainer::new`]). Resumes from `run`'s checkpoint
+/// when it holds one of the same identity. `stop_after` ends this invocation after that many
+/// steps (a time-boxed slice of a longer run, e.g. a cluster job); it is not part of the run's
+/// identity.
+pub fn sft(student: &Student, corpus: &Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>) -> Result<SftReport> {
+    let mut t = Trainer::new(student, corpus, opts, run)?;
     record_provenance(student, run, opts)?;
     let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
     while t.state().step < stop_at {
         t.step()?;
     }
     t.finish()
-}
-
-/// Fine-tune on a corpus: [`sft`] with the corpus's pairs and identity; an ordered corpus (a
-/// curriculum, `data::mix`) is trained in its order, without shuffling. `data_files` are the
-/// files the corpus was read from, hashed into the run's provenance.
-pub fn sft_corpus(student: &Student, corpus: &crate::data::Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>) -> Result<SftReport> {
-    let opts = &SftOptions { shuffle: opts.shuffle && !corpus.is_ordered(), ..opts.clone() };
-    sft(student, &corpus.pairs(), opts, run, run_config(student, corpus, opts), stop_after)
 }
 
 /// Append this invocation's build, model hash and seed to `provenance.jsonl` in the run dir (one
@@ -701,14 +672,14 @@ fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Resu
     // A student built in code (tests, random-weight benches) has no file to hash.
     let model: Vec<std::path::PathBuf> = std::iter::once(&student.source).filter(|p| p.exists()).cloned().collect();
     let p = crate::provenance::Provenance::new(&model, &[], seeds)?;
-    let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.path.join("provenance.jsonl"))?;
+    let (log, _) = Journal::<crate::provenance::Provenance>::open(&run.provenance_path())?;
     log.append(&p)
 }
 
 /// What identifies a run on disk (`runs/<name>/config.json`): the base model, the options, and
 /// the training data down to a fingerprint of every (question, rationale) pair. Resuming
 /// requires the same identity.
-pub fn run_config(student: &Student, corpus: &crate::data::Corpus, opts: &SftOptions) -> serde_json::Value {
+pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serde_json::Value {
     let fingerprint = corpus
         .rationales
         .iter()

@@ -14,7 +14,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::gguf::meta;
+use super::meta::meta;
 use crate::error::{Error, Result};
 
 pub fn from_gguf(c: &Content, path: &Path) -> Result<Tokenizer> {

@@ -1,14 +1,122 @@
-//! Corpora as values: concatenate, sample, weight (mix) and order (curriculum) them. Every
-//! rationale keeps its [`Origin`] (dataset, teacher, level, format, file, row), so a mixture can
-//! be taken apart again in a frame, and the result records how it was made (`Corpus::recipe`),
-//! which becomes part of a training run's identity. All randomness is seeded.
+//! Corpora as values: who wrote a rationale ([`ReleaseTeacher`]), the rationale with its
+//! [`Origin`] (dataset, teacher, level, format, file, row), and the [`Corpus`] that holds them.
+//! Corpora concatenate, sample, weight (mix) and order (curriculum); every rationale keeps its
+//! origin, so a mixture can be taken apart again in a frame, and the result records how it was
+//! made ([`Recipe`]), which becomes part of a training run's identity. All randomness is seeded.
+//! This file imports nothing else of `data` but the `Task` at its root: the catalog makes corpora,
+//! it is not needed to hold one.
 
-use serde::{Deserialize, Serialize};
-
-use super::catalog::{Corpus, Origin, ReleaseTeacher};
-use crate::error::{one_of, Result};
+use super::{AnswerKind, Task};
+use crate::cot::Format;
+use crate::error::Result;
 use crate::rng::Rng;
 use crate::usage;
+
+/// Who wrote a release rationale (a name in the catalog; `teacher::Teacher` is a live teacher
+/// that writes new ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReleaseTeacher {
+    /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
+    Gpt4o,
+    /// Gemini-1.5-Flash.
+    Gemini,
+    /// LLaMA-3-70B; the files say "llama".
+    Llama70b,
+    /// The datasets' own human-written rationales.
+    Human,
+    /// cotlab's rule-based teacher (the embedded `arith` set only).
+    Rule,
+}
+
+impl ReleaseTeacher {
+    pub fn parse(s: &str) -> Result<ReleaseTeacher> {
+        Ok(match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
+            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => ReleaseTeacher::Gpt4o,
+            "gemini" | "gemini-1.5-flash" | "gemini-flash" => ReleaseTeacher::Gemini,
+            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => ReleaseTeacher::Llama70b,
+            "human" => ReleaseTeacher::Human,
+            "rule" => ReleaseTeacher::Rule,
+            _ => {
+                return Err(usage!(
+                    "unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)"
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReleaseTeacher::Gpt4o => "gpt-4o",
+            ReleaseTeacher::Gemini => "gemini",
+            ReleaseTeacher::Llama70b => "llama-3-70b",
+            ReleaseTeacher::Human => "human",
+            ReleaseTeacher::Rule => "rule",
+        }
+    }
+}
+
+/// One rationale with its question and gold answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rationale {
+    pub id: String,
+    pub question: String,
+    /// Canonical gold answer, when known (from the release's answer-only file or MATH's `output`).
+    pub gold: Option<String>,
+    pub text: String,
+    /// Where it came from: kept through concatenation, sampling and mixing.
+    pub origin: Origin,
+}
+
+/// Provenance of one rationale: the dataset, teacher, level and format it was written for, and
+/// the file and row it was read from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub task: Task,
+    /// A release teacher's name, a live teacher's `kind:model`, or None (answer-only data).
+    pub teacher: Option<String>,
+    pub level: Option<u8>,
+    pub format: Format,
+    /// The file read (relative to the data dir), "generated" for `arith`, `teacher:…` for a live teacher.
+    pub source: String,
+    /// The record's index in that source.
+    pub row: usize,
+}
+
+/// A set of rationales from one teacher at one level and format.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    pub task: Task,
+    pub teacher: Option<ReleaseTeacher>,
+    pub level: Option<u8>,
+    pub format: Format,
+    /// The file read (relative to the data dir), or "generated" for `arith`.
+    pub source: String,
+    pub rationales: Vec<Rationale>,
+    /// Records dropped because they lack this teacher's column (see the MATH gemini caveat).
+    pub skipped: usize,
+    /// How a corpus made of others was made (`concat`, `sample`, `mix`, `order`: see
+    /// below), None for one file. Set, it is part of a training run's identity, and
+    /// `task`/`teacher`/`level`/`format` hold the value shared by every rationale (None / the
+    /// first's when they differ; each rationale's own is in its `origin`).
+    pub recipe: Option<Recipe>,
+}
+
+impl Corpus {
+    pub fn kind(&self) -> AnswerKind {
+        self.task.kind()
+    }
+    pub fn len(&self) -> usize {
+        self.rationales.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rationales.is_empty()
+    }
+
+    /// (question, rationale) pairs: what SFT trains on.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.rationales.iter().map(|r| (r.question.clone(), r.text.clone())).collect()
+    }
+}
 
 /// How a corpus made of others was made.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,29 +127,13 @@ pub struct Recipe {
     pub ordered: bool,
 }
 
-/// The order of a curriculum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum CurriculumOrder {
-    /// Level 1 (coarsest) first, level 6 last; rationales without a level (answer-only, human)
-    /// come before level 1.
-    CoarseToFine,
-    FineToCoarse,
-}
-
-impl TryFrom<String> for CurriculumOrder {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        one_of("order", &s, &[("coarse_to_fine", CurriculumOrder::CoarseToFine), ("fine_to_coarse", CurriculumOrder::FineToCoarse)])
-    }
-}
-
-impl CurriculumOrder {
-    pub fn name(self) -> &'static str {
-        match self {
-            CurriculumOrder::CoarseToFine => "coarse_to_fine",
-            CurriculumOrder::FineToCoarse => "fine_to_coarse",
-        }
+crate::choices! {
+    /// The order of a curriculum.
+    pub enum CurriculumOrder("order") {
+        /// Level 1 (coarsest) first, level 6 last; rationales without a level (answer-only, human)
+        /// come before level 1.
+        CoarseToFine = "coarse_to_fine",
+        FineToCoarse = "fine_to_coarse",
     }
 }
 
@@ -100,7 +192,7 @@ impl Corpus {
 
     /// Rationales picked from `from` by some rule (one per question by a student's loss, say),
     /// the rule described by `how` (the recipe, part of a training run's identity).
-    pub fn picked(from: &[Corpus], rationales: Vec<super::Rationale>, how: String) -> Result<Corpus> {
+    pub fn picked(from: &[Corpus], rationales: Vec<Rationale>, how: String) -> Result<Corpus> {
         let Some(first) = from.first() else { return Err(usage!("picked: give the corpora the rationales come from")) };
         let mut out = first.clone();
         out.rationales = rationales;

@@ -1,39 +1,29 @@
 //! Load a Llama-architecture GGUF: config from the metadata, every tensor dequantised to f32 and
 //! renamed to its Hugging Face name, the tokenizer built from the metadata.
 //!
+//! `meta` reads the metadata for both this loader and `tokenizer` (which builds the tokenizer),
+//! so neither imports the other.
+//!
 //! llama.cpp stores q/k projection rows permuted for its interleaved rope; we undo that here so
 //! the rest of cotlab (forward, checkpoints, export) sees standard HF weights and uses the
 //! standard half-split rope.
 
+mod meta;
+pub mod tokenizer;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 
 use super::chat::ChatTemplate;
 use super::config::ModelConfig;
 use super::family::Family;
-use super::tokenizer;
 use crate::error::{Error, Result};
+use meta::{meta, meta_f64, meta_usize};
 
 type Loaded = (ModelConfig, HashMap<String, Tensor>, tokenizers::Tokenizer, Option<ChatTemplate>, String);
-
-pub(crate) fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
-    c.metadata.get(key).ok_or_else(|| Error::data(path, format!("GGUF metadata lacks '{key}'")))
-}
-
-fn meta_usize(c: &Content, path: &Path, key: &str) -> Result<usize> {
-    let v = meta(c, path, key)?;
-    v.to_u32()
-        .map(|x| x as usize)
-        .or_else(|_| v.to_u64().map(|x| x as usize))
-        .map_err(|e| Error::data(path, format!("GGUF '{key}': {}", crate::error::candle_message(&e))))
-}
-
-fn meta_f64(c: &Content, path: &Path, key: &str) -> Result<f64> {
-    meta(c, path, key)?.to_f32().map(|x| x as f64).map_err(|e| Error::data(path, format!("GGUF '{key}': {}", crate::error::candle_message(&e))))
-}
 
 /// Undo llama.cpp's q/k row permutation: (heads, 2, hd/2, in) → (heads, hd/2, 2, in).
 pub fn unpermute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
