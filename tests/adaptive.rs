@@ -129,9 +129,10 @@ fn bad_strategy_options_are_invalid_points_with_reasons() {
     )
     .unwrap();
     let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(d.path().join("out")).arg("--runs").arg(d.path().join("runs")));
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("invalid 5 of 5"), "{}", r.stdout);
+    // A sweep whose points are all invalid is an error (round 3) that gives every reason.
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("all 5 points are invalid"), "{}", r.stderr);
     for reason in ["expected one of pilot, min_loss, softmin", "drop 'level'", "at least two levels", "give 'select'", "needs train: true"] {
-        assert!(r.stdout.contains(reason), "no '{reason}' in\n{}", r.stdout);
+        assert!(r.stderr.contains(reason), "no '{reason}' in\n{}", r.stderr);
     }
 }
