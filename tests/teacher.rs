@@ -351,6 +351,7 @@ fn timeout_s_bounds_a_whole_attempt_however_slowly_the_server_drips() {
     let server = serve_drip(Drip::Answer, 1);
     let (r, _) = timed(&bounded(&format!("http://{}/v1", server.addr), 10.0, 0, 0.05));
     assert_eq!(r.unwrap().text, "Dripped. The answer is 7");
+}
 
 /// The shared cache's case from issue 28: one process puts answers while another opens the cache
 /// and finds a torn last line (a third died mid-write). Opening must not replace the file under
