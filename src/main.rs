@@ -19,7 +19,7 @@ use cotlab::experiment::{PointStatus, SweepMode, Sweeps};
 use cotlab::lab::{StudentOptions, Workspace};
 use cotlab::results::tables::catalog_frame;
 use cotlab::results::OutputDir;
-use cotlab::script::{default_out_dir, parse_param, Context, Runner};
+use cotlab::script::{default_out_dir, Context, Runner};
 use cotlab::error::ModelContext;
 use cotlab::{Error, Result};
 
@@ -177,6 +177,14 @@ enum Cmd {
         /// Also list every flagged question.
         #[arg(long)]
         verbose: bool,
+    },
+    /// List the functions a script can call: signatures and a summary; with NAME, its documentation.
+    Functions {
+        /// One function (a property by its name, an indexer as []).
+        name: Option<String>,
+        /// Print the whole reference as Markdown (docs/script-api.md is this output).
+        #[arg(long, conflicts_with = "name")]
+        markdown: bool,
     },
     /// List the release's rationale files and whether the data dir has them.
     Catalog {
@@ -407,7 +415,7 @@ fn main() -> ExitCode {
     cotlab::model::tune_candle_threads();
     compute_on_this_thread(true);
     cotlab::memory::mark_installed();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| help_or_exit(e));
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -417,9 +425,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command-line error or help request: `cotlab run|sweep SCRIPT --help` prints the script's
+/// declared parameters after clap's help; anything else is clap's to print.
+fn help_or_exit(e: clap::Error) -> ! {
+    if e.kind() == clap::error::ErrorKind::DisplayHelp {
+        let rest = std::env::args().filter(|a| a != "--help" && a != "-h");
+        if let Ok(Cli { cmd: Cmd::Run { args, .. } | Cmd::Sweep { args, .. } }) = Cli::try_parse_from(rest) {
+            let _ = e.print();
+            match cotlab::script::params_help(&args.script) {
+                Ok(text) => println!("\n{text}"),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    std::process::exit(1)
+                }
+            }
+            std::process::exit(0)
+        }
+    }
+    e.exit()
+}
+
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Run { args, point, collect } => run(args, run_mode(point, collect)?),
+        Cmd::Functions { name, markdown } => cotlab::script::docs::print_functions(name.as_deref(), markdown),
         Cmd::Sweep { args, slurm, dry_run, partition, gpus, cpus, mem, time } => {
             sweep_cmd(args, slurm.then_some(SlurmArgs { dry_run, options: SlurmOptions { partition, gpus, cpus, mem, time } }))
         }
@@ -768,8 +797,8 @@ fn memory_ceiling(max_memory: Option<f64>) -> Result<Option<u64>> {
     }
 }
 
-/// `--set KEY=VALUE` pairs as script variables.
-fn script_params(set: &[String]) -> Result<Vec<(String, rhai::Dynamic)>> {
+/// `--set KEY=VALUE` pairs, checked against the script's declared parameters before any work.
+fn script_params(script: &std::path::Path, set: &[String]) -> Result<Vec<(String, String)>> {
     let mut params = Vec::new();
     for kv in set {
         let Some((k, v)) = kv.split_once('=') else {
@@ -779,7 +808,10 @@ fn script_params(set: &[String]) -> Result<Vec<(String, rhai::Dynamic)>> {
         if !valid {
             return Err(Error::usage(format!("--set key '{k}' must be a valid identifier (letters, digits, _)")));
         }
-        params.push((k.to_string(), parse_param(v)));
+        params.push((k.to_string(), v.to_string()));
+    }
+    if script.is_file() {
+        cotlab::script::check_params(script, &params)?;
     }
     Ok(params)
 }
@@ -836,7 +868,7 @@ fn run_mode(point: Option<usize>, collect: bool) -> Result<SweepMode> {
 }
 
 fn run(a: RunArgs, mode: SweepMode) -> Result<()> {
-    let params = script_params(&a.set)?;
+    let params = script_params(&a.script, &a.set)?;
     let script = a.script.clone();
     if !script.is_file() {
         return Err(Error::data(&script, "script not found"));
@@ -922,7 +954,7 @@ struct SlurmArgs {
 fn sweep_cmd(a: RunArgs, slurm: Option<SlurmArgs>) -> Result<()> {
     use cotlab::experiment::slurm::{indices_to_run, submit, ArrayJob};
     use cotlab::lab::sandbox::absolute;
-    let params = script_params(&a.set)?;
+    let params = script_params(&a.script, &a.set)?;
     if !a.script.is_file() {
         return Err(Error::data(&a.script, "script not found"));
     }
