@@ -369,8 +369,8 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
 
     // Operators: Expr with Expr or a literal, on either side.
     macro_rules! binary {
-        ($($op:literal => $f:expr, $what:literal),* $(,)?) => {$(
-            let doc = concat!($what, ": between two expressions, an expression and a literal (int, float, string, bool), or an int/float literal and an expression.\n\n```rhai\nt.filter(col(\"level\") ", $op, " 3);\n```");
+        ($($op:literal => $f:expr, $what:literal, $example:literal),* $(,)?) => {$(
+            let doc = concat!($what, ": between two expressions, an expression and a literal (int, float, string, bool), or an int/float literal and an expression.\n\n```rhai\n", $example, "\n```");
             def(engine, $op, ["a", "b"], doc, |a: ExprW, b: ExprW| ExprW(($f)(a.0, b.0)));
             def(engine, $op, ["a", "b"], doc, |a: ExprW, b: i64| ExprW(($f)(a.0, pl::lit(b))));
             def(engine, $op, ["a", "b"], doc, |a: ExprW, b: f64| ExprW(($f)(a.0, pl::lit(b))));
@@ -381,18 +381,18 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         )*};
     }
     binary! {
-        "+" => |a: Expr, b: Expr| a + b, "Addition",
-        "-" => |a: Expr, b: Expr| a - b, "Subtraction",
-        "*" => |a: Expr, b: Expr| a * b, "Multiplication",
-        "/" => |a: Expr, b: Expr| a / b, "Division",
-        "==" => |a: Expr, b: Expr| a.eq(b), "Equality (a boolean expression)",
-        "!=" => |a: Expr, b: Expr| a.neq(b), "Inequality (a boolean expression)",
-        ">" => |a: Expr, b: Expr| a.gt(b), "Greater than (a boolean expression)",
-        ">=" => |a: Expr, b: Expr| a.gt_eq(b), "Greater than or equal (a boolean expression)",
-        "<" => |a: Expr, b: Expr| a.lt(b), "Less than (a boolean expression)",
-        "<=" => |a: Expr, b: Expr| a.lt_eq(b), "Less than or equal (a boolean expression)",
-        "&" => |a: Expr, b: Expr| a.and(b), "Logical and of boolean expressions",
-        "|" => |a: Expr, b: Expr| a.or(b), "Logical or of boolean expressions",
+        "+" => |a: Expr, b: Expr| a + b, "Addition", "t.with_column((col(\"train_steps\") + 1).alias(\"steps\"))",
+        "-" => |a: Expr, b: Expr| a - b, "Subtraction", "t.with_column((col(\"accuracy\") - col(\"baseline\")).alias(\"gain\"))",
+        "*" => |a: Expr, b: Expr| a * b, "Multiplication", "t.with_column((col(\"accuracy\") * 100).alias(\"percent\"))",
+        "/" => |a: Expr, b: Expr| a / b, "Division", "t.with_column((col(\"correct\") / col(\"n\")).alias(\"accuracy\"))",
+        "==" => |a: Expr, b: Expr| a.eq(b), "Equality (a boolean expression)", "t.filter(col(\"teacher\") == \"gpt-4o\")",
+        "!=" => |a: Expr, b: Expr| a.neq(b), "Inequality (a boolean expression)", "t.filter(col(\"status\") != \"done\")",
+        ">" => |a: Expr, b: Expr| a.gt(b), "Greater than (a boolean expression)", "t.filter(col(\"words\") > 20)",
+        ">=" => |a: Expr, b: Expr| a.gt_eq(b), "Greater than or equal (a boolean expression)", "t.filter(col(\"level\") >= 3)",
+        "<" => |a: Expr, b: Expr| a.lt(b), "Less than (a boolean expression)", "t.filter(col(\"words\") < 20)",
+        "<=" => |a: Expr, b: Expr| a.lt_eq(b), "Less than or equal (a boolean expression)", "t.filter(col(\"level\") <= 3)",
+        "&" => |a: Expr, b: Expr| a.and(b), "Logical and of boolean expressions", "t.filter(col(\"agrees\") & (col(\"words\") > 20))",
+        "|" => |a: Expr, b: Expr| a.or(b), "Logical or of boolean expressions", "t.filter((col(\"level\") == 1) | (col(\"level\") == 6))",
     }
 
     // --- charts
