@@ -358,12 +358,14 @@ fn note_signatures(msg: String, err: &EvalAltResult, engine: &Engine, ast: &AST)
     }
     let EvalAltResult::ErrorFunctionNotFound(sig, _) = inner else { return msg };
     let name = sig.split(" (").next().unwrap_or(sig).trim();
-    let mut sigs = docs::signatures_of(engine, name);
+    let native = docs::signatures_of(engine, name);
+    let documented = if native.is_empty() { String::new() } else { format!("\n(`cotlab functions {name}` documents it)") };
+    let mut sigs = native;
     sigs.extend(ast.iter_functions().filter(|f| f.name == name).map(|f| format!("{}({})", f.name, f.params.join(", "))));
     if sigs.is_empty() {
         return format!("{msg}\nnote: no function is named `{name}` (`cotlab functions` lists the script API)");
     }
-    format!("{msg}\nnote: `{name}` takes:\n  {}\n(`cotlab functions {name}` documents it)", sigs.join("\n  "))
+    format!("{msg}\nnote: `{name}` takes:\n  {}{documented}", sigs.join("\n  "))
 }
 
 /// Default output dir for a script: `out/<script stem>`.

