@@ -206,9 +206,10 @@ struct RunArgs {
     /// Output dir for files the script writes (default: out/<script name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// key=value, visible to the script as a variable and in `params`. Repeatable. Unquoted
-    /// numbers and true/false are read as such; a value in double quotes is text
-    /// (--set 'id="007"' is the string "007").
+    /// key=value: a parameter the script declares with param(), read as its default's type
+    /// (SCRIPT --help lists them). Repeatable. In a script that declares none, a variable and a
+    /// `params` entry: unquoted numbers and true/false are read as such; a value in double
+    /// quotes is text (--set 'id="007"' is the string "007").
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Where training runs live (default: ./runs).
