@@ -304,7 +304,8 @@ impl Runner {
     pub fn eval(&self, name: &str, src: &str) -> Result<Dynamic> {
         let mut p = self.prepare(name, src)?;
         let result = p.engine.eval_ast_with_scope::<Dynamic>(&mut p.scope, &p.ast);
-        result.map_err(|e| Error::Script(note_params(note_signatures(format_error(name, &e), &e, &p.engine, &p.ast), &p.set)))
+        // The notes on --set values read only Rhai's message, not the signatures appended after them.
+        result.map_err(|e| Error::Script(note_signatures(note_params(format_error(name, &e), &p.set), &e, &p.engine, &p.ast)))
     }
 
     pub fn run_file(&self, file: &Path) -> Result<Dynamic> {
