@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use cotlab::data::DataDir;
+use cotlab::{Error, Result};
 use cotlab::experiment::plan::JobInputs;
 
 #[derive(Parser)]
@@ -43,6 +44,14 @@ pub enum Cmd {
     Score(ScoreCmd),
     /// Report how many test questions appear in a training file.
     Contamination(ContaminationCmd),
+    /// List the functions a script can call: signatures and a summary; with NAME, its documentation.
+    Functions {
+        /// One function (a property by its name, an indexer as []).
+        name: Option<String>,
+        /// Print the whole reference as Markdown (docs/script-api.md is this output).
+        #[arg(long, conflicts_with = "name")]
+        markdown: bool,
+    },
     /// List the release's rationale files and whether the data dir has them.
     Catalog {
         /// Only this dataset (svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith).
@@ -222,9 +231,10 @@ pub struct RunArgs {
     /// Output dir for files the script writes (default: out/<script name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// key=value, visible to the script as a variable and in `params`. Repeatable. Unquoted
-    /// numbers and true/false are read as such; a value in double quotes is text
-    /// (--set 'id="007"' is the string "007").
+    /// key=value: a parameter the script declares with param(), read as its default's type
+    /// (SCRIPT --help lists them). Repeatable. In a script that declares none, a variable and a
+    /// `params` entry: unquoted numbers and true/false are read as such; a value in double
+    /// quotes is text (--set 'id="007"' is the string "007").
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Where training runs live (default: ./runs).
@@ -491,4 +501,48 @@ pub struct TrainCmd {
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A command-line error or help request: `cotlab run|sweep SCRIPT --help` prints the script's
+/// declared parameters after clap's help; anything else is clap's to print.
+pub fn help_or_exit(e: clap::Error) -> ! {
+    if e.kind() == clap::error::ErrorKind::DisplayHelp {
+        let rest = std::env::args().filter(|a| a != "--help" && a != "-h");
+        let script = match Cli::try_parse_from(rest) {
+            Ok(Cli { cmd: Cmd::Run(c) }) => Some(c.args.script),
+            Ok(Cli { cmd: Cmd::Sweep(c) }) => Some(c.args.script),
+            _ => None,
+        };
+        if let Some(script) = script {
+            let _ = e.print();
+            match cotlab::script::params_help(&script) {
+                Ok(text) => println!("\n{text}"),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    std::process::exit(1)
+                }
+            }
+            std::process::exit(0)
+        }
+    }
+    e.exit()
+}
+
+/// `--set KEY=VALUE` pairs, checked against the script's declared parameters before any work.
+pub fn script_params(script: &std::path::Path, set: &[String]) -> Result<Vec<(String, String)>> {
+    let mut params = Vec::new();
+    for kv in set {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(Error::usage(format!("--set expects KEY=VALUE, got '{kv}'")));
+        };
+        let valid = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::usage(format!("--set key '{k}' must be a valid identifier (letters, digits, _)")));
+        }
+        params.push((k.to_string(), v.to_string()));
+    }
+    if script.is_file() {
+        cotlab::script::check_params(script, &params)?;
+    }
+    Ok(params)
 }

@@ -30,7 +30,7 @@ use cotlab::lab::{StudentOptions, Workspace};
 use cotlab::model::DecodeWeights;
 use cotlab::results::tables::catalog_frame;
 use cotlab::results::OutputDir;
-use cotlab::script::{default_out_dir, parse_param, Context, Runner};
+use cotlab::script::{default_out_dir, Context, Runner};
 use cotlab::{Error, Result};
 
 /// Training allocates and frees GB of tensors every step. glibc (and mimalloc by default) hand
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     cotlab::model::tune_candle_threads();
     compute_on_this_thread(true);
     cotlab::memory::mark_installed();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| cli::help_or_exit(e));
     match dispatch(cli.cmd) {
         Ok(Finished::Ok) => ExitCode::SUCCESS,
         Ok(Finished::PointsFailed(why)) => {
@@ -117,6 +117,7 @@ fn dispatch(cmd: Cmd) -> Result<Finished> {
         Cmd::Bench { what } => done(bench(what)),
         Cmd::Score(c) => done(score(c)),
         Cmd::Contamination(c) => done(contamination(c)),
+        Cmd::Functions { name, markdown } => done(cotlab::script::docs::print_functions(name.as_deref(), markdown)),
         Cmd::Catalog { dataset, data_dir } => done(catalog(dataset, data_dir)),
     }
 }
@@ -256,22 +257,6 @@ fn memory_ceiling(max_memory: Option<f64>) -> Result<Option<u64>> {
     }
 }
 
-/// `--set KEY=VALUE` pairs as script variables.
-fn script_params(set: &[String]) -> Result<Vec<(String, rhai::Dynamic)>> {
-    let mut params = Vec::new();
-    for kv in set {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(Error::usage(format!("--set expects KEY=VALUE, got '{kv}'")));
-        };
-        let valid = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit());
-        if !valid {
-            return Err(Error::usage(format!("--set key '{k}' must be a valid identifier (letters, digits, _)")));
-        }
-        params.push((k.to_string(), parse_param(v)));
-    }
-    Ok(params)
-}
-
 /// The script's context: data, runs, read roots, memory ceiling, how sweeps run.
 fn script_context(a: &RunArgs, output: Arc<OutputDir>, mode: SweepMode) -> Result<Context> {
     let mut ctx = Context::new(DataDir::resolve(a.data_dir.clone()), Some(output));
@@ -304,7 +289,7 @@ fn run_script(runner: &Runner, script: &Path) -> Result<()> {
 }
 
 fn run(a: RunArgs, mode: SweepMode) -> Result<Finished> {
-    let params = script_params(&a.set)?;
+    let params = cli::script_params(&a.script, &a.set)?;
     let script = a.script.clone();
     if !script.is_file() {
         return Err(Error::data(&script, "script not found"));
@@ -363,7 +348,7 @@ fn inputs_apart(a: &RunArgs, out: &Path, script: &Path) -> Result<()> {
 /// a temporary dir and are dropped), print every point; with `--slurm`, write and submit the jobs.
 fn sweep(c: SweepCmd) -> Result<()> {
     let a = c.args;
-    let params = script_params(&a.set)?;
+    let params = cli::script_params(&a.script, &a.set)?;
     if !a.script.is_file() {
         return Err(Error::data(&a.script, "script not found"));
     }
@@ -385,7 +370,7 @@ fn sweep(c: SweepCmd) -> Result<()> {
 
 /// The script's sweeps as planned: the script run once with no point running, its outputs in a
 /// scratch dir that is dropped.
-fn learn_sweeps(inputs: &JobInputs, params: Vec<(String, rhai::Dynamic)>) -> Result<Vec<cotlab::experiment::PlannedSweep>> {
+fn learn_sweeps(inputs: &JobInputs, params: Vec<(String, String)>) -> Result<Vec<cotlab::experiment::PlannedSweep>> {
     let plan_args = RunArgs::planning(inputs);
     let scratch = plan::Scratch::new()?;
     let ctx = script_context(&plan_args, Arc::new(OutputDir::create(scratch.0.join("out"))?), SweepMode::Collect)?;

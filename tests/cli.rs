@@ -425,3 +425,63 @@ fn sft_quick_fine_tunes_smollm_and_resumes() {
     assert!(work.path().join("out/model/model.safetensors").is_file());
     assert!(work.path().join("out/model/tokenizer_config.json").is_file());
 }
+
+/// `cotlab functions` lists every signature; with a name, its documentation.
+#[test]
+fn functions_lists_and_documents_the_script_api() {
+    require!(Data);
+    let r = run(cotlab().arg("functions"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for sig in ["param(name: string, default: any, help: string) -> any", "dataset(name: string, opts: map) -> Dataset", "ds.name -> string", "sft(s: Student, corpus: Corpus, opts: map)"] {
+        assert!(r.stdout.contains(sig), "{sig}: {}", r.stdout);
+    }
+    let r = run(cotlab().args(["functions", "sft"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("| `grad_accum` | 16 (global batch 64) |") && r.stdout.contains("```rhai"), "{}", r.stdout);
+    let r = run(cotlab().args(["functions", "no_such_function"]));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no script function is named `no_such_function`"), "{}", r.stderr);
+}
+
+/// A misspelt --set key stops `cotlab run` before any work (no output dir), naming the key and
+/// listing the declared parameters; `--help` after the script lists them.
+#[test]
+fn undeclared_set_keys_fail_at_once_and_help_lists_the_parameters() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--set", "max_step=10", "--out"]).arg(&out));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--set max_step: scripts/quickstart.rhai declares no parameter `max_step` (did you mean `max_steps`?)"), "{}", r.stderr);
+    assert!(r.stderr.contains("its parameters are: levels, train_n, max_steps,"), "{}", r.stderr);
+    assert!(!out.exists(), "nothing was started");
+    let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--set", "max_steps=ten", "--out"]).arg(&out));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--set max_steps=ten: `max_steps` takes an integer (its default is 60)"), "{}", r.stderr);
+
+    let r = run(cotlab().args(["run", "scripts/quickstart.rhai", "--help"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: cotlab run"), "clap's help first: {}", r.stdout);
+    assert!(r.stdout.contains("levels               list of int  [1, 2, 3]     granularity levels to train"), "{}", r.stdout);
+    assert!(r.stdout.contains("name                 string       \"quickstart\"  the sweep's dir under the runs dir"), "{}", r.stdout);
+    let r = run(cotlab().args(["run", "--help"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: cotlab run") && !r.stdout.contains("Script parameters"), "{}", r.stdout);
+}
+
+/// Every shipped script declares its parameters (none reads `params` by hand) and its --help works.
+#[test]
+fn every_shipped_script_declares_its_parameters() {
+    require!(Data);
+    for entry in std::fs::read_dir("scripts").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rhai") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        assert!(!src.contains("in params") && !src.contains("fn as_list"), "{} reads params by hand", path.display());
+        let r = run(cotlab().arg("run").arg(&path).arg("--help"));
+        assert_eq!(r.code, 0, "{}: {}", path.display(), r.stderr);
+        assert!(r.stdout.contains("Script parameters of"), "{}: {}", path.display(), r.stdout);
+    }
+}

@@ -213,16 +213,21 @@ fn links_planted_inside_run_and_eval_dirs_are_neither_read_nor_written_through()
     link(&s.runs.join("planted/checkpoint/model.safetensors"), &secret);
     refused(&r, "student(\"planted\")", &["model.safetensors", "outside the dirs a script may read"]);
     refused(&r, "export_model(\"planted\", \"m\")", &["model.safetensors", "outside the dirs a script may read"]);
-    // results() walks past links: the link to the outside eval dir gives no row.
+    // results(): a dir holding a link out is refused as a whole, naming the link; links that stay
+    // inside are not followed either (the aliased eval dir is one row, not two).
     std::fs::create_dir_all(s.outside.join("ev")).unwrap();
     std::fs::write(s.outside.join("ev/results.json"), r#"{"accuracy": 1.0}"#).unwrap();
     link(&s.runs.join("walk/linked"), &s.outside.join("ev"));
-    std::fs::create_dir_all(s.runs.join("walk/real")).unwrap();
-    link(&s.runs.join("walk/real/results.json"), &s.outside.join("ev/results.json"));
-    std::fs::create_dir_all(s.runs.join("walk/ok")).unwrap();
-    std::fs::write(s.runs.join("walk/ok/results.json"), r#"{"accuracy": 0.5}"#).unwrap();
-    let n = r.eval("ok.rhai", &format!("results(\"{}\").height", s.runs.join("walk").display())).unwrap().as_int().unwrap();
-    assert_eq!(n, 1, "a linked dir or file was read");
+    std::fs::create_dir_all(s.runs.join("walk2/real")).unwrap();
+    link(&s.runs.join("walk2/real/results.json"), &s.outside.join("ev/results.json"));
+    for dir in ["walk", "walk2"] {
+        refused(&r, &format!("results(\"{}\")", s.runs.join(dir).display()), &["results", "outside the dirs a script may read"]);
+    }
+    std::fs::create_dir_all(s.runs.join("walk3/ok")).unwrap();
+    std::fs::write(s.runs.join("walk3/ok/results.json"), r#"{"accuracy": 0.5}"#).unwrap();
+    link(&s.runs.join("walk3/alias"), &s.runs.join("walk3/ok"));
+    let n = r.eval("ok.rhai", &format!("results(\"{}\").height", s.runs.join("walk3").display())).unwrap().as_int().unwrap();
+    assert_eq!(n, 1, "a linked dir was walked");
     nothing_written_outside(&s);
 }
 

@@ -138,3 +138,72 @@ fn arith_granularity_is_measurable() {
     assert_eq!(rows[5][2], 1.0, "level 6 always verifies");
     assert_eq!(rows[4][2], 0.0, "level 5 does not");
 }
+
+/// Every function cotlab registers carries a doc comment with an example, and the reference's
+/// sections list exactly the engine's functions.
+#[test]
+fn every_bound_function_is_documented_with_an_example() {
+    use cotlab::script::docs;
+    let mut ctx = Context::new(cotlab::data::DataDir("datasets".into()), None);
+    ctx.max_memory = Some(u64::MAX);
+    let engine = cotlab::script::engine(ctx);
+    let all = docs::functions(&engine, false);
+    assert!(all.len() > 150, "{} functions", all.len());
+    let undocumented: Vec<String> = all.iter().filter(|f| !f.doc().contains("```rhai")).map(|f| f.signature()).collect();
+    assert!(undocumented.is_empty(), "functions without a doc comment and an example: {undocumented:#?}");
+    let mut engine_sigs: Vec<String> = all.iter().map(|f| f.signature()).collect();
+    let mut listed: Vec<String> = docs::sections().iter().flat_map(|s| s.functions.iter().map(|f| f.signature())).collect();
+    engine_sigs.sort();
+    listed.sort();
+    assert_eq!(engine_sigs, listed, "the reference lists the engine's functions, each once");
+    for name in ["param", "dataset", "sft", "sweep", "line_chart", "teacher", "pad"] {
+        assert!(listed.iter().any(|s| s.starts_with(&format!("{name}("))), "{name} missing");
+    }
+}
+
+/// docs/script-api.md is `cotlab functions --markdown`: regenerate it after changing a doc comment.
+#[test]
+fn script_api_md_is_generated_from_the_doc_comments() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/script-api.md");
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let generated = cotlab::script::docs::markdown();
+    let first_difference = committed.lines().zip(generated.lines()).position(|(a, b)| a != b);
+    assert!(
+        committed == generated,
+        "docs/script-api.md is stale (first differing line: {:?}); regenerate it: cargo run --release -- functions --markdown > docs/script-api.md",
+        first_difference.map(|i| i + 1)
+    );
+}
+
+/// A call that matches no signature lists the signatures that exist (cotlab's and Rhai's).
+#[test]
+fn a_wrong_call_lists_the_signatures() {
+    let e = runner().eval("t.rhai", "let d = dataset(\"svamp\", 3, 4);").err().unwrap().to_string();
+    assert!(e.starts_with("t.rhai:1:9: Function not found: dataset"), "{e}");
+    assert!(e.contains("`dataset` takes:\n  dataset(name: string) -> Dataset\n  dataset(name: string, opts: map) -> Dataset"), "{e}");
+    let e = runner().eval("t.rhai", "\"abc\".sub_string([]);").err().unwrap().to_string();
+    assert!(e.contains("`sub_string` takes:") && e.contains("sub_string(string: &str, start: i64, len: i64)"), "{e}");
+    let e = runner().eval("t.rhai", "fn f(a) { a }\nf(1, 2);").err().unwrap().to_string();
+    assert!(e.contains("`f` takes:\n  f(a)"), "{e}");
+    let e = runner().eval("t.rhai", "nothing_like_this(1);").err().unwrap().to_string();
+    assert!(e.contains("no function is named `nothing_like_this`"), "{e}");
+}
+
+/// `param` gives the --set value typed by the default, else the default; `params` holds every
+/// declared value; an undeclared key is refused before the script runs.
+#[test]
+fn declared_params_are_typed_and_checked() {
+    let src = "let levels = param(\"levels\", [1, 2], \"h\");\nlet id = param(\"id\", \"x\", \"h\");\nprint(\"ran\");\n[levels, id, params.id, type_of(id)]";
+    let mut r = runner();
+    r.params = vec![("levels".into(), "1,3,6".into()), ("id".into(), "007".into())];
+    let v = r.eval("p.rhai", src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(format!("{v:?}"), "[[1, 3, 6], \"007\", \"007\", \"string\"]");
+    r.params = vec![];
+    assert_eq!(format!("{:?}", r.eval("p.rhai", src).unwrap()), "[[1, 2], \"x\", \"x\", \"string\"]");
+    r.params = vec![("level".into(), "1".into())];
+    let e = r.eval("p.rhai", src).err().unwrap().to_string();
+    assert!(e.contains("p.rhai declares no parameter `level` (did you mean `levels`?); its parameters are: levels, id"), "{e}");
+    // A script that declares nothing still takes any key as a variable (typed by its look).
+    r.params = vec![("n".into(), "5".into())];
+    assert_eq!(r.eval("p.rhai", "n + params.n").unwrap().as_int().unwrap(), 10);
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use rhai::{Array, Dynamic, Engine, Map};
 
+use super::docs::{def, get, index};
 use super::{options, rt, Context, RhaiResult};
 use crate::answer::{extract_answer, judge};
 use crate::lab::Workspace;
@@ -66,66 +67,186 @@ struct ScoreOptions {
     protocol: crate::answer::Protocol,
 }
 
+pub(super) const INTRO: &str = "Names and splits: [data.md](data.md). Corpora combine as values (`concat`, `+`, `sample`, `mix`, `order`): \
+see [below](#sweeps-results-and-corpora-as-values). The answer rules: [scoring.md](scoring.md).";
+
+const DATASET: &str = r#"A dataset of the release (or the generated `arith`), as a `Dataset`.
+
+Names and splits: [data.md](data.md). Options: `split`: `"test"` (default), `"train"` where the
+release has one, `"all"` (SVAMP's 1000), `"full"` (MATH's 5000 instead of MATH-500); `seed`
+shuffles before `limit` keeps the first `limit`; `arith` only: `n` problems generated (default
+500, `1..=1000000`) from `seed`. An unknown option is an error with the script position.
+
+```rhai
+let ds = dataset("svamp", #{ split: "test", limit: 50, seed: 1 });
+print(ds);   // Dataset(svamp test, 50 examples)
+```"#;
+
+const RATIONALES: &str = r#"A `Corpus` of the release's rationales for dataset `name`.
+
+Options: `teacher`: `gpt-4o` (default), `gemini`, `llama-3-70b`, `human`; `level` 1–6 (human
+and answer-only take none); `format`: `plain` (default), `bsm`, `rar`, `sym`, `equation-only`,
+`answer-only`; `seed` shuffles before `limit`. A combination the release lacks is an error
+listing what it has. For `arith` the rule teacher writes them (`teacher: "rule"`, the default
+there; formats plain, equation-only, answer-only; `level` required but for answer-only), for the
+problems `dataset("arith", #{n, seed})` gives: `n` (500) and `seed` (1) pick the generated set,
+`limit` keeps the first.
+
+```rhai
+let c = rationales("svamp", #{ teacher: "gpt-4o", level: 3, format: "sym" });
+print(c.len());   // 699
+```"#;
+
+const CATALOG: &str = r#"The release's rationale files as a DataFrame: `dataset, teacher, level, format, file, present`
+(`present`: whether the data dir has it); with `name`, only that dataset's.
+
+```rhai
+catalog("svamp").filter(col("present")).show();
+```"#;
+
+const CONTAMINATION: &str = r#"How many test questions also appear in the training questions.
+
+`train`/`test`: a Dataset, a Corpus, an array of question strings, or a file path (read roots
+apply). Option `threshold`: word-trigram Jaccard for `near` (default 0.8, `0..=1`). Returns
+`#{n_train, n_test, exact, stem, near, contaminated, contaminated_pct, hits, summary}`; the three
+kinds of match: [cli.md](cli.md) (`contamination`).
+
+```rhai
+let r = contamination(rationales("strategyqa", #{ level: 1 }), dataset("strategyqa"), #{ threshold: 0.9 });
+print(r.summary);
+```"#;
+
+const SCORE: &str = r#"Score a JSON-lines file of `{id or question, prediction}` against dataset `task`.
+
+Options: `split` as in `dataset`; `protocol`: `"paper"` (default) or `"lenient"`
+([scoring.md](scoring.md)). Returns `#{task, n, correct, accuracy, unparsed, test_size,
+protocol, accuracy_paper, accuracy_lenient}`.
+
+```rhai
+let s = score_predictions("svamp", "preds.jsonl", #{ protocol: "lenient" });
+print(s.accuracy);
+```"#;
+
+const COARSEN: &str = r#"Post-hoc granularity: adjacent steps merged into `steps` groups (at least 1), keeping the
+calculations and the final answer. On a Corpus, every rationale is coarsened and `source` says so.
+
+```rhai
+let two = coarsen("1. Add 2 and 3.\n2. Double it.\n3. Check.\nThe answer is 10", 2);
+let c2 = rationales("svamp", #{ level: 6 }).coarsen(3);
+```"#;
+
+const LEN: &str = r#"The number of examples (Dataset) or rationales (Corpus).
+
+```rhai
+print(dataset("svamp").len());   // 300
+```"#;
+
+const SHOW_DS: &str = r#"A short summary: `Dataset(svamp test, 300 examples)` (what `print` shows).
+
+```rhai
+print(dataset("svamp").to_string());
+```"#;
+
+const SHOW_CORPUS: &str = r#"A short summary: `Corpus(svamp gpt-4o plain level 3, 700 rationales from …)` (what `print` shows).
+
+```rhai
+print(rationales("svamp", #{ level: 3 }));
+```"#;
+
+const DF: &str = r#"The values as a DataFrame. A Dataset: `id, question, answer, kind, n_choices`. A Corpus:
+`id, dataset, teacher, level, format, source, row, question, gold, rationale, extracted, agrees,
+words, steps, numbers, equations, has_verification`, one row per rationale, from its origin (a
+mixture's rows keep their own).
+
+```rhai
+rationales("svamp", #{ level: 3 }).df().select(["id", "words", "steps"]).head(5).show();
+```"#;
+
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
-    engine.register_type_with_name::<Dataset>("Dataset");
-    engine.register_type_with_name::<Corpus>("Corpus");
 
     // --- datasets
     let dir = ctx.data_dir.clone();
-    engine.register_fn("dataset", move |name: &str| -> RhaiResult<Dataset> {
-        load_dataset(&dir, name, &DatasetOptions::default()).map_err(rt)
-    });
+    def(engine, "dataset", ["name"], DATASET, move |name: &str| -> RhaiResult<Dataset> { load_dataset(&dir, name, &DatasetOptions::default()).map_err(rt) });
     let dir = ctx.data_dir.clone();
-    engine.register_fn("dataset", move |name: &str, opts: Map| -> RhaiResult<Dataset> {
+    def(engine, "dataset", ["name", "opts"], DATASET, move |name: &str, opts: Map| -> RhaiResult<Dataset> {
         load_dataset(&dir, name, &options::<DatasetOptions>(opts)?).map_err(rt)
     });
-    engine.register_fn("len", |d: &mut Dataset| d.len() as i64);
-    engine.register_get("name", |d: &mut Dataset| d.name.clone());
-    engine.register_get("split", |d: &mut Dataset| d.split.clone());
-    engine.register_get("kind", |d: &mut Dataset| d.task.kind().name().to_string());
-    engine.register_indexer_get(|d: &mut Dataset, i: i64| -> RhaiResult<Map> {
-        d.examples.get(i as usize).map(example_map).ok_or_else(|| rt(usage!("index {i} out of range: the dataset has {} examples", d.len())))
+    def(engine, "len", ["ds"], LEN, |d: &mut Dataset| d.len() as i64);
+    get(engine, "ds", "name", "The dataset's name (`svamp`).\n\n```rhai\nprint(dataset(\"svamp\").name);\n```", |d: &mut Dataset| d.name.clone());
+    get(engine, "ds", "split", "The split it was loaded from (`test`, `train`, `all`, `full`).\n\n```rhai\nprint(dataset(\"svamp\").split);\n```", |d: &mut Dataset| {
+        d.split.clone()
     });
-    engine.register_fn("examples", |d: &mut Dataset| -> Array { d.examples.iter().map(|e| example_map(e).into()).collect() });
-    engine.register_fn("df", |d: &mut Dataset| -> RhaiResult<Frame> { dataset_frame(d).map_err(rt) });
-    engine.register_fn("split", |d: &mut Dataset, test_fraction: f64, seed: i64| -> RhaiResult<Map> {
-        let (train, test) = d.split_off(test_fraction, seed as u64).map_err(rt)?;
-        let mut m = Map::new();
-        m.insert("train".into(), Dynamic::from(train));
-        m.insert("test".into(), Dynamic::from(test));
-        Ok(m)
+    get(engine, "ds", "kind", "The answer kind: `number`, `choice`, `bool` or `latex`.\n\n```rhai\nprint(dataset(\"csqa\").kind);   // choice\n```", |d: &mut Dataset| {
+        d.task.kind().name().to_string()
     });
-    engine.register_fn("to_string", |d: &mut Dataset| format!("Dataset({} {}, {} examples)", d.name, d.split, d.len()));
-    engine.register_fn("to_debug", |d: &mut Dataset| format!("Dataset({} {}, {} examples)", d.name, d.split, d.len()));
+    index(
+        engine,
+        ["ds", "i"],
+        "Example `i` as `#{id, question, choices, answer, kind}` (a Dataset), or rationale `i` as `#{id, question, gold, rationale}` (a Corpus; `gold` `()` when unknown).\n\n```rhai\nprint(dataset(\"svamp\")[0].question);\n```",
+        |d: &mut Dataset, i: i64| -> RhaiResult<Map> {
+            d.examples.get(i as usize).map(example_map).ok_or_else(|| rt(usage!("index {i} out of range: the dataset has {} examples", d.len())))
+        },
+    );
+    def(engine, "examples", ["ds"], "Every example as `#{id, question, choices, answer, kind}`, in an array.\n\n```rhai\nfor e in dataset(\"svamp\", #{ limit: 3 }).examples() { print(e.answer); }\n```", |d: &mut Dataset| -> Array {
+        d.examples.iter().map(|e| example_map(e).into()).collect()
+    });
+    def(engine, "df", ["ds"], DF, |d: &mut Dataset| -> RhaiResult<Frame> { dataset_frame(d).map_err(rt) });
+    def(
+        engine,
+        "split",
+        ["ds", "test_fraction", "seed"],
+        "A seeded split `#{train, test}` for sets the release ships without one: `test_fraction` in (0, 1), at least one example in each part when possible.\n\n```rhai\nlet parts = dataset(\"arith\", #{ n: 50, seed: 2 }).split(0.2, 1);\nprint(parts.test.len());   // 10\n```",
+        |d: &mut Dataset, test_fraction: f64, seed: i64| -> RhaiResult<Map> {
+            let (train, test) = d.split_off(test_fraction, seed as u64).map_err(rt)?;
+            let mut m = Map::new();
+            m.insert("train".into(), Dynamic::from(train));
+            m.insert("test".into(), Dynamic::from(test));
+            Ok(m)
+        },
+    );
+    def(engine, "to_string", ["ds"], SHOW_DS, |d: &mut Dataset| format!("Dataset({} {}, {} examples)", d.name, d.split, d.len()));
+    def(engine, "to_debug", ["ds"], SHOW_DS, |d: &mut Dataset| format!("Dataset({} {}, {} examples)", d.name, d.split, d.len()));
 
     // --- rationales and the catalog
     let dir = ctx.data_dir.clone();
-    engine.register_fn("rationales", move |name: &str, opts: Map| -> RhaiResult<Corpus> {
+    def(engine, "rationales", ["name", "opts"], RATIONALES, move |name: &str, opts: Map| -> RhaiResult<Corpus> {
         Catalog::new(dir.clone()).rationales(name, &options::<RationaleQuery>(opts)?).map_err(rt)
     });
     let dir = ctx.data_dir.clone();
-    engine.register_fn("catalog", move |name: &str| -> RhaiResult<Frame> {
+    def(engine, "catalog", ["name"], CATALOG, move |name: &str| -> RhaiResult<Frame> {
         let task = Task::parse(name).map_err(rt)?;
         catalog_frame(&Catalog::new(dir.clone()), Some(task)).map_err(rt)
     });
     let dir = ctx.data_dir.clone();
-    engine.register_fn("catalog", move || -> RhaiResult<Frame> { catalog_frame(&Catalog::new(dir.clone()), None).map_err(rt) });
-    engine.register_fn("len", |c: &mut Corpus| c.len() as i64);
-    engine.register_get("teacher", |c: &mut Corpus| opt_str(c.teacher.map(|t| t.name().to_string())));
-    engine.register_get("level", |c: &mut Corpus| c.level.map(|l| Dynamic::from_int(l as i64)).unwrap_or(Dynamic::UNIT));
-    engine.register_get("format", |c: &mut Corpus| c.format.name().to_string());
-    engine.register_get("source", |c: &mut Corpus| c.source.clone());
-    engine.register_get("skipped", |c: &mut Corpus| c.skipped as i64);
-    engine.register_indexer_get(|c: &mut Corpus, i: i64| -> RhaiResult<Map> {
-        let r = c.rationales.get(i as usize).ok_or_else(|| rt(usage!("index {i} out of range: the corpus has {} rationales", c.len())))?;
-        let mut m = Map::new();
-        m.insert("id".into(), r.id.clone().into());
-        m.insert("question".into(), r.question.clone().into());
-        m.insert("gold".into(), opt_str(r.gold.clone()));
-        m.insert("rationale".into(), r.text.clone().into());
-        Ok(m)
+    def(engine, "catalog", [], CATALOG, move || -> RhaiResult<Frame> { catalog_frame(&Catalog::new(dir.clone()), None).map_err(rt) });
+    def(engine, "len", ["c"], LEN, |c: &mut Corpus| c.len() as i64);
+    const PROVENANCE: &str = "`()` where not one value: an answer-only corpus has no teacher, a mixture of levels no level.";
+    get(engine, "c", "teacher", &format!("The teacher that wrote the rationales (`gpt-4o`, `human`, `rule`, …); {PROVENANCE}\n\n```rhai\nprint(rationales(\"svamp\", #{{ level: 3 }}).teacher);\n```"), |c: &mut Corpus| {
+        opt_str(c.teacher.map(|t| t.name().to_string()))
     });
-    engine.register_fn("df", |c: &mut Corpus| -> RhaiResult<Frame> { corpus_frame(c).map_err(rt) });
+    get(engine, "c", "level", &format!("The granularity level 1–6; {PROVENANCE}\n\n```rhai\nprint(rationales(\"svamp\", #{{ level: 3 }}).level);   // 3\n```"), |c: &mut Corpus| {
+        c.level.map(|l| Dynamic::from_int(l as i64)).unwrap_or(Dynamic::UNIT)
+    });
+    get(engine, "c", "format", "The rationale format (`plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only`).\n\n```rhai\nprint(rationales(\"svamp\", #{ level: 3, format: \"sym\" }).format);\n```", |c: &mut Corpus| {
+        c.format.name().to_string()
+    });
+    get(engine, "c", "source", "Where the rationales came from: the release file, or how they were made (`… (coarsened to 2 steps)`).\n\n```rhai\nprint(rationales(\"svamp\", #{ level: 3 }).source);\n```", |c: &mut Corpus| c.source.clone());
+    get(engine, "c", "skipped", "Records of the file lacking this teacher's column (left out).\n\n```rhai\nprint(rationales(\"svamp\", #{ teacher: \"gemini\", level: 3 }).skipped);\n```", |c: &mut Corpus| c.skipped as i64);
+    index(
+        engine,
+        ["c", "i"],
+        "Example `i` as `#{id, question, choices, answer, kind}` (a Dataset), or rationale `i` as `#{id, question, gold, rationale}` (a Corpus; `gold` `()` when unknown).\n\n```rhai\nprint(dataset(\"svamp\")[0].question);\n```",
+        |c: &mut Corpus, i: i64| -> RhaiResult<Map> {
+            let r = c.rationales.get(i as usize).ok_or_else(|| rt(usage!("index {i} out of range: the corpus has {} rationales", c.len())))?;
+            let mut m = Map::new();
+            m.insert("id".into(), r.id.clone().into());
+            m.insert("question".into(), r.question.clone().into());
+            m.insert("gold".into(), opt_str(r.gold.clone()));
+            m.insert("rationale".into(), r.text.clone().into());
+            Ok(m)
+        },
+    );
+    def(engine, "df", ["c"], DF, |c: &mut Corpus| -> RhaiResult<Frame> { corpus_frame(c).map_err(rt) });
     let show = |c: &mut Corpus| {
         format!(
             "Corpus({} {} {}{}, {} rationales from {})",
@@ -137,15 +258,19 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             c.source
         )
     };
-    engine.register_fn("to_string", show);
-    engine.register_fn("to_debug", show);
+    def(engine, "to_string", ["c"], SHOW_CORPUS, show);
+    def(engine, "to_debug", ["c"], SHOW_CORPUS, show);
 
     // --- CoT structure and answers
-    engine.register_fn("measure_cot", |text: &str| -> RhaiResult<Dynamic> {
-        rhai::serde::to_dynamic(measure(text))
-    });
-    engine.register_fn("coarsen", |text: &str, steps: i64| crate::cot::coarsen(text, steps.max(1) as usize));
-    engine.register_fn("coarsen", |c: &mut Corpus, steps: i64| -> Corpus {
+    def(
+        engine,
+        "measure_cot",
+        ["text"],
+        "`#{words, steps, numbers, equations, has_verification}` of a rationale; words = whitespace tokens of the trimmed text.\n\n```rhai\nprint(measure_cot(\"1. Add 2 and 3.\\n2. Check: 5 - 3 = 2.\\nThe answer is 5\").steps);   // 2\n```",
+        |text: &str| -> RhaiResult<Dynamic> { rhai::serde::to_dynamic(measure(text)) },
+    );
+    def(engine, "coarsen", ["text", "steps"], COARSEN, |text: &str, steps: i64| crate::cot::coarsen(text, steps.max(1) as usize));
+    def(engine, "coarsen", ["c", "steps"], COARSEN, |c: &mut Corpus, steps: i64| -> Corpus {
         let mut out = c.clone();
         for r in out.rationales.iter_mut() {
             r.text = crate::cot::coarsen(&r.text, steps.max(1) as usize);
@@ -153,15 +278,33 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         out.source = format!("{} (coarsened to {steps} steps)", c.source);
         out
     });
-    engine.register_fn("cot_steps", |text: &str| -> Array { split_steps(text).into_iter().map(Dynamic::from).collect() });
-    engine.register_fn("extract_answer", |text: &str, kind: &str| -> RhaiResult<Dynamic> {
-        let kind = AnswerKind::parse(kind).map_err(rt)?;
-        Ok(opt_str(extract_answer(text, kind)))
-    });
-    engine.register_fn("is_correct", |output: &str, gold: &str, kind: &str| -> RhaiResult<bool> {
-        let kind = AnswerKind::parse(kind).map_err(rt)?;
-        Ok(judge(output, gold, kind).correct)
-    });
+    def(
+        engine,
+        "cot_steps",
+        ["text"],
+        "The steps of a rationale, in an array: numbered lists, \"Step k:\", lines, else sentences; the closing \"The answer is\" is not a step.\n\n```rhai\nprint(cot_steps(\"Step 1: add.\\nStep 2: check.\\nThe answer is 5\").len());   // 2\n```",
+        |text: &str| -> Array { split_steps(text).into_iter().map(Dynamic::from).collect() },
+    );
+    def(
+        engine,
+        "extract_answer",
+        ["text", "kind"],
+        "The canonical answer in `text`, or `()`, under the lenient rules; `kind`: `number`, `choice`, `bool`, `latex`.\n\n```rhai\nprint(extract_answer(\"so... The answer is (C)\", \"choice\"));   // C\n```",
+        |text: &str, kind: &str| -> RhaiResult<Dynamic> {
+            let kind = AnswerKind::parse(kind).map_err(rt)?;
+            Ok(opt_str(extract_answer(text, kind)))
+        },
+    );
+    def(
+        engine,
+        "is_correct",
+        ["output", "gold", "kind"],
+        "Whether `output`'s answer is `gold`, under the lenient rules (`score_predictions` applies the paper's); `kind` as in `extract_answer`.\n\n```rhai\nprint(is_correct(\"The answer is 1,000\", \"1000.0\", \"number\"));   // true\n```",
+        |output: &str, gold: &str, kind: &str| -> RhaiResult<bool> {
+            let kind = AnswerKind::parse(kind).map_err(rt)?;
+            Ok(judge(output, gold, kind).correct)
+        },
+    );
 
     // --- contamination and scoring
     let ws = ctx.workspace();
@@ -174,8 +317,8 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Ok(Dynamic::from_map(m))
     };
     let c2 = contam.clone();
-    engine.register_fn("contamination", move |train: Dynamic, test: Dynamic| c2(train, test, 0.8));
-    engine.register_fn("contamination", move |train: Dynamic, test: Dynamic, opts: Map| -> RhaiResult<Dynamic> {
+    def(engine, "contamination", ["train", "test"], CONTAMINATION, move |train: Dynamic, test: Dynamic| c2(train, test, 0.8));
+    def(engine, "contamination", ["train", "test", "opts"], CONTAMINATION, move |train: Dynamic, test: Dynamic, opts: Map| -> RhaiResult<Dynamic> {
         let o: ContaminationOptions = options(opts)?;
         contam(train, test, o.threshold.unwrap_or(0.8))
     });
@@ -186,8 +329,8 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         rhai::serde::to_dynamic(score_predictions(&ds, &path, protocol).map_err(rt)?)
     };
     let s2 = score.clone();
-    engine.register_fn("score_predictions", move |task: &str, path: &str| s2(task, path, None, crate::answer::Protocol::Paper));
-    engine.register_fn("score_predictions", move |task: &str, path: &str, opts: Map| -> RhaiResult<Dynamic> {
+    def(engine, "score_predictions", ["task", "path"], SCORE, move |task: &str, path: &str| s2(task, path, None, crate::answer::Protocol::Paper));
+    def(engine, "score_predictions", ["task", "path", "opts"], SCORE, move |task: &str, path: &str, opts: Map| -> RhaiResult<Dynamic> {
         let o: ScoreOptions = options(opts)?;
         score(task, path, o.split, o.protocol)
     });

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use rhai::{Array, Dynamic, Engine, Map};
 
+use super::docs::{def, get};
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
 use crate::experiment::{sweep_in, SweepSpec};
@@ -36,11 +37,59 @@ fn one() -> u64 {
     1
 }
 
+pub(super) const INTRO: &str = "What a sweep does, its point options (every `grid`/`base` key) and its files: \
+[experiments.md](experiments.md). Every rationale keeps its origin (dataset, teacher, level, format, source file, row) \
+through `concat`, `+`, `sample`, `mix` and `order`; `c.df()` shows it per row.";
+
+const SWEEP: &str = r#"Run a sweep: every combination of `grid` values is a point (a training run and its evaluation),
+each in its own dir; complete points are skipped, so the same call again resumes.
+
+`name` (required): its dir under the runs dir; `grid`: option → array of values; `base`: options
+every point shares; `include`: an array of extra points (maps over `base`); `point`: run only this
+index; `stop_after_points` (≥ 1): stop after running that many. Every point option: 
+[experiments.md](experiments.md). Returns `#{name, dir, total, done, already_done, ran, failed,
+invalid, pending, stopped, seconds, points, results}` (`results`: a DataFrame, one row per point).
+
+```rhai
+let r = sweep(#{
+    name: "granularity-svamp",
+    grid: #{ level: [1, 3, 6], seed: [1, 2] },
+    base: #{ dataset: "svamp", teacher: "gpt-4o", train_n: 16, max_steps: 2, eval_n: 20 },
+});
+r.results.show();
+```"#;
+
+const RESULTS: &str = r#"One DataFrame from any set of sweep dirs, point dirs, training runs and eval dirs (a path, or
+a name under the runs dir): `sweep, point, index, status, reason, dir`, one column per config
+key, then `accuracy, ci95_low, ci95_high, n, correct, unparsed, mean_tokens, train_steps,
+train_examples, train_tokens, train_loss_first, train_loss_last, sft_seconds, eval_seconds,
+seconds`.
+
+```rhai
+let t = results(["granularity-svamp", "runs/eval-svamp-test-default"]);
+```"#;
+
+const AGGREGATE: &str = r#"The `done` rows grouped by every config column but the seed columns (default `["seed"]`):
+`seeds`, `accuracy` (mean), `accuracy_std`, `ci95_low`, `ci95_high` (the t-interval of the mean
+over seeds; one seed: its Wilson interval).
+
+```rhai
+let t = results("granularity-svamp").aggregate_seeds();
+line_chart(t, #{ x: "level", y: "accuracy", error_low: "ci95_low", error_high: "ci95_high" }).write_html("acc.html");
+```"#;
+
+const ORDER: &str = r#"A curriculum: `order` `"coarse_to_fine"` or `"fine_to_coarse"`, sorted by level (no level
+first), seeded shuffle within a level (seed default 1); `sft` trains it in this order.
+
+```rhai
+let c = concat([rationales("svamp", #{ level: 1 }), rationales("svamp", #{ level: 6 })]).order("coarse_to_fine");
+```"#;
+
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let ws = ctx.workspace();
     let w = ws.clone();
     let sweeps = ctx.sweeps.clone();
-    engine.register_fn("sweep", move |spec: Map| -> RhaiResult<Map> {
+    def(engine, "sweep", ["spec"], SWEEP, move |spec: Map| -> RhaiResult<Map> {
         let spec: SweepSpec = options(spec)?;
         let r = sweep_in(&w, &spec, &sweeps).map_err(rt)?;
         let mut m = Map::new();
@@ -65,53 +114,77 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
 
     let w = ws.clone();
-    engine.register_fn("results", move |path: &str| -> RhaiResult<Frame> { load_runs(&[results_path(&w, path)?]).map_err(rt) });
+    def(engine, "results", ["path"], RESULTS, move |path: &str| -> RhaiResult<Frame> { load_runs(&[results_path(&w, path)?]).map_err(rt) });
     let w = ws.clone();
-    engine.register_fn("results", move |paths: Array| -> RhaiResult<Frame> {
+    def(engine, "results", ["paths"], RESULTS, move |paths: Array| -> RhaiResult<Frame> {
         let ps = strings(paths, "results")?.iter().map(|p| results_path(&w, p)).collect::<RhaiResult<Vec<_>>>()?;
         load_runs(&ps).map_err(rt)
     });
-    engine.register_fn("aggregate_seeds", |f: &mut Frame| -> RhaiResult<Frame> { aggregate_seeds(f, &["seed".to_string()]).map_err(rt) });
-    engine.register_fn("aggregate_seeds", |f: &mut Frame, seed_columns: Array| -> RhaiResult<Frame> {
+    def(engine, "aggregate_seeds", ["f"], AGGREGATE, |f: &mut Frame| -> RhaiResult<Frame> { aggregate_seeds(f, &["seed".to_string()]).map_err(rt) });
+    def(engine, "aggregate_seeds", ["f", "seed_columns"], AGGREGATE, |f: &mut Frame, seed_columns: Array| -> RhaiResult<Frame> {
         aggregate_seeds(f, &strings(seed_columns, "aggregate_seeds")?).map_err(rt)
     });
 
     // --- corpora as values (`concat` of corpora shares the name with frames: see frame.rs)
-    engine.register_fn("+", |a: Corpus, b: Corpus| -> RhaiResult<Corpus> { Corpus::concat(&[a, b]).map_err(rt) });
-    engine.register_fn("sample", |c: &mut Corpus, n: i64, seed: i64| -> RhaiResult<Corpus> {
-        let n = usize::try_from(n).map_err(|_| rt(usage!("sample: n must be positive, got {n}")))?;
-        c.sample(n, seed as u64).map_err(rt)
-    });
-    engine.register_fn("mix", |parts: Array, opts: Map| -> RhaiResult<Corpus> {
-        let o: MixOptions = options(opts)?;
-        let parts = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut m = p.try_cast::<Map>().ok_or_else(|| rt(usage!("mix: part {i} must be #{{corpus: c, weight: 1.0}}")))?;
-                let corpus = m
-                    .remove("corpus")
-                    .and_then(|c| c.try_cast::<Corpus>())
-                    .ok_or_else(|| rt(usage!("mix: part {i} needs 'corpus': a Corpus from rationales(...)")))?;
-                let weight = match m.remove("weight") {
-                    None => 1.0,
-                    Some(w) => w.as_float().or_else(|_| w.as_int().map(|i| i as f64)).map_err(|t| rt(usage!("mix: part {i}: 'weight' must be a number, found {t}")))?,
-                };
-                if let Some(k) = m.keys().next() {
-                    return Err(rt(usage!("mix: part {i}: unknown key '{k}' (a part has 'corpus' and 'weight')")));
-                }
-                Ok(MixPart { corpus, weight })
-            })
-            .collect::<RhaiResult<Vec<_>>>()?;
-        Corpus::mix(&parts, o.n, o.seed).map_err(rt)
-    });
+    def(
+        engine,
+        "+",
+        ["a", "b"],
+        "A corpus of both corpora's rationales (as `concat([a, b])`).\n\n```rhai\nlet c = rationales(\"svamp\", #{ level: 1 }) + rationales(\"svamp\", #{ level: 6 });\n```",
+        |a: Corpus, b: Corpus| -> RhaiResult<Corpus> { Corpus::concat(&[a, b]).map_err(rt) },
+    );
+    def(
+        engine,
+        "sample",
+        ["c", "n", "seed"],
+        "`n` rationales drawn without replacement (`1..=c.len()`; to draw more, `mix` one part).\n\n```rhai\nlet small = rationales(\"svamp\", #{ level: 3 }).sample(100, 1);\n```",
+        |c: &mut Corpus, n: i64, seed: i64| -> RhaiResult<Corpus> {
+            let n = usize::try_from(n).map_err(|_| rt(usage!("sample: n must be positive, got {n}")))?;
+            c.sample(n, seed as u64).map_err(rt)
+        },
+    );
+    def(
+        engine,
+        "mix",
+        ["parts", "opts"],
+        "`n` (required, `1..=10000000`) rationales in proportion to the parts' weights (each part's `weight` defaults to 1.0, `1e-9..=1e9`; largest remainder), shuffled together with `seed` (default 1); a part asked for more than it has is repeated evenly (each rationale ⌊q/len⌋ or ⌈q/len⌉ times). `c.recipe` then says how it was made.\n\n```rhai\nlet m = mix([#{ corpus: rationales(\"arith\", #{ level: 1 }), weight: 3 }, #{ corpus: rationales(\"arith\", #{ level: 6 }) }], #{ n: 12, seed: 1 });\n```",
+        |parts: Array, opts: Map| -> RhaiResult<Corpus> {
+            let o: MixOptions = options(opts)?;
+            let parts = parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut m = p.try_cast::<Map>().ok_or_else(|| rt(usage!("mix: part {i} must be #{{corpus: c, weight: 1.0}}")))?;
+                    let corpus = m
+                        .remove("corpus")
+                        .and_then(|c| c.try_cast::<Corpus>())
+                        .ok_or_else(|| rt(usage!("mix: part {i} needs 'corpus': a Corpus from rationales(...)")))?;
+                    let weight = match m.remove("weight") {
+                        None => 1.0,
+                        Some(w) => w.as_float().or_else(|_| w.as_int().map(|i| i as f64)).map_err(|t| rt(usage!("mix: part {i}: 'weight' must be a number, found {t}")))?,
+                    };
+                    if let Some(k) = m.keys().next() {
+                        return Err(rt(usage!("mix: part {i}: unknown key '{k}' (a part has 'corpus' and 'weight')")));
+                    }
+                    Ok(MixPart { corpus, weight })
+                })
+                .collect::<RhaiResult<Vec<_>>>()?;
+            Corpus::mix(&parts, o.n, o.seed).map_err(rt)
+        },
+    );
     let order = |c: &mut Corpus, order: &str, seed: i64| -> RhaiResult<Corpus> {
         let o = CurriculumOrder::try_from(order.to_string()).map_err(|e| rt(usage!("{e}")))?;
         Ok(c.ordered(o, seed as u64))
     };
-    engine.register_fn("order", move |c: &mut Corpus, o: &str| order(c, o, 1));
-    engine.register_fn("order", order);
-    engine.register_get("recipe", |c: &mut Corpus| c.recipe.as_ref().map(|r| Dynamic::from(r.text.clone())).unwrap_or(Dynamic::UNIT));
+    def(engine, "order", ["c", "order"], ORDER, move |c: &mut Corpus, o: &str| order(c, o, 1));
+    def(engine, "order", ["c", "order", "seed"], ORDER, order);
+    get(
+        engine,
+        "c",
+        "recipe",
+        "How a combined corpus was made (`mix(3×arith rule level-1 plain (weight 3), …; n=12, seed=1)`), `()` for one file; part of a training run's identity.\n\n```rhai\nprint(m.recipe);\n```",
+        |c: &mut Corpus| c.recipe.as_ref().map(|r| Dynamic::from(r.text.clone())).unwrap_or(Dynamic::UNIT),
+    );
 }
 
 /// `concat([...])` of corpora (the frame binding hands arrays of corpora here).

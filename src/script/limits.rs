@@ -11,6 +11,7 @@
 
 use rhai::{Array, Blob, Dynamic, Engine, ImmutableString, INT};
 
+use super::docs::def;
 use super::{rt, RhaiResult};
 use crate::usage;
 
@@ -70,18 +71,26 @@ fn missing(len: INT, have: usize) -> Option<u64> {
     (len > have as u64).then(|| len - have as u64)
 }
 
+pub(super) const INTRO: &str = "Rhai's own functions whose allocation grows with an argument, re-registered so that \
+each checks the memory ceiling (`cotlab run --max-memory`) before allocating; otherwise as Rhai documents them \
+(https://rhai.rs/book/).";
+
+const PAD: &str = "Pad a string (with a character or a string, repeated), an array (with copies of `item`) or a BLOB (with a byte) to length `len`, in place; refused, before allocating, when the padding would not fit under the memory ceiling.\n\n```rhai\nlet s = \"7\"; s.pad(3, '0');   // \"700\"\nlet a = [1]; a.pad(3, 0);     // [1, 0, 0]\n```";
+
+const BLOB: &str = "A BLOB of `len` bytes, each `value` (default 0); refused, before allocating, when it would not fit under the memory ceiling.\n\n```rhai\nlet b = blob(16, 0xff);\n```";
+
 /// Re-register the allocating builtins over Rhai's (see the module doc).
 pub(crate) fn register(engine: &mut Engine, ceiling: Option<u64>) {
     let Some(limit) = Limit::new(ceiling) else { return };
 
-    engine.register_fn("pad", move |s: &mut ImmutableString, len: INT, c: char| -> RhaiResult<()> {
+    def(engine, "pad", ["s", "len", "c"], PAD, move |s: &mut ImmutableString, len: INT, c: char| -> RhaiResult<()> {
         let Some(n) = missing(len, s.chars().count()) else { return Ok(()) };
         limit.admit("pad", n.saturating_mul(c.len_utf8() as u64))?;
         let p = s.make_mut();
         p.extend(std::iter::repeat_n(c, n as usize));
         Ok(())
     });
-    engine.register_fn("pad", move |s: &mut ImmutableString, len: INT, padding: &str| -> RhaiResult<()> {
+    def(engine, "pad", ["s", "len", "padding"], PAD, move |s: &mut ImmutableString, len: INT, padding: &str| -> RhaiResult<()> {
         let Some(n) = missing(len, s.chars().count()) else { return Ok(()) };
         // Rhai's own loops forever on an empty padding.
         if padding.is_empty() {
@@ -93,13 +102,13 @@ pub(crate) fn register(engine: &mut Engine, ceiling: Option<u64>) {
         p.extend(padding.chars().cycle().take(n as usize));
         Ok(())
     });
-    engine.register_fn("pad", move |a: &mut Array, len: INT, item: Dynamic| -> RhaiResult<()> {
+    def(engine, "pad", ["a", "len", "item"], PAD, move |a: &mut Array, len: INT, item: Dynamic| -> RhaiResult<()> {
         let Some(n) = missing(len, a.len()) else { return Ok(()) };
         limit.admit("pad", n.saturating_mul(element_bytes(&item)))?;
         a.resize(a.len() + n as usize, item);
         Ok(())
     });
-    engine.register_fn("pad", move |b: &mut Blob, len: INT, value: INT| -> RhaiResult<()> {
+    def(engine, "pad", ["b", "len", "value"], PAD, move |b: &mut Blob, len: INT, value: INT| -> RhaiResult<()> {
         let Some(n) = missing(len, b.len()) else { return Ok(()) };
         limit.admit("pad", n)?;
         b.resize(b.len() + n as usize, value as u8);
@@ -110,13 +119,13 @@ pub(crate) fn register(engine: &mut Engine, ceiling: Option<u64>) {
         limit.admit("blob", n)?;
         Ok(vec![value as u8; n as usize])
     };
-    engine.register_fn("blob", move |len: INT| blob(len, 0));
-    engine.register_fn("blob", blob);
-    engine.register_fn("to_chars", move |s: &mut ImmutableString| -> RhaiResult<Array> {
+    def(engine, "blob", ["len"], BLOB, move |len: INT| blob(len, 0));
+    def(engine, "blob", ["len", "value"], BLOB, blob);
+    def(engine, "to_chars", ["s"], "The characters of a string, in an array; refused when they would not fit under the memory ceiling.\n\n```rhai\nprint(\"abc\".to_chars());   // ['a', 'b', 'c']\n```", move |s: &mut ImmutableString| -> RhaiResult<Array> {
         limit.admit("to_chars", (s.chars().count() as u64).saturating_mul(ELEMENT))?;
         Ok(s.chars().map(Dynamic::from).collect())
     });
-    engine.register_fn("to_array", move |b: &mut Blob| -> RhaiResult<Array> {
+    def(engine, "to_array", ["b"], "The bytes of a BLOB as an array of integers; refused when they would not fit under the memory ceiling.\n\n```rhai\nprint(blob(3, 1).to_array());   // [1, 1, 1]\n```", move |b: &mut Blob| -> RhaiResult<Array> {
         limit.admit("to_array", (b.len() as u64).saturating_mul(ELEMENT))?;
         Ok(b.iter().map(|&x| Dynamic::from_int(x as INT)).collect())
     });

@@ -9,9 +9,11 @@
 //! dir (see `lab::sandbox`).
 
 mod data;
+pub mod docs;
 mod experiment;
 mod frame;
 mod limits;
+pub mod params;
 mod teacher;
 mod train;
 
@@ -45,6 +47,9 @@ pub struct Context {
     /// How `sweep()` calls run their points (all, one by index, none) and the sweeps called so
     /// far (`cotlab run --point/--collect`, `cotlab sweep`).
     pub sweeps: Arc<crate::experiment::Sweeps>,
+    /// The values `param(name, ...)` returns: each declared parameter's `--set` value, else its
+    /// default (see [`params`]); empty outside a [`Runner`].
+    pub params: Map,
 }
 
 /// Default operation limit: generous for real analysis loops, finite so `loop {}` ends.
@@ -61,6 +66,7 @@ impl Context {
             max_memory: crate::memory::default_ceiling(),
             failures: Arc::default(),
             sweeps: Arc::default(),
+            params: Map::new(),
         }
     }
 
@@ -94,17 +100,47 @@ pub fn engine(ctx: Context) -> Engine {
             })
         });
     }
-    limits::register(&mut engine, ctx.max_memory);
     engine.disable_symbol("eval");
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| eprintln!("[debug {}:{}] {s}", src.unwrap_or("script"), pos));
-    data::register(&mut engine, &ctx);
-    frame::register(&mut engine, &ctx);
-    train::register(&mut engine, &ctx);
-    teacher::register(&mut engine, &ctx);
-    experiment::register(&mut engine, &ctx);
+    register_types(&mut engine);
+    for b in SECTIONS {
+        (b.register)(&mut engine, &ctx);
+    }
     engine
 }
+
+/// The script-visible names of cotlab's types (`type_of`, errors, signatures), registered before
+/// any function so every signature names them.
+pub(crate) fn register_types(engine: &mut Engine) {
+    engine.register_type_with_name::<crate::data::Dataset>("Dataset");
+    engine.register_type_with_name::<crate::data::Corpus>("Corpus");
+    engine.register_type_with_name::<crate::results::Frame>("DataFrame");
+    engine.register_type_with_name::<frame::ExprW>("Expr");
+    engine.register_type_with_name::<frame::GroupBy>("GroupBy");
+    engine.register_type_with_name::<crate::results::Chart>("Chart");
+    engine.register_type_with_name::<train::StudentH>("Student");
+    engine.register_type_with_name::<teacher::TeacherH>("Teacher");
+    engine.register_type_with_name::<teacher::AskH>("TeacherRun");
+}
+
+/// A binding module: what it registers, and its section of the API reference ([`docs`]).
+pub(crate) struct Binding {
+    pub title: &'static str,
+    pub intro: &'static str,
+    pub register: fn(&mut Engine, &Context),
+}
+
+/// Every binding module, in registration order; each is a section of the API reference.
+pub(crate) const SECTIONS: &[Binding] = &[
+    Binding { title: "Script parameters", intro: params::INTRO, register: params::register },
+    Binding { title: "Data, CoT structure, answers, contamination and scoring", intro: data::INTRO, register: data::register },
+    Binding { title: "DataFrames (polars), expressions and charts (plotly)", intro: frame::INTRO, register: frame::register },
+    Binding { title: "Students, training, generation and evaluation", intro: train::INTRO, register: train::register },
+    Binding { title: "Teachers", intro: teacher::INTRO, register: teacher::register },
+    Binding { title: "Sweeps, results and corpora as values", intro: experiment::INTRO, register: experiment::register },
+    Binding { title: "Builtins that check the memory ceiling", intro: limits::INTRO, register: |e, ctx| limits::register(e, ctx.max_memory) },
+];
 
 /// Turn a library error into a Rhai runtime error (Rhai adds the script position).
 pub(crate) fn rt(e: Error) -> Box<EvalAltResult> {
@@ -211,10 +247,23 @@ fn note_params(msg: String, params: &[(String, Dynamic)]) -> String {
     }
 }
 
-/// Run a script file. `params` become both variables and the `params` map.
+/// Run a script file with its `--set` values. A script that declares parameters (`param(...)`,
+/// see [`params`]) gets each declared value typed by its default, and an undeclared key is an
+/// error before it runs; one that declares none gets every key as a variable and an entry of
+/// the `params` map, typed by its look ([`parse_param`]).
 pub struct Runner {
     pub ctx: Context,
-    pub params: Vec<(String, Dynamic)>,
+    /// `--set KEY=VALUE` pairs, as given.
+    pub params: Vec<(String, String)>,
+}
+
+/// A compiled script with its parameter values resolved.
+struct Prepared {
+    engine: Engine,
+    ast: AST,
+    scope: Scope<'static>,
+    /// The `--set` values as the script sees them, for notes on type errors.
+    set: Vec<(String, Dynamic)>,
 }
 
 impl Runner {
@@ -223,39 +272,101 @@ impl Runner {
     }
 
     pub fn compile(&self, engine: &Engine, file: &Path) -> Result<AST> {
-        let name = file.display().to_string();
-        let src = crate::paths::read_text(file)?;
-        engine.compile(&src).map_err(|e| {
-            let err: EvalAltResult = e.into();
-            Error::Script(format_error(&name, &err))
-        })
+        compile(engine, &file.display().to_string(), &crate::paths::read_text(file)?)
     }
 
-    fn scope(&self) -> Scope<'static> {
+    /// Compile `src`, read its declarations, check and type the `--set` values, and build the
+    /// engine and scope that give them to the script.
+    fn prepare(&self, name: &str, src: &str) -> Result<Prepared> {
+        let ast = compile(&parser(), name, src)?;
+        let declared = params::declarations(&ast, name)?;
+        let mut ctx = self.ctx.clone();
         let mut scope = Scope::new();
-        let mut map = Map::new();
-        for (k, v) in &self.params {
-            map.insert(k.as_str().into(), v.clone());
-            scope.push_dynamic(k.clone(), v.clone());
-        }
-        scope.push_constant("params", map);
-        scope
+        let set = if declared.is_empty() {
+            let set: Vec<(String, Dynamic)> = self.params.iter().map(|(k, v)| (k.clone(), parse_param(v))).collect();
+            let mut map = Map::new();
+            for (k, v) in &set {
+                map.insert(k.as_str().into(), v.clone());
+                scope.push_dynamic(k.clone(), v.clone());
+            }
+            scope.push_constant("params", map);
+            set
+        } else {
+            let set = params::typed_values(name, &declared, &self.params)?;
+            ctx.params = params::values(&declared, &set);
+            scope.push_constant("params", ctx.params.clone());
+            set
+        };
+        Ok(Prepared { engine: engine(ctx), ast, scope, set })
     }
 
     /// Evaluate source text (notebooks, tests). `name` is used in error messages.
     pub fn eval(&self, name: &str, src: &str) -> Result<Dynamic> {
-        let engine = engine(self.ctx.clone());
-        let mut scope = self.scope();
-        engine.eval_with_scope::<Dynamic>(&mut scope, src).map_err(|e| Error::Script(note_params(format_error(name, &e), &self.params)))
+        let mut p = self.prepare(name, src)?;
+        let result = p.engine.eval_ast_with_scope::<Dynamic>(&mut p.scope, &p.ast);
+        // The notes on --set values read only Rhai's message, not the signatures appended after them.
+        result.map_err(|e| Error::Script(note_signatures(note_params(format_error(name, &e), &p.set), &e, &p.engine, &p.ast)))
     }
 
     pub fn run_file(&self, file: &Path) -> Result<Dynamic> {
-        let engine = engine(self.ctx.clone());
-        let ast = self.compile(&engine, file)?;
-        let mut scope = self.scope();
-        let name = file.display().to_string();
-        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| Error::Script(note_params(format_error(&name, &e), &self.params)))
+        self.eval(&file.display().to_string(), &crate::paths::read_text(file)?)
     }
+}
+
+/// An engine that only parses: the settings that change what compiles, as [`engine`] has them.
+fn parser() -> Engine {
+    let mut e = Engine::new_raw();
+    e.set_max_expr_depths(128, 64);
+    e.set_max_modules(0);
+    e.disable_symbol("eval");
+    e
+}
+
+fn compile(engine: &Engine, name: &str, src: &str) -> Result<AST> {
+    engine.compile(src).map_err(|e| {
+        let err: EvalAltResult = e.into();
+        Error::Script(format_error(name, &err))
+    })
+}
+
+/// A script's declared parameters, read without running it (`cotlab run SCRIPT --help`).
+pub fn declared_params(file: &Path) -> Result<Vec<params::Param>> {
+    let name = file.display().to_string();
+    params::declarations(&compile(&parser(), &name, &crate::paths::read_text(file)?)?, &name)
+}
+
+/// Check `--set` pairs against a script's declarations before any work: an undeclared key or a
+/// value not of its default's type is an error. A script that declares none takes any key.
+pub fn check_params(file: &Path, set: &[(String, String)]) -> Result<()> {
+    let declared = declared_params(file)?;
+    if !declared.is_empty() {
+        params::typed_values(&file.display().to_string(), &declared, set)?;
+    }
+    Ok(())
+}
+
+/// `cotlab run SCRIPT --help`: the script's parameters, name, type, default and help.
+pub fn params_help(file: &Path) -> Result<String> {
+    Ok(params::help(&file.display().to_string(), &declared_params(file)?))
+}
+
+/// Append, to a "Function not found" error, the signatures that do exist under that name
+/// (cotlab's, Rhai's and the script's own), so a wrong call says what would be right.
+fn note_signatures(msg: String, err: &EvalAltResult, engine: &Engine, ast: &AST) -> String {
+    let mut inner = err;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, e, _) = inner {
+        inner = e;
+    }
+    let EvalAltResult::ErrorFunctionNotFound(sig, _) = inner else { return msg };
+    let name = sig.split(" (").next().unwrap_or(sig).trim();
+    let native = docs::signatures_of(engine, name);
+    let documented = if native.is_empty() { String::new() } else { format!("\n(`cotlab functions {name}` documents it)") };
+    let mut sigs = native;
+    sigs.extend(ast.iter_functions().filter(|f| f.name == name).map(|f| format!("{}({})", f.name, f.params.join(", "))));
+    if sigs.is_empty() {
+        return format!("{msg}\nnote: no function is named `{name}` (`cotlab functions` lists the script API)");
+    }
+    format!("{msg}\nnote: `{name}` takes:\n  {}{documented}", sigs.join("\n  "))
 }
 
 /// Default output dir for a script: `out/<script stem>`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use rhai::{Engine, Map};
 
 use super::train::{take_str, StudentH};
+use super::docs::{def, get};
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, Dataset};
 use crate::lab::TeacherSpec;
@@ -25,12 +26,72 @@ fn no_more(opts: &Map, what: &str, known: &str) -> RhaiResult<()> {
     }
 }
 
+pub(super) const INTRO: &str = "What the options mean, the prompts, one-shot exemplars, retries and the request cache: \
+[teachers.md](teachers.md). `cache` (`openai`, `local`, a student): a run name, i.e. a file under the runs dir \
+(`\"caches/gpt4o.jsonl\"`); default `~/.cache/cotlab/teacher-cache.jsonl`.";
+
+const TEACHER: &str = r#"A `Teacher`: what writes rationales for `t.ask(dataset, ..)`.
+
+Kinds:
+- `teacher("openai", #{...})`: any OpenAI-compatible chat-completions endpoint; options below.
+- `teacher("local", #{model, device, cache})`: a candle model as teacher (offline): `model` a
+  student spec (default `"default"`), `device` as `student`.
+- `teacher("replay", #{dataset, teacher})`: the release's rationales for the asked level/format,
+  matched by question: `dataset` (required), `teacher` (default `gpt-4o`); nothing is cached.
+- `teacher(student, #{cache})`: a loaded `Student` as teacher.
+
+`teacher("openai")` options:
+
+| option | default | range / values |
+|---|---|---|
+| `base_url` | `"https://api.openai.com/v1"` | the endpoint |
+| `model` | `"gpt-4o"` | the model name the endpoint serves |
+| `api_key_env` | none: `OPENAI_API_KEY` for api.openai.com only, no key elsewhere | the name of the environment variable holding the key (it must be set) |
+| `allow_insecure_key` | false | send the key over plain http to a non-loopback host |
+| `concurrency` | 4 | `1..=256` requests in flight |
+| `timeout_s` | 60 | `0.001..=86400`: one attempt as a whole, slow answers included |
+| `max_retries` | 5 | `0..=100` |
+| `backoff_s` | 1 | `0..=3600`: the first wait, doubling each retry (capped at `max_wait_s`) |
+| `max_wait_s` | 60 | `0..=3600`: the longest wait between attempts, Retry-After (seconds or an HTTP date) included |
+| `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens, for `cost_usd` |
+| `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |
+
+```rhai
+let t = teacher("openai", #{ model: "gpt-4o-mini", concurrency: 8, cache: "caches/mini.jsonl" });
+let r = teacher("replay", #{ dataset: "svamp" });
+```"#;
+
+const ASK: &str = r#"Ask the teacher for one rationale per question and sample of a dataset: a `TeacherRun`.
+
+Options:
+
+| option | default | range / values |
+|---|---|---|
+| `level` | required (none for answer-only) | 1–6 |
+| `format` | `"plain"` | `plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only` |
+| `with_gold` | false | give the teacher the gold answer (rationalisation) |
+| `n` | 1 | `1..=10000` samples per question |
+| `keep_correct` | false | drop rationales whose extracted answer is not gold |
+| `seed` | 0 | |
+| `temperature` | 0 | `0..=100` |
+| `top_p` | 1 | `1e-9..=1` |
+| `max_tokens` | 512 | `1..=1000000` |
+| `shots` | 0 | `0..=1`: one worked example from the release before each question |
+
+```rhai
+let run = t.ask(dataset("svamp", #{ limit: 20 }), #{ level: 3, format: "sym", keep_correct: true });
+print(run);   // TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)
+let c = run.corpus();
+```"#;
+
+fn run_count(engine: &mut Engine, prop: &str, what: &str, f: fn(&AskReport) -> i64) {
+    get(engine, "run", prop, &format!("{what}\n\n```rhai\nprint(run.{prop});\n```"), move |r: &mut AskH| f(&r.0));
+}
+
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
-    engine.register_type_with_name::<TeacherH>("Teacher");
-    engine.register_type_with_name::<AskH>("TeacherRun");
     let ws = ctx.workspace();
     let w = ws.clone();
-    engine.register_fn("teacher", move |kind: &str, opts: Map| -> RhaiResult<TeacherH> {
+    def(engine, "teacher", ["kind", "opts"], TEACHER, move |kind: &str, opts: Map| -> RhaiResult<TeacherH> {
         let mut opts = opts;
         let what = format!("teacher(\"{kind}\")");
         let spec = match kind {
@@ -56,7 +117,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Ok(TeacherH(Arc::new(w.teacher(spec).map_err(rt)?)))
     });
     let w = ws.clone();
-    engine.register_fn("teacher", move |s: &mut StudentH, opts: Map| -> RhaiResult<TeacherH> {
+    def(engine, "teacher", ["student", "opts"], TEACHER, move |s: &mut StudentH, opts: Map| -> RhaiResult<TeacherH> {
         // A loaded student as a local teacher.
         let mut opts = opts;
         let cache = take_str(&mut opts, "cache", "teacher(student)")?;
@@ -64,22 +125,30 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Ok(TeacherH(Arc::new(w.student_teacher(s.0.clone(), cache.as_deref()).map_err(rt)?)))
     });
     let w = ws.clone();
-    engine.register_fn("ask", move |t: &mut TeacherH, ds: Dataset, opts: Map| -> RhaiResult<AskH> {
+    def(engine, "ask", ["t", "dataset", "opts"], ASK, move |t: &mut TeacherH, ds: Dataset, opts: Map| -> RhaiResult<AskH> {
         let o: AskOptions = options(opts)?;
         Ok(AskH(Arc::new(t.0.ask_with(&ds, &o, Some(&w.data_dir)).map_err(rt)?), ds))
     });
-    engine.register_fn("to_string", |t: &mut TeacherH| format!("Teacher({} {})", t.0.kind, t.0.model));
-    engine.register_get("requests", |r: &mut AskH| r.0.requests as i64);
-    engine.register_get("cache_hits", |r: &mut AskH| r.0.cache_hits as i64);
-    engine.register_get("failed", |r: &mut AskH| r.0.failed as i64);
-    engine.register_get("dropped", |r: &mut AskH| r.0.dropped as i64);
-    engine.register_get("prompt_tokens", |r: &mut AskH| r.0.prompt_tokens as i64);
-    engine.register_get("completion_tokens", |r: &mut AskH| r.0.completion_tokens as i64);
-    engine.register_get("cost_usd", |r: &mut AskH| r.0.cost_usd);
-    engine.register_fn("len", |r: &mut AskH| r.0.rows.len() as i64);
-    engine.register_fn("df", |r: &mut AskH| -> RhaiResult<Frame> { r.0.frame().map_err(rt) });
-    engine.register_fn("corpus", |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) });
-    engine.register_fn("to_string", |r: &mut AskH| {
+    def(engine, "to_string", ["t"], "A short summary, `Teacher(<kind> <model>)`.\n\n```rhai\nprint(teacher(\"replay\", #{ dataset: \"svamp\" }));\n```", |t: &mut TeacherH| {
+        format!("Teacher({} {})", t.0.kind, t.0.model)
+    });
+    run_count(engine, "requests", "Requests sent.", |r| r.requests as i64);
+    run_count(engine, "cache_hits", "Answers that came from the cache.", |r| r.cache_hits as i64);
+    run_count(engine, "failed", "Requests that failed (after retries); their rows carry `error` in `run.df()`.", |r| r.failed as i64);
+    run_count(engine, "dropped", "Rationales dropped by `keep_correct`.", |r| r.dropped as i64);
+    run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported.", |r| r.prompt_tokens as i64);
+    run_count(engine, "completion_tokens", "Completion tokens the endpoint reported.", |r| r.completion_tokens as i64);
+    get(engine, "run", "cost_usd", "The estimated cost in USD (from the teacher's `price_in`/`price_out`).\n\n```rhai\nprint(run.cost_usd);\n```", |r: &mut AskH| r.0.cost_usd);
+    def(engine, "len", ["run"], "The number of rationales the run kept.\n\n```rhai\nprint(run.len());\n```", |r: &mut AskH| r.0.rows.len() as i64);
+    def(
+        engine,
+        "df",
+        ["run"],
+        "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
+        |r: &mut AskH| -> RhaiResult<Frame> { r.0.frame().map_err(rt) },
+    );
+    def(engine, "corpus", ["run"], "The rationales as a `Corpus` (for `sft`).\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```", |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) });
+    def(engine, "to_string", ["run"], "A short summary, `TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)`.\n\n```rhai\nprint(run);\n```", |r: &mut AskH| {
         format!("TeacherRun({} rationales, {} requests, {} cached, {} failed)", r.0.rows.len(), r.0.requests, r.0.cache_hits, r.0.failed)
     });
 }

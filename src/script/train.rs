@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, Map};
 
+use super::docs::{def, get};
 use super::{options, rt, Context, RhaiResult};
 use crate::data::Corpus;
 use crate::lab::StudentOptions;
@@ -25,27 +26,141 @@ pub(super) fn take_str(m: &mut Map, key: &str, what: &str) -> RhaiResult<Option<
     }
 }
 
+pub(super) const INTRO: &str = "Model specs, families and devices: `student`. What the training options do: \
+[training.md](training.md); what the evaluation defaults reproduce: [evaluation.md](evaluation.md).";
+
+const STUDENT: &str = r#"Load a student model, as a `Student`.
+
+`spec`: `"default"` (SmolLM2-135M-Instruct from `scripts/setup.sh`), a Llama-architecture
+`.gguf` file, a Hugging Face model dir (config.json, *.safetensors, tokenizer.json), a training
+run (its dir, or its name under the runs dir: the last checkpoint on the run's base model), or
+`hf:ORG/NAME[@rev]` (downloaded into the HF cache; needs internet). The same specs work for
+`cotlab eval --model`, `cotlab export --model`, the benches and `teacher("local", #{model})`.
+Families: Llama (incl. Llama-3.x rope scaling), SmolLM2, Mistral, Qwen2/2.5, Gemma, BLOOM, each
+checked against transformers in `tests/hf_families.rs`.
+
+Options: `device`: `cpu` (default), `cuda`, `cuda:N`, `auto` (CUDA needs a build with
+`scripts/build_cuda.sh`: [cuda.md](cuda.md)). `dtype`: `auto` (default: bf16 on CUDA, f32 on
+the CPU), `bf16` or `f32`; weights and optimizer state stay f32. `template`: `chatml`, `llama3`,
+`gemma` or `alpaca` instead of the model's own (the paper: alpaca for BLOOM, llama3 for Llama,
+gemma for Gemma); a model that declares no chat template of a known family (a base checkpoint)
+is an error naming these, never a silent guess. A training run records its template and is
+reloaded with it.
+
+```rhai
+let s = student("default");
+let g = student("hf:google/gemma-2b", #{ device: "cuda", dtype: "bf16", template: "gemma" });
+```"#;
+
+const SFT: &str = r#"Fine-tune `s` in place on the corpus's (question, rationale) pairs, in `runs/<run>/`.
+
+`run` (a run name) is required; the same call again resumes. A curriculum corpus (`c.order(..)`)
+trains in its order, unshuffled; each invocation appends its build, seed and model SHA-256 to
+`provenance.jsonl`. `stop_after` (≥ 1): end this invocation after that many steps (not part of
+the run's identity). Returns `#{run_dir, steps, total_steps, resumed_from, examples, truncated,
+dropped, truncation, losses, first_loss, last_loss, tokens_per_s, seconds}`.
+
+Options (defaults: the paper's recipe; [training.md](training.md) says what each does):
+
+| option | default | range / values |
+|---|---|---|
+| `preset` | `"paper"` | `paper` (the only recipe; named for clarity) |
+| `epochs` | 3 | `0.000001..=1000` |
+| `max_steps` | none (from `epochs`) | `1..=10000000`; overrides `epochs` |
+| `lr` | 5e-5 | `1e-12..=1` |
+| `schedule` | `"cosine"` | `cosine`, `linear`, `constant` (after warm-up) |
+| `warmup_steps` | 0 | `0..=10000000` |
+| `batch_size` | 4 (micro-batch) | `1..=4096` |
+| `grad_accum` | 16 (global batch 64) | `1..=65536` |
+| `max_len` | 4096 (the paper's cut-off) | `8..=131072` tokens, prompt + response |
+| `max_grad_norm` | 1.0 | `0..=1000000` |
+| `weight_decay` | 0 | `0..=1` |
+| `seed` | 100 (the paper's) | any |
+| `group_by_length` | false | batch examples of similar length together |
+| `save_every` | 50 | `1..=10000000` steps (and always at the end) |
+| `lora` | none (full fine-tuning) | `#{r: 8, alpha: 16, dropout: 0.05, targets: ["q_proj", "v_proj"]}`, each key optional with these defaults; `r` `1..=4096`, `alpha` `0.000001..=1000000`, `dropout` `0..=0.99`, `targets`: module names as in PEFT, for Llama, Qwen2 and Gemma `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; for BLOOM `query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h` (give `targets` there: the default names Llama's modules) |
+| `pack` | true | pack each micro-batch into as few rows as fit ([training.md](training.md#options)) |
+| `shuffle` | true | shuffle the examples each epoch (seeded); `sft` turns it off for an ordered corpus |
+
+```rhai
+let s = student("default");
+let r = sft(s, rationales("svamp", #{ level: 3 }), #{ run: "svamp-l3", max_steps: 60, lr: 3e-4, batch_size: 4, grad_accum: 1 });
+print(r.last_loss);
+```"#;
+
+const GENERATE: &str = r#"Generate an answer to one question: `#{text, tokens, finish}` (`finish`: `eos`, `stop`,
+`length`; `tokens` counts the stop token).
+
+Options:
+
+| option | default | range / values |
+|---|---|---|
+| `max_new_tokens` | 320 | `1..=1000000` |
+| `temperature` | 0 (greedy) | `0..=100` |
+| `top_p` | 1 | `1e-9..=1` |
+| `seed` | 0 | the per-prompt sampling stream |
+| `stop` | `[]` | extra stop strings (EOS and the template's end marker always stop) |
+| `ignore_eos` | false | decode exactly `max_new_tokens` (benchmarks) |
+| `beams` | 1 | `1..=16`: beam search of that width ([evaluation.md](evaluation.md#beam-search)); `temperature > 0` with `beams > 1` is an error |
+| `decode_weights` | `"auto"` | `auto`, `f32`, `bf16`, `q8_0`, `q4_1`: the weights decoding reads ([evaluation.md](evaluation.md#decoding-weights)) |
+
+```rhai
+let g = generate(student("default"), "What is 2 + 3?", #{ max_new_tokens: 64 });
+print(g.text);
+```"#;
+
+const EVALUATE: &str = r#"Zero-shot evaluation of `s` on a dataset, in `runs/<name>/`.
+
+`name`: the eval dir's run name (default `eval-<task>-<split>-<model>`, plus `-n<N>-s<seed>` for
+a subset, the same rule as `cotlab eval`; a run's model is the run dir's name, so a trained
+student never resumes into its base model's eval). Returns `#{task, split, model, n, correct,
+accuracy, ci95_low, ci95_high, unparsed, mean_tokens, generated_now, seconds, eval_dir, protocol,
+accuracy_paper, accuracy_lenient, max_new_tokens, prompt_template, options}`. What the defaults
+reproduce: [evaluation.md](evaluation.md).
+
+Options:
+
+| option | default | range / values |
+|---|---|---|
+| `batch_size` | 8 | `1..=4096` prompts in flight |
+| `max_new_tokens` | the paper's: 1024 for math, 640 for commonsense | as `generate` |
+| `temperature`, `top_p`, `seed` | 0, 1, 0 | as `generate` |
+| `protocol` | `"paper"` | `paper`, `lenient` ([scoring.md](scoring.md)) |
+| `prompt` | `"paper"` | `paper` (the paper evaluator's prompt), `train` (the training template's) |
+| `beams` | the paper's: 5 for `csqa`, `obqa`, `strategyqa`; 1 otherwise | `1..=16` |
+| `decode_weights` | `"auto"` | as `generate`; a non-default value is part of the eval dir's identity |
+
+```rhai
+let r = evaluate(student("default"), dataset("svamp", #{ limit: 60, seed: 1 }), #{ name: "eval-before", max_new_tokens: 128 });
+print(`${r.accuracy} (${r.ci95_low}..${r.ci95_high})`);
+```"#;
+
+const SHOW: &str = "A short summary: `Student(<name>, 134.5M params, chatml)`.\n\n```rhai\nprint(student(\"default\"));\n```";
+
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
-    engine.register_type_with_name::<StudentH>("Student");
     let ws = ctx.workspace();
     let w = ws.clone();
-    engine.register_fn("student", move |spec: &str| -> RhaiResult<StudentH> {
+    def(engine, "student", ["spec"], STUDENT, move |spec: &str| -> RhaiResult<StudentH> {
         Ok(StudentH(Arc::new(w.student(spec, &StudentOptions::default()).map_err(rt)?)))
     });
     let w = ws.clone();
-    engine.register_fn("student", move |spec: &str, opts: Map| -> RhaiResult<StudentH> {
+    def(engine, "student", ["spec", "opts"], STUDENT, move |spec: &str, opts: Map| -> RhaiResult<StudentH> {
         Ok(StudentH(Arc::new(w.student(spec, &options(opts)?).map_err(rt)?)))
     });
-    engine.register_get("name", |s: &mut StudentH| s.0.name.clone());
-    engine.register_get("num_params", |s: &mut StudentH| s.0.model.num_params() as i64);
-    engine.register_get("template", |s: &mut StudentH| s.0.template.name().to_string());
-    engine.register_get("family", |s: &mut StudentH| s.0.config.family.name().to_string());
+    get(engine, "s", "name", "The model's name (the spec's model, or the run it was trained in).\n\n```rhai\nprint(student(\"default\").name);\n```", |s: &mut StudentH| s.0.name.clone());
+    get(engine, "s", "num_params", "The number of parameters.\n\n```rhai\nprint(student(\"default\").num_params);\n```", |s: &mut StudentH| s.0.model.num_params() as i64);
+    get(engine, "s", "template", "The chat template: `chatml`, `llama3`, `gemma` or `alpaca` (read from the model or given).\n\n```rhai\nprint(student(\"default\").template);   // chatml\n```", |s: &mut StudentH| {
+        s.0.template.name().to_string()
+    });
+    get(engine, "s", "family", "The architecture family: `llama`, `qwen2`, `gemma`, `bloom`.\n\n```rhai\nprint(student(\"default\").family);   // llama\n```", |s: &mut StudentH| {
+        s.0.config.family.name().to_string()
+    });
     let show = |s: &mut StudentH| format!("Student({}, {:.1}M params, {})", s.0.name, s.0.model.num_params() as f64 / 1e6, s.0.template.name());
-    engine.register_fn("to_string", show);
-    engine.register_fn("to_debug", show);
+    def(engine, "to_string", ["s"], SHOW, show);
+    def(engine, "to_debug", ["s"], SHOW, show);
 
     let w = ws.clone();
-    engine.register_fn("sft", move |s: &mut StudentH, corpus: Corpus, opts: Map| -> RhaiResult<Dynamic> {
+    def(engine, "sft", ["s", "corpus", "opts"], SFT, move |s: &mut StudentH, corpus: Corpus, opts: Map| -> RhaiResult<Dynamic> {
         let mut opts = opts;
         let name = take_str(&mut opts, "run", "sft")?
             .ok_or_else(|| rt(usage!("sft: give the run a name: #{{run: \"svamp-l3\", ...}} (its dir is runs/<name>)")))?;
@@ -63,28 +178,34 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
 
     let w = ws.clone();
-    engine.register_fn("evaluate", move |s: &mut StudentH, ds: crate::data::Dataset, opts: Map| -> RhaiResult<Dynamic> {
+    def(engine, "evaluate", ["s", "dataset", "opts"], EVALUATE, move |s: &mut StudentH, ds: crate::data::Dataset, opts: Map| -> RhaiResult<Dynamic> {
         let mut opts = opts;
         let name = take_str(&mut opts, "name", "evaluate")?;
         let o: crate::eval::run::EvalOptions = options(opts)?;
         let dir = w.eval_dir(name.as_deref(), &ds, &s.0).map_err(rt)?;
         rhai::serde::to_dynamic(crate::eval::run::evaluate(&s.0, &ds, &o, &dir).map_err(rt)?)
     });
-    engine.register_fn("generate", |s: &mut StudentH, question: &str, opts: Map| -> RhaiResult<Dynamic> {
+    def(engine, "generate", ["s", "question", "opts"], GENERATE, |s: &mut StudentH, question: &str, opts: Map| -> RhaiResult<Dynamic> {
         let o: crate::model::generate::GenOptions = options(opts)?;
         let g = crate::model::generate::generate(&s.0, &[question.to_string()], &o).map_err(rt)?;
         rhai::serde::to_dynamic(&g[0])
     });
 
     let w = ws.clone();
-    engine.register_fn("export_model", move |run: &str, name: &str| -> RhaiResult<String> {
-        let run_dir = w.find_run(run).map_err(rt)?;
-        let Some(o) = &w.out else {
-            return Err(rt(usage!("export_model needs an output dir: run with `cotlab run --out DIR`")));
-        };
-        // Written into the staging area; published to OUT/<name> when the script succeeds.
-        let target = o.path_for(name).map_err(rt)?;
-        export_run(&run_dir, &target).map_err(rt)?;
-        Ok(o.root().join(name).display().to_string())
-    });
+    def(
+        engine,
+        "export_model",
+        ["run", "name"],
+        "A run's last checkpoint (a run dir, or a name under the runs dir) as a Hugging Face dir `name` in the output dir (PEFT adapters for LoRA runs); returns its path. Written when the script succeeds.\n\n```rhai\nlet dir = export_model(\"svamp-l3\", \"svamp-l3-hf\");\n```",
+        move |run: &str, name: &str| -> RhaiResult<String> {
+            let run_dir = w.find_run(run).map_err(rt)?;
+            let Some(o) = &w.out else {
+                return Err(rt(usage!("export_model needs an output dir: run with `cotlab run --out DIR`")));
+            };
+            // Written into the staging area; published to OUT/<name> when the script succeeds.
+            let target = o.path_for(name).map_err(rt)?;
+            export_run(&run_dir, &target).map_err(rt)?;
+            Ok(o.root().join(name).display().to_string())
+        },
+    );
 }
