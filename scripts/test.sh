@@ -18,6 +18,8 @@ fi
 SECONDS=0
 ./scripts/setup.sh --torch
 echo "setup: ${SECONDS} s" >&2
+# Formatting is mechanical (rustfmt.toml): a diff fails the run before anything is built.
+cargo fmt --check || { echo "error: cargo fmt --check found unformatted code: run cargo fmt" >&2; exit 1; }
 SECONDS=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -68,10 +68,8 @@ impl AnswerKind {
 pub const TRIGGER: &str = "the answer is";
 
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"-?\d+(?:/\d+|\.\d+)?").unwrap());
-static CHOICE_AFTER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
-static CHOICE_BARE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
+static CHOICE_AFTER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
+static CHOICE_BARE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
 static BOOL_WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(true|false|yes|no)\b").unwrap());
 
 /// Numeric tolerance per answer kind. Integers and decimals from word problems compare with a
@@ -126,7 +124,11 @@ pub fn extract_answer(text: &str, kind: AnswerKind) -> Option<String> {
             } else {
                 CHOICE_BARE.captures_iter(segment).map(|c| c[1].to_string()).collect()
             };
-            if found { caps.into_iter().next() } else { caps.into_iter().last() }
+            if found {
+                caps.into_iter().next()
+            } else {
+                caps.into_iter().last()
+            }
         }
         AnswerKind::Bool => {
             let words: Vec<&str> = BOOL_WORD.find_iter(segment).map(|m| m.as_str()).collect();

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use cotlab::data::DataDir;
-use cotlab::{Error, Result};
 use cotlab::experiment::plan::JobInputs;
+use cotlab::{Error, Result};
 
 #[derive(Parser)]
 #[command(

@@ -74,18 +74,13 @@ pub fn ensure_identity(path: &Path, config: &Value, holds: &str) -> Result<Ident
         }
         _ => crate::paths::read_text(path)?,
     };
-    let old: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::data(path, format!("not valid JSON ({e}): delete {} to start over", dir.display())))?;
+    let old: Value = serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not valid JSON ({e}): delete {} to start over", dir.display())))?;
     if &old == config {
         return Ok(Identity::Same);
     }
     let mut diffs = Vec::new();
     diff_keys("", &old, config, &mut diffs);
-    Err(Error::usage(format!(
-        "{} holds {holds} ({}): choose another name or delete the dir",
-        dir.display(),
-        diffs.join("; ")
-    )))
+    Err(Error::usage(format!("{} holds {holds} ({}): choose another name or delete the dir", dir.display(), diffs.join("; "))))
 }
 
 /// Collect `key: old -> new` for every leaf that differs, with dotted paths into nested objects
@@ -223,7 +218,6 @@ fn ends_with_newline(file: &File) -> std::io::Result<bool> {
     Ok(last[0] == b'\n')
 }
 
-
 /// Parse every line of `path` (absent = empty), returning each record with its line (newline
 /// included). Torn lines are skipped with a note; any other bad line is an error. Reads only.
 fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<(Vec<u8>, T)>> {
@@ -244,10 +238,7 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<(Vec<u8>, T)>> {
             Ok(r) => out.push(([body, b"\n"].concat(), r)),
             Err(_) if is_cut_off(body) => torn.push((i + 1).to_string()),
             Err(err) => {
-                return Err(Error::data(
-                    path,
-                    format!("line {}: {err}: a crash only cuts a line short, it never garbles one; fix or delete this line", i + 1),
-                ))
+                return Err(Error::data(path, format!("line {}: {err}: a crash only cuts a line short, it never garbles one; fix or delete this line", i + 1)))
             }
         }
     }

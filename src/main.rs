@@ -150,7 +150,8 @@ fn eval(c: EvalCmd) -> Result<()> {
     let ws = trusted(c.data_dir, c.runs);
     let ds = load_dataset(&ws.data_dir, &c.task, &DatasetOptions { split: c.split, limit: c.limit, seed: c.limit.map(|_| c.seed), ..Default::default() })?;
     let student = ws.student(&c.model, &StudentOptions { template: c.template, ..Default::default() })?;
-    let opts = EvalOptions { batch_size: c.batch_size, max_new_tokens: c.max_new_tokens, beams: c.beams, protocol, prompt, decode_weights, ..Default::default() };
+    let opts =
+        EvalOptions { batch_size: c.batch_size, max_new_tokens: c.max_new_tokens, beams: c.beams, protocol, prompt, decode_weights, ..Default::default() };
     let eval_dir = match c.out {
         Some(o) => o,
         None => ws.eval_dir(None, &ds, &student)?,
@@ -375,8 +376,9 @@ fn learn_sweeps(inputs: &JobInputs, params: Vec<(String, String)>) -> Result<Vec
     let scratch = plan::Scratch::new()?;
     let ctx = script_context(&plan_args, Arc::new(OutputDir::create(scratch.0.join("out"))?), SweepMode::Collect)?;
     let runner = Runner { ctx: ctx.clone(), params };
-    run_script(&runner, &inputs.script)
-        .map_err(|e| Error::Script(format!("{e}\nnote: `cotlab sweep` runs the script once with no sweep point running, to learn its sweeps; it must get through that")))?;
+    run_script(&runner, &inputs.script).map_err(|e| {
+        Error::Script(format!("{e}\nnote: `cotlab sweep` runs the script once with no sweep point running, to learn its sweeps; it must get through that"))
+    })?;
     let called = ctx.sweeps.called();
     if called.is_empty() {
         return Err(Error::usage(format!("{} calls no sweep(): there are no points to plan or submit", inputs.script.display())));

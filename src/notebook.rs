@@ -116,7 +116,10 @@ pub enum Value {
     Table(Table),
     Chart(Chart),
     /// Numbers, strings, arrays, maps…: as JSON (for Rust cells) and as Rhai prints them.
-    Data { json: serde_json::Value, text: String },
+    Data {
+        json: serde_json::Value,
+        text: String,
+    },
     /// The cell failed: `cell 3:2:14: reason`.
     Error(String),
 }

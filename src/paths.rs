@@ -184,10 +184,7 @@ pub fn open_regular(p: &Path) -> Result<(File, u64)> {
 pub fn read_bytes(p: &Path) -> Result<Vec<u8>> {
     let (f, len) = open_regular(p)?;
     if len > MAX_READ_BYTES {
-        return Err(Error::data(
-            p,
-            format!("is {len} bytes, more than cotlab reads into memory ({MAX_READ_BYTES} bytes): split it or give a smaller file"),
-        ));
+        return Err(Error::data(p, format!("is {len} bytes, more than cotlab reads into memory ({MAX_READ_BYTES} bytes): split it or give a smaller file")));
     }
     let mut buf = Vec::with_capacity(len as usize);
     f.take(len).read_to_end(&mut buf).map_err(|e| Error::io(p, e))?;
@@ -364,7 +361,8 @@ impl DirLock {
     pub fn take(dir: &Path, doing: &str) -> Result<DirLock> {
         ensure_dir(dir)?;
         let p = dir.join(LOCK_FILE);
-        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).custom_flags(libc::O_NOFOLLOW).open(&p).map_err(|e| open_error(&p, e))?;
+        let mut f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).custom_flags(libc::O_NOFOLLOW).open(&p).map_err(|e| open_error(&p, e))?;
         let Some(lock) = FileLock::try_exclusive(&f).map_err(|e| Error::io(&p, e))? else {
             let mut held = String::new();
             let _ = f.read_to_string(&mut held);

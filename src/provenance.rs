@@ -67,11 +67,8 @@ static CACHE: Mutex<Option<HashMap<(PathBuf, u64, SystemTime), String>>> = Mutex
 pub fn hash_file(path: &Path) -> Result<FileHash> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
         entries.sort();
         let mut h = Sha256::new();
         let mut bytes = 0;

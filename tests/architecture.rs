@@ -89,9 +89,7 @@ fn code_only(src: &str) -> String {
                 blank(&mut out, i, j);
                 i = j;
             }
-            b'r' if (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#'))
-                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
-            {
+            b'r' if (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#')) && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) => {
                 let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
                 if b.get(i + 1 + hashes) != Some(&b'"') {
                     i += 1;
@@ -250,10 +248,7 @@ fn the_reference_scanner_sees_groups_and_ignores_comments_and_strings() {
     let code = code_only(
         "use crate::{data::{A, B}, eval::x, self};\n// crate::results\nlet s = \"crate::model\";\nlet c = '\"'; crate::teacher::f();\nmacro_rules! m { () => { $crate::error::E } }\n",
     );
-    let names: Vec<(usize, String)> = crate_refs(&code)
-        .into_iter()
-        .map(|(at, n)| (code[..at].matches('\n').count() + 1, n))
-        .collect();
+    let names: Vec<(usize, String)> = crate_refs(&code).into_iter().map(|(at, n)| (code[..at].matches('\n').count() + 1, n)).collect();
     let want = [(1, "data"), (1, "eval"), (4, "teacher")];
     assert_eq!(names, want.map(|(l, n)| (l, n.to_string())));
 }
@@ -293,9 +288,7 @@ fn the_documented_layer_tables_match_layers() {
             break;
         }
     }
-    let linked: Vec<Vec<String>> = items
-        .iter()
-        .map(|i| i.split("[`").skip(1).filter_map(|m| m.split_once("`]").map(|(n, _)| n.to_string())).collect())
-        .collect();
+    let linked: Vec<Vec<String>> =
+        items.iter().map(|i| i.split("[`").skip(1).filter_map(|m| m.split_once("`]").map(|(n, _)| n.to_string())).collect()).collect();
     assert_eq!(linked, want[..want.len() - 1].to_vec(), "src/lib.rs's crate doc differs from LAYERS");
 }

@@ -67,12 +67,8 @@ fn unknown_names_say_what_exists() {
     let e = load_dataset(&dir, "svampp", &DatasetOptions::default()).err().unwrap().to_string();
     assert!(e.contains("unknown dataset 'svampp'") && e.contains("gsm8k"), "{e}");
     let cat = Catalog::new(dir.clone());
-    let q = |t: &str, l: Option<i64>, f: Option<&str>| RationaleQuery {
-        teacher: Some(t.into()),
-        level: l,
-        format: f.map(str::to_string),
-        ..Default::default()
-    };
+    let q =
+        |t: &str, l: Option<i64>, f: Option<&str>| RationaleQuery { teacher: Some(t.into()), level: l, format: f.map(str::to_string), ..Default::default() };
     let e = cat.rationales("svamp", &q("gpt5", Some(1), None)).err().unwrap().to_string();
     assert!(e.contains("unknown teacher 'gpt5'"), "{e}");
     let e = cat.rationales("svamp", &q("gpt-4o", Some(7), None)).err().unwrap().to_string();
@@ -225,7 +221,10 @@ fn numeric_options_are_range_checked() {
         ("generate(student(\"default\"), \"Hi\", #{ beams: 17 })", "'beams' must be in 1..=16"),
         ("generate(student(\"default\"), \"Hi\", #{ beams: 5, temperature: 0.7 })", "leave 'temperature' at 0"),
         ("evaluate(student(\"default\"), dataset(\"csqa\", #{limit: 1}), #{ beams: 0 })", "'beams' must be in 1..=16"),
-        ("teacher(\"replay\", #{ dataset: \"svamp\", teacher: \"gpt-4o\" }).ask(dataset(\"svamp\", #{limit: 1}), #{ level: 1, shots: 2 })", "'shots' must be in 0..=1"),
+        (
+            "teacher(\"replay\", #{ dataset: \"svamp\", teacher: \"gpt-4o\" }).ask(dataset(\"svamp\", #{limit: 1}), #{ level: 1, shots: 2 })",
+            "'shots' must be in 0..=1",
+        ),
         ("evaluate(student(\"default\"), dataset(\"svamp\", #{limit: 1}), #{ batch_size: 0 })", "'batch_size' must be in"),
         ("contamination([\"a b c\"], [\"a b c\"], #{ threshold: 2.0 })", "'threshold' must be in"),
         ("dataset(\"arith\", #{ n: 1000000000000 })", "'n' must be in"),
@@ -308,8 +307,11 @@ fn non_regular_inputs_are_refused_at_once() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     std::fs::create_dir_all(d.path().join("adir")).unwrap();
     let mut cases = Vec::new();
-    for (input, needle) in [(fifo.display().to_string(), "FIFO"), ("/dev/zero".into(), "a device"), (d.path().join("adir").display().to_string(), "directory")] {
-        for call in ["read_csv(\"P\")", "read_jsonl(\"P\")", "read_parquet(\"P\")", "score_predictions(\"svamp\", \"P\")", "contamination(\"P\", dataset(\"svamp\"))"] {
+    for (input, needle) in [(fifo.display().to_string(), "FIFO"), ("/dev/zero".into(), "a device"), (d.path().join("adir").display().to_string(), "directory")]
+    {
+        for call in
+            ["read_csv(\"P\")", "read_jsonl(\"P\")", "read_parquet(\"P\")", "score_predictions(\"svamp\", \"P\")", "contamination(\"P\", dataset(\"svamp\"))"]
+        {
             cases.push((call.replace('P', &input), needle));
         }
     }

@@ -83,10 +83,8 @@ fn beam_search_matches_transformers() {
 fn beam_width_one_is_greedy_on_smollm2() {
     require!(Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
-    let qs: Vec<String> = ["What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime? Answer yes or no."]
-        .iter()
-        .map(|q| q.to_string())
-        .collect();
+    let qs: Vec<String> =
+        ["What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime? Answer yes or no."].iter().map(|q| q.to_string()).collect();
     let greedy = GenOptions { max_new_tokens: 24, ..Default::default() };
     let a = generate(&s, &qs, &greedy).unwrap();
     let b = generate(&s, &qs, &GenOptions { beams: 1, ..greedy.clone() }).unwrap();
@@ -103,7 +101,9 @@ fn beam_width_one_is_greedy_on_smollm2() {
     let c = generate(&s, &qs[1..2], &cut).unwrap();
     assert!(!c[0].text.contains("apples"), "{:?}", c[0]);
     // Out-of-range and contradictory options are refused.
-    for bad in [GenOptions { beams: 0, ..greedy.clone() }, GenOptions { beams: 17, ..greedy.clone() }, GenOptions { beams: 2, temperature: 0.7, ..greedy.clone() }] {
+    for bad in
+        [GenOptions { beams: 0, ..greedy.clone() }, GenOptions { beams: 17, ..greedy.clone() }, GenOptions { beams: 2, temperature: 0.7, ..greedy.clone() }]
+    {
         assert!(generate(&s, &qs[..1], &bad).is_err(), "{bad:?}");
     }
 }
@@ -128,7 +128,10 @@ fn evaluation_defaults_to_the_papers_beam_width() {
         // The default and the same width given explicitly are one identity (resumes, no regeneration).
         let again = evaluate(&s, &ds, &EvalOptions { beams: Some(want), ..opts.clone() }, &dir).unwrap();
         assert_eq!(again.generated_now, 0);
-        assert!(evaluate(&s, &ds, &EvalOptions { beams: Some(if want == 5 { 1 } else { 5 }), ..opts.clone() }, &dir).is_err(), "another width is another evaluation");
+        assert!(
+            evaluate(&s, &ds, &EvalOptions { beams: Some(if want == 5 { 1 } else { 5 }), ..opts.clone() }, &dir).is_err(),
+            "another width is another evaluation"
+        );
     }
     // From Rhai: `beams` in generate and evaluate, range-checked.
     use cotlab::script::{Context, Runner};

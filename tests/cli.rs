@@ -10,9 +10,7 @@ fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, Str
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
-    lines
-        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
-        .collect()
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect()).collect()
 }
 
 #[test]
@@ -183,18 +181,19 @@ fn script_errors_point_at_file_line_col_and_leave_no_complete_output() {
     require!(Data, Model);
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("fails.rhai");
-    std::fs::write(
-        &script,
-        "let t = df(#{a: [1, 2, 3]});\nt.write_csv(\"partial.csv\");\nlet x = rationales(\"svamp\", #{teacher: \"gpt-4o\", level: 9});\n",
-    )
-    .unwrap();
+    std::fs::write(&script, "let t = df(#{a: [1, 2, 3]});\nt.write_csv(\"partial.csv\");\nlet x = rationales(\"svamp\", #{teacher: \"gpt-4o\", level: 9});\n")
+        .unwrap();
     let out = d.path().join("out");
     let r = run(cotlab().arg("run").arg(&script).arg("--out").arg(&out));
     assert_eq!(r.code, 1);
     let first = r.stderr.lines().next().unwrap();
     assert!(first.contains("fails.rhai:3:9:") && first.contains("level must be 1..6"), "{}", r.stderr);
     assert!(!out.join("partial.csv").exists(), "a failed run must not publish its outputs");
-    let staged = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".incomplete-")).expect("a staging dir");
+    let staged = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".incomplete-"))
+        .expect("a staging dir");
     assert!(staged.join("partial.csv").exists());
     assert!(r.stderr.contains(&staged.display().to_string()), "the error says where the files are: {}", r.stderr);
     assert!(!out.join("run.json").exists());
@@ -232,7 +231,11 @@ fn quoted_set_values_stay_text_and_type_errors_name_the_key() {
     require!(Data);
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("p.rhai");
-    std::fs::write(&script, "print(`${type_of(id)} ${id}|${type_of(n)} ${n}|${type_of(x)} ${x}|${type_of(e)} [${e}]|${type_of(t)} ${t}|${type_of(q)} ${q}`);\n").unwrap();
+    std::fs::write(
+        &script,
+        "print(`${type_of(id)} ${id}|${type_of(n)} ${n}|${type_of(x)} ${x}|${type_of(e)} [${e}]|${type_of(t)} ${t}|${type_of(q)} ${q}`);\n",
+    )
+    .unwrap();
     let sets = ["id=\"007\"", "n=007", "x=1.5", "e=\"\"", "t=\"true\"", "q=\"a=b\""];
     let mut c = cotlab();
     c.arg("run").arg(&script).arg("--out").arg(d.path().join("o"));
@@ -245,7 +248,11 @@ fn quoted_set_values_stay_text_and_type_errors_name_the_key() {
 
     for (src, set, needle) in [
         ("let y = n * 2;\n", "n=abc", "note: `n` comes from --set and is the string \"abc\""),
-        ("print(name.to_upper());\n", "name=007", "note: `name` comes from --set and is the i64 7; to pass text that looks like one, quote it: --set 'name=\"TEXT\"'"),
+        (
+            "print(name.to_upper());\n",
+            "name=007",
+            "note: `name` comes from --set and is the i64 7; to pass text that looks like one, quote it: --set 'name=\"TEXT\"'",
+        ),
         ("let c = rationales(\"arith\", #{ level: level, n: 2 });\n", "level=abc", "note: `level` comes from --set and is the string \"abc\""),
         ("let y = flag + [1];\n", "flag=true", "note: `flag` comes from --set and is the bool true"),
     ] {
@@ -322,10 +329,23 @@ fn quickstart_runs_on_embedded_data() {
     // Toy sizes (one SFT step, four questions of eight tokens): the report's shape, not learning;
     // the README has the default run's numbers.
     let tiny = [
-        "--set", "levels=1,3", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2", "--set", "max_len=96",
-        "--set", "eval_n=4", "--set", "eval_max_new_tokens=8",
+        "--set",
+        "levels=1,3",
+        "--set",
+        "train_n=4",
+        "--set",
+        "max_steps=1",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "max_len=96",
+        "--set",
+        "eval_n=4",
+        "--set",
+        "eval_max_new_tokens=8",
     ];
-    let r = run(cotlab().args(["run", "scripts/quickstart.rhai"]).args(tiny).arg("--out").arg(&out).arg("--runs").arg(&runs).env("COTLAB_DATA", "/nonexistent"));
+    let r =
+        run(cotlab().args(["run", "scripts/quickstart.rhai"]).args(tiny).arg("--out").arg(&out).arg("--runs").arg(&runs).env("COTLAB_DATA", "/nonexistent"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let rows = csv_rows(&out.join("quickstart.csv"));
     let settings: Vec<&str> = rows.iter().map(|r| r["setting"].as_str()).collect();
@@ -345,7 +365,13 @@ fn quickstart_runs_on_embedded_data() {
     assert!(out.join("quickstart.parquet").is_file() && out.join("points.csv").is_file());
     assert_eq!(std::fs::read_dir(runs.join("quickstart")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()).count(), 3);
     // The point dirs read as their options: the untrained student is `no-train-<hash>`.
-    let mut points: Vec<String> = std::fs::read_dir(runs.join("quickstart")).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
+    let mut points: Vec<String> = std::fs::read_dir(runs.join("quickstart"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     points.sort();
     let readable: Vec<&str> = points.iter().map(|p| p.rsplit_once('-').unwrap().0).collect();
     assert_eq!(readable, ["level-1", "level-3", "no-train"], "{points:?}");
@@ -413,11 +439,8 @@ fn sft_quick_fine_tunes_smollm_and_resumes() {
     let second = run(cotlab().current_dir(work.path()).arg("run").arg(&script).args(["--out", "out"]));
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
     assert!(second.stderr.contains("resuming runs/sft_quick at step 3/6"), "{}", second.stderr);
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(work.path().join("runs/sft_quick/train_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(work.path().join("runs/sft_quick/train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(log.len(), 6);
     let loss = |i: usize| log[i]["loss"].as_f64().unwrap();
     // Epoch 3 sees the same examples as epoch 1: its loss must be clearly lower.
@@ -432,7 +455,12 @@ fn functions_lists_and_documents_the_script_api() {
     require!(Data);
     let r = run(cotlab().arg("functions"));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for sig in ["param(name: string, default: any, help: string) -> any", "dataset(name: string, opts: map) -> Dataset", "ds.name -> string", "sft(s: Student, corpus: Corpus, opts: map)"] {
+    for sig in [
+        "param(name: string, default: any, help: string) -> any",
+        "dataset(name: string, opts: map) -> Dataset",
+        "ds.name -> string",
+        "sft(s: Student, corpus: Corpus, opts: map)",
+    ] {
         assert!(r.stdout.contains(sig), "{sig}: {}", r.stdout);
     }
     let r = run(cotlab().args(["functions", "sft"]));

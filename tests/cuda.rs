@@ -8,8 +8,8 @@
 //! COTLAB_REQUIRE_CUDA=1 to make a missing device a failure instead (the GPU check does).
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use cotlab::model::random::{preset, random_student_with};
 use cotlab::kernels::{attention, ops};
+use cotlab::model::random::{preset, random_student_with};
 use cotlab::model::{Student, Transformer, CUDA_BUILT};
 use cotlab::train::data::TrainExample;
 use cotlab::train::sft::batch_nll;
@@ -188,7 +188,13 @@ fn gradients_against_the_cpu(dev: &Device, runs: &[(DType, f64)]) {
             }
         }
         eprintln!("{dtype:?} on {dev:?}: loss rel diff {dl:.2e}, worst gradient rel err {:.2e} ({})", worst.0, worst.1);
-        assert!(missing.is_empty(), "{dtype:?}: {} of {} parameters got no gradient on {dev:?}: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "{dtype:?}: {} of {} parameters got no gradient on {dev:?}: {:?}",
+            missing.len(),
+            s.params().len(),
+            &missing[..missing.len().min(5)]
+        );
         assert_eq!(s.params().len(), 272);
         assert!((dl as f64) < tol, "{dtype:?}: loss differs from the CPU's by {dl:.2e}");
         assert!(worst.0 < tol, "{dtype:?}: gradient of {} differs from the CPU's by {:.2e}", worst.1, worst.0);
@@ -199,7 +205,8 @@ fn gradients_against_the_cpu(dev: &Device, runs: &[(DType, f64)]) {
 #[test]
 fn lora_trains_only_adapters_on_cuda() {
     let Some(gpu) = cuda() else { return };
-    let s = same_weights(&smol_shaped(DType::F32), &gpu, DType::BF16).with_lora(cotlab::model::lora::LoraConfig { dropout: 0.1, ..Default::default() }, 1).unwrap();
+    let s =
+        same_weights(&smol_shaped(DType::F32), &gpu, DType::BF16).with_lora(cotlab::model::lora::LoraConfig { dropout: 0.1, ..Default::default() }, 1).unwrap();
     s.model.lora.as_ref().unwrap().set_dropout_key(5);
     let data = batch();
     let refs: Vec<&TrainExample> = data.iter().collect();
@@ -281,7 +288,16 @@ fn sft_in_bf16(dev: &Device) {
         s.model.set_compute_dtype(DType::BF16).unwrap();
         s
     };
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
+    let opts = SftOptions {
+        max_steps: Some(6),
+        batch_size: 4,
+        grad_accum: 2,
+        lr: 3e-3,
+        schedule: Schedule::Cosine,
+        max_len: 96,
+        save_every: 100,
+        ..Default::default()
+    };
     let d = tempfile::tempdir().unwrap();
     let run = RunDir::new(d.path().join("run"));
     let s = student();

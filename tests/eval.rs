@@ -5,9 +5,9 @@
 mod common;
 
 use candle_core::Device;
-use cotlab::data::{load_dataset, DatasetOptions};
 use cotlab::answer::{Evaluator, Protocol};
 use cotlab::data::Task;
+use cotlab::data::{load_dataset, DatasetOptions};
 use cotlab::eval::run::{evaluate, wilson95, EvalOptions, PromptStyle};
 use cotlab::model::ChatTemplate;
 use cotlab::model::{default_model_path, Student};

@@ -27,7 +27,8 @@ fn smollm_export_matches_transformers() {
     let question = "There are 87 oranges and 290 bananas. How big is each of 2 groups of bananas?";
     let prompt = s.template.prompt(question);
     let ids: Vec<u32> = s.tokenizer.encode(prompt.as_str(), false).unwrap().get_ids().to_vec();
-    let ours: Vec<f32> = s.model.last_logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    let ours: Vec<f32> =
+        s.model.last_logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
     let o = Command::new(&py)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/hf_logits.py"))
         .arg(&out)

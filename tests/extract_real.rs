@@ -5,8 +5,8 @@
 #[macro_use]
 mod common;
 
-use cotlab::data::{Catalog, RationaleQuery};
 use cotlab::answer::judge;
+use cotlab::data::{Catalog, RationaleQuery};
 
 fn agreement(dataset: &str, teacher: &str, level: Option<i64>) -> (usize, usize, usize) {
     let cat = Catalog::new(common::data_dir());
@@ -92,7 +92,18 @@ fn stored_golds_compare_the_same_after_canonicalising_again() {
         }
         checked += 1;
     };
-    for (name, split) in [("svamp", "all"), ("gsm8k", "test"), ("gsm8k", "train"), ("aqua", "test"), ("math", "test"), ("math", "full"), ("csqa", "test"), ("obqa", "test"), ("strategyqa", "test"), ("arith", "all")] {
+    for (name, split) in [
+        ("svamp", "all"),
+        ("gsm8k", "test"),
+        ("gsm8k", "train"),
+        ("aqua", "test"),
+        ("math", "test"),
+        ("math", "full"),
+        ("csqa", "test"),
+        ("obqa", "test"),
+        ("strategyqa", "test"),
+        ("arith", "all"),
+    ] {
         let opts = DatasetOptions { split: (name != "arith").then(|| split.to_string()), ..Default::default() };
         let ds = load_dataset(&dir, name, &opts).unwrap();
         for e in &ds.examples {
@@ -100,7 +111,17 @@ fn stored_golds_compare_the_same_after_canonicalising_again() {
         }
     }
     // Rationale golds: from the answer-only files (gold index) and from the records' own answers.
-    for (name, teacher, level) in [("svamp", "gpt-4o", Some(1)), ("gsm8k", "llama-3-70b", Some(2)), ("aqua", "human", None), ("csqa", "llama-3-70b", Some(1)), ("obqa", "gpt-4o", Some(4)), ("strategyqa", "gemini", Some(3)), ("math", "gpt-4o", Some(3)), ("math", "llama-3-70b", Some(5)), ("arith", "rule", Some(2))] {
+    for (name, teacher, level) in [
+        ("svamp", "gpt-4o", Some(1)),
+        ("gsm8k", "llama-3-70b", Some(2)),
+        ("aqua", "human", None),
+        ("csqa", "llama-3-70b", Some(1)),
+        ("obqa", "gpt-4o", Some(4)),
+        ("strategyqa", "gemini", Some(3)),
+        ("math", "gpt-4o", Some(3)),
+        ("math", "llama-3-70b", Some(5)),
+        ("arith", "rule", Some(2)),
+    ] {
         let c = cat.rationales(name, &RationaleQuery { teacher: Some(teacher.into()), level, ..Default::default() }).unwrap();
         for r in &c.rationales {
             if let Some(g) = &r.gold {

@@ -22,10 +22,8 @@ fn cached_batched_decoding_matches_references() {
     assert!(one[0].text.starts_with("To find out how many groups of 2 bananas are in each group of 93"), "{}", one[0].text);
     assert_eq!((one[0].tokens, one[0].finish), (24, Finish::Length));
 
-    let qs: Vec<String> = [BANANAS, "What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime?"]
-        .iter()
-        .map(|q| q.to_string())
-        .collect();
+    let qs: Vec<String> =
+        [BANANAS, "What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime?"].iter().map(|q| q.to_string()).collect();
     let batched = generate(&s, &qs, &opts).unwrap();
     for (q, b) in qs.iter().zip(&batched) {
         let alone = generate(&s, &[q.clone()], &opts).unwrap();
@@ -109,7 +107,8 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 fn svamp_prompts(s: &Student, n: usize) -> Vec<Vec<u32>> {
-    let ds = cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(n), seed: Some(0), ..Default::default() }).unwrap();
+    let ds = cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(n), seed: Some(0), ..Default::default() })
+        .unwrap();
     let qs: Vec<String> = ds.examples.iter().map(|e| e.question.clone()).collect();
     prompt_ids(s, &qs).unwrap()
 }
@@ -233,7 +232,11 @@ fn decode_weights_errors_are_clear() {
     // From the command line too, before anything loads.
     for args in [&["eval", "--task", "svamp", "--decode-weights", "q4"][..], &["bench", "generate", "--decode-weights", "Q8"][..]] {
         let o = common::run(common::cotlab().args(args));
-        assert!(o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0, q4_1"), "{args:?}: {}", o.stderr);
+        assert!(
+            o.code != 0 && o.stderr.contains("decode_weights: unknown value") && o.stderr.contains("expected one of auto, f32, bf16, q8_0, q4_1"),
+            "{args:?}: {}",
+            o.stderr
+        );
     }
 }
 

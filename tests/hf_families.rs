@@ -38,7 +38,12 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
         // and a template given explicitly is used.
         let e = Student::load(&d.path().join(name), &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("no chat template") && e.contains("chatml, llama3, gemma, alpaca") && e.contains("#{template"), "{name}: {e}");
-        let template = match name { "llama" | "llama3" => "llama3", "gemma" => "gemma", "bloom" => "alpaca", _ => "chatml" };
+        let template = match name {
+            "llama" | "llama3" => "llama3",
+            "gemma" => "gemma",
+            "bloom" => "alpaca",
+            _ => "chatml",
+        };
         let s = Student::load_with(&d.path().join(name), &Device::Cpu, Some(template)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(s.template.name(), template);
         assert_eq!(s.config.family.name(), if name == "llama3" { "llama" } else { name });

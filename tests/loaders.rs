@@ -3,8 +3,8 @@
 #[macro_use]
 mod common;
 
-use cotlab::data::{load_dataset, AnswerKind, Catalog, DatasetOptions, RationaleQuery};
 use cotlab::cot::Format;
+use cotlab::data::{load_dataset, AnswerKind, Catalog, DatasetOptions, RationaleQuery};
 
 fn load(name: &str, split: Option<&str>) -> cotlab::data::Dataset {
     let opts = DatasetOptions { split: split.map(str::to_string), ..Default::default() };

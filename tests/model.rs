@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use cotlab::model::{default_model_path, ChatTemplate, Family, ModelConfig, Student, Transformer};
 use cotlab::rng::Rng;
-use cotlab::train::sft::{batch_nll, batch_nll_with, layout};
 use cotlab::train::data::{tokenize, TrainExample};
 use cotlab::train::export::export_hf;
+use cotlab::train::sft::{batch_nll, batch_nll_with, layout};
 use cotlab::train::{sft, RunDir, Schedule, SftOptions, Trainer};
 
 const BANANAS: &str = "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?";
@@ -45,15 +45,14 @@ fn tiny(tok_from: &Student, seed: u64) -> Student {
         eos_token_id: Some(2),
     };
     let mut rng = Rng::new(seed);
-    let tensors: HashMap<String, Tensor> = config.family.tensor_shapes(&config)
+    let tensors: HashMap<String, Tensor> = config
+        .family
+        .tensor_shapes(&config)
         .into_iter()
         .map(|(n, shape)| {
             let count: usize = shape.iter().product();
-            let vals: Vec<f32> = if n.ends_with("norm.weight") {
-                vec![1.0; count]
-            } else {
-                (0..count).map(|_| ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.3).collect()
-            };
+            let vals: Vec<f32> =
+                if n.ends_with("norm.weight") { vec![1.0; count] } else { (0..count).map(|_| ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.3).collect() };
             (n, Tensor::from_vec(vals, shape, &Device::Cpu).unwrap())
         })
         .collect();
@@ -113,7 +112,13 @@ fn every_parameter_of_smollm_gets_a_gradient() {
                 _ => missing.push(name.clone()),
             }
         }
-        assert!(missing.is_empty(), "{dev:?} {dtype:?}: {} of {} parameters got no gradient: {:?}", missing.len(), s.params().len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "{dev:?} {dtype:?}: {} of {} parameters got no gradient: {:?}",
+            missing.len(),
+            s.params().len(),
+            &missing[..missing.len().min(5)]
+        );
         assert_eq!(s.params().len(), 272);
     }
 }
@@ -224,7 +229,16 @@ fn sft_learns_and_resumes_exactly() {
     require!(Model);
     let base = smollm();
     let corpus = arith_corpus(16);
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 3e-3, schedule: Schedule::Cosine, max_len: 96, save_every: 100, ..Default::default() };
+    let opts = SftOptions {
+        max_steps: Some(6),
+        batch_size: 4,
+        grad_accum: 2,
+        lr: 3e-3,
+        schedule: Schedule::Cosine,
+        max_len: 96,
+        save_every: 100,
+        ..Default::default()
+    };
     let d = tempfile::tempdir().unwrap();
 
     let whole = tiny(&base, 5);
@@ -314,7 +328,16 @@ fn lora_trains_only_adapters_and_exports_peft_and_merged() {
     assert!(probe.params().values().all(|v| g.get(v).is_none()), "frozen weights get no gradient");
     assert!(probe.model.trainable().iter().all(|v| g.get(v).is_some()), "every adapter gets a gradient");
 
-    let opts = SftOptions { max_steps: Some(6), batch_size: 4, grad_accum: 2, lr: 2e-2, schedule: Schedule::Constant, max_len: 96, lora: Some(cfg.clone()), ..Default::default() };
+    let opts = SftOptions {
+        max_steps: Some(6),
+        batch_size: 4,
+        grad_accum: 2,
+        lr: 2e-2,
+        schedule: Schedule::Constant,
+        max_len: 96,
+        lora: Some(cfg.clone()),
+        ..Default::default()
+    };
     let run = RunDir::new(d.path().join("run"));
     let r = sft(&base, &arith_corpus(16), &opts, &run, None).unwrap();
     assert!(r.losses[5] < r.losses[0] - 0.2, "loss falls: {:?}", r.losses);

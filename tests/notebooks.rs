@@ -72,11 +72,7 @@ impl Executed {
     /// Failed cells. evcxr reports only compile errors as Jupyter errors: a Rhai error shows as
     /// cotlab's error box and a panic (`unwrap()` in a Rust cell) as "panicked at" on stderr.
     fn errors(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .all_outputs()
-            .filter(|o| o["output_type"] == "error")
-            .map(|o| format!("{}: {}", o["ename"], o["evalue"]))
-            .collect();
+        let mut v: Vec<String> = self.all_outputs().filter(|o| o["output_type"] == "error").map(|o| format!("{}: {}", o["ename"], o["evalue"])).collect();
         v.extend(self.outputs("text/html").into_iter().filter(|h| h.contains("cotlab-error")));
         let streams = self.streams();
         v.extend(streams.lines().filter(|l| l.contains("panicked at") || l.starts_with("error: ")).map(str::to_string));
@@ -192,7 +188,8 @@ fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Exe
         start.elapsed().as_secs_f64(),
         secs.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
     );
-    let rebuilt: Vec<String> = heavy.iter().filter(|(p, t)| std::fs::metadata(p).and_then(|m| m.modified()).ok() != Some(*t)).map(|(p, _)| p.display().to_string()).collect();
+    let rebuilt: Vec<String> =
+        heavy.iter().filter(|(p, t)| std::fs::metadata(p).and_then(|m| m.modified()).ok() != Some(*t)).map(|(p, _)| p.display().to_string()).collect();
     assert!(rebuilt.is_empty(), "{name}: run from a plain shell, the kernel rebuilt what scripts/setup.sh had compiled:\n{}", rebuilt.join("\n"));
     (dir, e)
 }
@@ -408,4 +405,3 @@ fn read_jsonl_infers_column_types() {
     let err = Frame::read_jsonl(&p).unwrap_err().to_string();
     assert!(err.contains("log.jsonl") && err.contains("line 2") && err.contains("JSON object"), "{err}");
 }
-

@@ -167,7 +167,16 @@ fn two_runs_on_one_output_dir_cannot_mix() {
         ),
     );
     let home = d.path().join("home"); // a private teacher cache
-    let mut a = cotlab().env("COTLAB_HOME", &home).arg("run").arg(&s).arg("--out").arg(&out).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut a = cotlab()
+        .env("COTLAB_HOME", &home)
+        .arg("run")
+        .arg(&s)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = std::time::Instant::now();
     while count.load(Ordering::SeqCst) < 1 {
         assert!(t0.elapsed() < Duration::from_secs(60), "the first run never reached the server");

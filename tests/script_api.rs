@@ -104,11 +104,9 @@ fn sandbox_limits_stop_runaway_scripts() {
 #[test]
 fn contamination_from_a_script() {
     require!(Data, Model);
-    let v = eval(
-        r#"let r = contamination(rationales("strategyqa", #{teacher: "human"}), dataset("strategyqa")); [r.exact, r.contaminated, r.summary]"#,
-    )
-    .into_array()
-    .unwrap();
+    let v = eval(r#"let r = contamination(rationales("strategyqa", #{teacher: "human"}), dataset("strategyqa")); [r.exact, r.contaminated, r.summary]"#)
+        .into_array()
+        .unwrap();
     assert_eq!(v[0].as_int().unwrap(), 290);
     assert_eq!(v[1].as_int().unwrap(), 290);
 }

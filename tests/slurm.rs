@@ -83,7 +83,21 @@ fn a_sweep_on_slurm_job_arrays_merges_to_the_local_results() {
 
     // Submit: one array task per point (one CPU each, so two run at once on two cores).
     let t0 = Instant::now();
-    let r = run(cotlab().current_dir(d.path()).args(["sweep", "tiny.rhai", "--slurm", "--runs", "slurm-runs", "--out", "out-slurm", "--cpus", "1", "--mem", "3G", "--time", "30:00"]));
+    let r = run(cotlab().current_dir(d.path()).args([
+        "sweep",
+        "tiny.rhai",
+        "--slurm",
+        "--runs",
+        "slurm-runs",
+        "--out",
+        "out-slurm",
+        "--cpus",
+        "1",
+        "--mem",
+        "3G",
+        "--time",
+        "30:00",
+    ]));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("3 points: 0 done, 0 failed, 0 invalid, 3 pending"), "{}", r.stdout);
     assert!(r.stdout.contains("submitted array job") && r.stdout.contains("(tasks 0-2)"), "{}", r.stdout);
@@ -149,7 +163,12 @@ fn point_selection_collect_and_the_sweep_plan() {
     };
     let done = |name: &str| -> Vec<bool> {
         let v: serde_json::Value = serde_json::from_str(&read(&d.path().join(format!("runs/{name}/sweep.json")))).unwrap();
-        v["points"].as_array().unwrap().iter().map(|p| d.path().join(format!("runs/{name}")).join(p["point"].as_str().unwrap()).join("point.json").is_file()).collect()
+        v["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| d.path().join(format!("runs/{name}")).join(p["point"].as_str().unwrap()).join("point.json").is_file())
+            .collect()
     };
 
     // The plan: every point, nothing run, nothing published.
@@ -190,11 +209,19 @@ fn point_selection_collect_and_the_sweep_plan() {
 
     // The job files without submitting: absolute paths, the resources asked for, only the
     // points left to run (sweep q: both; sweep p: none, so nothing to write).
-    let r = run(&mut cmd(&["sweep", "p.rhai", "--set", "name=q", "--out", "outq", "--slurm", "--dry-run", "--partition", "debug", "--cpus", "2", "--gpus", "1"]));
+    let r =
+        run(&mut cmd(&["sweep", "p.rhai", "--set", "name=q", "--out", "outq", "--slurm", "--dry-run", "--partition", "debug", "--cpus", "2", "--gpus", "1"]));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let slurm = d.path().join("runs/q/slurm");
     let array = read(&slurm.join("array.sbatch"));
-    for want in ["#SBATCH --array=0-1\n", "#SBATCH --partition=debug\n", "#SBATCH --cpus-per-task=2\n", "#SBATCH --gpus=1\n", "--point \"$SLURM_ARRAY_TASK_ID\"", "--set name=q"] {
+    for want in [
+        "#SBATCH --array=0-1\n",
+        "#SBATCH --partition=debug\n",
+        "#SBATCH --cpus-per-task=2\n",
+        "#SBATCH --gpus=1\n",
+        "--point \"$SLURM_ARRAY_TASK_ID\"",
+        "--set name=q",
+    ] {
         assert!(array.contains(want), "{want} missing:\n{array}");
     }
     assert!(array.contains(&format!("--runs {}", d.path().join("runs").display())), "{array}");

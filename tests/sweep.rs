@@ -13,8 +13,22 @@ use std::time::{Duration, Instant};
 use common::{cotlab, run};
 
 const TINY: [&str; 16] = [
-    "--set", "dataset=arith", "--set", "teachers=rule", "--set", "train_n=4", "--set", "max_steps=1", "--set", "batch_size=2",
-    "--set", "eval_n=2", "--set", "eval_max_new_tokens=8", "--set", "max_len=96",
+    "--set",
+    "dataset=arith",
+    "--set",
+    "teachers=rule",
+    "--set",
+    "train_n=4",
+    "--set",
+    "max_steps=1",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "eval_n=2",
+    "--set",
+    "eval_max_new_tokens=8",
+    "--set",
+    "max_len=96",
 ];
 
 /// Each test fine-tunes the full student (weights, gradients, optimizer state, several GB): one
@@ -22,9 +36,8 @@ const TINY: [&str; 16] = [
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn point_files(sweep_dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(sweep_dir)
-        .map(|rd| rd.flatten().map(|e| e.path().join("point.json")).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(sweep_dir).map(|rd| rd.flatten().map(|e| e.path().join("point.json")).filter(|p| p.is_file()).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -167,14 +180,22 @@ fn a_sweep_of_invalid_points_only_fails_and_keeps_the_last_report() {
     assert_eq!(std::fs::read_to_string(&report).unwrap(), "run\nfirst\n");
     for (sweep, sets, needle) in [
         // The case: the rule teacher writes no BSM.
-        ("sweep(#{ name: \"allbad\", grid: #{ format: [\"bsm\"] }, base: #{ dataset: \"arith\", level: 1 } });", vec!["label=second"], "all 1 points are invalid"),
+        (
+            "sweep(#{ name: \"allbad\", grid: #{ format: [\"bsm\"] }, base: #{ dataset: \"arith\", level: 1 } });",
+            vec!["label=second"],
+            "all 1 points are invalid",
+        ),
         (
             "sweep(#{ name: \"allbad\", grid: #{ level: [1, 2] }, base: #{ dataset: \"arith\", format: \"bsm\" }, include: [#{ dataset: \"nope\" }] });",
             vec!["label=second"],
             "all 3 points are invalid",
         ),
         // A --set value of the wrong type: every point invalid, the key named.
-        ("sweep(#{ name: \"allbad\", grid: #{ level: [level] }, base: #{ dataset: \"arith\" } });", vec!["label=second", "level=abc"], "note: `level` comes from --set"),
+        (
+            "sweep(#{ name: \"allbad\", grid: #{ level: [level] }, base: #{ dataset: \"arith\" } });",
+            vec!["label=second", "level=abc"],
+            "note: `level` comes from --set",
+        ),
     ] {
         let r = run_with(sweep, &sets);
         assert_eq!(r.code, 1, "{sweep}: {}", r.stderr);

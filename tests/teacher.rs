@@ -7,10 +7,10 @@
 #[macro_use]
 mod common;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use cotlab::data::{load_dataset, DatasetOptions};
@@ -124,14 +124,24 @@ fn exhausted_retries_fail_per_request_and_the_run_continues() {
     let cache_path = d.path().join("cache.jsonl");
     let ds = arith(2);
     let o = AskOptions { level: Some(1), ..Default::default() };
-    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(client(&bad.url, 2)), cache: Some(Arc::new(Cache::open(&cache_path).unwrap())) };
+    let t = Teacher {
+        kind: "openai".into(),
+        model: "loopback".into(),
+        backend: Backend::OpenAi(client(&bad.url, 2)),
+        cache: Some(Arc::new(Cache::open(&cache_path).unwrap())),
+    };
     let r = t.ask(&ds, &o).unwrap();
     assert_eq!(r.failed, 2);
     assert!(r.rows[0].error.as_deref().unwrap().contains("gave up after 3 attempts: HTTP 500"), "{:?}", r.rows[0].error);
     assert_eq!(bad.count.load(Ordering::SeqCst), 6);
     // Failures are not cached: a healthy endpoint later gets exactly the failed requests.
     let good = serve(vec![], Fault::Ok, 0);
-    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(client(&good.url, 2)), cache: Some(Arc::new(Cache::open(&cache_path).unwrap())) };
+    let t = Teacher {
+        kind: "openai".into(),
+        model: "loopback".into(),
+        backend: Backend::OpenAi(client(&good.url, 2)),
+        cache: Some(Arc::new(Cache::open(&cache_path).unwrap())),
+    };
     let r = t.ask(&ds, &o).unwrap();
     assert_eq!((r.requests, r.failed), (2, 0));
 }
@@ -243,8 +253,17 @@ fn teacher_demo_script_local_then_openai_and_a_free_second_run() {
 }
 
 fn bounded(url: &str, timeout_s: f64, max_retries: usize, max_wait_s: f64) -> OpenAi {
-    OpenAi::new(OpenAiOptions { base_url: url.into(), model: "loopback".into(), concurrency: 1, timeout_s, max_retries, backoff_s: 0.01, max_wait_s, ..Default::default() })
-        .unwrap()
+    OpenAi::new(OpenAiOptions {
+        base_url: url.into(),
+        model: "loopback".into(),
+        concurrency: 1,
+        timeout_s,
+        max_retries,
+        backoff_s: 0.01,
+        max_wait_s,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 /// One request, and how long it took.

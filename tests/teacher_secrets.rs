@@ -47,7 +47,10 @@ fn serve(reply: Reply) -> Server {
             let a = a.clone();
             std::thread::spawn(move || {
                 let Some(head) = common::read_http_request(&mut stream) else { return };
-                let authz = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string())).unwrap_or_default();
+                let authz = head
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string()))
+                    .unwrap_or_default();
                 a.lock().unwrap().push(authz.clone());
                 let answer = common::chat_answer;
                 let (status, body) = match reply {
@@ -109,9 +112,7 @@ fn an_echoed_key_never_reaches_the_frame_files_or_stderr() {
     )
     .unwrap();
     let out = d.path().join("o");
-    let r = common::run(
-        common::cotlab().env("COTLAB_TEST_KEY", &key).arg("run").arg(&script).arg("--out").arg(&out).arg("--runs").arg(d.path().join("runs")),
-    );
+    let r = common::run(common::cotlab().env("COTLAB_TEST_KEY", &key).arg("run").arg(&script).arg("--out").arg(&out).arg("--runs").arg(d.path().join("runs")));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     // The servers did get the key (loopback http is allowed) and echoed it.
     for s in [&bad, &boom, &ok] {
@@ -152,7 +153,12 @@ fn an_echoed_key_never_reaches_the_frame_files_or_stderr() {
 
     // The library API redacts too (errors and answers).
     std::env::set_var("COTLAB_TEST_KEY_LIB", &key);
-    let t = Teacher { kind: "openai".into(), model: "echo".into(), backend: Backend::OpenAi(OpenAi::new(opts(&bad.url, Some("COTLAB_TEST_KEY_LIB"))).unwrap()), cache: None };
+    let t = Teacher {
+        kind: "openai".into(),
+        model: "echo".into(),
+        backend: Backend::OpenAi(OpenAi::new(opts(&bad.url, Some("COTLAB_TEST_KEY_LIB"))).unwrap()),
+        cache: None,
+    };
     let rep = t.ask(&arith(1), &AskOptions { level: Some(1), ..Default::default() }).unwrap();
     let err = rep.rows[0].error.as_deref().unwrap();
     assert!(err.contains("Bearer [redacted]") && !err.contains(&key), "{err}");
@@ -171,7 +177,8 @@ fn a_key_is_not_sent_over_plain_http_to_a_remote_host() {
     // Also through a script: the error names the option, and nothing is sent.
     let d = tempfile::tempdir().unwrap();
     let script = d.path().join("http.rhai");
-    std::fs::write(&script, "teacher(\"openai\", #{ base_url: \"HTTP://Example.COM:8080/v1\", model: \"m\", api_key_env: \"COTLAB_TEST_KEY_HTTP\" });\n").unwrap();
+    std::fs::write(&script, "teacher(\"openai\", #{ base_url: \"HTTP://Example.COM:8080/v1\", model: \"m\", api_key_env: \"COTLAB_TEST_KEY_HTTP\" });\n")
+        .unwrap();
     let r = common::run(common::cotlab().env("COTLAB_TEST_KEY_HTTP", "sk-never-sent").arg("run").arg(&script).arg("--out").arg(d.path().join("o")));
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("http.rhai:1:") && r.stderr.contains("over plain http to example.com"), "{}", r.stderr);
@@ -205,7 +212,14 @@ fn openai_api_key_is_not_sent_to_a_custom_endpoint_by_default() {
     )
     .unwrap();
     let r = common::run(
-        common::cotlab().env("OPENAI_API_KEY", "sk-openai-only").arg("run").arg(&script).arg("--out").arg(d.path().join("o")).arg("--runs").arg(d.path().join("runs")),
+        common::cotlab()
+            .env("OPENAI_API_KEY", "sk-openai-only")
+            .arg("run")
+            .arg(&script)
+            .arg("--out")
+            .arg(d.path().join("o"))
+            .arg("--runs")
+            .arg(d.path().join("runs")),
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("failed 0"), "{}", r.stdout);
@@ -335,9 +349,13 @@ fn an_escaped_or_encoded_echo_of_the_key_is_redacted() {
     std::env::set_var("COTLAB_TEST_KEY_ECHO", &key);
     let forms = echo_forms(&key);
     let (f1, f2) = (forms.clone(), forms.clone());
-    let errors = common::fake_server(move |k, _, s| common::write_http_response(s, "401 Unauthorized", "", &format!("{{\"error\": \"bad key: {}\"}}", f1[k % f1.len()])));
+    let errors = common::fake_server(move |k, _, s| {
+        common::write_http_response(s, "401 Unauthorized", "", &format!("{{\"error\": \"bad key: {}\"}}", f1[k % f1.len()]))
+    });
     // The answer's JSON string decodes to the form itself.
-    let answers = common::fake_server(move |k, _, s| common::write_http_response(s, "200 OK", "", &common::chat_answer(&format!("you sent {}. The answer is 7", f2[k % f2.len()]))));
+    let answers = common::fake_server(move |k, _, s| {
+        common::write_http_response(s, "200 OK", "", &common::chat_answer(&format!("you sent {}. The answer is 7", f2[k % f2.len()])))
+    });
     let client = |server: &common::FakeServer| OpenAi::new(opts(&format!("http://{}/v1", server.addr), Some("COTLAB_TEST_KEY_ECHO"))).unwrap();
     let (e, a) = (client(&errors), client(&answers));
     for form in &forms {

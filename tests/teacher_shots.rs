@@ -38,7 +38,11 @@ fn one_shot_prompts_carry_an_exemplar_at_the_asked_level() {
     let bsm = exemplars(&dir, Task::Svamp, Some(3), Format::Bsm).unwrap();
     assert!(bsm[0].source.starts_with("paper/0_SVAMP_chatgpt_level3BSM.json#"), "{}", bsm[0].source);
     let fallback = exemplars(&dir, Task::Csqa, Some(5), Format::Plain).unwrap();
-    assert!(fallback[0].source.starts_with("paper/SVAMP_ChatGPT_level5_ranked.json#") || fallback[0].source.contains("commonsenseQA_chatgpt_level_5"), "{}", fallback[0].source);
+    assert!(
+        fallback[0].source.starts_with("paper/SVAMP_ChatGPT_level5_ranked.json#") || fallback[0].source.contains("commonsenseQA_chatgpt_level_5"),
+        "{}",
+        fallback[0].source
+    );
 
     // Through ask: provenance names the exemplar; the exemplar's own question gets the next one.
     let xs = exemplars(&dir, Task::Svamp, Some(3), Format::Plain).unwrap();
@@ -47,7 +51,12 @@ fn one_shot_prompts_carry_an_exemplar_at_the_asked_level() {
     let own = train.examples.iter().find(|e| norm(&e.question) == norm(&xs[0].question)).expect("the exemplar is a training question").clone();
     let other = train.examples.iter().find(|e| norm(&e.question) != norm(&xs[0].question) && norm(&e.question) != norm(&xs[1].question)).unwrap().clone();
     let ds = Dataset { examples: vec![own, other], ..train.clone() };
-    let t = Teacher { kind: "replay".into(), model: "gpt-4o".into(), backend: Backend::Replay { dir: dir.clone(), dataset: "svamp".into(), teacher: "gpt-4o".into() }, cache: None };
+    let t = Teacher {
+        kind: "replay".into(),
+        model: "gpt-4o".into(),
+        backend: Backend::Replay { dir: dir.clone(), dataset: "svamp".into(), teacher: "gpt-4o".into() },
+        cache: None,
+    };
     let o = AskOptions { level: Some(3), shots: 1, ..Default::default() };
     let r = t.ask_with(&ds, &o, Some(&dir)).unwrap();
     assert_eq!(r.rows[0].exemplar.as_deref(), Some(xs[1].source.as_str()));

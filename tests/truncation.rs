@@ -43,7 +43,13 @@ fn truncation_is_counted_per_level_with_lost_answers() {
             })
             .count();
         assert!(t.answer_lost >= no_trigger && t.answer_lost <= t.truncated, "level {level}: {t:?}");
-        eprintln!("svamp gpt-4o level {level}, max_len {max_len}: {} of {} cut, {} lost the answer, longest {} tokens", t.truncated, pairs.len(), t.answer_lost, t.longest);
+        eprintln!(
+            "svamp gpt-4o level {level}, max_len {max_len}: {} of {} cut, {} lost the answer, longest {} tokens",
+            t.truncated,
+            pairs.len(),
+            t.answer_lost,
+            t.longest
+        );
         lost_by_level.push((t.truncated, t.answer_lost));
         // At the paper's cut-off nothing of this corpus is cut.
         let paper = tokenize(&s.tokenizer, &s.template, &pairs, SftOptions::default().max_len).unwrap();

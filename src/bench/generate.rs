@@ -253,7 +253,12 @@ mod tests {
         };
         let keys = |v: serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         let text = serde_json::to_string(&fixed).unwrap();
-        assert!(text.starts_with(r#"{"batch":2,"batch1_tokens_per_cpu_s":1.0,"#) && text.contains(r#""batchN_tokens_per_s":1.0"#) && text.contains(r#""device_mem_mb":null"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"batch":2,"batch1_tokens_per_cpu_s":1.0,"#)
+                && text.contains(r#""batchN_tokens_per_s":1.0"#)
+                && text.contains(r#""device_mem_mb":null"#),
+            "{text}"
+        );
         let prompts = PromptsReport {
             device: "cpu".into(),
             decode_weights: "auto",
@@ -273,7 +278,19 @@ mod tests {
             tokens: 2,
         };
         let want = [
-            "batch", "continuous_s", "continuous_tokens_per_s", "dtype", "longest", "model", "new_tokens", "questions", "same_outputs", "speedup", "static_s", "static_tokens_per_s", "tokens",
+            "batch",
+            "continuous_s",
+            "continuous_tokens_per_s",
+            "dtype",
+            "longest",
+            "model",
+            "new_tokens",
+            "questions",
+            "same_outputs",
+            "speedup",
+            "static_s",
+            "static_tokens_per_s",
+            "tokens",
         ];
         assert_eq!(keys(serde_json::to_value(&prompts).unwrap()), want);
         let text = serde_json::to_string(&prompts).unwrap();

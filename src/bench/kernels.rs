@@ -37,12 +37,30 @@ pub fn matmul(spec: &StudentSpec, decode_weights: &str, ms: &[usize], seconds: f
     }
     let mut seen = BTreeSet::new();
     let weights: Vec<(&String, &candle_core::Var)> = s.model.params.iter().filter(|(_, v)| v.rank() == 2 && seen.insert(v.dims().to_vec())).collect();
-    line(format!("{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}", "weight (one of each shape)", "rows x cols", "m", format!("{} GFLOP/s", format.name()), "f32 GFLOP/s", "ratio", "rel. err"));
+    line(format!(
+        "{:<44} {:>13} {:>5} {:>14} {:>14} {:>7} {:>9}",
+        "weight (one of each shape)",
+        "rows x cols",
+        "m",
+        format!("{} GFLOP/s", format.name()),
+        "f32 GFLOP/s",
+        "ratio",
+        "rel. err"
+    ));
     let mut rows = Vec::new();
     for (name, w) in weights {
         for &m in ms {
             let t = time_matmul(name, w.as_tensor(), format, m, seconds).model_ctx(format!("timing {name}"))?;
-            line(format!("{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}", name, format!("{}x{}", t.rows, t.cols), m, t.gflops(t.quant_s), t.gflops(t.f32_s), t.f32_s / t.quant_s, t.rel_err));
+            line(format!(
+                "{:<44} {:>13} {:>5} {:>14.1} {:>14.1} {:>6.2}x {:>9.1e}",
+                name,
+                format!("{}x{}", t.rows, t.cols),
+                m,
+                t.gflops(t.quant_s),
+                t.gflops(t.f32_s),
+                t.f32_s / t.quant_s,
+                t.rel_err
+            ));
             rows.push(t);
         }
     }
@@ -68,7 +86,9 @@ pub fn gemm(spec: &StudentSpec, tokens: &[usize], seconds: f64, line: &mut dyn F
         match (avx2_fma(), own_kernel()) {
             (false, _) => "this CPU lacks AVX2 + FMA: cotlab's kernel cannot run, both columns time the gemm crate",
             (true, true) => "the training step runs on cotlab's kernel on this CPU",
-            (true, false) => "the training step runs on the gemm crate's AVX-512 kernels on this CPU (docs/performance.md); cotlab's column times its own kernel",
+            (true, false) => {
+                "the training step runs on the gemm crate's AVX-512 kernels on this CPU (docs/performance.md); cotlab's column times its own kernel"
+            }
         }
         .to_string(),
     );
@@ -78,7 +98,16 @@ pub fn gemm(spec: &StudentSpec, tokens: &[usize], seconds: f64, line: &mut dyn F
         let (mut ours, mut theirs) = (0f64, 0f64);
         for (&(r, c), &count) in &shapes {
             let g = time_training_products(r, c, t, threads, seconds);
-            line(format!("{:>13} {:>6} {:>7} {:>15.1} {:>15.1} {:>6.2}x {:>9.1e}", format!("{r}x{c}"), count, t, g.gflops(g.cotlab_s), g.gflops(g.gemm_s), g.gemm_s / g.cotlab_s, g.rel_diff));
+            line(format!(
+                "{:>13} {:>6} {:>7} {:>15.1} {:>15.1} {:>6.2}x {:>9.1e}",
+                format!("{r}x{c}"),
+                count,
+                t,
+                g.gflops(g.cotlab_s),
+                g.gflops(g.gemm_s),
+                g.gemm_s / g.cotlab_s,
+                g.rel_diff
+            ));
             ours += g.cotlab_s * count as f64;
             theirs += g.gemm_s * count as f64;
             rows.push(g);
@@ -119,10 +148,13 @@ impl GemmTiming {
 /// (rows × cols) weight and `tokens` input rows on `threads` threads, cotlab's GEMM and the
 /// `gemm` crate alternating, each side's best round of at least 3 and `min_s` seconds.
 pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: usize, min_s: f64) -> GemmTiming {
-    let fill = |n: usize, seed: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect::<Vec<f32>>();
+    let fill = |n: usize, seed: u32| {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect::<Vec<f32>>()
+    };
     let (x, w, g) = (fill(tokens * cols, 1), fill(rows * cols, 2), fill(tokens * rows, 3));
     let (mut y, mut dx, mut dw) = (vec![0f32; tokens * rows], vec![0f32; tokens * cols], vec![0f32; rows * cols]);
-    let (xo, wt, wo, gt, go) = (Operand::new(&x, cols, 1), Operand::new(&w, 1, cols), Operand::new(&w, cols, 1), Operand::new(&g, 1, rows), Operand::new(&g, rows, 1));
+    let (xo, wt, wo, gt, go) =
+        (Operand::new(&x, cols, 1), Operand::new(&w, 1, cols), Operand::new(&w, cols, 1), Operand::new(&g, 1, rows), Operand::new(&g, rows, 1));
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // Our kernel wherever it can run (also where `sgemm` leaves the work to the gemm crate).
     let own = avx2_fma();
@@ -145,7 +177,11 @@ pub fn time_training_products(rows: usize, cols: usize, tokens: usize, threads: 
     while spent[0].min(spent[1]) < min_s || rounds < 3 {
         for side in 0..2 {
             let t = Instant::now();
-            if side == 0 { ours(&mut y, &mut dx, &mut dw) } else { theirs(&mut y, &mut dx, &mut dw) }
+            if side == 0 {
+                ours(&mut y, &mut dx, &mut dw)
+            } else {
+                theirs(&mut y, &mut dx, &mut dw)
+            }
             let s = t.elapsed().as_secs_f64();
             best[side] = best[side].min(s);
             spent[side] += s;
@@ -184,7 +220,9 @@ impl MatmulTiming {
 /// where real decoding streams every weight from memory, the LM head's row is the telling one.
 pub fn time_matmul(name: &str, w: &Tensor, format: QFormat, m: usize, min_s: f64) -> candle_core::Result<MatmulTiming> {
     let (rows, cols) = w.dims2()?;
-    let Some(q) = QWeight::new(&w.to_device(&candle_core::Device::Cpu)?, format)? else { candle_core::bail!("{name}: rows of {cols} are not whole blocks of {BLOCK}") };
+    let Some(q) = QWeight::new(&w.to_device(&candle_core::Device::Cpu)?, format)? else {
+        candle_core::bail!("{name}: rows of {cols} are not whole blocks of {BLOCK}")
+    };
     let x = Tensor::randn(0f32, 1.0, (m, cols), w.device())?;
     let wt = w.t()?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;

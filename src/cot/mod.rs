@@ -88,8 +88,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] =
-        [Format::Plain, Format::Bsm, Format::Rar, Format::Sym, Format::EquationOnly, Format::AnswerOnly];
+    pub const ALL: [Format; 6] = [Format::Plain, Format::Bsm, Format::Rar, Format::Sym, Format::EquationOnly, Format::AnswerOnly];
 
     pub fn parse(s: &str) -> Result<Format> {
         Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
@@ -99,11 +98,7 @@ impl Format {
             "sym" | "symbolic" => Format::Sym,
             "equation-only" | "equation" | "eq" => Format::EquationOnly,
             "answer-only" | "answer" | "only-ans" => Format::AnswerOnly,
-            _ => {
-                return Err(usage!(
-                    "unknown format '{s}': expected plain, bsm, rar, sym, equation-only or answer-only"
-                ))
-            }
+            _ => return Err(usage!("unknown format '{s}': expected plain, bsm, rar, sym, equation-only or answer-only")),
         })
     }
 

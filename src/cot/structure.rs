@@ -62,9 +62,7 @@ fn numbered_markers(text: &str) -> Vec<(usize, usize)> {
             };
             // Guard against the middle of a number: "12." must not count as marker 2.
             let not_inside_number = s == 0 || !bytes[s - 1].is_ascii_digit();
-            let after_ok = e + 1 < bytes.len()
-                && matches!(bytes[e], b'.' | b')')
-                && (bytes[e + 1].is_ascii_whitespace() || bytes[e + 1] == b'*');
+            let after_ok = e + 1 < bytes.len() && matches!(bytes[e], b'.' | b')') && (bytes[e + 1].is_ascii_whitespace() || bytes[e + 1] == b'*');
             if before_ok && not_inside_number && after_ok {
                 out.push((s, e + 1));
                 from = e + 1;
@@ -97,8 +95,7 @@ pub fn split_steps(text: &str) -> Vec<String> {
         return pieces(body, &marks);
     }
     // 3. lines
-    let lines: Vec<String> =
-        body.lines().map(str::trim).filter(|l| l.chars().any(char::is_alphanumeric)).map(str::to_string).collect();
+    let lines: Vec<String> = body.lines().map(str::trim).filter(|l| l.chars().any(char::is_alphanumeric)).map(str::to_string).collect();
     if lines.len() >= 2 {
         return lines;
     }
@@ -157,7 +154,8 @@ mod tests {
 
     #[test]
     fn run_together_numbered_list() {
-        let t = "Let's break down the steps in detail:1. First, note that we have 290.2. We are asked to make 2 groups.3. Divide: 290 / 2 = 145. The answer is 145";
+        let t =
+            "Let's break down the steps in detail:1. First, note that we have 290.2. We are asked to make 2 groups.3. Divide: 290 / 2 = 145. The answer is 145";
         let s = split_steps(t);
         assert_eq!(s.len(), 3, "{s:?}");
         assert!(s[0].starts_with("First"));

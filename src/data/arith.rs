@@ -111,14 +111,7 @@ impl ArithProblem {
                 out.push(format!("We need to find how many {item} {name} has at the end."));
                 out.push(format!("{name} starts with {} {item}.", p.start));
                 for s in &p.steps {
-                    out.push(format!(
-                        "{} {}; {}, so we {}: {}.",
-                        cap(pron),
-                        s.event,
-                        s.reason,
-                        s.op.verb(),
-                        eq(s.before, s.op, s.operand, s.after)
-                    ));
+                    out.push(format!("{} {}; {}, so we {}: {}.", cap(pron), s.event, s.reason, s.op.verb(), eq(s.before, s.op, s.operand, s.after)));
                 }
                 if let Some((d, other)) = p.distractor {
                     out.push(format!("The {d} {other} are not {item}, so we ignore them."));
@@ -140,12 +133,7 @@ impl ArithProblem {
                         eq(s.before, s.op, s.operand, s.after)
                     );
                     if level == 6 {
-                        line.push_str(&format!(
-                            " Before this step {pron} had {}; we {}; now {pron} has {} {item}.",
-                            s.before,
-                            apply(s.op, s.operand),
-                            s.after
-                        ));
+                        line.push_str(&format!(" Before this step {pron} had {}; we {}; now {pron} has {} {item}.", s.before, apply(s.op, s.operand), s.after));
                     }
                     out.push(line);
                 }
@@ -191,13 +179,20 @@ impl ArithProblem {
 }
 
 const NAMES: [(&str, &str); 12] = [
-    ("Maria", "she"), ("Tom", "he"), ("Aisha", "she"), ("Ken", "he"), ("Lucia", "she"), ("Omar", "he"),
-    ("Nina", "she"), ("Raj", "he"), ("Sofia", "she"), ("Ben", "he"), ("Mei", "she"), ("Jonas", "he"),
+    ("Maria", "she"),
+    ("Tom", "he"),
+    ("Aisha", "she"),
+    ("Ken", "he"),
+    ("Lucia", "she"),
+    ("Omar", "he"),
+    ("Nina", "she"),
+    ("Raj", "he"),
+    ("Sofia", "she"),
+    ("Ben", "he"),
+    ("Mei", "she"),
+    ("Jonas", "he"),
 ];
-const ITEMS: [&str; 12] = [
-    "apples", "marbles", "stickers", "pencils", "cookies", "books", "stamps", "shells", "cards", "balloons",
-    "candies", "coins",
-];
+const ITEMS: [&str; 12] = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "stamps", "shells", "cards", "balloons", "candies", "coins"];
 
 fn cap(s: &str) -> String {
     let mut c = s.chars();
@@ -258,12 +253,7 @@ fn one(seed: u64, i: usize) -> ArithProblem {
             Op::Mul => {
                 let k = rng.range(2, 4);
                 let word = ["", "", "doubles", "triples", "quadruples"][k as usize];
-                (
-                    k,
-                    format!("Then {pronoun} {word} the number of {item}."),
-                    format!("{word} them"),
-                    "making several times as many multiplies the number",
-                )
+                (k, format!("Then {pronoun} {word} the number of {item}."), format!("{word} them"), "making several times as many multiplies the number")
             }
             Op::Div => {
                 let ks: Vec<i64> = (2..=5).filter(|k| cur % k == 0 && cur / k >= 2).collect();

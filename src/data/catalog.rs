@@ -181,16 +181,9 @@ impl Catalog {
         if needs_level && level.is_none() {
             return Err(usage!("'level' (1..6) is required for {} rationales", teacher.map(|t| t.name()).unwrap_or("teacher")));
         }
-        let found = self
-            .entries
-            .iter()
-            .find(|e| e.task == task && e.teacher == wanted_teacher && e.level == level && e.format == format);
+        let found = self.entries.iter().find(|e| e.task == task && e.teacher == wanted_teacher && e.level == level && e.format == format);
         let Some(e) = found else {
-            let have: Vec<String> = self
-                .entries_for(task)
-                .filter(|e| e.teacher == wanted_teacher || format == Format::AnswerOnly)
-                .map(describe)
-                .collect();
+            let have: Vec<String> = self.entries_for(task).filter(|e| e.teacher == wanted_teacher || format == Format::AnswerOnly).map(describe).collect();
             return Err(usage!(
                 "the release has no {} {} rationales for {}{}; it has: {}",
                 wanted_teacher.map(|t| t.name()).unwrap_or("answer-only"),
@@ -260,21 +253,17 @@ impl Catalog {
                 Some(a) => canonical_gold(a, kind),
                 None => golds.get(&p.prompt).cloned(),
             };
-            let origin = Origin { task, teacher: e.teacher.map(|t| t.name().to_string()), level: e.level, format: e.format, source: e.file.clone(), row: p.index };
+            let origin =
+                Origin { task, teacher: e.teacher.map(|t| t.name().to_string()), level: e.level, format: e.format, source: e.file.clone(), row: p.index };
             rationales.push(Rationale { id: format!("{}-train-{}", task.name(), p.index), question: p.prompt, gold, text, origin });
         }
         if rationales.is_empty() {
             return Err(Error::data(&path, format!("no record has the '{}' column", e.response_col)));
         }
         if skipped > 0 {
-            eprintln!(
-                "warning: {}: skipped {skipped} records without '{}' (they carry another teacher's column)",
-                path.display(),
-                e.response_col
-            );
+            eprintln!("warning: {}: skipped {skipped} records without '{}' (they carry another teacher's column)", path.display(), e.response_col);
         }
-        let mut corpus =
-            Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped, recipe: None };
+        let mut corpus = Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped, recipe: None };
         apply_limit(&mut corpus.rationales, q.seed, q.limit);
         corpus.task = task;
         Ok(corpus)
@@ -283,11 +272,7 @@ impl Catalog {
     /// Gold answers of the training questions, from the release's answer-only file (exact
     /// instruction → canonical answer).
     fn gold_index(&self, task: Task) -> Result<HashMap<String, String>> {
-        let e = self
-            .entries
-            .iter()
-            .find(|e| e.task == task && e.format == Format::AnswerOnly)
-            .expect("every released task has an answer-only file");
+        let e = self.entries.iter().find(|e| e.task == task && e.format == Format::AnswerOnly).expect("every released task has an answer-only file");
         let path = self.dir.path(&e.file);
         let mut map = HashMap::new();
         for rec in read_records(&path)? {
@@ -319,8 +304,7 @@ fn format_level(format: Format, level: Option<u8>) -> String {
 
 /// "gpt-4o level-3 plain" etc.
 pub fn describe(e: &CatalogEntry) -> String {
-    format!("{} {}", e.teacher.map(|t| t.name()).unwrap_or("answer-only"), format_level(e.format, e.level))
-        .replace("answer-only answer-only", "answer-only")
+    format!("{} {}", e.teacher.map(|t| t.name()).unwrap_or("answer-only"), format_level(e.format, e.level)).replace("answer-only answer-only", "answer-only")
 }
 
 /// `arith` rationales come from the rule teacher, generated on the fly.
@@ -342,16 +326,7 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
         })
         .collect();
     apply_limit(&mut rationales, None, q.limit);
-    Ok(Corpus {
-        task: Task::Arith,
-        teacher: Some(ReleaseTeacher::Rule),
-        level,
-        format,
-        source: "generated".into(),
-        rationales,
-        skipped: 0,
-        recipe: None,
-    })
+    Ok(Corpus { task: Task::Arith, teacher: Some(ReleaseTeacher::Rule), level, format, source: "generated".into(), rationales, skipped: 0, recipe: None })
 }
 
 /// The level and format of an `arith` query, or why the rule teacher cannot write it.
@@ -365,10 +340,7 @@ fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
         None => ReleaseTeacher::Rule,
     };
     if teacher != ReleaseTeacher::Rule {
-        return Err(usage!(
-            "'arith' rationales come from the rule teacher (teacher: \"rule\"), not {}",
-            teacher.name()
-        ));
+        return Err(usage!("'arith' rationales come from the rule teacher (teacher: \"rule\"), not {}", teacher.name()));
     }
     let level = match (q.level, format) {
         (_, Format::AnswerOnly) => None,
@@ -376,10 +348,7 @@ fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
         (None, _) => return Err(usage!("'level' (1..6) is required for rule rationales")),
     };
     if !matches!(format, Format::Plain | Format::EquationOnly | Format::AnswerOnly) {
-        return Err(usage!(
-            "the rule teacher writes plain, equation-only and answer-only rationales, not {}",
-            format.name()
-        ));
+        return Err(usage!("the rule teacher writes plain, equation-only and answer-only rationales, not {}", format.name()));
     }
     Ok((level, format))
 }

@@ -28,10 +28,7 @@ pub fn normalize_stem(q: &str) -> String {
 
 fn shingles(stem: &str) -> HashSet<u64> {
     use std::hash::{Hash, Hasher};
-    let words: Vec<&str> = stem
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = stem.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     let n = 3.min(words.len().max(1));
     words
         .windows(n)
@@ -129,10 +126,8 @@ fn check_unchecked(train: &[String], test: &[String], threshold: f64) -> Report 
                 }
             }
         }
-        let best = shared
-            .into_iter()
-            .map(|(i, c)| (i, c as f64 / (sh.len() + train_sh[i].len() - c) as f64))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let best =
+            shared.into_iter().map(|(i, c)| (i, c as f64 / (sh.len() + train_sh[i].len() - c) as f64)).max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         if let Some((i, sim)) = best {
             if sim >= threshold {
                 near += 1;

@@ -36,11 +36,7 @@ impl ReleaseTeacher {
             "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => ReleaseTeacher::Llama70b,
             "human" => ReleaseTeacher::Human,
             "rule" => ReleaseTeacher::Rule,
-            _ => {
-                return Err(usage!(
-                    "unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)"
-                ))
-            }
+            _ => return Err(usage!("unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)")),
         })
     }
 

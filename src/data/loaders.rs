@@ -51,27 +51,19 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let text = read_text(path)?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            Error::data(path, format!("line {}, column {}: malformed JSON: {e}", e.line(), e.column()))
-        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(path, format!("line {}, column {}: malformed JSON: {e}", e.line(), e.column())))?;
         let Value::Array(items) = v else { unreachable!("starts with '['") };
         if items.is_empty() {
             return Err(Error::data(path, "the JSON array is empty: expected at least one record"));
         }
-        Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| Record { loc: format!("record {i}"), index: i, value })
-            .collect())
+        Ok(items.into_iter().enumerate().map(|(i, value)| Record { loc: format!("record {i}"), index: i, value }).collect())
     } else if trimmed.starts_with('{') {
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_str(line).map_err(|e| {
-                Error::data(path, format!("line {}: malformed JSON line: {e}", n + 1))
-            })?;
+            let value: Value = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: malformed JSON line: {e}", n + 1)))?;
             out.push(Record { loc: format!("line {}", n + 1), index: out.len(), value });
         }
         Ok(out)
@@ -82,9 +74,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 
 impl Record {
     fn obj(&self, path: &Path) -> Result<&serde_json::Map<String, Value>> {
-        self.value.as_object().ok_or_else(|| {
-            Error::data(path, format!("{}: expected a JSON object, found {}", self.loc, type_name(&self.value)))
-        })
+        self.value.as_object().ok_or_else(|| Error::data(path, format!("{}: expected a JSON object, found {}", self.loc, type_name(&self.value))))
     }
 
     /// A required string field.
@@ -92,10 +82,7 @@ impl Record {
         let obj = self.obj(path)?;
         match obj.get(field) {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(Error::data(
-                path,
-                format!("{}: field '{field}' is {}, expected a string", self.loc, type_name(other)),
-            )),
+            Some(other) => Err(Error::data(path, format!("{}: field '{field}' is {}, expected a string", self.loc, type_name(other)))),
             None => Err(self.missing(path, field)),
         }
     }
@@ -105,10 +92,7 @@ impl Record {
         match self.obj(path)?.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(Error::data(
-                path,
-                format!("{}: field '{field}' is {}, expected a string", self.loc, type_name(other)),
-            )),
+            Some(other) => Err(Error::data(path, format!("{}: field '{field}' is {}, expected a string", self.loc, type_name(other)))),
         }
     }
 
@@ -117,10 +101,7 @@ impl Record {
         match self.obj(path)?.get(field) {
             Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN)),
             Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Ok(s.trim().parse().unwrap()),
-            Some(other) => Err(Error::data(
-                path,
-                format!("{}: field '{field}' is {}, expected a number", self.loc, type_name(other)),
-            )),
+            Some(other) => Err(Error::data(path, format!("{}: field '{field}' is {}, expected a number", self.loc, type_name(other)))),
             None => Err(self.missing(path, field)),
         }
     }
@@ -147,13 +128,10 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn gold(path: &Path, rec: &Record, raw: &str, kind: AnswerKind) -> Result<String> {
-    canonical_gold(raw, kind).ok_or_else(|| {
-        Error::data(path, format!("{}: gold answer '{raw}' is not a valid {} answer", rec.loc, kind.name()))
-    })
+    canonical_gold(raw, kind).ok_or_else(|| Error::data(path, format!("{}: gold answer '{raw}' is not a valid {} answer", rec.loc, kind.name())))
 }
 
-static CHOICE_MARK: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:^|[\s,])\(?([A-E])[.:)]\s*").unwrap());
+static CHOICE_MARK: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[\s,])\(?([A-E])[.:)]\s*").unwrap());
 
 /// Parse the answer choices out of a question that lists them after "Answer choices:".
 pub fn parse_choices(question: &str) -> Vec<String> {
@@ -310,12 +288,8 @@ pub fn load_aqua(path: &Path) -> Result<Vec<Example>> {
                 Some(_) => return Err(Error::data(path, format!("{}: field 'options' is not an array", rec.loc))),
                 None => return Err(Error::data(path, format!("{}: missing field 'options'", rec.loc))),
             };
-            let choices: Vec<String> = options
-                .iter()
-                .map(|o| o.split_once(')').map(|(_, t)| t.trim().to_string()).unwrap_or_else(|| o.clone()))
-                .collect();
-            let listed: Vec<String> =
-                choices.iter().enumerate().map(|(i, c)| format!("({}) {c}", (b'A' + i as u8) as char)).collect();
+            let choices: Vec<String> = options.iter().map(|o| o.split_once(')').map(|(_, t)| t.trim().to_string()).unwrap_or_else(|| o.clone())).collect();
+            let listed: Vec<String> = choices.iter().enumerate().map(|(i, c)| format!("({}) {c}", (b'A' + i as u8) as char)).collect();
             Ok(Example {
                 id: format!("aqua-test-{}", rec.index),
                 question: format!("{} Answer Choices: {}", rec.str(path, "question")?.trim(), listed.join(" ")),
@@ -349,8 +323,7 @@ pub fn load_math_full(path: &Path) -> Result<Vec<Example>> {
         .iter()
         .map(|rec| {
             let solution = rec.str(path, "solution")?;
-            let boxed = find_boxed(&solution)
-                .ok_or_else(|| Error::data(path, format!("{}: solution has no \\boxed{{}} answer", rec.loc)))?;
+            let boxed = find_boxed(&solution).ok_or_else(|| Error::data(path, format!("{}: solution has no \\boxed{{}} answer", rec.loc)))?;
             let id = match rec.value.get("idx") {
                 Some(v) => format!("math-full-{v}"),
                 None => format!("math-full-{}", rec.index),
@@ -423,10 +396,7 @@ pub fn load_questions(path: &Path) -> Result<Vec<String>> {
             if rec.has("Body") && rec.has("Question") {
                 return Ok(format!("{} {}", rec.str(path, "Body")?.trim_end(), rec.str(path, "Question")?.trim()));
             }
-            Err(Error::data(
-                path,
-                format!("{}: no question field: expected 'instruction', 'question', 'problem' or 'Body'+'Question'", rec.loc),
-            ))
+            Err(Error::data(path, format!("{}: no question field: expected 'instruction', 'question', 'problem' or 'Body'+'Question'", rec.loc)))
         })
         .collect()
 }

@@ -51,8 +51,7 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 8] =
-        [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math, Task::Csqa, Task::Obqa, Task::StrategyQa, Task::Arith];
+    pub const ALL: [Task; 8] = [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math, Task::Csqa, Task::Obqa, Task::StrategyQa, Task::Arith];
 
     pub fn parse(name: &str) -> Result<Task> {
         let n = name.to_ascii_lowercase().replace(['_', ' '], "-");
@@ -65,11 +64,7 @@ impl Task {
             "obqa" | "openbookqa" | "openbook-qa" => Task::Obqa,
             "strategyqa" | "stqa" | "strategy-qa" => Task::StrategyQa,
             "arith" => Task::Arith,
-            _ => {
-                return Err(usage!(
-                    "unknown dataset '{name}': expected one of svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith"
-                ))
-            }
+            _ => return Err(usage!("unknown dataset '{name}': expected one of svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith")),
         })
     }
 
@@ -220,9 +215,7 @@ pub fn load_dataset(dir: &DataDir, name: &str, opts: &DatasetOptions) -> Result<
     let split = opts.split.clone().unwrap_or_else(|| default_split.to_string());
     let examples = if task == Task::Arith {
         if opts.split.is_some() {
-            return Err(usage!(
-                "'arith' is generated, it has no splits: use ds.split(test_fraction, seed) to make one"
-            ));
+            return Err(usage!("'arith' is generated, it has no splits: use ds.split(test_fraction, seed) to make one"));
         }
         let n = crate::error::in_range("dataset(\"arith\")", "n", opts.n.unwrap_or(500), 1..=1_000_000)?;
         let problems = arith::generate(n, opts.seed.unwrap_or(1));

@@ -50,7 +50,17 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 8, max_new_tokens: None, temperature: 0.0, top_p: 1.0, seed: 0, protocol: Protocol::Paper, prompt: PromptStyle::Paper, beams: None, decode_weights: DecodeWeights::Auto }
+        EvalOptions {
+            batch_size: 8,
+            max_new_tokens: None,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            protocol: Protocol::Paper,
+            prompt: PromptStyle::Paper,
+            beams: None,
+            decode_weights: DecodeWeights::Auto,
+        }
     }
 }
 
@@ -252,7 +262,11 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
     let kinds: std::collections::HashMap<&str, _> = ds.examples.iter().map(|e| (e.id.as_str(), e.kind)).collect();
     let accuracy_under = |p: Protocol| -> f64 {
         let k = scored.iter().filter(|s| p.judge(&s.generated, &s.gold, kinds[s.id.as_str()], evaluator).correct).count();
-        if n == 0 { 0.0 } else { k as f64 / n as f64 }
+        if n == 0 {
+            0.0
+        } else {
+            k as f64 / n as f64
+        }
     };
     let report = EvalReport {
         task: ds.name.clone(),

@@ -50,14 +50,20 @@ pub fn score_predictions(ds: &Dataset, path: &Path, protocol: Protocol) -> Resul
                 _ => rec.str(path, "id")?,
             };
             *by_id.get(id.as_str()).ok_or_else(|| {
-                Error::data(path, format!("{}: id '{id}' is not in {} {} (ids look like '{}')", rec.loc, ds.name, ds.split,
-                    ds.examples.first().map(|e| e.id.as_str()).unwrap_or("?")))
+                Error::data(
+                    path,
+                    format!(
+                        "{}: id '{id}' is not in {} {} (ids look like '{}')",
+                        rec.loc,
+                        ds.name,
+                        ds.split,
+                        ds.examples.first().map(|e| e.id.as_str()).unwrap_or("?")
+                    ),
+                )
             })?
         } else if rec.has("question") {
             let q = rec.str(path, "question")?;
-            *by_q.get(&normalize(&q)).ok_or_else(|| {
-                Error::data(path, format!("{}: question not found in {} {}: {:.60}…", rec.loc, ds.name, ds.split, q))
-            })?
+            *by_q.get(&normalize(&q)).ok_or_else(|| Error::data(path, format!("{}: question not found in {} {}: {:.60}…", rec.loc, ds.name, ds.split, q)))?
         } else {
             return Err(Error::data(path, format!("{}: expected an 'id' or 'question' field", rec.loc)));
         };

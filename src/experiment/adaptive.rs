@@ -218,14 +218,24 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
     ranked.sort();
     ranked.truncate(s.pilot_eval_n);
     if ranked.is_empty() {
-        return Err(usage!("select pilot: the candidates have {} questions with a gold answer; the pilot needs pilot_eval_n = {} held out", ranked.len(), s.pilot_eval_n));
+        return Err(usage!(
+            "select pilot: the candidates have {} questions with a gold answer; the pilot needs pilot_eval_n = {} held out",
+            ranked.len(),
+            s.pilot_eval_n
+        ));
     }
     let heldout: std::collections::HashSet<&String> = ranked.iter().map(|(_, q, _)| *q).collect();
     let task = cands[0].task;
     let examples: Vec<Example> = ranked
         .iter()
         .enumerate()
-        .map(|(i, (_, q, g))| Example { id: format!("{}-pilot-{i}", task.name()), question: (*q).clone(), choices: Vec::new(), answer: g.clone(), kind: task.kind() })
+        .map(|(i, (_, q, g))| Example {
+            id: format!("{}-pilot-{i}", task.name()),
+            question: (*q).clone(),
+            choices: Vec::new(),
+            answer: g.clone(),
+            kind: task.kind(),
+        })
         .collect();
     let ds = Dataset { name: task.name().into(), split: "pilot-heldout".into(), task, subset: Some((examples.len(), Some(r.train_seed))), examples };
     let mut rows = Vec::new();
@@ -305,7 +315,14 @@ mod tests {
                     question: q.to_string(),
                     gold: Some("1".into()),
                     text: format!("level {level}"),
-                    origin: crate::data::Origin { task, teacher: None, level: Some(level), format: crate::cot::Format::Plain, source: "generated".into(), row: i },
+                    origin: crate::data::Origin {
+                        task,
+                        teacher: None,
+                        level: Some(level),
+                        format: crate::cot::Format::Plain,
+                        source: "generated".into(),
+                        row: i,
+                    },
                 })
                 .collect(),
             skipped: 0,

@@ -27,9 +27,10 @@ pub fn sweep_mode(point: Option<usize>, collect: bool) -> Result<SweepMode> {
     }
     match std::env::var("SLURM_ARRAY_TASK_ID") {
         Ok(v) if !v.trim().is_empty() => {
-            let n = v.trim().parse::<usize>().map_err(|_| {
-                Error::usage(format!("SLURM_ARRAY_TASK_ID is {v:?}, not a point index: pass --point N, or unset it to run every point"))
-            })?;
+            let n = v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::usage(format!("SLURM_ARRAY_TASK_ID is {v:?}, not a point index: pass --point N, or unset it to run every point")))?;
             eprintln!("[cotlab run] SLURM_ARRAY_TASK_ID={n}: every sweep runs only its point {n} (--point chooses another)");
             Ok(SweepMode::Point(n))
         }

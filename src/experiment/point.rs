@@ -28,8 +28,18 @@ pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train
 /// The student-adaptive strategy's keys (parsed by `take_strategy`; run by [`super::adaptive`]).
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
-pub const EVAL_KEYS: &[&str] =
-    &["eval_dataset", "eval_split", "eval_n", "eval_seed", "eval_batch_size", "eval_max_new_tokens", "eval_protocol", "eval_prompt", "eval_beams", "eval_decode_weights"];
+pub const EVAL_KEYS: &[&str] = &[
+    "eval_dataset",
+    "eval_split",
+    "eval_n",
+    "eval_seed",
+    "eval_batch_size",
+    "eval_max_new_tokens",
+    "eval_protocol",
+    "eval_prompt",
+    "eval_beams",
+    "eval_decode_weights",
+];
 
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
@@ -120,9 +130,15 @@ fn take_strategy(m: &mut Map<String, Value>, train_n: Option<usize>, max_steps: 
     let temperature = take(m, "select_temperature");
     let (pilot_n, pilot_steps, pilot_eval_n) = (take(m, "pilot_n"), take(m, "pilot_steps"), take(m, "pilot_eval_n"));
     let Some(select) = select else {
-        if let Some(k) = [("select_levels", &levels), ("select_temperature", &temperature), ("pilot_n", &pilot_n), ("pilot_steps", &pilot_steps), ("pilot_eval_n", &pilot_eval_n)]
-            .iter()
-            .find_map(|(k, v)| v.is_some().then_some(*k))
+        if let Some(k) = [
+            ("select_levels", &levels),
+            ("select_temperature", &temperature),
+            ("pilot_n", &pilot_n),
+            ("pilot_steps", &pilot_steps),
+            ("pilot_eval_n", &pilot_eval_n),
+        ]
+        .iter()
+        .find_map(|(k, v)| v.is_some().then_some(*k))
         {
             return Err(usage!("'{k}' belongs to the adaptive strategy: give 'select' (pilot, min_loss, softmin) with it, or drop it"));
         }
@@ -284,11 +300,8 @@ impl PointConfig {
     /// The training corpus: one query, or the mixture, then the curriculum order.
     pub fn corpus(&self, catalog: &Catalog) -> Result<crate::data::Corpus> {
         let mut corpus = if self.mixed {
-            let parts = self
-                .parts
-                .iter()
-                .map(|(ds, q, w)| Ok(crate::data::MixPart { corpus: catalog.rationales(ds, q)?, weight: *w }))
-                .collect::<Result<Vec<_>>>()?;
+            let parts =
+                self.parts.iter().map(|(ds, q, w)| Ok(crate::data::MixPart { corpus: catalog.rationales(ds, q)?, weight: *w })).collect::<Result<Vec<_>>>()?;
             crate::data::Corpus::mix(&parts, self.mix_n.unwrap_or(0), self.train_seed)?
         } else {
             let (ds, q, _) = &self.parts[0];
@@ -333,7 +346,10 @@ mod tests {
         let m = |v: Value| v.as_object().unwrap().clone();
         assert!(take_strategy(&mut m(serde_json::json!({})), None, None).unwrap().is_none());
         let s = take_strategy(&mut m(serde_json::json!({"select": "pilot", "select_levels": [1, 3]})), Some(8), Some(2)).unwrap().unwrap();
-        assert_eq!((s.strategy, s.levels.iter().map(|l| l.get()).collect::<Vec<_>>(), s.pilot_n, s.pilot_steps, s.pilot_eval_n), (Strategy::Pilot, vec![1, 3], 8, 2, 20));
+        assert_eq!(
+            (s.strategy, s.levels.iter().map(|l| l.get()).collect::<Vec<_>>(), s.pilot_n, s.pilot_steps, s.pilot_eval_n),
+            (Strategy::Pilot, vec![1, 3], 8, 2, 20)
+        );
         let e = take_strategy(&mut m(serde_json::json!({"select": "best"})), None, None).unwrap_err().to_string();
         assert!(e.contains("pilot") && e.contains("min_loss"), "{e}");
         let e = take_strategy(&mut m(serde_json::json!({"pilot_n": 4})), None, None).unwrap_err().to_string();

@@ -33,10 +33,7 @@ impl Progress {
     pub fn new(name: &str, total: usize, done: usize, to_run: usize) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template("[sweep {prefix}] {wide_bar} {pos}/{len} points, {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            b.set_style(ProgressStyle::with_template("[sweep {prefix}] {wide_bar} {pos}/{len} points, {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
             b.set_prefix(name.to_string());
             b.set_position(done as u64);
             b.set_message("eta unknown");

@@ -258,7 +258,13 @@ mod tests {
             args: vec!["--runs".into(), "/r".into(), "--set".into(), "name=it's".into()],
             out: PathBuf::from("/o/out"),
             workdir: PathBuf::from("/w"),
-            options: SlurmOptions { partition: Some("gpu".into()), gpus: Some("1".into()), cpus: Some(4), mem: Some("16G".into()), time: Some("1:00:00".into()) },
+            options: SlurmOptions {
+                partition: Some("gpu".into()),
+                gpus: Some("1".into()),
+                cpus: Some(4),
+                mem: Some("16G".into()),
+                time: Some("1:00:00".into()),
+            },
         }
     }
 

@@ -146,7 +146,11 @@ fn point_name(keys: &[String], config: &Map<String, Value>) -> String {
     let clean: String = clean.trim_start_matches('.').chars().take(80).collect();
     // serde_json maps are sorted: the text is canonical, so equal configs get equal hashes.
     let hash = crate::rng::fnv1a(crate::rng::FNV_OFFSET, Value::Object(config.clone()).to_string().bytes());
-    if clean.is_empty() { format!("{:08x}", hash as u32) } else { format!("{clean}-{:08x}", hash as u32) }
+    if clean.is_empty() {
+        format!("{:08x}", hash as u32)
+    } else {
+        format!("{clean}-{:08x}", hash as u32)
+    }
 }
 
 /// How the `sweep()` calls of one session run their points (`cotlab run`, `--point`, `--collect`).
@@ -232,18 +236,11 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
     let all_keys = spec.grid.keys().chain(spec.base.keys()).chain(spec.include.iter().flat_map(|m| m.keys()));
     for k in all_keys {
         if !known.contains(k) {
-            return Err(usage!(
-                "sweep '{}': unknown option '{k}'; a point takes: {}",
-                spec.name,
-                known.join(", ")
-            ));
+            return Err(usage!("sweep '{}': unknown option '{k}'; a point takes: {}", spec.name, known.join(", ")));
         }
     }
     if keys.is_empty() && spec.include.is_empty() {
-        return Err(usage!(
-            "sweep '{}': the grid is empty: give grid: #{{level: [1, 2, 3], ...}} (or points in 'include')",
-            spec.name
-        ));
+        return Err(usage!("sweep '{}': the grid is empty: give grid: #{{level: [1, 2, 3], ...}} (or points in 'include')", spec.name));
     }
     // Row-major: the last key varies fastest.
     let mut configs: Vec<(Map<String, Value>, Option<usize>)> = Vec::new();
@@ -416,7 +413,16 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
 
 /// The record a point dir keeps: `point.json` when complete, `failed.json` when not.
 #[allow(clippy::too_many_arguments)]
-fn record(spec: &SweepSpec, p: &PointPlan, dir: &Path, status: PointStatus, reason: Option<String>, metrics: Map<String, Value>, prov: Option<Provenance>, strategy: Option<Value>) -> Value {
+fn record(
+    spec: &SweepSpec,
+    p: &PointPlan,
+    dir: &Path,
+    status: PointStatus,
+    reason: Option<String>,
+    metrics: Map<String, Value>,
+    prov: Option<Provenance>,
+    strategy: Option<Value>,
+) -> Value {
     serde_json::json!({
         "sweep": spec.name, "index": p.index, "point": p.point, "status": status, "reason": reason,
         "config": p.config, "metrics": metrics, "provenance": prov, "strategy": strategy,
@@ -459,7 +465,9 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
         SweepMode::Point(n) => {
             match points.get(n) {
                 None => eprintln!("[sweep {}] point {n}: the sweep has only {} points: nothing to run in this task", spec.name, points.len()),
-                Some(p) if p.status == PointStatus::Invalid => eprintln!("[sweep {}] point {n} ({}) is invalid: nothing to run in this task", spec.name, p.point),
+                Some(p) if p.status == PointStatus::Invalid => {
+                    eprintln!("[sweep {}] point {n} ({}) is invalid: nothing to run in this task", spec.name, p.point)
+                }
                 Some(_) => {}
             }
             Some(Some(n))
@@ -469,8 +477,7 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
     let selected = |p: &PointPlan| only.is_some_and(|o| o.is_none_or(|i| i == p.index));
     let already_done = points.iter().filter(|p| p.status == PointStatus::Done).count();
     // A point failed earlier is retried, as on any re-run.
-    let to_run: Vec<usize> =
-        points.iter().filter(|p| matches!(p.status, PointStatus::Pending | PointStatus::Failed) && selected(p)).map(|p| p.index).collect();
+    let to_run: Vec<usize> = points.iter().filter(|p| matches!(p.status, PointStatus::Pending | PointStatus::Failed) && selected(p)).map(|p| p.index).collect();
     let to_run_now = spec.stop_after_points.map_or(to_run.len(), |k| k.min(to_run.len()));
     let mut progress = Progress::new(&spec.name, points.len() - invalid, already_done, to_run_now);
     let mut ran = 0;
@@ -486,11 +493,10 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
         progress.start(p.index, &p.point);
         let t = Instant::now();
         // A panic deep in a kernel must not end the other points.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_point(ws, p, &pdir)))
-            .unwrap_or_else(|panic| {
-                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                Err(Error::usage(format!("internal error (a panic): {msg}")))
-            });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_point(ws, p, &pdir))).unwrap_or_else(|panic| {
+            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            Err(Error::usage(format!("internal error (a panic): {msg}")))
+        });
         ran += 1;
         let secs = t.elapsed().as_secs_f64();
         match outcome {

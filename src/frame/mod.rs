@@ -126,11 +126,7 @@ impl Frame {
         if let Some((first, data)) = cols.first() {
             for (name, d) in &cols {
                 if d.len() != data.len() {
-                    return Err(usage!(
-                        "columns must have equal lengths: '{first}' has {} values, '{name}' has {}",
-                        data.len(),
-                        d.len()
-                    ));
+                    return Err(usage!("columns must have equal lengths: '{first}' has {} values, '{name}' has {}", data.len(), d.len()));
                 }
             }
         }
@@ -196,10 +192,7 @@ impl Frame {
     pub fn sort(&self, by: &[String], descending: bool) -> Result<Frame> {
         self.check_columns(by, "sort")?;
         let names: Vec<PlSmallStr> = by.iter().map(|s| s.as_str().into()).collect();
-        let opts = SortMultipleOptions::default()
-            .with_order_descending(descending)
-            .with_nulls_last(true)
-            .with_maintain_order(true);
+        let opts = SortMultipleOptions::default().with_order_descending(descending).with_nulls_last(true).with_maintain_order(true);
         Ok(Frame(self.lazy().sort(names, opts).collect().frame_ctx("sort")?))
     }
 
@@ -222,13 +215,7 @@ impl Frame {
             Agg::Max => element().max(),
             Agg::Count => element().count(),
         };
-        let on_values = self
-            .0
-            .column(on)
-            .frame_ctx("pivot")?
-            .as_materialized_series()
-            .unique_stable()
-            .frame_ctx("pivot: distinct values")?;
+        let on_values = self.0.column(on).frame_ctx("pivot")?.as_materialized_series().unique_stable().frame_ctx("pivot: distinct values")?;
         let on_df = DataFrame::new_infer_height(vec![on_values.into_column()]).frame_ctx("pivot")?;
         let df = self
             .lazy()
@@ -350,9 +337,10 @@ impl Frame {
             Ok(df) => Ok(Frame(df)),
             // polars does not say which row is ragged; find it, so the user can fix that line.
             Err(e) => match crate::paths::read_text(path).ok().and_then(|t| ragged_csv_row(&t)) {
-                Some((line, got, want)) => {
-                    Err(Error::data(path, format!("line {line}: {got} fields, the header has {want} (a missing or extra comma, or an unquoted comma in a value?)")))
-                }
+                Some((line, got, want)) => Err(Error::data(
+                    path,
+                    format!("line {line}: {got} fields, the header has {want} (a missing or extra comma, or an unquoted comma in a value?)"),
+                )),
                 None => Err(e).frame_ctx(format!("reading {}", path.display())),
             },
         }
@@ -376,8 +364,8 @@ impl Frame {
             if line.trim().is_empty() {
                 continue;
             }
-            let obj: OrderedObject = serde_json::from_str(line)
-                .map_err(|e| Error::data(path, format!("line {}: {e} (expected one JSON object per line)", i + 1)))?;
+            let obj: OrderedObject =
+                serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: {e} (expected one JSON object per line)", i + 1)))?;
             for (k, _) in &obj.0 {
                 if known.insert(k.clone()) {
                     names.push(k.clone());

@@ -39,14 +39,7 @@ impl CustomOp3 for Attention {
         "cotlab-attention"
     }
     fused_fwd3!(out);
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _y: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Recompute the probabilities (one layer's worth lives at a time) instead of keeping
         // scores, scaled scores, masked scores and probabilities of every layer until the end of
         // the backward pass: 4 × (B, H, T, S) f32 per layer, most of the activation memory.
@@ -132,7 +125,17 @@ fn gemm1(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, add: bool
 /// hidden from every row of the block, so their probabilities are exactly 0 and skipping them
 /// changes nothing; a row that sees no key at all gets the whole row (as the composed ops).
 #[allow(clippy::too_many_arguments)]
-fn block_probs(q: &[f32], k: &[f32], mask: &[f32], seen: &[(usize, usize)], hd: usize, s: usize, rows: std::ops::Range<usize>, scale: f32, p: &mut Vec<f32>) -> (usize, usize) {
+fn block_probs(
+    q: &[f32],
+    k: &[f32],
+    mask: &[f32],
+    seen: &[(usize, usize)],
+    hd: usize,
+    s: usize,
+    rows: std::ops::Range<usize>,
+    scale: f32,
+    p: &mut Vec<f32>,
+) -> (usize, usize) {
     let (lo, hi) = seen[rows.clone()].iter().fold((s, 0), |(lo, hi), &(a, b)| (lo.min(a), hi.max(b)));
     let (r, n) = (rows.len(), hi - lo);
     p.resize(r * n, 0.0);

@@ -13,7 +13,6 @@ use rayon::prelude::*;
 use super::attention::{softmax_numerators, HIDDEN};
 use super::simd::{reduce8, Kernel};
 
-
 /// A 4-D f32 CPU tensor's data with its start offset and strides (in elements).
 struct View<'a> {
     data: &'a [f32],
@@ -285,7 +284,8 @@ mod tests {
         let (k, v) = (kc.narrow(2, 2, s).unwrap(), vc.narrow(2, 2, s).unwrap());
         // Row 1 left-padded by 3 columns, row 2 by 1; the last query row sees one key less.
         let pads = [0usize, 3, 1];
-        let m: Vec<f32> = (0..b).flat_map(|r| (0..t).flat_map(move |ti| (0..s).map(move |j| if j >= pads[r] && j < s - 1 + ti { 0.0 } else { -1e9 }))).collect();
+        let m: Vec<f32> =
+            (0..b).flat_map(|r| (0..t).flat_map(move |ti| (0..s).map(move |j| if j >= pads[r] && j < s - 1 + ti { 0.0 } else { -1e9 }))).collect();
         let mask = Tensor::from_vec(m, (b, 1, t, s), &dev).unwrap();
         let scale = 0.25;
         let got = attention(&q, &k, &v, &mask, scale).unwrap().unwrap();

@@ -50,15 +50,7 @@ macro_rules! fused_fwd {
 /// `cpu_fwd` / `cuda_fwd` of a three-input fused op: hand over the result held in `self.$slot`.
 macro_rules! fused_fwd3 {
     ($slot:tt) => {
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
             $crate::kernels::ops::take_cpu(&self.$slot)
         }
         #[cfg(feature = "cuda")]
@@ -90,13 +82,7 @@ impl CustomOp2 for RmsNorm {
         self.cpu_fwd_impl()
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         take_cuda(&self.0)
     }
     fn bwd(&self, x: &Tensor, alpha: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -167,14 +153,7 @@ impl CustomOp3 for Rope {
         "cotlab-rope"
     }
     fused_fwd3!(0);
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _y: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _x: &Tensor, cos: &Tensor, sin: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = candle_nn::rotary_emb::rope(&g.contiguous()?, cos, &sin.neg()?)?;
         Ok((Some(dx), None, None))
     }
@@ -211,7 +190,11 @@ impl Linear {
 }
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        if self.trainable { "cotlab-linear" } else { "cotlab-frozen-linear" }
+        if self.trainable {
+            "cotlab-linear"
+        } else {
+            "cotlab-frozen-linear"
+        }
     }
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
@@ -225,13 +208,7 @@ impl CustomOp2 for Linear {
         Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((n, out))))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        xs: &candle_core::CudaStorage,
-        xl: &Layout,
-        ws: &candle_core::CudaStorage,
-        wl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, xs: &candle_core::CudaStorage, xl: &Layout, ws: &candle_core::CudaStorage, wl: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         let (bmnk, wt) = self.bmnk(xl, wl)?;
         Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
@@ -683,9 +660,7 @@ mod tests {
         // Per-row positions (packed rows, decoding): cos/sin (B, T, D/2), each row its own table.
         let cos3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
         let sin3 = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
-        let rows = (0..2)
-            .map(|b| candle_nn::rotary_emb::rope_slow(&x.narrow(0, b, 1)?, &cos3.get(b)?, &sin3.get(b)?))
-            .collect::<Result<Vec<_>>>()?;
+        let rows = (0..2).map(|b| candle_nn::rotary_emb::rope_slow(&x.narrow(0, b, 1)?, &cos3.get(b)?, &sin3.get(b)?)).collect::<Result<Vec<_>>>()?;
         check(rope(&x, &cos3, &sin3)?, Tensor::cat(&rows, 0)?, &[&x])?;
         let m = Var::randn(0f32, 1., (30, 8), &dev)?;
         let w = Var::randn(0f32, 1., (30, 6), &dev)?;

@@ -393,7 +393,6 @@ mod portable {
         }
     }
 
-
     pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
         for p in 0..pair {
             let x = &x[p * cols..(p + 1) * cols];
@@ -771,7 +770,11 @@ mod tests {
                     let mut split = [[0f32; TILE]; XROWS];
                     portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
                     assert_eq!(fused, split[0], "{name} {kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
-                    assert_eq!(q.dot_row_tile(Kernel::Portable, t, &x[..cols], &mut Vec::new()), split[0], "{name}: portable one-row path ({rows}×{cols}, tile {t})");
+                    assert_eq!(
+                        q.dot_row_tile(Kernel::Portable, t, &x[..cols], &mut Vec::new()),
+                        split[0],
+                        "{name}: portable one-row path ({rows}×{cols}, tile {t})"
+                    );
                 }
             }
             q8.decode_tile(kernel, 0, &mut buf);

@@ -68,7 +68,19 @@ pub(crate) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
 /// [`sgemm`] on cotlab's kernel (`own`, where the CPU has AVX2 + FMA) or the `gemm` crate
 /// (also `cotlab bench gemm`'s cotlab side, which names the kernel).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_on(own: bool, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
+pub(crate) fn sgemm_on(
+    own: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    alpha: f32,
+    threads: usize,
+) {
     a.check(m, k, "a");
     b.check(k, n, "b");
     Operand::new(dst, dst_rs, 1).check(m, n, "dst");
@@ -127,14 +139,45 @@ unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
 fn gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
     // SAFETY: every element the strides reach was checked to lie inside its slice.
     unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, dst_rs as isize, accumulate, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, 1.0, alpha, false, false, false, par)
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
     }
 }
 
 /// [`sgemm`] through the `gemm` crate on `par` whatever the product's size, as candle's CPU
 /// matmul runs it: `cotlab bench gemm`'s baseline.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
+pub(crate) fn sgemm_gemm_crate(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
     a.check(m, k, "a");
     b.check(k, n, "b");
     Operand::new(dst, dst_rs, 1).check(m, n, "dst");
@@ -335,7 +378,18 @@ unsafe fn transpose8(_: *const f32, _: usize, _: *mut f32, _: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const DIRECT: bool>(kc: usize, a: *const f32, a_rs: usize, b: *const f32, c: *mut f32, rs: usize, alpha: f32, overwrite: bool, mr: usize, nr: usize) {
+unsafe fn kernel<const DIRECT: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    c: *mut f32,
+    rs: usize,
+    alpha: f32,
+    overwrite: bool,
+    mr: usize,
+    nr: usize,
+) {
     use std::arch::x86_64::*;
     // The tile's rows of dst are fetched while the sums run (they are far apart in memory: a
     // store missing the cache would stall the next tile).
@@ -415,7 +469,8 @@ mod tests {
         let sizes = [(1, 1, 1), (5, 17, 3), (6, 16, 256), (7, 33, 257), (13, 40, 600), (150, 20, 70), (20, 4100, 9), (145, 31, 513)];
         // Our kernel wherever it can run (whatever `sgemm` picks on this CPU) and the gemm crate.
         let kernels: &[bool] = if avx2_fma() { &[true, false] } else { &[false] };
-        let cases: Vec<(bool, f32, bool)> = [(false, 1.0f32), (true, 0.125)].iter().flat_map(|&(acc, alpha)| kernels.iter().map(move |&own| (acc, alpha, own))).collect();
+        let cases: Vec<(bool, f32, bool)> =
+            [(false, 1.0f32), (true, 0.125)].iter().flat_map(|&(acc, alpha)| kernels.iter().map(move |&own| (acc, alpha, own))).collect();
         for &(m, n, k) in &sizes {
             for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
                 for &(accumulate, alpha, own) in &cases {
@@ -444,7 +499,10 @@ mod tests {
                             }
                             let want = alpha as f64 * s + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
                             let got = outs[0][i * n + j] as f64;
-                            assert!((got - want).abs() <= 1e-5 * (mag + 1.0), "{m}x{n}x{k} at={at} bt={bt} acc={accumulate} own={own} ({i},{j}): {got} vs {want}");
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (mag + 1.0),
+                                "{m}x{n}x{k} at={at} bt={bt} acc={accumulate} own={own} ({i},{j}): {got} vs {want}"
+                            );
                         }
                     }
                     // Row i alone (a 1-row product) gives the bits it had in the whole product.
@@ -479,4 +537,3 @@ mod tests {
         sgemm(2, 2, 6, &mut c, 2, false, Operand::new(&a, 6, 1), Operand::new(&a, 2, 1), 1.0, 1);
     }
 }
-

@@ -183,9 +183,12 @@ impl Workspace {
             TeacherSpec::Local { model, device, cache: c } => {
                 self.student_teacher(Arc::new(self.student(&model, &StudentOptions { device, ..Default::default() })?), c.as_deref())?
             }
-            TeacherSpec::Replay { dataset, teacher } => {
-                Teacher { kind: "replay".into(), model: teacher.clone(), backend: Backend::Replay { dir: self.data_dir.clone(), dataset, teacher }, cache: None }
-            }
+            TeacherSpec::Replay { dataset, teacher } => Teacher {
+                kind: "replay".into(),
+                model: teacher.clone(),
+                backend: Backend::Replay { dir: self.data_dir.clone(), dataset, teacher },
+                cache: None,
+            },
         })
     }
 

@@ -18,14 +18,23 @@ pub const TEMPLATE_NAMES: &str = "chatml, llama3, gemma, alpaca";
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum ChatTemplate {
     /// `<|im_start|>role\n...<|im_end|>\n`; SmolLM2 adds a default system message.
-    Chatml { default_system: Option<String> },
+    Chatml {
+        default_system: Option<String>,
+    },
     Llama3,
     Gemma,
     /// LLaMA-Factory's alpaca template; the answer ends with the tokenizer's EOS text.
-    Alpaca { eos: String },
+    Alpaca {
+        eos: String,
+    },
     /// A fixed text around the question: the paper evaluator's prompt for a template
     /// ([`ChatTemplate::paper_eval`]); `base` names the template it stands for.
-    Wrapped { base: String, before: String, after: String, end: String },
+    Wrapped {
+        base: String,
+        before: String,
+        after: String,
+        end: String,
+    },
 }
 
 impl ChatTemplate {

@@ -210,7 +210,10 @@ impl ModelConfig {
         let largest = if fp.embedding >= layers {
             format!("the embedding, vocab_size {} × hidden_size {}, is {} parameters", self.vocab_size, self.hidden_size, fp.embedding)
         } else {
-            format!("the layers, num_hidden_layers {} × {} parameters each (hidden_size {}, intermediate_size {}), are {layers} parameters", self.num_hidden_layers, fp.per_layer, self.hidden_size, self.intermediate_size)
+            format!(
+                "the layers, num_hidden_layers {} × {} parameters each (hidden_size {}, intermediate_size {}), are {layers} parameters",
+                self.num_hidden_layers, fp.per_layer, self.hidden_size, self.intermediate_size
+            )
         };
         Err(usage!(
             "model config: {} parameters need {} in f32, more than this machine's {} of memory ({largest}): check the sizes",

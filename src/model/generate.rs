@@ -136,11 +136,7 @@ impl GenOptions {
         in_range(what, "top_p", self.top_p, 1e-9..=1.0)?;
         in_range(what, "beams", self.beams, 1..=MAX_BEAMS)?;
         if self.beams > 1 && self.temperature > 0.0 {
-            return Err(crate::usage!(
-                "{what}: beam search ('beams' {}) is deterministic: leave 'temperature' at 0 (got {})",
-                self.beams,
-                self.temperature
-            ));
+            return Err(crate::usage!("{what}: beam search ('beams' {}) is deterministic: leave 'temperature' at 0 (got {})", self.beams, self.temperature));
         }
         Ok(())
     }
@@ -171,7 +167,13 @@ pub fn generate(s: &Student, questions: &[String], opts: &GenOptions) -> Result<
 /// `done(i, answer)` is called as question `i`'s answer ends, in completion order. Greedy and
 /// sampled decoding refill a finished row with the next waiting prompt (continuous batching),
 /// so a long answer does not hold a batch; beam search runs `width` prompts at a time.
-pub fn generate_batched(s: &Student, questions: &[String], opts: &GenOptions, width: usize, done: &mut dyn FnMut(usize, Generation) -> Result<()>) -> Result<()> {
+pub fn generate_batched(
+    s: &Student,
+    questions: &[String],
+    opts: &GenOptions,
+    width: usize,
+    done: &mut dyn FnMut(usize, Generation) -> Result<()>,
+) -> Result<()> {
     opts.validate("generate")?;
     let prompts = prompt_ids(s, questions)?;
     let keys: Vec<u64> = questions.iter().map(|q| crate::rng::fnv1a(crate::rng::FNV_OFFSET, q.bytes())).collect();
@@ -551,69 +553,64 @@ fn beam_search(s: &Student, prompts: &[Vec<u32>], stops: &[u32], opts: &GenOptio
 /// the search is done (transformers' rules, `early_stopping=False`).
 fn beam_step(st: &mut Search, rows: &[Vec<f32>], s: &Student, stops: &[u32], opts: &GenOptions, k: usize, length_penalty: f32) {
     let n = opts.beams;
-        let acc: Vec<Vec<f32>> = st
-            .running
-            .iter()
-            .zip(&st.rows)
-            .map(|((_, score), &row)| log_softmax(&rows[row]).into_iter().map(|x| x + score).collect())
-            .collect();
-        let cands = top_k(&acc, k);
-        let generated = st.running[0].0.len() + 1;
-        let finished: Vec<Option<Finish>> = cands
-            .iter()
-            .map(|&(_, j, tok)| {
-                if stops.contains(&tok) {
-                    return Some(Finish::Eos);
-                }
-                if !opts.stop.is_empty() {
-                    let mut ids = st.running[j].0.clone();
-                    ids.push(tok);
-                    if hits_stop_string(s, &ids, &opts.stop) {
-                        return Some(Finish::Stop);
-                    }
-                }
-                (generated >= opts.max_new_tokens).then_some(Finish::Length)
-            })
-            .collect();
-        // Finished slots: the top-N candidates that finished, length-normalised, merged with
-        // the slots so far (slots first, so a tie keeps the older entry).
-        let mut merged: Vec<Slot> = st.slots.clone();
-        for (i, (&(score, j, tok), f)) in cands.iter().zip(&finished).enumerate() {
-            let mut v = score / (generated as f32).powf(length_penalty);
-            if !st.open {
-                v += MASK;
+    let acc: Vec<Vec<f32>> =
+        st.running.iter().zip(&st.rows).map(|((_, score), &row)| log_softmax(&rows[row]).into_iter().map(|x| x + score).collect()).collect();
+    let cands = top_k(&acc, k);
+    let generated = st.running[0].0.len() + 1;
+    let finished: Vec<Option<Finish>> = cands
+        .iter()
+        .map(|&(_, j, tok)| {
+            if stops.contains(&tok) {
+                return Some(Finish::Eos);
             }
-            let eligible = i < n && f.is_some();
-            if !eligible {
-                v += MASK;
+            if !opts.stop.is_empty() {
+                let mut ids = st.running[j].0.clone();
+                ids.push(tok);
+                if hits_stop_string(s, &ids, &opts.stop) {
+                    return Some(Finish::Stop);
+                }
             }
-            let mut ids = st.running[j].0.clone();
-            ids.push(tok);
-            merged.push(Slot { ids, score: v, finish: if eligible { *f } else { None } });
+            (generated >= opts.max_new_tokens).then_some(Finish::Length)
+        })
+        .collect();
+    // Finished slots: the top-N candidates that finished, length-normalised, merged with
+    // the slots so far (slots first, so a tie keeps the older entry).
+    let mut merged: Vec<Slot> = st.slots.clone();
+    for (i, (&(score, j, tok), f)) in cands.iter().zip(&finished).enumerate() {
+        let mut v = score / (generated as f32).powf(length_penalty);
+        if !st.open {
+            v += MASK;
         }
-        merged.sort_by(|a, b| b.score.total_cmp(&a.score));
-        merged.truncate(n);
-        st.slots = merged;
-        // Running beams: the best N candidates that did not finish (finished ones masked).
-        let mut next: Vec<(f32, usize)> =
-            cands.iter().zip(&finished).enumerate().map(|(i, (c, f))| (if f.is_some() { c.0 + MASK } else { c.0 }, i)).collect();
-        next.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        next.truncate(n);
-        let old_rows = std::mem::take(&mut st.rows);
-        let old_running = std::mem::take(&mut st.running);
-        for &(score, i) in &next {
-            let (_, j, tok) = cands[i];
-            let mut ids = old_running[j].0.clone();
-            ids.push(tok);
-            st.running.push((ids, score));
-            st.rows.push(old_rows[j]);
+        let eligible = i < n && f.is_some();
+        if !eligible {
+            v += MASK;
         }
-        // transformers' early-stop heuristic (early_stopping=False): the best running beam,
-        // normalised by its current length, against the worst finished slot.
-        let best = st.running[0].1 / (generated as f32).powf(length_penalty);
-        let worst = st.slots.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
-        st.open = st.open && st.slots.iter().any(|x| best > if x.finish.is_some() { worst } else { MASK });
-        st.done = !st.open || finished.iter().all(|f| f.is_some());
+        let mut ids = st.running[j].0.clone();
+        ids.push(tok);
+        merged.push(Slot { ids, score: v, finish: if eligible { *f } else { None } });
+    }
+    merged.sort_by(|a, b| b.score.total_cmp(&a.score));
+    merged.truncate(n);
+    st.slots = merged;
+    // Running beams: the best N candidates that did not finish (finished ones masked).
+    let mut next: Vec<(f32, usize)> = cands.iter().zip(&finished).enumerate().map(|(i, (c, f))| (if f.is_some() { c.0 + MASK } else { c.0 }, i)).collect();
+    next.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    next.truncate(n);
+    let old_rows = std::mem::take(&mut st.rows);
+    let old_running = std::mem::take(&mut st.running);
+    for &(score, i) in &next {
+        let (_, j, tok) = cands[i];
+        let mut ids = old_running[j].0.clone();
+        ids.push(tok);
+        st.running.push((ids, score));
+        st.rows.push(old_rows[j]);
+    }
+    // transformers' early-stop heuristic (early_stopping=False): the best running beam,
+    // normalised by its current length, against the worst finished slot.
+    let best = st.running[0].1 / (generated as f32).powf(length_penalty);
+    let worst = st.slots.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
+    st.open = st.open && st.slots.iter().any(|x| best > if x.finish.is_some() { worst } else { MASK });
+    st.done = !st.open || finished.iter().all(|f| f.is_some());
 }
 
 fn cache_rows(logits: &Tensor) -> usize {
@@ -622,10 +619,7 @@ fn cache_rows(logits: &Tensor) -> usize {
 
 /// Chat-templated prompt ids of each question (what `generate` feeds the model).
 pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {
-    questions
-        .iter()
-        .map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt"))
-        .collect()
+    questions.iter().map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt")).collect()
 }
 
 #[cfg(test)]
@@ -659,7 +653,8 @@ mod tests {
             eos_token_id: Some(2),
         };
         let s = crate::model::random::random_student_with(config, "llama", "none", &Device::Cpu, 7).unwrap();
-        let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 11, 3, 40, 41, 7, 8, 60, 61, 62], vec![5, 9, 11, 3, 40, 41, 7, 30, 31], vec![5, 9, 11, 3, 40, 41, 7, 8, 50]];
+        let prompts: Vec<Vec<u32>> =
+            vec![vec![5, 9, 11, 3, 40, 41, 7, 8, 60, 61, 62], vec![5, 9, 11, 3, 40, 41, 7, 30, 31], vec![5, 9, 11, 3, 40, 41, 7, 8, 50]];
         let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1, DecodeWeights::F32] {
             let _w = s.model.decode_weights(mode).unwrap();

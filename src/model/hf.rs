@@ -54,8 +54,7 @@ fn template_from_dir(dir: &Path, tok: &tokenizers::Tokenizer) -> Option<ChatTemp
 /// The config.json of an HF model dir, in cotlab's terms (family, rope scaling, defaults).
 pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
     let text = crate::paths::read_text(cfg_path)?;
-    let raw: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::data(cfg_path, format!("line {}: {e}", e.line())))?;
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::data(cfg_path, format!("line {}: {e}", e.line())))?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
     let Some(family) = Family::from_model_type(&model_type) else {
         return Err(Error::data(cfg_path, format!("model_type '{model_type}' is not supported yet ({})", Family::MODEL_TYPES)));
@@ -74,8 +73,7 @@ pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
             "default" => {}
             "llama3" => {
                 let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
-                let (Some(a), Some(b), Some(c), Some(d)) =
-                    (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"))
+                let (Some(a), Some(b), Some(c), Some(d)) = (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"))
                 else {
                     return Err(Error::data(cfg_path, "llama3 rope scaling lacks factor/low_freq_factor/high_freq_factor/original_max_position_embeddings"));
                 };
@@ -87,7 +85,9 @@ pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
     if raw.get("num_key_value_heads").is_none() {
         raw["num_key_value_heads"] = raw["num_attention_heads"].clone();
     }
-    for (k, d) in [("rope_theta", serde_json::json!(10000.0)), ("tie_word_embeddings", serde_json::json!(false)), ("max_position_embeddings", serde_json::json!(2048))] {
+    for (k, d) in
+        [("rope_theta", serde_json::json!(10000.0)), ("tie_word_embeddings", serde_json::json!(false)), ("max_position_embeddings", serde_json::json!(2048))]
+    {
         if raw.get(k).is_none() {
             raw[k] = d;
         }
@@ -108,8 +108,16 @@ pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
 }
 
 /// The integer sizes of a config.
-const SIZE_KEYS: [&str; 8] =
-    ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"];
+const SIZE_KEYS: [&str; 8] = [
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "head_dim",
+];
 
 /// Sizes written as whole floats (`1e9`, `2048.0`) become integers; any other non-integer is an
 /// error naming the key (serde's own says only "expected usize", not where).

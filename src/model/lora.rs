@@ -112,10 +112,7 @@ impl Lora {
         self.adapters
             .iter()
             .flat_map(|(m, (a, b))| {
-                [
-                    (format!("base_model.model.{m}.lora_A.weight"), a.as_tensor().clone()),
-                    (format!("base_model.model.{m}.lora_B.weight"), b.as_tensor().clone()),
-                ]
+                [(format!("base_model.model.{m}.lora_A.weight"), a.as_tensor().clone()), (format!("base_model.model.{m}.lora_B.weight"), b.as_tensor().clone())]
             })
             .collect()
     }

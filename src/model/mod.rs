@@ -84,8 +84,7 @@ mod hub {
             Ok(index) => {
                 let text = std::fs::read_to_string(&index).map_err(|e| fail("the weight index", e.to_string()))?;
                 let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail("the weight index", e.to_string()))?;
-                let mut shards: Vec<String> =
-                    v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str().map(str::to_string)).collect();
+                let mut shards: Vec<String> = v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str().map(str::to_string)).collect();
                 shards.sort();
                 shards.dedup();
                 for s in shards {
@@ -134,7 +133,11 @@ impl Student {
         let mut buf = Vec::new();
         for (name, t) in named {
             h.update(format!("{name}\0{:?}\0", t.dims()).as_bytes());
-            let values = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>()).model_ctx(format!("fingerprinting weight '{name}'"))?;
+            let values = t
+                .flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .model_ctx(format!("fingerprinting weight '{name}'"))?;
             for chunk in values.chunks(1 << 16) {
                 buf.clear();
                 buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
@@ -155,11 +158,7 @@ impl Student {
     /// chat template; `None` keeps the model's, which must then exist.
     pub fn load_with(path: &Path, device: &Device, template: Option<&str>) -> Result<Student> {
         tune_candle_threads();
-        let (config, tensors, tokenizer, detected, name) = if path.is_dir() {
-            hf::load_dir(path, device)?
-        } else {
-            gguf::load(path, device)?
-        };
+        let (config, tensors, tokenizer, detected, name) = if path.is_dir() { hf::load_dir(path, device)? } else { gguf::load(path, device)? };
         let template = match template {
             Some(t) => ChatTemplate::parse(t, &eos_text(&tokenizer, config.eos_token_id))?,
             None => detected.ok_or_else(|| {

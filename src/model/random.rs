@@ -94,7 +94,11 @@ pub fn random_student_with(config: ModelConfig, name: &str, tokenizer_from: &str
         .into_iter()
         .map(|(n, shape)| {
             let t = if n.contains("norm") || n.ends_with("ln_f.weight") {
-                if n.ends_with(".bias") { Tensor::zeros(shape, candle_core::DType::F32, device) } else { Tensor::ones(shape, candle_core::DType::F32, device) }
+                if n.ends_with(".bias") {
+                    Tensor::zeros(shape, candle_core::DType::F32, device)
+                } else {
+                    Tensor::ones(shape, candle_core::DType::F32, device)
+                }
             } else if n.ends_with(".bias") {
                 Tensor::zeros(shape, candle_core::DType::F32, device)
             } else {
@@ -134,12 +138,8 @@ pub fn matmul_params(m: &Transformer) -> usize {
     let c = &m.config;
     let two_d: usize = m.params.values().filter(|v| v.rank() == 2).map(|v| v.elem_count()).sum();
     let head = c.family.head_weight(c);
-    let untied_embedding: usize = m
-        .params
-        .iter()
-        .filter(|(n, v)| v.rank() == 2 && n.as_str() != head && v.dims()[0] == c.vocab_size)
-        .map(|(_, v)| v.elem_count())
-        .sum();
+    let untied_embedding: usize =
+        m.params.iter().filter(|(n, v)| v.rank() == 2 && n.as_str() != head && v.dims()[0] == c.vocab_size).map(|(_, v)| v.elem_count()).sum();
     two_d - untied_embedding
 }
 

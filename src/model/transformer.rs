@@ -295,9 +295,7 @@ impl Transformer {
         let mut tensors = config.family.canonical_tensor_names(&config, tensors);
         let mut params = BTreeMap::new();
         for (name, shape) in config.family.tensor_shapes(&config) {
-            let t = tensors
-                .remove(&name)
-                .ok_or_else(|| usage!("model weights lack tensor '{name}' (a {} model with this config needs it)", config.family))?;
+            let t = tensors.remove(&name).ok_or_else(|| usage!("model weights lack tensor '{name}' (a {} model with this config needs it)", config.family))?;
             if t.dims() != shape.as_slice() {
                 return Err(usage!("tensor '{name}' has shape {:?}, the config implies {:?}", t.dims(), shape));
             }
@@ -431,11 +429,9 @@ impl Transformer {
     /// What an optimizer updates, by name: the adapters with LoRA, else every weight.
     pub fn trainable_named(&self) -> Vec<(String, Var)> {
         match &self.lora {
-            Some(l) => l
-                .adapters
-                .iter()
-                .flat_map(|(m, (a, b))| [(format!("{m}.lora_A.weight"), a.clone()), (format!("{m}.lora_B.weight"), b.clone())])
-                .collect(),
+            Some(l) => {
+                l.adapters.iter().flat_map(|(m, (a, b))| [(format!("{m}.lora_A.weight"), a.clone()), (format!("{m}.lora_B.weight"), b.clone())]).collect()
+            }
             None => self.params.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
         }
     }
@@ -452,7 +448,11 @@ impl Transformer {
     /// A base weight in f32: tracked only when training without LoRA.
     fn w32(&self, name: &str, grad: bool) -> Tensor {
         let t = self.params[name].as_tensor();
-        if grad && self.lora.is_none() { t.clone() } else { t.detach() }
+        if grad && self.lora.is_none() {
+            t.clone()
+        } else {
+            t.detach()
+        }
     }
 
     /// A base weight as a forward uses it, in the compute dtype (decoding: the guard's copy
@@ -558,7 +558,11 @@ impl Transformer {
 
     /// Rotary embedding of x (B, H, T, hd).
     pub(crate) fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
-        if grad { ops::rope(x, cos, sin) } else { candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin) }
+        if grad {
+            ops::rope(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+        }
     }
 
     /// The additive attention mask of the pass: causal (T, T) for training, the caller's for
@@ -589,7 +593,16 @@ impl Transformer {
     /// appends k/v to the cache when decoding; `bias` is added to the scores (ALiBi).
     /// Returns (B, H, T, hd).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, layer: usize, pass: &mut Pass, mask: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(crate) fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        layer: usize,
+        pass: &mut Pass,
+        mask: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let grad = pass.grad();
         let (k, v) = match pass {
             Pass::Decode { cache, .. } => cache.append(layer, k, v)?,

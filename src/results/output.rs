@@ -145,13 +145,9 @@ impl OutputDir {
     /// Where to write `name` during the run. `name` must be a relative path without `..`.
     pub fn path_for(&self, name: &str) -> Result<PathBuf> {
         let rel = Path::new(name);
-        let ok = !name.is_empty()
-            && rel.components().all(|c| matches!(c, Component::Normal(_)))
-            && !name.starts_with(STAGING);
+        let ok = !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_))) && !name.starts_with(STAGING);
         if !ok {
-            return Err(usage!(
-                "output name '{name}' is not allowed: use a relative name inside the output dir (no '..', no absolute path)"
-            ));
+            return Err(usage!("output name '{name}' is not allowed: use a relative name inside the output dir (no '..', no absolute path)"));
         }
         if name == MANIFEST {
             return Err(usage!("output name '{name}' is not allowed: {MANIFEST} is the run's manifest, written by cotlab; choose another name"));
@@ -196,10 +192,10 @@ impl OutputDir {
     pub fn commit(&self, mut manifest: serde_json::Value) -> Result<Vec<PathBuf>> {
         let (parent, name) = split(&self.root)?;
         // Asked for a path but never wrote it: not listed.
-        let names: Vec<String> =
-            self.written.lock().unwrap().iter().filter(|n| std::fs::symlink_metadata(self.staging.join(n)).is_ok()).cloned().collect();
+        let names: Vec<String> = self.written.lock().unwrap().iter().filter(|n| std::fs::symlink_metadata(self.staging.join(n)).is_ok()).cloned().collect();
         manifest["files"] = serde_json::json!(names);
-        let kept = |e: Error, at: &Path| Error::Usage(format!("{e}\nnote: nothing was published to {}; the run's files are in {}", self.root.display(), at.display()));
+        let kept =
+            |e: Error, at: &Path| Error::Usage(format!("{e}\nnote: nothing was published to {}; the run's files are in {}", self.root.display(), at.display()));
         let run = self.staging.join(MANIFEST);
         let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
         std::fs::write(&run, text).map_err(|e| kept(Error::io(&run, e), &self.staging))?;

@@ -229,10 +229,14 @@ pub fn load_runs(paths: &[PathBuf]) -> Result<Frame> {
 /// Two-sided 95% Student-t critical values for 1..=30 degrees of freedom (beyond: 1.96).
 fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
-        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080,
+        2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
-    if df == 0 { f64::NAN } else { T.get(df - 1).copied().unwrap_or(1.96) }
+    if df == 0 {
+        f64::NAN
+    } else {
+        T.get(df - 1).copied().unwrap_or(1.96)
+    }
 }
 
 fn cell_key(c: &Cell) -> String {
@@ -266,11 +270,8 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
             return Err(usage!("aggregate_seeds: no column '{s}' (columns: {})", cols.join(", ")));
         }
     }
-    let keys: Vec<String> = cols
-        .iter()
-        .filter(|c| !META_COLUMNS.contains(&c.as_str()) && !METRIC_COLUMNS.contains(&c.as_str()) && !seed_columns.contains(c))
-        .cloned()
-        .collect();
+    let keys: Vec<String> =
+        cols.iter().filter(|c| !META_COLUMNS.contains(&c.as_str()) && !METRIC_COLUMNS.contains(&c.as_str()) && !seed_columns.contains(c)).cloned().collect();
     for need in ["status", "accuracy", "ci95_low", "ci95_high"] {
         if !cols.iter().any(|c| c == need) {
             return Err(usage!("aggregate_seeds: the frame has no '{need}' column: give it a results(...) frame"));

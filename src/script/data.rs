@@ -7,12 +7,12 @@ use rhai::{Array, Dynamic, Engine, Map};
 use super::docs::{def, get, index};
 use super::{options, rt, Context, RhaiResult};
 use crate::answer::{extract_answer, judge};
-use crate::lab::Workspace;
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
 use crate::data::loaders::load_questions;
 use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Task};
 use crate::eval::score_predictions;
+use crate::lab::Workspace;
 use crate::results::tables::{catalog_frame, corpus_frame, dataset_frame};
 use crate::results::Frame;
 use crate::usage;
@@ -163,7 +163,6 @@ rationales("svamp", #{ level: 3 }).df().select(["id", "words", "steps"]).head(5)
 ```"#;
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
-
     // --- datasets
     let dir = ctx.data_dir.clone();
     def(engine, "dataset", ["name"], DATASET, move |name: &str| -> RhaiResult<Dataset> { load_dataset(&dir, name, &DatasetOptions::default()).map_err(rt) });
@@ -173,12 +172,20 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     });
     def(engine, "len", ["ds"], LEN, |d: &mut Dataset| d.len() as i64);
     get(engine, "ds", "name", "The dataset's name (`svamp`).\n\n```rhai\nprint(dataset(\"svamp\").name);\n```", |d: &mut Dataset| d.name.clone());
-    get(engine, "ds", "split", "The split it was loaded from (`test`, `train`, `all`, `full`).\n\n```rhai\nprint(dataset(\"svamp\").split);\n```", |d: &mut Dataset| {
-        d.split.clone()
-    });
-    get(engine, "ds", "kind", "The answer kind: `number`, `choice`, `bool` or `latex`.\n\n```rhai\nprint(dataset(\"csqa\").kind);   // choice\n```", |d: &mut Dataset| {
-        d.task.kind().name().to_string()
-    });
+    get(
+        engine,
+        "ds",
+        "split",
+        "The split it was loaded from (`test`, `train`, `all`, `full`).\n\n```rhai\nprint(dataset(\"svamp\").split);\n```",
+        |d: &mut Dataset| d.split.clone(),
+    );
+    get(
+        engine,
+        "ds",
+        "kind",
+        "The answer kind: `number`, `choice`, `bool` or `latex`.\n\n```rhai\nprint(dataset(\"csqa\").kind);   // choice\n```",
+        |d: &mut Dataset| d.task.kind().name().to_string(),
+    );
     index(
         engine,
         ["ds", "i"],
@@ -224,9 +231,13 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     get(engine, "c", "teacher", &format!("The teacher that wrote the rationales (`gpt-4o`, `human`, `rule`, …); {PROVENANCE}\n\n```rhai\nprint(rationales(\"svamp\", #{{ level: 3 }}).teacher);\n```"), |c: &mut Corpus| {
         opt_str(c.teacher.map(|t| t.name().to_string()))
     });
-    get(engine, "c", "level", &format!("The granularity level 1–6; {PROVENANCE}\n\n```rhai\nprint(rationales(\"svamp\", #{{ level: 3 }}).level);   // 3\n```"), |c: &mut Corpus| {
-        c.level.map(|l| Dynamic::from_int(l as i64)).unwrap_or(Dynamic::UNIT)
-    });
+    get(
+        engine,
+        "c",
+        "level",
+        &format!("The granularity level 1–6; {PROVENANCE}\n\n```rhai\nprint(rationales(\"svamp\", #{{ level: 3 }}).level);   // 3\n```"),
+        |c: &mut Corpus| c.level.map(|l| Dynamic::from_int(l as i64)).unwrap_or(Dynamic::UNIT),
+    );
     get(engine, "c", "format", "The rationale format (`plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only`).\n\n```rhai\nprint(rationales(\"svamp\", #{ level: 3, format: \"sym\" }).format);\n```", |c: &mut Corpus| {
         c.format.name().to_string()
     });

@@ -17,8 +17,13 @@ use crate::error::{Error, Result};
 
 /// Register `f` as `name` with its parameter names (the receiver first, for methods) and its
 /// documentation (markdown: a one-line summary, details, an example).
-pub(crate) fn def<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(engine: &mut Engine, name: &str, params: [&str; N], doc: &str, f: FUNC)
-where
+pub(crate) fn def<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(
+    engine: &mut Engine,
+    name: &str,
+    params: [&str; N],
+    doc: &str,
+    f: FUNC,
+) where
     FUNC: RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
 {
     register(engine, FuncRegistration::new(name), params, doc, f)
@@ -40,8 +45,13 @@ where
     register(engine, FuncRegistration::new_index_getter(), params, doc, f)
 }
 
-fn register<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(engine: &mut Engine, reg: FuncRegistration, params: [&str; N], doc: &str, f: FUNC)
-where
+fn register<A: 'static, const N: usize, const X: bool, R: Variant + Clone, const F: bool, FUNC>(
+    engine: &mut Engine,
+    reg: FuncRegistration,
+    params: [&str; N],
+    doc: &str,
+    f: FUNC,
+) where
     FUNC: RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
 {
     let mut info: Vec<String> = params.iter().zip(FUNC::param_names()).map(|(name, ty)| format!("{name}: {}", type_label(engine, ty))).collect();

@@ -73,10 +73,7 @@ fn to_exprs(items: Array, what: &str) -> RhaiResult<Vec<Expr>> {
 }
 
 fn to_names(items: Array, what: &str) -> RhaiResult<Vec<String>> {
-    items
-        .into_iter()
-        .map(|v| v.into_string().map_err(|t| rt(usage!("{what}: expected column names (strings), found {t}"))))
-        .collect()
+    items.into_iter().map(|v| v.into_string().map_err(|t| rt(usage!("{what}: expected column names (strings), found {t}")))).collect()
 }
 
 /// Build a column from a Rhai array: ints, floats (ints promoted), strings or bools; () is null.
@@ -147,7 +144,17 @@ struct HtmlOptions {
 
 impl From<ChartOptions> for ChartSpec {
     fn from(o: ChartOptions) -> Self {
-        ChartSpec { x: o.x, y: o.y, color: o.color, z: o.z, title: o.title, x_title: o.x_title, y_title: o.y_title, error_low: o.error_low, error_high: o.error_high }
+        ChartSpec {
+            x: o.x,
+            y: o.y,
+            color: o.color,
+            z: o.z,
+            title: o.title,
+            x_title: o.x_title,
+            y_title: o.y_title,
+            error_low: o.error_low,
+            error_high: o.error_high,
+        }
     }
 }
 
@@ -279,31 +286,51 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     }
 
     // --- inspection
-    def(engine, "len", ["f"], "The number of rows (as `f.height`).\n\n```rhai\nprint(df(#{ a: [1, 2] }).len());   // 2\n```", |f: &mut Frame| f.height() as i64);
+    def(engine, "len", ["f"], "The number of rows (as `f.height`).\n\n```rhai\nprint(df(#{ a: [1, 2] }).len());   // 2\n```", |f: &mut Frame| {
+        f.height() as i64
+    });
     get(engine, "f", "height", "The number of rows.\n\n```rhai\nprint(t.height);\n```", |f: &mut Frame| f.height() as i64);
     get(engine, "f", "width", "The number of columns.\n\n```rhai\nprint(t.width);\n```", |f: &mut Frame| f.width() as i64);
-    get(engine, "f", "columns", "The column names, in an array.\n\n```rhai\nprint(t.columns);   // [\"teacher\", \"level\", \"n\"]\n```", |f: &mut Frame| -> Array {
-        f.columns().into_iter().map(Dynamic::from).collect()
-    });
-    def(engine, "column", ["f", "name"], "One column's values as an array (`()` for null).\n\n```rhai\nlet acc = t.column(\"accuracy\");\n```", |f: &mut Frame, name: &str| -> RhaiResult<Array> {
-        Ok(f.column_cells(name).map_err(rt)?.into_iter().map(cell_dynamic).collect())
-    });
-    def(engine, "rows", ["f"], "Every row as a map from column name to value, in an array.\n\n```rhai\nfor r in t.rows() { print(`${r.teacher}: ${r.n}`); }\n```", |f: &mut Frame| -> RhaiResult<Array> {
-        let cols = f.columns();
-        (0..f.height())
-            .map(|r| {
-                let mut m = Map::new();
-                for c in &cols {
-                    m.insert(c.as_str().into(), cell_dynamic(f.cell(r, c).map_err(rt)?));
-                }
-                Ok(Dynamic::from_map(m))
-            })
-            .collect()
-    });
+    get(
+        engine,
+        "f",
+        "columns",
+        "The column names, in an array.\n\n```rhai\nprint(t.columns);   // [\"teacher\", \"level\", \"n\"]\n```",
+        |f: &mut Frame| -> Array { f.columns().into_iter().map(Dynamic::from).collect() },
+    );
+    def(
+        engine,
+        "column",
+        ["f", "name"],
+        "One column's values as an array (`()` for null).\n\n```rhai\nlet acc = t.column(\"accuracy\");\n```",
+        |f: &mut Frame, name: &str| -> RhaiResult<Array> { Ok(f.column_cells(name).map_err(rt)?.into_iter().map(cell_dynamic).collect()) },
+    );
+    def(
+        engine,
+        "rows",
+        ["f"],
+        "Every row as a map from column name to value, in an array.\n\n```rhai\nfor r in t.rows() { print(`${r.teacher}: ${r.n}`); }\n```",
+        |f: &mut Frame| -> RhaiResult<Array> {
+            let cols = f.columns();
+            (0..f.height())
+                .map(|r| {
+                    let mut m = Map::new();
+                    for c in &cols {
+                        m.insert(c.as_str().into(), cell_dynamic(f.cell(r, c).map_err(rt)?));
+                    }
+                    Ok(Dynamic::from_map(m))
+                })
+                .collect()
+        },
+    );
     def(engine, "head", ["f", "n"], "The first `n` rows.\n\n```rhai\nt.head(5).show();\n```", |f: &mut Frame, n: i64| f.head(n.max(0) as usize));
-    def(engine, "show", ["f"], "Print the table to stdout (as `print(f)` does).\n\n```rhai\nt.show();\n```", |f: &mut Frame| println!("{}", f.to_table_string()));
+    def(engine, "show", ["f"], "Print the table to stdout (as `print(f)` does).\n\n```rhai\nt.show();\n```", |f: &mut Frame| {
+        println!("{}", f.to_table_string())
+    });
     def(engine, "to_string", ["f"], "The table as text (what `print` shows).\n\n```rhai\nlet text = t.to_string();\n```", |f: &mut Frame| f.to_table_string());
-    def(engine, "to_debug", ["f"], "A short summary, `DataFrame(3 x 2)` (what `debug` shows).\n\n```rhai\ndebug(t);\n```", |f: &mut Frame| format!("DataFrame({} x {})", f.height(), f.width()));
+    def(engine, "to_debug", ["f"], "A short summary, `DataFrame(3 x 2)` (what `debug` shows).\n\n```rhai\ndebug(t);\n```", |f: &mut Frame| {
+        format!("DataFrame({} x {})", f.height(), f.width())
+    });
     def(engine, "to_html", ["f"], "The table as HTML (the first 200 rows).\n\n```rhai\nlet html = t.to_html();\n```", |f: &mut Frame| f.to_html(200));
 
     // --- transformation
@@ -318,15 +345,25 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         "One row per group of a `group_by`, with the key columns and one column per aggregation (expressions, or column names for their first value).\n\n```rhai\nt.group_by(\"teacher\").agg([col(\"accuracy\").mean().alias(\"mean_accuracy\"), len().alias(\"n\")]);\n```",
         |g: &mut GroupBy, aggs: Array| -> RhaiResult<Frame> { g.frame.group_by(&g.keys, to_exprs(aggs, "agg")?).map_err(rt) },
     );
-    def(engine, "filter", ["f", "predicate"], "The rows where a boolean expression holds.\n\n```rhai\nt.filter(col(\"agrees\") & (col(\"words\") > 20));\n```", |f: &mut Frame, e: ExprW| -> RhaiResult<Frame> {
-        f.filter(e.0).map_err(rt)
-    });
-    def(engine, "select", ["f", "items"], "Only these columns or expressions (names or `col(..)…`).\n\n```rhai\nt.select([\"teacher\", col(\"words\").alias(\"w\")]);\n```", |f: &mut Frame, items: Array| -> RhaiResult<Frame> {
-        f.select(to_exprs(items, "select")?).map_err(rt)
-    });
+    def(
+        engine,
+        "filter",
+        ["f", "predicate"],
+        "The rows where a boolean expression holds.\n\n```rhai\nt.filter(col(\"agrees\") & (col(\"words\") > 20));\n```",
+        |f: &mut Frame, e: ExprW| -> RhaiResult<Frame> { f.filter(e.0).map_err(rt) },
+    );
+    def(
+        engine,
+        "select",
+        ["f", "items"],
+        "Only these columns or expressions (names or `col(..)…`).\n\n```rhai\nt.select([\"teacher\", col(\"words\").alias(\"w\")]);\n```",
+        |f: &mut Frame, items: Array| -> RhaiResult<Frame> { f.select(to_exprs(items, "select")?).map_err(rt) },
+    );
     const WITH: &str = "The frame with columns added or replaced (each named by its expression, or its `alias`).\n\n```rhai\nt.with_column((col(\"correct\") / col(\"n\")).alias(\"accuracy\"));\nt.with_columns([col(\"words\").cast(\"f64\"), lit(1).alias(\"one\")]);\n```";
     def(engine, "with_column", ["f", "expr"], WITH, |f: &mut Frame, e: ExprW| -> RhaiResult<Frame> { f.with_columns(vec![e.0]).map_err(rt) });
-    def(engine, "with_columns", ["f", "items"], WITH, |f: &mut Frame, items: Array| -> RhaiResult<Frame> { f.with_columns(to_exprs(items, "with_columns")?).map_err(rt) });
+    def(engine, "with_columns", ["f", "items"], WITH, |f: &mut Frame, items: Array| -> RhaiResult<Frame> {
+        f.with_columns(to_exprs(items, "with_columns")?).map_err(rt)
+    });
     def(engine, "sort", ["f", "by"], SORT, |f: &mut Frame, by: &str| -> RhaiResult<Frame> { f.sort(&[by.to_string()], false).map_err(rt) });
     def(engine, "sort", ["f", "by", "descending"], SORT, |f: &mut Frame, by: &str, descending: bool| -> RhaiResult<Frame> {
         f.sort(&[by.to_string()], descending).map_err(rt)
@@ -350,12 +387,26 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let out = ctx.out.clone();
     def(engine, "write_csv", ["f", "name"], WRITE, move |f: &mut Frame, name: &str| -> RhaiResult<()> { f.write_csv(&out_path(&out, name)?).map_err(rt) });
     let out = ctx.out.clone();
-    def(engine, "write_parquet", ["f", "name"], WRITE, move |f: &mut Frame, name: &str| -> RhaiResult<()> { f.write_parquet(&out_path(&out, name)?).map_err(rt) });
+    def(engine, "write_parquet", ["f", "name"], WRITE, move |f: &mut Frame, name: &str| -> RhaiResult<()> {
+        f.write_parquet(&out_path(&out, name)?).map_err(rt)
+    });
 
     // --- expressions
     def(engine, "col", ["name"], "The column `name` as an expression.\n\n```rhai\nt.filter(col(\"level\") >= 3);\n```", |name: &str| ExprW(pl::col(name)));
-    def(engine, "lit", ["value"], "A literal (int, float, bool, string) as an expression.\n\n```rhai\nt.with_column(lit(\"gpt-4o\").alias(\"teacher\"));\n```", |v: Dynamic| -> RhaiResult<ExprW> { Ok(ExprW(to_expr(v)?)) });
-    def(engine, "len", [], "The number of rows of the group, as an expression (in `agg`).\n\n```rhai\nt.group_by(\"teacher\").agg([len().alias(\"n\")]);\n```", || ExprW(pl::len()));
+    def(
+        engine,
+        "lit",
+        ["value"],
+        "A literal (int, float, bool, string) as an expression.\n\n```rhai\nt.with_column(lit(\"gpt-4o\").alias(\"teacher\"));\n```",
+        |v: Dynamic| -> RhaiResult<ExprW> { Ok(ExprW(to_expr(v)?)) },
+    );
+    def(
+        engine,
+        "len",
+        [],
+        "The number of rows of the group, as an expression (in `agg`).\n\n```rhai\nt.group_by(\"teacher\").agg([len().alias(\"n\")]);\n```",
+        || ExprW(pl::len()),
+    );
     macro_rules! unary {
         ($($name:literal => $f:expr, $what:literal),* $(,)?) => {
             $( def(engine, $name, ["e"], concat!($what, "\n\n```rhai\nt.group_by(\"teacher\").agg([col(\"words\").", $name, "().alias(\"x\")]);\n```"), |e: &mut ExprW| ExprW(($f)(e.0.clone()))); )*
@@ -376,7 +427,13 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         "is_not_null" => |e: Expr| e.is_not_null(), "Whether each value is not null (a boolean expression, e.g. for `filter`).",
         "not" => |e: Expr| e.not(), "The negation of a boolean expression.",
     }
-    def(engine, "alias", ["e", "name"], "The expression under another name (the column it makes).\n\n```rhai\ncol(\"words\").mean().alias(\"mean_words\")\n```", |e: &mut ExprW, name: &str| ExprW(e.0.clone().alias(name)));
+    def(
+        engine,
+        "alias",
+        ["e", "name"],
+        "The expression under another name (the column it makes).\n\n```rhai\ncol(\"words\").mean().alias(\"mean_words\")\n```",
+        |e: &mut ExprW, name: &str| ExprW(e.0.clone().alias(name)),
+    );
     def(
         engine,
         "cast",
@@ -449,5 +506,11 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             write_chart_html(&out, c, name, o.standalone)
         },
     );
-    def(engine, "to_string", ["chart"], "A short summary, `Chart(<title>)`.\n\n```rhai\nprint(line_chart(t, #{ x: \"level\", y: \"accuracy\" }));\n```", |c: &mut Chart| format!("Chart({})", c.title));
+    def(
+        engine,
+        "to_string",
+        ["chart"],
+        "A short summary, `Chart(<title>)`.\n\n```rhai\nprint(line_chart(t, #{ x: \"level\", y: \"accuracy\" }));\n```",
+        |c: &mut Chart| format!("Chart({})", c.title),
+    );
 }

@@ -80,7 +80,10 @@ pub fn declarations(ast: &AST, file: &str) -> Result<Vec<Param>> {
         let line = pos.line().unwrap_or(0);
         let p = p.map_err(|why| Error::Script(format!("{file}:{line}:{}: {why}", pos.position().unwrap_or(0))))?;
         if let Some(i) = params.iter().position(|q| q.name == p.name) {
-            return Err(Error::Script(format!("{file}:{line}: param \"{}\" is declared twice (first on line {}): declare each parameter once", p.name, lines[i])));
+            return Err(Error::Script(format!(
+                "{file}:{line}: param \"{}\" is declared twice (first on line {}): declare each parameter once",
+                p.name, lines[i]
+            )));
         }
         params.push(p);
         lines.push(line);
@@ -100,7 +103,9 @@ fn declaration(x: &FnCallExpr) -> std::result::Result<Param, String> {
         return Err(format!("param name {name:?} must be an identifier (letters, digits, _; not starting with a digit), as --set keys are"));
     }
     let default = literal(default, "default")?;
-    type_name(&default).ok_or_else(|| format!("param \"{name}\": a default of type {} cannot be given with --set; use an int, float, bool, string, list, map or ()", default.type_name()))?;
+    type_name(&default).ok_or_else(|| {
+        format!("param \"{name}\": a default of type {} cannot be given with --set; use an int, float, bool, string, list, map or ()", default.type_name())
+    })?;
     let help = literal(help, "help")?.into_string().map_err(|t| format!("param \"{name}\": its help is a {t}, not a string"))?;
     Ok(Param { name, default, help })
 }
@@ -254,7 +259,8 @@ mod tests {
 
     #[test]
     fn declarations_are_found_anywhere_in_source_order() {
-        let p = decls("let a = param(\"a\", [1, 2], \"list\");\nif true { param(\"b\", \"x\", \"stmt\"); }\nfn f() { param(\"c\", 1.5, \"in a function\") }").unwrap();
+        let p = decls("let a = param(\"a\", [1, 2], \"list\");\nif true { param(\"b\", \"x\", \"stmt\"); }\nfn f() { param(\"c\", 1.5, \"in a function\") }")
+            .unwrap();
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(type_name(&p[0].default).unwrap(), "list of int");

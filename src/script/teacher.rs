@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use rhai::{Engine, Map};
 
-use super::train::{take_str, StudentH};
 use super::docs::{def, get};
+use super::train::{take_str, StudentH};
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, Dataset};
 use crate::lab::TeacherSpec;
@@ -129,16 +129,26 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         let o: AskOptions = options(opts)?;
         Ok(AskH(Arc::new(t.0.ask_with(&ds, &o, Some(&w.data_dir)).map_err(rt)?), ds))
     });
-    def(engine, "to_string", ["t"], "A short summary, `Teacher(<kind> <model>)`.\n\n```rhai\nprint(teacher(\"replay\", #{ dataset: \"svamp\" }));\n```", |t: &mut TeacherH| {
-        format!("Teacher({} {})", t.0.kind, t.0.model)
-    });
+    def(
+        engine,
+        "to_string",
+        ["t"],
+        "A short summary, `Teacher(<kind> <model>)`.\n\n```rhai\nprint(teacher(\"replay\", #{ dataset: \"svamp\" }));\n```",
+        |t: &mut TeacherH| format!("Teacher({} {})", t.0.kind, t.0.model),
+    );
     run_count(engine, "requests", "Requests sent.", |r| r.requests as i64);
     run_count(engine, "cache_hits", "Answers that came from the cache.", |r| r.cache_hits as i64);
     run_count(engine, "failed", "Requests that failed (after retries); their rows carry `error` in `run.df()`.", |r| r.failed as i64);
     run_count(engine, "dropped", "Rationales dropped by `keep_correct`.", |r| r.dropped as i64);
     run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported.", |r| r.prompt_tokens as i64);
     run_count(engine, "completion_tokens", "Completion tokens the endpoint reported.", |r| r.completion_tokens as i64);
-    get(engine, "run", "cost_usd", "The estimated cost in USD (from the teacher's `price_in`/`price_out`).\n\n```rhai\nprint(run.cost_usd);\n```", |r: &mut AskH| r.0.cost_usd);
+    get(
+        engine,
+        "run",
+        "cost_usd",
+        "The estimated cost in USD (from the teacher's `price_in`/`price_out`).\n\n```rhai\nprint(run.cost_usd);\n```",
+        |r: &mut AskH| r.0.cost_usd,
+    );
     def(engine, "len", ["run"], "The number of rationales the run kept.\n\n```rhai\nprint(run.len());\n```", |r: &mut AskH| r.0.rows.len() as i64);
     def(
         engine,
@@ -147,8 +157,18 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
         |r: &mut AskH| -> RhaiResult<Frame> { r.0.frame().map_err(rt) },
     );
-    def(engine, "corpus", ["run"], "The rationales as a `Corpus` (for `sft`).\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```", |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) });
-    def(engine, "to_string", ["run"], "A short summary, `TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)`.\n\n```rhai\nprint(run);\n```", |r: &mut AskH| {
-        format!("TeacherRun({} rationales, {} requests, {} cached, {} failed)", r.0.rows.len(), r.0.requests, r.0.cache_hits, r.0.failed)
-    });
+    def(
+        engine,
+        "corpus",
+        ["run"],
+        "The rationales as a `Corpus` (for `sft`).\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```",
+        |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) },
+    );
+    def(
+        engine,
+        "to_string",
+        ["run"],
+        "A short summary, `TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)`.\n\n```rhai\nprint(run);\n```",
+        |r: &mut AskH| format!("TeacherRun({} rationales, {} requests, {} cached, {} failed)", r.0.rows.len(), r.0.requests, r.0.cache_hits, r.0.failed),
+    );
 }

@@ -147,14 +147,26 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     def(engine, "student", ["spec", "opts"], STUDENT, move |spec: &str, opts: Map| -> RhaiResult<StudentH> {
         Ok(StudentH(Arc::new(w.student(spec, &options(opts)?).map_err(rt)?)))
     });
-    get(engine, "s", "name", "The model's name (the spec's model, or the run it was trained in).\n\n```rhai\nprint(student(\"default\").name);\n```", |s: &mut StudentH| s.0.name.clone());
-    get(engine, "s", "num_params", "The number of parameters.\n\n```rhai\nprint(student(\"default\").num_params);\n```", |s: &mut StudentH| s.0.model.num_params() as i64);
+    get(
+        engine,
+        "s",
+        "name",
+        "The model's name (the spec's model, or the run it was trained in).\n\n```rhai\nprint(student(\"default\").name);\n```",
+        |s: &mut StudentH| s.0.name.clone(),
+    );
+    get(engine, "s", "num_params", "The number of parameters.\n\n```rhai\nprint(student(\"default\").num_params);\n```", |s: &mut StudentH| {
+        s.0.model.num_params() as i64
+    });
     get(engine, "s", "template", "The chat template: `chatml`, `llama3`, `gemma` or `alpaca` (read from the model or given).\n\n```rhai\nprint(student(\"default\").template);   // chatml\n```", |s: &mut StudentH| {
         s.0.template.name().to_string()
     });
-    get(engine, "s", "family", "The architecture family: `llama`, `qwen2`, `gemma`, `bloom`.\n\n```rhai\nprint(student(\"default\").family);   // llama\n```", |s: &mut StudentH| {
-        s.0.config.family.name().to_string()
-    });
+    get(
+        engine,
+        "s",
+        "family",
+        "The architecture family: `llama`, `qwen2`, `gemma`, `bloom`.\n\n```rhai\nprint(student(\"default\").family);   // llama\n```",
+        |s: &mut StudentH| s.0.config.family.name().to_string(),
+    );
     let show = |s: &mut StudentH| format!("Student({}, {:.1}M params, {})", s.0.name, s.0.model.num_params() as f64 / 1e6, s.0.template.name());
     def(engine, "to_string", ["s"], SHOW, show);
     def(engine, "to_debug", ["s"], SHOW, show);
@@ -162,8 +174,8 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let w = ws.clone();
     def(engine, "sft", ["s", "corpus", "opts"], SFT, move |s: &mut StudentH, corpus: Corpus, opts: Map| -> RhaiResult<Dynamic> {
         let mut opts = opts;
-        let name = take_str(&mut opts, "run", "sft")?
-            .ok_or_else(|| rt(usage!("sft: give the run a name: #{{run: \"svamp-l3\", ...}} (its dir is runs/<name>)")))?;
+        let name =
+            take_str(&mut opts, "run", "sft")?.ok_or_else(|| rt(usage!("sft: give the run a name: #{{run: \"svamp-l3\", ...}} (its dir is runs/<name>)")))?;
         let run = RunDir::new(w.run_dir(&name).map_err(rt)?);
         let stop_after = match opts.remove("stop_after") {
             Some(v) => {

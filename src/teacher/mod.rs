@@ -73,7 +73,18 @@ pub struct AskOptions {
 
 impl Default for AskOptions {
     fn default() -> Self {
-        AskOptions { level: None, format: "plain".into(), with_gold: false, n: 1, keep_correct: false, seed: 0, temperature: 0.0, top_p: 1.0, max_tokens: 512, shots: 0 }
+        AskOptions {
+            level: None,
+            format: "plain".into(),
+            with_gold: false,
+            n: 1,
+            keep_correct: false,
+            seed: 0,
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 512,
+            shots: 0,
+        }
     }
 }
 
@@ -90,7 +101,8 @@ pub fn exemplars(dir: &DataDir, task: crate::data::Task, level: Option<u8>, form
     let mut tried = Vec::new();
     for name in [task.name(), "svamp"] {
         for teacher in &teachers {
-            let q = RationaleQuery { teacher: teacher.map(str::to_string), level: level.map(i64::from), format: Some(format.name().into()), ..Default::default() };
+            let q =
+                RationaleQuery { teacher: teacher.map(str::to_string), level: level.map(i64::from), format: Some(format.name().into()), ..Default::default() };
             let Ok(c) = cat.rationales(name, &q) else { continue };
             let picked: Vec<prompts::Exemplar> = c
                 .rationales
@@ -329,7 +341,16 @@ impl Teacher {
         }
         let mut finished = 0;
         for (seed, jobs) in by_seed {
-            let gen = GenOptions { max_new_tokens: o.max_tokens, temperature: o.temperature, top_p: o.top_p, seed, stop: Vec::new(), ignore_eos: false, beams: 1, ..Default::default() };
+            let gen = GenOptions {
+                max_new_tokens: o.max_tokens,
+                temperature: o.temperature,
+                top_p: o.top_p,
+                seed,
+                stop: Vec::new(),
+                ignore_eos: false,
+                beams: 1,
+                ..Default::default()
+            };
             for chunk in jobs.chunks(8) {
                 let msgs: Vec<String> = chunk.iter().map(|j| format!("{}\n\n{}", j.system, j.user)).collect();
                 let outs = generate(student, &msgs, &gen)?;
@@ -357,11 +378,7 @@ fn replay(dir: &DataDir, dataset: &str, teacher: &str, level: Option<u8>, format
         ..Default::default()
     };
     let corpus = Catalog::new(dir.clone()).rationales(dataset, &q)?;
-    let by_q: HashMap<String, &str> = corpus
-        .rationales
-        .iter()
-        .map(|r| (crate::data::contamination::normalize(&r.question), r.text.as_str()))
-        .collect();
+    let by_q: HashMap<String, &str> = corpus.rationales.iter().map(|r| (crate::data::contamination::normalize(&r.question), r.text.as_str())).collect();
     for r in rows.iter_mut() {
         match by_q.get(&crate::data::contamination::normalize(&r.question)) {
             Some(t) => r.rationale = Some(t.to_string()),
@@ -421,7 +438,13 @@ impl AskReport {
                         source: source.clone(),
                         row,
                     };
-                    r.rationale.as_ref().map(|t| crate::data::Rationale { id: r.id.clone(), question: r.question.clone(), gold: Some(r.gold.clone()), text: t.clone(), origin })
+                    r.rationale.as_ref().map(|t| crate::data::Rationale {
+                        id: r.id.clone(),
+                        question: r.question.clone(),
+                        gold: Some(r.gold.clone()),
+                        text: t.clone(),
+                        origin,
+                    })
                 })
                 .collect(),
             source,

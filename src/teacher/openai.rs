@@ -133,7 +133,10 @@ fn parse_base_url(raw: &str) -> Result<Url, String> {
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("base_url {} has a query or fragment ('?…' or '#…'): give only the API root that chat/completions is appended to; {EXAMPLE_URLS}", shown(raw)));
+        return Err(format!(
+            "base_url {} has a query or fragment ('?…' or '#…'): give only the API root that chat/completions is appended to; {EXAMPLE_URLS}",
+            shown(raw)
+        ));
     }
     Ok(url)
 }
@@ -252,9 +255,8 @@ impl OpenAi {
         };
         let text = resp.into_string().map_err(|e| if is_timeout(&e) { self.timed_out() } else { Failure::Retry(format!("reading the body: {e}"), None) })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("malformed JSON: {e}"), None))?;
-        let content = v["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
+        let content =
+            v["choices"][0]["message"]["content"].as_str().ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
         Ok(Completion {
             text: self.redact(content),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),

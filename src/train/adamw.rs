@@ -31,10 +31,9 @@ impl Moments {
     /// As tensors shaped like the parameter (for checkpoints).
     pub fn tensors(&self, like: &Var) -> Result<(Tensor, Tensor)> {
         match self {
-            Moments::Cpu { m, v } => Ok((
-                Tensor::from_slice(m, like.shape(), &candle_core::Device::Cpu)?,
-                Tensor::from_slice(v, like.shape(), &candle_core::Device::Cpu)?,
-            )),
+            Moments::Cpu { m, v } => {
+                Ok((Tensor::from_slice(m, like.shape(), &candle_core::Device::Cpu)?, Tensor::from_slice(v, like.shape(), &candle_core::Device::Cpu)?))
+            }
             Moments::Device { m, v } => Ok((m.clone(), v.clone())),
         }
     }
@@ -81,18 +80,14 @@ impl InplaceOp1 for CpuUpdate<'_> {
         let (eps, wd) = (self.c.eps as f32, self.c.weight_decay as f32);
         let (lr, scale, bc1, bc2) = (self.lr, self.scale, self.bc1, self.bc2);
         const CHUNK: usize = 1 << 14;
-        p.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(self.grad.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    let g = g[i] * scale;
-                    m[i] = b1 * m[i] + (1.0 - b1) * g;
-                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                    p[i] -= lr * ((m[i] / bc1) / ((v[i] / bc2).sqrt() + eps) + wd * p[i]);
-                }
-            });
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).zip(self.grad.par_chunks(CHUNK)).for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                let g = g[i] * scale;
+                m[i] = b1 * m[i] + (1.0 - b1) * g;
+                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                p[i] -= lr * ((m[i] / bc1) / ((v[i] / bc2).sqrt() + eps) + wd * p[i]);
+            }
+        });
         Ok(())
     }
 }

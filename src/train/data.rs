@@ -44,12 +44,7 @@ fn answer_end(text: &str) -> Option<usize> {
     Some(text[at..].find('\n').map(|i| at + i).unwrap_or(text.len()).max(at + "the answer is".len()))
 }
 
-pub fn tokenize(
-    tok: &tokenizers::Tokenizer,
-    template: &ChatTemplate,
-    pairs: &[(String, String)],
-    max_len: usize,
-) -> Result<Tokenized> {
+pub fn tokenize(tok: &tokenizers::Tokenizer, template: &ChatTemplate, pairs: &[(String, String)], max_len: usize) -> Result<Tokenized> {
     if pairs.is_empty() {
         return Err(usage!("no training examples"));
     }

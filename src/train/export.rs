@@ -60,10 +60,12 @@ pub fn export_hf(student: &Student, out: &Path) -> Result<()> {
         "generation_config.json",
         serde_json::json!({"bos_token_id": student.config.bos_token_id, "eos_token_id": student.config.eos_token_id, "do_sample": false}),
     )?;
-    std::fs::rename(&tmp, out).or_else(|_| {
-        // `out` may exist as an empty dir.
-        std::fs::remove_dir(out).and_then(|_| std::fs::rename(&tmp, out))
-    }).map_err(|e| Error::io(out, e))
+    std::fs::rename(&tmp, out)
+        .or_else(|_| {
+            // `out` may exist as an empty dir.
+            std::fs::remove_dir(out).and_then(|_| std::fs::rename(&tmp, out))
+        })
+        .map_err(|e| Error::io(out, e))
 }
 
 /// Write LoRA adapters in PEFT's layout: adapter_config.json + adapter_model.safetensors.

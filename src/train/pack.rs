@@ -48,7 +48,11 @@ impl Packing {
         }
         let packed = Packing { rows: used.len(), width: used.iter().copied().max().unwrap_or(0), place };
         let padded = Packing::padded(lengths);
-        if packed.computed_tokens() < padded.computed_tokens() { packed } else { padded }
+        if packed.computed_tokens() < padded.computed_tokens() {
+            packed
+        } else {
+            padded
+        }
     }
 
     /// Tokens the forward pass computes (rows × width, padding included).

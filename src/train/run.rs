@@ -237,7 +237,12 @@ impl RunDir {
         } else if !op.exists() {
             return Err(Error::data(
                 &op,
-                format!("missing: the run stopped at step {}/{} and cannot resume without its optimizer state; delete {} to train from the start", state.step, state.total_steps, dir.display()),
+                format!(
+                    "missing: the run stopped at step {}/{} and cannot resume without its optimizer state; delete {} to train from the start",
+                    state.step,
+                    state.total_steps,
+                    dir.display()
+                ),
             ));
         } else {
             Some(candle_core::safetensors::load(&op, device).map_err(ce(&op))?)

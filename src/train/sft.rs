@@ -289,9 +289,11 @@ pub fn response_nll(student: &Student, examples: &[TrainExample], batch_size: us
     let mut out = Vec::with_capacity(examples.len());
     for (i, chunk) in examples.chunks(batch_size).enumerate() {
         let refs: Vec<&TrainExample> = chunk.iter().collect();
-        let rows = token_nll(student, &refs, true)
-            .and_then(|t| t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
-            .model_ctx(format!("scoring examples {}..{}", i * batch_size, i * batch_size + chunk.len()))?;
+        let rows = token_nll(student, &refs, true).and_then(|t| t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()).model_ctx(format!(
+            "scoring examples {}..{}",
+            i * batch_size,
+            i * batch_size + chunk.len()
+        ))?;
         // Rows come example by example, response tokens in order.
         let mut at = 0;
         for e in chunk {
@@ -314,7 +316,11 @@ pub const PACK_ROW_TOKENS: usize = 1024;
 /// padded row per example.
 pub fn layout(batch: &[&TrainExample], pack: bool) -> Packing {
     let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
-    if pack { Packing::pack(&lengths, PACK_ROW_TOKENS) } else { Packing::padded(&lengths) }
+    if pack {
+        Packing::pack(&lengths, PACK_ROW_TOKENS)
+    } else {
+        Packing::padded(&lengths)
+    }
 }
 
 /// NLL of every response token of a micro-batch, example by example (whatever the layout).
@@ -411,17 +417,13 @@ impl<'a> Trainer<'a> {
         let steps_per_epoch = data.examples.len().div_ceil(global);
         let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
         let scheduled = total_steps.checked_mul(global).filter(|&n| n <= SftOptions::MAX_SCHEDULED_EXAMPLES).ok_or_else(|| {
-            usage!(
-                "sft: {total_steps} steps × global batch {global} is more than {} examples: lower epochs or max_steps",
-                SftOptions::MAX_SCHEDULED_EXAMPLES
-            )
+            usage!("sft: {total_steps} steps × global batch {global} is more than {} examples: lower epochs or max_steps", SftOptions::MAX_SCHEDULED_EXAMPLES)
         })?;
         let order = schedule_order(&data.examples, &opts, scheduled);
 
         let params = s.model.trainable_named();
         let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
-        let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })
-            .model_ctx("creating the optimizer")?;
+        let mut opt = AdamW::new(&vars, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() }).model_ctx("creating the optimizer")?;
         // One trainer per run dir: two would interleave steps and checkpoints. Taken once the
         // options are checked (a refused run leaves no dir), before the run's state is read.
         let lock = crate::paths::DirLock::take(&run.path, "training")?;
@@ -609,10 +611,7 @@ impl<'a> Trainer<'a> {
             "computed_tokens": computed,
         }))?;
         // Line-mode progress: readable in terminals, CI logs and notebooks alike.
-        eprintln!(
-            "[sft] step {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s eta {:.0}s",
-            step, self.total_steps, loss, lr, grad_norm, tps, eta
-        );
+        eprintln!("[sft] step {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s eta {:.0}s", step, self.total_steps, loss, lr, grad_norm, tps, eta);
         Ok(())
     }
 
@@ -680,10 +679,8 @@ fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Resu
 /// the training data down to a fingerprint of every (question, rationale) pair. Resuming
 /// requires the same identity.
 pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serde_json::Value {
-    let fingerprint = corpus
-        .rationales
-        .iter()
-        .fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
+    let fingerprint =
+        corpus.rationales.iter().fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
     let mut v = serde_json::json!({
         "model": student.source.display().to_string(),
         // The chat template trained with (a base model may have none of its own, or another):
@@ -748,7 +745,15 @@ mod tests {
         let s = crate::model::random::random_student_with(config(family), family.name(), "none", &Device::Cpu, seed).unwrap();
         let mut rng = Rng::new(seed);
         for (n, v) in s.params() {
-            let base = if n.contains("norm") || n.contains("ln_f") { if n.ends_with("bias") { 0.0 } else { 1.0 } } else { 0.0 };
+            let base = if n.contains("norm") || n.contains("ln_f") {
+                if n.ends_with("bias") {
+                    0.0
+                } else {
+                    1.0
+                }
+            } else {
+                0.0
+            };
             let vals: Vec<f32> = (0..v.elem_count()).map(|_| base + ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.3).collect();
             v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
         }

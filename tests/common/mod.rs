@@ -12,11 +12,7 @@ pub fn data_dir() -> DataDir {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"),
     };
-    assert!(
-        p.join("paper/dataset_info.json").is_file(),
-        "the release is not at {}: set COTLAB_DATA to the shared datasets dir",
-        p.display()
-    );
+    assert!(p.join("paper/dataset_info.json").is_file(), "the release is not at {}: set COTLAB_DATA to the shared datasets dir", p.display());
     DataDir(p)
 }
 
@@ -67,15 +63,17 @@ fn data_path() -> PathBuf {
 pub fn missing(needs: &[Need]) -> Option<String> {
     let home = cotlab::model::cotlab_home();
     needs.iter().find_map(|n| match n {
-        Need::Data if !data_path().join("paper/dataset_info.json").is_file() => Some(format!(
-            "no release data at {}: set COTLAB_DATA to the shared datasets dir (see datasets/README.md)",
-            data_path().display()
-        )),
+        Need::Data if !data_path().join("paper/dataset_info.json").is_file() => {
+            Some(format!("no release data at {}: set COTLAB_DATA to the shared datasets dir (see datasets/README.md)", data_path().display()))
+        }
         Need::Model if !cotlab::model::default_model_path().is_file() => {
             Some(format!("no default student at {}: run scripts/setup.sh", cotlab::model::default_model_path().display()))
         }
         Need::Torch
-            if !Command::new(std::env::var_os("COTLAB_PYTHON").map(PathBuf::from).unwrap_or_else(|| home.join("venv/bin/python"))).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success()) =>
+            if !Command::new(std::env::var_os("COTLAB_PYTHON").map(PathBuf::from).unwrap_or_else(|| home.join("venv/bin/python")))
+                .args(["-c", "import torch, transformers"])
+                .output()
+                .is_ok_and(|o| o.status.success()) =>
         {
             Some(format!("no torch + transformers in {}: run scripts/setup.sh --torch", home.join("venv").display()))
         }
@@ -131,10 +129,8 @@ pub fn read_http_request(stream: &mut std::net::TcpStream) -> Option<String> {
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).to_string();
         if let Some(h) = text.find("\r\n\r\n") {
-            let len = text
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                .unwrap_or(0);
+            let len =
+                text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
             if buf.len() >= h + 4 + len {
                 return Some(text[..h].to_string());
             }

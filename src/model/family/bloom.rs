@@ -26,12 +26,9 @@ pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let p = format!("transformer.h.{i}");
         ln(&mut out, &format!("{p}.input_layernorm"));
         ln(&mut out, &format!("{p}.post_attention_layernorm"));
-        for (m, o, inp) in [
-            ("self_attention.query_key_value", 3 * d, d),
-            ("self_attention.dense", d, d),
-            ("mlp.dense_h_to_4h", 4 * d, d),
-            ("mlp.dense_4h_to_h", d, 4 * d),
-        ] {
+        for (m, o, inp) in
+            [("self_attention.query_key_value", 3 * d, d), ("self_attention.dense", d, d), ("mlp.dense_h_to_4h", 4 * d, d), ("mlp.dense_4h_to_h", d, 4 * d)]
+        {
             out.push((format!("{p}.{m}.weight"), vec![o, inp]));
             out.push((format!("{p}.{m}.bias"), vec![o]));
         }

@@ -137,10 +137,7 @@ impl std::fmt::Display for Family {
 impl std::str::FromStr for Family {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> Result<Family> {
-        Family::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| crate::usage!("unknown model family '{s}': expected one of llama, qwen2, gemma, bloom"))
+        Family::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| crate::usage!("unknown model family '{s}': expected one of llama, qwen2, gemma, bloom"))
     }
 }
 

@@ -60,8 +60,7 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<Tokenizer> {
     }
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     // Control tokens (type 3) are special: matched whole, skipped when decoding.
-    let specials: Vec<AddedToken> =
-        tokens.iter().zip(&types).filter(|(_, &t)| t == 3).map(|(s, _)| AddedToken::from(s.clone(), true)).collect();
+    let specials: Vec<AddedToken> = tokens.iter().zip(&types).filter(|(_, &t)| t == 3).map(|(s, _)| AddedToken::from(s.clone(), true)).collect();
     tok.add_special_tokens(specials).map_err(|e| err(format!("special tokens: {e}")))?;
     Ok(tok)
 }
