@@ -436,6 +436,37 @@ pub fn sweep(ws: &Workspace, spec: &SweepSpec) -> Result<SweepReport> {
     sweep_in(ws, spec, &Sweeps::default())
 }
 
+/// Say which points are skipped as invalid, and why; returns how many.
+fn say_invalid(spec: &SweepSpec, points: &[PointPlan]) -> usize {
+    let invalid = points.iter().filter(|p| p.status == PointStatus::Invalid).count();
+    if invalid > 0 {
+        eprintln!("[sweep {}] {invalid} of {} points are skipped as invalid:", spec.name, points.len());
+        for p in points.iter().filter(|p| p.status == PointStatus::Invalid) {
+            eprintln!("  point {} ({}): {}", p.index, p.point, p.reason.as_deref().unwrap_or(""));
+        }
+    }
+    invalid
+}
+
+/// Which points this call may run: `None` none (collecting), `Some(None)` every one,
+/// `Some(Some(i))` point `i` only. The spec's choice, unless the session decides.
+fn runnable(spec: &SweepSpec, sweeps: &Sweeps, points: &[PointPlan]) -> Option<Option<usize>> {
+    match sweeps.mode {
+        SweepMode::Run => Some(spec.point),
+        SweepMode::Point(n) => {
+            match points.get(n) {
+                None => eprintln!("[sweep {}] point {n}: the sweep has only {} points: nothing to run in this task", spec.name, points.len()),
+                Some(p) if p.status == PointStatus::Invalid => {
+                    eprintln!("[sweep {}] point {n} ({}) is invalid: nothing to run in this task", spec.name, p.point)
+                }
+                Some(_) => {}
+            }
+            Some(Some(n))
+        }
+        SweepMode::Collect => None,
+    }
+}
+
 /// [`sweep`] in a session whose `sweeps` say which points run ([`SweepMode`]) and record the call.
 pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<SweepReport> {
     let started = Instant::now();
@@ -450,30 +481,10 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
         crate::error::in_range("sweep", "stop_after_points", k, 1..=usize::MAX)?;
     }
     some_point_valid(&spec.name, &points)?;
-    let invalid = points.iter().filter(|p| p.status == PointStatus::Invalid).count();
-    if invalid > 0 {
-        eprintln!("[sweep {}] {invalid} of {} points are skipped as invalid:", spec.name, points.len());
-        for p in points.iter().filter(|p| p.status == PointStatus::Invalid) {
-            eprintln!("  point {} ({}): {}", p.index, p.point, p.reason.as_deref().unwrap_or(""));
-        }
-    }
+    let invalid = say_invalid(spec, &points);
     refresh(&dir, &mut points);
     write_sweep_file(&dir, spec, &points)?;
-    // Which points this call may run: the spec's choice, unless the session decides.
-    let only: Option<Option<usize>> = match sweeps.mode {
-        SweepMode::Run => Some(spec.point),
-        SweepMode::Point(n) => {
-            match points.get(n) {
-                None => eprintln!("[sweep {}] point {n}: the sweep has only {} points: nothing to run in this task", spec.name, points.len()),
-                Some(p) if p.status == PointStatus::Invalid => {
-                    eprintln!("[sweep {}] point {n} ({}) is invalid: nothing to run in this task", spec.name, p.point)
-                }
-                Some(_) => {}
-            }
-            Some(Some(n))
-        }
-        SweepMode::Collect => None,
-    };
+    let only = runnable(spec, sweeps, &points);
     let selected = |p: &PointPlan| only.is_some_and(|o| o.is_none_or(|i| i == p.index));
     let already_done = points.iter().filter(|p| p.status == PointStatus::Done).count();
     // A point failed earlier is retried, as on any re-run.
