@@ -197,7 +197,14 @@ fn execute(name: &str, notebook_json: Option<String>) -> (tempfile::TempDir, Exe
 /// The `cotlab …` commands a notebook's prose gives (its inline code spans that start so).
 fn prose_commands(e: &Executed) -> Vec<String> {
     let prose: String = e.cells.iter().filter(|c| c["cell_type"] == "markdown").filter_map(|c| notebook_text(&c["source"])).collect::<Vec<_>>().join("\n");
-    prose.split('`').skip(1).step_by(2).filter(|span| span.starts_with("cotlab ")).map(|s| s.replace('\n', " ")).collect()
+    // `cotlab run script.rhai` is the prose's placeholder for "any script", not a command to paste.
+    prose
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| span.starts_with("cotlab ") && !span.split_whitespace().any(|w| w == "script.rhai"))
+        .map(|s| s.replace('\n', " "))
+        .collect()
 }
 
 /// Run every `cotlab …` command of the notebook's prose from the checkout-like dir's root, as a
