@@ -160,7 +160,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
 
 fn open_append(path: &Path) -> Result<File> {
     // Readable too: an append reads the last byte to see whether a torn line needs closing.
-    crate::paths::append_readable(path)
+    crate::paths::append(path)
 }
 
 /// Lock `file`, the journal at `path`, for a change: an exclusive `flock` held until the guard

@@ -9,7 +9,7 @@
 //!   a device (`/dev/zero`) or a dir is an error at once, never a hang or an endless read, and a
 //!   reader takes at most [`MAX_READ_BYTES`] (and never more than the size the file had when it
 //!   was opened).
-//! * Writers ([`create`], [`append`], [`write_new`]) never follow a link as the last component: a
+//! * Writers ([`create`], [`append`], [`write`]) never follow a link as the last component: a
 //!   link planted where cotlab writes (dangling or not) is an error naming it; [`ensure_dir`]
 //!   refuses a link where cotlab expects its own dir.
 //! * Walks ([`subdirs`], [`is_real_file`], [`is_real_dir`]) never follow links, so a link in a
@@ -220,20 +220,10 @@ pub fn create(p: &Path) -> Result<File> {
     OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| open_error(p, e))
 }
 
-/// Open `p` for appending, creating it if needed; a link at `p` is refused, not followed.
-pub fn append(p: &Path) -> Result<File> {
-    OpenOptions::new().append(true).create(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| open_error(p, e))
-}
-
 /// Write `bytes` to `p` (created or truncated, never through a link).
 pub fn write(p: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     create(p)?.write_all(bytes).map_err(|e| Error::io(p, e))
-}
-
-/// Create `p`, which must not exist (`O_EXCL`: not even as a dangling link).
-pub fn write_new(p: &Path) -> Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| open_error(p, e))
 }
 
 /// Make sure `p` is a dir of its own (creating it and missing parents): a link or a file where
@@ -383,8 +373,9 @@ pub fn refuse_link(p: &Path) -> Result<()> {
     }
 }
 
-/// Open `p` to append and read its last byte (a journal), creating it; a link is refused.
-pub fn append_readable(p: &Path) -> Result<File> {
+/// Open `p` to append (and to read, so a journal can see its last byte), creating it; a link at
+/// `p` is refused, not followed.
+pub fn append(p: &Path) -> Result<File> {
     OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| open_error(p, e))
 }
 
@@ -466,7 +457,7 @@ mod tests {
         let target = d.path().join("outside.txt");
         let link = d.path().join("samples.jsonl");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        for e in [create(&link).unwrap_err(), append(&link).unwrap_err(), write_new(&link).unwrap_err()] {
+        for e in [create(&link).unwrap_err(), append(&link).unwrap_err()] {
             assert!(e.to_string().contains("symbolic link"), "{e}");
         }
         assert!(!target.exists(), "nothing was created through the dangling link");
