@@ -16,7 +16,8 @@
 #    - cotlab compiled into that cache once (15-25 min), so a notebook's `:dep cotlab` cell takes
 #      seconds, not the whole polars + candle build.
 # 3. --torch: torch + transformers in venv/ (the PyTorch baselines in benches/ and the
-#    transformers check of exported models; about 3 GB download).
+#    transformers check of exported models; datasets, trl and lm_eval read cotlab's corpora and
+#    eval dirs in the tests; about 3 GB download).
 # 4. --llamacpp: llama-cpp-python in venv/ (the llama.cpp baseline of benches/compare_generate.sh).
 #    PyPI has only its source: pip compiles llama.cpp for this CPU (GGML_NATIVE), 10-40 min on
 #    2 cores.
@@ -63,9 +64,9 @@ venv() {
 }
 
 install_torch() {
-    if ! "$home/venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
-        echo "installing torch + transformers into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet torch transformers safetensors
+    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval" 2>/dev/null; then
+        echo "installing torch + transformers (+ datasets, trl, lm_eval: the readers of cotlab's corpora and eval dirs) into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval
     fi
 }
 
