@@ -20,6 +20,10 @@ SECONDS=0
 echo "setup: ${SECONDS} s" >&2
 # Formatting is mechanical (rustfmt.toml): a diff fails the run before anything is built.
 cargo fmt --check || { echo "error: cargo fmt --check found unformatted code: run cargo fmt" >&2; exit 1; }
+# Lints are a gate too (a check build, no code generation: minutes on a fresh machine).
+SECONDS=0
+cargo clippy --all-targets --quiet -- -D warnings || { echo "error: cargo clippy found warnings (fix them, or allow one with a comment saying why)" >&2; exit 1; }
+echo "clippy: ${SECONDS} s" >&2
 SECONDS=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

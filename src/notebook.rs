@@ -246,6 +246,12 @@ pub struct Rhai {
     run_cell: CellFn,
 }
 
+impl Default for Rhai {
+    fn default() -> Rhai {
+        Rhai::new()
+    }
+}
+
 impl Rhai {
     /// A session over the data dir in `COTLAB_DATA` (default `./datasets`); training and eval
     /// runs go to `runs/` beside the notebook. Its Rhai may also read the notebook's own folder

@@ -60,7 +60,9 @@ impl Provenance {
 
 /// Hashes already computed in this process, keyed by (path, size, mtime): a sweep reads the same
 /// 100 MB model file for every point, and hashing it once is enough while it is unchanged.
-static CACHE: Mutex<Option<HashMap<(PathBuf, u64, SystemTime), String>>> = Mutex::new(None);
+/// What identifies one version of a file without reading it: (path, size, mtime).
+type FileVersion = (PathBuf, u64, SystemTime);
+static CACHE: Mutex<Option<HashMap<FileVersion, String>>> = Mutex::new(None);
 
 /// SHA-256 of a file (a directory: of its regular files in name order, each name then bytes, so
 /// a Hugging Face model dir hashes to one value).

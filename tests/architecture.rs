@@ -192,10 +192,8 @@ fn imports_only_point_down_the_layers() {
     for entry in fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        if path.is_dir() || path.extension().is_some_and(|e| e == "rs") {
-            if name != ROOT_FILE {
-                modules.push(name);
-            }
+        if (path.is_dir() || path.extension().is_some_and(|e| e == "rs")) && name != ROOT_FILE {
+            modules.push(name);
         }
     }
     modules.sort();

@@ -94,7 +94,7 @@ fn beam_width_one_is_greedy_on_smollm2() {
     let beam = GenOptions { beams: 5, ..greedy.clone() };
     let batched = generate(&s, &qs, &beam).unwrap();
     for (q, g) in qs.iter().zip(&batched) {
-        assert_eq!(&generate(&s, &[q.clone()], &beam).unwrap()[0], g, "batched != alone for {q}");
+        assert_eq!(&generate(&s, std::slice::from_ref(q), &beam).unwrap()[0], g, "batched != alone for {q}");
         assert!(g.tokens >= 1 && g.tokens <= 24);
     }
     let cut = GenOptions { stop: vec!["apples".into()], ..beam.clone() };

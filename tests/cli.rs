@@ -382,7 +382,7 @@ fn quickstart_runs_on_embedded_data() {
         let tokens = line.split(" unparsed, ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
         let decimals = tokens.split_once('.').map_or(0, |(_, d)| d.len());
         assert!(tokens.parse::<f64>().is_ok() && decimals <= 1, "{line}");
-        for pct in line.split('%').filter_map(|p| p.rsplit(|c: char| c == ' ' || c == '[').next()).filter(|p| !p.is_empty()) {
+        for pct in line.split('%').filter_map(|p| p.rsplit([' ', '[']).next()).filter(|p| !p.is_empty()) {
             assert!(pct.split_once('.').map_or(0, |(_, d)| d.len()) <= 1, "{pct} in {line}");
         }
     }

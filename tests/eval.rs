@@ -158,10 +158,10 @@ fn an_eval_dir_is_identified_by_its_weights_and_questions() {
     // A run evaluated, trained one step further, evaluated again into the same dir: refused.
     let corpus = r#"let c = rationales("arith", #{ level: 1, n: 8, seed: 1 });"#;
     let train = format!("{corpus}\nsft(student(\"default\"), c, #{{ run: \"r\", max_steps: 2, stop_after: 1, batch_size: 2, grad_accum: 1 }});");
-    r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
+    let _ = r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
     let svamp2 = r#"dataset("svamp", #{limit: 2, seed: 1})"#;
     assert_eq!(r.eval("e.rhai", &eval("\"r\"", svamp2, "er")).unwrap_or_else(|e| panic!("{e}")).as_int().unwrap(), 2);
-    r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
+    let _ = r.eval("t.rhai", &train).unwrap_or_else(|e| panic!("{e}"));
     let e = r.eval("e.rhai", &eval("\"r\"", svamp2, "er")).unwrap_err().to_string();
     assert!(e.contains("other settings") && e.contains("weights.step: 1 -> 2"), "{e}");
     // A student trained in place (sft updates the loaded weights) and evaluated again: other weights.

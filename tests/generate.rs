@@ -26,7 +26,7 @@ fn cached_batched_decoding_matches_references() {
         [BANANAS, "What is 7 + 5?", "Tom has 12 apples and eats 3. How many apples are left?", "Is 17 prime?"].iter().map(|q| q.to_string()).collect();
     let batched = generate(&s, &qs, &opts).unwrap();
     for (q, b) in qs.iter().zip(&batched) {
-        let alone = generate(&s, &[q.clone()], &opts).unwrap();
+        let alone = generate(&s, std::slice::from_ref(q), &opts).unwrap();
         assert_eq!(&alone[0], b, "batched != alone for {q}");
     }
     // Sampling is seeded per prompt: also independent of the batch.

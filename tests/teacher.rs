@@ -96,7 +96,12 @@ fn faults_are_retried_and_answers_cached() {
     let server = serve(vec![TooMany, Error500, Hang, Drop, BadJson], Ok, 0);
     let d = tempfile::tempdir().unwrap();
     let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
-    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: cotlab::teacher::Backend::OpenAi(client(&server.url, 6)), cache: Some(cache) };
+    let t = Teacher {
+        kind: "openai".into(),
+        model: "loopback".into(),
+        backend: cotlab::teacher::Backend::OpenAi(Box::new(client(&server.url, 6))),
+        cache: Some(cache),
+    };
     let ds = arith(3);
     let o = AskOptions { level: Some(2), ..Default::default() };
     let r = t.ask(&ds, &o).unwrap();
@@ -127,7 +132,7 @@ fn exhausted_retries_fail_per_request_and_the_run_continues() {
     let t = Teacher {
         kind: "openai".into(),
         model: "loopback".into(),
-        backend: Backend::OpenAi(client(&bad.url, 2)),
+        backend: Backend::OpenAi(Box::new(client(&bad.url, 2))),
         cache: Some(Arc::new(Cache::open(&cache_path).unwrap())),
     };
     let r = t.ask(&ds, &o).unwrap();
@@ -139,7 +144,7 @@ fn exhausted_retries_fail_per_request_and_the_run_continues() {
     let t = Teacher {
         kind: "openai".into(),
         model: "loopback".into(),
-        backend: Backend::OpenAi(client(&good.url, 2)),
+        backend: Backend::OpenAi(Box::new(client(&good.url, 2))),
         cache: Some(Arc::new(Cache::open(&cache_path).unwrap())),
     };
     let r = t.ask(&ds, &o).unwrap();

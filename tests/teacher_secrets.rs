@@ -156,7 +156,7 @@ fn an_echoed_key_never_reaches_the_frame_files_or_stderr() {
     let t = Teacher {
         kind: "openai".into(),
         model: "echo".into(),
-        backend: Backend::OpenAi(OpenAi::new(opts(&bad.url, Some("COTLAB_TEST_KEY_LIB"))).unwrap()),
+        backend: Backend::OpenAi(Box::new(OpenAi::new(opts(&bad.url, Some("COTLAB_TEST_KEY_LIB"))).unwrap())),
         cache: None,
     };
     let rep = t.ask(&arith(1), &AskOptions { level: Some(1), ..Default::default() }).unwrap();
@@ -245,7 +245,7 @@ fn two_endpoints_with_one_model_name_do_not_share_the_cache() {
     let teacher = |url: &str| Teacher {
         kind: "openai".into(),
         model: "same-name".into(),
-        backend: Backend::OpenAi(OpenAi::new(opts(url, None)).unwrap()),
+        backend: Backend::OpenAi(Box::new(OpenAi::new(opts(url, None)).unwrap())),
         cache: Some(Arc::new(Cache::open(&path).unwrap())),
     };
     let a = teacher(&first.url).ask(&ds, &o).unwrap();
@@ -359,7 +359,7 @@ fn an_escaped_or_encoded_echo_of_the_key_is_redacted() {
     let client = |server: &common::FakeServer| OpenAi::new(opts(&format!("http://{}/v1", server.addr), Some("COTLAB_TEST_KEY_ECHO"))).unwrap();
     let (e, a) = (client(&errors), client(&answers));
     for form in &forms {
-        let err = e.complete("s", "u", 0.0, 1.0, 8, 1).err().expect("401 is an error");
+        let err = e.complete("s", "u", 0.0, 1.0, 8, 1).expect_err("401 is an error");
         assert_eq!(err, "HTTP 401: {\"error\": \"bad key: [redacted]\"}", "echoed as {form}");
         let text = a.complete("s", "u", 0.0, 1.0, 8, 1).unwrap().text;
         assert_eq!(text, "you sent [redacted]. The answer is 7", "echoed as {form}");

@@ -112,12 +112,15 @@ fn group_slot<A, B>(out: &mut Vec<(String, Vec<A>, Vec<B>)>, name: String) -> us
     }
 }
 
-/// Rows grouped by the color column, in first-appearance order: (group name, xs, ys).
-fn series(frame: &Frame, spec: &ChartSpec) -> Result<Vec<(String, Vec<Value>, Vec<Value>)>> {
+/// One trace of a chart: (group name, xs, ys).
+type Series = (String, Vec<Value>, Vec<Value>);
+
+/// Rows grouped by the color column, in first-appearance order.
+fn series(frame: &Frame, spec: &ChartSpec) -> Result<Vec<Series>> {
     let xs = frame.column_cells(&spec.x)?;
     let ys = frame.column_cells(&spec.y)?;
     let groups = group_cells(frame, spec)?;
-    let mut out: Vec<(String, Vec<Value>, Vec<Value>)> = Vec::new();
+    let mut out: Vec<Series> = Vec::new();
     for ((x, y), g) in xs.iter().zip(&ys).zip(&groups) {
         let name = label(g);
         let i = group_slot(&mut out, name);

@@ -671,8 +671,11 @@ mod tests {
     /// Rows not a multiple of the tile, inputs spanning several passes (cols: whole Q4_1 groups).
     const SHAPES: [(usize, usize); 3] = [(7, 64), (45, 128), (130, 64)];
 
+    /// A quantized matmul under test: (format name, x, m ↦ x·Wᵀ, the dequantized W).
+    type Case = (&'static str, Box<dyn Fn(&[f32], usize) -> Vec<f32>>, Vec<f32>);
+
     /// Both formats behind one interface, for the tests.
-    fn both(w: &[f32], rows: usize, cols: usize) -> [(&'static str, Box<dyn Fn(&[f32], usize) -> Vec<f32>>, Vec<f32>); 2] {
+    fn both(w: &[f32], rows: usize, cols: usize) -> [Case; 2] {
         let (q8, q4) = (Q8Matrix::quantize(w, rows, cols).unwrap(), Q4Matrix::quantize(w, rows, cols).unwrap());
         let (d8, d4) = (q8.dequantize(), q4.dequantize());
         [("q8_0", Box::new(move |x, m| q8.matmul(x, m)), d8), ("q4_1", Box::new(move |x, m| q4.matmul(x, m)), d4)]

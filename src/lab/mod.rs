@@ -178,7 +178,7 @@ impl Workspace {
             TeacherSpec::OpenAi { options, cache: c } => {
                 let model = options.model.clone();
                 let client = OpenAi::new(options).map_err(|e| usage!("teacher: {e}"))?;
-                Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(client), cache: cache(&c)? }
+                Teacher { kind: "openai".into(), model, backend: Backend::OpenAi(Box::new(client)), cache: cache(&c)? }
             }
             TeacherSpec::Local { model, device, cache: c } => {
                 self.student_teacher(Arc::new(self.student(&model, &StudentOptions { device, ..Default::default() })?), c.as_deref())?

@@ -361,13 +361,13 @@ mod tests {
         for bad in ["../../outside", "/etc", "a/../../../outside"] {
             let v = serde_json::json!({"points": [{"point": bad, "status": "done", "index": 0}]});
             std::fs::write(sweep.join(SWEEP_FILE), v.to_string()).unwrap();
-            let e = load_runs(&[sweep.clone()]).unwrap_err().to_string();
+            let e = load_runs(std::slice::from_ref(&sweep)).unwrap_err().to_string();
             assert!(e.contains("point 0") && e.contains("not allowed"), "{bad}: {e}");
         }
         // A point that is a link out gives the sweep's own row for it, never the linked record.
         std::os::unix::fs::symlink(&outside, sweep.join("p0")).unwrap();
         std::fs::write(sweep.join(SWEEP_FILE), serde_json::json!({"points": [{"point": "p0", "status": "pending", "index": 0}]}).to_string()).unwrap();
-        let f = load_runs(&[sweep.clone()]).unwrap();
+        let f = load_runs(std::slice::from_ref(&sweep)).unwrap();
         assert!(matches!(&f.column_cells("status").unwrap()[..], [Cell::Str(s)] if s == "pending"));
         // Two links back to their own dir: the walk neither follows them nor explodes.
         let loops = d.path().join("runs/loops");

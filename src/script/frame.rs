@@ -15,6 +15,9 @@ use crate::frame::ChartSpec;
 use crate::results::{Agg, Cell, Chart, ColumnData, Frame, OutputDir};
 use crate::usage;
 
+/// A frame reader bound as a script function.
+type Reader = fn(&std::path::Path) -> crate::Result<Frame>;
+
 /// A polars expression as a Rhai value.
 #[derive(Clone)]
 pub struct ExprW(pub Expr);
@@ -278,8 +281,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Frame::concat(&fs).map(Dynamic::from).map_err(rt)
     });
     let ws = ctx.workspace();
-    let readers: [(&str, fn(&std::path::Path) -> crate::Result<Frame>); 3] =
-        [("read_csv", Frame::read_csv), ("read_jsonl", Frame::read_jsonl), ("read_parquet", Frame::read_parquet)];
+    let readers: [(&str, Reader); 3] = [("read_csv", Frame::read_csv), ("read_jsonl", Frame::read_jsonl), ("read_parquet", Frame::read_parquet)];
     for (name, read) in readers {
         let ws = ws.clone();
         def(engine, name, ["path"], READ, move |path: &str| -> RhaiResult<Frame> { read(&ws.readable(path.as_ref(), name).map_err(rt)?).map_err(rt) });

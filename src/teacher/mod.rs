@@ -38,9 +38,14 @@ use cache::Cache;
 use openai::OpenAi;
 
 pub enum Backend {
-    OpenAi(OpenAi),
+    /// Boxed: a client is large beside the other variants.
+    OpenAi(Box<OpenAi>),
     Local(Arc<Student>),
-    Replay { dir: DataDir, dataset: String, teacher: String },
+    Replay {
+        dir: DataDir,
+        dataset: String,
+        teacher: String,
+    },
 }
 
 pub struct Teacher {
