@@ -167,7 +167,7 @@ fn a_student_keeps_the_papers_family_by_default_else_gets_its_own_template() {
 
 #[test]
 fn eval_prompt_model_is_the_students_own_rendering_with_the_generation_prompt() {
-    require!(Model);
+    require!(Data, Model);
     use cotlab::eval::run::PromptStyle;
     let s = cotlab::model::Student::load(&cotlab::model::default_model_path(), &candle_core::Device::Cpu).unwrap();
     assert_eq!(s.template.name(), "chatml", "SmolLM2 keeps its detected family");
@@ -176,6 +176,18 @@ fn eval_prompt_model_is_the_students_own_rendering_with_the_generation_prompt() 
     assert!(t.label().starts_with("model (") && t.label().contains(".gguf"), "{}", t.label());
     // SmolLM2's own template writes its default system turn, as the named chatml one does.
     assert_eq!(t.prompt("Q").unwrap(), s.template.prompt("Q").unwrap());
+    // The evaluation's report says which template made its prompts, and the prompt itself.
+    let opts = cotlab::eval::run::EvalOptions { prompt: PromptStyle::Model, max_new_tokens: Some(2), ..Default::default() };
+    let d = tempfile::tempdir().unwrap();
+    let r = cotlab::eval::run::evaluate(&s, &ds_one(), &opts, &d.path().join("eval")).unwrap();
+    assert_eq!((r.template.as_str(), r.prompt_template.as_str()), (t.label().as_str(), t.prompt("{question}").unwrap().as_str()));
+    let paper =
+        cotlab::eval::run::evaluate(&s, &ds_one(), &cotlab::eval::run::EvalOptions { max_new_tokens: Some(2), ..Default::default() }, &d.path().join("paper"));
+    assert_eq!(paper.unwrap().template, "chatml", "SmolLM2's paper prompt is its chatml training prompt");
+}
+
+fn ds_one() -> cotlab::data::Dataset {
+    cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(1), seed: Some(1), ..Default::default() }).unwrap()
 }
 
 #[test]
