@@ -190,6 +190,19 @@ fn ds_one() -> cotlab::data::Dataset {
     cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(1), seed: Some(1), ..Default::default() }).unwrap()
 }
 
+/// `template: "model"` from Rhai: the model's own template instead of its detected family.
+#[test]
+fn template_model_from_rhai() {
+    require!(Model);
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = cotlab::script::Context::new(common::data_dir(), None);
+    ctx.runs_dir = d.path().to_path_buf();
+    let runner = cotlab::script::Runner::new(ctx);
+    let r = runner.eval("t.rhai", r#"[student("default").template, student("default", #{template: "model"}).template]"#).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = r.into_array().unwrap().into_iter().map(|v| v.into_string().unwrap()).collect();
+    assert_eq!(names, ["chatml", "model"]);
+}
+
 #[test]
 fn chat_template_command_prints_the_rendering_and_fails_clearly() {
     require!(Model);
