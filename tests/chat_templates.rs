@@ -121,6 +121,8 @@ fn training_masks_the_loss_to_what_the_model_template_adds_for_the_answer() {
     assert_eq!(prompt, "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(response, "<think>\n\n</think>\n\n2+3=5. The answer is 5<|im_end|>\n");
     assert_eq!(qwen3.end(), "<|im_end|>\n");
+    // The stop marker is the end-of-turn token, not the EOS text Phi-3.5 writes after it.
+    assert_eq!(ChatTemplate::Model(fixture("microsoft-Phi-3.5-mini-instruct.jinja")).end(), "<|end|>\n");
     // The tokenized example: the prompt's tokens are context, the rest is the response.
     let unknown = [("u".to_string(), 0)].into_iter().collect();
     let tok = tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::builder().vocab(unknown).unk_token("u".into()).build().unwrap());
@@ -159,6 +161,18 @@ fn a_student_keeps_the_papers_family_by_default_else_gets_its_own_template() {
     let phi_own = choose(&phi, None).unwrap();
     assert_eq!(phi_own.name(), "model", "no paper family: the model's own");
     assert_eq!(phi_own.prompt("Q").unwrap(), "<|user|>\nQ<|end|>\n<|assistant|>\n");
+    // A training run's own template is its base model's.
+    let base = config_dir(&phi);
+    let run = tempfile::tempdir().unwrap();
+    let rd = cotlab::train::RunDir::new(run.path());
+    std::fs::create_dir_all(rd.checkpoint()).unwrap();
+    std::fs::write(rd.config_path(), serde_json::json!({"model": base.path()}).to_string()).unwrap();
+    let from_run = ChatTemplate::choose(Some("model"), run.path(), None, &tok, None, None).unwrap();
+    assert_eq!(from_run.prompt("Q").unwrap(), phi_own.prompt("Q").unwrap());
+    // A `null` special token is none (transformers prints nothing for it).
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("tokenizer_config.json"), serde_json::json!({"chat_template": "[{{ bos_token }}]", "bos_token": null}).to_string()).unwrap();
+    assert_eq!(ChatTemplate::choose(None, d.path(), None, &tok, Some(0), None).unwrap().prompt("Q").unwrap(), "[]");
     let e = choose("", None).unwrap_err().to_string();
     assert!(e.contains("declares no chat template") && e.contains("model"), "{e}");
     let e = choose("", Some("model")).unwrap_err().to_string();

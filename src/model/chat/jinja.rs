@@ -278,9 +278,13 @@ impl ModelTemplate {
                 }
                 _ => return Ok(None),
             };
-            // A token is a string or an AddedToken object (`{"content": ...}`).
-            let token = |k: &str| cfg[k].as_str().or(cfg[k]["content"].as_str()).map(str::to_string);
-            let (bos, eos) = (token("bos_token").unwrap_or_else(|| text_of(bos_id)), token("eos_token").unwrap_or_else(|| text_of(eos_id)));
+            // A token is a string or an AddedToken object (`{"content": ...}`); `null` is no token
+            // (transformers then passes none, which prints as nothing).
+            let token = |k: &str, id: Option<u32>| match &cfg[k] {
+                serde_json::Value::Null if cfg.get(k).is_some() => String::new(),
+                v => v.as_str().or(v["content"].as_str()).map(str::to_string).unwrap_or_else(|| text_of(id)),
+            };
+            let (bos, eos) = (token("bos_token", bos_id), token("eos_token", eos_id));
             return Ok((!jinja.is_empty()).then(|| ModelTemplate { source: cfg_path.display().to_string(), jinja, bos, eos }));
         }
         let (mut f, _) = crate::paths::open_regular(path)?;
@@ -293,12 +297,13 @@ impl ModelTemplate {
 }
 
 impl ModelTemplate {
-    /// What the template writes after an assistant turn's text (its end-of-turn marker), found
-    /// by rendering a probe answer; `None` when the probe does not render or is not found.
+    /// The end-of-turn marker the template writes after an assistant turn's text, up to and
+    /// including the first line break (Phi-3.5: `<|end|>\n`, not the `</s>` after it), found by
+    /// rendering a probe answer; `None` when the probe does not render or is not found.
     pub fn answer_end(&self) -> Option<String> {
         const PROBE: &str = "cotlab probe answer";
         let full = self.render_turns(&[("user", "Q"), ("assistant", PROBE)], false).ok()?;
-        let at = full.rfind(PROBE)? + PROBE.len();
-        Some(full[at..].to_string())
+        let after = &full[full.rfind(PROBE)? + PROBE.len()..];
+        Some(after.find('\n').map_or(after, |i| &after[..=i]).to_string())
     }
 }

@@ -211,7 +211,8 @@ impl ChatTemplate {
         }
     }
 
-    /// What follows the answer; trained on, so the student learns to stop.
+    /// What follows the answer; trained on, so the student learns to stop (a model template:
+    /// its end-of-turn marker, [`ModelTemplate::answer_end`], which generation stops at).
     pub fn end(&self) -> String {
         match self {
             ChatTemplate::Chatml { .. } => "<|im_end|>\n".into(),
