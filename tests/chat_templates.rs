@@ -72,6 +72,54 @@ fn every_fixture_case_renders_as_transformers_byte_for_byte() {
     assert!(differ.is_empty(), "{} of {total} differ:\n{}", differ.len(), differ.join("\n"));
 }
 
+/// Beyond the fixtures' 4 cases: multi-turn conversations, text that needs escaping, answers with
+/// reasoning blocks, rendered live by transformers (tests/py/chat_templates.py) for every
+/// fixture template.
+#[test]
+fn harder_conversations_render_as_transformers_renders_them_live() {
+    require!(Data, Torch);
+    let templates: Vec<PathBuf> =
+        std::fs::read_dir(fixtures()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "jinja")).collect();
+    assert_eq!(templates.len(), 8);
+    let conversations = serde_json::json!([
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}], "add_generation_prompt": true},
+        {"messages": [{"role": "user", "content": "  Ünïcode \"quoted\" {{ not jinja }}\n\tand a tab  "}], "add_generation_prompt": true},
+        {"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\nThe answer is 5"}, {"role": "user", "content": "And 2+4?"}], "add_generation_prompt": false},
+        {"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": false},
+        {"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "Hi"}], "add_generation_prompt": true},
+    ]);
+    let spec = serde_json::json!({"templates": templates, "conversations": conversations});
+    let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab::model::cotlab_home().join("venv/bin/python").display().to_string());
+    let o = std::process::Command::new(&py).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/chat_templates.py")).arg(spec.to_string()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ordered: minijinja::Value = serde_json::from_str(&conversations.to_string()).unwrap();
+    let (mut identical, mut total, mut raised) = (0, 0, 0);
+    let mut differ = Vec::new();
+    for path in &templates {
+        let t = ModelTemplate { source: path.display().to_string(), jinja: std::fs::read_to_string(path).unwrap(), bos: "<s>".into(), eos: "</s>".into() };
+        for (i, want) in theirs[path.display().to_string()].as_array().unwrap().iter().enumerate() {
+            total += 1;
+            let c = ordered.get_item_by_index(i).unwrap();
+            let got = t.render_at(&c.get_attr("messages").unwrap(), c.get_attr("add_generation_prompt").unwrap().is_true(), pinned());
+            let same = match (want.as_str(), &got) {
+                (Some(w), Ok(g)) => w == g,
+                (None, Err(e)) => {
+                    raised += 1;
+                    e.to_string().contains(want["error"].as_str().unwrap().split_once(": ").unwrap().1)
+                }
+                _ => false,
+            };
+            identical += same as usize;
+            if !same {
+                differ.push(format!("{} #{i}: transformers {want}, cotlab {got:?}", path.display()));
+            }
+        }
+    }
+    println!("chat templates, harder conversations: {identical} of {total} identical ({raised} raising as in transformers)");
+    assert!(differ.is_empty(), "{} of {total} differ:\n{}", differ.len(), differ.join("\n"));
+}
+
 #[test]
 fn tojson_writes_what_python_json_dumps_writes() {
     let data = "{% set x = {'b': 'é\"\\n', 'a': [1, 2.5, true, none]} %}";
