@@ -225,6 +225,19 @@ fn a_student_keeps_the_papers_family_by_default_else_gets_its_own_template() {
     assert!(e.contains("declares no chat template") && e.contains("model"), "{e}");
     let e = choose("", Some("model")).unwrap_err().to_string();
     assert!(e.contains("declares no chat template"), "{e}");
+    // A student of no file (random weights) has no template of its own to prompt with.
+    let tiny = cotlab::model::ModelConfig {
+        vocab_size: 96,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 1,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        ..cotlab::model::random::preset("smollm2-135m").unwrap()
+    };
+    let s = cotlab::model::random::random_student_with(tiny, "tiny", "none", &candle_core::Device::Cpu, 1).unwrap();
+    let e = cotlab::eval::run::PromptStyle::Model.template(&s, cotlab::data::Task::Gsm8k).unwrap_err().to_string();
+    assert!(e.starts_with("random:tiny: the model declares no chat template") && e.contains("#{template"), "{e}");
 }
 
 #[test]

@@ -255,7 +255,7 @@ pub fn read_messages(path: &Path) -> Result<Value> {
 impl ModelTemplate {
     /// The chat template a model declares: tokenizer_config.json's `chat_template` in an HF dir
     /// (the `default` one of a named list), `tokenizer.chat_template` in a GGUF, the base model's
-    /// for a training run dir; `None` when it declares none. BOS/EOS texts are the
+    /// for a training run dir; `None` when it declares none (or is no file: a random student). BOS/EOS texts are the
     /// tokenizer_config's `bos_token`/`eos_token`, else the tokenizer's texts for the config's ids.
     pub fn of_model(path: &Path, tok: &tokenizers::Tokenizer, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Option<ModelTemplate>> {
         let text_of = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
@@ -286,6 +286,9 @@ impl ModelTemplate {
             };
             let (bos, eos) = (token("bos_token", bos_id), token("eos_token", eos_id));
             return Ok((!jinja.is_empty()).then(|| ModelTemplate { source: cfg_path.display().to_string(), jinja, bos, eos }));
+        }
+        if !path.exists() {
+            return Ok(None);
         }
         let (mut f, _) = crate::paths::open_regular(path)?;
         let content = candle_core::quantized::gguf_file::Content::read(&mut f)

@@ -90,8 +90,9 @@ impl ChatTemplate {
         ChatTemplate::from_jinja(&jinja, eos)
     }
 
-    /// The template family of a Jinja chat template (a model's `chat_template`); `None` for an
-    /// empty or unknown one: the caller must then be told to choose (no silent fallback).
+    /// The paper's template family of a Jinja chat template (a model's `chat_template`); `None`
+    /// for an empty or unknown one (then [`ChatTemplate::choose`] takes the Jinja template itself,
+    /// or tells the caller to choose when there is none: no silent fallback).
     /// `eos` is the tokenizer's EOS text (alpaca ends answers with it).
     pub fn from_jinja(jinja: &str, eos: &str) -> Option<ChatTemplate> {
         if jinja.contains("<|start_header_id|>") {
@@ -121,8 +122,8 @@ impl ChatTemplate {
     ///
     /// vLLM and transformers add the tokenizer's BOS to a prompt string (`<|begin_of_text|>`,
     /// `<bos>`; BLOOM has none); cotlab tokenizes prompts without special tokens, so the BOS is
-    /// written here. ChatML has no paper prompt (no student of the paper used it): its training
-    /// prompt is kept.
+    /// written here. ChatML has no paper prompt (no student of the paper used it), nor has a
+    /// model's own template: their training prompt is kept.
     pub fn paper_eval(&self, evaluator: Evaluator) -> ChatTemplate {
         let commonsense = evaluator == Evaluator::Commonsense;
         let wrap = |before: String, after: &str| ChatTemplate::Wrapped { base: self.name().to_string(), before, after: after.to_string(), end: self.end() };
