@@ -169,6 +169,10 @@ fn training_masks_the_loss_to_what_the_model_template_adds_for_the_answer() {
     assert_eq!(prompt, "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(response, "<think>\n\n</think>\n\n2+3=5. The answer is 5<|im_end|>\n");
     assert_eq!(qwen3.end(), "<|im_end|>\n");
+    // A run records the template it trained with, the Jinja text itself, and reloads it.
+    let recorded = serde_json::to_value(&qwen3).unwrap();
+    assert_eq!((recorded["name"].as_str(), recorded["jinja"].as_str()), (Some("model"), Some(fixture("Qwen-Qwen3-0.6B.jinja").jinja.as_str())));
+    assert_eq!(serde_json::from_value::<ChatTemplate>(recorded).unwrap(), qwen3);
     // The stop marker is the end-of-turn token, not the EOS text Phi-3.5 writes after it.
     assert_eq!(ChatTemplate::Model(fixture("microsoft-Phi-3.5-mini-instruct.jinja")).end(), "<|end|>\n");
     // The tokenized example: the prompt's tokens are context, the rest is the response.
