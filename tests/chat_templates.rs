@@ -269,6 +269,46 @@ fn ds_one() -> cotlab::data::Dataset {
     cotlab::data::load_dataset(&common::data_dir(), "svamp", &cotlab::data::DatasetOptions { limit: Some(1), seed: Some(1), ..Default::default() }).unwrap()
 }
 
+/// A student whose template is of no paper family (Phi-3.5's here) trains with its own template
+/// by default, and its run reloads with it.
+#[test]
+fn a_student_of_no_paper_family_trains_and_reloads_with_its_own_template() {
+    require!(Model);
+    use cotlab::script::{Context, Runner};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-phi");
+    let config = cotlab::model::ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 1,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        ..cotlab::model::random::preset("smollm2-135m").unwrap()
+    };
+    let smol = cotlab::model::default_model_path().display().to_string();
+    let s = cotlab::model::random::random_student_with(config, "tiny", &smol, &candle_core::Device::Cpu, 1).unwrap();
+    cotlab::train::export::export_hf(&s, &dir).unwrap();
+    let cfg_path = dir.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let phi = fixture("microsoft-Phi-3.5-mini-instruct.jinja").jinja;
+    cfg["chat_template"] = phi.clone().into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let mut ctx = Context::new(cotlab::data::DataDir("/nonexistent".into()), None);
+    ctx.runs_dir = d.path().join("runs");
+    ctx.allow_read.push(dir.clone());
+    let src = format!(
+        r#"let s = student("{}");
+           let r = sft(s, rationales("arith", #{{ level: 3, n: 4, seed: 2 }}), #{{ run: "t", max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 128 }});
+           [s.template, student("t").template]"#,
+        dir.display()
+    );
+    let v = Runner::new(ctx).eval("t.rhai", &src).unwrap_or_else(|e| panic!("{e}")).into_array().unwrap();
+    let names: Vec<String> = v.into_iter().map(|v| v.into_string().unwrap()).collect();
+    assert_eq!(names, ["model", "model"]);
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("runs/t/config.json")).unwrap()).unwrap();
+    assert_eq!((run["template"]["name"].as_str(), run["template"]["jinja"].as_str()), (Some("model"), Some(phi.as_str())));
+}
+
 /// `template: "model"` from Rhai: the model's own template instead of its detected family.
 #[test]
 fn template_model_from_rhai() {
