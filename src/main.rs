@@ -143,10 +143,12 @@ fn export(c: ExportCmd) -> Result<()> {
     Ok(())
 }
 
-/// `cotlab chat-template`: prints the rendering on stdout, exactly (no newline added).
+/// `cotlab chat-template`: prints the rendering on stdout, exactly (no newline added). The
+/// messages are read first: a bad file fails before the model loads.
 fn chat_template(c: ChatTemplateCmd) -> Result<()> {
+    let messages = cotlab::model::chat::read_messages(&c.messages)?;
     let s = Workspace::local().student(&c.model, &StudentOptions::default())?;
-    print!("{}", s.render_messages_file(&c.messages, !c.no_generation_prompt)?);
+    print!("{}", s.render_messages(&messages, !c.no_generation_prompt)?);
     Ok(())
 }
 

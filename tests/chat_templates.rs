@@ -334,7 +334,14 @@ fn chat_template_command_prints_the_rendering_and_fails_clearly() {
     assert_eq!((o.code, o.stdout.as_str()), (0, format!("{sys}{turns}<|im_start|>assistant\n").as_str()), "{}", o.stderr);
     let o = common::run(common::cotlab().args(["chat-template", "--no-generation-prompt", "--messages"]).arg(&msgs));
     assert_eq!((o.code, o.stdout.as_str()), (0, format!("{sys}{turns}").as_str()), "{}", o.stderr);
-    std::fs::write(&msgs, r#"{"role": "user"}"#).unwrap();
-    let o = common::run(common::cotlab().args(["chat-template", "--messages"]).arg(&msgs));
-    assert!(o.code == 1 && o.stdout.is_empty() && o.stderr.contains("m.json: expected a JSON list of messages"), "{}", o.stderr);
+    // A bad messages file is one error naming it, before the model loads.
+    for (text, want) in [
+        (r#"{"role": "user"}"#, "m.json: expected a JSON list of messages"),
+        (r#"[{"content": "Hi"}]"#, "m.json: message 0: expected an object with a string \"role\""),
+        ("[{\"role\": \"user\",\n", "m.json: line 2: not JSON"),
+    ] {
+        std::fs::write(&msgs, text).unwrap();
+        let o = common::run(common::cotlab().args(["chat-template", "--model", "no-such-model", "--messages"]).arg(&msgs));
+        assert!(o.code == 1 && o.stdout.is_empty() && o.stderr.contains(want), "{text}: {}", o.stderr);
+    }
 }

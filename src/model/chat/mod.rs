@@ -285,10 +285,10 @@ impl super::Student {
         }
     }
 
-    /// What `cotlab chat-template` prints: the messages of a JSON file (a list of `{role,
-    /// content}` objects) rendered by the student's own template, as transformers'
-    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` renders them.
-    pub fn render_messages_file(&self, messages: &Path, add_generation_prompt: bool) -> Result<String> {
-        self.own_template()?.render(&read_messages(messages)?, add_generation_prompt)
+    /// What `cotlab chat-template` prints: `messages` ([`read_messages`]) rendered by the
+    /// student's own template, as transformers' `apply_chat_template(messages, tokenize=False,
+    /// add_generation_prompt=...)` renders them.
+    pub fn render_messages(&self, messages: &minijinja::Value, add_generation_prompt: bool) -> Result<String> {
+        self.own_template()?.render(messages, add_generation_prompt)
     }
 }
