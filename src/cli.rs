@@ -35,6 +35,9 @@ pub enum Cmd {
     Export(ExportCmd),
     /// Evaluate a student zero-shot on a test set (results.json + samples.jsonl/parquet; resumable).
     Eval(EvalCmd),
+    /// Print messages rendered by a model's own chat template, as transformers'
+    /// apply_chat_template renders them (what `template: "model"` / `--prompt model` give it).
+    ChatTemplate(ChatTemplateCmd),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -128,6 +131,20 @@ pub struct ExportCmd {
     pub tokenizer_only: bool,
 }
 
+// `cotlab chat-template`.
+#[derive(Args)]
+pub struct ChatTemplateCmd {
+    /// "default", a .gguf file, an HF model dir, a run dir (runs/<name>), or hf:ORG/NAME.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// A JSON file holding a list of messages: [{"role": "user", "content": "..."}, ...].
+    #[arg(long)]
+    pub messages: PathBuf,
+    /// Render without the assistant header that opens the model's answer (add_generation_prompt=False).
+    #[arg(long)]
+    pub no_generation_prompt: bool,
+}
+
 // `cotlab eval`.
 #[derive(Args)]
 pub struct EvalCmd {
@@ -156,11 +173,12 @@ pub struct EvalCmd {
     /// Scoring rules: paper (the paper's evaluators) or lenient (cotlab's forgiving extractor).
     #[arg(long, default_value = "paper")]
     pub protocol: String,
-    /// Prompt: paper (the paper evaluator's prompt for the template) or train (the training template).
+    /// Prompt: paper (the paper evaluator's prompt for the template), train (the training
+    /// template) or model (the model's own Jinja chat template; `cotlab chat-template` shows it).
     #[arg(long, default_value = "paper")]
     pub prompt: String,
-    /// Chat template instead of the model's own: chatml, llama3, gemma or alpaca (needed for a
-    /// model that declares none).
+    /// Chat template instead of the default (the paper's family detected in the model's own,
+    /// else the model's own): chatml, llama3, gemma, alpaca, or model (the model's own Jinja).
     #[arg(long)]
     pub template: Option<String>,
     /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.

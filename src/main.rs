@@ -16,7 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use serde::Serialize;
 
-use cli::{BenchCmd, Cli, Cmd, ContaminationCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd};
+use cli::{BenchCmd, ChatTemplateCmd, Cli, Cmd, ContaminationCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd};
 use cotlab::answer::Protocol;
 use cotlab::data::contamination;
 use cotlab::data::loaders::load_questions;
@@ -114,6 +114,7 @@ fn dispatch(cmd: Cmd) -> Result<Finished> {
         Cmd::Sweep(c) => done(sweep(c)),
         Cmd::Export(c) => done(export(c)),
         Cmd::Eval(c) => done(eval(c)),
+        Cmd::ChatTemplate(c) => done(chat_template(c)),
         Cmd::Bench { what } => done(bench(what)),
         Cmd::Score(c) => done(score(c)),
         Cmd::Contamination(c) => done(contamination(c)),
@@ -139,6 +140,15 @@ fn export(c: ExportCmd) -> Result<()> {
         (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
     }
     eprintln!("wrote {}", c.out.display());
+    Ok(())
+}
+
+/// `cotlab chat-template`: prints the rendering on stdout, exactly (no newline added). The
+/// messages are read first: a bad file fails before the model loads.
+fn chat_template(c: ChatTemplateCmd) -> Result<()> {
+    let messages = cotlab::model::chat::read_messages(&c.messages)?;
+    let s = Workspace::local().student(&c.model, &StudentOptions::default())?;
+    print!("{}", s.render_messages(&messages, !c.no_generation_prompt)?);
     Ok(())
 }
 

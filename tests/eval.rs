@@ -110,17 +110,20 @@ fn eval_defaults_are_the_papers() {
 #[test]
 fn paper_eval_prompts_per_template() {
     let q = "Q?";
-    let llama = ChatTemplate::Llama3.paper_eval(Evaluator::Commonsense).prompt(q);
+    let llama = ChatTemplate::Llama3.paper_eval(Evaluator::Commonsense).prompt(q).unwrap();
     assert_eq!(llama, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nQ?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-    assert_eq!(ChatTemplate::Llama3.paper_eval(Evaluator::Math).prompt(q), llama);
-    assert_ne!(ChatTemplate::Llama3.prompt(q), llama, "training has no system turn");
+    assert_eq!(ChatTemplate::Llama3.paper_eval(Evaluator::Math).prompt(q).unwrap(), llama);
+    assert_ne!(ChatTemplate::Llama3.prompt(q).unwrap(), llama, "training has no system turn");
     let alpaca = ChatTemplate::Alpaca { eos: "</s>".into() };
     let head = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nQ?\n\n";
-    assert_eq!(alpaca.paper_eval(Evaluator::Commonsense).prompt(q), format!("{head}### Response: \n"));
-    assert_eq!(alpaca.paper_eval(Evaluator::Math).prompt(q), format!("{head}### Response:"));
-    assert_eq!(alpaca.prompt(q), format!("{head}### Response:\n"), "LLaMA-Factory's training prompt");
-    assert_eq!(ChatTemplate::Gemma.paper_eval(Evaluator::Commonsense).prompt(q), "<bos><start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n\n");
-    assert_eq!(ChatTemplate::Gemma.paper_eval(Evaluator::Math).prompt(q), "<bos>\n<start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n");
+    assert_eq!(alpaca.paper_eval(Evaluator::Commonsense).prompt(q).unwrap(), format!("{head}### Response: \n"));
+    assert_eq!(alpaca.paper_eval(Evaluator::Math).prompt(q).unwrap(), format!("{head}### Response:"));
+    assert_eq!(alpaca.prompt(q).unwrap(), format!("{head}### Response:\n"), "LLaMA-Factory's training prompt");
+    assert_eq!(
+        ChatTemplate::Gemma.paper_eval(Evaluator::Commonsense).prompt(q).unwrap(),
+        "<bos><start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n\n"
+    );
+    assert_eq!(ChatTemplate::Gemma.paper_eval(Evaluator::Math).prompt(q).unwrap(), "<bos>\n<start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n");
     // The answer still ends where the training template ends it.
     assert_eq!(alpaca.paper_eval(Evaluator::Math).end(), "</s>");
     // ChatML has no paper prompt: the training prompt is kept.

@@ -25,7 +25,7 @@ fn smollm_export_matches_transformers() {
     let out = d.path().join("smollm2-hf");
     export_hf(&s, &out).unwrap();
     let question = "There are 87 oranges and 290 bananas. How big is each of 2 groups of bananas?";
-    let prompt = s.template.prompt(question);
+    let prompt = s.template.prompt(question).unwrap();
     let ids: Vec<u32> = s.tokenizer.encode(prompt.as_str(), false).unwrap().get_ids().to_vec();
     let ours: Vec<f32> =
         s.model.last_logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap().to_vec1().unwrap();

@@ -16,7 +16,7 @@ fn cached_batched_decoding_matches_references() {
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let opts = GenOptions { max_new_tokens: 24, ..Default::default() };
     let one = generate(&s, &[BANANAS.to_string()], &opts).unwrap();
-    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS), false).unwrap().get_ids().to_vec();
+    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS).unwrap(), false).unwrap().get_ids().to_vec();
     let reference = s.model.greedy(&prompt, 24, &[2]).unwrap();
     assert_eq!(one[0].text, s.tokenizer.decode(&reference, true).unwrap());
     assert!(one[0].text.starts_with("To find out how many groups of 2 bananas are in each group of 93"), "{}", one[0].text);
@@ -188,7 +188,7 @@ fn q8_0_copy_never_goes_stale() {
     require!(Model);
     use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
     let mut s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
-    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS), false).unwrap().get_ids().to_vec();
+    let prompt = s.tokenizer.encode(s.template.prompt(BANANAS).unwrap(), false).unwrap().get_ids().to_vec();
     let q8 = GenOptions { max_new_tokens: 4, decode_weights: DecodeWeights::Q8_0, ..Default::default() };
     let step = |s: &Student, lr: f64| {
         // One AdamW step on the prompt's next-token loss, large enough to move the logits.

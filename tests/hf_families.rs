@@ -61,7 +61,7 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
         assert!(missing.is_empty(), "{family}: no gradient for {missing:?}");
         // KV-cache decoding (batched with another, shorter prompt) gives the cache-free tokens.
         let q = "Tom has 12 apples. How many?".to_string();
-        let prompt = s.tokenizer.encode(s.template.prompt(&q), false).unwrap().get_ids().to_vec();
+        let prompt = s.tokenizer.encode(s.template.prompt(&q).unwrap(), false).unwrap().get_ids().to_vec();
         let reference = s.model.greedy(&prompt, 6, &[]).unwrap();
         let opts = cotlab::model::generate::GenOptions { max_new_tokens: 6, ignore_eos: true, ..Default::default() };
         let got = cotlab::model::generate::generate(&s, &[q.clone(), "Hi".to_string()], &opts).unwrap();

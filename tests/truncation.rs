@@ -36,7 +36,7 @@ fn truncation_is_counted_per_level_with_lost_answers() {
         let no_trigger = t
             .examples
             .iter()
-            .zip(pairs.iter().filter(|(q, _)| s.tokenizer.encode(s.template.prompt(q), false).unwrap().get_ids().len() + 1 < max_len))
+            .zip(pairs.iter().filter(|(q, _)| s.tokenizer.encode(s.template.prompt(q).unwrap(), false).unwrap().get_ids().len() + 1 < max_len))
             .filter(|(e, (_, r))| {
                 let kept = s.tokenizer.decode(&e.ids[e.prompt_len..], true).unwrap();
                 r.to_lowercase().contains("the answer is") && !kept.to_lowercase().contains("answer is") && kept.len() < r.len()

@@ -66,23 +66,27 @@ impl Default for EvalOptions {
 
 crate::choices! {
     /// The prompt an evaluation gives the student: the paper evaluator's own prompt for the
-    /// student's template (`paper`, [`ChatTemplate::paper_eval`]) or the training template's prompt
-    /// (`train`, what `sft` trained on).
+    /// student's template (`paper`, [`ChatTemplate::paper_eval`]), the training template's prompt
+    /// (`train`, what `sft` trained on) or the model's own Jinja chat template with the generation
+    /// prompt (`model`, as transformers' `apply_chat_template` renders it).
     #[derive(Default)]
     pub enum PromptStyle("prompt") {
         #[default]
         Paper = "paper",
         Train = "train",
+        Model = "model",
     }
 }
 
 impl PromptStyle {
-    /// The template that wraps each question of `task` for `student`.
-    pub fn template(self, student: &Student, task: crate::data::Task) -> ChatTemplate {
-        match self {
+    /// The template that wraps each question of `task` for `student`; `model` is an error for a
+    /// student whose model declares no chat template.
+    pub fn template(self, student: &Student, task: crate::data::Task) -> Result<ChatTemplate> {
+        Ok(match self {
             PromptStyle::Paper => student.template.paper_eval(task.evaluator()),
             PromptStyle::Train => student.template.clone(),
-        }
+            PromptStyle::Model => ChatTemplate::Model(student.own_template()?),
+        })
     }
 }
 
@@ -134,6 +138,9 @@ pub struct EvalReport {
     pub max_new_tokens: usize,
     /// The exact prompt around a question: `{before}` + question + `{after}`.
     pub prompt_template: String,
+    /// Which template made it ([`ChatTemplate::label`]; empty in results from before it was recorded).
+    #[serde(default)]
+    pub template: String,
     pub options: EvalOptions,
 }
 
@@ -169,10 +176,10 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     // Checked before the eval dir is made.
     gen.validate("evaluate")?;
     let evaluator = ds.task.evaluator();
-    let template = opts.prompt.template(student, ds.task);
+    let template = opts.prompt.template(student, ds.task)?;
     // The same weights, prompted with the evaluation's template.
     let prompted = student.with_template(template.clone());
-    let prompt_template = template.prompt("{question}");
+    let prompt_template = template.prompt("{question}")?;
     let started = Instant::now();
     // One evaluation at a time per eval dir: two would both generate the missing answers.
     let _lock = DirLock::take(dir, "evaluating into")?;
@@ -238,7 +245,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         }
         Ok(())
     })?;
-    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template };
+    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template: template.label() };
     write_report(student, ds, opts, dir, &samples, run)
 }
 
@@ -248,6 +255,7 @@ struct Finished {
     seconds: f64,
     max_new_tokens: usize,
     prompt_template: String,
+    template: String,
 }
 
 /// Score the journaled samples of `ds`, write `results.json` and `samples.parquet`.
@@ -288,6 +296,7 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
         accuracy_lenient: accuracy_under(Protocol::Lenient),
         max_new_tokens: run.max_new_tokens,
         prompt_template: run.prompt_template,
+        template: run.template,
         options: opts.clone(),
     };
     let rp = dir.join("results.json");

@@ -13,7 +13,7 @@ pub use sandbox::{Access, RunName};
 
 use crate::data::{DataDir, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{compute_dtype, device, eos_text, resolve, ChatTemplate, Student};
+use crate::model::{compute_dtype, device, resolve, ChatTemplate, Student};
 use crate::results::OutputDir;
 use crate::teacher::cache::Cache;
 use crate::teacher::openai::{OpenAi, OpenAiOptions};
@@ -133,7 +133,7 @@ impl Workspace {
                 let mut s = crate::train::export::load_run_on(&dir, &dev)?;
                 s.model.set_compute_dtype(dtype)?;
                 if let Some(t) = &opts.template {
-                    s.template = ChatTemplate::parse(t, &eos_text(&s.tokenizer, s.config.eos_token_id))?;
+                    s.template = ChatTemplate::choose(Some(t), &s.source, None, &s.tokenizer, s.config.bos_token_id, s.config.eos_token_id)?;
                 }
                 return Ok(s);
             }

@@ -619,7 +619,7 @@ fn cache_rows(logits: &Tensor) -> usize {
 
 /// Chat-templated prompt ids of each question (what `generate` feeds the model).
 pub fn prompt_ids(s: &Student, questions: &[String]) -> Result<Vec<Vec<u32>>> {
-    questions.iter().map(|q| s.tokenizer.encode(s.template.prompt(q), false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt")).collect()
+    questions.iter().map(|q| s.tokenizer.encode(s.template.prompt(q)?, false).map(|e| e.get_ids().to_vec()).model_ctx("tokenizing a prompt")).collect()
 }
 
 #[cfg(test)]

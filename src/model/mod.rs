@@ -148,30 +148,19 @@ impl Student {
     }
 
     /// Load from a .gguf file or an HF model dir onto `device`, with the chat template the model
-    /// declares. A model without one (a base checkpoint) is an error that names the choices:
-    /// load it with [`Student::load_with`] and a template.
+    /// declares: the paper's family it is detected as, else its own Jinja template
+    /// ([`ChatTemplate::choose`]). A model without one (a base checkpoint) is an error that names
+    /// the choices: load it with [`Student::load_with`] and a template.
     pub fn load(path: &Path, device: &Device) -> Result<Student> {
         Student::load_with(path, device, None)
     }
 
-    /// Load with `template` (`chatml`, `llama3`, `gemma`, `alpaca`) instead of the model's own
-    /// chat template; `None` keeps the model's, which must then exist.
+    /// Load with `template` (`chatml`, `llama3`, `gemma`, `alpaca`, or `model`: the model's own
+    /// Jinja template as it is) instead of the default; `None` keeps the default, which must exist.
     pub fn load_with(path: &Path, device: &Device, template: Option<&str>) -> Result<Student> {
         tune_candle_threads();
         let (config, tensors, tokenizer, detected, name) = if path.is_dir() { hf::load_dir(path, device)? } else { gguf::load(path, device)? };
-        let template = match template {
-            Some(t) => ChatTemplate::parse(t, &eos_text(&tokenizer, config.eos_token_id))?,
-            None => detected.ok_or_else(|| {
-                Error::data(
-                    path,
-                    format!(
-                        "the model declares no chat template of a known family (a base checkpoint?): choose the one it was or will be trained with, \
-                         student(spec, #{{template: \"alpaca\"}}) in Rhai or --template alpaca on the command line; templates: {} (the paper used alpaca for BLOOM, llama3 for Llama, gemma for Gemma)",
-                        chat::TEMPLATE_NAMES
-                    ),
-                )
-            })?,
-        };
+        let template = ChatTemplate::choose(template, path, detected, &tokenizer, config.bos_token_id, config.eos_token_id)?;
         let model = Transformer::new(config.clone(), tensors, device)?;
         Ok(Student { name, source: path.to_path_buf(), config, model, tokenizer, template })
     }

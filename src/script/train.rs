@@ -41,10 +41,15 @@ checked against transformers in `tests/hf_families.rs`.
 
 Options: `device`: `cpu` (default), `cuda`, `cuda:N`, `auto` (CUDA needs a build with
 `scripts/build_cuda.sh`: [cuda.md](cuda.md)). `dtype`: `auto` (default: bf16 on CUDA, f32 on
-the CPU), `bf16` or `f32`; weights and optimizer state stay f32. `template`: `chatml`, `llama3`,
-`gemma` or `alpaca` instead of the model's own (the paper: alpaca for BLOOM, llama3 for Llama,
-gemma for Gemma); a model that declares no chat template of a known family (a base checkpoint)
-is an error naming these, never a silent guess. A training run records its template and is
+the CPU), `bf16` or `f32`; weights and optimizer state stay f32. `template`: by default the
+paper's LLaMA-Factory template of the family the model's own chat template is detected as
+(`chatml`, `llama3`, `gemma`, `alpaca`: the paper's students keep the paper's protocol), else the
+model's own Jinja template, rendered as transformers' `apply_chat_template` renders it
+([chat-templates.md](chat-templates.md)); name one to override: `chatml`, `llama3`, `gemma`,
+`alpaca` (the paper: alpaca for BLOOM, llama3 for Llama, gemma for Gemma) or `model` (the model's
+own Jinja template, e.g. Llama-3.2's with its date header). A model that declares no chat
+template (a base checkpoint) is an error naming these, never a silent guess. Training computes
+the loss on the answer only, whichever template. A training run records its template and is
 reloaded with it.
 
 ```rhai
@@ -126,7 +131,7 @@ Options:
 | `max_new_tokens` | the paper's: 1024 for math, 640 for commonsense | as `generate` |
 | `temperature`, `top_p`, `seed` | 0, 1, 0 | as `generate` |
 | `protocol` | `"paper"` | `paper`, `lenient` ([scoring.md](scoring.md)) |
-| `prompt` | `"paper"` | `paper` (the paper evaluator's prompt), `train` (the training template's) |
+| `prompt` | `"paper"` | `paper` (the paper evaluator's prompt), `train` (the training template's), `model` (the model's own Jinja chat template with the generation prompt; the result's `template` says which was used) |
 | `beams` | the paper's: 5 for `csqa`, `obqa`, `strategyqa`; 1 otherwise | `1..=16` |
 | `decode_weights` | `"auto"` | as `generate`; a non-default value is part of the eval dir's identity |
 
@@ -157,7 +162,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     get(engine, "s", "num_params", "The number of parameters.\n\n```rhai\nprint(student(\"default\").num_params);\n```", |s: &mut StudentH| {
         s.0.model.num_params() as i64
     });
-    get(engine, "s", "template", "The chat template: `chatml`, `llama3`, `gemma` or `alpaca` (read from the model or given).\n\n```rhai\nprint(student(\"default\").template);   // chatml\n```", |s: &mut StudentH| {
+    get(engine, "s", "template", "The chat template: `chatml`, `llama3`, `gemma`, `alpaca` (the paper family detected in the model's own, or given) or `model` (the model's own Jinja template).\n\n```rhai\nprint(student(\"default\").template);   // chatml\n```", |s: &mut StudentH| {
         s.0.template.name().to_string()
     });
     get(

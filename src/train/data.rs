@@ -1,6 +1,7 @@
 //! Turn (question, rationale) pairs into token ids with a loss mask: the prompt (chat template
 //! around the question) is context, the rationale plus the template's end marker is the
-//! response the loss is computed on.
+//! response the loss is computed on ([`ChatTemplate::split`]: with a model's own template, the
+//! rendering with the answer minus the prompt rendering).
 
 use crate::error::{Error, Result};
 use crate::model::ChatTemplate;
@@ -53,8 +54,9 @@ pub fn tokenize(tok: &tokenizers::Tokenizer, template: &ChatTemplate, pairs: &[(
     };
     let mut out = Tokenized::default();
     for (q, r) in pairs {
-        let prompt = enc(&template.prompt(q))?;
-        let mut response = enc(&format!("{}{}", r.trim(), template.end()))?;
+        let (prompt, response) = template.split(q, r)?;
+        let prompt = enc(&prompt)?;
+        let mut response = enc(&response)?;
         out.longest = out.longest.max(prompt.len() + response.len());
         // Measured on the decoded response, so the cut is compared in the same text.
         let answer = answer_end(r).and_then(|_| answer_end(&tok.decode(&response, true).unwrap_or_default()));
