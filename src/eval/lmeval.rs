@@ -441,10 +441,15 @@ pub fn scores(dir: &Path) -> Result<Vec<TaskScore>> {
 /// The predictions an eval dir holds, as records with `id` (or `question`) and `prediction` (the
 /// raw generated text), for re-scoring: the latest samples file of lm-eval's layout (one record
 /// per doc, its first filter's row), else cotlab's journal `samples.jsonl` (eval dirs written
-/// before the layout). `None` when `path` is not a dir.
+/// before the layout). A samples file of the layout is read the same way. `None` for any other
+/// file (a predictions file).
 pub fn predictions(path: &Path) -> Result<Option<Vec<Record>>> {
     if !crate::paths::is_real_dir(path) {
-        return Ok(None);
+        let name = path.file_name().and_then(|n| n.to_str()).and_then(parse_name);
+        return match name {
+            Some((Kind::Samples(_), _)) => lm_eval_predictions(path).map(Some),
+            _ => Ok(None),
+        };
     }
     let samples: Vec<Found> = files(path)?.into_iter().filter(|f| matches!(f.kind, Kind::Samples(_))).collect();
     let latest = samples.iter().map(|f| f.stamp.as_str()).max().map(String::from);
