@@ -77,13 +77,14 @@ fn svamp(limit: usize) -> Dataset {
     load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(limit), ..Default::default() }).unwrap()
 }
 
-/// lm-eval's task for `docs`: the prompt cotlab wrote (`doc_to_text`), one filter per protocol,
-/// as YAML (JSON is YAML).
-fn task_yaml(name: &str, data: &Path, doc_to_text: &str, max_new_tokens: usize) -> String {
+/// lm-eval's task for the docs in `data_dir/test.jsonl` (the split named by the file, so no
+/// `dataset_kwargs`): the prompt cotlab wrote (`doc_to_text`), one filter per protocol (cotlab's
+/// extractors are its own, so both lm-eval filters take the response as it is), as YAML (JSON is
+/// YAML).
+fn task_yaml(name: &str, data_dir: &Path, doc_to_text: &str, max_new_tokens: usize) -> String {
     serde_json::json!({
         "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": data.display().to_string()}},
+        "dataset_path": data_dir.display().to_string(),
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": doc_to_text,
@@ -91,7 +92,7 @@ fn task_yaml(name: &str, data: &Path, doc_to_text: &str, max_new_tokens: usize) 
         "generation_kwargs": {"until": [], "max_gen_toks": max_new_tokens, "do_sample": false},
         "filter_list": [
             {"name": "paper", "filter": [{"function": "take_first"}]},
-            {"name": "lenient", "filter": [{"function": "regex", "regex_pattern": "(-?[0-9.,]+)"}, {"function": "take_first"}]},
+            {"name": "lenient", "filter": [{"function": "take_first"}]},
         ],
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": true}],
         "metadata": {"version": 1.0},
@@ -120,8 +121,9 @@ fn cotlab_writes_every_key_path_lm_eval_writes() {
     assert_eq!(our_rows.len(), 6, "one row per example and filter (paper, lenient)");
 
     // The same docs, in lm-eval's own JSON task.
-    let data = d.path().join("svamp.jsonl");
-    std::fs::write(&data, our_rows[..3].iter().map(|r| format!("{}\n", r["doc"])).collect::<String>()).unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("test.jsonl"), our_rows[..3].iter().map(|r| format!("{}\n", r["doc"])).collect::<String>()).unwrap();
     let tasks = d.path().join("tasks");
     std::fs::create_dir(&tasks).unwrap();
     let doc_to_text = our_results["configs"]["svamp"]["doc_to_text"].as_str().unwrap();

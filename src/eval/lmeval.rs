@@ -82,14 +82,15 @@ pub struct Judged<'a> {
     pub by_protocol: Vec<(Protocol, Option<String>, bool)>,
 }
 
-/// The doc of a sample row: the test example as cotlab reads it (field order is part of its hash).
+/// The doc of a sample row: the test example as cotlab reads it. Its fields are in name order,
+/// the order the row's JSON object has them, since field order is part of lm-eval's doc hash.
 #[derive(Serialize)]
 struct Doc<'a> {
-    id: &'a str,
-    question: &'a str,
+    answer: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     choices: &'a [String],
-    answer: &'a str,
+    id: &'a str,
+    question: &'a str,
 }
 
 /// SHA-256 (hex) of `s`'s UTF-8 bytes: lm-eval's `hash_string`.
@@ -517,11 +518,15 @@ fn lm_eval_predictions(file: &Path) -> Result<Vec<Record>> {
 mod tests {
     use super::*;
 
-    // Values written by lm-eval 0.4.13 for the doc {"id": "q1", "question": "How many apples?", "answer": "12"}.
+    // Prompt and target hashes as lm-eval 0.4.13 wrote them; doc hashes as its
+    // `hash_string(json.dumps(doc, indent=2, ensure_ascii=False))` computes them in Python 3.11.
     #[test]
     fn hashes_are_lm_evals() {
         let doc = Doc { id: "q1", question: "How many apples?", choices: &[], answer: "12" };
-        assert_eq!(doc_hash(&doc), "c2f1a95c5acd66bf045a455e09c177e41e5c47a11279a5a37d53426615e19143");
+        assert_eq!(doc_hash(&doc), "de3b6bffd3913d0d1c07f17744a87e687fa86f11c1f4e8dcfa50244439a2fb19");
+        let choices = ["(A) 1".to_string(), "(B) ½".to_string()];
+        let doc = Doc { id: "q2", question: "Ünïcode \"quoted\"\n\ttab \x1b end", choices: &choices, answer: "B" };
+        assert_eq!(doc_hash(&doc), "b0b8b2a5bd8dd031828f40276f552aead70ab918f3e644b55c756ac11e2f8344");
         assert_eq!(hash_string("How many apples?"), "754f5a5fb868b7befe0508d9fdee42c6425693d943969400b91c9579a86b5dcf");
         assert_eq!(hash_string("12"), "6b51d431df5d7f141cbececcf79edf3dd861c3b4069f0b11661a3eefacbba918");
     }
