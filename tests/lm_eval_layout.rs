@@ -253,6 +253,11 @@ fn bad_lm_eval_files_say_which_file_and_what_is_wrong() {
     let e = score_predictions(&ds, &rows, Protocol::Paper).err().unwrap().to_string();
     assert!(e.contains("samples of 2 tasks") && e.contains("give one samples_"), "{e}");
     assert_eq!(score_predictions(&ds, &rows.join("samples_svamp_2026-01-01T00-00-00.jsonl"), Protocol::Paper).unwrap().n, 1);
+    // A later samples file without its results file (a write that did not finish) is not read.
+    std::fs::remove_file(rows.join("samples_gsm8k_2026-01-01T00-00-00.jsonl")).unwrap();
+    std::fs::write(rows.join("results_2026-01-01T00-00-00.json"), r#"{"results": {}}"#).unwrap();
+    std::fs::write(rows.join("samples_svamp_2026-01-02T00-00-00.jsonl"), format!("{ok}\n{{\"doc_id\": 1, \"do")).unwrap();
+    assert_eq!(score_predictions(&ds, &rows, Protocol::Paper).unwrap().n, 1);
     // A dir with no samples at all.
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

@@ -441,7 +441,8 @@ pub fn scores(dir: &Path) -> Result<Vec<TaskScore>> {
 
 /// The predictions an eval dir holds, as records with `id` (or `question`) and `prediction` (the
 /// raw generated text), for re-scoring: the latest samples file of lm-eval's layout (one record
-/// per doc, its first filter's row), else cotlab's journal `samples.jsonl` (eval dirs written
+/// per doc, its first filter's row; the one beside the latest results file where there is one),
+/// else cotlab's journal `samples.jsonl` (eval dirs written
 /// before the layout). A samples file of the layout is read the same way. `None` for any other
 /// file (a predictions file).
 pub fn predictions(path: &Path) -> Result<Option<Vec<Record>>> {
@@ -452,9 +453,13 @@ pub fn predictions(path: &Path) -> Result<Option<Vec<Record>>> {
             _ => Ok(None),
         };
     }
-    let samples: Vec<Found> = files(path)?.into_iter().filter(|f| matches!(f.kind, Kind::Samples(_))).collect();
-    let latest = samples.iter().map(|f| f.stamp.as_str()).max().map(String::from);
-    let latest: Vec<&Found> = samples.iter().filter(|f| Some(&f.stamp) == latest.as_ref()).collect();
+    let found = files(path)?;
+    let samples: Vec<&Found> = found.iter().filter(|f| matches!(f.kind, Kind::Samples(_))).collect();
+    // The samples of the latest results file: a samples file written after it without its results
+    // file is from a write that did not finish.
+    let complete = found.iter().filter(|f| f.kind == Kind::Results).map(|f| f.stamp.as_str()).max();
+    let latest = complete.or_else(|| samples.iter().map(|f| f.stamp.as_str()).max()).map(String::from);
+    let latest: Vec<&Found> = samples.into_iter().filter(|f| Some(&f.stamp) == latest.as_ref()).collect();
     match latest.as_slice() {
         [] => {}
         [one] => return lm_eval_predictions(&one.path).map(Some),
