@@ -43,7 +43,7 @@ pub enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
-    /// Re-score a predictions file (JSON lines with `id` or `question`, and `prediction`).
+    /// Re-score a predictions file (JSON lines with `id` or `question`, and `prediction`) or an eval dir.
     Score(ScoreCmd),
     /// Report how many test questions appear in a training file.
     Contamination(ContaminationCmd),
@@ -206,7 +206,8 @@ pub struct ScoreCmd {
     /// The predictions' task: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith.
     #[arg(long)]
     pub task: String,
-    /// The predictions file (JSON lines).
+    /// The predictions file (JSON lines), or an eval dir (cotlab's, or lm-eval's output dir of one
+    /// model) or its samples_<task>_<timestamp>.jsonl: its generated texts are re-scored.
     #[arg(long)]
     pub predictions: PathBuf,
     /// Test split to score against (default: test).

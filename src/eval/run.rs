@@ -2,8 +2,11 @@
 //! the paper evaluator's prompt for the student's template ([`ChatTemplate::paper_eval`]), up to
 //! the paper's token limit (1024 new tokens for math, 640 for commonsense), greedy decoding,
 //! judged by the `paper` protocol ([`crate::answer::Protocol`]; the other protocol's accuracy is
-//! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir follows lm-eval's layout: `results.json` and `samples.jsonl`
-//! (+ `samples.parquet`). Samples are appended as answers complete (in dataset order), so an interrupted evaluation resumes
+//! reported too, from the same outputs), accuracy with a 95% Wilson interval. The eval dir holds
+//! cotlab's journal `samples.jsonl` (what resume reads), its report `results.json` and
+//! `samples.parquet`, and the same evaluation in lm-eval's layout (`results_<timestamp>.json`,
+//! `samples_<task>_<timestamp>.jsonl`, written by [`super::lmeval`], the one owner of that layout)
+//! once every answer is in. Samples are appended as answers complete (in dataset order), so an interrupted evaluation resumes
 //! where it stopped and never generates an answer twice. The eval dir's identity
 //! (`eval_config.json`) names the weights (their fingerprint, and a run's checkpoint step) and
 //! the questions (count and hash), so it resumes only the same evaluation; one
@@ -15,6 +18,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::lmeval;
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
 use crate::error::Result;
@@ -181,6 +185,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let prompted = student.with_template(template.clone());
     let prompt_template = template.prompt("{question}")?;
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     // One evaluation at a time per eval dir: two would both generate the missing answers.
     let _lock = DirLock::take(dir, "evaluating into")?;
     let settings = serde_json::json!({
@@ -245,7 +250,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         }
         Ok(())
     })?;
-    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template: template.label() };
+    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at };
     write_report(student, ds, opts, dir, &samples, run)
 }
 
@@ -255,10 +260,13 @@ struct Finished {
     seconds: f64,
     max_new_tokens: usize,
     prompt_template: String,
-    template: String,
+    /// The template that wrapped each question.
+    template: ChatTemplate,
+    started: std::time::SystemTime,
 }
 
-/// Score the journaled samples of `ds`, write `results.json` and `samples.parquet`.
+/// Score the journaled samples of `ds`, write `results.json`, `samples.parquet` and the
+/// lm-eval pair.
 fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path, samples: &[Sample], run: Finished) -> Result<EvalReport> {
     let evaluator = ds.task.evaluator();
     // Only this dataset's examples count (the file may hold the same ids only).
@@ -295,14 +303,73 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
         accuracy_paper: accuracy_under(Protocol::Paper),
         accuracy_lenient: accuracy_under(Protocol::Lenient),
         max_new_tokens: run.max_new_tokens,
-        prompt_template: run.prompt_template,
-        template: run.template,
+        prompt_template: run.prompt_template.clone(),
+        template: run.template.label(),
         options: opts.clone(),
     };
     let rp = dir.join("results.json");
     crate::paths::write(&rp, serde_json::to_string_pretty(&report).unwrap().as_bytes())?;
     samples_frame(&scored)?.write_parquet(&dir.join("samples.parquet"))?;
+    write_lm_eval(student, ds, &report, dir, &scored, &run)?;
     Ok(report)
+}
+
+/// The evaluation in lm-eval's layout ([`super::lmeval`]): every sample judged by each protocol.
+fn write_lm_eval(student: &Student, ds: &Dataset, report: &EvalReport, dir: &Path, scored: &[&Sample], run: &Finished) -> Result<()> {
+    let evaluator = ds.task.evaluator();
+    let index: std::collections::HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
+    let judged: Vec<lmeval::Judged> = scored
+        .iter()
+        .map(|s| -> Result<lmeval::Judged> {
+            let e = &ds.examples[index[s.id.as_str()]];
+            let by_protocol = Protocol::ALL
+                .iter()
+                .map(|p| {
+                    let j = p.judge(&s.generated, &s.gold, e.kind, evaluator);
+                    (*p, j.extracted, j.correct)
+                })
+                .collect();
+            Ok(lmeval::Judged {
+                doc_id: index[s.id.as_str()],
+                id: &s.id,
+                question: &s.question,
+                choices: &e.choices,
+                gold: &s.gold,
+                prompt: run.template.prompt(&s.question)?,
+                generated: &s.generated,
+                tokens: s.tokens,
+                finish: s.finish.name(),
+                by_protocol,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let m = &student.model;
+    let eos = m.config.eos_token_id.map(|id| (crate::model::eos_text(&student.tokenizer, Some(id)), id));
+    let info = lmeval::RunInfo {
+        task: &ds.name,
+        split: &ds.split,
+        model: &report.model,
+        prompt_template: &report.prompt_template,
+        protocol: report.protocol,
+        batch_size: report.options.batch_size,
+        max_new_tokens: report.max_new_tokens,
+        temperature: report.options.temperature,
+        top_p: report.options.top_p,
+        beams: report.options.beams.unwrap_or(1),
+        seed: report.options.seed,
+        limit: ds.subset.map(|(n, _)| n),
+        original: ds.len(),
+        num_params: m.num_params(),
+        dtype: format!("{:?}", m.compute_dtype()).to_lowercase(),
+        device: if m.device.is_cpu() { "cpu".into() } else { format!("{:?}", m.device.location()).to_lowercase() },
+        max_length: m.config.max_position_embeddings,
+        eos,
+        started: run.started,
+        seconds: run.seconds,
+        report: serde_json::to_value(report).unwrap_or_default(),
+    };
+    lmeval::write_pair(dir, &info, &judged)?;
+    Ok(())
 }
 
 /// What the evaluated weights are, so an eval dir never resumes with other weights: the

@@ -1,6 +1,7 @@
 //! Re-score a predictions file against a test set's gold answers, without generating anything.
 //! The file has one JSON object per line with `id` or `question`, and `prediction` (the raw
-//! generated text; the paper's extractor finds the answer in it).
+//! generated text; the paper's extractor finds the answer in it). An eval dir (cotlab's, or
+//! lm-eval's `--output_path` model dir) is read as such a file: its generated texts by id.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,7 +44,12 @@ pub fn score_predictions(ds: &Dataset, path: &Path, protocol: Protocol) -> Resul
     // Where each example was scored: a second line for one example is an error, so n can never
     // exceed the test set (500 copies of one right answer are not 100% accuracy).
     let mut seen: HashMap<usize, String> = HashMap::new();
-    for rec in read_records(path)? {
+    // An eval dir is read through the one owner of its layout.
+    let records = match crate::eval::lmeval::predictions(path)? {
+        Some(r) => r,
+        None => read_records(path)?,
+    };
+    for rec in records {
         let idx = if rec.has("id") {
             let id = match rec.value.get("id") {
                 Some(serde_json::Value::Number(x)) => x.to_string(),

@@ -5,6 +5,9 @@
 //! * a sweep dir (`sweep.json`): one row per point it lists, done, failed, invalid or pending;
 //! * a point dir: `point.json` (complete) or `failed.json` (its last attempt failed);
 //! * an eval dir: `results.json` (+ `eval_config.json`);
+//! * a dir of lm-eval's layout without `results.json` (lm-eval's own `--output_path` model dir):
+//!   one row per task, accuracy metric (`exact_match`, `acc`, `acc_norm`) and filter of its latest
+//!   `results_<timestamp>.json` (read by [`crate::eval::lmeval`]);
 //! * a training run (a [`RunDir`] with its record): its config and the log's summary;
 //! * any other dir: the dirs inside it, in name order.
 //!
@@ -95,6 +98,20 @@ fn point_row(v: &Value, dir: Option<&Path>) -> Row {
     r
 }
 
+/// The row of one accuracy in an lm-eval results file.
+fn lm_eval_row(dir: &Path, s: crate::eval::lmeval::TaskScore) -> Row {
+    let mut r = Row::default();
+    r.meta.insert("status".into(), "done".into());
+    r.meta.insert("dir".into(), dir.display().to_string().into());
+    r.config.insert("task".into(), s.task.into());
+    r.config.insert("model".into(), s.model.map(Value::from).unwrap_or(Value::Null));
+    r.config.insert("metric".into(), s.metric.into());
+    r.config.insert("filter".into(), s.filter.into());
+    r.metrics.insert("accuracy".into(), s.value.into());
+    r.metrics.insert("n".into(), s.n.map(Value::from).unwrap_or(Value::Null));
+    r
+}
+
 fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
     if !path.is_dir() {
         return Err(Error::data(path, "not a dir: give a runs dir, a sweep dir, a point, run or eval dir"));
@@ -138,6 +155,10 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         }
         r.metrics.insert("eval_seconds".into(), res["seconds"].clone());
         rows.push(r);
+        return Ok(());
+    }
+    if crate::eval::lmeval::has_results(path) {
+        rows.extend(crate::eval::lmeval::scores(path)?.into_iter().map(|s| lm_eval_row(path, s)));
         return Ok(());
     }
     let run = RunDir::new(path);
@@ -201,7 +222,7 @@ pub fn load_runs(paths: &[PathBuf]) -> Result<Frame> {
     }
     if rows.is_empty() {
         return Err(usage!(
-            "results: no runs under {}: expected sweep dirs (sweep.json), points (point.json), eval dirs (results.json) or training runs (config.json)",
+            "results: no runs under {}: expected sweep dirs (sweep.json), points (point.json), eval dirs (results.json or lm-eval's results_<timestamp>.json) or training runs (config.json)",
             paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ));
     }

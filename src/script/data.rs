@@ -116,7 +116,8 @@ let r = contamination(rationales("strategyqa", #{ level: 1 }), dataset("strategy
 print(r.summary);
 ```"#;
 
-const SCORE: &str = r#"Score a JSON-lines file of `{id or question, prediction}` against dataset `task`.
+const SCORE: &str = r#"Score a JSON-lines file of `{id or question, prediction}` against dataset `task`; an eval dir
+(cotlab's or lm-eval's) or its `samples_<task>_<timestamp>.jsonl` is read for its generated texts.
 
 Options: `split` as in `dataset`; `protocol`: `"paper"` (default) or `"lenient"`
 ([scoring.md](scoring.md)). Returns `#{task, n, correct, accuracy, unparsed, test_size,
