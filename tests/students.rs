@@ -298,3 +298,30 @@ fn peft_adapters_name_a_base_peft_can_load() {
     let max = max_diff(&last_logits(&base), &v["logits"]);
     assert!(max < 1e-4, "the exported base differs from the GGUF's weights in transformers: {max}");
 }
+
+/// What cotlab cannot compute exactly is refused naming the file and what is supported: a GGUF
+/// of another architecture, a Qwen3 config.json with sliding-window attention on.
+#[test]
+fn unsupported_gguf_architecture_and_qwen3_sliding_window_are_refused() {
+    use candle_core::quantized::gguf_file::Value;
+    let d = tempfile::tempdir().unwrap();
+    let gguf = d.path().join("phi.gguf");
+    common::gguf::write(&gguf, &[("general.architecture".to_string(), Value::String("phi3".into()))], &HashMap::new());
+    let e = Student::load(&gguf, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("phi.gguf") && e.contains("'phi3'") && e.contains("llama, qwen2, qwen3"), "{e}");
+    let config = serde_json::json!({
+        "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "rms_norm_eps": 1e-6, "use_sliding_window": true,
+    });
+    let path = d.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = cotlab::model::hf::read_config(&path).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("use_sliding_window"), "{e}");
+    // The same config without it reads, with Qwen3's defaults where keys are missing.
+    let mut config = config;
+    config.as_object_mut().unwrap().remove("use_sliding_window");
+    config.as_object_mut().unwrap().remove("head_dim");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let c = cotlab::model::hf::read_config(&path).unwrap();
+    assert_eq!((c.family, c.head_dim(), c.attention_bias, c.tie_word_embeddings), (Family::Qwen3, 128, false, false));
+}
