@@ -248,55 +248,74 @@ fn bf16_sharded_export_loads_in_transformers() {
     assert!(max < 1e-4, "max |logit difference| vs transformers {max}");
 }
 
-/// One LoRA step on `base`, exported as PEFT adapters into `out`; returns adapter_config.json.
-fn lora_export(base: &Student, d: &Path, name: &str) -> (PathBuf, serde_json::Value) {
+/// One LoRA step on `base` (a large step, so the adapters move the logits), exported as PEFT
+/// adapters into `peft-NAME`; returns that dir, its adapter_config.json and the trained
+/// student's logits.
+fn lora_export(base: &Student, d: &Path, name: &str) -> (PathBuf, serde_json::Value, Vec<f32>) {
     let corpus = cotlab::data::Catalog::new(cotlab::data::DataDir("unused".into()))
         .rationales("arith", &cotlab::data::RationaleQuery { level: Some(2), n: Some(4), seed: Some(4), ..Default::default() })
         .unwrap();
-    let lora = cotlab::model::lora::LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] };
-    let opts = SftOptions { max_steps: Some(1), batch_size: 2, lr: 1e-3, schedule: Schedule::Constant, max_len: 64, lora: Some(lora), ..Default::default() };
+    let lora = cotlab::model::lora::LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+    let opts = SftOptions { max_steps: Some(1), batch_size: 2, lr: 0.05, schedule: Schedule::Constant, max_len: 64, lora: Some(lora), ..Default::default() };
     let run = RunDir::new(d.join(format!("run-{name}")));
     sft(base, &corpus, &opts, &run, None).unwrap();
     let out = d.join(format!("peft-{name}"));
     export_run_with(&run.path, &out, false).unwrap();
     let cfg = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
-    (out, cfg)
+    let trained = last_logits(&cotlab::train::export::load_run(&run.path).unwrap());
+    let moved = trained.iter().zip(last_logits(base)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-2, "{name}: the adapters barely move the logits ({moved}): the comparison would not see them");
+    (out, cfg, trained)
 }
 
 /// PEFT's `base_model_name_or_path`: the Hub id (and commit as `revision`) for a student from
 /// the Hub cache; the absolute path of a local HF dir; for a GGUF, which PEFT cannot load, the
-/// base exported into the adapter dir's `base/` (which transformers loads), with the README
-/// saying so.
+/// base exported into the adapter dir's `base/`, with the README saying so. PEFT's
+/// `AutoPeftModelForCausalLM` loads each (the Hub one from the cache, offline) and computes
+/// what cotlab computes with the adapters.
 #[test]
 fn peft_adapters_name_a_base_peft_can_load() {
     require!(Model, Torch);
     let d = tempfile::tempdir().unwrap();
     let s = tiny_qwen3(7);
-    let snapshot = d.path().join("hub/models--acme--tiny-qwen3/snapshots").join(COMMIT);
+    let hub = d.path().join("hub");
+    let snapshot = hub.join("models--acme--tiny-qwen3/snapshots").join(COMMIT);
     export_hf(&s, &snapshot).unwrap();
-    let (out, cfg) = lora_export(&Student::load(&snapshot, &Device::Cpu).unwrap(), d.path(), "hub");
+    let (from_hub, cfg, hub_logits) = lora_export(&Student::load(&snapshot, &Device::Cpu).unwrap(), d.path(), "hub");
     assert_eq!((cfg["base_model_name_or_path"].as_str(), cfg["revision"].as_str()), (Some("acme/tiny-qwen3"), Some(COMMIT)));
-    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(from_hub.join("README.md")).unwrap();
     assert!(readme.contains("`acme/tiny-qwen3`") && readme.contains(COMMIT), "{readme}");
-    assert!(!out.join("base").exists());
+    assert!(!from_hub.join("base").exists());
 
     let local = d.path().join("local-hf");
     export_hf(&s, &local).unwrap();
-    let (_, cfg) = lora_export(&Student::load(&local, &Device::Cpu).unwrap(), d.path(), "dir");
+    let (from_dir, cfg, dir_logits) = lora_export(&Student::load(&local, &Device::Cpu).unwrap(), d.path(), "dir");
     assert_eq!(cfg["base_model_name_or_path"].as_str(), Some(std::path::absolute(&local).unwrap().to_str().unwrap()));
     assert!(cfg["revision"].is_null());
 
     let gguf = d.path().join("tiny-qwen3.gguf");
     common::gguf::write_qwen(&gguf, &s);
-    let base = Student::load_with(&gguf, &Device::Cpu, Some("chatml")).unwrap();
-    let (out, cfg) = lora_export(&base, d.path(), "gguf");
-    let named = out.join("base");
+    let (from_gguf, cfg, gguf_logits) = lora_export(&Student::load_with(&gguf, &Device::Cpu, Some("chatml")).unwrap(), d.path(), "gguf");
+    let named = from_gguf.join("base");
     assert_eq!(cfg["base_model_name_or_path"].as_str(), Some(std::path::absolute(&named).unwrap().to_str().unwrap()));
-    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(from_gguf.join("README.md")).unwrap();
     assert!(readme.contains("PEFT cannot load") && readme.contains("base/") && readme.contains(&gguf.display().to_string()), "{readme}");
-    let v = py_json("hf_load_export.py", &[named.to_str().unwrap(), &serde_json::to_string(&IDS).unwrap()]);
-    let max = max_diff(&last_logits(&base), &v["logits"]);
-    assert!(max < 1e-4, "the exported base differs from the GGUF's weights in transformers: {max}");
+
+    let dirs: Vec<String> = [&from_hub, &from_dir, &from_gguf].iter().map(|p| p.display().to_string()).collect();
+    let o = Command::new(python())
+        .arg(format!("{}/tests/py/peft_logits.py", env!("CARGO_MANIFEST_DIR")))
+        .arg(serde_json::to_string(&IDS).unwrap())
+        .args(&dirs)
+        .env("HF_HUB_CACHE", &hub)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "peft_logits.py: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(o.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    for (dir, ours) in dirs.iter().zip([hub_logits, dir_logits, gguf_logits]) {
+        let max = max_diff(&ours, &v[dir]);
+        assert!(max < 1e-4, "{dir}: PEFT's logits differ from cotlab's by {max}");
+    }
 }
 
 /// What cotlab cannot compute exactly is refused naming the file and what is supported: a GGUF
