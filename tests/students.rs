@@ -248,6 +248,28 @@ fn bf16_sharded_export_loads_in_transformers() {
     assert!(max < 1e-4, "max |logit difference| vs transformers {max}");
 }
 
+/// `cotlab export --dtype bf16` writes BF16 weights and says so in config.json; a dtype it does
+/// not write is refused naming the choices, and nothing is written.
+#[test]
+fn cli_export_dtype() {
+    require!(Model);
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    export_hf(&tiny_qwen3(9), &src).unwrap();
+    let out = d.path().join("bf16");
+    let o = common::run(common::cotlab().args(["export", "--model"]).arg(&src).arg("--out").arg(&out).args(["--dtype", "bf16"]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(w.values().all(|t| t.dtype() == DType::BF16));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let bad = d.path().join("f16");
+    let o = common::run(common::cotlab().args(["export", "--model"]).arg(&src).arg("--out").arg(&bad).args(["--dtype", "f16"]));
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("'f16'") && o.stderr.contains("f32, bf16"), "{}", o.stderr);
+    assert!(!bad.exists());
+}
+
 /// One LoRA step on `base` (a large step, so the adapters move the logits), exported as PEFT
 /// adapters into `peft-NAME`; returns that dir, its adapter_config.json and the trained
 /// student's logits.
