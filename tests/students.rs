@@ -158,7 +158,7 @@ fn serve_hub(dir: &Path, head: &str, stream: &mut std::net::TcpStream) {
 fn hub_export(server: &common::FakeServer, home: &Path, token: Option<&str>, out: &Path) -> common::Out {
     let mut cmd = common::cotlab();
     cmd.args(["export", "--model", "hf:acme/tiny-qwen3", "--out"]).arg(out).env("HF_ENDPOINT", format!("http://{}", server.addr)).env("HF_HOME", home);
-    for proxy in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+    for proxy in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_CACHE"] {
         cmd.env_remove(proxy);
     }
     match token {
@@ -170,7 +170,7 @@ fn hub_export(server: &common::FakeServer, home: &Path, token: Option<&str>, out
 
 /// `hf:ORG/NAME` fetches from `$HF_ENDPOINT` with `Authorization: Bearer $HF_TOKEN` into
 /// `$HF_HOME/hub`, the files transformers' layout names; without the token the Hub's 401 is
-/// an error saying to set HF_TOKEN.
+/// an error saying to set HF_TOKEN; the token file `$HF_HOME/token` and `$HF_HUB_CACHE` count.
 #[test]
 fn hf_spec_uses_hf_endpoint_hf_home_and_hf_token() {
     require!(Model);
@@ -199,6 +199,18 @@ fn hf_spec_uses_hf_endpoint_hf_home_and_hf_token() {
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("hf:acme/tiny-qwen3") && o.stderr.contains("401") && o.stderr.contains("set HF_TOKEN"), "{}", o.stderr);
     assert!(!denied.exists());
+    // The token file `huggingface-cli login` writes in $HF_HOME, and $HF_HUB_CACHE for the cache.
+    let home = d.path().join("hf-home-3");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), format!("{TOKEN}\n")).unwrap();
+    let cache = d.path().join("hub-cache");
+    let mut cmd = common::cotlab();
+    cmd.args(["export", "--model", "hf:acme/tiny-qwen3", "--out"]).arg(d.path().join("from-cache-dir")).env("HF_ENDPOINT", format!("http://{}", server.addr));
+    cmd.env("HF_HOME", &home).env("HF_HUB_CACHE", &cache).env_remove("HF_TOKEN").env_remove("HTTP_PROXY").env_remove("http_proxy");
+    let o = common::run(&mut cmd);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(cache.join("models--acme--tiny-qwen3/snapshots").join(COMMIT).join("model.safetensors").is_file(), "not in $HF_HUB_CACHE");
+    assert!(!home.join("hub").exists());
 }
 
 /// `--dtype bf16` with a shard limit: shards of at most the limit (a larger tensor alone),

@@ -48,8 +48,8 @@ pub fn default_model_path() -> PathBuf {
 }
 
 /// Resolve a model spec: "default", a .gguf file, a Hugging Face model dir, or `hf:ORG/NAME`
-/// (downloaded once into the Hugging Face cache, `$HF_HOME/hub`, from `$HF_ENDPOINT`, with
-/// `$HF_TOKEN` for gated models; needs internet).
+/// (downloaded once into the Hugging Face cache, `$HF_HUB_CACHE` or `$HF_HOME/hub`, from
+/// `$HF_ENDPOINT`, with `$HF_TOKEN` or `$HF_HOME/token` for gated models; needs internet).
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     if let Some(repo) = spec.strip_prefix("hf:") {
         return hub::download(repo);
@@ -83,10 +83,14 @@ mod hub {
             };
             usage!("hf:{repo}: could not fetch {what}: {e} ({hint})")
         };
-        // As huggingface_hub configures itself: HF_HOME (the cache and its token file), HF_ENDPOINT
-        // (a mirror), and HF_TOKEN, which wins over the token file.
+        // As huggingface_hub configures itself: HF_HOME (the cache and its token file), HF_HUB_CACHE
+        // (the cache alone), HF_ENDPOINT (a mirror), and HF_TOKEN, which wins over the token file.
+        let set = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let mut builder = ApiBuilder::from_env().with_progress(true);
-        if let Some(token) = std::env::var("HF_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        if let Some(cache) = set("HF_HUB_CACHE") {
+            builder = builder.with_cache_dir(cache.into());
+        }
+        if let Some(token) = set("HF_TOKEN") {
             builder = builder.with_token(Some(token));
         }
         let api = builder.build().map_err(|e| fail("the hub client", e.to_string()))?;
