@@ -74,6 +74,7 @@ const STRINGS: &[&str] = &[
     "Hello!!! ...what?? (x+y)=z; 100%",
     "def f(x):\n    return x**2\r\n\r\n",
     "   leading spaces and trailing   ",
+    "<think>\nLet me add: 2+2=4.\n</think> 4<|im_end|>",
 ];
 
 /// The tokenizer built from a GGUF naming `llama-bpe` or `qwen2` splits and encodes every string
@@ -88,10 +89,13 @@ fn gguf_llama3_and_qwen2_tokenizers_match_their_tokenizer_json() {
     let d = tempfile::tempdir().unwrap();
     let tok_json = d.path().join("tokenizer.json");
     smol.tokenizer.save(&tok_json, false).unwrap();
+    // The GGUF gets SmolLM2's vocabulary plus a user-defined <think> (the reference adds it too).
+    let mut with_think = smol.tokenizer.clone();
+    with_think.add_tokens(vec![tokenizers::AddedToken::from("<think>", false).normalized(false)]).unwrap();
     let want = py_json("pretokenizers.py", &[tok_json.to_str().unwrap(), &serde_json::to_string(STRINGS).unwrap()]);
     let read = |pre: &str| {
         let path = d.path().join(format!("{pre}.gguf"));
-        common::gguf::write(&path, &common::gguf::tokenizer_metadata(&smol.tokenizer, pre), &HashMap::new());
+        common::gguf::write(&path, &common::gguf::tokenizer_metadata(&with_think, pre), &HashMap::new());
         let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
         cotlab::model::gguf::tokenizer::from_gguf(&content, &path)
     };
@@ -110,6 +114,10 @@ fn gguf_llama3_and_qwen2_tokenizers_match_their_tokenizer_json() {
             assert_eq!(row["llama_cpp_pieces"], row["pieces"], "{pre}: llama.cpp's regex splits {s:?} otherwise");
             let ids = tok.encode(*s, false).unwrap().get_ids().to_vec();
             assert_eq!(serde_json::json!(ids), row["ids"], "{pre}: ids of {s:?}");
+            if s.starts_with("<think>") {
+                assert_eq!(ids[0], 49152, "{pre}: <think> is one token");
+                assert!(tok.decode(&ids, true).unwrap().starts_with("<think>"), "{pre}: a user-defined token is kept when decoding");
+            }
         }
     }
     // The two differ where they should: Llama-3 keeps up to 3 digits together, Qwen2 none.
@@ -353,7 +361,8 @@ fn peft_adapters_name_a_base_peft_can_load() {
 }
 
 /// What cotlab cannot compute exactly is refused naming the file and what is supported: a GGUF
-/// of another architecture, a Qwen3 config.json with sliding-window attention on.
+/// of another architecture, a Llama GGUF with rope_freqs factors, a Qwen3 config.json with
+/// sliding-window attention on.
 #[test]
 fn unsupported_gguf_architecture_and_qwen3_sliding_window_are_refused() {
     use candle_core::quantized::gguf_file::Value;
@@ -362,6 +371,12 @@ fn unsupported_gguf_architecture_and_qwen3_sliding_window_are_refused() {
     common::gguf::write(&gguf, &[("general.architecture".to_string(), Value::String("phi3".into()))], &HashMap::new());
     let e = Student::load(&gguf, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("phi.gguf") && e.contains("'phi3'") && e.contains("llama, qwen2, qwen3"), "{e}");
+    // Llama-3.1+ rope scaling stored as per-frequency factors: refused, not computed without them.
+    let gguf = d.path().join("llama31.gguf");
+    let factors = HashMap::from([("rope_freqs.weight".to_string(), Tensor::ones(32, DType::F32, &Device::Cpu).unwrap())]);
+    common::gguf::write(&gguf, &[("general.architecture".to_string(), Value::String("llama".into()))], &factors);
+    let e = Student::load(&gguf, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("llama31.gguf") && e.contains("rope_freqs.weight") && e.contains("Hugging Face dir"), "{e}");
     let config = serde_json::json!({
         "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "rms_norm_eps": 1e-6, "use_sliding_window": true,

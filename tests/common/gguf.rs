@@ -8,7 +8,8 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
 
-/// The `tokenizer.ggml.*` keys of a BPE tokenizer, with pre-tokenizer name `pre`.
+/// The `tokenizer.ggml.*` keys of a BPE tokenizer, with pre-tokenizer name `pre`: special added
+/// tokens as control tokens (type 3), the others as user-defined (type 4).
 pub fn tokenizer_metadata(tok: &tokenizers::Tokenizer, pre: &str) -> Vec<(String, Value)> {
     let json: serde_json::Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
     let vocab = tok.get_vocab(true);
@@ -16,9 +17,21 @@ pub fn tokenizer_metadata(tok: &tokenizers::Tokenizer, pre: &str) -> Vec<(String
     for (t, i) in &vocab {
         tokens[*i as usize] = t.clone();
     }
-    let special: Vec<u32> =
-        json["added_tokens"].as_array().unwrap().iter().filter(|t| t["special"] == true).map(|t| t["id"].as_u64().unwrap() as u32).collect();
-    let types = (0..tokens.len() as u32).map(|i| Value::I32(if special.contains(&i) { 3 } else { 1 })).collect();
+    let added = |special: bool| -> Vec<u32> {
+        json["added_tokens"].as_array().unwrap().iter().filter(|t| t["special"] == special).map(|t| t["id"].as_u64().unwrap() as u32).collect()
+    };
+    let (control, user) = (added(true), added(false));
+    let types = (0..tokens.len() as u32)
+        .map(|i| {
+            Value::I32(if control.contains(&i) {
+                3
+            } else if user.contains(&i) {
+                4
+            } else {
+                1
+            })
+        })
+        .collect();
     // tokenizer.json writes a merge as "a b" (older) or ["a", "b"].
     let merges = json["model"]["merges"]
         .as_array()

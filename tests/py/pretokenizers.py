@@ -7,7 +7,7 @@ regex (llama-vocab.cpp, `(?i:...)` written out) gives, which must be the same.
 usage: pretokenizers.py TOKENIZER_JSON STRINGS_JSON"""
 import json, sys
 
-from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 
 tok_json, strings = sys.argv[1], json.loads(sys.argv[2])
 
@@ -39,6 +39,8 @@ out = {}
 for name, parts in HF.items():
     spec = dict(base, normalizer=parts["normalizer"], pre_tokenizer=parts["pre_tokenizer"], post_processor=None)
     tok = Tokenizer.from_str(json.dumps(spec))
+    # A non-special added token, as Qwen's <think> (the GGUF marks it user-defined).
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False)])
     alt = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA_CPP[name]), "isolated"),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     norm = tok.normalizer or normalizers.Sequence([])

@@ -85,6 +85,14 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         "qwen3" => (Family::Qwen3, false),
         other => return Err(Error::data(path, format!("architecture '{other}' is not supported yet (llama, qwen2, qwen3)"))),
     };
+    // Llama-3.1+ GGUFs carry their rope scaling as per-frequency factors; computing without them
+    // would be silently wrong.
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(Error::data(
+            path,
+            "this GGUF scales its rotary embedding by per-frequency factors (rope_freqs.weight, Llama-3.1 and later), which cotlab does not read from GGUF yet: load the model's Hugging Face dir instead (hf:ORG/NAME or a local dir; its config.json's rope_scaling is supported)",
+        ));
+    }
     let k = |s: &str| format!("{arch}.{s}");
     let tokens = meta(&content, path, "tokenizer.ggml.tokens")?.to_vec().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.len();
     let heads = meta_usize(&content, path, &k("attention.head_count"))?;

@@ -56,6 +56,10 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<Tokenizer> {
     // Control tokens (type 3) are special: matched whole, skipped when decoding.
     let specials: Vec<AddedToken> = tokens.iter().zip(&types).filter(|(_, &t)| t == 3).map(|(s, _)| AddedToken::from(s.clone(), true)).collect();
     tok.add_special_tokens(specials).map_err(|e| err(format!("special tokens: {e}")))?;
+    // User-defined tokens (type 4: Qwen's <think>, <tool_call>, …) are matched whole too, and
+    // kept when decoding, as tokenizer.json's non-special added tokens.
+    let user: Vec<AddedToken> = tokens.iter().zip(&types).filter(|(_, &t)| t == 4).map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false)).collect();
+    tok.add_tokens(user).map_err(|e| err(format!("user-defined tokens: {e}")))?;
     Ok(tok)
 }
 
