@@ -1,5 +1,6 @@
 //! Load a Hugging Face model dir: config.json, model.safetensors (or shards), tokenizer.json,
-//! and the chat template from tokenizer_config.json.
+//! and the chat template from tokenizer_config.json; and recognise a dir of the Hub cache
+//! ([`hub_id`]), so exports can name the Hub model instead of a local path.
 
 use std::collections::HashMap;
 use std::path::Path;
