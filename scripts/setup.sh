@@ -16,8 +16,8 @@
 #    - cotlab compiled into that cache once (15-25 min), so a notebook's `:dep cotlab` cell takes
 #      seconds, not the whole polars + candle build.
 # 3. --torch: torch + transformers in venv/ (the PyTorch baselines in benches/ and the
-#    transformers check of exported models; datasets, trl and lm_eval read cotlab's corpora and
-#    eval dirs in the tests; about 3 GB download).
+#    transformers check of exported models; datasets, trl, lm_eval and peft read cotlab's corpora,
+#    eval dirs and PEFT adapters in the tests; about 3 GB download).
 # 4. --llamacpp: llama-cpp-python in venv/ (the llama.cpp baseline of benches/compare_generate.sh).
 #    PyPI has only its source: pip compiles llama.cpp for this CPU (GGML_NATIVE), 10-40 min on
 #    2 cores.
@@ -64,9 +64,9 @@ venv() {
 }
 
 install_torch() {
-    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval" 2>/dev/null; then
-        echo "installing torch + transformers (+ datasets, trl, lm_eval: the readers of cotlab's corpora and eval dirs) into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval
+    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval, peft" 2>/dev/null; then
+        echo "installing torch + transformers (+ datasets, trl, lm_eval, peft: the readers of cotlab's corpora, eval dirs and adapters) into $home/venv..." >&2
+        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval peft
     fi
 }
 

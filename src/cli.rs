@@ -125,6 +125,9 @@ pub struct ExportCmd {
     /// Fold LoRA adapters into the base weights and write a full model.
     #[arg(long)]
     pub merge: bool,
+    /// The weights' dtype: f32 (exact) or bf16 (half the bytes, as Hub checkpoints ship).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// With --model: write only tokenizer.json (for `bench --random ARCH --tokenizer FILE`
     /// on a machine without the model, e.g. the GPU check).
     #[arg(long, requires = "model")]

@@ -125,6 +125,8 @@ fn dispatch(cmd: Cmd) -> Result<Finished> {
 
 /// `cotlab export`: a run's checkpoint, a model, or only a model's tokenizer.
 fn export(c: ExportCmd) -> Result<()> {
+    let dtype = cotlab::train::export::ExportDtype::parse(&c.dtype).map_err(Error::usage)?;
+    let opts = cotlab::train::export::ExportOptions { dtype, ..Default::default() };
     match (c.run, c.model) {
         (None, Some(spec)) if c.tokenizer_only => {
             let s = Workspace::local().student(&spec, &StudentOptions::default())?;
@@ -132,10 +134,10 @@ fn export(c: ExportCmd) -> Result<()> {
             let file = c.out.join("tokenizer.json");
             s.tokenizer.save(&file, false).map_err(|e| Error::usage(format!("could not write {}: {e}", file.display())))?;
         }
-        (Some(run), _) => cotlab::train::export::export_run_with(&run, &c.out, c.merge)?,
+        (Some(run), _) => cotlab::train::export::export_run_as(&run, &c.out, c.merge, &opts)?,
         (None, Some(spec)) => {
             let s = Workspace::local().student(&spec, &StudentOptions::default())?;
-            cotlab::train::export::export_hf(&s, &c.out)?;
+            cotlab::train::export::export_hf_with(&s, &c.out, &opts)?;
         }
         (None, None) => return Err(Error::usage("export needs --run RUN_DIR or --model SPEC")),
     }

@@ -1,5 +1,5 @@
 //! Every supported architecture family against transformers, the reference implementation:
-//! transformers writes tiny random Llama, Qwen2, Gemma and BLOOM models; cotlab loads each, must
+//! transformers writes tiny random Llama, Qwen2, Qwen3, Gemma and BLOOM models; cotlab loads each, must
 //! compute the same logits, give every weight a gradient, and export a dir that loads back the same.
 //! Needs a Python with torch + transformers (scripts/setup.sh --torch).
 
@@ -16,7 +16,7 @@ use cotlab::train::export::export_hf;
 use cotlab::train::sft::batch_nll;
 
 #[test]
-fn llama_qwen2_gemma_bloom_match_transformers() {
+fn llama_qwen2_qwen3_gemma_bloom_match_transformers() {
     require!(Model, Torch);
     let py = std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string());
     let d = tempfile::tempdir().unwrap();
@@ -32,7 +32,7 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
     let v: HashMap<String, serde_json::Value> = serde_json::from_slice(o.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
     let ids: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    for name in ["llama", "llama3", "qwen2", "gemma", "bloom"] {
+    for name in ["llama", "llama3", "qwen2", "qwen3", "qwen3_tied", "gemma", "bloom"] {
         let family = name;
         // The tiny models declare no chat template: loading one is an error naming the choices,
         // and a template given explicitly is used.
@@ -46,9 +46,16 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
         };
         let s = Student::load_with(&d.path().join(name), &Device::Cpu, Some(template)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(s.template.name(), template);
-        assert_eq!(s.config.family.name(), if name == "llama3" { "llama" } else { name });
+        assert_eq!(s.config.family.name(), name.trim_end_matches("_tied").replace("llama3", "llama"));
         if name == "llama3" {
             assert!(s.config.rope_llama3.is_some());
+        }
+        if name.starts_with("qwen3") {
+            // Qwen3Config's defaults: head_dim 128 whatever hidden_size / heads is; no biases.
+            assert_eq!(
+                (s.config.head_dim(), s.config.tie_word_embeddings, s.config.attention_bias),
+                if name == "qwen3" { (24, false, false) } else { (128, true, false) }
+            );
         }
         let ours: Vec<f32> = s.model.last_logits(&input).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
         let theirs: Vec<f32> = v[family].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
@@ -72,5 +79,15 @@ fn llama_qwen2_gemma_bloom_match_transformers() {
         let back = Student::load(&out, &Device::Cpu).unwrap();
         let again: Vec<f32> = back.model.last_logits(&input).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
         assert_eq!(again, ours, "{family}: export round trip");
+        // The same weights as llama.cpp writes a Qwen GGUF compute the same logits.
+        if name.starts_with("qwen") {
+            let gguf = d.path().join(format!("{name}.gguf"));
+            common::gguf::write_qwen(&gguf, &s);
+            let g = Student::load_with(&gguf, &Device::Cpu, Some("chatml")).unwrap_or_else(|e| panic!("{name} GGUF: {e}"));
+            assert_eq!(g.config.family, s.config.family, "{name} GGUF");
+            let from_gguf: Vec<f32> = g.model.last_logits(&input).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            let max = from_gguf.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max < 1e-4, "{name} GGUF: max |logit difference| vs transformers {max}");
+        }
     }
 }

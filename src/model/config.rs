@@ -183,8 +183,14 @@ impl ModelConfig {
             if c.attention_bias {
                 parts.push(sum(&[q, kv, kv])?);
             }
+            // Qwen3's per-head query and key norms.
+            let qk_norm = c.family == Family::Qwen3;
+            if qk_norm {
+                parts.push(product(&[("2", 2), ("head_dim", hd)])?);
+            }
             let head = if c.tie_word_embeddings { 0 } else { embedding };
-            (sum(&[embedding, head, d])?, sum(&parts)?, 9 + 3 * c.attention_bias as u64, 2 + !c.tie_word_embeddings as u64)
+            let tensors = 9 + 3 * c.attention_bias as u64 + 2 * qk_norm as u64;
+            (sum(&[embedding, head, d])?, sum(&parts)?, tensors, 2 + !c.tie_word_embeddings as u64)
         };
         let layers_total = product(&[("num_hidden_layers", layers), ("parameters per layer", per_layer)])?;
         Ok(Footprint {

@@ -1,5 +1,6 @@
 //! Load a Hugging Face model dir: config.json, model.safetensors (or shards), tokenizer.json,
-//! and the chat template from tokenizer_config.json.
+//! and the chat template from tokenizer_config.json; and recognise a dir of the Hub cache
+//! ([`hub_id`]), so exports can name the Hub model instead of a local path.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,6 +60,9 @@ pub fn read_config(cfg_path: &Path) -> Result<ModelConfig> {
     let Some(family) = Family::from_model_type(&model_type) else {
         return Err(Error::data(cfg_path, format!("model_type '{model_type}' is not supported yet ({})", Family::MODEL_TYPES)));
     };
+    if let Some(why) = family.unsupported_hf_config(&raw) {
+        return Err(Error::data(cfg_path, why));
+    }
     let mut raw = family.normalise_hf_config(raw);
     // Rope settings: top level (transformers 4) or `rope_parameters` / `rope_scaling` (5).
     let rope = raw.get("rope_parameters").or(raw.get("rope_scaling")).cloned().filter(|v| v.is_object());
@@ -133,4 +137,36 @@ fn whole_sizes(raw: &mut serde_json::Value) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The Hub id and commit of a snapshot dir of the Hugging Face cache
+/// (`…/models--ORG--NAME/snapshots/COMMIT`, where `hf:ORG/NAME` downloads to), else `None`.
+pub fn hub_id(dir: &Path) -> Option<(String, String)> {
+    let commit = dir.file_name()?.to_str()?;
+    let snapshots = dir.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let repo = snapshots.parent()?.file_name()?.to_str()?.strip_prefix("models--")?;
+    // Hub names never hold "--": the first one separates the owner from the name.
+    let id = match repo.split_once("--") {
+        Some((owner, name)) => format!("{owner}/{name}"),
+        None => repo.to_string(),
+    };
+    (!id.is_empty() && !commit.is_empty()).then(|| (id, commit.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot of the Hub cache names its repo and commit; any other dir names none.
+    #[test]
+    fn hub_id_reads_the_cache_layout() {
+        let p = Path::new("/h/hub/models--Qwen--Qwen3-0.6B/snapshots/abc123");
+        assert_eq!(hub_id(p), Some(("Qwen/Qwen3-0.6B".into(), "abc123".into())));
+        assert_eq!(hub_id(Path::new("/h/hub/models--gpt2/snapshots/c0ffee")), Some(("gpt2".into(), "c0ffee".into())));
+        assert_eq!(hub_id(Path::new("/work/models/Qwen3-0.6B")), None);
+        assert_eq!(hub_id(Path::new("/h/hub/datasets--a--b/snapshots/abc")), None);
+    }
 }

@@ -48,7 +48,8 @@ pub fn default_model_path() -> PathBuf {
 }
 
 /// Resolve a model spec: "default", a .gguf file, a Hugging Face model dir, or `hf:ORG/NAME`
-/// (downloaded once into the Hugging Face cache; needs internet).
+/// (downloaded once into the Hugging Face cache, `$HF_HUB_CACHE` or `$HF_HOME/hub`, from
+/// `$HF_ENDPOINT`, with `$HF_TOKEN` or `$HF_HOME/token` for gated models; needs internet).
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     if let Some(repo) = spec.strip_prefix("hf:") {
         return hub::download(repo);
@@ -74,8 +75,25 @@ mod hub {
         use hf_hub::api::sync::ApiBuilder;
         use hf_hub::{Repo, RepoType};
         let (name, rev) = repo.split_once('@').unwrap_or((repo, "main"));
-        let fail = |what: &str, e: String| usage!("hf:{repo}: could not fetch {what}: {e} (no internet? pass a local model dir instead)");
-        let api = ApiBuilder::new().with_progress(true).build().map_err(|e| fail("the hub client", e.to_string()))?;
+        let fail = |what: &str, e: String| {
+            let hint = if e.contains("status code 401") || e.contains("status code 403") {
+                "a gated or private model: set HF_TOKEN to a token with access"
+            } else {
+                "no internet? pass a local model dir instead"
+            };
+            usage!("hf:{repo}: could not fetch {what}: {e} ({hint})")
+        };
+        // As huggingface_hub configures itself: HF_HOME (the cache and its token file), HF_HUB_CACHE
+        // (the cache alone), HF_ENDPOINT (a mirror), and HF_TOKEN, which wins over the token file.
+        let set = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let mut builder = ApiBuilder::from_env().with_progress(true);
+        if let Some(cache) = set("HF_HUB_CACHE") {
+            builder = builder.with_cache_dir(cache.into());
+        }
+        if let Some(token) = set("HF_TOKEN") {
+            builder = builder.with_token(Some(token));
+        }
+        let api = builder.build().map_err(|e| fail("the hub client", e.to_string()))?;
         let r = api.repo(Repo::with_revision(name.to_string(), RepoType::Model, rev.to_string()));
         let config = r.get("config.json").map_err(|e| fail("config.json", e.to_string()))?;
         r.get("tokenizer.json").map_err(|e| fail("tokenizer.json", e.to_string()))?;

@@ -31,13 +31,15 @@ pub(super) const INTRO: &str = "Model specs, families and devices: `student`. Wh
 
 const STUDENT: &str = r#"Load a student model, as a `Student`.
 
-`spec`: `"default"` (SmolLM2-135M-Instruct from `scripts/setup.sh`), a Llama-architecture
+`spec`: `"default"` (SmolLM2-135M-Instruct from `scripts/setup.sh`), a `llama`, `qwen2` or `qwen3`
 `.gguf` file, a Hugging Face model dir (config.json, *.safetensors, tokenizer.json), a training
 run (its dir, or its name under the runs dir: the last checkpoint on the run's base model), or
-`hf:ORG/NAME[@rev]` (downloaded into the HF cache; needs internet). The same specs work for
+`hf:ORG/NAME[@rev]` (downloaded into `$HF_HOME/hub` from `$HF_ENDPOINT`, with `$HF_TOKEN` for
+gated models; needs internet). The same specs work for
 `cotlab eval --model`, `cotlab export --model`, the benches and `teacher("local", #{model})`.
-Families: Llama (incl. Llama-3.x rope scaling), SmolLM2, Mistral, Qwen2/2.5, Gemma, BLOOM, each
-checked against transformers in `tests/hf_families.rs`.
+Families: Llama (incl. Llama-3.x rope scaling), SmolLM2, Mistral, Qwen2/2.5, Qwen3, Gemma, BLOOM,
+each checked against transformers in `tests/hf_families.rs`; GGUF files of architecture `llama`,
+`qwen2` and `qwen3`.
 
 Options: `device`: `cpu` (default), `cuda`, `cuda:N`, `auto` (CUDA needs a build with
 `scripts/build_cuda.sh`: [cuda.md](cuda.md)). `dtype`: `auto` (default: bf16 on CUDA, f32 on
@@ -83,7 +85,7 @@ Options (defaults: the paper's recipe; [training.md](training.md) says what each
 | `seed` | 100 (the paper's) | any |
 | `group_by_length` | false | batch examples of similar length together |
 | `save_every` | 50 | `1..=10000000` steps (and always at the end) |
-| `lora` | none (full fine-tuning) | `#{r: 8, alpha: 16, dropout: 0.05, targets: ["q_proj", "v_proj"]}`, each key optional with these defaults; `r` `1..=4096`, `alpha` `0.000001..=1000000`, `dropout` `0..=0.99`, `targets`: module names as in PEFT, for Llama, Qwen2 and Gemma `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; for BLOOM `query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h` (give `targets` there: the default names Llama's modules) |
+| `lora` | none (full fine-tuning) | `#{r: 8, alpha: 16, dropout: 0.05, targets: ["q_proj", "v_proj"]}`, each key optional with these defaults; `r` `1..=4096`, `alpha` `0.000001..=1000000`, `dropout` `0..=0.99`, `targets`: module names as in PEFT, for Llama, Qwen2, Qwen3 and Gemma `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; for BLOOM `query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h` (give `targets` there: the default names Llama's modules) |
 | `pack` | true | pack each micro-batch into as few rows as fit ([training.md](training.md#options)) |
 | `shuffle` | true | shuffle the examples each epoch (seeded); `sft` turns it off for an ordered corpus |
 
@@ -169,7 +171,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         engine,
         "s",
         "family",
-        "The architecture family: `llama`, `qwen2`, `gemma`, `bloom`.\n\n```rhai\nprint(student(\"default\").family);   // llama\n```",
+        "The architecture family: `llama`, `qwen2`, `qwen3`, `gemma`, `bloom`.\n\n```rhai\nprint(student(\"default\").family);   // llama\n```",
         |s: &mut StudentH| s.0.config.family.name().to_string(),
     );
     let show = |s: &mut StudentH| format!("Student({}, {:.1}M params, {})", s.0.name, s.0.model.num_params() as f64 / 1e6, s.0.template.name());

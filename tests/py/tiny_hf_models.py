@@ -6,7 +6,7 @@ usage: tiny_hf_models.py OUT_DIR TOKENIZER_DIR"""
 import json, os, shutil, sys
 
 import torch
-from transformers import AutoModelForCausalLM, BloomConfig, GemmaConfig, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, BloomConfig, GemmaConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
 out, tok_dir = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
@@ -18,6 +18,9 @@ configs = {
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     "qwen2": Qwen2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True),
+    # head_dim 24, not hidden_size / heads: q/k/o are not square, the per-head norms are 24 wide.
+    "qwen3": Qwen3Config(**common, head_dim=24, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=False),
+    "qwen3_tied": Qwen3Config(**common, tie_word_embeddings=True),
     "gemma": GemmaConfig(**common, head_dim=24, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
     "bloom": BloomConfig(vocab_size=49152, hidden_size=64, n_layer=2, n_head=4),
 }

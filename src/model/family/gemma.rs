@@ -4,7 +4,7 @@
 use super::super::config::ModelConfig;
 use super::llama::{self, Style};
 
-pub const STYLE: Style = Style { norm_offset: true, embed_scale: true };
+pub const STYLE: Style = Style { norm_offset: true, embed_scale: true, qk_norm: false };
 
 pub fn normalise_hf_config(mut raw: serde_json::Value) -> serde_json::Value {
     raw["family"] = "gemma".into();

@@ -1,6 +1,6 @@
 //! Llama (1/2/3 with Llama-3 rope scaling), SmolLM2 and Mistral: pre-norm RMSNorm blocks,
-//! rotary embeddings, grouped-query attention, SwiGLU MLP. Qwen2 and Gemma reuse this block
-//! with their differences (see `qwen2.rs`, `gemma.rs`).
+//! rotary embeddings, grouped-query attention, SwiGLU MLP. Qwen2, Qwen3 and Gemma reuse this
+//! block with their differences (see `qwen2.rs`, `qwen3.rs`, `gemma.rs`).
 
 use std::collections::HashMap;
 
@@ -20,13 +20,15 @@ pub struct Style {
     pub norm_offset: bool,
     /// Embeddings scaled by √hidden_size (Gemma).
     pub embed_scale: bool,
+    /// RMSNorm over each query and key head before the rotary embedding (Qwen3).
+    pub qk_norm: bool,
 }
 
 impl Style {
-    pub const LLAMA: Style = Style { norm_offset: false, embed_scale: false };
+    pub const LLAMA: Style = Style { norm_offset: false, embed_scale: false, qk_norm: false };
 }
 
-pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+pub fn tensor_shapes(c: &ModelConfig, style: Style) -> Vec<(String, Vec<usize>)> {
     let (d, f, v, hd) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim());
     let kv = c.num_key_value_heads * hd;
     let q = c.num_attention_heads * hd;
@@ -42,6 +44,10 @@ pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
         out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
         out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
+        if style.qk_norm {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+        }
         if c.attention_bias {
             out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
             out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
@@ -126,8 +132,13 @@ pub fn hidden(m: &Transformer, ids: &Tensor, pass: &mut Pass, style: Style) -> c
     for i in 0..c.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let hn = norm(&x, &p("input_layernorm.weight"))?;
-        let q = m.linear(&hn, &p("self_attn.q_proj"), grad)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
-        let k = m.linear(&hn, &p("self_attn.k_proj"), grad)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+        let mut q = m.linear(&hn, &p("self_attn.q_proj"), grad)?.reshape((b, t, h, hd))?;
+        let mut k = m.linear(&hn, &p("self_attn.k_proj"), grad)?.reshape((b, t, kvh, hd))?;
+        if style.qk_norm {
+            q = norm(&q, &p("self_attn.q_norm.weight"))?;
+            k = norm(&k, &p("self_attn.k_norm.weight"))?;
+        }
+        let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
         let v = m.linear(&hn, &p("self_attn.v_proj"), grad)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let q = m.rope(&q, &cos, &sin, grad)?;
         let k = m.rope(&k, &cos, &sin, grad)?;

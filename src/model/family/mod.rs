@@ -9,6 +9,7 @@ pub mod bloom;
 pub mod gemma;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,8 @@ pub enum Family {
     Llama,
     /// Llama with q/k/v biases.
     Qwen2,
+    /// Llama with per-head q/k RMSNorm and head_dim from the config.
+    Qwen3,
     /// RMSNorm·(1+w), √d embedding scale, GeGLU.
     Gemma,
     /// ALiBi, LayerNorm, fused QKV, GELU MLP.
@@ -33,12 +36,13 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Family::Llama, Family::Qwen2, Family::Gemma, Family::Bloom];
+    pub const ALL: [Family; 5] = [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Gemma, Family::Bloom];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::Llama => "llama",
             Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
             Family::Gemma => "gemma",
             Family::Bloom => "bloom",
         }
@@ -49,6 +53,7 @@ impl Family {
         match model_type {
             "llama" | "mistral" => Some(Family::Llama),
             "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
             "gemma" => Some(Family::Gemma),
             "bloom" => Some(Family::Bloom),
             _ => None,
@@ -56,7 +61,7 @@ impl Family {
     }
 
     /// The `model_type` values [`Family::from_model_type`] accepts, for error messages.
-    pub const MODEL_TYPES: &'static str = "llama, mistral, qwen2, gemma, bloom";
+    pub const MODEL_TYPES: &'static str = "llama, mistral, qwen2, qwen3, gemma, bloom";
 
     /// Rewrite a Hugging Face config.json into cotlab's field names (family set, family
     /// defaults filled in). Generic keys (rope, defaults) are handled by the HF loader after.
@@ -64,8 +69,18 @@ impl Family {
         match self {
             Family::Llama => llama::normalise_hf_config(raw),
             Family::Qwen2 => qwen2::normalise_hf_config(raw),
+            Family::Qwen3 => qwen3::normalise_hf_config(raw),
             Family::Gemma => gemma::normalise_hf_config(raw),
             Family::Bloom => bloom::normalise_hf_config(raw),
+        }
+    }
+
+    /// Why a Hugging Face config.json of this family cannot be computed exactly (a feature
+    /// cotlab lacks), or `None`; checked before the config is read further.
+    pub fn unsupported_hf_config(self, raw: &serde_json::Value) -> Option<String> {
+        match self {
+            Family::Qwen3 => qwen3::unsupported(raw),
+            _ => None,
         }
     }
 
@@ -74,6 +89,7 @@ impl Family {
         match self {
             Family::Llama => llama::to_hf_config(c),
             Family::Qwen2 => qwen2::to_hf_config(c),
+            Family::Qwen3 => qwen3::to_hf_config(c),
             Family::Gemma => gemma::to_hf_config(c),
             Family::Bloom => bloom::to_hf_config(c),
         }
@@ -82,7 +98,8 @@ impl Family {
     /// Every tensor name and shape a config implies, under Hugging Face names.
     pub fn tensor_shapes(self, c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         match self {
-            Family::Llama | Family::Qwen2 | Family::Gemma => llama::tensor_shapes(c),
+            Family::Llama | Family::Qwen2 | Family::Gemma => llama::tensor_shapes(c, llama::Style::LLAMA),
+            Family::Qwen3 => llama::tensor_shapes(c, qwen3::STYLE),
             Family::Bloom => bloom::tensor_shapes(c),
         }
     }
@@ -122,6 +139,7 @@ impl Family {
     pub(crate) fn hidden(self, m: &Transformer, ids: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
         match self {
             Family::Llama | Family::Qwen2 => llama::hidden(m, ids, pass, llama::Style::LLAMA),
+            Family::Qwen3 => llama::hidden(m, ids, pass, qwen3::STYLE),
             Family::Gemma => llama::hidden(m, ids, pass, gemma::STYLE),
             Family::Bloom => bloom::hidden(m, ids, pass),
         }
@@ -137,7 +155,10 @@ impl std::fmt::Display for Family {
 impl std::str::FromStr for Family {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> Result<Family> {
-        Family::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| crate::usage!("unknown model family '{s}': expected one of llama, qwen2, gemma, bloom"))
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| crate::usage!("unknown model family '{s}': expected one of llama, qwen2, qwen3, gemma, bloom"))
     }
 }
 

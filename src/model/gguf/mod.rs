@@ -1,12 +1,14 @@
-//! Load a Llama-architecture GGUF: config from the metadata, every tensor dequantised to f32 and
-//! renamed to its Hugging Face name, the tokenizer built from the metadata.
+//! Load a GGUF of architecture `llama`, `qwen2` or `qwen3`: config from the metadata, every
+//! tensor dequantised to f32 and renamed to its Hugging Face name, the tokenizer built from the
+//! metadata.
 //!
 //! `meta` reads the metadata for both this loader and `tokenizer` (which builds the tokenizer),
 //! so neither imports the other.
 //!
-//! llama.cpp stores q/k projection rows permuted for its interleaved rope; we undo that here so
-//! the rest of cotlab (forward, checkpoints, export) sees standard HF weights and uses the
-//! standard half-split rope.
+//! For `llama` llama.cpp stores q/k projection rows permuted for its interleaved rope; we undo
+//! that here so the rest of cotlab (forward, checkpoints, export) sees standard HF weights and
+//! uses the standard half-split rope. Qwen GGUFs use the half-split ("neox") rope and store
+//! q/k as Hugging Face does.
 
 mod meta;
 pub mod tokenizer;
@@ -61,6 +63,8 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_k.bias" => "self_attn.k_proj.bias",
         "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
         "ffn_down.weight" => "mlp.down_proj.weight",
@@ -74,18 +78,30 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let content = Content::read(&mut f)
         .map_err(|e| Error::data(path, format!("not a readable GGUF file ({}); is it truncated or corrupt?", crate::error::candle_message(&e))))?;
     let arch = meta(&content, path, "general.architecture")?.to_string().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.clone();
-    if arch != "llama" {
-        return Err(Error::data(path, format!("architecture '{arch}' is not supported yet: cotlab trains Llama-architecture students")));
+    // The family, and whether q/k rows are permuted for llama.cpp's interleaved rope.
+    let (family, permuted) = match arch.as_str() {
+        "llama" => (Family::Llama, true),
+        "qwen2" => (Family::Qwen2, false),
+        "qwen3" => (Family::Qwen3, false),
+        other => return Err(Error::data(path, format!("architecture '{other}' is not supported yet (llama, qwen2, qwen3)"))),
+    };
+    // Llama-3.1+ GGUFs carry their rope scaling as per-frequency factors; computing without them
+    // would be silently wrong.
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(Error::data(
+            path,
+            "this GGUF scales its rotary embedding by per-frequency factors (rope_freqs.weight, Llama-3.1 and later), which cotlab does not read from GGUF yet: load the model's Hugging Face dir instead (hf:ORG/NAME or a local dir; its config.json's rope_scaling is supported)",
+        ));
     }
     let k = |s: &str| format!("{arch}.{s}");
     let tokens = meta(&content, path, "tokenizer.ggml.tokens")?.to_vec().map_err(|e| Error::data(path, crate::error::candle_message(&e)))?.len();
     let heads = meta_usize(&content, path, &k("attention.head_count"))?;
     let kv_heads = meta_usize(&content, path, &k("attention.head_count_kv")).unwrap_or(heads);
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let config = ModelConfig {
-        family: Family::Llama,
+    let mut config = ModelConfig {
+        family,
         hidden_act: "silu".into(),
-        head_dim: None,
+        head_dim: meta_usize(&content, path, &k("attention.key_length")).ok(),
         rope_llama3: None,
         vocab_size: meta_usize(&content, path, &k("vocab_size")).unwrap_or(tokens),
         hidden_size: meta_usize(&content, path, &k("embedding_length"))?,
@@ -101,6 +117,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         bos_token_id: meta_usize(&content, path, "tokenizer.ggml.bos_token_id").ok().map(|x| x as u32),
         eos_token_id: meta_usize(&content, path, "tokenizer.ggml.eos_token_id").ok().map(|x| x as u32),
     };
+    // An explicit key_length equal to the implied one is the same model (as for config.json).
+    if config.head_dim.is_some_and(|hd| hd.checked_mul(heads) == Some(config.hidden_size)) {
+        config.head_dim = None;
+    }
     // Before any tensor is dequantized, so the error names the file.
     config.validate().map_err(|e| Error::data(path, e.to_string()))?;
     let mut tensors = HashMap::new();
@@ -112,9 +132,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
             .tensor(&mut f, name, device)
             .map_err(|e| Error::data(path, format!("tensor '{name}': {} (truncated file?)", crate::error::candle_message(&e))))?;
         let mut t = q.dequantize(device).map_err(|e| Error::data(path, format!("tensor '{name}': {}", crate::error::candle_message(&e))))?;
-        if hf.ends_with("q_proj.weight") {
+        if permuted && hf.ends_with("q_proj.weight") {
             t = unpermute_qk(&t, heads).map_err(|e| Error::data(path, crate::error::candle_message(&e)))?;
-        } else if hf.ends_with("k_proj.weight") {
+        } else if permuted && hf.ends_with("k_proj.weight") {
             t = unpermute_qk(&t, kv_heads).map_err(|e| Error::data(path, crate::error::candle_message(&e)))?;
         }
         tensors.insert(hf, t);
