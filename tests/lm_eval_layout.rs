@@ -164,7 +164,7 @@ fn cotlab_writes_every_key_path_lm_eval_writes() {
     assert_eq!(their_rows.iter().map(|r| r["filter"].as_str().unwrap()).collect::<BTreeSet<_>>(), ["lenient", "paper"].into());
 
     // results() reads lm-eval's own output dir: one row per filter, lm-eval's numbers.
-    let runs = load_runs(&[out.clone()]).unwrap();
+    let runs = load_runs(std::slice::from_ref(&out)).unwrap();
     assert_eq!(runs.height(), 2);
     for i in 0..2 {
         let filter = match runs.cell(i, "filter").unwrap() {
@@ -196,7 +196,7 @@ fn old_eval_dirs_are_read_resumed_and_rewritten_in_the_layout() {
             std::fs::remove_file(f).unwrap();
         }
     }
-    let runs = load_runs(&[dir.clone()]).unwrap();
+    let runs = load_runs(std::slice::from_ref(&dir)).unwrap();
     assert_eq!((runs.height(), runs.cell(0, "accuracy").unwrap()), (1, Cell::Float(first.accuracy)));
     let old = score_predictions(&ds, &dir, Protocol::Paper).unwrap();
     assert_eq!((old.n, old.correct, old.accuracy_lenient), (2, first.correct, first.accuracy_lenient));
@@ -218,7 +218,7 @@ fn old_eval_dirs_are_read_resumed_and_rewritten_in_the_layout() {
     let again = one_file(&dir, "results_", ".json");
     assert_ne!(json_file(&again)["date"], results["date"]);
     one_file(&dir, "samples_svamp_", ".jsonl");
-    assert_eq!(load_runs(&[dir.clone()]).unwrap().cell(0, "accuracy").unwrap(), Cell::Float(first.accuracy));
+    assert_eq!(load_runs(std::slice::from_ref(&dir)).unwrap().cell(0, "accuracy").unwrap(), Cell::Float(first.accuracy));
 }
 
 #[test]
@@ -230,11 +230,11 @@ fn bad_lm_eval_files_say_which_file_and_what_is_wrong() {
     let bad = d.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("results_2026-01-01T00-00-00.json"), "{\"results\": ").unwrap();
-    let e = load_runs(&[bad.clone()]).err().unwrap().to_string();
+    let e = load_runs(std::slice::from_ref(&bad)).err().unwrap().to_string();
     assert!(e.contains("results_2026-01-01T00-00-00.json") && e.contains("not valid JSON"), "{e}");
     // JSON without `results`: not lm-eval's.
     std::fs::write(bad.join("results_2026-01-01T00-00-00.json"), "{\"accuracy\": 1}").unwrap();
-    let e = load_runs(&[bad.clone()]).err().unwrap().to_string();
+    let e = load_runs(std::slice::from_ref(&bad)).err().unwrap().to_string();
     assert!(e.contains("no 'results' object"), "{e}");
     // A samples row without `resps`: score says which line.
     let rows = d.path().join("rows");
