@@ -134,11 +134,13 @@ pub struct EvalCmd {
     /// "default", a .gguf file, an HF model dir, a run dir (runs/<name>), or hf:ORG/NAME.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// The test set: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith.
-    #[arg(long)]
-    pub task: String,
+    /// The test set: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith (or --data FILE).
+    #[arg(long, required_unless_present = "data")]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub user: UserDataArgs,
     /// Split: test (default), train where the release has one, all (SVAMP's 1000 problems) or
-    /// full (MATH's 5000-problem test set instead of MATH-500).
+    /// full (MATH's 5000-problem test set instead of MATH-500); with --data, the set's label.
     #[arg(long)]
     pub split: Option<String>,
     /// Evaluate a seeded subset of N examples.
@@ -185,9 +187,11 @@ pub struct EvalCmd {
 // `cotlab score`.
 #[derive(Args)]
 pub struct ScoreCmd {
-    /// The predictions' task: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith.
-    #[arg(long)]
-    pub task: String,
+    /// The predictions' task: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith (or --data FILE).
+    #[arg(long, required_unless_present = "data")]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub user: UserDataArgs,
     /// The predictions file (JSON lines).
     #[arg(long)]
     pub predictions: PathBuf,
@@ -200,6 +204,33 @@ pub struct ScoreCmd {
     /// The data dir (default: $COTLAB_DATA, then ./datasets).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// A test set of the user's own (`cotlab eval`, `cotlab score`): the file and its mapping.
+#[derive(Args)]
+pub struct UserDataArgs {
+    /// A test set of your own instead of --task: a JSON array, JSON lines, CSV or Parquet file.
+    #[arg(long, conflicts_with = "task")]
+    pub data: Option<PathBuf>,
+    /// The answer kind, which picks the scoring rule: number, choice, bool, latex or text
+    /// (default: inferred from the answers, and said).
+    #[arg(long, requires = "data")]
+    pub kind: Option<String>,
+    /// The file's format: auto (default: from the extension, else the first bytes), json, jsonl, csv or parquet.
+    #[arg(long, requires = "data")]
+    pub format: Option<String>,
+    /// The question column (default: the first of question, problem, input, prompt, query, instruction).
+    #[arg(long, requires = "data")]
+    pub question_col: Option<String>,
+    /// The answer column (default: the first of answer, label, target, answerKey, output, gold).
+    #[arg(long, requires = "data")]
+    pub answer_col: Option<String>,
+    /// The choices column, a list or a string (default: choices or options when present).
+    #[arg(long, requires = "data")]
+    pub choices_col: Option<String>,
+    /// The set's name (default: the file's stem): the default eval dir is eval-<name>-<split>-<model>.
+    #[arg(long, requires = "data")]
+    pub name: Option<String>,
 }
 
 // `cotlab contamination`.
