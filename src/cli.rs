@@ -210,7 +210,9 @@ pub struct ScoreCmd {
 #[derive(Args)]
 pub struct UserDataArgs {
     /// A test set of your own instead of --task: a JSON array, JSON lines, CSV or Parquet file.
-    #[arg(long, conflicts_with = "task")]
+    // Not `conflicts_with = "task"`: clap then waives the mapping flags' `requires = "data"`
+    // whenever --task is given; `main::test_set` refuses both at once instead.
+    #[arg(long)]
     pub data: Option<PathBuf>,
     /// The answer kind, which picks the scoring rule: number, choice, bool, latex or text
     /// (default: inferred from the answers, and said).

@@ -167,6 +167,9 @@ fn test_set(dir: &DataDir, task: Option<String>, user: UserDataArgs, o: DatasetO
     let Some(path) = user.data else {
         return load_dataset(dir, task.as_deref().unwrap_or_default(), &o);
     };
+    if let Some(t) = task {
+        return Err(Error::usage(format!("give --task {t} or --data {}, not both", path.display())));
+    }
     let format = user.format.as_deref().map(TestFormat::parse).transpose().map_err(Error::usage)?.unwrap_or_default();
     let opts = UserOptions {
         format,

@@ -60,9 +60,18 @@ fn dataset_named(ws: &Workspace, name: &str, opts: Map) -> RhaiResult<Dataset> {
     if Task::parse(name).is_ok() {
         return load_dataset(&ws.data_dir, name, &options::<DatasetOptions>(opts)?).map_err(rt);
     }
-    let path = ws.readable(std::path::Path::new(name), "dataset").map_err(rt)?;
+    const RELEASE: &str = "svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith";
+    // A bare word is more likely a misspelt name than a file: say both readings.
+    let bare = !name.contains(['/', '.']);
+    let path = ws.readable(std::path::Path::new(name), "dataset").map_err(|e| {
+        if bare {
+            rt(usage!("dataset: '{name}' is not a dataset of the release ({RELEASE}); as a file: {e}"))
+        } else {
+            rt(e)
+        }
+    })?;
     if !path.exists() {
-        return Err(rt(usage!("dataset: '{name}' is neither a dataset of the release (svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith) nor a file")));
+        return Err(rt(usage!("dataset: '{name}' is neither a dataset of the release ({RELEASE}) nor a file")));
     }
     load_user_file(&path, &options::<UserOptions>(opts)?).map_err(rt)
 }
