@@ -165,7 +165,8 @@ pub struct EvalCmd {
     /// model that declares none).
     #[arg(long)]
     pub template: Option<String>,
-    /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
+    /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa (and --data sets of
+    /// kind choice, bool or text), else 1.
     #[arg(long)]
     pub beams: Option<usize>,
     /// Weights decoding reads: auto (the compute dtype's), f32, bf16, q8_0 or q4_1 (quantized
