@@ -167,9 +167,15 @@ fn scoring_follows_the_kind_under_both_protocols() {
         let ds = load_user_file(&data, &UserOptions { kind: Some(c.kind.into()), ..Default::default() }).unwrap();
         let preds: Vec<serde_json::Value> = ds.examples.iter().zip(&c.predictions).map(|(e, p)| serde_json::json!({"id": e.id, "prediction": p})).collect();
         let pf = write(d.path(), &format!("{}-preds.jsonl", c.kind), &lines(&preds));
+        // Lines may also name the question as the user's file writes it (without the listed choices).
+        let by_question: Vec<serde_json::Value> =
+            c.rows.iter().zip(&c.predictions).map(|(r, p)| serde_json::json!({"question": r["question"], "prediction": p})).collect();
+        let pq = write(d.path(), &format!("{}-by-question.jsonl", c.kind), &lines(&by_question));
         for (protocol, want) in [(Protocol::Paper, c.paper), (Protocol::Lenient, c.lenient)] {
-            let r = score_predictions(&ds, &pf, protocol).unwrap();
-            assert!((r.accuracy - want).abs() < 1e-9, "{} under {protocol}: {} (want {want})", c.kind, r.accuracy);
+            for p in [&pf, &pq] {
+                let r = score_predictions(&ds, p, protocol).unwrap();
+                assert!((r.accuracy - want).abs() < 1e-9, "{} under {protocol}: {} (want {want})", c.kind, r.accuracy);
+            }
         }
     }
 }
