@@ -154,11 +154,13 @@ pub struct EvalCmd {
     /// "default", a .gguf file, an HF model dir, a run dir (runs/<name>), or hf:ORG/NAME.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// The test set: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith.
-    #[arg(long)]
-    pub task: String,
+    /// The test set: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith (or --data FILE).
+    #[arg(long, required_unless_present = "data")]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub user: UserDataArgs,
     /// Split: test (default), train where the release has one, all (SVAMP's 1000 problems) or
-    /// full (MATH's 5000-problem test set instead of MATH-500).
+    /// full (MATH's 5000-problem test set instead of MATH-500); with --data, the set's label.
     #[arg(long)]
     pub split: Option<String>,
     /// Evaluate a seeded subset of N examples.
@@ -184,7 +186,8 @@ pub struct EvalCmd {
     /// else the model's own): chatml, llama3, gemma, alpaca, or model (the model's own Jinja).
     #[arg(long)]
     pub template: Option<String>,
-    /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa, else 1.
+    /// Beam width (1 = greedy); default the paper's: 5 for csqa, obqa, strategyqa (and --data sets of
+    /// kind choice, bool or text), else 1.
     #[arg(long)]
     pub beams: Option<usize>,
     /// Weights decoding reads: auto (the compute dtype's), f32, bf16, q8_0 or q4_1 (quantized
@@ -206,9 +209,11 @@ pub struct EvalCmd {
 // `cotlab score`.
 #[derive(Args)]
 pub struct ScoreCmd {
-    /// The predictions' task: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith.
-    #[arg(long)]
-    pub task: String,
+    /// The predictions' task: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa or arith (or --data FILE).
+    #[arg(long, required_unless_present = "data")]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub user: UserDataArgs,
     /// The predictions file (JSON lines), or an eval dir (cotlab's, or lm-eval's output dir of one
     /// model) or its samples_<task>_<timestamp>.jsonl: its generated texts are re-scored.
     #[arg(long)]
@@ -222,6 +227,35 @@ pub struct ScoreCmd {
     /// The data dir (default: $COTLAB_DATA, then ./datasets).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// A test set of the user's own (`cotlab eval`, `cotlab score`): the file and its mapping.
+#[derive(Args)]
+pub struct UserDataArgs {
+    /// A test set of your own instead of --task: a JSON array, JSON lines, CSV or Parquet file.
+    // Not `conflicts_with = "task"`: clap then waives the mapping flags' `requires = "data"`
+    // whenever --task is given; `main::test_set` refuses both at once instead.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The answer kind, which picks the scoring rule: number, choice, bool, latex or text
+    /// (default: inferred from the answers, and said).
+    #[arg(long, requires = "data")]
+    pub kind: Option<String>,
+    /// The file's format: auto (default: from the extension, else the first bytes), json, jsonl, csv or parquet.
+    #[arg(long, requires = "data")]
+    pub format: Option<String>,
+    /// The question column (default: the first of question, problem, input, prompt, query, instruction).
+    #[arg(long, requires = "data")]
+    pub question_col: Option<String>,
+    /// The answer column (default: the first of answer, label, target, answerKey, output, gold).
+    #[arg(long, requires = "data")]
+    pub answer_col: Option<String>,
+    /// The choices column, a list or a string (default: choices or options when present).
+    #[arg(long, requires = "data")]
+    pub choices_col: Option<String>,
+    /// The set's name (default: the file's stem): the default eval dir is eval-<name>-<split>-<model>.
+    #[arg(long, requires = "data")]
+    pub name: Option<String>,
 }
 
 // `cotlab contamination`.

@@ -16,11 +16,12 @@ use std::time::Instant;
 use clap::Parser;
 use serde::Serialize;
 
-use cli::{BenchCmd, ChatTemplateCmd, Cli, Cmd, ContaminationCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd};
+use cli::{BenchCmd, ChatTemplateCmd, Cli, Cmd, ContaminationCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd, UserDataArgs};
 use cotlab::answer::Protocol;
 use cotlab::data::contamination;
 use cotlab::data::loaders::load_questions;
-use cotlab::data::{load_dataset, Catalog, DataDir, DatasetOptions, Task};
+use cotlab::data::user::{load_user_file, TestFormat, UserOptions};
+use cotlab::data::{load_dataset, Catalog, DataDir, Dataset, DatasetOptions, Task};
 use cotlab::eval::run::{evaluate, EvalOptions, PromptStyle};
 use cotlab::eval::score_predictions;
 use cotlab::experiment::plan::{self, JobInputs};
@@ -160,7 +161,7 @@ fn eval(c: EvalCmd) -> Result<()> {
     let decode_weights = DecodeWeights::parse(&c.decode_weights).map_err(Error::usage)?;
     let prompt = PromptStyle::parse(&c.prompt).map_err(Error::usage)?;
     let ws = trusted(c.data_dir, c.runs);
-    let ds = load_dataset(&ws.data_dir, &c.task, &DatasetOptions { split: c.split, limit: c.limit, seed: c.limit.map(|_| c.seed), ..Default::default() })?;
+    let ds = test_set(&ws.data_dir, c.task, c.user, DatasetOptions { split: c.split, limit: c.limit, seed: c.limit.map(|_| c.seed), ..Default::default() })?;
     let student = ws.student(&c.model, &StudentOptions { template: c.template, ..Default::default() })?;
     let opts =
         EvalOptions { batch_size: c.batch_size, max_new_tokens: c.max_new_tokens, beams: c.beams, protocol, prompt, decode_weights, ..Default::default() };
@@ -172,10 +173,34 @@ fn eval(c: EvalCmd) -> Result<()> {
     Ok(())
 }
 
+/// The test set `--task` names, or the user's `--data` file mapped by its flags (clap makes one of
+/// the two present).
+fn test_set(dir: &DataDir, task: Option<String>, user: UserDataArgs, o: DatasetOptions) -> Result<Dataset> {
+    let Some(path) = user.data else {
+        return load_dataset(dir, task.as_deref().unwrap_or_default(), &o);
+    };
+    if let Some(t) = task {
+        return Err(Error::usage(format!("give --task {t} or --data {}, not both", path.display())));
+    }
+    let format = user.format.as_deref().map(TestFormat::parse).transpose().map_err(Error::usage)?.unwrap_or_default();
+    let opts = UserOptions {
+        format,
+        question: user.question_col,
+        answer: user.answer_col,
+        choices: user.choices_col,
+        kind: user.kind,
+        name: user.name,
+        split: o.split,
+        limit: o.limit,
+        seed: o.seed,
+    };
+    load_user_file(&path, &opts)
+}
+
 /// `cotlab score`: prints the report on stdout.
 fn score(c: ScoreCmd) -> Result<()> {
     let protocol = Protocol::parse(&c.protocol).map_err(Error::usage)?;
-    let ds = load_dataset(&DataDir::resolve(c.data_dir), &c.task, &DatasetOptions { split: c.split, ..Default::default() })?;
+    let ds = test_set(&DataDir::resolve(c.data_dir), c.task, c.user, DatasetOptions { split: c.split, ..Default::default() })?;
     print_json(&score_predictions(&ds, &c.predictions, protocol)?);
     Ok(())
 }

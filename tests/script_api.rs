@@ -178,7 +178,8 @@ fn script_api_md_is_generated_from_the_doc_comments() {
 fn a_wrong_call_lists_the_signatures() {
     let e = runner().eval("t.rhai", "let d = dataset(\"svamp\", 3, 4);").err().unwrap().to_string();
     assert!(e.starts_with("t.rhai:1:9: Function not found: dataset"), "{e}");
-    assert!(e.contains("`dataset` takes:\n  dataset(name: string) -> Dataset\n  dataset(name: string, opts: map) -> Dataset"), "{e}");
+    assert!(e.contains("`dataset` takes:\n  dataset(df: DataFrame) -> Dataset\n  dataset(name: string) -> Dataset\n"), "{e}");
+    assert!(e.contains("\n  dataset(name: string, opts: map) -> Dataset\n"), "{e}");
     let e = runner().eval("t.rhai", "\"abc\".sub_string([]);").err().unwrap().to_string();
     assert!(e.contains("`sub_string` takes:") && e.contains("sub_string(string: &str, start: i64, len: i64)"), "{e}");
     let e = runner().eval("t.rhai", "fn f(a) { a }\nf(1, 2);").err().unwrap().to_string();

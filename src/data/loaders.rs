@@ -228,6 +228,7 @@ pub fn load_task(dir: &DataDir, task: Task, split: &str) -> Result<Vec<Example>>
             _ => Err(bad_split("test")),
         },
         Task::Arith => Err(usage!("arith is generated, not loaded from files")),
+        Task::User(_) => Err(usage!("a user test set is read from its own file: dataset(path, #{{...}}) or --data FILE")),
     }
 }
 

@@ -1,12 +1,14 @@
 //! Stage 1 — data: the `Example` type, loaders for every native test format and the paper's
 //! Alpaca-style training files, the name-based catalog over the release, corpora of rationales as values (`corpus`), the embedded
-//! synthetic `arith` set, and the train/test contamination check.
+//! synthetic `arith` set, users' own test sets from files and frames (`user`), and the train/test
+//! contamination check.
 
 pub mod arith;
 pub mod catalog;
 pub mod contamination;
 pub mod corpus;
 pub mod loaders;
+pub mod user;
 
 use std::path::PathBuf;
 
@@ -37,7 +39,9 @@ pub struct Example {
     pub kind: AnswerKind,
 }
 
-/// The seven test sets of the paper plus the embedded synthetic set.
+/// The seven test sets of the paper plus the embedded synthetic set, and a user's own test set
+/// (`User`, from a file or frame: [`user`]), whose answer kind decides how it is scored. `ALL` and
+/// `parse` name the built-ins only, so their names, eval dirs and rules never change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     Svamp,
@@ -48,6 +52,8 @@ pub enum Task {
     Obqa,
     StrategyQa,
     Arith,
+    /// A user test set: scored by its kind's rule (see [`Task::evaluator`]).
+    User(AnswerKind),
 }
 
 impl Task {
@@ -78,6 +84,8 @@ impl Task {
             Task::Obqa => "obqa",
             Task::StrategyQa => "strategyqa",
             Task::Arith => "arith",
+            // The set's own name is `Dataset::name`.
+            Task::User(_) => "user",
         }
     }
 
@@ -87,15 +95,19 @@ impl Task {
             Task::Aqua | Task::Csqa | Task::Obqa => AnswerKind::Choice,
             Task::StrategyQa => AnswerKind::Bool,
             Task::Math => AnswerKind::Latex,
+            Task::User(kind) => kind,
         }
     }
 
     /// Which of the paper's evaluators scores this task: MAmmoTH's for the math tasks, the
-    /// paper's `run_reasoning.py` for CSQA, OBQA and StrategyQA (see `answer::paper`).
+    /// paper's `run_reasoning.py` for CSQA, OBQA and StrategyQA (see `answer::paper`). A user set
+    /// by its kind: numbers and LaTeX the math rule, choice, bool and text the commonsense one.
     pub fn evaluator(self) -> Evaluator {
         match self {
             Task::Csqa | Task::Obqa | Task::StrategyQa => Evaluator::Commonsense,
             Task::Svamp | Task::Gsm8k | Task::Aqua | Task::Math | Task::Arith => Evaluator::Math,
+            Task::User(AnswerKind::Number | AnswerKind::Latex) => Evaluator::Math,
+            Task::User(AnswerKind::Choice | AnswerKind::Bool | AnswerKind::Text) => Evaluator::Commonsense,
         }
     }
 

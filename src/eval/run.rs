@@ -97,11 +97,11 @@ impl PromptStyle {
 /// The paper's beam width per task: its evaluator for CSQA, OBQA and StrategyQA
 /// (`Evaluation/reasoning_eval/run_reasoning.py`) decodes with vLLM
 /// `SamplingParams(temperature=0, use_beam_search=True, best_of=5)`; the math tasks go through
-/// MAmmoTH's greedy decoding.
+/// MAmmoTH's greedy decoding. A user set follows the evaluator its kind picks.
 pub fn paper_beams(task: Task) -> usize {
-    match task {
-        Task::Csqa | Task::Obqa | Task::StrategyQa => 5,
-        _ => 1,
+    match task.evaluator() {
+        crate::answer::Evaluator::Commonsense => 5,
+        crate::answer::Evaluator::Math => 1,
     }
 }
 

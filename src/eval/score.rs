@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::answer::Protocol;
 use crate::data::contamination::normalize;
 use crate::data::loaders::read_records;
-use crate::data::Dataset;
+use crate::data::{Dataset, Task};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -32,6 +32,16 @@ pub struct ScoreReport {
     pub accuracy_lenient: f64,
 }
 
+/// The questions a prediction line may name an example by: as shown to the student, and for a user
+/// set also as written in the user's file (before the appended `Answer Choices:`).
+fn question_keys(ds: &Dataset, shown: &str) -> Vec<String> {
+    let mut keys = vec![normalize(shown)];
+    if let (Task::User(_), Some((asked, _))) = (ds.task, shown.split_once(" Answer Choices: ")) {
+        keys.push(normalize(asked));
+    }
+    keys
+}
+
 /// Score `path` against `ds` under `protocol` (the other protocol's accuracy is reported too). A
 /// line whose id/question is not in the test set is an error (a predictions file for another
 /// task or split would otherwise score silently as garbage).
@@ -39,7 +49,8 @@ pub fn score_predictions(ds: &Dataset, path: &Path, protocol: Protocol) -> Resul
     let evaluator = ds.task.evaluator();
     let mut right = [0usize; 2];
     let by_id: HashMap<&str, usize> = ds.examples.iter().enumerate().map(|(i, e)| (e.id.as_str(), i)).collect();
-    let by_q: HashMap<String, usize> = ds.examples.iter().enumerate().map(|(i, e)| (normalize(&e.question), i)).collect();
+    let by_q: HashMap<String, usize> =
+        ds.examples.iter().enumerate().flat_map(|(i, e)| question_keys(ds, &e.question).into_iter().map(move |k| (k, i))).collect();
     let (mut n, mut correct, mut unparsed) = (0, 0, 0);
     // Where each example was scored: a second line for one example is an error, so n can never
     // exceed the test set (500 copies of one right answer are not 100% accuracy).

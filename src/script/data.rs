@@ -10,6 +10,7 @@ use crate::answer::{extract_answer, judge};
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
 use crate::data::loaders::load_questions;
+use crate::data::user::{load_user_file, load_user_frame, UserOptions};
 use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Task};
 use crate::eval::score_predictions;
 use crate::lab::Workspace;
@@ -54,6 +55,27 @@ fn questions(ws: &Workspace, v: Dynamic, what: &str) -> RhaiResult<Vec<String>> 
     Err(rt(usage!("{what}: expected a Dataset, a Corpus, an array of questions or a file path, found {}", v.type_name())))
 }
 
+/// A dataset of the release by name, else a user's test set file (sandbox-checked).
+fn dataset_named(ws: &Workspace, name: &str, opts: Map) -> RhaiResult<Dataset> {
+    if Task::parse(name).is_ok() {
+        return load_dataset(&ws.data_dir, name, &options::<DatasetOptions>(opts)?).map_err(rt);
+    }
+    const RELEASE: &str = "svamp, gsm8k, aqua, math, csqa, obqa, strategyqa, arith";
+    // A bare word is more likely a misspelt name than a file: say both readings.
+    let bare = !name.contains(['/', '.']);
+    let path = ws.readable(std::path::Path::new(name), "dataset").map_err(|e| {
+        if bare {
+            rt(usage!("dataset: '{name}' is not a dataset of the release ({RELEASE}); as a file: {e}"))
+        } else {
+            rt(e)
+        }
+    })?;
+    if !path.exists() {
+        return Err(rt(usage!("dataset: '{name}' is neither a dataset of the release ({RELEASE}) nor a file")));
+    }
+    load_user_file(&path, &options::<UserOptions>(opts)?).map_err(rt)
+}
+
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct ContaminationOptions {
@@ -80,6 +102,23 @@ shuffles before `limit` keeps the first `limit`; `arith` only: `n` problems gene
 ```rhai
 let ds = dataset("svamp", #{ split: "test", limit: 50, seed: 1 });
 print(ds);   // Dataset(svamp test, 50 examples)
+```
+
+Anything else is a user's own test set: a file path (read roots apply) or a DataFrame, mapped by
+the options `format` (`auto` default: from the extension, else the first bytes; `json`, `jsonl`,
+`csv`, `parquet`), `question`, `answer`, `choices` (the columns: default the first of
+question/problem/input/prompt/query/instruction, answer/label/target/answerKey/output/gold, and
+choices/options if present; `choices` holds a list or a string), `kind` (`number`, `choice`,
+`bool`, `latex`, `text`; default inferred from the answers and printed), `name` (default the
+file's stem), `split` (a label, default `test`), `limit`, `seed`. Ids: the `id` column, else
+`<name>-<row>`. The kind picks the scoring rule ([scoring.md](scoring.md)); questions with choices
+are shown as `… Answer Choices: (A) x (B) y`. A missing column, rows without a question or
+answer, answers not of the kind, duplicate ids or an empty file are errors.
+
+```rhai
+let mine = dataset("data/asdiv.jsonl", #{ question: "body", answer: "value", kind: "number" });
+print(mine);   // Dataset(asdiv test, 2305 examples)
+let frame_set = dataset(read_csv("quiz.csv"), #{ name: "quiz", choices: "options" });
 ```"#;
 
 const RATIONALES: &str = r#"A `Corpus` of the release's rationales for dataset `name`.
@@ -116,10 +155,11 @@ let r = contamination(rationales("strategyqa", #{ level: 1 }), dataset("strategy
 print(r.summary);
 ```"#;
 
-const SCORE: &str = r#"Score a JSON-lines file of `{id or question, prediction}` against dataset `task`; an eval dir
+const SCORE: &str = r#"Score a JSON-lines file of `{id or question, prediction}` against dataset `task` (a
+release name) or a `Dataset` (a user's own: `dataset(path, #{...})`), by the rule its kind picks; an eval dir
 (cotlab's or lm-eval's) or its `samples_<task>_<timestamp>.jsonl` is read for its generated texts.
 
-Options: `split` as in `dataset`; `protocol`: `"paper"` (default) or `"lenient"`
+Options: `split` as in `dataset` (a name only); `protocol`: `"paper"` (default) or `"lenient"`
 ([scoring.md](scoring.md)). Returns `#{task, n, correct, accuracy, unparsed, test_size,
 protocol, accuracy_paper, accuracy_lenient}`.
 
@@ -165,14 +205,22 @@ rationales("svamp", #{ level: 3 }).df().select(["id", "words", "steps"]).head(5)
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     // --- datasets
-    let dir = ctx.data_dir.clone();
-    def(engine, "dataset", ["name"], DATASET, move |name: &str| -> RhaiResult<Dataset> { load_dataset(&dir, name, &DatasetOptions::default()).map_err(rt) });
-    let dir = ctx.data_dir.clone();
-    def(engine, "dataset", ["name", "opts"], DATASET, move |name: &str, opts: Map| -> RhaiResult<Dataset> {
-        load_dataset(&dir, name, &options::<DatasetOptions>(opts)?).map_err(rt)
+    let ws = ctx.workspace();
+    def(engine, "dataset", ["name"], DATASET, move |name: &str| -> RhaiResult<Dataset> { dataset_named(&ws, name, Map::new()) });
+    let ws = ctx.workspace();
+    def(engine, "dataset", ["name", "opts"], DATASET, move |name: &str, opts: Map| -> RhaiResult<Dataset> { dataset_named(&ws, name, opts) });
+    def(engine, "dataset", ["df"], DATASET, |f: Frame| -> RhaiResult<Dataset> { load_user_frame(&f, &UserOptions::default()).map_err(rt) });
+    def(engine, "dataset", ["df", "opts"], DATASET, |f: Frame, opts: Map| -> RhaiResult<Dataset> {
+        load_user_frame(&f, &options::<UserOptions>(opts)?).map_err(rt)
     });
     def(engine, "len", ["ds"], LEN, |d: &mut Dataset| d.len() as i64);
-    get(engine, "ds", "name", "The dataset's name (`svamp`).\n\n```rhai\nprint(dataset(\"svamp\").name);\n```", |d: &mut Dataset| d.name.clone());
+    get(
+        engine,
+        "ds",
+        "name",
+        "The dataset's name (`svamp`; a user set's `name`, else its file's stem).\n\n```rhai\nprint(dataset(\"svamp\").name);\n```",
+        |d: &mut Dataset| d.name.clone(),
+    );
     get(
         engine,
         "ds",
@@ -184,7 +232,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         engine,
         "ds",
         "kind",
-        "The answer kind: `number`, `choice`, `bool` or `latex`.\n\n```rhai\nprint(dataset(\"csqa\").kind);   // choice\n```",
+        "The answer kind: `number`, `choice`, `bool`, `latex` or `text`.\n\n```rhai\nprint(dataset(\"csqa\").kind);   // choice\n```",
         |d: &mut Dataset| d.task.kind().name().to_string(),
     );
     index(
@@ -301,7 +349,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         engine,
         "extract_answer",
         ["text", "kind"],
-        "The canonical answer in `text`, or `()`, under the lenient rules; `kind`: `number`, `choice`, `bool`, `latex`.\n\n```rhai\nprint(extract_answer(\"so... The answer is (C)\", \"choice\"));   // C\n```",
+        "The canonical answer in `text`, or `()`, under the lenient rules; `kind`: `number`, `choice`, `bool`, `latex`, `text`.\n\n```rhai\nprint(extract_answer(\"so... The answer is (C)\", \"choice\"));   // C\n```",
         |text: &str, kind: &str| -> RhaiResult<Dynamic> {
             let kind = AnswerKind::parse(kind).map_err(rt)?;
             Ok(opt_str(extract_answer(text, kind)))
@@ -335,15 +383,29 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         contam(train, test, o.threshold.unwrap_or(0.8))
     });
     let ws = ctx.workspace();
-    let score = move |task: &str, path: &str, split: Option<String>, protocol: crate::answer::Protocol| -> RhaiResult<Dynamic> {
-        let ds = load_dataset(&ws.data_dir, task, &DatasetOptions { split, ..Default::default() }).map_err(rt)?;
+    let score_ds = move |ds: &Dataset, path: &str, protocol: crate::answer::Protocol| -> RhaiResult<Dynamic> {
         let path = ws.readable(std::path::Path::new(path), "score_predictions").map_err(rt)?;
-        rhai::serde::to_dynamic(score_predictions(&ds, &path, protocol).map_err(rt)?)
+        rhai::serde::to_dynamic(score_predictions(ds, &path, protocol).map_err(rt)?)
+    };
+    let dir = ctx.data_dir.clone();
+    let sd = score_ds.clone();
+    let score = move |task: &str, path: &str, split: Option<String>, protocol: crate::answer::Protocol| -> RhaiResult<Dynamic> {
+        let ds = load_dataset(&dir, task, &DatasetOptions { split, ..Default::default() }).map_err(rt)?;
+        sd(&ds, path, protocol)
     };
     let s2 = score.clone();
     def(engine, "score_predictions", ["task", "path"], SCORE, move |task: &str, path: &str| s2(task, path, None, crate::answer::Protocol::Paper));
     def(engine, "score_predictions", ["task", "path", "opts"], SCORE, move |task: &str, path: &str, opts: Map| -> RhaiResult<Dynamic> {
         let o: ScoreOptions = options(opts)?;
         score(task, path, o.split, o.protocol)
+    });
+    let sd = score_ds.clone();
+    def(engine, "score_predictions", ["ds", "path"], SCORE, move |ds: Dataset, path: &str| sd(&ds, path, crate::answer::Protocol::Paper));
+    def(engine, "score_predictions", ["ds", "path", "opts"], SCORE, move |ds: Dataset, path: &str, opts: Map| -> RhaiResult<Dynamic> {
+        let o: ScoreOptions = options(opts)?;
+        if o.split.is_some() {
+            return Err(rt(usage!("score_predictions: 'split' picks a split of a release dataset by name; this Dataset is already loaded")));
+        }
+        score_ds(&ds, path, o.protocol)
     });
 }
