@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::usage;
 
 pub mod paper;
+pub mod think;
 
 /// How a gold answer is written and compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

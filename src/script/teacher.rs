@@ -10,7 +10,7 @@ use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, Dataset};
 use crate::lab::TeacherSpec;
 use crate::results::Frame;
-use crate::teacher::{AskOptions, AskReport, Teacher};
+use crate::teacher::{AskOptions, AskReport, Teacher, Trace};
 use crate::usage;
 
 #[derive(Clone)]
@@ -53,12 +53,26 @@ Kinds:
 | `max_retries` | 5 | `0..=100` |
 | `backoff_s` | 1 | `0..=3600`: the first wait, doubling each retry (capped at `max_wait_s`) |
 | `max_wait_s` | 60 | `0..=3600`: the longest wait between attempts, Retry-After (seconds or an HTTP date) included |
-| `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens, for `cost_usd` |
+| `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens (a reasoning model's trace is billed as completion tokens), for `cost_usd` |
+| `reasoning` | by the model's name: true for the o1/o3/o4/gpt-5 families (not `gpt-5-chat-*`) | send `max_completion_tokens` and no `temperature`/`top_p` (reasoning models refuse them) |
+| `reasoning_effort` | none (the endpoint's default) | `none`, `minimal`, `low`, `medium`, `high`, `xhigh` (reasoning models only) |
 | `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |
 
 ```rhai
 let t = teacher("openai", #{ model: "gpt-4o-mini", concurrency: 8, cache: "caches/mini.jsonl" });
+let o = teacher("openai", #{ model: "o4-mini", reasoning_effort: "low", price_in: 1.1, price_out: 4.4 });
 let r = teacher("replay", #{ dataset: "svamp" });
+```"#;
+
+const CORPUS: &str = r#"The rationales as a `Corpus`, choosing what a reasoning teacher's rows train on.
+
+`trace`: `"none"` (default: the answer text), `"think"` (`<think>\n{reasoning}\n</think>\n\n{answer}`,
+the layout Qwen3 and the R1-Distill templates train on), `"only"` (the trace alone). Under `think`
+and `only`, answers without a trace are left out and counted (`c.skipped`, and a note).
+
+```rhai
+let run = teacher("openai", #{ model: "o4-mini" }).ask(dataset("svamp", #{ limit: 20 }), #{ level: 3 });
+sft(student("default"), run.corpus(#{ trace: "think" }), #{ run: "r1-style" });
 ```"#;
 
 const ASK: &str = r#"Ask the teacher for one rationale per question and sample of a dataset: a `TeacherRun`.
@@ -140,30 +154,56 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     run_count(engine, "cache_hits", "Answers that came from the cache.", |r| r.cache_hits as i64);
     run_count(engine, "failed", "Requests that failed (after retries); their rows carry `error` in `run.df()`.", |r| r.failed as i64);
     run_count(engine, "dropped", "Rationales dropped by `keep_correct`.", |r| r.dropped as i64);
-    run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported.", |r| r.prompt_tokens as i64);
-    run_count(engine, "completion_tokens", "Completion tokens the endpoint reported.", |r| r.completion_tokens as i64);
+    run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported for this run's requests (cached answers not counted).", |r| r.prompt_tokens as i64);
+    run_count(engine, "completion_tokens", "Completion tokens the endpoint reported for this run's requests (cached answers not counted).", |r| {
+        r.completion_tokens as i64
+    });
     get(
         engine,
         "run",
         "cost_usd",
-        "The estimated cost in USD (from the teacher's `price_in`/`price_out`).\n\n```rhai\nprint(run.cost_usd);\n```",
+        "What this run spent in USD (from the teacher's `price_in`/`price_out`): answers the cache served are not counted (see `cached_cost_usd`).\n\n```rhai\nprint(run.cost_usd);\n```",
         |r: &mut AskH| r.0.cost_usd,
+    );
+    get(
+        engine,
+        "run",
+        "cached_cost_usd",
+        "What the answers the cache served cost when they were first asked, in USD (not spent again).\n\n```rhai\nprint(run.cached_cost_usd);\n```",
+        |r: &mut AskH| r.0.cached_cost_usd,
     );
     def(engine, "len", ["run"], "The number of rationales the run kept.\n\n```rhai\nprint(run.len());\n```", |r: &mut AskH| r.0.rows.len() as i64);
     def(
         engine,
         "df",
         ["run"],
-        "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
+        "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, `reasoning` (a reasoning model's trace, apart from the answer in `rationale`), `prompt_tokens`, `completion_tokens` (the trace's included), `reasoning_tokens` (when the endpoint reports them), `cost_usd` (at the teacher's prices; for a cached row, what it cost when first asked), and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
         |r: &mut AskH| -> RhaiResult<Frame> { r.0.frame().map_err(rt) },
     );
     def(
         engine,
         "corpus",
         ["run"],
-        "The rationales as a `Corpus` (for `sft`).\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```",
-        |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) },
+        "The rationales as a `Corpus` (for `sft`): the answer texts, without reasoning traces.\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```",
+        |r: &mut AskH| -> Corpus { r.0.corpus(&r.1, Trace::None) },
     );
+    def(engine, "corpus", ["run", "opts"], CORPUS, |r: &mut AskH, opts: Map| -> RhaiResult<Corpus> {
+        let mut opts = opts;
+        let trace = match take_str(&mut opts, "trace", "run.corpus")? {
+            Some(t) => Trace::parse(&t).map_err(|e| rt(usage!("run.corpus: {e}")))?,
+            None => Trace::None,
+        };
+        no_more(&opts, "run.corpus", "trace")?;
+        let c = r.0.corpus(&r.1, trace);
+        if c.skipped > 0 {
+            eprintln!(
+                "note: run.corpus: {} of {} answers have no reasoning trace and are left out (trace: {trace})",
+                c.skipped,
+                c.skipped + c.rationales.len()
+            );
+        }
+        Ok(c)
+    });
     def(
         engine,
         "to_string",
