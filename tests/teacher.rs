@@ -714,3 +714,36 @@ fn votes_are_the_majority_answer_over_the_samples() {
     let f = r.frame().unwrap();
     assert!(f.columns().iter().any(|c| c == "vote") && f.columns().iter().any(|c| c == "vote_share"));
 }
+
+/// Issue 30: your own prompts: the templates are rendered per question, sent as written, named in
+/// each row's provenance and part of the cache key; a bad template fails before any request.
+#[test]
+fn your_own_prompts_are_sent_and_named_in_the_provenance() {
+    require!(Data);
+    let (url, bodies) = serve_reasoner();
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
+    let opts = OpenAiOptions { base_url: url, model: "my-reasoner".into(), concurrency: 1, reasoning: Some(true), ..Default::default() };
+    let t = Teacher { kind: "openai".into(), model: "my-reasoner".into(), backend: Backend::OpenAi(Box::new(OpenAi::new(opts).unwrap())), cache: Some(cache) };
+    let ds = arith(2);
+    let own = AskOptions {
+        level: Some(2),
+        system: Some("Tutor. {level_instruction}".into()),
+        user: Some("Problem: {question}\nGold: {answer}".into()),
+        ..Default::default()
+    };
+    let r = t.ask(&ds, &own).unwrap();
+    let sent = bodies.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    let e = &ds.examples[0];
+    assert_eq!(sent[0]["messages"][0]["content"], format!("Tutor. {}", cotlab::teacher::prompts::level_instruction(2)));
+    assert_eq!(sent[0]["messages"][1]["content"], format!("Problem: {}\nGold: {}", e.question.trim(), e.answer));
+    assert!(r.rows.iter().all(|row| row.template_version.starts_with("custom:")), "{}", r.rows[0].template_version);
+    // The paper's prompt for the same questions is another request; the same templates again are cached.
+    let paper = t.ask(&ds, &AskOptions { level: Some(2), ..Default::default() }).unwrap();
+    assert_eq!((paper.requests, paper.rows[0].template_version.as_str()), (2, "cotlab-granularity-v1"));
+    assert_eq!(t.ask(&ds, &own).unwrap().requests, 0);
+    let e = t.ask(&ds, &AskOptions { user: Some("Solve {problem}".into()), ..own }).unwrap_err().to_string();
+    assert!(e.contains("unknown placeholder '{problem}'") && e.contains("{question}"), "{e}");
+    assert_eq!(bodies.lock().unwrap().len(), 4, "no request for a template that does not render");
+}

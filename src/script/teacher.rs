@@ -84,18 +84,28 @@ Options:
 | `level` | required (none for answer-only) | 1–6 |
 | `format` | `"plain"` | `plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only` |
 | `with_gold` | false | give the teacher the gold answer (rationalisation) |
-| `n` | 1 | `1..=10000` samples per question |
-| `keep_correct` | false | drop rationales whose extracted answer is not gold |
+| `n` | 1 | `1..=10000` samples per question (sample k is drawn with seed `seed + k`) |
+| `filter` | `"none"` | `"correct"`: keep a rationale only if its answer equals gold (the scoring judge) |
+| `keep_correct` | false | the older spelling of `filter: "correct"` |
+| `max_tries` | `n` | `n..=10000`, with `filter: "correct"`: ask a question again, one sample at a time, until it has a correct rationale or this many samples (rejection sampling) |
+| `keep` | `"all"` | which of a question's surviving rationales to keep: `all`, `first`, `shortest`, `longest` |
+| `vote` | false | self-consistency: every row gets its question's majority answer over the samples (`vote`) and its share (`vote_share`) |
 | `seed` | 0 | |
 | `temperature` | 0 | `0..=100` |
 | `top_p` | 1 | `1e-9..=1` |
 | `max_tokens` | 512 | `1..=1000000` |
 | `shots` | 0 | `0..=1`: one worked example from the release before each question |
+| `system`, `user` | the paper's prompts | your own templates: `{question}`, `{choices}` (`A. …` lines), `{answer}` (gold), `{level_instruction}`, `{format_instruction}`, `{exemplar}`; `{{`/`}}` for braces. The rendered prompt is part of the cache key; rows name the templates in `template_version` (`custom:<hash>`) |
 
 ```rhai
 let run = t.ask(dataset("svamp", #{ limit: 20 }), #{ level: 3, format: "sym", keep_correct: true });
 print(run);   // TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)
 let c = run.corpus();
+// Rejection sampling: up to 4 tries per question, the shortest correct rationale kept.
+let rs = t.ask(dataset("gsm8k", #{ limit: 40 }), #{ level: 2, temperature: 0.8, filter: "correct", max_tries: 4, keep: "shortest" });
+print(`${rs.questions_kept} kept, ${rs.questions_all_wrong} all wrong, ${rs.requests} requests`);
+// Your own prompt: the level's instruction, then the question.
+let own = t.ask(dataset("svamp", #{ limit: 5 }), #{ level: 2, system: "You are a math tutor. {level_instruction}", user: "Problem: {question}" });
 ```"#;
 
 fn run_count(engine: &mut Engine, prop: &str, what: &str, f: fn(&AskReport) -> i64) {
@@ -153,7 +163,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     run_count(engine, "requests", "Requests sent.", |r| r.requests as i64);
     run_count(engine, "cache_hits", "Answers that came from the cache.", |r| r.cache_hits as i64);
     run_count(engine, "failed", "Requests that failed (after retries); their rows carry `error` in `run.df()`.", |r| r.failed as i64);
-    run_count(engine, "dropped", "Rationales dropped by `keep_correct`.", |r| r.dropped as i64);
+    run_count(engine, "dropped", "Rationales dropped by `filter` (or `keep_correct`) and `keep`.", |r| r.dropped as i64);
+    run_count(engine, "questions_kept", "Questions with at least one rationale kept.", |r| r.questions.kept as i64);
+    run_count(engine, "questions_all_wrong", "Questions answered, but never correctly (every try wrong).", |r| r.questions.all_wrong as i64);
+    run_count(engine, "questions_failed", "Questions whose every request failed.", |r| r.questions.failed as i64);
     run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported for this run's requests (cached answers not counted).", |r| r.prompt_tokens as i64);
     run_count(engine, "completion_tokens", "Completion tokens the endpoint reported for this run's requests (cached answers not counted).", |r| {
         r.completion_tokens as i64

@@ -89,6 +89,9 @@ pub struct AskOptions {
     /// Worked examples before each question: 0 (zero-shot) or 1 (one exemplar at the asked level
     /// and format, from the release: see [`exemplars`]).
     pub shots: usize,
+    /// Your own system / user prompt templates ([`prompts::render`]); the paper's where `None`.
+    pub system: Option<String>,
+    pub user: Option<String>,
 }
 
 impl Default for AskOptions {
@@ -108,6 +111,8 @@ impl Default for AskOptions {
             top_p: 1.0,
             max_tokens: 512,
             shots: 0,
+            system: None,
+            user: None,
         }
     }
 }
@@ -263,15 +268,27 @@ impl Teacher {
         }
         let norm = crate::data::contamination::normalize;
         // One row per (question, sample), and the request to send when the cache lacks it.
-        let prepare = |e: &crate::data::Example, sample: usize, idx: usize| -> (Row, Option<Job>) {
+        // Your own templates are named by their text: another wording, another version.
+        let custom = o.system.is_some() || o.user.is_some();
+        let template_version = if custom {
+            format!("custom:{}", &cache::key(&[o.system.as_deref().unwrap_or(""), o.user.as_deref().unwrap_or("")])[..12])
+        } else {
+            prompts::TEMPLATE_VERSION.into()
+        };
+        let prepare = |e: &crate::data::Example, sample: usize, idx: usize| -> Result<(Row, Option<Job>)> {
             // The first exemplar, unless it is this very question.
             let exemplar = shots.iter().find(|x| norm(&x.question) != norm(&e.question));
-            let (system, user) = prompts::build_with(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()), exemplar);
+            let paper = prompts::build_with(&e.question, level.unwrap_or(1), format, o.with_gold.then_some(e.answer.as_str()), exemplar);
+            let (system, user) = if custom {
+                let fields = prompts::Fields::new(&e.question, &e.choices, &e.answer, level.unwrap_or(1), format, exemplar);
+                prompts::build_custom(o.system.as_deref(), o.user.as_deref(), &fields, paper).map_err(|m| usage!("ask: {m}"))?
+            } else {
+                paper
+            };
             let seed = o.seed.wrapping_add(sample as u64);
             let (temperature, top_p, max_tokens, seed_s, sample_s) =
                 (o.temperature.to_string(), o.top_p.to_string(), o.max_tokens.to_string(), seed.to_string(), sample.to_string());
-            let mut parts: Vec<&str> =
-                vec![&self.kind, &self.model, &system, &user, &temperature, &top_p, &max_tokens, &seed_s, &sample_s, prompts::TEMPLATE_VERSION];
+            let mut parts: Vec<&str> = vec![&self.kind, &self.model, &system, &user, &temperature, &top_p, &max_tokens, &seed_s, &sample_s, &template_version];
             // Two servers may serve one model name: the endpoint is part of the request.
             if let Backend::OpenAi(client) = &self.backend {
                 parts.push(client.endpoint());
@@ -296,7 +313,7 @@ impl Teacher {
                 model: self.model.clone(),
                 level,
                 format: format.name().into(),
-                template_version: prompts::TEMPLATE_VERSION.into(),
+                template_version: template_version.clone(),
                 exemplar: exemplar.map(|x| x.source.clone()),
                 seed,
                 sample,
@@ -319,9 +336,9 @@ impl Teacher {
                 row.completion_tokens = hit.completion_tokens;
                 row.reasoning = hit.reasoning;
                 row.reasoning_tokens = hit.reasoning_tokens;
-                (row, None)
+                Ok((row, None))
             } else {
-                (row, Some(Job { idx, system, user, key, seed }))
+                Ok((row, Some(Job { idx, system, user, key, seed })))
             }
         };
         let (mut rows, requests, hits) = self.rounds(ds, o, level, format, filter, max_tries, prepare)?;
@@ -383,7 +400,7 @@ impl Teacher {
         format: Format,
         filter: sampling::Filter,
         max_tries: usize,
-        prepare: impl Fn(&crate::data::Example, usize, usize) -> (Row, Option<Job>),
+        prepare: impl Fn(&crate::data::Example, usize, usize) -> Result<(Row, Option<Job>)>,
     ) -> Result<(Vec<Row>, usize, usize)> {
         let kind = ds.task.kind();
         let ids: Vec<&str> = ds.examples.iter().map(|e| e.id.as_str()).collect();
@@ -400,7 +417,7 @@ impl Teacher {
             let start = rows.len();
             let mut jobs = Vec::new();
             for (i, sample) in asks {
-                let (row, job) = prepare(&ds.examples[i], sample, rows.len());
+                let (row, job) = prepare(&ds.examples[i], sample, rows.len())?;
                 hits += usize::from(row.cached);
                 jobs.extend(job);
                 rows.push(row);
