@@ -80,4 +80,17 @@ mod tests {
         assert_eq!(joined, "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5");
         assert_eq!(split_think(&joined), Think { reasoning: Some("2 + 3 = 5"), answer: "The answer is 5", closed: true });
     }
+
+    #[test]
+    fn both_protocols_read_only_the_answer_after_the_trace() {
+        use crate::answer::{AnswerKind, Evaluator, Protocol};
+        for p in [Protocol::Paper, Protocol::Lenient] {
+            // The trace's own "answer is 3" is not the answer.
+            let j = p.judge("<think>\nMaybe the answer is 3. No: 2 + 3 = 5.\n</think>\n\nThe answer is 5", "5", AnswerKind::Number, Evaluator::Math);
+            assert!(j.correct, "{p}: {j:?}");
+            let cut = p.judge("<think>\nThe answer is 5, let me check that again", "5", AnswerKind::Number, Evaluator::Math);
+            assert_eq!((cut.extracted, cut.correct), (None, false), "{p}: cut while thinking is unparsed");
+            assert!(p.judge("The answer is 5", "5", AnswerKind::Number, Evaluator::Math).correct, "{p}: no trace, unchanged");
+        }
+    }
 }
