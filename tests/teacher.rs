@@ -747,3 +747,39 @@ fn your_own_prompts_are_sent_and_named_in_the_provenance() {
     assert!(e.contains("unknown placeholder '{problem}'") && e.contains("{question}"), "{e}");
     assert_eq!(bodies.lock().unwrap().len(), 4, "no request for a template that does not render");
 }
+
+/// Issue 30: `rpm` paces all workers together; a 429 storm asking for minutes (reset headers)
+/// ends, within `max_retries` and `max_wait_s`, in counted per-row failures, never a hang.
+#[test]
+fn rate_limits_pace_requests_and_a_429_storm_ends_in_counted_failures() {
+    require!(Data);
+    let ds = arith(6);
+    let o = AskOptions { level: Some(1), ..Default::default() };
+    let ok = serve(vec![], Fault::Ok, 0);
+    let mut c = client(&ok.url, 0);
+    c = OpenAi::new(OpenAiOptions { concurrency: 4, rpm: Some(120.0), ..c.opts.clone() }).unwrap();
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(c)), cache: None };
+    let start = Instant::now();
+    let r = t.ask(&ds, &o).unwrap();
+    // 2 per second with a burst of 2: the 6th request goes 2 s after the first.
+    assert_eq!(r.failed, 0);
+    assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            if common::read_http_request(&mut stream).is_some() {
+                let h = "x-ratelimit-reset-requests: 6m0s\r\nx-ratelimit-reset-tokens: 20ms\r\n";
+                common::write_http_response(&mut stream, "429 Too Many Requests", h, "{\"error\": {\"message\": \"Rate limit reached\"}}");
+            }
+        }
+    });
+    let storm = OpenAi::new(OpenAiOptions { base_url: url, concurrency: 2, max_retries: 2, backoff_s: 0.01, max_wait_s: 0.05, ..Default::default() }).unwrap();
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(storm)), cache: None };
+    let start = Instant::now();
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!((r.failed, r.questions.failed), (6, 6));
+    assert!(r.rows.iter().all(|row| row.error.as_deref().is_some_and(|e| e.contains("gave up after 3 attempts") && e.contains("429"))));
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}

@@ -54,6 +54,7 @@ Kinds:
 | `backoff_s` | 1 | `0..=3600`: the first wait, doubling each retry (capped at `max_wait_s`) |
 | `max_wait_s` | 60 | `0..=3600`: the longest wait between attempts, Retry-After (seconds or an HTTP date) included |
 | `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens (a reasoning model's trace is billed as completion tokens), for `cost_usd` |
+| `rpm`, `tpm` | none | requests / tokens per minute for all of this teacher's workers (a token bucket with one second of burst; a request's tokens estimated as prompt bytes / 4 + `max_tokens`) |
 | `reasoning` | by the model's name: true for the o1/o3/o4/gpt-5 families (not `gpt-5-chat-*`) | send `max_completion_tokens` and no `temperature`/`top_p` (reasoning models refuse them) |
 | `reasoning_effort` | none (the endpoint's default) | `none`, `minimal`, `low`, `medium`, `high`, `xhigh` (reasoning models only) |
 | `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |

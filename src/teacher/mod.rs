@@ -22,6 +22,7 @@
 pub mod cache;
 pub mod openai;
 pub mod prompts;
+pub mod rate;
 pub mod rule;
 pub mod sampling;
 

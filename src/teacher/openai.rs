@@ -16,6 +16,9 @@
 //!   or stored, so it is never written anywhere.
 //! - Waiting is bounded: one attempt (connecting, sending, reading the whole answer) ends within
 //!   `timeout_s`, and no wait between attempts exceeds `max_wait_s`, whatever Retry-After says.
+//! - `rpm`/`tpm` budgets hold across all workers and retries ([`super::rate`]); a 429 waits what
+//!   Retry-After or the `x-ratelimit-reset-*` headers ask (capped at `max_wait_s`), and a storm of
+//!   them ends in counted per-row failures after `max_retries`, never a hang.
 //! - Reasoning models (`reasoning`, on by default for the o1/o3/o4/gpt-5 families) are sent
 //!   `max_completion_tokens` and no sampling parameters; an endpoint refusing a parameter is a
 //!   [`RequestError::Config`] naming the option to change, never a per-row failure to retry.
@@ -56,6 +59,10 @@ pub struct OpenAiOptions {
     pub reasoning: Option<bool>,
     /// How hard a reasoning model thinks, sent as `reasoning_effort` (reasoning models only).
     pub reasoning_effort: Option<ReasoningEffort>,
+    /// Requests per minute this client may send (all its workers together); `None`: no limit.
+    pub rpm: Option<f64>,
+    /// Tokens per minute, each request counted before it goes ([`super::rate::estimate_tokens`]).
+    pub tpm: Option<f64>,
 }
 
 crate::choices! {
@@ -95,6 +102,8 @@ impl Default for OpenAiOptions {
             price_out: 0.0,
             reasoning: None,
             reasoning_effort: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }
@@ -121,6 +130,7 @@ pub struct OpenAi {
     endpoint: String,
     /// Where every request goes: the parsed `base_url` with `chat/completions` appended.
     chat_url: Url,
+    limiter: super::rate::RateLimiter,
 }
 
 enum Failure {
@@ -316,7 +326,8 @@ impl OpenAi {
         // reset it as it would a per-read timeout.
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs_f64(opts.timeout_s)).build();
         let chat_url = chat_url(&base);
-        Ok(OpenAi { opts, agent, key, endpoint, chat_url })
+        let limiter = super::rate::RateLimiter::new(opts.rpm, opts.tpm);
+        Ok(OpenAi { opts, agent, key, endpoint, chat_url, limiter })
     }
 
     /// The base URL normalised (as parsed: scheme and host lowercased, default port dropped; no
@@ -353,7 +364,12 @@ impl OpenAi {
         let resp = match req.send_json(body.clone()) {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
-                let retry_after = r.header("Retry-After").and_then(|v| retry_after_s(v, SystemTime::now()));
+                // Retry-After first; else the longest reset the rate-limit headers announce.
+                let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+                    .iter()
+                    .filter_map(|h| r.header(h).and_then(super::rate::reset_s))
+                    .reduce(f64::max);
+                let retry_after = r.header("Retry-After").and_then(|v| retry_after_s(v, SystemTime::now())).or(reset);
                 let body = match r.into_string() {
                     Ok(b) => b,
                     Err(e) if is_timeout(&e) => return Err(self.timed_out()),
@@ -419,9 +435,12 @@ impl OpenAi {
 
     fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
         let body = self.body(system, user, temperature, top_p, max_tokens, seed);
+        let tokens = super::rate::estimate_tokens(system.len() + user.len(), max_tokens);
         let mut rng = Rng::new(seed ^ 0x5eed);
         let mut last = String::new();
         for attempt in 0..=self.opts.max_retries {
+            // Every attempt counts against the budgets: a retry is a request too.
+            self.limiter.acquire(tokens);
             match self.once(&body) {
                 Ok(mut c) => {
                     c.attempts = attempt + 1;
@@ -636,6 +655,12 @@ impl OpenAiOptions {
         in_range(T, "max_wait_s", self.max_wait_s, 0.0..=3600.0)?;
         in_range(T, "price_in", self.price_in, 0.0..=1e6)?;
         in_range(T, "price_out", self.price_out, 0.0..=1e6)?;
+        if let Some(r) = self.rpm {
+            in_range(T, "rpm", r, 0.001..=1e9)?;
+        }
+        if let Some(t) = self.tpm {
+            in_range(T, "tpm", t, 0.001..=1e12)?;
+        }
         Ok(())
     }
 }
