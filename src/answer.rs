@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::usage;
 
 pub mod paper;
+pub mod think;
 
 /// How a gold answer is written and compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,11 +248,16 @@ crate::choices! {
 impl Protocol {
     /// Extract the answer from `output` and compare it with `gold` under this protocol.
     /// `evaluator` says which of the paper's evaluators the task belongs to (the lenient rules
-    /// only look at `kind`).
+    /// only look at `kind`). A thinking student's trace is taken out first, so only its answer is
+    /// read; one cut before `</think>` has no answer ([`think::split_think`]).
     pub fn judge(self, output: &str, gold: &str, kind: AnswerKind, evaluator: Evaluator) -> Judgement {
+        let t = think::split_think(output);
+        if !t.closed {
+            return Judgement { extracted: None, correct: false };
+        }
         match self {
-            Protocol::Paper => paper::judge(output, gold, kind, evaluator),
-            Protocol::Lenient => judge(output, gold, kind),
+            Protocol::Paper => paper::judge(t.answer, gold, kind, evaluator),
+            Protocol::Lenient => judge(t.answer, gold, kind),
         }
     }
 }

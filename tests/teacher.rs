@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cotlab::data::{load_dataset, DatasetOptions};
-use cotlab::teacher::cache::Cache;
+use cotlab::teacher::cache::{Cache, Entry};
 use cotlab::teacher::openai::{Completion, OpenAi, OpenAiOptions};
-use cotlab::teacher::{AskOptions, Backend, Teacher};
+use cotlab::teacher::{AskOptions, Backend, Teacher, Trace};
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -81,6 +81,7 @@ fn client(url: &str, retries: usize) -> OpenAi {
         max_wait_s: 60.0,
         price_in: 2.5,
         price_out: 10.0,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -112,9 +113,12 @@ fn faults_are_retried_and_answers_cached() {
     assert!((r.cost_usd - (30.0 * 2.5 + 15.0 * 10.0) / 1e6).abs() < 1e-12);
     let f = r.frame().unwrap();
     assert!(f.columns().iter().any(|c| c == "template_version") && f.columns().iter().any(|c| c == "cache_key"));
-    // A second run of the same request is free.
+    assert!(r.rows.iter().all(|row| (row.cost_usd - (10.0 * 2.5 + 5.0 * 10.0) / 1e6).abs() < 1e-12), "cost per row");
+    // A second run of the same request is free, and says so: nothing spent, what the cache served apart.
     let again = t.ask(&ds, &o).unwrap();
     assert_eq!((again.requests, again.cache_hits), (0, 3));
+    assert_eq!((again.cost_usd, again.prompt_tokens, again.completion_tokens), (0.0, 0, 0));
+    assert!((again.cached_cost_usd - r.cost_usd).abs() < 1e-12, "{} vs {}", again.cached_cost_usd, r.cost_usd);
     assert_eq!(server.count.load(Ordering::SeqCst), 8);
     // Another level is another prompt: new requests.
     let l6 = t.ask(&ds, &AskOptions { level: Some(6), ..Default::default() }).unwrap();
@@ -377,6 +381,10 @@ fn timeout_s_bounds_a_whole_attempt_however_slowly_the_server_drips() {
     assert_eq!(r.unwrap().text, "Dripped. The answer is 7");
 }
 
+fn entry(key: &str, text: &str) -> Entry {
+    Entry { key: key.into(), text: text.into(), prompt_tokens: 1, completion_tokens: 1, reasoning: None, reasoning_tokens: None }
+}
+
 /// The shared cache's case from issue 28: one process puts answers while another opens the cache
 /// and finds a torn last line (a third died mid-write). Opening must not replace the file under
 /// the writer: every answer put is there for the next reader.
@@ -386,11 +394,11 @@ fn shared_cache_keeps_answers_put_while_another_process_opens_it() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("cache.jsonl");
     let writer = Cache::open(&p).unwrap();
-    writer.put("k0", "answer 0", 1, 1).unwrap();
+    writer.put(entry("k0", "answer 0")).unwrap();
     std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"key\":\"dead\",\"text\":\"half an ans").unwrap();
     assert_eq!(Cache::open(&p).unwrap().len(), 1, "the torn line is no answer");
     for k in 1..40 {
-        writer.put(&format!("k{k}"), &format!("answer {k}"), 1, 1).unwrap();
+        writer.put(entry(&format!("k{k}"), &format!("answer {k}"))).unwrap();
     }
     let back = Cache::open(&p).unwrap();
     assert_eq!(back.len(), 40, "no answer is lost");
@@ -493,4 +501,285 @@ fn local_teacher_key_changes_when_the_loaded_student_is_trained() {
     let b = local(s, &cache).ask(&ds, &o).unwrap();
     assert_eq!((b.requests, b.cache_hits), (2, 0));
     assert!(a.rows.iter().zip(&b.rows).all(|(x, y)| x.cache_key != y.cache_key));
+}
+
+/// An endpoint serving a reasoning model as OpenAI does: a request with `max_tokens`,
+/// `temperature` or `top_p` is a 400 naming the parameter; one with `max_completion_tokens`
+/// gets the answer, its trace in `reasoning_content` and the trace's tokens in the usage details.
+/// Every request body is kept.
+fn serve_reasoner() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Some((_, body)) = common::read_http_exchange(&mut stream) else { continue };
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            seen.lock().unwrap().push(v.clone());
+            let refused = ["max_tokens", "temperature", "top_p"].into_iter().find(|k| v.get(*k).is_some());
+            match refused {
+                Some(k) => {
+                    let e = serde_json::json!({"error": {"message": format!("Unsupported parameter: '{k}' is not supported with this model."), "type": "invalid_request_error", "param": k, "code": "unsupported_parameter"}});
+                    common::write_http_response(&mut stream, "400 Bad Request", "", &e.to_string());
+                }
+                None => {
+                    let a = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "The answer is 7", "reasoning_content": "3 + 4 = 7, checked twice."}}],
+                        "usage": {"prompt_tokens": 20, "completion_tokens": 50, "completion_tokens_details": {"reasoning_tokens": 44}}});
+                    common::write_http_response(&mut stream, "200 OK", "", &a.to_string());
+                }
+            }
+        }
+    });
+    (url, bodies)
+}
+
+/// Issue 30: a reasoning model asked with sampling parameters refuses them; before, every row
+/// failed; now the run stops at once with the option to set, and with `reasoning: true` (or a
+/// reasoning model's name) the requests carry `max_completion_tokens` and the trace is kept.
+#[test]
+fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
+    require!(Data);
+    let (url, bodies) = serve_reasoner();
+    let d = tempfile::tempdir().unwrap();
+    let teacher = |reasoning: Option<bool>, model: &str| Teacher {
+        kind: "openai".into(),
+        model: model.into(),
+        backend: Backend::OpenAi(Box::new(
+            OpenAi::new(OpenAiOptions {
+                base_url: url.clone(),
+                model: model.into(),
+                concurrency: 1,
+                reasoning,
+                price_in: 1.0,
+                price_out: 4.0,
+                ..Default::default()
+            })
+            .unwrap(),
+        )),
+        cache: Some(Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap())),
+    };
+    let ds = arith(4);
+    let o = AskOptions { level: Some(3), ..Default::default() };
+    let e = teacher(Some(false), "my-reasoner").ask(&ds, &o).unwrap_err().to_string();
+    println!("before (reasoning: false): {e}");
+    assert!(e.contains("'max_tokens'") && e.contains("set reasoning: true"), "{e}");
+    assert_eq!(bodies.lock().unwrap().len(), 1, "a refused configuration stops at the first request");
+    for (reasoning, model) in [(Some(true), "my-reasoner"), (None, "o4-mini")] {
+        let r = teacher(reasoning, model).ask(&ds, &o).unwrap();
+        assert_eq!((r.requests, r.failed), (4, 0), "{model}");
+        let last = bodies.lock().unwrap().last().unwrap().clone();
+        assert_eq!(last["max_completion_tokens"], 512, "{last}");
+        assert!(last.get("temperature").is_none() && last.get("top_p").is_none());
+        for row in &r.rows {
+            assert_eq!((row.rationale.as_deref(), row.reasoning.as_deref()), (Some("The answer is 7"), Some("3 + 4 = 7, checked twice.")));
+            assert_eq!((row.completion_tokens, row.reasoning_tokens), (50, Some(44)));
+        }
+        assert!((r.cost_usd - 4.0 * (20.0 + 50.0 * 4.0) / 1e6).abs() < 1e-12);
+        // What sft trains on: the answer, the R1 layout, or the trace alone.
+        let text = |t: Trace| r.corpus(&ds, t).rationales[0].text.clone();
+        assert_eq!(text(Trace::None), "The answer is 7");
+        assert_eq!(text(Trace::Think), "<think>\n3 + 4 = 7, checked twice.\n</think>\n\nThe answer is 7");
+        assert_eq!(text(Trace::Only), "3 + 4 = 7, checked twice.");
+        let f = r.frame().unwrap();
+        for c in ["reasoning", "reasoning_tokens", "prompt_tokens", "completion_tokens", "cost_usd"] {
+            assert!(f.columns().iter().any(|x| x == c), "{c}");
+        }
+    }
+    // Both asks hit the same requests: the second (o4-mini) is another model, so 4 + 4 answered.
+    assert_eq!(bodies.lock().unwrap().len(), 9);
+    // The trace survives the cache: a re-run serves it without a request.
+    let again = teacher(Some(true), "my-reasoner").ask(&ds, &o).unwrap();
+    assert_eq!((again.requests, again.cost_usd), (0, 0.0));
+    assert_eq!(again.rows[0].reasoning.as_deref(), Some("3 + 4 = 7, checked twice."));
+    // A run without traces gives an empty corpus under `think`, each row counted as skipped.
+    let plain = serve(vec![], Fault::Ok, 0);
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(client(&plain.url, 0))), cache: None };
+    let c = t.ask(&ds, &o).unwrap().corpus(&ds, Trace::Think);
+    assert_eq!((c.rationales.len(), c.skipped), (0, 4));
+}
+
+/// A teacher behind a loopback endpoint whose answer to a request is `answer(user message, times
+/// this message was asked before, seed)`; it counts requests.
+fn serve_answers(answer: impl Fn(&str, usize, u64) -> String + Send + Sync + 'static) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (seen, answer, c) = (seen.clone(), answer.clone(), c.clone());
+            std::thread::spawn(move || {
+                let Some((_, body)) = common::read_http_exchange(&mut stream) else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let user = v["messages"][1]["content"].as_str().unwrap().to_string();
+                let before = {
+                    let mut m = seen.lock().unwrap();
+                    let k = m.entry(user.clone()).or_insert(0);
+                    *k += 1;
+                    *k - 1
+                };
+                let text = answer(&user, before, v["seed"].as_u64().unwrap());
+                let a = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": text}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+                common::write_http_response(&mut stream, "200 OK", "", &a.to_string());
+            });
+        }
+    });
+    Server { url, count }
+}
+
+/// The gold answer the prompt states under `with_gold` (`The correct answer is X.`).
+fn gold_in(user: &str) -> f64 {
+    let rest = user.split("The correct answer is ").nth(1).expect("with_gold prompt");
+    rest.split(". Explain").next().unwrap().parse().unwrap()
+}
+
+/// How many first tries the fake teacher gets wrong for a question: 0, 1 or 2, fixed per question.
+fn wrong_tries(user: &str) -> usize {
+    user.bytes().map(usize::from).sum::<usize>() % 3
+}
+
+/// Issue 30: rejection sampling on `arith` with a teacher wrong on a known share of first tries:
+/// every kept rationale is correct, the requests are exactly the tries expected, the counts per
+/// question add up, and a re-run is served by the cache.
+#[test]
+fn rejection_sampling_keeps_only_correct_rationales_within_max_tries() {
+    require!(Data);
+    let server = serve_answers(|user, before, _| {
+        let g = gold_in(user);
+        let x = if before < wrong_tries(user) { g + 1.0 } else { g };
+        format!("Adding up the parts gives {x}. The answer is {x}")
+    });
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
+    let mut c = client(&server.url, 0);
+    c.opts.concurrency = 4;
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(c)), cache: Some(cache) };
+    let ds = arith(40);
+    let o = AskOptions {
+        level: Some(2),
+        with_gold: true,
+        filter: cotlab::teacher::sampling::Filter::Correct,
+        max_tries: Some(2),
+        keep: cotlab::teacher::sampling::Keep::First,
+        ..Default::default()
+    };
+    let r = t.ask(&ds, &o).unwrap();
+    // The prompts the server saw, per question: the same as the teacher builds.
+    let users: Vec<String> =
+        ds.examples.iter().map(|e| cotlab::teacher::prompts::build(&e.question, 2, cotlab::cot::Format::Plain, Some(&e.answer)).1).collect();
+    let expected_requests: usize = users.iter().map(|u| (wrong_tries(u) + 1).min(2)).sum();
+    let expected_wrong = users.iter().filter(|u| wrong_tries(u) >= 2).count();
+    println!(
+        "rejection sampling, {} questions, max_tries 2: {} kept, {} all wrong, {} failed; {} requests",
+        ds.len(),
+        r.questions.kept,
+        r.questions.all_wrong,
+        r.questions.failed,
+        r.requests
+    );
+    assert!(expected_wrong > 0 && expected_wrong < 40, "the fixture must mix the cases");
+    assert_eq!(r.requests, expected_requests);
+    assert_eq!(server.count.load(Ordering::SeqCst), expected_requests);
+    assert_eq!((r.questions.kept, r.questions.all_wrong, r.questions.failed), (40 - expected_wrong, expected_wrong, 0));
+    assert_eq!(r.rows.len(), 40 - expected_wrong, "keep: first, one per solved question");
+    assert!(r.rows.iter().all(|row| row.agrees == Some(true)), "every kept rationale is correct");
+    // A question solved on its second try keeps that sample.
+    assert!(r.rows.iter().any(|row| row.sample == 1));
+    // The same run again: every request is a cache hit, the same rationales kept.
+    let again = t.ask(&ds, &o).unwrap();
+    assert_eq!((again.requests, again.cache_hits), (0, expected_requests));
+    assert_eq!(again.rows.iter().map(|r| (&r.id, r.sample)).collect::<Vec<_>>(), r.rows.iter().map(|r| (&r.id, r.sample)).collect::<Vec<_>>());
+    // max_tries without the filter would ask again for nothing: refused.
+    let e = t.ask(&ds, &AskOptions { filter: Default::default(), ..o.clone() }).unwrap_err().to_string();
+    assert!(e.contains("filter: \"correct\""), "{e}");
+}
+
+/// Issue 30: `vote` gives every row its question's majority answer over the samples and its share.
+#[test]
+fn votes_are_the_majority_answer_over_the_samples() {
+    require!(Data);
+    // Sample k is drawn with seed k: odd seeds answer 1 more.
+    let server = serve_answers(|_, _, seed| format!("The answer is {}", 10 + seed % 2));
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(client(&server.url, 0))), cache: None };
+    let ds = arith(2);
+    let r = t.ask(&ds, &AskOptions { level: Some(1), n: 3, temperature: 0.7, vote: true, ..Default::default() }).unwrap();
+    assert_eq!(r.rows.len(), 6);
+    assert!(r.rows.iter().all(|row| row.vote.as_deref() == Some("10") && row.vote_share == Some(2.0 / 3.0)), "{:?}", r.rows[0]);
+    let f = r.frame().unwrap();
+    assert!(f.columns().iter().any(|c| c == "vote") && f.columns().iter().any(|c| c == "vote_share"));
+}
+
+/// Issue 30: your own prompts: the templates are rendered per question, sent as written, named in
+/// each row's provenance and part of the cache key; a bad template fails before any request.
+#[test]
+fn your_own_prompts_are_sent_and_named_in_the_provenance() {
+    require!(Data);
+    let (url, bodies) = serve_reasoner();
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
+    let opts = OpenAiOptions { base_url: url, model: "my-reasoner".into(), concurrency: 1, reasoning: Some(true), ..Default::default() };
+    let t = Teacher { kind: "openai".into(), model: "my-reasoner".into(), backend: Backend::OpenAi(Box::new(OpenAi::new(opts).unwrap())), cache: Some(cache) };
+    let ds = arith(2);
+    let own = AskOptions {
+        level: Some(2),
+        system: Some("Tutor. {level_instruction}".into()),
+        user: Some("Problem: {question}\nGold: {answer}".into()),
+        ..Default::default()
+    };
+    let r = t.ask(&ds, &own).unwrap();
+    let sent = bodies.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    let e = &ds.examples[0];
+    assert_eq!(sent[0]["messages"][0]["content"], format!("Tutor. {}", cotlab::teacher::prompts::level_instruction(2)));
+    assert_eq!(sent[0]["messages"][1]["content"], format!("Problem: {}\nGold: {}", e.question.trim(), e.answer));
+    assert!(r.rows.iter().all(|row| row.template_version.starts_with("custom:")), "{}", r.rows[0].template_version);
+    // The paper's prompt for the same questions is another request; the same templates again are cached.
+    let paper = t.ask(&ds, &AskOptions { level: Some(2), ..Default::default() }).unwrap();
+    assert_eq!((paper.requests, paper.rows[0].template_version.as_str()), (2, "cotlab-granularity-v1"));
+    assert_eq!(t.ask(&ds, &own).unwrap().requests, 0);
+    let e = t.ask(&ds, &AskOptions { user: Some("Solve {problem}".into()), ..own }).unwrap_err().to_string();
+    assert!(e.contains("unknown placeholder '{problem}'") && e.contains("{question}"), "{e}");
+    assert_eq!(bodies.lock().unwrap().len(), 4, "no request for a template that does not render");
+}
+
+/// Issue 30: `rpm` paces all workers together; a 429 storm asking for minutes (reset headers)
+/// ends, within `max_retries` and `max_wait_s`, in counted per-row failures, never a hang.
+#[test]
+fn rate_limits_pace_requests_and_a_429_storm_ends_in_counted_failures() {
+    require!(Data);
+    let ds = arith(6);
+    let o = AskOptions { level: Some(1), ..Default::default() };
+    let ok = serve(vec![], Fault::Ok, 0);
+    let mut c = client(&ok.url, 0);
+    c = OpenAi::new(OpenAiOptions { concurrency: 4, rpm: Some(120.0), ..c.opts.clone() }).unwrap();
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(c)), cache: None };
+    let start = Instant::now();
+    let r = t.ask(&ds, &o).unwrap();
+    // 2 per second with a burst of 2: the 6th request goes 2 s after the first.
+    assert_eq!(r.failed, 0);
+    assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            if common::read_http_request(&mut stream).is_some() {
+                let h = "x-ratelimit-reset-requests: 6m0s\r\nx-ratelimit-reset-tokens: 20ms\r\n";
+                common::write_http_response(&mut stream, "429 Too Many Requests", h, "{\"error\": {\"message\": \"Rate limit reached\"}}");
+            }
+        }
+    });
+    let storm = OpenAi::new(OpenAiOptions { base_url: url, concurrency: 2, max_retries: 2, backoff_s: 0.01, max_wait_s: 0.05, ..Default::default() }).unwrap();
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(storm)), cache: None };
+    let start = Instant::now();
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!((r.failed, r.questions.failed), (6, 6));
+    assert!(r.rows.iter().all(|row| row.error.as_deref().is_some_and(|e| e.contains("gave up after 3 attempts") && e.contains("429"))));
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
 }

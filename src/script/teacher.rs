@@ -10,7 +10,7 @@ use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, Dataset};
 use crate::lab::TeacherSpec;
 use crate::results::Frame;
-use crate::teacher::{AskOptions, AskReport, Teacher};
+use crate::teacher::{AskOptions, AskReport, Teacher, Trace};
 use crate::usage;
 
 #[derive(Clone)]
@@ -53,12 +53,27 @@ Kinds:
 | `max_retries` | 5 | `0..=100` |
 | `backoff_s` | 1 | `0..=3600`: the first wait, doubling each retry (capped at `max_wait_s`) |
 | `max_wait_s` | 60 | `0..=3600`: the longest wait between attempts, Retry-After (seconds or an HTTP date) included |
-| `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens, for `cost_usd` |
+| `price_in`, `price_out` | 0, 0 | `0..=1000000` USD per million prompt / completion tokens (a reasoning model's trace is billed as completion tokens), for `cost_usd` |
+| `rpm`, `tpm` | none | requests / tokens per minute for all of this teacher's workers (a token bucket with one second of burst; a request's tokens estimated as prompt bytes / 4 + `max_tokens`) |
+| `reasoning` | by the model's name: true for the o1/o3/o4/gpt-5 families (not `gpt-5-chat-*`) | send `max_completion_tokens` and no `temperature`/`top_p` (reasoning models refuse them) |
+| `reasoning_effort` | none (the endpoint's default) | `none`, `minimal`, `low`, `medium`, `high`, `xhigh` (reasoning models only) |
 | `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |
 
 ```rhai
 let t = teacher("openai", #{ model: "gpt-4o-mini", concurrency: 8, cache: "caches/mini.jsonl" });
+let o = teacher("openai", #{ model: "o4-mini", reasoning_effort: "low", price_in: 1.1, price_out: 4.4 });
 let r = teacher("replay", #{ dataset: "svamp" });
+```"#;
+
+const CORPUS: &str = r#"The rationales as a `Corpus`, choosing what a reasoning teacher's rows train on.
+
+`trace`: `"none"` (default: the answer text), `"think"` (`<think>\n{reasoning}\n</think>\n\n{answer}`,
+the layout Qwen3 and the R1-Distill templates train on), `"only"` (the trace alone). Under `think`
+and `only`, answers without a trace are left out and counted (`c.skipped`, and a note).
+
+```rhai
+let run = teacher("openai", #{ model: "o4-mini" }).ask(dataset("svamp", #{ limit: 20 }), #{ level: 3 });
+sft(student("default"), run.corpus(#{ trace: "think" }), #{ run: "r1-style" });
 ```"#;
 
 const ASK: &str = r#"Ask the teacher for one rationale per question and sample of a dataset: a `TeacherRun`.
@@ -70,18 +85,28 @@ Options:
 | `level` | required (none for answer-only) | 1–6 |
 | `format` | `"plain"` | `plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only` |
 | `with_gold` | false | give the teacher the gold answer (rationalisation) |
-| `n` | 1 | `1..=10000` samples per question |
-| `keep_correct` | false | drop rationales whose extracted answer is not gold |
+| `n` | 1 | `1..=10000` samples per question (sample k is drawn with seed `seed + k`) |
+| `filter` | `"none"` | `"correct"`: keep a rationale only if its answer equals gold (the scoring judge) |
+| `keep_correct` | false | the older spelling of `filter: "correct"` |
+| `max_tries` | `n` | `n..=10000`, with `filter: "correct"`: ask a question again, one sample at a time, until it has a correct rationale or this many samples (rejection sampling) |
+| `keep` | `"all"` | which of a question's surviving rationales to keep: `all`, `first`, `shortest`, `longest` |
+| `vote` | false | self-consistency: every row gets its question's majority answer over the samples (`vote`) and its share (`vote_share`) |
 | `seed` | 0 | |
 | `temperature` | 0 | `0..=100` |
 | `top_p` | 1 | `1e-9..=1` |
 | `max_tokens` | 512 | `1..=1000000` |
 | `shots` | 0 | `0..=1`: one worked example from the release before each question |
+| `system`, `user` | the paper's prompts | your own templates: `{question}`, `{choices}` (`A. …` lines), `{answer}` (gold), `{level_instruction}`, `{format_instruction}`, `{exemplar}`; `{{`/`}}` for braces. The rendered prompt is part of the cache key; rows name the templates in `template_version` (`custom:<hash>`) |
 
 ```rhai
 let run = t.ask(dataset("svamp", #{ limit: 20 }), #{ level: 3, format: "sym", keep_correct: true });
 print(run);   // TeacherRun(18 rationales, 20 requests, 0 cached, 0 failed)
 let c = run.corpus();
+// Rejection sampling: up to 4 tries per question, the shortest correct rationale kept.
+let rs = t.ask(dataset("gsm8k", #{ limit: 40 }), #{ level: 2, temperature: 0.8, filter: "correct", max_tries: 4, keep: "shortest" });
+print(`${rs.questions_kept} kept, ${rs.questions_all_wrong} all wrong, ${rs.requests} requests`);
+// Your own prompt: the level's instruction, then the question.
+let own = t.ask(dataset("svamp", #{ limit: 5 }), #{ level: 2, system: "You are a math tutor. {level_instruction}", user: "Problem: {question}" });
 ```"#;
 
 fn run_count(engine: &mut Engine, prop: &str, what: &str, f: fn(&AskReport) -> i64) {
@@ -139,31 +164,60 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     run_count(engine, "requests", "Requests sent.", |r| r.requests as i64);
     run_count(engine, "cache_hits", "Answers that came from the cache.", |r| r.cache_hits as i64);
     run_count(engine, "failed", "Requests that failed (after retries); their rows carry `error` in `run.df()`.", |r| r.failed as i64);
-    run_count(engine, "dropped", "Rationales dropped by `keep_correct`.", |r| r.dropped as i64);
-    run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported.", |r| r.prompt_tokens as i64);
-    run_count(engine, "completion_tokens", "Completion tokens the endpoint reported.", |r| r.completion_tokens as i64);
+    run_count(engine, "dropped", "Rationales dropped by `filter` (or `keep_correct`) and `keep`.", |r| r.dropped as i64);
+    run_count(engine, "questions_kept", "Questions with at least one rationale kept.", |r| r.questions.kept as i64);
+    run_count(engine, "questions_all_wrong", "Questions answered, but never correctly (every try wrong).", |r| r.questions.all_wrong as i64);
+    run_count(engine, "questions_failed", "Questions whose every request failed.", |r| r.questions.failed as i64);
+    run_count(engine, "prompt_tokens", "Prompt tokens the endpoint reported for this run's requests (cached answers not counted).", |r| r.prompt_tokens as i64);
+    run_count(engine, "completion_tokens", "Completion tokens the endpoint reported for this run's requests (cached answers not counted).", |r| {
+        r.completion_tokens as i64
+    });
     get(
         engine,
         "run",
         "cost_usd",
-        "The estimated cost in USD (from the teacher's `price_in`/`price_out`).\n\n```rhai\nprint(run.cost_usd);\n```",
+        "What this run spent in USD (from the teacher's `price_in`/`price_out`): answers the cache served are not counted (see `cached_cost_usd`).\n\n```rhai\nprint(run.cost_usd);\n```",
         |r: &mut AskH| r.0.cost_usd,
+    );
+    get(
+        engine,
+        "run",
+        "cached_cost_usd",
+        "What the answers the cache served cost when they were first asked, in USD (not spent again).\n\n```rhai\nprint(run.cached_cost_usd);\n```",
+        |r: &mut AskH| r.0.cached_cost_usd,
     );
     def(engine, "len", ["run"], "The number of rationales the run kept.\n\n```rhai\nprint(run.len());\n```", |r: &mut AskH| r.0.rows.len() as i64);
     def(
         engine,
         "df",
         ["run"],
-        "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
+        "One row per rationale with its provenance: teacher, model, level, format, template_version, exemplar, seed, sample, cache_key, cached, plus extracted, agrees, words, steps, `reasoning` (a reasoning model's trace, apart from the answer in `rationale`), `prompt_tokens`, `completion_tokens` (the trace's included), `reasoning_tokens` (when the endpoint reports them), `cost_usd` (at the teacher's prices; for a cached row, what it cost when first asked), and `error` for requests that failed.\n\n```rhai\nrun.df().filter(col(\"agrees\")).show();\n```",
         |r: &mut AskH| -> RhaiResult<Frame> { r.0.frame().map_err(rt) },
     );
     def(
         engine,
         "corpus",
         ["run"],
-        "The rationales as a `Corpus` (for `sft`).\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```",
-        |r: &mut AskH| -> Corpus { r.0.corpus(&r.1) },
+        "The rationales as a `Corpus` (for `sft`): the answer texts, without reasoning traces.\n\n```rhai\nsft(s, run.corpus(), #{ run: \"from-teacher\" });\n```",
+        |r: &mut AskH| -> Corpus { r.0.corpus(&r.1, Trace::None) },
     );
+    def(engine, "corpus", ["run", "opts"], CORPUS, |r: &mut AskH, opts: Map| -> RhaiResult<Corpus> {
+        let mut opts = opts;
+        let trace = match take_str(&mut opts, "trace", "run.corpus")? {
+            Some(t) => Trace::parse(&t).map_err(|e| rt(usage!("run.corpus: {e}")))?,
+            None => Trace::None,
+        };
+        no_more(&opts, "run.corpus", "trace")?;
+        let c = r.0.corpus(&r.1, trace);
+        if c.skipped > 0 {
+            eprintln!(
+                "note: run.corpus: {} of {} answers have no reasoning trace and are left out (trace: {trace})",
+                c.skipped,
+                c.skipped + c.rationales.len()
+            );
+        }
+        Ok(c)
+    });
     def(
         engine,
         "to_string",

@@ -1,5 +1,6 @@
 //! The per-request disk cache of teacher answers: JSON lines `{key, text, prompt_tokens,
-//! completion_tokens}`, appended and flushed one answer at a time (a [`Journal`]). Several
+//! completion_tokens}` (plus `reasoning` and `reasoning_tokens` for a reasoning model's answer;
+//! lines written before those existed read as answers without a trace), appended and flushed one answer at a time (a [`Journal`]). Several
 //! processes may share one cache file (the default is one per user): appends are locked, opening
 //! never rewrites it, and a torn line from a crash mid-write is skipped, so that request is sent
 //! again.
@@ -19,6 +20,11 @@ pub struct Entry {
     pub text: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The answer's reasoning trace, kept apart from `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 pub struct Cache {
@@ -50,8 +56,7 @@ impl Cache {
         self.entries.lock().unwrap().get(key).cloned()
     }
 
-    pub fn put(&self, key: &str, text: &str, prompt_tokens: u64, completion_tokens: u64) -> Result<()> {
-        let e = Entry { key: key.to_string(), text: text.to_string(), prompt_tokens, completion_tokens };
+    pub fn put(&self, e: Entry) -> Result<()> {
         self.journal.append(&e)?;
         self.entries.lock().unwrap().insert(e.key.clone(), e);
         Ok(())

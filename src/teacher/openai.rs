@@ -16,6 +16,14 @@
 //!   or stored, so it is never written anywhere.
 //! - Waiting is bounded: one attempt (connecting, sending, reading the whole answer) ends within
 //!   `timeout_s`, and no wait between attempts exceeds `max_wait_s`, whatever Retry-After says.
+//! - `rpm`/`tpm` budgets hold across all workers and retries ([`super::rate`]); a 429 waits what
+//!   Retry-After or the `x-ratelimit-reset-*` headers ask (capped at `max_wait_s`), and a storm of
+//!   them ends in counted per-row failures after `max_retries`, never a hang.
+//! - Reasoning models (`reasoning`, on by default for the o1/o3/o4/gpt-5 families) are sent
+//!   `max_completion_tokens` and no sampling parameters; an endpoint refusing a parameter is a
+//!   [`RequestError::Config`] naming the option to change, never a per-row failure to retry.
+//! - A trace is kept apart from the answer: `reasoning_content` (or `reasoning`) when the server
+//!   splits it, else an inline `<think>…</think>` ([`crate::answer::think`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +54,36 @@ pub struct OpenAiOptions {
     /// USD per million prompt / completion tokens, for the cost estimate.
     pub price_in: f64,
     pub price_out: f64,
+    /// A reasoning model: send `max_completion_tokens`, no `temperature`/`top_p`. `None`: by
+    /// the model's name ([`is_reasoning_model`]).
+    pub reasoning: Option<bool>,
+    /// How hard a reasoning model thinks, sent as `reasoning_effort` (reasoning models only).
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// Requests per minute this client may send (all its workers together); `None`: no limit.
+    pub rpm: Option<f64>,
+    /// Tokens per minute, each request counted before it goes ([`super::rate::estimate_tokens`]).
+    pub tpm: Option<f64>,
+}
+
+crate::choices! {
+    /// OpenAI's `reasoning_effort` values.
+    pub enum ReasoningEffort("reasoning_effort") {
+        Off = "none",
+        Minimal = "minimal",
+        Low = "low",
+        Medium = "medium",
+        High = "high",
+        Xhigh = "xhigh",
+    }
+}
+
+/// OpenAI's reasoning families, by model name (a `provider/` prefix ignored): `o1`, `o3-mini`,
+/// `o4-mini`, `gpt-5`, `gpt-5-mini`, … — not `gpt-5-chat-*`, which samples like gpt-4o.
+pub fn is_reasoning_model(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let b = m.as_bytes();
+    let o_series = b.len() >= 2 && b[0] == b'o' && b[1].is_ascii_digit();
+    (o_series || m.starts_with("gpt-5")) && !m.contains("-chat")
 }
 
 impl Default for OpenAiOptions {
@@ -62,15 +100,25 @@ impl Default for OpenAiOptions {
             max_wait_s: 60.0,
             price_in: 0.0,
             price_out: 0.0,
+            reasoning: None,
+            reasoning_effort: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
+    /// The answer, its trace taken out.
     pub text: String,
+    /// The reasoning trace, when the model wrote one (see the module head).
+    pub reasoning: Option<String>,
     pub prompt_tokens: u64,
+    /// All generated tokens, the trace's included (as the endpoints bill them).
     pub completion_tokens: u64,
+    /// The trace's share of `completion_tokens`, when the endpoint reports it.
+    pub reasoning_tokens: Option<u64>,
     /// Attempts it took (1 = first try).
     pub attempts: usize,
 }
@@ -82,12 +130,88 @@ pub struct OpenAi {
     endpoint: String,
     /// Where every request goes: the parsed `base_url` with `chat/completions` appended.
     chat_url: Url,
+    limiter: super::rate::RateLimiter,
 }
 
 enum Failure {
     /// Worth another attempt; the seconds Retry-After asked for, unclamped.
     Retry(String, Option<f64>),
     Fatal(String),
+    /// The request itself is wrong for this endpoint: every other request would fail the same way.
+    Config(String),
+}
+
+/// Why a request got no answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RequestError {
+    /// This request failed (after its retries); others may succeed.
+    Failed(String),
+    /// The endpoint refuses how requests are made (an option to change): stop asking.
+    Config(String),
+}
+
+impl RequestError {
+    pub fn message(&self) -> &str {
+        match self {
+            RequestError::Failed(m) | RequestError::Config(m) => m,
+        }
+    }
+}
+
+/// What an HTTP 400 naming a refused parameter means for the teacher's options, if it does: the
+/// parameter (OpenAI's `error.param`, else the quoted name in `Unsupported parameter: 'x'`) and
+/// the option that decides whether it is sent.
+fn refused_parameter(body: &str, model: &str, reasoning: bool) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let err = &v["error"];
+    let message = err["message"].as_str().unwrap_or("");
+    let code = err["code"].as_str().unwrap_or("");
+    let unsupported =
+        matches!(code, "unsupported_parameter" | "unsupported_value") || message.contains("Unsupported parameter") || message.contains("Unsupported value");
+    if !unsupported {
+        return None;
+    }
+    let param = err["param"].as_str().map(str::to_string).or_else(|| message.split('\'').nth(1).map(str::to_string))?;
+    let fix = match (param.as_str(), reasoning) {
+        ("max_tokens" | "temperature" | "top_p", false) => {
+            format!("'{model}' is a reasoning model: set reasoning: true on the teacher (it sends max_completion_tokens and no temperature or top_p)")
+        }
+        ("max_completion_tokens" | "reasoning_effort", true) => {
+            format!("'{model}' is not served as a reasoning model here: set reasoning: false on the teacher (it sends max_tokens, temperature and top_p)")
+        }
+        ("reasoning_effort", false) => "remove reasoning_effort (only reasoning models take it)".to_string(),
+        _ => format!("remove or change the option that sends '{param}'"),
+    };
+    Some(format!("the endpoint refuses the parameter '{param}' ({}): {fix}", message.chars().take(200).collect::<String>()))
+}
+
+/// The completion of one chat-completions response body: the answer apart from its trace.
+fn parse_completion(v: &serde_json::Value) -> Option<Completion> {
+    let message = &v["choices"][0]["message"];
+    // A server's reasoning parser: vLLM and llama.cpp say `reasoning_content`, others `reasoning`.
+    let split = ["reasoning_content", "reasoning"].iter().find_map(|k| message[*k].as_str().filter(|t| !t.is_empty()));
+    let content = match (message["content"].as_str(), split) {
+        (Some(c), _) => c,
+        // A reasoning model cut before its answer: the trace came, the content did not.
+        (None, Some(_)) => "",
+        (None, None) => return None,
+    };
+    let (reasoning, text) = match split {
+        Some(r) => (Some(r.trim().to_string()), content.to_string()),
+        None => {
+            let t = crate::answer::think::split_think(content);
+            (t.reasoning.map(str::to_string), t.answer.to_string())
+        }
+    };
+    let usage = &v["usage"];
+    Some(Completion {
+        text,
+        reasoning,
+        prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+        reasoning_tokens: usage["completion_tokens_details"]["reasoning_tokens"].as_u64(),
+        attempts: 1,
+    })
 }
 
 const EXAMPLE_URLS: &str = "give e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1";
@@ -202,7 +326,8 @@ impl OpenAi {
         // reset it as it would a per-read timeout.
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs_f64(opts.timeout_s)).build();
         let chat_url = chat_url(&base);
-        Ok(OpenAi { opts, agent, key, endpoint, chat_url })
+        let limiter = super::rate::RateLimiter::new(opts.rpm, opts.tpm);
+        Ok(OpenAi { opts, agent, key, endpoint, chat_url, limiter })
     }
 
     /// The base URL normalised (as parsed: scheme and host lowercased, default port dropped; no
@@ -239,7 +364,12 @@ impl OpenAi {
         let resp = match req.send_json(body.clone()) {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
-                let retry_after = r.header("Retry-After").and_then(|v| retry_after_s(v, SystemTime::now()));
+                // Retry-After first; else the longest reset the rate-limit headers announce.
+                let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+                    .iter()
+                    .filter_map(|h| r.header(h).and_then(super::rate::reset_s))
+                    .reduce(f64::max);
+                let retry_after = r.header("Retry-After").and_then(|v| retry_after_s(v, SystemTime::now())).or(reset);
                 let body = match r.into_string() {
                     Ok(b) => b,
                     Err(e) if is_timeout(&e) => return Err(self.timed_out()),
@@ -247,6 +377,11 @@ impl OpenAi {
                 };
                 // Redacted before truncating: a cut could leave part of the key unmatched.
                 let body = self.redact(&body);
+                if code == 400 {
+                    if let Some(m) = refused_parameter(&body, &self.opts.model, self.reasoning()) {
+                        return Err(Failure::Config(m));
+                    }
+                }
                 let msg = format!("HTTP {code}: {}", body.chars().take(200).collect::<String>());
                 return Err(if code == 429 || code >= 500 { Failure::Retry(msg, retry_after) } else { Failure::Fatal(msg) });
             }
@@ -255,36 +390,64 @@ impl OpenAi {
         };
         let text = resp.into_string().map_err(|e| if is_timeout(&e) { self.timed_out() } else { Failure::Retry(format!("reading the body: {e}"), None) })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("malformed JSON: {e}"), None))?;
-        let content =
-            v["choices"][0]["message"]["content"].as_str().ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
-        Ok(Completion {
-            text: self.redact(content),
-            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-            attempts: 1,
-        })
+        let c = parse_completion(&v).ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
+        Ok(Completion { text: self.redact(&c.text), reasoning: c.reasoning.map(|r| self.redact(&r)), ..c })
+    }
+
+    /// Whether requests go out as to a reasoning model (the option, else the model's name).
+    pub fn reasoning(&self) -> bool {
+        self.opts.reasoning.unwrap_or_else(|| is_reasoning_model(&self.opts.model))
+    }
+
+    /// The request body: a reasoning model gets `max_completion_tokens` (its trace counts
+    /// against it) and no sampling parameters, which those models refuse.
+    fn body(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "model": self.opts.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "seed": seed,
+        });
+        if self.reasoning() {
+            body["max_completion_tokens"] = max_tokens.into();
+            if let Some(e) = self.opts.reasoning_effort {
+                body["reasoning_effort"] = e.name().into();
+            }
+        } else {
+            body["temperature"] = temperature.into();
+            body["top_p"] = top_p.into();
+            body["max_tokens"] = max_tokens.into();
+        }
+        body
     }
 
     /// One chat completion, retried within limits. Every text it returns has the key redacted.
     pub fn complete(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
-        self.complete_raw(system, user, temperature, top_p, max_tokens, seed).map_err(|e| self.redact(&e))
+        self.request(system, user, temperature, top_p, max_tokens, seed).map_err(|e| e.message().to_string())
     }
 
-    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
-        let body = serde_json::json!({
-            "model": self.opts.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
-        });
+    /// `complete`, telling a failed request from a refused configuration.
+    pub fn request(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
+        self.complete_raw(system, user, temperature, top_p, max_tokens, seed).map_err(|e| match e {
+            RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
+            RequestError::Config(m) => RequestError::Config(self.redact(&m)),
+        })
+    }
+
+    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
+        let body = self.body(system, user, temperature, top_p, max_tokens, seed);
+        let tokens = super::rate::estimate_tokens(system.len() + user.len(), max_tokens);
         let mut rng = Rng::new(seed ^ 0x5eed);
         let mut last = String::new();
         for attempt in 0..=self.opts.max_retries {
+            // Every attempt counts against the budgets: a retry is a request too.
+            self.limiter.acquire(tokens);
             match self.once(&body) {
                 Ok(mut c) => {
                     c.attempts = attempt + 1;
                     return Ok(c);
                 }
-                Err(Failure::Fatal(m)) => return Err(m),
+                Err(Failure::Config(m)) => return Err(RequestError::Config(m)),
+                Err(Failure::Fatal(m)) => return Err(RequestError::Failed(m)),
                 Err(Failure::Retry(m, after)) => {
                     last = m;
                     if attempt == self.opts.max_retries {
@@ -295,7 +458,7 @@ impl OpenAi {
                 }
             }
         }
-        Err(format!("gave up after {} attempts: {last}", self.opts.max_retries + 1))
+        Err(RequestError::Failed(format!("gave up after {} attempts: {last}", self.opts.max_retries + 1)))
     }
 }
 
@@ -492,6 +655,82 @@ impl OpenAiOptions {
         in_range(T, "max_wait_s", self.max_wait_s, 0.0..=3600.0)?;
         in_range(T, "price_in", self.price_in, 0.0..=1e6)?;
         in_range(T, "price_out", self.price_out, 0.0..=1e6)?;
+        if let Some(r) = self.rpm {
+            in_range(T, "rpm", r, 0.001..=1e9)?;
+        }
+        if let Some(t) = self.tpm {
+            in_range(T, "tpm", t, 0.001..=1e12)?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_families_are_known_by_name() {
+        for m in ["o1", "o1-mini", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5-mini", "gpt-5.1", "openai/o3", "GPT-5-nano"] {
+            assert!(is_reasoning_model(m), "{m}");
+        }
+        for m in ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-5-chat-latest", "ollama", "qwen3-8b", "deepseek-r1", "o", "omni"] {
+            assert!(!is_reasoning_model(m), "{m}");
+        }
+    }
+
+    fn client(model: &str, reasoning: Option<bool>, effort: Option<ReasoningEffort>) -> OpenAi {
+        let opts = OpenAiOptions { base_url: "http://127.0.0.1:9/v1".into(), model: model.into(), reasoning, reasoning_effort: effort, ..Default::default() };
+        OpenAi::new(opts).unwrap()
+    }
+
+    #[test]
+    fn reasoning_requests_carry_no_sampling_parameters() {
+        let b = client("o3-mini", None, Some(ReasoningEffort::High)).body("s", "u", 0.7, 0.9, 64, 3);
+        assert_eq!(b["max_completion_tokens"], 64);
+        assert_eq!(b["reasoning_effort"], "high");
+        for k in ["max_tokens", "temperature", "top_p"] {
+            assert!(b.get(k).is_none(), "{k} in {b}");
+        }
+        let b = client("gpt-4o", None, None).body("s", "u", 0.7, 0.9, 64, 3);
+        assert_eq!((b["max_tokens"].as_u64(), b["temperature"].as_f64(), b["top_p"].as_f64()), (Some(64), Some(0.7), Some(0.9)));
+        assert!(b.get("max_completion_tokens").is_none() && b.get("reasoning_effort").is_none());
+        // The option overrides the name, both ways.
+        assert!(client("my-r1", Some(true), None).body("s", "u", 0.0, 1.0, 8, 0).get("max_completion_tokens").is_some());
+        assert!(client("o3", Some(false), None).body("s", "u", 0.0, 1.0, 8, 0).get("max_tokens").is_some());
+    }
+
+    #[test]
+    fn a_refused_parameter_names_the_option_to_set() {
+        let max_tokens = r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}"#;
+        let m = refused_parameter(max_tokens, "o3", false).unwrap();
+        assert!(m.contains("'max_tokens'") && m.contains("set reasoning: true"), "{m}");
+        let temperature = r#"{"error": {"message": "Unsupported value: 'temperature' does not support 0.0 with this model. Only the default (1) value is supported.", "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}"#;
+        assert!(refused_parameter(temperature, "o3", false).unwrap().contains("set reasoning: true"));
+        // Without `param`, the quoted name in the message.
+        let bare = r#"{"error": {"message": "Unsupported parameter: 'max_completion_tokens'"}}"#;
+        assert!(refused_parameter(bare, "llama", true).unwrap().contains("set reasoning: false"));
+        // Any other 400 stays an ordinary failure.
+        assert_eq!(refused_parameter(r#"{"error": {"message": "context too long", "code": "context_length_exceeded"}}"#, "o3", true), None);
+        assert_eq!(refused_parameter("not json", "o3", true), None);
+    }
+
+    #[test]
+    fn traces_are_kept_apart_from_the_answer() {
+        let split = serde_json::json!({"choices": [{"message": {"content": "The answer is 5", "reasoning_content": "2 + 3 = 5"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 30, "completion_tokens_details": {"reasoning_tokens": 22}}});
+        let c = parse_completion(&split).unwrap();
+        assert_eq!((c.text.as_str(), c.reasoning.as_deref(), c.completion_tokens, c.reasoning_tokens), ("The answer is 5", Some("2 + 3 = 5"), 30, Some(22)));
+        let named = serde_json::json!({"choices": [{"message": {"content": "5", "reasoning": "think"}}]});
+        assert_eq!(parse_completion(&named).unwrap().reasoning.as_deref(), Some("think"));
+        let inline = serde_json::json!({"choices": [{"message": {"content": "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5"}}]});
+        let c = parse_completion(&inline).unwrap();
+        assert_eq!((c.text.as_str(), c.reasoning.as_deref(), c.reasoning_tokens), ("The answer is 5", Some("2 + 3 = 5"), None));
+        // Cut while thinking: the trace, no answer.
+        let cut = serde_json::json!({"choices": [{"message": {"content": null, "reasoning_content": "Let me"}, "finish_reason": "length"}]});
+        assert_eq!(parse_completion(&cut).unwrap().text, "");
+        let plain = serde_json::json!({"choices": [{"message": {"content": "The answer is 5"}}]});
+        assert_eq!(parse_completion(&plain).unwrap().reasoning, None);
+        assert_eq!(parse_completion(&serde_json::json!({"choices": [{"message": {}}]})), None);
     }
 }

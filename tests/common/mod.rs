@@ -118,6 +118,11 @@ macro_rules! require {
 /// Read one HTTP request (headers, then a body of Content-Length bytes) from a fake server's
 /// connection; returns the header block, or None if the client hung up first.
 pub fn read_http_request(stream: &mut std::net::TcpStream) -> Option<String> {
+    read_http_exchange(stream).map(|(head, _)| head)
+}
+
+/// `read_http_request`, with the body too.
+pub fn read_http_exchange(stream: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
     use std::io::Read;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -132,7 +137,7 @@ pub fn read_http_request(stream: &mut std::net::TcpStream) -> Option<String> {
             let len =
                 text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
             if buf.len() >= h + 4 + len {
-                return Some(text[..h].to_string());
+                return Some((text[..h].to_string(), buf[h + 4..h + 4 + len].to_vec()));
             }
         }
     }
