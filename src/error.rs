@@ -116,10 +116,12 @@ pub fn one_of<T: Copy>(option: &str, value: &str, choices: &[(&str, T)]) -> std:
 /// "cosine", Linear = "linear" } }` defines the enum (Clone, Copy, Debug, PartialEq, Eq, Hash;
 /// more derives and docs go before `enum`, `#[default]` on a variant), `ALL`, `parse` (through
 /// [`one_of`]: the error names the option and lists the choices), `name`, `Display`, and serde as
-/// the name (`TryFrom<String>`, so a wrong value's error is `parse`'s).
+/// the name (`TryFrom<String>`, so a wrong value's error is `parse`'s). Other spellings a user may
+/// type follow the name: `Sym = "sym" | "symbolic"`; with any, `parse` also reads the input
+/// lowercased with `_` and spaces as `-`.
 #[macro_export]
 macro_rules! choices {
-    ($(#[$meta:meta])* $vis:vis enum $name:ident ($option:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($option:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         $vis enum $name {
@@ -129,9 +131,21 @@ macro_rules! choices {
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
-            /// One of the names; anything else is an error naming the option and every choice.
+            /// Other spellings of the names (see the macro).
+            const ALIASES: &'static [(&'static str, $name)] = &[$($(($alias, $name::$variant),)*)+];
+
+            /// One of the names (or, where the enum has aliases, a spelling of one); anything
+            /// else is an error naming the option and every choice.
             pub fn parse(s: &str) -> std::result::Result<$name, String> {
-                $crate::error::one_of($option, s, &[$(($text, $name::$variant)),+])
+                let names = [$(($text, $name::$variant)),+];
+                if !Self::ALIASES.is_empty() {
+                    let norm = |t: &str| t.to_ascii_lowercase().replace(['_', ' '], "-");
+                    let n = norm(s);
+                    if let Some((_, v)) = names.iter().chain(Self::ALIASES).find(|(t, _)| norm(t) == n) {
+                        return Ok(*v);
+                    }
+                }
+                $crate::error::one_of($option, s, &names)
             }
 
             pub fn name(self) -> &'static str {
@@ -209,5 +223,25 @@ mod tests {
         let e = serde_json::from_value::<Speed>("fast".into()).unwrap_err().to_string();
         assert_eq!(e, "speed: unknown value 'fast': expected one of slow, very_fast");
         assert!(serde_json::from_value::<Speed>(3.into()).is_err(), "not a string");
+        // Without aliases, only the names themselves.
+        assert!(Speed::parse("Slow").is_err());
+    }
+
+    crate::choices! {
+        enum Shape("shape") {
+            Round = "round" | "circle" | "disc",
+            Flat = "flat-top",
+        }
+    }
+
+    #[test]
+    fn aliases_and_loose_spellings_parse_to_their_variant() {
+        for s in ["round", "circle", "Disc", "flat-top", "FLAT_TOP", "flat top"] {
+            assert!(Shape::parse(s).is_ok(), "{s}");
+        }
+        assert_eq!(Shape::parse("circle"), Ok(Shape::Round));
+        assert_eq!(Shape::Round.name(), "round", "the name is the first spelling");
+        assert_eq!(Shape::ALL, &[Shape::Round, Shape::Flat][..]);
+        assert_eq!(Shape::parse("square").unwrap_err(), "shape: unknown value 'square': expected one of round, flat-top");
     }
 }

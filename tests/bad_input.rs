@@ -79,7 +79,7 @@ fn unknown_names_say_what_exists() {
     let e = cat.rationales("svamp", &q("gpt-4o", Some(4), Some("bsm"))).err().unwrap().to_string();
     assert!(e.contains("no gpt-4o level-4 bsm"), "{e}");
     let e = cat.rationales("svamp", &q("gpt-4o", Some(3), Some("fancy"))).err().unwrap().to_string();
-    assert!(e.contains("unknown format 'fancy'"), "{e}");
+    assert!(e.contains("format: unknown value 'fancy'"), "{e}");
     // A file of the release that this copy lacks: name it and say where to get it.
     let e = cat.rationales("gsm8k", &q("gpt-4o", Some(3), None)).err().unwrap().to_string();
     assert!(e.contains("gsm8k_ChatGPT_level3_ranked.json") && e.contains("EIT-NLP/Distilling-CoT-Reasoning"), "{e}");

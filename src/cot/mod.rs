@@ -69,48 +69,21 @@ pub fn check_level(level: i64) -> Result<u8> {
     Level::new(level).map(Level::get)
 }
 
-/// How a rationale is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// Free-form reasoning ending in "The answer is X".
-    Plain,
-    /// Sub-questions, each followed by its answer (the paper's "BSM" files).
-    Bsm,
-    /// Rephrase the question, then respond.
-    Rar,
-    /// Symbolic notation: variables and equations.
-    Sym,
-    /// Only the equations.
-    EquationOnly,
-    /// Only the final answer, no reasoning.
-    AnswerOnly,
-}
-
-impl Format {
-    pub const ALL: [Format; 6] = [Format::Plain, Format::Bsm, Format::Rar, Format::Sym, Format::EquationOnly, Format::AnswerOnly];
-
-    pub fn parse(s: &str) -> Result<Format> {
-        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "plain" | "cot" => Format::Plain,
-            "bsm" => Format::Bsm,
-            "rar" => Format::Rar,
-            "sym" | "symbolic" => Format::Sym,
-            "equation-only" | "equation" | "eq" => Format::EquationOnly,
-            "answer-only" | "answer" | "only-ans" => Format::AnswerOnly,
-            _ => return Err(usage!("unknown format '{s}': expected plain, bsm, rar, sym, equation-only or answer-only")),
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Plain => "plain",
-            Format::Bsm => "bsm",
-            Format::Rar => "rar",
-            Format::Sym => "sym",
-            Format::EquationOnly => "equation-only",
-            Format::AnswerOnly => "answer-only",
-        }
+crate::choices! {
+    /// How a rationale is written.
+    pub enum Format("format") {
+        /// Free-form reasoning ending in "The answer is X".
+        Plain = "plain" | "cot",
+        /// Sub-questions, each followed by its answer (the paper's "BSM" files).
+        Bsm = "bsm",
+        /// Rephrase the question, then respond.
+        Rar = "rar",
+        /// Symbolic notation: variables and equations.
+        Sym = "sym" | "symbolic",
+        /// Only the equations.
+        EquationOnly = "equation-only" | "equation" | "eq",
+        /// Only the final answer, no reasoning.
+        AnswerOnly = "answer-only" | "answer" | "only-ans",
     }
 }
 

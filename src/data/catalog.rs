@@ -158,7 +158,7 @@ impl Catalog {
     /// Find the entry for a query, or say precisely why there is none.
     pub fn lookup(&self, task: Task, q: &RationaleQuery) -> Result<&CatalogEntry> {
         let format = match &q.format {
-            Some(f) => Format::parse(f)?,
+            Some(f) => Format::parse(f).map_err(crate::error::Error::Usage)?,
             None => Format::Plain,
         };
         let teacher = match (&q.teacher, format) {
@@ -332,7 +332,7 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
 /// The level and format of an `arith` query, or why the rule teacher cannot write it.
 fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
     let format = match &q.format {
-        Some(f) => Format::parse(f)?,
+        Some(f) => Format::parse(f).map_err(crate::error::Error::Usage)?,
         None => Format::Plain,
     };
     let teacher = match &q.teacher {

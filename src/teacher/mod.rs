@@ -240,7 +240,7 @@ impl Teacher {
 
     /// `ask`, with the release dir `shots: 1` draws its exemplars from.
     pub fn ask_with(&self, ds: &Dataset, o: &AskOptions, release: Option<&DataDir>) -> Result<AskReport> {
-        let format = Format::parse(&o.format)?;
+        let format = Format::parse(&o.format).map_err(crate::error::Error::Usage)?;
         let level = match (o.level, format) {
             (_, Format::AnswerOnly) => None,
             (Some(l), _) => Some(check_level(l)?),
