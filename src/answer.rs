@@ -40,6 +40,9 @@ pub enum AnswerKind {
     Bool,
     /// MATH: a LaTeX expression, normalised before comparison.
     Latex,
+    /// Free text (a user test set's `kind: "text"`): equal after SQuAD's `normalize_answer`
+    /// ([`normalize_text`]).
+    Text,
 }
 
 impl AnswerKind {
@@ -49,6 +52,7 @@ impl AnswerKind {
             AnswerKind::Choice => "choice",
             AnswerKind::Bool => "bool",
             AnswerKind::Latex => "latex",
+            AnswerKind::Text => "text",
         }
     }
 
@@ -58,7 +62,8 @@ impl AnswerKind {
             "choice" | "letter" => AnswerKind::Choice,
             "bool" | "true-false" | "boolean" => AnswerKind::Bool,
             "latex" | "math" => AnswerKind::Latex,
-            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool or latex")),
+            "text" => AnswerKind::Text,
+            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool, latex or text")),
         })
     }
 }
@@ -70,6 +75,8 @@ pub const TRIGGER: &str = "the answer is";
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"-?\d+(?:/\d+|\.\d+)?").unwrap());
 static CHOICE_AFTER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
 static CHOICE_BARE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[^A-Za-z0-9])\(?([A-E])\)?(?:$|[^A-Za-z0-9])").unwrap());
+/// SQuAD's `re.compile(r'\b(a|an|the)\b', re.UNICODE)`.
+static ARTICLE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(a|an|the)\b").unwrap());
 static BOOL_WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(true|false|yes|no)\b").unwrap());
 
 /// Numeric tolerance per answer kind. Integers and decimals from word problems compare with a
@@ -86,7 +93,7 @@ impl Tolerance {
         match kind {
             AnswerKind::Number => Tolerance { abs: 1e-4, rel: 1e-6 },
             AnswerKind::Latex => Tolerance { abs: 1e-6, rel: 1e-6 },
-            AnswerKind::Choice | AnswerKind::Bool => Tolerance { abs: 0.0, rel: 0.0 },
+            AnswerKind::Choice | AnswerKind::Bool | AnswerKind::Text => Tolerance { abs: 0.0, rel: 0.0 },
         }
     }
 
@@ -148,7 +155,21 @@ pub fn extract_answer(text: &str, kind: AnswerKind) -> Option<String> {
             let s = strip_latex(&raw);
             (!s.is_empty()).then_some(s)
         }
+        // The line after the trigger, else the last non-empty line.
+        AnswerKind::Text => {
+            let line = if found { segment.lines().next() } else { segment.lines().rev().find(|l| !l.trim().is_empty()) }?;
+            let s = normalize_text(line);
+            (!s.is_empty()).then_some(s)
+        }
     }
+}
+
+/// SQuAD's `normalize_answer` (the official evaluation script): lower case, ASCII punctuation
+/// removed, the articles a/an/the removed, whitespace collapsed to single spaces.
+pub fn normalize_text(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    ARTICLE.replace_all(&no_punct, " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Canonical form of a gold answer, so that gold and extracted answers compare like with like.
@@ -163,6 +184,7 @@ pub fn canonical_gold(gold: &str, kind: AnswerKind) -> Option<String> {
         }
         AnswerKind::Bool => canonical_bool(g).map(str::to_string),
         AnswerKind::Latex => Some(strip_latex(g)),
+        AnswerKind::Text => Some(normalize_text(g)).filter(|s| !s.is_empty()),
     }
 }
 
@@ -174,6 +196,7 @@ pub fn answers_match(prediction: &str, gold: &str, kind: AnswerKind, tol: Tolera
             _ => false,
         },
         AnswerKind::Choice | AnswerKind::Bool => prediction.eq_ignore_ascii_case(gold),
+        AnswerKind::Text => normalize_text(prediction) == normalize_text(gold),
         AnswerKind::Latex => {
             let (p, g) = (strip_latex(prediction), strip_latex(gold));
             if p == g {
@@ -450,5 +473,18 @@ mod tests {
         assert_eq!(judge("The answer is 146", "145", Number).extracted.as_deref(), Some("146"));
         assert_eq!(judge("no answer", "(B)", Choice), Judgement { extracted: None, correct: false });
         assert!(judge("The answer is (b)", "(B)", Choice).correct);
+    }
+
+    #[test]
+    fn text_is_squad_normalised_exact_match() {
+        assert_eq!(normalize_text("  The  Eiffel-Tower! "), "eiffeltower");
+        assert_eq!(normalize_text("A cat, an owl and THE dog."), "cat owl and dog");
+        assert_eq!(normalize_text("Théâtre"), "théâtre");
+        assert!(judge("Paris is big. The answer is paris.", "Paris", Text).correct);
+        assert!(judge("I think so.\nThe Nile", "the nile", Text).correct);
+        assert!(!judge("The answer is Lyon", "Paris", Text).correct);
+        assert_eq!(judge("The answer is ...", "Paris", Text).extracted, None);
+        assert_eq!(canonical_gold(" . ", Text), None);
+        assert_eq!(AnswerKind::parse("TEXT").unwrap(), Text);
     }
 }

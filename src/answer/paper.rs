@@ -40,6 +40,8 @@ static NUMBER_THEN_WORDS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[\d\.
 static FRAC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\frac\{([^{}]+)\}\{([^{}]+)\}").unwrap());
 /// run_reasoning.py `extract_answer_label`.
 static COMMONSENSE_LABEL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[Tt]he answer is ([A-E]|True|False)").unwrap());
+/// The text answer after the commonsense trigger, to the end of its line.
+static TEXT_ANSWER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[Tt]he answer is:?([^\n]*)").unwrap());
 static TURN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<start_of_turn>.*?<end_of_turn>").unwrap());
 static NEWLINES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\n+").unwrap());
 static JUNK_WORDS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:\bedReader\b|\bmodel\b)+").unwrap());
@@ -49,6 +51,9 @@ const COMMONSENSE_STOP_PHRASES: [&str; 8] = ["USER:", "ASSISTANT:", "### Instruc
 /// Judge `output` against `gold` with the paper's rules for `evaluator` (see the module doc).
 /// StrategyQA (`Bool`) is always a commonsense task.
 pub fn judge(output: &str, gold: &str, kind: AnswerKind, evaluator: Evaluator) -> Judgement {
+    if kind == AnswerKind::Text {
+        return judge_text(output, gold);
+    }
     if evaluator == Evaluator::Commonsense || kind == AnswerKind::Bool {
         let extracted = commonsense_label(output);
         // `generated_label == true_label`; golds are stored as "A".."E" / "True" / "False".
@@ -62,12 +67,22 @@ pub fn judge(output: &str, gold: &str, kind: AnswerKind, evaluator: Evaluator) -
         // run_choice.py: `answer == groundtruth`.
         AnswerKind::Choice => !pred.is_empty() && pred == gold.trim(),
         AnswerKind::Latex => !pred.is_empty() && compare_math(&pred, gold),
-        AnswerKind::Bool => unreachable!("handled above"),
+        AnswerKind::Bool | AnswerKind::Text => unreachable!("handled above"),
     };
     // AQuA: an answer that is no letter makes MAmmoTH ask the model again for "the closest
     // option" (a second generation, not part of scoring a text): here it is unparsed, i.e. wrong.
     let unparsed = pred.is_empty() || (kind == AnswerKind::Choice && !MAMMOTH_LETTER.is_match(&pred));
     Judgement { extracted: (!unparsed).then_some(pred), correct: correct && !unparsed }
+}
+
+/// Free text, which no evaluator of the paper has: the commonsense script's way of finding the
+/// answer (`clean_generated_output`, then the *first* case-sensitive `[Tt]he answer is`), the rest
+/// of that line compared with gold after SQuAD's `normalize_answer`. No trigger is unparsed.
+fn judge_text(output: &str, gold: &str) -> Judgement {
+    let cleaned = clean_generated_output(output);
+    let extracted = TEXT_ANSWER.captures(&cleaned).map(|c| crate::answer::normalize_text(&c[1])).filter(|s| !s.is_empty());
+    let correct = extracted.as_ref().is_some_and(|p| *p == crate::answer::normalize_text(gold));
+    Judgement { extracted, correct }
 }
 
 /// run_reasoning.py: `extract_answer_label(clean_generated_output(text))`.
@@ -121,7 +136,7 @@ pub fn answer_clean(text: &str, kind: AnswerKind) -> String {
                 letters
             }
         }
-        AnswerKind::Latex | AnswerKind::Bool => vec![extract_math_answer(pred, answer_flag)],
+        AnswerKind::Latex | AnswerKind::Bool | AnswerKind::Text => vec![extract_math_answer(pred, answer_flag)],
     };
     let pick = if answer_flag { candidates.first() } else { candidates.last() };
     pick.map(|p| p.trim_end_matches('.').trim_end_matches('/').to_string()).unwrap_or_default()
