@@ -1,0 +1,567 @@
+//! The chat-data formats, read and written here and nowhere else: `alpaca`
+//! (`instruction`/`input`/`output`, LLaMA-Factory), `sharegpt` (`conversations` of `from`/`value`,
+//! LLaMA-Factory's tags), `messages` (OpenAI chat: `messages` of `role`/`content`),
+//! `prompt-completion` (TRL: `prompt`/`completion`), and named columns (`jsonl`, `csv`,
+//! `parquet`, or a frame) mapped by `question`/`rationale`/`answer`.
+//!
+//! Invariants:
+//! * A JSON file is a JSON array of objects or JSON lines; `auto` picks the format from the file's
+//!   extension (csv, parquet) or the first record's keys, and says it chose.
+//! * Reading yields every record or an error: no question or no rationale is a counted error
+//!   naming the records; a missing column lists the columns found; duplicate ids and an empty file
+//!   are errors. Never an empty corpus.
+//! * A rationale is one question and one answer: a system prompt or earlier turns are left out
+//!   and counted (`UserData::context_dropped`).
+//! * Writing keeps each rationale's `id`, `answer` (gold) and provenance (`cotlab` object) beside
+//!   the format's own fields, so a written file reads back to the same questions, rationales and
+//!   answers; `.json` is written as one array, anything else as JSON lines.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::corpus::{Corpus, Origin, Rationale, Subject, UserData};
+use crate::answer::{canonical_gold, extract_answer, AnswerKind};
+use crate::cot::Format;
+use crate::error::{Error, Result};
+use crate::frame::{Cell, Frame};
+use crate::usage;
+
+crate::choices! {
+    /// How a corpus file is laid out.
+    #[derive(Default)]
+    pub enum CorpusFormat("format") {
+        /// Sniffed: `.csv`/`.parquet` by extension, else from the first JSON record's keys.
+        #[default]
+        Auto = "auto",
+        Alpaca = "alpaca",
+        Sharegpt = "sharegpt",
+        Messages = "messages",
+        PromptCompletion = "prompt-completion",
+        Jsonl = "jsonl",
+        Csv = "csv",
+        Parquet = "parquet",
+    }
+}
+
+impl CorpusFormat {
+    /// The formats a corpus can be written in (the chat formats).
+    pub const WRITABLE: [CorpusFormat; 4] = [CorpusFormat::Alpaca, CorpusFormat::Sharegpt, CorpusFormat::Messages, CorpusFormat::PromptCompletion];
+
+    fn named_columns(self) -> bool {
+        matches!(self, CorpusFormat::Jsonl | CorpusFormat::Csv | CorpusFormat::Parquet)
+    }
+}
+
+/// Options of `corpus(path_or_frame, #{...})` and `cotlab convert`: the format, which columns
+/// hold what (named-column formats; `answer` also names the extra answer field of a chat
+/// format), the answer kind and the corpus's name.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorpusOptions {
+    pub format: CorpusFormat,
+    pub question: Option<String>,
+    pub rationale: Option<String>,
+    pub answer: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+}
+
+/// One record as read: where it is (1-based, a line for JSON lines), and its fields.
+#[derive(Clone, Debug, Default)]
+struct Record {
+    /// 0-based index among the records (the rationale's `origin.row`).
+    row: usize,
+    /// How a message names it: `record 3` or `line 3`.
+    at: String,
+    id: Option<String>,
+    question: Option<String>,
+    rationale: Option<String>,
+    answer: Option<String>,
+    context_dropped: bool,
+}
+
+/// A JSON value as text: strings as they are, numbers and bools written out, null as none.
+fn text_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Records of a JSON file: one array of objects, or one object per line.
+fn json_records(path: &Path, text: &str) -> Result<Vec<(String, Map<String, Value>)>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(Error::data(path, "file is empty: a corpus needs at least one record"));
+    }
+    let object = |at: String, v: Value| match v {
+        Value::Object(m) => Ok((at, m)),
+        other => Err(Error::data(path, format!("{at}: expected a JSON object, found {}", kind_of(&other)))),
+    };
+    if text.trim_start().starts_with('[') {
+        let all: Vec<Value> = serde_json::from_str(text).map_err(|e| Error::data(path, format!("not a JSON array of objects: {e}")))?;
+        return all.into_iter().enumerate().map(|(i, v)| object(format!("record {}", i + 1), v)).collect();
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {}: {e} (expected a JSON array of objects, or one JSON object per line)", i + 1)))?;
+        out.push(object(format!("line {}", i + 1), v)?);
+    }
+    Ok(out)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The chat format a record's keys say, if any.
+fn sniff(first: &Map<String, Value>) -> Option<CorpusFormat> {
+    let has = |k: &str| first.contains_key(k);
+    if has("conversations") {
+        Some(CorpusFormat::Sharegpt)
+    } else if has("messages") {
+        Some(CorpusFormat::Messages)
+    } else if has("instruction") && has("output") {
+        Some(CorpusFormat::Alpaca)
+    } else if has("prompt") && has("completion") {
+        Some(CorpusFormat::PromptCompletion)
+    } else {
+        None
+    }
+}
+
+/// A turn's text: a string, or OpenAI's list of `{type: "text", text}` parts joined.
+fn content_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Array(parts) => {
+            let texts: Vec<&str> = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
+            (!texts.is_empty()).then(|| texts.concat())
+        }
+        other => text_of(Some(other)),
+    }
+}
+
+/// (question, rationale, context dropped) of a conversation: the last user turn and the
+/// assistant turn after it. `roles` = (role key, content key, user tags, assistant tags).
+fn conversation(turns: &[Value], role_key: &str, content_key: &str, users: &[&str], assistants: &[&str]) -> (Option<String>, Option<String>, bool) {
+    let role = |t: &Value| t.get(role_key).and_then(Value::as_str).unwrap_or("").to_string();
+    let Some(last) = turns.last() else { return (None, None, false) };
+    if !assistants.contains(&role(last).as_str()) {
+        return (None, None, false);
+    }
+    let n = turns.len();
+    let question = (n >= 2 && users.contains(&role(&turns[n - 2]).as_str())).then(|| content_text(turns[n - 2].get(content_key))).flatten();
+    (question, content_text(last.get(content_key)), n > 2)
+}
+
+/// A record of chat format `format`, with `answer_key`'s extra field as its answer.
+fn chat_record(format: CorpusFormat, row: usize, at: String, m: &Map<String, Value>, answer_key: &str) -> Record {
+    let mut r = Record { row, at, id: text_of(m.get("id")), answer: text_of(m.get(answer_key)), ..Default::default() };
+    let turns = |k: &str| m.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    match format {
+        CorpusFormat::Alpaca => {
+            let instruction = text_of(m.get("instruction")).filter(|s| !s.trim().is_empty());
+            let input = text_of(m.get("input")).filter(|s| !s.trim().is_empty());
+            // LLaMA-Factory's converter: the prompt is instruction and input joined by a newline.
+            r.question = match (instruction, input) {
+                (Some(i), Some(x)) => Some(format!("{i}\n{x}")),
+                (i, x) => i.or(x),
+            };
+            r.rationale = text_of(m.get("output"));
+            let history = m.get("history").and_then(Value::as_array).is_some_and(|h| !h.is_empty());
+            r.context_dropped = history || text_of(m.get("system")).is_some_and(|s| !s.is_empty());
+        }
+        CorpusFormat::Sharegpt => {
+            let mut t = turns("conversations");
+            let system = t.first().is_some_and(|x| x.get("from").and_then(Value::as_str) == Some("system"));
+            if system {
+                t.remove(0);
+            }
+            let (q, a, earlier) = conversation(&t, "from", "value", &["human", "user"], &["gpt", "assistant"]);
+            (r.question, r.rationale) = (q, a);
+            r.context_dropped = system || earlier || text_of(m.get("system")).is_some_and(|s| !s.is_empty());
+        }
+        CorpusFormat::Messages => {
+            let mut t = turns("messages");
+            let system = t.first().is_some_and(|x| matches!(x.get("role").and_then(Value::as_str), Some("system" | "developer")));
+            if system {
+                t.remove(0);
+            }
+            let (q, a, earlier) = conversation(&t, "role", "content", &["user"], &["assistant"]);
+            (r.question, r.rationale, r.context_dropped) = (q, a, system || earlier);
+        }
+        CorpusFormat::PromptCompletion => {
+            // TRL's standard form has strings; its conversational form lists messages.
+            let last_content = |v: Option<&Value>| match v {
+                Some(Value::Array(t)) => t.last().and_then(|x| content_text(x.get("content"))),
+                other => text_of(other),
+            };
+            r.question = last_content(m.get("prompt"));
+            r.rationale = last_content(m.get("completion"));
+            r.context_dropped = m.get("prompt").and_then(Value::as_array).is_some_and(|t| t.len() > 1);
+        }
+        _ => unreachable!("named columns are read by `column_records`"),
+    }
+    r
+}
+
+/// The mapping's column names, defaulted: (question, rationale, answer, answer named by the user).
+fn mapping(o: &CorpusOptions) -> (String, String, String, bool) {
+    (
+        o.question.clone().unwrap_or_else(|| "question".into()),
+        o.rationale.clone().unwrap_or_else(|| "rationale".into()),
+        o.answer.clone().unwrap_or_else(|| "answer".into()),
+        o.answer.is_some(),
+    )
+}
+
+/// A named column the mapping asks for is missing: say which, and list what is there.
+fn missing_column(where_: &str, option: &str, name: &str, found: &[String]) -> Error {
+    usage!(
+        "corpus: {where_} has no column '{name}' (the '{option}' mapping); columns found: {}. Name the right one: #{{{option}: \"…\"}}",
+        found.join(", ")
+    )
+}
+
+/// Records of named columns: `(at, cells by column)` rows.
+fn column_records(where_: &str, columns: &[String], rows: Vec<(String, HashMap<String, Option<String>>)>, o: &CorpusOptions) -> Result<Vec<Record>> {
+    let (q, ra, a, answer_named) = mapping(o);
+    for (option, name) in [("question", &q), ("rationale", &ra)] {
+        if !columns.contains(name) {
+            return Err(missing_column(where_, option, name, columns));
+        }
+    }
+    if answer_named && !columns.contains(&a) {
+        return Err(missing_column(where_, "answer", &a, columns));
+    }
+    let non_empty = |s: Option<&Option<String>>| s.cloned().flatten().filter(|s| !s.trim().is_empty());
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(row, (at, cells))| Record {
+            row,
+            at,
+            id: non_empty(cells.get("id")),
+            question: non_empty(cells.get(&q)),
+            rationale: non_empty(cells.get(&ra)),
+            answer: non_empty(cells.get(&a)),
+            context_dropped: false,
+        })
+        .collect())
+}
+
+fn cell_text(c: Cell) -> Option<String> {
+    match c {
+        Cell::Null => None,
+        Cell::Bool(b) => Some(b.to_string()),
+        Cell::Int(i) => Some(i.to_string()),
+        Cell::Float(x) => Some(x.to_string()),
+        Cell::Str(s) => Some(s),
+    }
+}
+
+/// A frame's rows as named-column cells, and a hash of its content (column names and cells).
+fn frame_rows(f: &Frame) -> Result<(Vec<String>, Vec<(String, HashMap<String, Option<String>>)>, String)> {
+    let columns = f.columns();
+    let mut h = Sha256::new();
+    let mut rows: Vec<(String, HashMap<String, Option<String>>)> = (0..f.height()).map(|i| (format!("row {}", i + 1), HashMap::new())).collect();
+    for c in &columns {
+        h.update((c.len() as u64).to_le_bytes());
+        h.update(c.as_bytes());
+        for (i, cell) in f.column_cells(c)?.into_iter().enumerate() {
+            let t = cell_text(cell);
+            // Length-prefixed, with null apart from "", so different tables never hash alike.
+            match &t {
+                None => h.update([0u8]),
+                Some(s) => {
+                    h.update([1u8]);
+                    h.update((s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+            }
+            rows[i].1.insert(c.clone(), t);
+        }
+    }
+    Ok((columns, rows, hex(&h.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a corpus is read from.
+pub enum Input<'a> {
+    File(&'a Path),
+    Frame(&'a Frame),
+}
+
+/// Read a corpus from a file or a frame (see the module doc). `print`s nothing: the caller shows
+/// [`UserData::summary`].
+pub fn read_corpus(input: Input, o: &CorpusOptions) -> Result<Corpus> {
+    let (path_text, stem, records, format, sniffed, sha) = match input {
+        Input::Frame(f) => {
+            if !matches!(o.format, CorpusFormat::Auto | CorpusFormat::Jsonl | CorpusFormat::Csv | CorpusFormat::Parquet) {
+                return Err(usage!("corpus: a frame has named columns: drop format '{}' (or give the file)", o.format));
+            }
+            let (columns, rows, sha) = frame_rows(f)?;
+            let records = column_records("the frame", &columns, rows, o)?;
+            ("frame".to_string(), "frame".to_string(), records, CorpusFormat::Jsonl, false, sha)
+        }
+        Input::File(path) => {
+            let (records, format, sniffed, sha) = read_file(path, o)?;
+            let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "corpus".into());
+            (path.display().to_string(), stem, records, format, sniffed, sha)
+        }
+    };
+    let at_path = path_text.clone();
+    let fail = |msg: String| if at_path == "frame" { usage!("corpus: the frame: {msg}") } else { Error::data(&at_path, msg) };
+    if records.is_empty() {
+        return Err(fail("no records: a corpus needs at least one".into()));
+    }
+    check_present(&records, |r| r.question.is_some(), "no question", &fail)?;
+    check_present(&records, |r| r.rationale.is_some(), "no rationale (assistant turn / output)", &fail)?;
+    let name = o.name.clone().unwrap_or(stem);
+    let kind = decide_kind(o.kind.as_deref(), &records, &fail)?;
+    let ids = ids(&records, &name, &fail)?;
+    let mut golds = Vec::with_capacity(records.len());
+    let mut bad = Vec::new();
+    let mut no_answer = 0;
+    for r in &records {
+        let rationale = r.rationale.as_deref().unwrap_or_default();
+        let gold = match &r.answer {
+            Some(a) => match canonical_gold(a, kind) {
+                Some(g) => Some(g),
+                None => {
+                    bad.push(format!("{}: {a:?}", r.at));
+                    None
+                }
+            },
+            None => extract_answer(rationale, kind),
+        };
+        no_answer += gold.is_none() as usize;
+        golds.push(gold);
+    }
+    if !bad.is_empty() {
+        return Err(fail(format!(
+            "{} answers do not parse as kind {} (first: {}); give the right kind: #{{kind: \"number|choice|bool|latex|text\"}}",
+            bad.len(),
+            kind.name(),
+            bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let context_dropped = records.iter().filter(|r| r.context_dropped).count();
+    let user = Arc::new(UserData { name, kind, path: path_text.clone(), sha256: sha, format: format.name().into(), sniffed, no_answer, context_dropped });
+    let subject = Subject::User(user);
+    let rationales = records
+        .into_iter()
+        .zip(ids)
+        .zip(golds)
+        .map(|((r, id), gold)| Rationale {
+            id,
+            question: r.question.unwrap_or_default(),
+            gold,
+            text: r.rationale.unwrap_or_default(),
+            origin: Origin { task: subject.clone(), teacher: None, level: None, format: Format::Plain, source: path_text.clone(), row: r.row },
+        })
+        .collect();
+    Ok(Corpus { task: subject, teacher: None, level: None, format: Format::Plain, source: path_text, rationales, skipped: 0, recipe: None })
+}
+
+/// The records of a file, its format (and whether sniffed) and the SHA-256 of its bytes.
+fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusFormat, bool, String)> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let format = match o.format {
+        CorpusFormat::Auto if ext == "csv" => CorpusFormat::Csv,
+        CorpusFormat::Auto if ext == "parquet" => CorpusFormat::Parquet,
+        f => f,
+    };
+    if matches!(format, CorpusFormat::Csv | CorpusFormat::Parquet) {
+        let sha = hex(&Sha256::digest(crate::paths::read_bytes(path)?));
+        let frame = if format == CorpusFormat::Csv { Frame::read_csv(path)? } else { Frame::read_parquet(path)? };
+        let (columns, rows, _) = frame_rows(&frame)?;
+        // Line numbers: the header is line 1 (a quoted newline inside a value shifts them).
+        let rows = rows.into_iter().enumerate().map(|(i, (_, c))| (if format == CorpusFormat::Csv { format!("line {}", i + 2) } else { format!("row {}", i + 1) }, c)).collect();
+        let where_ = path.display().to_string();
+        return Ok((column_records(&where_, &columns, rows, o)?, format, o.format == CorpusFormat::Auto, sha));
+    }
+    let bytes = crate::paths::read_bytes(path)?;
+    let sha = hex(&Sha256::digest(&bytes));
+    let text = String::from_utf8(bytes).map_err(|e| Error::data(path, format!("not UTF-8 text ({e}): a JSON corpus is UTF-8")))?;
+    let objects = json_records(path, &text)?;
+    let (format, sniffed) = match format {
+        CorpusFormat::Auto => match sniff(&objects[0].1) {
+            Some(f) => (f, true),
+            None => {
+                let (q, ra, _, _) = mapping(o);
+                let keys: Vec<String> = objects[0].1.keys().cloned().collect();
+                if !(keys.contains(&q) && keys.contains(&ra)) {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "{}: in none of the corpus formats (keys: {}): expected alpaca (instruction, input, output), sharegpt (conversations), messages, prompt-completion (prompt, completion), or named columns given by #{{question: \"…\", rationale: \"…\"}}",
+                            objects[0].0,
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+                (CorpusFormat::Jsonl, true)
+            }
+        },
+        f => (f, false),
+    };
+    let (_, _, answer_key, _) = mapping(o);
+    let records = if format.named_columns() {
+        let mut columns: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, m) in &objects {
+            for k in m.keys() {
+                if seen.insert(k.clone()) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+        let rows = objects.into_iter().map(|(at, m)| (at, m.iter().map(|(k, v)| (k.clone(), text_of(Some(v)))).collect())).collect();
+        column_records(&path.display().to_string(), &columns, rows, o)?
+    } else {
+        if let Some(k) = [&o.question, &o.rationale].into_iter().flatten().next() {
+            return Err(usage!("corpus: format {format} fixes where the question and rationale are: drop the mapping '{k}' (it is for jsonl, csv, parquet and frames)"));
+        }
+        let first = &objects[0];
+        if sniff(&first.1) != Some(format) {
+            let keys: Vec<&String> = first.1.keys().collect();
+            return Err(Error::data(path, format!("{}: not {format} (keys: {}); try format: \"auto\"", first.0, keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))));
+        }
+        objects.into_iter().enumerate().map(|(row, (at, m))| chat_record(format, row, at, &m, &answer_key)).collect()
+    };
+    Ok((records, format, sniffed, sha))
+}
+
+/// Every record has the part `ok` checks, or one error counting and naming those without.
+fn check_present(records: &[Record], ok: impl Fn(&Record) -> bool, what: &str, fail: &dyn Fn(String) -> Error) -> Result<()> {
+    let missing: Vec<&str> = records.iter().filter(|r| !ok(r)).map(|r| r.at.as_str()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let more = if missing.len() > 5 { ", …" } else { "" };
+    Err(fail(format!("{} of {} records have {what}: {}{more}; fix or remove them", missing.len(), records.len(), missing[..missing.len().min(5)].join(", "))))
+}
+
+/// The `kind` option, else one inferred from the answers: all numbers → number, all A–E →
+/// choice, all yes/no/true/false → bool, else text. Without answers a kind must be given.
+fn decide_kind(kind: Option<&str>, records: &[Record], fail: &dyn Fn(String) -> Error) -> Result<AnswerKind> {
+    if let Some(k) = kind {
+        return AnswerKind::parse(k);
+    }
+    let answers: Vec<&str> = records.iter().filter_map(|r| r.answer.as_deref()).collect();
+    if answers.is_empty() {
+        return Err(fail(
+            "no answer column, so the answer is extracted from each rationale: say how, with #{kind: \"number\"} (or choice, bool, latex, text)".into(),
+        ));
+    }
+    let all = |k: AnswerKind| answers.iter().all(|a| canonical_gold(a, k).is_some() && (k != AnswerKind::Choice || a.trim().trim_matches(['(', ')']).len() == 1));
+    Ok([AnswerKind::Number, AnswerKind::Bool, AnswerKind::Choice].into_iter().find(|&k| all(k)).unwrap_or(AnswerKind::Text))
+}
+
+/// Each record's id (its `id`, else `<name>-<row>`), or an error naming duplicates.
+fn ids(records: &[Record], name: &str, fail: &dyn Fn(String) -> Error) -> Result<Vec<String>> {
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone().unwrap_or_else(|| format!("{name}-{}", r.row))).collect();
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    let mut dups = Vec::new();
+    for (id, r) in ids.iter().zip(records) {
+        if let Some(prev) = first.insert(id, &r.at) {
+            dups.push(format!("'{id}' ({prev} and {})", r.at));
+        }
+    }
+    if !dups.is_empty() {
+        return Err(fail(format!("{} duplicate ids: {}; ids must be unique", dups.len(), dups[..dups.len().min(3)].join(", "))));
+    }
+    Ok(ids)
+}
+
+/// One rationale in chat format `format`, with its id, gold answer and provenance beside.
+fn record_of(r: &Rationale, format: CorpusFormat) -> Value {
+    let mut m = match format {
+        CorpusFormat::Alpaca => json!({"instruction": r.question, "input": "", "output": r.text}),
+        CorpusFormat::Sharegpt => json!({"conversations": [{"from": "human", "value": r.question}, {"from": "gpt", "value": r.text}]}),
+        CorpusFormat::Messages => json!({"messages": [{"role": "user", "content": r.question}, {"role": "assistant", "content": r.text}]}),
+        CorpusFormat::PromptCompletion => json!({"prompt": r.question, "completion": r.text}),
+        _ => unreachable!("checked by `write_corpus`"),
+    };
+    let o = &r.origin;
+    let sha = match &o.task {
+        Subject::User(u) => Some(u.sha256.clone()),
+        Subject::Task(_) => None,
+    };
+    let extra = json!({
+        "id": r.id,
+        "answer": r.gold,
+        "cotlab": {"dataset": o.task.name(), "kind": o.task.kind().name(), "teacher": o.teacher, "level": o.level, "format": o.format.name(), "source": o.source, "row": o.row, "sha256": sha},
+    });
+    m.as_object_mut().expect("an object").extend(extra.as_object().expect("an object").clone());
+    m
+}
+
+/// Write `c` to `path` in `format`: one JSON array for a `.json` name, JSON lines for `.jsonl`.
+pub fn write_corpus(c: &Corpus, path: &Path, format: CorpusFormat) -> Result<()> {
+    if !CorpusFormat::WRITABLE.contains(&format) {
+        return Err(usage!("write: format '{format}' cannot be written: use alpaca, sharegpt, messages or prompt-completion"));
+    }
+    if c.is_empty() {
+        return Err(usage!("write: the corpus has no rationales"));
+    }
+    let records = c.rationales.iter().map(|r| record_of(r, format));
+    let text = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::to_string_pretty(&records.collect::<Vec<_>>()).expect("JSON values serialise") + "\n",
+        Some("jsonl") => records.map(|v| v.to_string() + "\n").collect(),
+        _ => return Err(usage!("write: '{}' must end in .json (one array) or .jsonl (JSON lines)", path.display())),
+    };
+    crate::paths::write(path, text.as_bytes())
+}
+
+/// The LLaMA-Factory `dataset_info.json` entry for a file written in `format` (its data/README.md).
+pub fn dataset_info_entry(file_name: &str, format: CorpusFormat) -> Value {
+    match format {
+        CorpusFormat::Alpaca => json!({"file_name": file_name, "formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}),
+        CorpusFormat::Sharegpt => json!({
+            "file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"},
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+        }),
+        CorpusFormat::Messages => json!({
+            "file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
+        }),
+        // LLaMA-Factory has no prompt-completion formatting: alpaca's, with the columns renamed.
+        _ => json!({"file_name": file_name, "formatting": "alpaca", "columns": {"prompt": "prompt", "response": "completion"}}),
+    }
+}
+
+/// Add (or replace) entry `name` in `dir/dataset_info.json`, keeping the other entries.
+pub fn merge_dataset_info(info: &Path, name: &str, entry: Value) -> Result<()> {
+    let mut all = if info.exists() {
+        let text = crate::paths::read_text(info)?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(Error::data(info, "not a JSON object of dataset entries: fix or remove it, then write again")),
+        }
+    } else {
+        Map::new()
+    };
+    all.insert(name.to_string(), entry);
+    crate::paths::write(info, (serde_json::to_string_pretty(&Value::Object(all)).expect("JSON values serialise") + "\n").as_bytes())
+}
