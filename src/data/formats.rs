@@ -233,10 +233,7 @@ fn mapping(o: &CorpusOptions) -> (String, String, String, bool) {
 
 /// A named column the mapping asks for is missing: say which, and list what is there.
 fn missing_column(where_: &str, option: &str, name: &str, found: &[String]) -> Error {
-    usage!(
-        "corpus: {where_} has no column '{name}' (the '{option}' mapping); columns found: {}. Name the right one: #{{{option}: \"…\"}}",
-        found.join(", ")
-    )
+    usage!("corpus: {where_} has no column '{name}' (the '{option}' mapping); columns found: {}. Name the right one: #{{{option}: \"…\"}}", found.join(", "))
 }
 
 /// Records of named columns: `(at, cells by column)` rows.
@@ -396,7 +393,11 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
         let frame = if format == CorpusFormat::Csv { Frame::read_csv(path)? } else { Frame::read_parquet(path)? };
         let (columns, rows, _) = frame_rows(&frame)?;
         // Line numbers: the header is line 1 (a quoted newline inside a value shifts them).
-        let rows = rows.into_iter().enumerate().map(|(i, (_, c))| (if format == CorpusFormat::Csv { format!("line {}", i + 2) } else { format!("row {}", i + 1) }, c)).collect();
+        let rows = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, c))| (if format == CorpusFormat::Csv { format!("line {}", i + 2) } else { format!("row {}", i + 1) }, c))
+            .collect();
         let where_ = path.display().to_string();
         return Ok((column_records(&where_, &columns, rows, o)?, format, o.format == CorpusFormat::Auto, sha));
     }
@@ -440,12 +441,17 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
         column_records(&path.display().to_string(), &columns, rows, o)?
     } else {
         if let Some(k) = [&o.question, &o.rationale].into_iter().flatten().next() {
-            return Err(usage!("corpus: format {format} fixes where the question and rationale are: drop the mapping '{k}' (it is for jsonl, csv, parquet and frames)"));
+            return Err(usage!(
+                "corpus: format {format} fixes where the question and rationale are: drop the mapping '{k}' (it is for jsonl, csv, parquet and frames)"
+            ));
         }
         let first = &objects[0];
         if sniff(&first.1) != Some(format) {
             let keys: Vec<&String> = first.1.keys().collect();
-            return Err(Error::data(path, format!("{}: not {format} (keys: {}); try format: \"auto\"", first.0, keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))));
+            return Err(Error::data(
+                path,
+                format!("{}: not {format} (keys: {}); try format: \"auto\"", first.0, keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")),
+            ));
         }
         objects.into_iter().enumerate().map(|(row, (at, m))| chat_record(format, row, at, &m, &answer_key)).collect()
     };
@@ -474,7 +480,8 @@ fn decide_kind(kind: Option<&str>, records: &[Record], fail: &dyn Fn(String) -> 
             "no answer column, so the answer is extracted from each rationale: say how, with #{kind: \"number\"} (or choice, bool, latex, text)".into(),
         ));
     }
-    let all = |k: AnswerKind| answers.iter().all(|a| canonical_gold(a, k).is_some() && (k != AnswerKind::Choice || a.trim().trim_matches(['(', ')']).len() == 1));
+    let all =
+        |k: AnswerKind| answers.iter().all(|a| canonical_gold(a, k).is_some() && (k != AnswerKind::Choice || a.trim().trim_matches(['(', ')']).len() == 1));
     Ok([AnswerKind::Number, AnswerKind::Bool, AnswerKind::Choice].into_iter().find(|&k| all(k)).unwrap_or(AnswerKind::Text))
 }
 
@@ -537,7 +544,9 @@ pub fn write_corpus(c: &Corpus, path: &Path, format: CorpusFormat) -> Result<()>
 /// The LLaMA-Factory `dataset_info.json` entry for a file written in `format` (its data/README.md).
 pub fn dataset_info_entry(file_name: &str, format: CorpusFormat) -> Value {
     match format {
-        CorpusFormat::Alpaca => json!({"file_name": file_name, "formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}),
+        CorpusFormat::Alpaca => {
+            json!({"file_name": file_name, "formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}})
+        }
         CorpusFormat::Sharegpt => json!({
             "file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"},
             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
@@ -551,17 +560,20 @@ pub fn dataset_info_entry(file_name: &str, format: CorpusFormat) -> Value {
     }
 }
 
-/// Add (or replace) entry `name` in `dir/dataset_info.json`, keeping the other entries.
+/// The entries of a `dataset_info.json` (none when there is no file), or why it cannot be merged into.
+pub fn dataset_info_entries(info: &Path) -> Result<Map<String, Value>> {
+    if !info.exists() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(&crate::paths::read_text(info)?) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(Error::data(info, "not a JSON object of dataset entries: fix or remove it, then write again")),
+    }
+}
+
+/// Add (or replace) entry `name` in the `dataset_info.json` at `info`, keeping the other entries.
 pub fn merge_dataset_info(info: &Path, name: &str, entry: Value) -> Result<()> {
-    let mut all = if info.exists() {
-        let text = crate::paths::read_text(info)?;
-        match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(Error::data(info, "not a JSON object of dataset entries: fix or remove it, then write again")),
-        }
-    } else {
-        Map::new()
-    };
+    let mut all = dataset_info_entries(info)?;
     all.insert(name.to_string(), entry);
     crate::paths::write(info, (serde_json::to_string_pretty(&Value::Object(all)).expect("JSON values serialise") + "\n").as_bytes())
 }

@@ -9,8 +9,8 @@ use super::{options, rt, Context, RhaiResult};
 use crate::answer::{extract_answer, judge};
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
-use crate::data::loaders::load_questions;
 use crate::data::formats::{self, CorpusFormat, CorpusOptions};
+use crate::data::loaders::load_questions;
 use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Subject, Task};
 use crate::eval::score_predictions;
 use crate::lab::Workspace;
@@ -275,7 +275,6 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         "The answer kind of the rationales (`number`, `choice`, `bool`, `latex`, `text`).\n\n```rhai\nprint(rationales(\"csqa\", #{ level: 1 }).kind);   // choice\n```",
         |c: &mut Corpus| c.kind().name().to_string(),
     );
-
 
     // --- datasets
     let dir = ctx.data_dir.clone();
