@@ -233,7 +233,7 @@ fn mapping(o: &CorpusOptions) -> (String, String, String, bool) {
 
 /// A named column the mapping asks for is missing: say which, and list what is there.
 fn missing_column(where_: &str, option: &str, name: &str, found: &[String]) -> Error {
-    usage!("corpus: {where_} has no column '{name}' (the '{option}' mapping); columns found: {}. Name the right one: #{{{option}: \"…\"}}", found.join(", "))
+    usage!("corpus: {where_} has no column '{name}' (the '{option}' mapping); columns found: {}. Name the right one: `{option}` in a script, --{option} on the command line", found.join(", "))
 }
 
 /// Records of named columns: `(at, cells by column)` rows.
@@ -356,7 +356,7 @@ pub fn read_corpus(input: Input, o: &CorpusOptions) -> Result<Corpus> {
     }
     if !bad.is_empty() {
         return Err(fail(format!(
-            "{} answers do not parse as kind {} (first: {}); give the right kind: #{{kind: \"number|choice|bool|latex|text\"}}",
+            "{} answers do not parse as kind {} (first: {}); give the right kind (number, choice, bool, latex, text): `kind` in a script, --kind on the command line",
             bad.len(),
             kind.name(),
             bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
@@ -415,7 +415,7 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
                     return Err(Error::data(
                         path,
                         format!(
-                            "{}: in none of the corpus formats (keys: {}): expected alpaca (instruction, input, output), sharegpt (conversations), messages, prompt-completion (prompt, completion), or named columns given by #{{question: \"…\", rationale: \"…\"}}",
+                            "{}: in none of the corpus formats (keys: {}): expected alpaca (instruction, input, output), sharegpt (conversations), messages, prompt-completion (prompt, completion), or named columns given by the `question` and `rationale` mapping (--question/--rationale on the command line)",
                             objects[0].0,
                             keys.join(", ")
                         ),
@@ -477,7 +477,7 @@ fn decide_kind(kind: Option<&str>, records: &[Record], fail: &dyn Fn(String) -> 
     let answers: Vec<&str> = records.iter().filter_map(|r| r.answer.as_deref()).collect();
     if answers.is_empty() {
         return Err(fail(
-            "no answer column, so the answer is extracted from each rationale: say how, with #{kind: \"number\"} (or choice, bool, latex, text)".into(),
+            "no answer column, so the answer is extracted from each rationale: say which kind (number, choice, bool, latex, text): #{kind: \"number\"} in a script, --kind number on the command line".into(),
         ));
     }
     let all =
