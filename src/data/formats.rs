@@ -162,6 +162,10 @@ fn content_text(v: Option<&Value>) -> Option<String> {
 fn conversation(turns: &[Value], role_key: &str, content_key: &str, users: &[&str], assistants: &[&str]) -> (Option<String>, Option<String>, bool) {
     let role = |t: &Value| t.get(role_key).and_then(Value::as_str).unwrap_or("").to_string();
     let Some(last) = turns.last() else { return (None, None, false) };
+    if users.contains(&role(last).as_str()) {
+        // A question nobody answered: said as a record without a rationale.
+        return (content_text(last.get(content_key)), None, turns.len() > 1);
+    }
     if !assistants.contains(&role(last).as_str()) {
         return (None, None, false);
     }
@@ -405,13 +409,18 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
     let sha = hex(&Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|e| Error::data(path, format!("not UTF-8 text ({e}): a JSON corpus is UTF-8")))?;
     let objects = json_records(path, &text)?;
+    if objects.is_empty() {
+        return Err(Error::data(path, "no records: a corpus needs at least one"));
+    }
     let (format, sniffed) = match format {
         CorpusFormat::Auto => match sniff(&objects[0].1) {
             Some(f) => (f, true),
             None => {
                 let (q, ra, _, _) = mapping(o);
                 let keys: Vec<String> = objects[0].1.keys().cloned().collect();
-                if !(keys.contains(&q) && keys.contains(&ra)) {
+                // A mapping given means named columns: a wrong name is then said as a missing column.
+                let mapped = o.question.is_some() || o.rationale.is_some();
+                if !mapped && !(keys.contains(&q) && keys.contains(&ra)) {
                     return Err(Error::data(
                         path,
                         format!(
@@ -576,4 +585,204 @@ pub fn merge_dataset_info(info: &Path, name: &str, entry: Value) -> Result<()> {
     let mut all = dataset_info_entries(info)?;
     all.insert(name.to_string(), entry);
     crate::paths::write(info, (serde_json::to_string_pretty(&Value::Object(all)).expect("JSON values serialise") + "\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALPACA: &str = r#"[{"instruction": "Tom has 3 apples and buys 2. How many?", "input": "", "output": "3 + 2 = 5. The answer is 5"},
+ {"instruction": "Ann has 10 pens and loses 4.", "input": "How many are left?", "output": "10 - 4 = 6. The answer is 6", "answer": "6"}]"#;
+
+    fn file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn read(p: &Path, o: CorpusOptions) -> Result<Corpus> {
+        read_corpus(Input::File(p), &o)
+    }
+
+    fn number() -> CorpusOptions {
+        CorpusOptions { kind: Some("number".into()), ..Default::default() }
+    }
+
+    fn user(c: &Corpus) -> &UserData {
+        match &c.task {
+            Subject::User(u) => u,
+            Subject::Task(t) => panic!("a release task: {t:?}"),
+        }
+    }
+
+    fn err(r: Result<Corpus>) -> String {
+        r.map(|c| format!("read {} rationales", c.len())).expect_err("an error").to_string()
+    }
+
+    #[test]
+    fn every_writable_format_round_trips_in_both_layouts() {
+        let d = tempfile::tempdir().unwrap();
+        let c = read(&file(d.path(), "a.json", ALPACA), number()).unwrap();
+        assert_eq!(c.rationales[1].question, "Ann has 10 pens and loses 4.\nHow many are left?", "instruction and input joined as LLaMA-Factory does");
+        for format in CorpusFormat::WRITABLE {
+            for ext in ["json", "jsonl"] {
+                let p = d.path().join(format!("out-{format}.{ext}"));
+                write_corpus(&c, &p, format).unwrap();
+                let back = read(&p, CorpusOptions::default()).unwrap();
+                let u = user(&back);
+                assert_eq!((u.format.as_str(), u.sniffed, u.kind), (format.name(), true, AnswerKind::Number), "{format} {ext}");
+                let strip = |c: &Corpus| c.rationales.iter().map(|r| (r.id.clone(), r.question.clone(), r.text.clone(), r.gold.clone())).collect::<Vec<_>>();
+                assert_eq!(strip(&back), strip(&c), "{format} {ext}");
+                assert_eq!(back.rationales[1].origin.row, 1);
+                assert_eq!(u.sha256, hex(&Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+
+    #[test]
+    fn auto_sniffs_each_format_from_the_first_record() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            ("alpaca", "a.jsonl", r#"{"instruction": "Q?", "output": "The answer is 2", "system": "brief"}"#),
+            (
+                "sharegpt",
+                "s.json",
+                r#"[{"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "The answer is 2"}]}]"#,
+            ),
+            (
+                "messages",
+                "m.jsonl",
+                r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "Q?"}]}, {"role": "assistant", "content": "The answer is 2"}]}"#,
+            ),
+            ("prompt-completion", "p.jsonl", r#"{"prompt": "Q?", "completion": "The answer is 2"}"#),
+            ("jsonl", "n.jsonl", r#"{"question": "Q?", "rationale": "The answer is 2"}"#),
+            ("csv", "c.csv", "question,rationale\nQ?,The answer is 2\n"),
+        ];
+        for (format, name, text) in cases {
+            let c = read(&file(d.path(), name, text), number()).unwrap();
+            let u = user(&c);
+            assert_eq!((u.format.as_str(), u.sniffed), (format, true), "{name}");
+            assert_eq!((c.rationales[0].question.as_str(), c.rationales[0].gold.as_deref()), ("Q?", Some("2")), "{name}");
+            assert_eq!(u.context_dropped, usize::from(["alpaca", "sharegpt", "messages"].contains(&format)), "{name}: the system prompt is counted");
+        }
+    }
+
+    #[test]
+    fn answers_come_from_the_rationale_when_absent_and_the_missing_are_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "{\"prompt\": \"a\", \"completion\": \"so 4. The answer is 4\"}\n{\"prompt\": \"b\", \"completion\": \"no idea\"}\n{\"prompt\": \"c\", \"completion\": \"x\", \"answer\": \"7\"}\n";
+        let c = read(&file(d.path(), "p.jsonl", text), number()).unwrap();
+        let golds: Vec<Option<&str>> = c.rationales.iter().map(|r| r.gold.as_deref()).collect();
+        assert_eq!(golds, [Some("4"), None, Some("7")]);
+        assert_eq!(user(&c).no_answer, 1);
+        assert!(user(&c).summary(3).contains("1 without an answer"), "{}", user(&c).summary(3));
+        // Kinds inferred from the answers when not given.
+        for (answers, kind) in
+            [(["3", "4.5"], AnswerKind::Number), (["B", "(c)"], AnswerKind::Choice), (["yes", "False"], AnswerKind::Bool), (["Paris", "B"], AnswerKind::Text)]
+        {
+            let rows: String =
+                answers.iter().enumerate().map(|(i, a)| format!("{{\"question\": \"q{i}\", \"rationale\": \"r\", \"answer\": \"{a}\"}}\n")).collect();
+            let c = read(&file(d.path(), "k.jsonl", &rows), CorpusOptions::default()).unwrap();
+            assert_eq!(c.kind(), kind, "{answers:?}");
+        }
+    }
+
+    #[test]
+    fn a_frame_is_read_by_named_columns_with_a_content_hash() {
+        use crate::frame::ColumnData;
+        let f = |a: &str| {
+            Frame::from_columns(vec![
+                ("q".into(), ColumnData::Str(vec![Some("Q1".into()), Some("Q2".into())])),
+                ("cot".into(), ColumnData::Str(vec![Some("The answer is 1".into()), Some(a.into())])),
+            ])
+            .unwrap()
+        };
+        let o = CorpusOptions {
+            question: Some("q".into()),
+            rationale: Some("cot".into()),
+            kind: Some("number".into()),
+            name: Some("mine".into()),
+            ..Default::default()
+        };
+        let c = read_corpus(Input::Frame(&f("The answer is 2")), &o).unwrap();
+        let u = user(&c);
+        assert_eq!(
+            (u.path.as_str(), u.name.as_str(), c.rationales[1].origin.source.as_str(), c.rationales[1].id.as_str()),
+            ("frame", "mine", "frame", "mine-1")
+        );
+        let other = read_corpus(Input::Frame(&f("The answer is 3")), &o).unwrap();
+        assert_ne!(user(&other).sha256, u.sha256, "other cells, other hash");
+        assert_eq!(user(&read_corpus(Input::Frame(&f("The answer is 2")), &o).unwrap()).sha256, u.sha256);
+        let e = read_corpus(Input::Frame(&f("x")), &CorpusOptions { kind: Some("number".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("no column 'question'") && e.contains("columns found: q, cot"), "{e}");
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_error_never_an_empty_corpus() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: [(&str, &str, CorpusOptions, &[&str]); 12] = [
+            ("none.jsonl", "{\"foo\": 1, \"bar\": 2}\n", number(), &["line 1", "none of the corpus formats", "keys: bar, foo"]),
+            ("empty.jsonl", "  \n", number(), &["file is empty"]),
+            ("empty.json", "[]", number(), &["no records"]),
+            ("notjson.jsonl", "{\"instruction\": \"q\", \"output\": \"r\"}\nnot json\n", number(), &["line 2", "one JSON object per line"]),
+            ("scalar.json", "[{\"instruction\": \"q\", \"output\": \"r\"}, 3]", number(), &["record 2", "expected a JSON object, found a number"]),
+            (
+                "col.jsonl",
+                "{\"q\": \"a\", \"cot\": \"b\"}\n",
+                CorpusOptions { question: Some("q".into()), rationale: Some("rationale_text".into()), kind: Some("text".into()), ..Default::default() },
+                &["no column 'rationale_text'", "columns found: cot, q", "--rationale"],
+            ),
+            (
+                "noq.jsonl",
+                "{\"instruction\": \"q\", \"output\": \"r\"}\n{\"instruction\": \"\", \"output\": \"r\"}\n{\"output\": \"r\"}\n",
+                number(),
+                &["2 of 3 records have no question: line 2, line 3"],
+            ),
+            ("nor.json", "[{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}]}]", number(), &["1 of 1 records have no rationale", "record 1"]),
+            (
+                "dup.jsonl",
+                "{\"id\": \"a\", \"prompt\": \"q\", \"completion\": \"r\"}\n{\"id\": \"a\", \"prompt\": \"q2\", \"completion\": \"r\"}\n",
+                number(),
+                &["1 duplicate ids", "'a' (line 1 and line 2)"],
+            ),
+            (
+                "badans.jsonl",
+                "{\"prompt\": \"q\", \"completion\": \"r\", \"answer\": \"ten\"}\n{\"prompt\": \"q2\", \"completion\": \"r\", \"answer\": \"3\"}\n",
+                number(),
+                &["1 answers do not parse as kind number", "line 1: \"ten\""],
+            ),
+            ("nokind.jsonl", "{\"prompt\": \"q\", \"completion\": \"r\"}\n", CorpusOptions::default(), &["no answer column", "--kind number"]),
+            (
+                "wrong.jsonl",
+                "{\"prompt\": \"q\", \"completion\": \"r\"}\n",
+                CorpusOptions { format: CorpusFormat::Alpaca, ..number() },
+                &["line 1: not alpaca", "keys: completion, prompt"],
+            ),
+        ];
+        for (name, text, o, needles) in cases {
+            let e = err(read(&file(d.path(), name, text), o));
+            for n in needles {
+                assert!(e.contains(n), "{name}: {e:?} lacks {n:?}");
+            }
+            assert!(e.contains(name), "{name}: the error names the file: {e}");
+        }
+    }
+
+    #[test]
+    fn dataset_info_entries_merge_and_follow_llamafactory_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let info = d.path().join("dataset_info.json");
+        std::fs::write(&info, r#"{"theirs": {"file_name": "t.json"}}"#).unwrap();
+        for f in CorpusFormat::WRITABLE {
+            merge_dataset_info(&info, f.name(), dataset_info_entry(&format!("{f}.json"), f)).unwrap();
+        }
+        let all = dataset_info_entries(&info).unwrap();
+        assert_eq!(all.len(), 5, "kept theirs: {all:?}");
+        assert_eq!(all["sharegpt"]["tags"]["user_tag"], "human");
+        assert_eq!(all["messages"]["tags"]["role_tag"], "role");
+        assert_eq!(all["prompt-completion"]["columns"]["response"], "completion");
+        std::fs::write(&info, "[1]").unwrap();
+        assert!(merge_dataset_info(&info, "x", json!({})).unwrap_err().to_string().contains("not a JSON object of dataset entries"));
+        assert_eq!(std::fs::read_to_string(&info).unwrap(), "[1]", "left as it was");
+    }
 }
