@@ -170,3 +170,42 @@ fn convert_writes_the_format_and_its_dataset_info_entry_or_nothing() {
     let r = run(cotlab().arg("convert").arg(&input).arg(out.join("z.json")).args(["--to", "csv", "--kind", "number"]));
     assert!(r.code != 0 && r.stderr.contains("cannot be written"), "{}", r.stderr);
 }
+
+#[test]
+fn a_sweep_grid_names_user_corpora_checked_by_the_sandbox() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let input = mine(d.path());
+    let outside = tempfile::tempdir().unwrap();
+    let secret = mine(outside.path());
+    let ws = cotlab::lab::Workspace::sandboxed(common::data_dir(), d.path().join("runs"), None, &[d.path().to_path_buf()]);
+    let spec: cotlab::experiment::SweepSpec = serde_json::from_value(serde_json::json!({
+        "name": "mine",
+        "grid": {"corpus": [input, {"path": input, "kind": "number", "name": "own"}, secret, {"path": input, "colour": 1}]},
+        "base": {"eval_dataset": "arith", "max_steps": 1},
+        "include": [{"mix": [{"corpus": {"path": input, "kind": "number"}, "weight": 1.0}, {"dataset": "arith", "level": 1, "weight": 1.0}], "train_n": 5, "dataset": "arith"}]
+    }))
+    .unwrap();
+    let points = cotlab::experiment::plan(&ws, &spec).unwrap();
+    let status: Vec<String> = points.iter().map(|p| format!("{:?} {}", p.status, p.reason.clone().unwrap_or_default())).collect();
+    assert!(status[0].starts_with("Pending") && status[1].starts_with("Pending") && status[4].starts_with("Pending"), "{status:#?}");
+    assert!(status[2].contains("Invalid") && status[2].contains("outside the dirs a script may read"), "{status:#?}");
+    assert!(status[3].contains("Invalid") && status[3].contains("path"), "an unknown option: {status:#?}");
+    let real = std::fs::canonicalize(&input).unwrap();
+    let catalog = Catalog::new(common::data_dir());
+    for (i, name, n) in [(0, "mine", 3), (1, "own", 3), (4, "mixture", 5)] {
+        let p = &points[i];
+        assert!(p.data_files.contains(&real), "point {i}: the file is part of its provenance: {:?}", p.data_files);
+        let c = p.resolved.as_ref().unwrap().corpus(&catalog).unwrap();
+        assert_eq!(c.len(), n, "point {i}");
+        if i < 4 {
+            assert_eq!(c.task.name(), name);
+        } else {
+            assert!(c.rationales.iter().any(|r| r.origin.task.name() == "mine") && c.rationales.iter().any(|r| r.origin.task.name() == "arith"));
+        }
+    }
+    // A corpus point must say what to evaluate on.
+    let bad: cotlab::experiment::SweepSpec = serde_json::from_value(serde_json::json!({"name": "x", "grid": {"corpus": [input]}})).unwrap();
+    let points = cotlab::experiment::plan(&ws, &bad).unwrap();
+    assert!(points[0].reason.as_deref().is_some_and(|r| r.contains("eval_dataset")), "{:?}", points[0].reason);
+}
