@@ -209,3 +209,23 @@ fn a_sweep_grid_names_user_corpora_checked_by_the_sandbox() {
     let points = cotlab::experiment::plan(&ws, &bad).unwrap();
     assert!(points[0].reason.as_deref().is_some_and(|r| r.contains("eval_dataset")), "{:?}", points[0].reason);
 }
+
+#[test]
+fn sft_trains_on_a_user_corpus_and_records_where_it_came_from() {
+    require!(Data, Model);
+    let d = tempfile::tempdir().unwrap();
+    let input = mine(d.path());
+    let script = d.path().join("sft.rhai");
+    let src = format!(
+        "let c = corpus(\"{}\", #{{ kind: \"number\", name: \"own\" }});\nlet r = sft(student(\"default\"), c.sample(2, 1), #{{ run: \"own\", max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96 }});\nprint(`steps ${{r.steps}} examples ${{r.examples}}`);",
+        input.display()
+    );
+    std::fs::write(&script, src).unwrap();
+    let runs = d.path().join("runs");
+    let r = run(cotlab().arg("run").arg(&script).arg("--allow-read").arg(d.path()).arg("--out").arg(d.path().join("out")).arg("--runs").arg(&runs));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("steps 1 examples 2"), "{}", r.stdout);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("own/config.json")).unwrap()).unwrap();
+    assert_eq!(config["data"]["dataset"], "own");
+    assert_eq!(config["data"]["source"], std::fs::canonicalize(&input).unwrap().display().to_string());
+}
