@@ -95,6 +95,8 @@ fn a_user_corpus_goes_through_sample_order_mix_and_contamination_unchanged() {
     assert_eq!(int("mix([#{ corpus: c, weight: 1.0 }, #{ corpus: rationales(\"svamp\", #{ level: 1 }), weight: 1.0 }], #{ n: 10, seed: 1 }).len()"), 10);
     assert_eq!(int("contamination(c, c).exact"), 3);
     assert_eq!(int("c.report.no_answer"), 1);
+    let shown = r.eval("t.rhai", &format!("corpus(\"{p}\", #{{ kind: \"number\" }}).to_string()")).unwrap().into_string().unwrap();
+    assert_eq!(shown, format!("Corpus(mine alpaca number, 3 rationales from {})", std::fs::canonicalize(&input).unwrap().display()));
     // Provenance per row: the file, its row, its SHA-256.
     let source = r.eval("t.rhai", &format!("corpus(\"{p}\", #{{ kind: \"number\" }}).source")).unwrap().into_string().unwrap();
     assert_eq!(PathBuf::from(source), std::fs::canonicalize(&input).unwrap());

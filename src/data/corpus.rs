@@ -228,7 +228,9 @@ impl Corpus {
         if let Some(r) = &self.recipe {
             return r.text.clone();
         }
-        let mut parts = vec![self.task.name().to_string(), self.teacher.map(|t| t.name().to_string()).unwrap_or_else(|| "answer-only".into())];
+        // A user corpus has no release teacher: "user", not "answer-only".
+        let no_teacher = if matches!(self.task, Subject::User(_)) { "user" } else { "answer-only" };
+        let mut parts = vec![self.task.name().to_string(), self.teacher.map(|t| t.name().to_string()).unwrap_or_else(|| no_teacher.into())];
         if let Some(l) = self.level {
             parts.push(format!("level-{l}"));
         }

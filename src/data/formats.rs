@@ -624,6 +624,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = read(&file(d.path(), "a.json", ALPACA), number()).unwrap();
         assert_eq!(c.rationales[1].question, "Ann has 10 pens and loses 4.\nHow many are left?", "instruction and input joined as LLaMA-Factory does");
+        assert_eq!(c.label(), "a user plain");
         for format in CorpusFormat::WRITABLE {
             for ext in ["json", "jsonl"] {
                 let p = d.path().join(format!("out-{format}.{ext}"));

@@ -148,7 +148,8 @@ const SHOW_DS: &str = r#"A short summary: `Dataset(svamp test, 300 examples)` (w
 print(dataset("svamp").to_string());
 ```"#;
 
-const SHOW_CORPUS: &str = r#"A short summary: `Corpus(svamp gpt-4o plain level 3, 700 rationales from …)` (what `print` shows).
+const SHOW_CORPUS: &str = r#"A short summary: `Corpus(svamp gpt-4o plain level 3, 700 rationales from …)`, for a user corpus
+`Corpus(mine alpaca number, 120 rationales from mine.json)` (what `print` shows).
 
 ```rhai
 print(rationales("svamp", #{ level: 3 }));
@@ -372,6 +373,9 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     );
     def(engine, "df", ["c"], DF, |c: &mut Corpus| -> RhaiResult<Frame> { corpus_frame(c).map_err(rt) });
     let show = |c: &mut Corpus| {
+        if let Subject::User(u) = &c.task {
+            return format!("Corpus({} {} {}, {} rationales from {})", u.name, u.format, u.kind.name(), c.len(), c.source);
+        }
         format!(
             "Corpus({} {} {}{}, {} rationales from {})",
             c.task.name(),
