@@ -666,6 +666,12 @@ mod tests {
             assert_eq!((c.rationales[0].question.as_str(), c.rationales[0].gold.as_deref()), ("Q?", Some("2")), "{name}");
             assert_eq!(u.context_dropped, usize::from(["alpaca", "sharegpt", "messages"].contains(&format)), "{name}: the system prompt is counted");
         }
+        let csv = read(&d.path().join("c.csv"), number()).unwrap();
+        let pq = d.path().join("c.parquet");
+        Frame::read_csv(&d.path().join("c.csv")).unwrap().write_parquet(&pq).unwrap();
+        let c = read(&pq, number()).unwrap();
+        assert_eq!((user(&c).format.as_str(), c.rationales[0].question.as_str(), c.rationales[0].gold.as_deref()), ("parquet", "Q?", Some("2")));
+        assert_ne!(user(&c).sha256, user(&csv).sha256, "the hash is of the file read");
     }
 
     #[test]
