@@ -47,6 +47,9 @@ pub enum Cmd {
     Score(ScoreCmd),
     /// Report how many test questions appear in a training file.
     Contamination(ContaminationCmd),
+    /// Convert a corpus file between formats (alpaca, sharegpt, messages, prompt-completion; from
+    /// those or named columns), adding its LLaMA-Factory entry to dataset_info.json beside OUT.
+    Convert(ConvertCmd),
     /// List the functions a script can call: signatures and a summary; with NAME, its documentation.
     Functions {
         /// One function (a property by its name, an indexer as []).
@@ -255,6 +258,36 @@ pub struct UserDataArgs {
     pub choices_col: Option<String>,
     /// The set's name (default: the file's stem): the default eval dir is eval-<name>-<split>-<model>.
     #[arg(long, requires = "data")]
+    pub name: Option<String>,
+}
+
+// `cotlab convert`.
+#[derive(Args)]
+pub struct ConvertCmd {
+    /// The corpus to read: JSON array or JSON lines in a chat format, or named columns (JSON lines, CSV, parquet).
+    pub input: PathBuf,
+    /// The file to write: `.json` (one array) or `.jsonl` (JSON lines).
+    pub output: PathBuf,
+    /// The format to write: alpaca, sharegpt, messages or prompt-completion.
+    #[arg(long, value_parser = cotlab::data::formats::CorpusFormat::parse)]
+    pub to: cotlab::data::formats::CorpusFormat,
+    /// The input's format: auto (sniffed, and said), alpaca, sharegpt, messages, prompt-completion, jsonl, csv, parquet.
+    #[arg(long, default_value = "auto", value_parser = cotlab::data::formats::CorpusFormat::parse)]
+    pub from: cotlab::data::formats::CorpusFormat,
+    /// Named columns: the question's (default: question).
+    #[arg(long)]
+    pub question: Option<String>,
+    /// Named columns: the rationale's (default: rationale).
+    #[arg(long)]
+    pub rationale: Option<String>,
+    /// The answer's column or extra field (default: answer, when present).
+    #[arg(long)]
+    pub answer: Option<String>,
+    /// The answer kind: number, choice, bool, latex or text (default: from the answers).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// The corpus's name (ids without an `id` field are NAME-ROW; default: the input's stem).
+    #[arg(long)]
     pub name: Option<String>,
 }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use serde::Serialize;
 
-use cli::{BenchCmd, ChatTemplateCmd, Cli, Cmd, ContaminationCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd, UserDataArgs};
+use cli::{BenchCmd, ChatTemplateCmd, Cli, Cmd, ContaminationCmd, ConvertCmd, EvalCmd, ExportCmd, RunArgs, ScoreCmd, SweepCmd, UserDataArgs};
 use cotlab::answer::Protocol;
 use cotlab::data::contamination;
 use cotlab::data::loaders::load_questions;
@@ -119,6 +119,7 @@ fn dispatch(cmd: Cmd) -> Result<Finished> {
         Cmd::Bench { what } => done(bench(what)),
         Cmd::Score(c) => done(score(c)),
         Cmd::Contamination(c) => done(contamination(c)),
+        Cmd::Convert(c) => done(convert(c)),
         Cmd::Functions { name, markdown } => done(cotlab::script::docs::print_functions(name.as_deref(), markdown)),
         Cmd::Catalog { dataset, data_dir } => done(catalog(dataset, data_dir)),
     }
@@ -207,6 +208,28 @@ fn score(c: ScoreCmd) -> Result<()> {
 
 /// `cotlab contamination`: the summary (and with --verbose every hit) on stderr, the counts as
 /// JSON on stdout.
+/// `cotlab convert`: read a corpus, write it in another format, register it in dataset_info.json beside it.
+fn convert(c: ConvertCmd) -> Result<()> {
+    use cotlab::data::formats::{self, CorpusOptions};
+    if cotlab::paths::real_path(&c.input)? == cotlab::paths::real_path(&c.output)? {
+        return Err(Error::usage(format!("convert: OUT is IN ({}): write to another file", c.input.display())));
+    }
+    let o = CorpusOptions { format: c.from, question: c.question, rationale: c.rationale, answer: c.answer, kind: c.kind, name: c.name };
+    let info = c.output.with_file_name("dataset_info.json");
+    // Checked before writing anything: a dataset_info.json that cannot be merged into stops here.
+    formats::dataset_info_entries(&info)?;
+    let corpus = formats::read_corpus(formats::Input::File(&c.input), &o)?;
+    if let cotlab::data::Subject::User(u) = &corpus.task {
+        eprintln!("{}", u.summary(corpus.len()));
+    }
+    formats::write_corpus(&corpus, &c.output, c.to)?;
+    let file = c.output.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let entry = c.output.file_stem().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    formats::merge_dataset_info(&info, &entry, formats::dataset_info_entry(&file, c.to))?;
+    eprintln!("wrote {} ({} rationales, {}) and its entry '{entry}' in {}", c.output.display(), corpus.len(), c.to, info.display());
+    Ok(())
+}
+
 fn contamination(c: ContaminationCmd) -> Result<()> {
     let report = contamination::check(&load_questions(&c.train)?, &load_questions(&c.test)?, c.threshold)?;
     eprintln!("{}", report.summary());

@@ -253,8 +253,14 @@ impl Catalog {
                 Some(a) => canonical_gold(a, kind),
                 None => golds.get(&p.prompt).cloned(),
             };
-            let origin =
-                Origin { task, teacher: e.teacher.map(|t| t.name().to_string()), level: e.level, format: e.format, source: e.file.clone(), row: p.index };
+            let origin = Origin {
+                task: task.into(),
+                teacher: e.teacher.map(|t| t.name().to_string()),
+                level: e.level,
+                format: e.format,
+                source: e.file.clone(),
+                row: p.index,
+            };
             rationales.push(Rationale { id: format!("{}-train-{}", task.name(), p.index), question: p.prompt, gold, text, origin });
         }
         if rationales.is_empty() {
@@ -263,9 +269,10 @@ impl Catalog {
         if skipped > 0 {
             eprintln!("warning: {}: skipped {skipped} records without '{}' (they carry another teacher's column)", path.display(), e.response_col);
         }
-        let mut corpus = Corpus { task, teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped, recipe: None };
+        let mut corpus =
+            Corpus { task: task.into(), teacher: e.teacher, level: e.level, format: e.format, source: e.file.clone(), rationales, skipped, recipe: None };
         apply_limit(&mut corpus.rationales, q.seed, q.limit);
-        corpus.task = task;
+        corpus.task = task.into();
         Ok(corpus)
     }
 
@@ -321,12 +328,21 @@ fn arith_rationales(q: &RationaleQuery) -> Result<Corpus> {
                 question: ex.question.clone(),
                 gold: Some(ex.answer.clone()),
                 text: p.rationale(level.unwrap_or(1), format),
-                origin: Origin { task: Task::Arith, teacher: Some("rule".into()), level, format, source: "generated".into(), row },
+                origin: Origin { task: Task::Arith.into(), teacher: Some("rule".into()), level, format, source: "generated".into(), row },
             }
         })
         .collect();
     apply_limit(&mut rationales, None, q.limit);
-    Ok(Corpus { task: Task::Arith, teacher: Some(ReleaseTeacher::Rule), level, format, source: "generated".into(), rationales, skipped: 0, recipe: None })
+    Ok(Corpus {
+        task: Task::Arith.into(),
+        teacher: Some(ReleaseTeacher::Rule),
+        level,
+        format,
+        source: "generated".into(),
+        rationales,
+        skipped: 0,
+        recipe: None,
+    })
 }
 
 /// The level and format of an `arith` query, or why the rule teacher cannot write it.

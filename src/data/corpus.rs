@@ -3,8 +3,12 @@
 //! Corpora concatenate, sample, weight (mix) and order (curriculum); every rationale keeps its
 //! origin, so a mixture can be taken apart again in a frame, and the result records how it was
 //! made ([`Recipe`]), which becomes part of a training run's identity. All randomness is seeded.
+//! A rationale is about a [`Subject`]: a task of the release, or a user's file or frame
+//! ([`UserData`]: its name, answer kind and content hash; `formats` reads those).
 //! This file imports nothing else of `data` but the `Task` at its root: the catalog makes corpora,
 //! it is not needed to hold one.
+
+use std::sync::Arc;
 
 use super::{AnswerKind, Task};
 use crate::cot::Format;
@@ -51,6 +55,77 @@ impl ReleaseTeacher {
     }
 }
 
+/// What a rationale is about: a task of the release, or a user's data. `name` and `kind` say
+/// which dataset and answer rule, for both.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Subject {
+    Task(Task),
+    User(Arc<UserData>),
+}
+
+impl From<Task> for Subject {
+    fn from(t: Task) -> Subject {
+        Subject::Task(t)
+    }
+}
+
+impl Subject {
+    /// The task's name (`svamp`) or the name the user gave their data.
+    pub fn name(&self) -> &str {
+        match self {
+            Subject::Task(t) => t.name(),
+            Subject::User(u) => &u.name,
+        }
+    }
+
+    pub fn kind(&self) -> AnswerKind {
+        match self {
+            Subject::Task(t) => t.kind(),
+            Subject::User(u) => u.kind,
+        }
+    }
+
+    /// The release task, None for user data.
+    pub fn task(&self) -> Option<Task> {
+        match self {
+            Subject::Task(t) => Some(*t),
+            Subject::User(_) => None,
+        }
+    }
+}
+
+/// A user's file or frame read as a corpus, and what reading it found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserData {
+    /// The `name` option, else the file's stem (`frame` for a frame).
+    pub name: String,
+    pub kind: AnswerKind,
+    /// The file as given, or "frame".
+    pub path: String,
+    /// SHA-256 of the file's bytes, or of a frame's cells.
+    pub sha256: String,
+    /// The format read (`alpaca`, …); `sniffed` when `auto` chose it.
+    pub format: String,
+    pub sniffed: bool,
+    /// Records with no answer: no answer column and none extracted from the rationale.
+    pub no_answer: usize,
+    /// Records whose system prompt or earlier turns were left out (a rationale is one question → one answer).
+    pub context_dropped: usize,
+}
+
+impl UserData {
+    /// One line for the user: what was read, how, and how many records lack an answer.
+    pub fn summary(&self, n: usize) -> String {
+        let how = if self.sniffed { format!("format {} (sniffed from the first record)", self.format) } else { format!("format {}", self.format) };
+        let mut s =
+            format!("corpus '{}': {n} rationales from {}, {how}, kind {}; {} without an answer", self.name, self.path, self.kind.name(), self.no_answer);
+        if self.context_dropped > 0 {
+            s.push_str(&format!("; {} with a system prompt or earlier turns left out", self.context_dropped));
+        }
+        s
+    }
+}
+
 /// One rationale with its question and gold answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rationale {
@@ -67,12 +142,13 @@ pub struct Rationale {
 /// the file and row it was read from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Origin {
-    pub task: Task,
+    pub task: Subject,
     /// A release teacher's name, a live teacher's `kind:model`, or None (answer-only data).
     pub teacher: Option<String>,
     pub level: Option<u8>,
     pub format: Format,
-    /// The file read (relative to the data dir), "generated" for `arith`, `teacher:…` for a live teacher.
+    /// The file read (relative to the data dir), "generated" for `arith`, `teacher:…` for a live
+    /// teacher, a user's file as given or "frame" (its hash in the `Subject`).
     pub source: String,
     /// The record's index in that source.
     pub row: usize,
@@ -81,7 +157,7 @@ pub struct Origin {
 /// A set of rationales from one teacher at one level and format.
 #[derive(Clone, Debug)]
 pub struct Corpus {
-    pub task: Task,
+    pub task: Subject,
     pub teacher: Option<ReleaseTeacher>,
     pub level: Option<u8>,
     pub format: Format,
@@ -152,7 +228,9 @@ impl Corpus {
         if let Some(r) = &self.recipe {
             return r.text.clone();
         }
-        let mut parts = vec![self.task.name().to_string(), self.teacher.map(|t| t.name().to_string()).unwrap_or_else(|| "answer-only".into())];
+        // A user corpus has no release teacher: "user", not "answer-only".
+        let no_teacher = if matches!(self.task, Subject::User(_)) { "user" } else { "answer-only" };
+        let mut parts = vec![self.task.name().to_string(), self.teacher.map(|t| t.name().to_string()).unwrap_or_else(|| no_teacher.into())];
         if let Some(l) = self.level {
             parts.push(format!("level-{l}"));
         }
@@ -163,7 +241,7 @@ impl Corpus {
     /// Set `task`/`teacher`/`level`/`format` to what every rationale shares (None, or the
     /// first's, where they differ) after the rationales changed.
     fn with_recipe(mut self, text: String, ordered: bool) -> Corpus {
-        if let Some(t) = shared(&self, |o| o.task) {
+        if let Some(t) = shared(&self, |o| o.task.clone()) {
             self.task = t;
         }
         self.teacher = shared(&self, |o| o.teacher.clone()).flatten().and_then(|t| ReleaseTeacher::parse(&t).ok());

@@ -7,6 +7,7 @@ pub mod arith;
 pub mod catalog;
 pub mod contamination;
 pub mod corpus;
+pub mod formats;
 pub mod loaders;
 pub mod user;
 
@@ -22,7 +23,7 @@ use crate::usage;
 pub use crate::answer::AnswerKind;
 use crate::answer::Evaluator;
 pub use catalog::{Catalog, CatalogEntry, RationaleQuery};
-pub use corpus::{Corpus, CurriculumOrder, MixPart, Origin, Rationale, Recipe, ReleaseTeacher};
+pub use corpus::{Corpus, CurriculumOrder, MixPart, Origin, Rationale, Recipe, ReleaseTeacher, Subject, UserData};
 
 /// One question with its gold answer, as a student sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

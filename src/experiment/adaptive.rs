@@ -225,7 +225,8 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
         ));
     }
     let heldout: std::collections::HashSet<&String> = ranked.iter().map(|(_, q, _)| *q).collect();
-    let task = cands[0].task;
+    // Candidate levels are the release's: a user corpus has none (the point refuses `select` with `corpus`).
+    let task = cands[0].task.task().ok_or_else(|| usage!("select pilot: the candidates are not a release dataset's rationales"))?;
     let examples: Vec<Example> = ranked
         .iter()
         .enumerate()
@@ -302,7 +303,7 @@ mod tests {
     fn questions_are_matched_across_corpora() {
         let task = Task::Arith;
         let corpus = |level: u8, qs: &[&str]| Corpus {
-            task,
+            task: task.into(),
             teacher: None,
             level: Some(level),
             format: crate::cot::Format::Plain,
@@ -316,7 +317,7 @@ mod tests {
                     gold: Some("1".into()),
                     text: format!("level {level}"),
                     origin: crate::data::Origin {
-                        task,
+                        task: task.into(),
                         teacher: None,
                         level: Some(level),
                         format: crate::cot::Format::Plain,

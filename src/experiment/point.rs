@@ -6,7 +6,10 @@
 //! * data: `dataset` [svamp], `teacher` [gpt-4o; rule for arith], `level`, `format` [plain],
 //!   `train_n` (a seeded subset of the corpus; the generated set's size for arith [500]),
 //!   `train_seed` [1], `mix` (a list of parts `#{dataset, teacher, level, format, weight}` mixed
-//!   to `train_n` rationales), `order` (`coarse_to_fine` / `fine_to_coarse`: a curriculum);
+//!   to `train_n` rationales; a part may be `#{corpus, weight}`), `order` (`coarse_to_fine` /
+//!   `fine_to_coarse`: a curriculum), `corpus` (a user corpus instead of the release's: a path, or
+//!   `#{path, format, question, rationale, answer, kind, name}` as `corpus()` takes; read through
+//!   the sandbox when the sweep is planned; `train_n` samples it);
 //! * student: `student` [default], `device` [cpu], `template`;
 //! * `train` [true]: false evaluates the base student (a before-training baseline);
 //! * evaluation: `eval_dataset` [= dataset], `eval_split` [test], `eval_n` (a seeded subset),
@@ -24,7 +27,7 @@ use crate::lab::StudentOptions;
 use crate::train::SftOptions;
 use crate::usage;
 
-pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order"];
+pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order", "corpus"];
 /// The student-adaptive strategy's keys (parsed by `take_strategy`; run by [`super::adaptive`]).
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
@@ -49,10 +52,68 @@ pub fn known_keys() -> Vec<String> {
     keys
 }
 
+/// A user corpus named by a point: a path, or a path with `corpus()`'s options.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum UserCorpusSpec {
+    Path(String),
+    Options(UserCorpusOptions),
+}
+
+/// `#{path, format, question, rationale, answer, kind, name}`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCorpusOptions {
+    pub path: String,
+    #[serde(default)]
+    pub format: crate::data::formats::CorpusFormat,
+    pub question: Option<String>,
+    pub rationale: Option<String>,
+    pub answer: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+}
+
+impl UserCorpusSpec {
+    /// The file and the options to read it with.
+    fn split(&self) -> (std::path::PathBuf, crate::data::formats::CorpusOptions) {
+        match self {
+            UserCorpusSpec::Path(p) => (p.into(), Default::default()),
+            UserCorpusSpec::Options(o) => (
+                o.path.clone().into(),
+                crate::data::formats::CorpusOptions {
+                    format: o.format,
+                    question: o.question.clone(),
+                    rationale: o.rationale.clone(),
+                    answer: o.answer.clone(),
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                },
+            ),
+        }
+    }
+
+    fn read(&self) -> Result<crate::data::Corpus> {
+        let (path, o) = self.split();
+        crate::data::formats::read_corpus(crate::data::formats::Input::File(&path), &o)
+    }
+
+    /// The same spec naming `path` (the sandbox-checked real path).
+    fn at(&self, path: &std::path::Path) -> UserCorpusSpec {
+        let path = path.display().to_string();
+        match self {
+            UserCorpusSpec::Path(_) => UserCorpusSpec::Path(path),
+            UserCorpusSpec::Options(o) => UserCorpusSpec::Options(UserCorpusOptions { path, ..o.clone() }),
+        }
+    }
+}
+
 /// One part of a `mix`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixSpec {
+    /// A user corpus instead of a release one (then no dataset, teacher, level or format).
+    pub corpus: Option<UserCorpusSpec>,
     pub dataset: Option<String>,
     pub teacher: Option<String>,
     pub level: Option<i64>,
@@ -70,6 +131,8 @@ fn one() -> f64 {
 pub struct PointConfig {
     /// (dataset, query, weight) of each corpus; one part unless `mix`.
     pub parts: Vec<(String, RationaleQuery, f64)>,
+    /// User corpora (`corpus`, or `mix` parts naming one) and their weights, after `parts`.
+    pub user: Vec<(UserCorpusSpec, f64)>,
     pub mixed: bool,
     /// Rationales in a mixture (`train_n`).
     pub mix_n: Option<usize>,
@@ -185,6 +248,7 @@ impl PointConfig {
         let format: Option<String> = take(&mut m, "format")?;
         let mix: Option<Vec<MixSpec>> = take(&mut m, "mix")?;
         let order = take(&mut m, "order")?;
+        let corpus: Option<UserCorpusSpec> = take(&mut m, "corpus")?;
         // arith is generated: `train_n` is its size and `train_seed` picks the problems.
         let query = |ds: &str, teacher: Option<String>, level, format| {
             let arith = Task::parse(ds).is_ok_and(|t| t == Task::Arith);
@@ -203,8 +267,20 @@ impl PointConfig {
             if level.is_some() || mix.is_some() || order.is_some() {
                 return Err(usage!("'select' chooses the levels itself (from 'select_levels'): drop 'level', 'mix' and 'order' beside it"));
             }
+            if corpus.is_some() {
+                return Err(usage!("'select' chooses among the release's levels: it cannot take a 'corpus'"));
+            }
             let parts = st.levels.iter().map(|&l| (dataset.clone(), query(&dataset, teacher.clone(), Some(l.get().into()), format.clone()), 1.0)).collect();
-            return Self::finish(m, parts, false, train_n, train_seed, None, strategy, dataset);
+            return Self::finish(m, (parts, Vec::new()), false, train_n, train_seed, None, strategy, dataset);
+        }
+        if let Some(c) = corpus {
+            if teacher.is_some() || level.is_some() || format.is_some() || mix.is_some() {
+                return Err(usage!("'corpus' is the training data: drop 'teacher', 'level', 'format' and 'mix' beside it (a mix part may name a corpus)"));
+            }
+            if !m.contains_key("eval_dataset") && !config.contains_key("dataset") {
+                return Err(usage!("'corpus' trains on your file: say what to evaluate on with 'eval_dataset'"));
+            }
+            return Self::finish(m, (Vec::new(), vec![(c, 1.0)]), false, train_n, train_seed, order, None, dataset);
         }
         let (parts, mixed) = match mix {
             Some(parts) => {
@@ -217,17 +293,22 @@ impl PointConfig {
                 if train_n.is_none() {
                     return Err(usage!("'mix' needs 'train_n': how many rationales the mixture holds"));
                 }
-                let p = parts
-                    .into_iter()
-                    .map(|p| {
-                        let ds = p.dataset.unwrap_or_else(|| dataset.clone());
-                        let q = RationaleQuery { limit: None, seed: None, ..query(&ds, p.teacher, p.level, p.format) };
-                        (ds, q, p.weight)
-                    })
-                    .collect();
-                (p, true)
+                let (mut release, mut user) = (Vec::new(), Vec::new());
+                for p in parts {
+                    if let Some(c) = p.corpus {
+                        if p.dataset.is_some() || p.teacher.is_some() || p.level.is_some() || p.format.is_some() {
+                            return Err(usage!("a 'mix' part with a 'corpus' has only 'weight' beside it"));
+                        }
+                        user.push((c, p.weight));
+                        continue;
+                    }
+                    let ds = p.dataset.unwrap_or_else(|| dataset.clone());
+                    let q = RationaleQuery { limit: None, seed: None, ..query(&ds, p.teacher, p.level, p.format) };
+                    release.push((ds, q, p.weight));
+                }
+                ((release, user), true)
             }
-            None => (vec![(dataset.clone(), query(&dataset, teacher, level, format), 1.0)], false),
+            None => ((vec![(dataset.clone(), query(&dataset, teacher, level, format), 1.0)], Vec::new()), false),
         };
         Self::finish(m, parts, mixed, train_n, train_seed, order, None, dataset)
     }
@@ -236,7 +317,7 @@ impl PointConfig {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         mut m: Map<String, Value>,
-        parts: Vec<(String, RationaleQuery, f64)>,
+        (parts, user): (Vec<(String, RationaleQuery, f64)>, Vec<(UserCorpusSpec, f64)>),
         mixed: bool,
         train_n: Option<usize>,
         train_seed: u64,
@@ -278,7 +359,7 @@ impl PointConfig {
         }
         let sft: SftOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("sft options: {e}"))?;
         sft.validate()?;
-        Ok(PointConfig { parts, mixed, mix_n: train_n, train_seed, order, strategy, student, student_opts, train, sft, eval_dataset, eval_data, eval })
+        Ok(PointConfig { parts, user, mixed, mix_n: train_n, train_seed, order, strategy, student, student_opts, train, sft, eval_dataset, eval_data, eval })
     }
 
     /// The data files this point reads (for provenance), or why the release lacks its corpus.
@@ -297,12 +378,36 @@ impl PointConfig {
         Ok(files)
     }
 
-    /// The training corpus: one query, or the mixture, then the curriculum order.
+    /// The user corpora, each read through the sandbox: the spec then names the checked real
+    /// path, and the files are returned for provenance. A file outside the read roots, or one
+    /// that does not read as a corpus, makes the point invalid before anything runs.
+    pub fn check_corpora(&mut self, ws: &crate::lab::Workspace) -> Result<Vec<std::path::PathBuf>> {
+        let mut files = Vec::new();
+        for (spec, _) in self.user.iter_mut() {
+            let real = ws.readable(&spec.split().0, "sweep: corpus")?;
+            *spec = spec.at(&real);
+            spec.read()?;
+            files.push(real);
+        }
+        Ok(files)
+    }
+
+    /// The training corpus: one query or user corpus (`train_n` of it), or the mixture, then the
+    /// curriculum order.
     pub fn corpus(&self, catalog: &Catalog) -> Result<crate::data::Corpus> {
         let mut corpus = if self.mixed {
-            let parts =
+            let mut parts =
                 self.parts.iter().map(|(ds, q, w)| Ok(crate::data::MixPart { corpus: catalog.rationales(ds, q)?, weight: *w })).collect::<Result<Vec<_>>>()?;
+            for (spec, w) in &self.user {
+                parts.push(crate::data::MixPart { corpus: spec.read()?, weight: *w });
+            }
             crate::data::Corpus::mix(&parts, self.mix_n.unwrap_or(0), self.train_seed)?
+        } else if let Some((spec, _)) = self.user.first() {
+            let c = spec.read()?;
+            match self.mix_n {
+                Some(n) if n < c.len() => c.sample(n, self.train_seed)?,
+                _ => c,
+            }
         } else {
             let (ds, q, _) = &self.parts[0];
             catalog.rationales(ds, q)?

@@ -276,7 +276,11 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
             p.status = PointStatus::Invalid;
             p.reason = Some(format!("the same config as point {first}"));
         } else {
-            match PointConfig::resolve(&p.config).and_then(|r| r.check(&catalog).map(|files| (r, files))) {
+            let checked = PointConfig::resolve(&p.config).and_then(|mut r| {
+                let user = r.check_corpora(ws)?;
+                r.check(&catalog).map(|files| (r, files.into_iter().chain(user).collect()))
+            });
+            match checked {
                 Ok((r, files)) => {
                     p.resolved = Some(r);
                     p.data_files = files;

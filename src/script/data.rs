@@ -9,9 +9,10 @@ use super::{options, rt, Context, RhaiResult};
 use crate::answer::{extract_answer, judge};
 use crate::cot::{measure, split_steps};
 use crate::data::contamination;
+use crate::data::formats::{self, CorpusFormat, CorpusOptions};
 use crate::data::loaders::load_questions;
 use crate::data::user::{load_user_file, load_user_frame, UserOptions};
-use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Task};
+use crate::data::{load_dataset, AnswerKind, Catalog, Corpus, Dataset, DatasetOptions, Example, RationaleQuery, Subject, Task};
 use crate::eval::score_predictions;
 use crate::lab::Workspace;
 use crate::results::tables::{catalog_frame, corpus_frame, dataset_frame};
@@ -188,7 +189,8 @@ const SHOW_DS: &str = r#"A short summary: `Dataset(svamp test, 300 examples)` (w
 print(dataset("svamp").to_string());
 ```"#;
 
-const SHOW_CORPUS: &str = r#"A short summary: `Corpus(svamp gpt-4o plain level 3, 700 rationales from …)` (what `print` shows).
+const SHOW_CORPUS: &str = r#"A short summary: `Corpus(svamp gpt-4o plain level 3, 700 rationales from …)`, for a user corpus
+`Corpus(mine alpaca number, 120 rationales from mine.json)` (what `print` shows).
 
 ```rhai
 print(rationales("svamp", #{ level: 3 }));
@@ -203,7 +205,119 @@ mixture's rows keep their own).
 rationales("svamp", #{ level: 3 }).df().select(["id", "words", "steps"]).head(5).show();
 ```"#;
 
+const CORPUS: &str = r#"A `Corpus` from your own file or a DataFrame, with the same provenance as the release's
+(file, row, SHA-256; a frame: "frame" and a hash of its cells), so `mix`, `sample`, `order`,
+`sft`, `sweep` and `contamination` take it unchanged. A file is read like any script input (read
+roots apply).
+
+Options: `format`: `auto` (default: `.csv`/`.parquet` by extension, else from the first record's
+keys; the choice is printed), `alpaca` (`instruction`/`input`/`output`), `sharegpt`
+(`conversations` of `from`/`value`), `messages` (OpenAI chat: `messages` of `role`/`content`),
+`prompt-completion` (TRL), `jsonl`, `csv`, `parquet`; JSON files may be one array or JSON lines.
+`question`, `rationale` (named columns; default `question`, `rationale`), `answer` (a column or
+extra field; default `answer` when present). `kind`: `number`, `choice`, `bool`, `latex`, `text`
+(default: from the answers; required without them). Without an answer the kind's extractor takes
+it from the rationale; `c.report.no_answer` counts those with none. `name`: default the file's
+stem. Records without a question or rationale, duplicate `id`s, answers that do not parse as the
+kind, a missing column (the error lists those found) and an empty file are errors. A system
+prompt or earlier turns are left out (counted in `c.report.context_dropped`).
+
+```rhai
+let c = corpus("my_gpt4o.json", #{ kind: "number" });   // prints what it read
+let f = corpus(read_csv("cots.csv"), #{ question: "q", rationale: "cot", kind: "text" });
+```"#;
+
+const WRITE_CORPUS: &str = r#"Write the corpus into the output dir as `name` (`.json`: one array; `.jsonl`: JSON lines) in
+`format`: `alpaca` (default), `sharegpt`, `messages`, `prompt-completion`; each record keeps
+`id`, `answer` (gold) and `cotlab` (dataset, kind, teacher, level, format, source, row, sha256)
+beside the format's fields. Adds the LLaMA-Factory entry (named by the file's stem) to
+`dataset_info.json` in the same dir, keeping the entries already there.
+
+```rhai
+rationales("svamp", #{ level: 3 }).write("svamp_l3.json", #{ format: "sharegpt" });
+```"#;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct WriteCorpusOptions {
+    format: Option<CorpusFormat>,
+}
+
+/// A corpus from a file path or a frame: read through the sandbox, its summary printed.
+fn read_user_corpus(ws: &Workspace, src: Dynamic, o: &CorpusOptions) -> RhaiResult<Corpus> {
+    let c = if src.is::<Frame>() {
+        formats::read_corpus(formats::Input::Frame(&src.cast::<Frame>()), o).map_err(rt)?
+    } else if src.is_string() {
+        let p = ws.readable(std::path::Path::new(&src.into_string().unwrap()), "corpus").map_err(rt)?;
+        formats::read_corpus(formats::Input::File(&p), o).map_err(rt)?
+    } else {
+        return Err(rt(usage!("corpus: expected a file path or a DataFrame, found {}", src.type_name())));
+    };
+    if let Subject::User(u) = &c.task {
+        println!("{}", u.summary(c.len()));
+    }
+    Ok(c)
+}
+
+/// Write `c` as `name` into the output dir and its LLaMA-Factory entry into `dataset_info.json` there.
+fn write_user_corpus(out: &Option<std::sync::Arc<crate::results::OutputDir>>, c: &Corpus, name: &str, format: CorpusFormat) -> RhaiResult<()> {
+    let path = super::frame::out_path(out, name)?;
+    formats::write_corpus(c, &path, format).map_err(rt)?;
+    let file = std::path::Path::new(name);
+    let entry = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| name.to_string());
+    let info_name = match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => format!("{}/dataset_info.json", dir.display()),
+        None => "dataset_info.json".to_string(),
+    };
+    let file_name = file.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| name.to_string());
+    let info = super::frame::out_path(out, &info_name)?;
+    formats::merge_dataset_info(&info, &entry, formats::dataset_info_entry(&file_name, format)).map_err(rt)
+}
+
+fn user_report(c: &Corpus) -> Dynamic {
+    let Subject::User(u) = &c.task else { return Dynamic::UNIT };
+    let mut m = Map::new();
+    m.insert("name".into(), u.name.clone().into());
+    m.insert("kind".into(), u.kind.name().into());
+    m.insert("path".into(), u.path.clone().into());
+    m.insert("sha256".into(), u.sha256.clone().into());
+    m.insert("format".into(), u.format.clone().into());
+    m.insert("sniffed".into(), u.sniffed.into());
+    m.insert("n".into(), (c.len() as i64).into());
+    m.insert("no_answer".into(), (u.no_answer as i64).into());
+    m.insert("context_dropped".into(), (u.context_dropped as i64).into());
+    m.insert("summary".into(), u.summary(c.len()).into());
+    m.into()
+}
+
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
+    // --- user corpora: in from files and frames, out in the chat formats
+    let ws = ctx.workspace();
+    def(engine, "corpus", ["path_or_frame"], CORPUS, move |src: Dynamic| read_user_corpus(&ws, src, &CorpusOptions::default()));
+    let ws = ctx.workspace();
+    def(engine, "corpus", ["path_or_frame", "opts"], CORPUS, move |src: Dynamic, opts: Map| read_user_corpus(&ws, src, &options::<CorpusOptions>(opts)?));
+    let out = ctx.out.clone();
+    def(engine, "write", ["c", "name"], WRITE_CORPUS, move |c: &mut Corpus, name: &str| write_user_corpus(&out, c, name, CorpusFormat::Alpaca));
+    let out = ctx.out.clone();
+    def(engine, "write", ["c", "name", "opts"], WRITE_CORPUS, move |c: &mut Corpus, name: &str, opts: Map| {
+        let o: WriteCorpusOptions = options(opts)?;
+        write_user_corpus(&out, c, name, o.format.unwrap_or(CorpusFormat::Alpaca))
+    });
+    get(
+        engine,
+        "c",
+        "report",
+        "What reading a user corpus found, `#{name, kind, path, sha256, format, sniffed, n, no_answer, context_dropped, summary}`; `()` for the release's.\n\n```rhai\nprint(corpus(\"mine.jsonl\", #{ kind: \"number\" }).report.no_answer);\n```",
+        |c: &mut Corpus| user_report(c),
+    );
+    get(
+        engine,
+        "c",
+        "kind",
+        "The answer kind of the rationales (`number`, `choice`, `bool`, `latex`, `text`).\n\n```rhai\nprint(rationales(\"csqa\", #{ level: 1 }).kind);   // choice\n```",
+        |c: &mut Corpus| c.kind().name().to_string(),
+    );
+
     // --- datasets
     let ws = ctx.workspace();
     def(engine, "dataset", ["name"], DATASET, move |name: &str| -> RhaiResult<Dataset> { dataset_named(&ws, name, Map::new()) });
@@ -308,6 +422,9 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     );
     def(engine, "df", ["c"], DF, |c: &mut Corpus| -> RhaiResult<Frame> { corpus_frame(c).map_err(rt) });
     let show = |c: &mut Corpus| {
+        if let Subject::User(u) = &c.task {
+            return format!("Corpus({} {} {}, {} rationales from {})", u.name, u.format, u.kind.name(), c.len(), c.source);
+        }
         format!(
             "Corpus({} {} {}{}, {} rationales from {})",
             c.task.name(),

@@ -161,7 +161,7 @@ impl From<ChartOptions> for ChartSpec {
     }
 }
 
-fn out_path(out: &Option<Arc<OutputDir>>, name: &str) -> RhaiResult<PathBuf> {
+pub(super) fn out_path(out: &Option<Arc<OutputDir>>, name: &str) -> RhaiResult<PathBuf> {
     match out {
         Some(o) => o.path_for(name).map_err(rt),
         None => Err(rt(usage!("this session has no output dir: run the script with `cotlab run --out DIR`"))),

@@ -612,7 +612,7 @@ impl AskReport {
         let first = self.rows.first();
         let source = format!("teacher:{}:{}", first.map(|r| r.teacher.as_str()).unwrap_or(""), first.map(|r| r.model.as_str()).unwrap_or(""));
         crate::data::Corpus {
-            task: ds.task,
+            task: ds.task.into(),
             teacher: None,
             level: first.and_then(|r| r.level),
             format: first.and_then(|r| Format::parse(&r.format).ok()).unwrap_or(Format::Plain),
@@ -622,7 +622,7 @@ impl AskReport {
                 .enumerate()
                 .filter_map(|(row, r)| {
                     let origin = crate::data::Origin {
-                        task: ds.task,
+                        task: ds.task.into(),
                         teacher: Some(format!("{}:{}", r.teacher, r.model)),
                         level: r.level,
                         format: Format::parse(&r.format).unwrap_or(Format::Plain),
