@@ -277,11 +277,14 @@ fn cell_text(c: Cell) -> Option<String> {
     }
 }
 
+/// One record by field name, with where it came from (`row 3`, `line 7`).
+type Fields = (String, HashMap<String, Option<String>>);
+
 /// A frame's rows as named-column cells, and a hash of its content (column names and cells).
-fn frame_rows(f: &Frame) -> Result<(Vec<String>, Vec<(String, HashMap<String, Option<String>>)>, String)> {
+fn frame_rows(f: &Frame) -> Result<(Vec<String>, Vec<Fields>, String)> {
     let columns = f.columns();
     let mut h = Sha256::new();
-    let mut rows: Vec<(String, HashMap<String, Option<String>>)> = (0..f.height()).map(|i| (format!("row {}", i + 1), HashMap::new())).collect();
+    let mut rows: Vec<Fields> = (0..f.height()).map(|i| (format!("row {}", i + 1), HashMap::new())).collect();
     for c in &columns {
         h.update((c.len() as u64).to_le_bytes());
         h.update(c.as_bytes());
@@ -420,7 +423,7 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
                 let keys: Vec<String> = objects[0].1.keys().cloned().collect();
                 // A mapping given means named columns: a wrong name is then said as a missing column.
                 let mapped = o.question.is_some() || o.rationale.is_some();
-                if !mapped && !(keys.contains(&q) && keys.contains(&ra)) {
+                if !(mapped || keys.contains(&q) && keys.contains(&ra)) {
                     return Err(Error::data(
                         path,
                         format!(

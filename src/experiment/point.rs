@@ -27,6 +27,9 @@ use crate::lab::StudentOptions;
 use crate::train::SftOptions;
 use crate::usage;
 
+/// A point's corpus parts: release rationales (dataset, query, weight) and user corpora (spec, weight).
+type Parts = (Vec<(String, RationaleQuery, f64)>, Vec<(UserCorpusSpec, f64)>);
+
 pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train_n", "train_seed", "mix", "order", "corpus"];
 /// The student-adaptive strategy's keys (parsed by `take_strategy`; run by [`super::adaptive`]).
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
@@ -317,7 +320,7 @@ impl PointConfig {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         mut m: Map<String, Value>,
-        (parts, user): (Vec<(String, RationaleQuery, f64)>, Vec<(UserCorpusSpec, f64)>),
+        (parts, user): Parts,
         mixed: bool,
         train_n: Option<usize>,
         train_seed: u64,
