@@ -357,3 +357,18 @@ fn a_run_killed_while_polling_resumes_the_same_batch() {
     assert!(s.polls > polls_before, "the second run polled the same batch");
     println!("batch run killed mid-poll and resumed: 1 batch id (batch_0), {} polls", s.polls);
 }
+
+#[test]
+fn a_run_asking_part_of_a_journaled_batch_resumes_it_and_keeps_every_answer() {
+    let fake = serve(Plan { polls_before_end: 4, ..PLAN });
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache.jsonl");
+    let opts = OpenAiOptions { poll_s: 0.05, poll_max_s: 0.05, batch_timeout_s: 0.01, ..options(&fake.url, Retry::Batch) };
+    let all = arith(4);
+    assert!(teacher(opts.clone(), &cache).ask(&all, &level1()).is_err(), "stops waiting at batch_timeout_s");
+    let mut part = all.clone();
+    part.examples.truncate(2);
+    let r = teacher(OpenAiOptions { batch_timeout_s: 30.0, ..opts }, &cache).ask(&part, &level1()).unwrap();
+    assert_eq!((r.requests, r.failed, fake.creations()), (2, 0, 1), "the journaled batch holds these requests: none submitted again");
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 4, "the answers this run did not ask are kept too");
+}

@@ -18,7 +18,7 @@
 //!   rest of an expired or cancelled batch) are asked once more, per `batch_retry`: in a smaller
 //!   batch of only those, or through the sync client. What fails then is a row's `error`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -74,6 +74,9 @@ struct Record {
     requests: usize,
     #[serde(default)]
     done: bool,
+    /// The cache keys it holds, sorted (on the line that journals a submission).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<String>,
 }
 
 /// Where a cache's batch journal lives: beside it, `<cache file name>.batches.jsonl`.
@@ -139,31 +142,40 @@ pub(super) fn run(teacher: &Teacher, client: &OpenAi, jobs: Vec<Job>, rows: &mut
 fn ask_in_batches(client: &OpenAi, cache: &Cache, bodies: &[(String, Value)]) -> Result<HashMap<String, Outcome>> {
     let jpath = journal_path(cache.path());
     let (journal, records) = Journal::<Record>::open(&jpath)?;
-    let mut pending = Vec::new();
+    let merged: HashSet<&str> = records.iter().filter(|r| r.done).map(|r| r.batch.as_str()).collect();
+    let open: Vec<&Record> = records.iter().filter(|r| !r.done && !merged.contains(r.batch.as_str())).collect();
+    // (the journaled set, batch id, the requests asked of it)
+    let mut pending: Vec<(String, String, Vec<(String, Value)>)> = Vec::new();
     for chunk in bodies.chunks(MAX_REQUESTS) {
         let mut keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort_unstable();
         let set = cache::key(&keys);
-        let open = records.iter().rev().find(|r| r.set == set).filter(|r| !r.done);
-        let id = match open {
+        // This very set, else a batch holding all of it (a run killed while merging, or asking
+        // for part of what it asked before): its answers are paid for already.
+        let holds = |r: &&&Record| r.set == set || (!r.keys.is_empty() && keys.iter().all(|k| r.keys.binary_search_by(|x| x.as_str().cmp(k)).is_ok()));
+        let (set, id) = match open.iter().rev().find(holds) {
             Some(r) => {
                 eprintln!("[teacher] resuming batch {} ({} requests, journaled in {})", r.batch, r.requests, jpath.display());
-                r.batch.clone()
+                (r.set.clone(), r.batch.clone())
             }
             None => {
                 let id = submit(client, chunk)?;
-                journal.append(&Record { set: set.clone(), batch: id.clone(), requests: chunk.len(), done: false })?;
+                let keys = keys.iter().map(|k| k.to_string()).collect();
+                journal.append(&Record { set: set.clone(), batch: id.clone(), requests: chunk.len(), done: false, keys })?;
                 eprintln!("[teacher] submitted batch {id} ({} requests)", chunk.len());
-                id
+                (set, id)
             }
         };
-        pending.push((set, id, chunk));
+        match pending.iter_mut().find(|p| p.1 == id) {
+            Some(p) => p.2.extend(chunk.iter().cloned()),
+            None => pending.push((set, id, chunk.to_vec())),
+        }
     }
     let mut outcomes = HashMap::new();
-    for (set, id, chunk) in pending {
+    for (set, id, asked) in pending {
         let batch = wait(client, &id, &jpath)?;
-        let got = collect(client, cache, &id, &batch, chunk)?;
-        journal.append(&Record { set, batch: id, requests: chunk.len(), done: true })?;
+        let got = collect(client, cache, &id, &batch, &asked)?;
+        journal.append(&Record { set, batch: id, requests: asked.len(), done: true, keys: Vec::new() })?;
         outcomes.extend(got);
     }
     Ok(outcomes)
@@ -261,7 +273,12 @@ fn collect(client: &OpenAi, cache: &Cache, id: &str, batch: &Value, bodies: &[(S
                 unreadable += 1;
                 continue;
             };
-            if !asked.contains_key(key.as_str()) || matches!(out.get(&key), Some(Ok(_))) {
+            if matches!(out.get(&key), Some(Ok(_))) {
+                continue;
+            }
+            // Every answer of the batch is kept (it was paid for), also those this run did not ask.
+            let is_asked = asked.contains_key(key.as_str());
+            if !is_asked && (outcome.is_err() || cache.get(&key).is_some()) {
                 continue;
             }
             if let Ok(c) = &outcome {
@@ -276,7 +293,9 @@ fn collect(client: &OpenAi, cache: &Cache, id: &str, batch: &Value, bodies: &[(S
                 };
                 cache.put(e)?;
             }
-            out.insert(key, outcome);
+            if is_asked {
+                out.insert(key, outcome);
+            }
         }
     }
     if unreadable > 0 {
@@ -364,7 +383,13 @@ fn call_raw(client: &OpenAi, method: &str, segments: &[&str], send: &Payload, wh
                 let body = client.redact(&r.into_string().unwrap_or_default());
                 last = format!("HTTP {code}: {}", body.chars().take(300).collect::<String>());
                 if code != 429 && code < 500 {
-                    let hint = if code == 404 { " (does this endpoint have the Batch API? use mode: \"sync\" if not)" } else { "" };
+                    let hint = match (code, segments) {
+                        (404, ["files"]) => " (does this endpoint have the Batch API? use mode: \"sync\" if not)".to_string(),
+                        (404, ["batches", id]) => {
+                            format!(" (the endpoint does not know batch {id}: remove its lines from the batch journal beside the cache to submit anew)")
+                        }
+                        _ => String::new(),
+                    };
                     return Err(usage!("teacher {}: {what} ({method} {path}): {last}{hint}", o.model));
                 }
                 asked
