@@ -85,6 +85,9 @@ pub fn journal_path(cache: &Path) -> PathBuf {
     cache.with_file_name(format!("{name}.batches.jsonl"))
 }
 
+/// One request of a batch: its cache key (the `custom_id`) and its chat-completions body.
+type Request = (String, Value);
+
 /// What one request of a batch came back as.
 type Outcome = std::result::Result<Completion, String>;
 
@@ -99,15 +102,15 @@ pub(super) fn run(teacher: &Teacher, client: &OpenAi, jobs: Vec<Job>, rows: &mut
     for j in jobs {
         by_key.entry(j.key.clone()).or_default().push(j);
     }
-    let bodies: Vec<(String, Value)> =
+    let bodies: Vec<Request> =
         by_key.iter().map(|(k, js)| (k.clone(), client.body(&js[0].system, &js[0].user, o.temperature, o.top_p, o.max_tokens, js[0].seed))).collect();
     let mut outcomes = ask_in_batches(client, cache, &bodies)?;
-    let failed: Vec<&(String, Value)> = bodies.iter().filter(|(k, _)| !matches!(outcomes.get(k), Some(Ok(_)))).collect();
+    let failed: Vec<&Request> = bodies.iter().filter(|(k, _)| !matches!(outcomes.get(k), Some(Ok(_)))).collect();
     if !failed.is_empty() {
         eprintln!("[teacher] {} of {} batch requests got no answer: asking again ({})", failed.len(), bodies.len(), client.opts.batch_retry);
         match client.opts.batch_retry {
             Retry::Batch => {
-                let again: Vec<(String, Value)> = failed.into_iter().cloned().collect();
+                let again: Vec<Request> = failed.into_iter().cloned().collect();
                 outcomes.extend(ask_in_batches(client, cache, &again)?);
             }
             Retry::Sync => {
@@ -139,13 +142,13 @@ pub(super) fn run(teacher: &Teacher, client: &OpenAi, jobs: Vec<Job>, rows: &mut
 /// Send `bodies` as batches of at most [`MAX_REQUESTS`] (each resumed from the journal when it
 /// was submitted before), wait for them, and return every request's outcome; answers are in
 /// the cache when this returns.
-fn ask_in_batches(client: &OpenAi, cache: &Cache, bodies: &[(String, Value)]) -> Result<HashMap<String, Outcome>> {
+fn ask_in_batches(client: &OpenAi, cache: &Cache, bodies: &[Request]) -> Result<HashMap<String, Outcome>> {
     let jpath = journal_path(cache.path());
     let (journal, records) = Journal::<Record>::open(&jpath)?;
     let merged: HashSet<&str> = records.iter().filter(|r| r.done).map(|r| r.batch.as_str()).collect();
     let open: Vec<&Record> = records.iter().filter(|r| !r.done && !merged.contains(r.batch.as_str())).collect();
     // (the journaled set, batch id, the requests asked of it)
-    let mut pending: Vec<(String, String, Vec<(String, Value)>)> = Vec::new();
+    let mut pending: Vec<(String, String, Vec<Request>)> = Vec::new();
     for chunk in bodies.chunks(MAX_REQUESTS) {
         let mut keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort_unstable();
@@ -182,7 +185,7 @@ fn ask_in_batches(client: &OpenAi, cache: &Cache, bodies: &[(String, Value)]) ->
 }
 
 /// The request file: one line per request, `{custom_id, method, url, body}`.
-fn request_lines(bodies: &[(String, Value)]) -> Vec<u8> {
+fn request_lines(bodies: &[Request]) -> Vec<u8> {
     let mut out = Vec::new();
     for (key, body) in bodies {
         let line = serde_json::json!({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body});
@@ -193,7 +196,7 @@ fn request_lines(bodies: &[(String, Value)]) -> Vec<u8> {
 }
 
 /// Upload the request file (`POST /files`, `purpose=batch`) and create the batch; its id.
-fn submit(client: &OpenAi, bodies: &[(String, Value)]) -> Result<String> {
+fn submit(client: &OpenAi, bodies: &[Request]) -> Result<String> {
     let lines = request_lines(bodies);
     // JSON lines hold no raw line breaks, so "\r\n--" never occurs inside the file.
     let boundary = format!("cotlab-{}", &cache::key(&[&String::from_utf8_lossy(&lines)])[..24]);
@@ -260,7 +263,7 @@ fn wait(client: &OpenAi, id: &str, journal: &Path) -> Result<Value> {
 
 /// Download the output and error files of an ended batch, merge its answers into the cache,
 /// and return each request's outcome (requests the files do not name: no answer, with why).
-fn collect(client: &OpenAi, cache: &Cache, id: &str, batch: &Value, bodies: &[(String, Value)]) -> Result<HashMap<String, Outcome>> {
+fn collect(client: &OpenAi, cache: &Cache, id: &str, batch: &Value, bodies: &[Request]) -> Result<HashMap<String, Outcome>> {
     let asked: HashMap<&str, ()> = bodies.iter().map(|(k, _)| (k.as_str(), ())).collect();
     let mut out: HashMap<String, Outcome> = HashMap::new();
     let mut unreadable = 0;
