@@ -372,3 +372,15 @@ fn a_run_asking_part_of_a_journaled_batch_resumes_it_and_keeps_every_answer() {
     assert_eq!((r.requests, r.failed, fake.creations()), (2, 0, 1), "the journaled batch holds these requests: none submitted again");
     assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 4, "the answers this run did not ask are kept too");
 }
+
+#[test]
+fn batch_options_are_checked_and_name_the_choices() {
+    let e = serde_json::from_value::<OpenAiOptions>(json!({"mode": "bulk"})).unwrap_err().to_string();
+    assert!(e.contains("sync") && e.contains("batch"), "{e}");
+    let e = serde_json::from_value::<OpenAiOptions>(json!({"batch_retry": "later"})).unwrap_err().to_string();
+    assert!(e.contains("batch") && e.contains("sync"), "{e}");
+    let slow = OpenAiOptions { poll_s: 60.0, poll_max_s: 30.0, ..Default::default() };
+    assert!(slow.validate().unwrap_err().to_string().contains("poll_max_s"));
+    let never = OpenAiOptions { poll_s: 0.0, ..Default::default() };
+    assert!(never.validate().unwrap_err().to_string().contains("poll_s"));
+}
