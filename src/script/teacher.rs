@@ -57,11 +57,16 @@ Kinds:
 | `rpm`, `tpm` | none | requests / tokens per minute for all of this teacher's workers (a token bucket with one second of burst; a request's tokens estimated as prompt bytes / 4 + `max_tokens`) |
 | `reasoning` | by the model's name: true for the o1/o3/o4/gpt-5 families (not `gpt-5-chat-*`) | send `max_completion_tokens` and no `temperature`/`top_p` (reasoning models refuse them) |
 | `reasoning_effort` | none (the endpoint's default) | `none`, `minimal`, `low`, `medium`, `high`, `xhigh` (reasoning models only) |
+| `mode` | `"sync"` | `sync` (one request per row), `batch` (the Batch API, `/files` and `/batches`: half the price, answered within 24 h; the batch id is journaled beside the cache, so a killed run resumes polling it and never submits twice) |
+| `batch_retry` | `"batch"` | how requests that got no answer in a batch are asked again (once): `batch` (a smaller batch of only those), `sync` (the normal client) |
+| `poll_s`, `poll_max_s` | 30, 600 | `0.001..=86400`: the first wait between two polls of a batch, doubling up to `poll_max_s` |
+| `batch_timeout_s` | 90000 | `0..=2592000`: the longest one run waits for its batches (they run on; a re-run resumes polling) |
 | `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |
 
 ```rhai
 let t = teacher("openai", #{ model: "gpt-4o-mini", concurrency: 8, cache: "caches/mini.jsonl" });
 let o = teacher("openai", #{ model: "o4-mini", reasoning_effort: "low", price_in: 1.1, price_out: 4.4 });
+let b = teacher("openai", #{ model: "gpt-4o-mini", mode: "batch", batch_retry: "sync", cache: "caches/mini.jsonl" });
 let r = teacher("replay", #{ dataset: "svamp" });
 ```"#;
 

@@ -52,6 +52,11 @@ impl Cache {
         Ok(Cache { journal, entries: Mutex::new(entries) })
     }
 
+    /// The cache file (the Batch API's journal lives beside it).
+    pub fn path(&self) -> &Path {
+        self.journal.path()
+    }
+
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.entries.lock().unwrap().get(key).cloned()
     }

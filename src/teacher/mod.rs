@@ -19,6 +19,7 @@
 //! Sample k of a question is drawn with seed `seed + k` (`openai` sends it, `local` samples with it), so the `n` samples at
 //! temperature > 0 differ from each other and a re-run draws the same ones.
 
+pub mod batch;
 pub mod cache;
 pub mod openai;
 pub mod prompts;
@@ -425,6 +426,7 @@ impl Teacher {
             }
             requests += jobs.len();
             match &self.backend {
+                Backend::OpenAi(client) if client.opts.mode == batch::Mode::Batch && !jobs.is_empty() => batch::run(self, client, jobs, &mut rows, o)?,
                 Backend::OpenAi(client) => self.run_openai(client, jobs, &mut rows, o)?,
                 Backend::Local(student) => self.run_local(student, jobs, &mut rows, o)?,
                 Backend::Replay { dir, dataset, teacher } => replay(dir, dataset, teacher, level, format, &mut rows[start..])?,

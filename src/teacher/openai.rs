@@ -24,6 +24,7 @@
 //!   [`RequestError::Config`] naming the option to change, never a per-row failure to retry.
 //! - A trace is kept apart from the answer: `reasoning_content` (or `reasoning`) when the server
 //!   splits it, else an inline `<think>…</think>` ([`crate::answer::think`]).
+//! - `mode: "batch"` sends the same bodies through the Batch API instead ([`super::batch`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,6 +64,15 @@ pub struct OpenAiOptions {
     pub rpm: Option<f64>,
     /// Tokens per minute, each request counted before it goes ([`super::rate::estimate_tokens`]).
     pub tpm: Option<f64>,
+    /// `sync` (one request at a time) or `batch` (the Batch API: half the price, up to 24 h).
+    pub mode: super::batch::Mode,
+    /// What asks again for the rows that failed inside a batch: a smaller batch, or `sync`.
+    pub batch_retry: super::batch::Retry,
+    /// First wait between two polls of a batch; doubles up to `poll_max_s`.
+    pub poll_s: f64,
+    pub poll_max_s: f64,
+    /// Longest one run waits for its batches; the batch runs on, and a re-run resumes polling.
+    pub batch_timeout_s: f64,
 }
 
 crate::choices! {
@@ -104,6 +114,11 @@ impl Default for OpenAiOptions {
             reasoning_effort: None,
             rpm: None,
             tpm: None,
+            mode: super::batch::Mode::Sync,
+            batch_retry: super::batch::Retry::Batch,
+            poll_s: 30.0,
+            poll_max_s: 600.0,
+            batch_timeout_s: 90_000.0,
         }
     }
 }
@@ -128,6 +143,8 @@ pub struct OpenAi {
     agent: ureq::Agent,
     key: Option<String>,
     endpoint: String,
+    /// The parsed `base_url`, which the Batch API's paths extend.
+    base: Url,
     /// Where every request goes: the parsed `base_url` with `chat/completions` appended.
     chat_url: Url,
     limiter: super::rate::RateLimiter,
@@ -186,7 +203,7 @@ fn refused_parameter(body: &str, model: &str, reasoning: bool) -> Option<String>
 }
 
 /// The completion of one chat-completions response body: the answer apart from its trace.
-fn parse_completion(v: &serde_json::Value) -> Option<Completion> {
+pub(super) fn parse_completion(v: &serde_json::Value) -> Option<Completion> {
     let message = &v["choices"][0]["message"];
     // A server's reasoning parser: vLLM and llama.cpp say `reasoning_content`, others `reasoning`.
     let split = ["reasoning_content", "reasoning"].iter().find_map(|k| message[*k].as_str().filter(|t| !t.is_empty()));
@@ -327,7 +344,7 @@ impl OpenAi {
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs_f64(opts.timeout_s)).build();
         let chat_url = chat_url(&base);
         let limiter = super::rate::RateLimiter::new(opts.rpm, opts.tpm);
-        Ok(OpenAi { opts, agent, key, endpoint, chat_url, limiter })
+        Ok(OpenAi { opts, agent, key, endpoint, base, chat_url, limiter })
     }
 
     /// The base URL normalised (as parsed: scheme and host lowercased, default port dropped; no
@@ -343,6 +360,20 @@ impl OpenAi {
         match &self.key {
             Some(k) if !k.is_empty() => redact_key(text, k),
             _ => text.to_string(),
+        }
+    }
+
+    /// A request to `base_url` extended by `segments` (the Batch API's `files`, `batches/{id}`),
+    /// carrying the key under the same policy as chat requests.
+    pub(super) fn api_request(&self, method: &str, segments: &[&str]) -> ureq::Request {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        let req = self.agent.request_url(method, &url);
+        match &self.key {
+            Some(k) => req.set("Authorization", &format!("Bearer {k}")),
+            None => req,
         }
     }
 
@@ -401,7 +432,7 @@ impl OpenAi {
 
     /// The request body: a reasoning model gets `max_completion_tokens` (its trace counts
     /// against it) and no sampling parameters, which those models refuse.
-    fn body(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> serde_json::Value {
+    pub(super) fn body(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> serde_json::Value {
         let mut body = serde_json::json!({
             "model": self.opts.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -480,7 +511,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The wait before the retry after `attempt` (0-based): exponential backoff with `unit` ∈ [0, 1)
 /// of up to 50 % jitter, or what the server asked for if longer; always in [0, `cap`] s, so a
 /// non-finite, negative or huge Retry-After can neither panic nor stall the run.
-fn wait_before_retry(asked_s: Option<f64>, backoff_s: f64, attempt: usize, unit: f64, cap: f64) -> Duration {
+pub(super) fn wait_before_retry(asked_s: Option<f64>, backoff_s: f64, attempt: usize, unit: f64, cap: f64) -> Duration {
     let backoff = (backoff_s * 2f64.powi(attempt.min(1000) as i32)).min(cap);
     let jittered = backoff + backoff * 0.5 * unit;
     let asked = match asked_s {
@@ -494,7 +525,7 @@ fn wait_before_retry(asked_s: Option<f64>, backoff_s: f64, attempt: usize, unit:
 /// The seconds a Retry-After value asks for, counted from `now`: delta-seconds (any number,
 /// `inf` and `1e300` included, clamped by the caller) or an HTTP date (IMF-fixdate,
 /// `Sun, 06 Nov 1994 08:49:37 GMT`); None when it is neither.
-fn retry_after_s(value: &str, now: SystemTime) -> Option<f64> {
+pub(super) fn retry_after_s(value: &str, now: SystemTime) -> Option<f64> {
     let value = value.trim();
     if let Ok(s) = value.parse::<f64>() {
         return Some(s);
@@ -661,6 +692,9 @@ impl OpenAiOptions {
         if let Some(t) = self.tpm {
             in_range(T, "tpm", t, 0.001..=1e12)?;
         }
+        in_range(T, "poll_s", self.poll_s, 0.001..=86_400.0)?;
+        in_range(T, "poll_max_s", self.poll_max_s, self.poll_s..=86_400.0)?;
+        in_range(T, "batch_timeout_s", self.batch_timeout_s, 0.0..=30.0 * 86_400.0)?;
         Ok(())
     }
 }
