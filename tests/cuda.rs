@@ -138,7 +138,15 @@ fn same_weights(s: &Student, dev: &Device, dtype: DType) -> Student {
     let tensors = s.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap().to_device(dev).unwrap())).collect();
     let mut model = Transformer::new(s.config.clone(), tensors, dev).unwrap();
     model.set_compute_dtype(dtype).unwrap();
-    Student { name: s.name.clone(), source: s.source.clone(), config: s.config.clone(), model, tokenizer: s.tokenizer.clone(), template: s.template.clone() }
+    Student {
+        name: s.name.clone(),
+        source: s.source.clone(),
+        declared_by: s.declared_by.clone(),
+        config: s.config.clone(),
+        model,
+        tokenizer: s.tokenizer.clone(),
+        template: s.template.clone(),
+    }
 }
 
 fn batch() -> Vec<TrainExample> {

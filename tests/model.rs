@@ -59,6 +59,7 @@ fn tiny(tok_from: &Student, seed: u64) -> Student {
     Student {
         name: "tiny".into(),
         source: "tiny".into(),
+        declared_by: "tiny".into(),
         model: Transformer::new(config.clone(), tensors, &Device::Cpu).unwrap(),
         config,
         tokenizer: tok_from.tokenizer.clone(),

@@ -126,6 +126,9 @@ mod hub {
 pub struct Student {
     pub name: String,
     pub source: PathBuf,
+    /// The model file or dir whose chat template this student's own is ([`Student::own_template`]):
+    /// what it was loaded from, which stays its base model's when `source` names a run dir.
+    pub declared_by: PathBuf,
     pub config: ModelConfig,
     pub model: Transformer,
     pub tokenizer: tokenizers::Tokenizer,
@@ -180,7 +183,7 @@ impl Student {
         let (config, tensors, tokenizer, detected, name) = if path.is_dir() { hf::load_dir(path, device)? } else { gguf::load(path, device)? };
         let template = ChatTemplate::choose(template, path, detected, &tokenizer, config.bos_token_id, config.eos_token_id)?;
         let model = Transformer::new(config.clone(), tensors, device)?;
-        Ok(Student { name, source: path.to_path_buf(), config, model, tokenizer, template })
+        Ok(Student { name, source: path.to_path_buf(), declared_by: path.to_path_buf(), config, model, tokenizer, template })
     }
 
     /// The same student (weights and LoRA adapters shared, not copied) prompted with another
@@ -189,6 +192,7 @@ impl Student {
         Student {
             name: self.name.clone(),
             source: self.source.clone(),
+            declared_by: self.declared_by.clone(),
             config: self.config.clone(),
             model: self.model.share_with_adapters(),
             tokenizer: self.tokenizer.clone(),
@@ -208,6 +212,7 @@ impl Student {
         Ok(Student {
             name: self.name.clone(),
             source: self.source.clone(),
+            declared_by: self.declared_by.clone(),
             config: self.config.clone(),
             model,
             tokenizer: self.tokenizer.clone(),

@@ -108,7 +108,8 @@ pub fn random_student_with(config: ModelConfig, name: &str, tokenizer_from: &str
         })
         .collect::<Result<_>>()?;
     let model = Transformer::new(config.clone(), tensors, device)?;
-    Ok(Student { name: format!("random-{name}"), source: format!("random:{name}").into(), config, model, tokenizer, template })
+    let source: std::path::PathBuf = format!("random:{name}").into();
+    Ok(Student { name: format!("random-{name}"), declared_by: source.clone(), source, config, model, tokenizer, template })
 }
 
 fn tokenizer_of(from: &str) -> Result<(tokenizers::Tokenizer, ChatTemplate)> {

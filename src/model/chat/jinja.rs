@@ -254,15 +254,11 @@ pub fn read_messages(path: &Path) -> Result<Value> {
 
 impl ModelTemplate {
     /// The chat template a model declares: tokenizer_config.json's `chat_template` in an HF dir
-    /// (the `default` one of a named list), `tokenizer.chat_template` in a GGUF, the base model's
-    /// for a training run dir; `None` when it declares none (or is no file: a random student). BOS/EOS texts are the
+    /// (the `default` one of a named list), `tokenizer.chat_template` in a GGUF (a run's student
+    /// asks its base model: [`super::super::Student::declared_by`]); `None` when it declares none (or is no file: a random student). BOS/EOS texts are the
     /// tokenizer_config's `bos_token`/`eos_token`, else the tokenizer's texts for the config's ids.
     pub fn of_model(path: &Path, tok: &tokenizers::Tokenizer, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Option<ModelTemplate>> {
         let text_of = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
-        if crate::train::RunDir::new(path).checkpoint().is_dir() {
-            let base = crate::train::export::run_base_model(path)?;
-            return ModelTemplate::of_model(Path::new(&base), tok, bos_id, eos_id);
-        }
         if path.is_dir() {
             let cfg_path = path.join("tokenizer_config.json");
             if !cfg_path.is_file() {

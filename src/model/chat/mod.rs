@@ -281,7 +281,7 @@ impl super::Student {
     pub fn own_template(&self) -> Result<ModelTemplate> {
         match &self.template {
             ChatTemplate::Model(m) => Ok(m.clone()),
-            _ => declared(&self.source, &self.tokenizer, self.config.bos_token_id, self.config.eos_token_id),
+            _ => declared(&self.declared_by, &self.tokenizer, self.config.bos_token_id, self.config.eos_token_id),
         }
     }
 
