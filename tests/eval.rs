@@ -60,6 +60,13 @@ fn evaluate_writes_results_and_resumes() {
     let lenient = EvalOptions { protocol: Protocol::Lenient, ..opts.clone() };
     assert!(evaluate(&s, &ds, &lenient, &dir).err().unwrap().to_string().contains("other settings"));
     assert!(dir.join("samples.parquet").is_file());
+    // Generations cut at the token limit are counted, and marked per sample.
+    let cut = lines.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["finish"] == "length").count();
+    assert_eq!(results["truncated"], cut);
+    assert_eq!(results["truncated_in_thinking"], 0, "SmolLM2 does not think");
+    let frame = cotlab::frame::Frame::read_parquet(&dir.join("samples.parquet")).unwrap();
+    let marked = frame.column_cells("truncated").unwrap().iter().filter(|c| matches!(c, cotlab::frame::Cell::Bool(true))).count();
+    assert_eq!(marked, cut);
     // A crash mid-write leaves a torn last line: it is dropped and nothing else is regenerated.
     std::fs::write(dir.join("samples.jsonl"), format!("{lines}{{\"id\": \"chal-")).unwrap();
     let again = evaluate(&s, &ds, &opts, &dir).unwrap();

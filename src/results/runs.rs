@@ -40,6 +40,7 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "n",
     "correct",
     "unparsed",
+    "truncated",
     "mean_tokens",
     "train_steps",
     "train_examples",
@@ -150,8 +151,9 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
             flatten("", &read_json(&path.join("eval_config.json"))?, &mut r.config);
             r.config.remove("template");
         }
-        for k in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "unparsed", "mean_tokens"] {
-            r.metrics.insert(k.into(), res[k].clone());
+        for k in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "unparsed", "truncated", "mean_tokens"] {
+            // Missing in eval dirs from before it was recorded: null, not a guess.
+            r.metrics.insert(k.into(), res.get(k).cloned().unwrap_or(Value::Null));
         }
         r.metrics.insert("eval_seconds".into(), res["seconds"].clone());
         rows.push(r);
