@@ -23,49 +23,23 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::usage;
-
 pub mod paper;
 pub mod think;
 
-/// How a gold answer is written and compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnswerKind {
-    /// SVAMP, GSM8K, arith: a number, compared with a numeric tolerance.
-    Number,
-    /// AQuA, CSQA, OBQA: a letter A–E.
-    Choice,
-    /// StrategyQA: True / False.
-    Bool,
-    /// MATH: a LaTeX expression, normalised before comparison.
-    Latex,
-    /// Free text (a user test set's `kind: "text"`): equal after SQuAD's `normalize_answer`
-    /// ([`normalize_text`]).
-    Text,
-}
-
-impl AnswerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            AnswerKind::Number => "number",
-            AnswerKind::Choice => "choice",
-            AnswerKind::Bool => "bool",
-            AnswerKind::Latex => "latex",
-            AnswerKind::Text => "text",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "number" | "numeric" => AnswerKind::Number,
-            "choice" | "letter" => AnswerKind::Choice,
-            "bool" | "true-false" | "boolean" => AnswerKind::Bool,
-            "latex" | "math" => AnswerKind::Latex,
-            "text" => AnswerKind::Text,
-            _ => return Err(usage!("unknown answer kind '{s}': expected number, choice, bool, latex or text")),
-        })
+crate::choices! {
+    /// How a gold answer is written and compared.
+    pub enum AnswerKind("kind") {
+        /// SVAMP, GSM8K, arith: a number, compared with a numeric tolerance.
+        Number = "number" | "numeric",
+        /// AQuA, CSQA, OBQA: a letter A–E.
+        Choice = "choice" | "letter",
+        /// StrategyQA: True / False.
+        Bool = "bool" | "true-false" | "boolean",
+        /// MATH: a LaTeX expression, normalised before comparison.
+        Latex = "latex" | "math",
+        /// Free text (a user test set's `kind: "text"`): equal after SQuAD's `normalize_answer`
+        /// ([`normalize_text`]).
+        Text = "text",
     }
 }
 

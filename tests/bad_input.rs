@@ -70,7 +70,7 @@ fn unknown_names_say_what_exists() {
     let q =
         |t: &str, l: Option<i64>, f: Option<&str>| RationaleQuery { teacher: Some(t.into()), level: l, format: f.map(str::to_string), ..Default::default() };
     let e = cat.rationales("svamp", &q("gpt5", Some(1), None)).err().unwrap().to_string();
-    assert!(e.contains("unknown teacher 'gpt5'"), "{e}");
+    assert!(e.contains("teacher: unknown value 'gpt5'"), "{e}");
     let e = cat.rationales("svamp", &q("gpt-4o", Some(7), None)).err().unwrap().to_string();
     assert!(e.contains("level must be 1..6"), "{e}");
     // A combination the release never had: say so, and list what it has.

@@ -317,7 +317,7 @@ fn bad_user_sets_are_clear_errors() {
         (write(dir, "empty.json", "[]"), "#{}", vec!["the JSON array is empty"]),
         (write(dir, "header.csv", "question,answer\n"), "#{}", vec!["no rows"]),
         (write(dir, "notes.txt", "just some notes\nno structure\n"), "#{}", vec!["in none of the test set formats"]),
-        (ok.clone(), "#{ kind: \"words\" }", vec!["unknown answer kind 'words'"]),
+        (ok.clone(), "#{ kind: \"words\" }", vec!["kind: unknown value 'words'"]),
         (ok.clone(), "#{ format: \"xml\" }", vec!["format: unknown value 'xml'"]),
     ];
     for (path, opts, wants) in &cases {

@@ -162,7 +162,7 @@ impl Catalog {
             None => Format::Plain,
         };
         let teacher = match (&q.teacher, format) {
-            (Some(t), _) => Some(ReleaseTeacher::parse(t)?),
+            (Some(t), _) => Some(ReleaseTeacher::parse(t).map_err(crate::error::Error::Usage)?),
             (None, Format::AnswerOnly) => None,
             (None, _) => Some(ReleaseTeacher::Gpt4o),
         };
@@ -352,7 +352,7 @@ fn arith_check(q: &RationaleQuery) -> Result<(Option<u8>, Format)> {
         None => Format::Plain,
     };
     let teacher = match &q.teacher {
-        Some(t) => ReleaseTeacher::parse(t)?,
+        Some(t) => ReleaseTeacher::parse(t).map_err(crate::error::Error::Usage)?,
         None => ReleaseTeacher::Rule,
     };
     if teacher != ReleaseTeacher::Rule {

@@ -16,42 +16,20 @@ use crate::error::Result;
 use crate::rng::Rng;
 use crate::usage;
 
-/// Who wrote a release rationale (a name in the catalog; `teacher::Teacher` is a live teacher
-/// that writes new ones).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReleaseTeacher {
-    /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
-    Gpt4o,
-    /// Gemini-1.5-Flash.
-    Gemini,
-    /// LLaMA-3-70B; the files say "llama".
-    Llama70b,
-    /// The datasets' own human-written rationales.
-    Human,
-    /// cotlab's rule-based teacher (the embedded `arith` set only).
-    Rule,
-}
-
-impl ReleaseTeacher {
-    pub fn parse(s: &str) -> Result<ReleaseTeacher> {
-        Ok(match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
-            "gpt-4o" | "gpt4o" | "chatgpt" | "gpt" => ReleaseTeacher::Gpt4o,
-            "gemini" | "gemini-1.5-flash" | "gemini-flash" => ReleaseTeacher::Gemini,
-            "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3" => ReleaseTeacher::Llama70b,
-            "human" => ReleaseTeacher::Human,
-            "rule" => ReleaseTeacher::Rule,
-            _ => return Err(usage!("unknown teacher '{s}': expected gpt-4o, gemini, llama-3-70b, human (or rule for arith)")),
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReleaseTeacher::Gpt4o => "gpt-4o",
-            ReleaseTeacher::Gemini => "gemini",
-            ReleaseTeacher::Llama70b => "llama-3-70b",
-            ReleaseTeacher::Human => "human",
-            ReleaseTeacher::Rule => "rule",
-        }
+crate::choices! {
+    /// Who wrote a release rationale (a name in the catalog; `teacher::Teacher` is a live teacher
+    /// that writes new ones).
+    pub enum ReleaseTeacher("teacher") {
+        /// GPT-4o; the release's files say "ChatGPT"/"chatgpt".
+        Gpt4o = "gpt-4o" | "gpt4o" | "chatgpt" | "gpt",
+        /// Gemini-1.5-Flash.
+        Gemini = "gemini" | "gemini-1.5-flash" | "gemini-flash",
+        /// LLaMA-3-70B; the files say "llama".
+        Llama70b = "llama-3-70b" | "llama3-70b" | "llama" | "llama-70b" | "llama3",
+        /// The datasets' own human-written rationales.
+        Human = "human",
+        /// cotlab's rule-based teacher (the embedded `arith` set only).
+        Rule = "rule",
     }
 }
 

@@ -484,7 +484,7 @@ fn check_present(records: &[Record], ok: impl Fn(&Record) -> bool, what: &str, f
 /// choice, all yes/no/true/false → bool, else text. Without answers a kind must be given.
 fn decide_kind(kind: Option<&str>, records: &[Record], fail: &dyn Fn(String) -> Error) -> Result<AnswerKind> {
     if let Some(k) = kind {
-        return AnswerKind::parse(k);
+        return AnswerKind::parse(k).map_err(crate::error::Error::Usage);
     }
     let answers: Vec<&str> = records.iter().filter_map(|r| r.answer.as_deref()).collect();
     if answers.is_empty() {

@@ -265,7 +265,7 @@ fn build(t: Table, name: &str, opts: &UserOptions) -> Result<Dataset> {
     let raws = raw_rows(&t, name, &qcol, &acol, ccol.as_deref())?;
     no_duplicate_ids(&t.source, &raws)?;
     let kind = match &opts.kind {
-        Some(k) => AnswerKind::parse(k)?,
+        Some(k) => AnswerKind::parse(k).map_err(crate::error::Error::Usage)?,
         None => {
             let (kind, why) = infer_kind(&raws);
             eprintln!("{}: kind {} ({why}; give kind to choose another)", t.source, kind.name());

@@ -568,19 +568,11 @@ mod avx2 {
     }
 }
 
-/// The block formats decoding can read (`decode_weights: "q8_0"` / `"q4_1"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QFormat {
-    Q8_0,
-    Q4_1,
-}
-
-impl QFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            QFormat::Q8_0 => "q8_0",
-            QFormat::Q4_1 => "q4_1",
-        }
+crate::choices! {
+    /// The block formats decoding can read (`decode_weights: "q8_0"` / `"q4_1"`).
+    pub enum QFormat("decode_weights") {
+        Q8_0 = "q8_0",
+        Q4_1 = "q4_1",
     }
 }
 

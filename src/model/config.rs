@@ -279,7 +279,7 @@ mod tests {
     /// The arithmetic count is the sum over the tensors the model really makes.
     #[test]
     fn footprint_counts_what_tensor_shapes_lists() {
-        for family in Family::ALL {
+        for &family in Family::ALL {
             for (tie, bias, hd) in [(true, false, None), (false, true, None), (false, false, Some(80))] {
                 let c = config(family, tie, bias, hd);
                 let shapes = family.tensor_shapes(&c);

@@ -54,25 +54,15 @@ pub struct Generation {
     pub finish: Finish,
 }
 
-/// Why a generation ended; serialised as "eos", "stop" or "length".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Finish {
-    /// EOS or the template's end marker.
-    Eos,
-    /// One of the extra stop strings.
-    Stop,
-    /// `max_new_tokens` reached.
-    Length,
-}
-
-impl Finish {
-    pub fn name(self) -> &'static str {
-        match self {
-            Finish::Eos => "eos",
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
+crate::choices! {
+    /// Why a generation ended.
+    pub enum Finish("finish") {
+        /// EOS or the template's end marker.
+        Eos = "eos",
+        /// One of the extra stop strings.
+        Stop = "stop",
+        /// `max_new_tokens` reached.
+        Length = "length",
     }
 }
 

@@ -468,7 +468,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         ["text", "kind"],
         "The canonical answer in `text`, or `()`, under the lenient rules; `kind`: `number`, `choice`, `bool`, `latex`, `text`.\n\n```rhai\nprint(extract_answer(\"so... The answer is (C)\", \"choice\"));   // C\n```",
         |text: &str, kind: &str| -> RhaiResult<Dynamic> {
-            let kind = AnswerKind::parse(kind).map_err(rt)?;
+            let kind = AnswerKind::parse(kind).map_err(|e| rt(crate::error::Error::Usage(e)))?;
             Ok(opt_str(extract_answer(text, kind)))
         },
     );
@@ -478,7 +478,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         ["output", "gold", "kind"],
         "Whether `output`'s answer is `gold`, under the lenient rules (`score_predictions` applies the paper's); `kind` as in `extract_answer`.\n\n```rhai\nprint(is_correct(\"The answer is 1,000\", \"1000.0\", \"number\"));   // true\n```",
         |output: &str, gold: &str, kind: &str| -> RhaiResult<bool> {
-            let kind = AnswerKind::parse(kind).map_err(rt)?;
+            let kind = AnswerKind::parse(kind).map_err(|e| rt(crate::error::Error::Usage(e)))?;
             Ok(judge(output, gold, kind).correct)
         },
     );

@@ -806,7 +806,7 @@ mod tests {
 
     #[test]
     fn packed_loss_and_gradients_equal_padded_for_every_family() {
-        for family in Family::ALL {
+        for &family in Family::ALL {
             packed_equals_padded(&student(family, 11), family.name());
         }
     }

@@ -12,42 +12,30 @@ pub mod qwen2;
 pub mod qwen3;
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use super::transformer::{Pass, Transformer};
 use crate::error::Result;
 
-/// A decoder architecture. Serialised lowercase (`"llama"`, …) in config.json and run dirs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// Llama 1/2/3 (with Llama-3 rope scaling), SmolLM2, Mistral.
-    #[default]
-    Llama,
-    /// Llama with q/k/v biases.
-    Qwen2,
-    /// Llama with per-head q/k RMSNorm and head_dim from the config.
-    Qwen3,
-    /// RMSNorm·(1+w), √d embedding scale, GeGLU.
-    Gemma,
-    /// ALiBi, LayerNorm, fused QKV, GELU MLP.
-    Bloom,
+crate::choices! {
+    /// A decoder architecture, by its name in config.json and run dirs (`"llama"`, …).
+    #[derive(Default)]
+    pub enum Family("family") {
+        /// Llama 1/2/3 (with Llama-3 rope scaling), SmolLM2, Mistral.
+        #[default]
+        Llama = "llama",
+        /// Llama with q/k/v biases.
+        Qwen2 = "qwen2",
+        /// Llama with per-head q/k RMSNorm and head_dim from the config.
+        Qwen3 = "qwen3",
+        /// RMSNorm·(1+w), √d embedding scale, GeGLU.
+        Gemma = "gemma",
+        /// ALiBi, LayerNorm, fused QKV, GELU MLP.
+        Bloom = "bloom",
+    }
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Gemma, Family::Bloom];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Qwen2 => "qwen2",
-            Family::Qwen3 => "qwen3",
-            Family::Gemma => "gemma",
-            Family::Bloom => "bloom",
-        }
-    }
-
     /// The family that reads a Hugging Face `model_type`.
     pub fn from_model_type(model_type: &str) -> Option<Family> {
         match model_type {
@@ -146,19 +134,10 @@ impl Family {
     }
 }
 
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl std::str::FromStr for Family {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> Result<Family> {
-        Family::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| crate::usage!("unknown model family '{s}': expected one of llama, qwen2, qwen3, gemma, bloom"))
+        Family::parse(s).map_err(crate::error::Error::Usage)
     }
 }
 
@@ -168,7 +147,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_serialise_as_before() {
-        for f in Family::ALL {
+        for &f in Family::ALL {
             assert_eq!(f.name().parse::<Family>().unwrap(), f);
             // Run dirs written before families were types hold these same strings.
             assert_eq!(serde_json::to_value(f).unwrap(), serde_json::json!(f.name()));
