@@ -43,6 +43,35 @@ crate::choices! {
     }
 }
 
+impl AnswerKind {
+    /// The kind a set of gold answers is all of, and why (for the message that says the choice):
+    /// numbers; letters A–E where the rows have choices (`with_choices`); yes/no or true/false;
+    /// LaTeX when one holds a backslash; else free text. The one rule for user test sets and
+    /// user corpora alike.
+    pub fn infer<'a>(answers: impl Iterator<Item = (&'a str, bool)> + Clone) -> (AnswerKind, &'static str) {
+        let all = |f: &dyn Fn(&str, bool) -> bool| answers.clone().all(|(a, c)| f(a, c));
+        if all(&|a, _| parse_number(&a.replace(',', "")).is_some()) {
+            (AnswerKind::Number, "every answer is a number")
+        } else if all(&|a, with_choices| with_choices && choice_letter(a).is_some()) {
+            (AnswerKind::Choice, "every answer is a letter A-E and the rows have choices")
+        } else if all(&|a, _| canonical_gold(a, AnswerKind::Bool).is_some()) {
+            (AnswerKind::Bool, "every answer is yes/no or true/false")
+        } else if answers.clone().any(|(a, _)| a.contains('\\')) {
+            (AnswerKind::Latex, "an answer holds LaTeX")
+        } else {
+            (AnswerKind::Text, "the answers are free text, compared after normalisation")
+        }
+    }
+}
+
+/// A letter A–E, alone or in parentheses ("B", "(b)", "B)").
+pub fn choice_letter(s: &str) -> Option<char> {
+    let t = s.trim().trim_start_matches('(').trim_end_matches(['.', ')']);
+    let mut cs = t.chars();
+    let c = cs.next()?.to_ascii_uppercase();
+    (cs.next().is_none() && ('A'..='E').contains(&c)).then_some(c)
+}
+
 /// The paper's trigger phrase. Matched case-insensitively; the *last* occurrence wins, so a
 /// rationale that restates an intermediate "the answer is" is scored on its conclusion.
 pub const TRIGGER: &str = "the answer is";

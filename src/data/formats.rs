@@ -492,9 +492,8 @@ fn decide_kind(kind: Option<&str>, records: &[Record], fail: &dyn Fn(String) -> 
             "no answer column, so the answer is extracted from each rationale: say which kind (number, choice, bool, latex, text): #{kind: \"number\"} in a script, --kind number on the command line".into(),
         ));
     }
-    let all =
-        |k: AnswerKind| answers.iter().all(|a| canonical_gold(a, k).is_some() && (k != AnswerKind::Choice || a.trim().trim_matches(['(', ')']).len() == 1));
-    Ok([AnswerKind::Number, AnswerKind::Bool, AnswerKind::Choice].into_iter().find(|&k| all(k)).unwrap_or(AnswerKind::Text))
+    // A rationale's question carries its choices in its text: a lone letter is a choice.
+    Ok(AnswerKind::infer(answers.iter().map(|a| (*a, true))).0)
 }
 
 /// Each record's id (its `id`, else `<name>-<row>`), or an error naming duplicates.

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::loaders::{parse_choices, read_records};
 use super::{AnswerKind, Dataset, Example, Task};
-use crate::answer::{canonical_gold, parse_number};
+use crate::answer::canonical_gold;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::usage;
@@ -334,29 +334,9 @@ fn no_duplicate_ids(source: &str, raws: &[Raw]) -> Result<()> {
     Err(usage!("{source}: {} duplicate ids: {}; ids must be unique (drop the 'id' column to number the rows instead)", dups.len(), first_few(&dups, 3)))
 }
 
-/// A letter A–E, alone or in parentheses ("B", "(b)", "B)").
-fn letter(s: &str) -> Option<char> {
-    let t = s.trim().trim_start_matches('(').trim_end_matches(['.', ')']);
-    let mut cs = t.chars();
-    let c = cs.next()?.to_ascii_uppercase();
-    (cs.next().is_none() && ('A'..='E').contains(&c)).then_some(c)
-}
-
-/// The kind the answers are all of (numbers, letters with choices, yes/no), LaTeX when one has a
-/// backslash, else text; and why, for the message.
+/// The kind the rows' answers are all of ([`AnswerKind::infer`]).
 fn infer_kind(raws: &[Raw]) -> (AnswerKind, &'static str) {
-    let all = |f: &dyn Fn(&Raw) -> bool| raws.iter().all(f);
-    if all(&|r| parse_number(&r.answer.replace(',', "")).is_some()) {
-        (AnswerKind::Number, "every answer is a number")
-    } else if all(&|r| letter(&r.answer).is_some() && (!r.choices.is_empty() || !parse_choices(&r.question).is_empty())) {
-        (AnswerKind::Choice, "every answer is a letter A-E and the rows have choices")
-    } else if all(&|r| canonical_gold(&r.answer, AnswerKind::Bool).is_some()) {
-        (AnswerKind::Bool, "every answer is yes/no or true/false")
-    } else if raws.iter().any(|r| r.answer.contains('\\')) {
-        (AnswerKind::Latex, "an answer holds LaTeX")
-    } else {
-        (AnswerKind::Text, "the answers are free text, compared after normalisation")
-    }
+    AnswerKind::infer(raws.iter().map(|r| (r.answer.as_str(), !r.choices.is_empty() || !parse_choices(&r.question).is_empty())))
 }
 
 /// The gold answer of `r` for `kind`, or None when it is not one.
@@ -364,7 +344,7 @@ fn gold_of(r: &Raw, kind: AnswerKind) -> Option<String> {
     match kind {
         AnswerKind::Choice => {
             let from_text = || r.choices.iter().position(|c| c.trim().eq_ignore_ascii_case(&r.answer)).map(|i| (b'A' + i as u8) as char);
-            let c = letter(&r.answer).or_else(from_text)?;
+            let c = crate::answer::choice_letter(&r.answer).or_else(from_text)?;
             let n = if r.choices.is_empty() { MAX_CHOICES } else { r.choices.len() };
             ((c as u8 - b'A') < n as u8).then(|| c.to_string())
         }
