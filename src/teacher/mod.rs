@@ -343,7 +343,13 @@ impl Teacher {
                 Ok((row, Some(Job { idx, system, user, key, seed })))
             }
         };
-        let (mut rows, requests, hits) = self.rounds(ds, o, level, format, filter, max_tries, prepare)?;
+        let (rows, requests, hits) = self.rounds(ds, o, level, format, filter, max_tries, prepare)?;
+        Ok(self.report(ds, o, filter, rows, requests, hits))
+    }
+
+    /// The rows that survive `filter` and `keep` (votes counted first), their costs, and the
+    /// counts this run prints and reports.
+    fn report(&self, ds: &Dataset, o: &AskOptions, filter: sampling::Filter, mut rows: Vec<Row>, requests: usize, hits: usize) -> AskReport {
         let requests = if matches!(self.backend, Backend::Replay { .. }) { 0 } else { requests };
         if o.vote {
             sampling::vote(&mut rows);
@@ -376,7 +382,7 @@ impl Teacher {
                 q.failed
             );
         }
-        Ok(AskReport {
+        AskReport {
             rows,
             requests,
             cache_hits: hits,
@@ -387,7 +393,7 @@ impl Teacher {
             completion_tokens: ctok,
             cost_usd: cost,
             cached_cost_usd: cached_cost,
-        })
+        }
     }
 
     /// Ask round after round: every question's `n` samples, then, under `filter: "correct"`, one
