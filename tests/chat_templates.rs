@@ -213,14 +213,8 @@ fn a_student_keeps_the_papers_family_by_default_else_gets_its_own_template() {
     let phi_own = choose(&phi, None).unwrap();
     assert_eq!(phi_own.name(), "model", "no paper family: the model's own");
     assert_eq!(phi_own.prompt("Q").unwrap(), "<|user|>\nQ<|end|>\n<|assistant|>\n");
-    // A training run's own template is its base model's.
-    let base = config_dir(&phi);
-    let run = tempfile::tempdir().unwrap();
-    let rd = cotlab::train::RunDir::new(run.path());
-    std::fs::create_dir_all(rd.checkpoint()).unwrap();
-    std::fs::write(rd.config_path(), serde_json::json!({"model": base.path()}).to_string()).unwrap();
-    let from_run = ChatTemplate::choose(Some("model"), run.path(), None, &tok, None, None).unwrap();
-    assert_eq!(from_run.prompt("Q").unwrap(), phi_own.prompt("Q").unwrap());
+    // (A training run's own template is its base model's: `a_student_of_no_paper_family_…` checks
+    // it on a real run, through `Student::declared_by`.)
     // A `null` special token is none (transformers prints nothing for it).
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("tokenizer_config.json"), serde_json::json!({"chat_template": "[{{ bos_token }}]", "bos_token": null}).to_string()).unwrap();
@@ -299,12 +293,18 @@ fn a_student_of_no_paper_family_trains_and_reloads_with_its_own_template() {
     let src = format!(
         r#"let s = student("{}");
            let r = sft(s, rationales("arith", #{{ level: 3, n: 4, seed: 2 }}), #{{ run: "t", max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 128 }});
-           [s.template, student("t").template]"#,
+           let u = student("{}", #{{ template: "alpaca" }});
+           sft(u, rationales("arith", #{{ level: 3, n: 4, seed: 2 }}), #{{ run: "u", max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 128 }});
+           let own = evaluate(student("u"), dataset("arith", #{{ n: 1 }}), #{{ name: "e", prompt: "model", max_new_tokens: 2 }});
+           [s.template, student("t").template, student("u").template, own.template]"#,
+        dir.display(),
         dir.display()
     );
     let v = Runner::new(ctx).eval("t.rhai", &src).unwrap_or_else(|e| panic!("{e}")).into_array().unwrap();
     let names: Vec<String> = v.into_iter().map(|v| v.into_string().unwrap()).collect();
-    assert_eq!(names, ["model", "model"]);
+    assert_eq!(names[..3], ["model", "model", "alpaca"]);
+    // A run trained with a named template still has its base model's own template to prompt with.
+    assert!(names[3].starts_with("model (") && names[3].contains("tiny-phi"), "{}", names[3]);
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("runs/t/config.json")).unwrap()).unwrap();
     assert_eq!((run["template"]["name"].as_str(), run["template"]["jinja"].as_str()), (Some("model"), Some(phi.as_str())));
 }
