@@ -144,7 +144,7 @@ pub fn outcomes(dir: &Path) -> Result<(Vec<(String, bool)>, String)> {
     }
     let (_, samples) = Journal::<Sample>::open(&journal)?;
     let results: serde_json::Value =
-        serde_json::from_str(&crate::paths::read_text(&dir.join("results.json"))?).map_err(|e| Error::data(&dir.join("results.json"), e.to_string()))?;
+        serde_json::from_str(&crate::paths::read_text(&dir.join("results.json"))?).map_err(|e| Error::data(dir.join("results.json"), e.to_string()))?;
     let protocol = results["protocol"].as_str().unwrap_or("paper").to_string();
     Ok((samples.into_iter().map(|s| (s.id, s.correct)).collect(), protocol))
 }
