@@ -43,7 +43,7 @@ fn compare_is_paired_and_agrees_with_scipy_and_numpy() {
     eval_dir(&runs.join("lenient"), &b, "lenient");
     let mut ctx = Context::new(common::data_dir(), None);
     ctx.runs_dir = runs.clone();
-    let mut r = Runner::new(ctx);
+    let r = Runner::new(ctx);
     let c = r.eval("c.rhai", "compare(\"a\", \"b\")").unwrap_or_else(|e| panic!("{e}")).cast::<rhai::Map>();
     let int = |k: &str| c[k].as_int().unwrap() as usize;
     let float = |k: &str| c[k].as_float().unwrap();
