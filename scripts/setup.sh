@@ -64,9 +64,9 @@ venv() {
 }
 
 install_torch() {
-    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval, peft" 2>/dev/null; then
+    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval, peft, scipy" 2>/dev/null; then
         echo "installing torch + transformers (+ datasets, trl, lm_eval, peft: the readers of cotlab's corpora, eval dirs and adapters) into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval peft
+        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval peft scipy
     fi
 }
 

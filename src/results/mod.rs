@@ -2,6 +2,7 @@
 //! and the output dir that makes a run's files appear only when the run succeeded. Frames and
 //! charts themselves are the base module [`crate::frame`].
 
+pub mod compare;
 pub mod output;
 pub mod runs;
 pub mod tables;

@@ -21,6 +21,49 @@ fn results_path(ws: &Workspace, p: &str) -> RhaiResult<PathBuf> {
     ws.readable(&path, "results").map_err(rt)
 }
 
+const COMPARE: &str = r#"Compare two evaluations on the same questions, `a` minus `b`: each an eval dir (a path or a
+run name) or an `evaluate()` result. Returns `#{n, both, only_a, only_b, neither, diff, ci95_low,
+ci95_high, mcnemar_p}`: the questions both / only `a` / only `b` / neither answered correctly,
+the accuracy difference with a paired-bootstrap 95% interval (10000 resamples of the questions,
+`seed` option, default 0), and McNemar's exact test (two-sided, on the questions the two disagree
+on). Two evaluations on other questions, or under other protocols, are an error naming the
+difference. The right test for settings scored on one question set: overlapping Wilson intervals
+are not.
+
+```rhai
+let before = evaluate(student("default"), dataset("svamp", #{ limit: 100, seed: 1 }), #{ name: "before" });
+let after = evaluate(student("runs/sft"), dataset("svamp", #{ limit: 100, seed: 1 }), #{ name: "after" });
+let c = compare(after, before);
+print(`+${c.diff} [${c.ci95_low}, ${c.ci95_high}], p = ${c.mcnemar_p}`);
+```"#;
+
+/// `compare(a, b[, opts])`: each side an eval dir (path or run name) or an `evaluate()` result map.
+fn compare_evals(ws: &Workspace, a: Dynamic, b: Dynamic, opts: Map) -> RhaiResult<Map> {
+    let dir = |side: Dynamic, which: &str| -> RhaiResult<PathBuf> {
+        let p = if side.is_map() {
+            let m = side.cast::<Map>();
+            m.get("eval_dir")
+                .and_then(|d| d.clone().into_string().ok())
+                .ok_or_else(|| rt(usage!("compare: {which} is a map without 'eval_dir': give an evaluate() result or an eval dir")))?
+        } else {
+            side.into_string().map_err(|t| rt(usage!("compare: {which} must be an eval dir or an evaluate() result, found {t}")))?
+        };
+        results_path(ws, &p)
+    };
+    let (da, db) = (dir(a, "a")?, dir(b, "b")?);
+    let mut opts = opts;
+    let seed = match opts.remove("seed") {
+        Some(s) => s.as_int().map_err(|t| rt(usage!("compare: seed must be an integer, found {t}")))? as u64,
+        None => 0,
+    };
+    if let Some(k) = opts.keys().next() {
+        return Err(rt(usage!("compare: unknown option '{k}' (seed)")));
+    }
+    let c = crate::results::compare::compare_dirs(&da, &db, seed).map_err(rt)?;
+    let v = rhai::serde::to_dynamic(&c)?;
+    Ok(v.cast::<Map>())
+}
+
 fn strings(a: Array, what: &str) -> RhaiResult<Vec<String>> {
     a.into_iter().map(|x| x.into_string().map_err(|t| rt(usage!("{what}: expected strings, found {t}")))).collect()
 }
@@ -113,6 +156,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         Ok(m)
     });
 
+    let w = ws.clone();
+    def(engine, "compare", ["a", "b"], COMPARE, move |a: Dynamic, b: Dynamic| -> RhaiResult<Map> { compare_evals(&w, a, b, Map::new()) });
+    let w = ws.clone();
+    def(engine, "compare", ["a", "b", "opts"], COMPARE, move |a: Dynamic, b: Dynamic, opts: Map| -> RhaiResult<Map> { compare_evals(&w, a, b, opts) });
     let w = ws.clone();
     def(engine, "results", ["path"], RESULTS, move |path: &str| -> RhaiResult<Frame> { load_runs(&[results_path(&w, path)?]).map_err(rt) });
     let w = ws.clone();
