@@ -28,7 +28,7 @@
 //!     job, decoding, the CPU kernels) with their timing harness and reports.
 //! 15. [`script`] (Rhai) and [`notebook`] (Jupyter/evcxr; it uses `script`, never the reverse).
 //!
-//! The `cotlab` binary (`main.rs`, its clap definitions in `cli.rs`) is a thin CLI over this
+//! The `cotlab` binary (`main.rs`, its clap definitions in `cli.rs`, its process set-up in `process.rs`) is a thin CLI over this
 //! library, on top of all of them.
 
 pub mod answer;

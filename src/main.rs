@@ -7,6 +7,7 @@
 //! failed or are not complete. A script that fails publishes nothing and exits 1.
 
 mod cli;
+mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,50 +35,6 @@ use cotlab::results::OutputDir;
 use cotlab::script::{default_out_dir, Context, Runner};
 use cotlab::{Error, Result};
 
-/// Training allocates and frees GB of tensors every step. glibc (and mimalloc by default) hand
-/// large blocks back to the kernel, which must then zero fresh pages on the next allocation:
-/// a large share of a training step. mimalloc without purging keeps them.
-/// Counted, so a script can be stopped at its memory ceiling (`cotlab::memory`).
-#[global_allocator]
-static GLOBAL: cotlab::memory::Counting<mimalloc::MiMalloc> = cotlab::memory::Counting(mimalloc::MiMalloc);
-
-fn tune_allocator() {
-    // SAFETY: sets a global mimalloc option; no allocation races at program start.
-    // Option 15 is `mi_option_purge_delay` in mimalloc 2 (libmimalloc-sys names it only in C).
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
-/// candle asks for its thread count before every CPU matmul, and without RAYON_NUM_THREADS it
-/// counts physical cores by reading /proc/cpuinfo each time (`num_cpus::get_physical`):
-/// thousands of opens of that file in one short generation, and a visible share of an
-/// evaluation's profile in the kernel formatting it. Fixing the variable once, to the count
-/// candle would find, keeps the thread count and drops the reads.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = candle_core::utils::get_num_threads();
-        // Program start: no other thread reads the environment yet.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
-/// Makes the calling thread one of rayon's compute threads (index 0 of a pool of the pinned
-/// size; `global`: the global pool, else a pool kept alive by the returned handle). candle runs
-/// an op on the thread that calls it and hands its parallel parts to rayon: when that thread is
-/// not a worker, it and the workers are one thread more than the cores, and the idle workers'
-/// spinning takes time from it; with it, decoding on 2 cores is faster at batch 1 and at batch
-/// 16 (docs/performance-history.md).
-fn compute_on_this_thread(global: bool) -> Option<rayon::ThreadPool> {
-    let b = rayon::ThreadPoolBuilder::new().use_current_thread();
-    if global {
-        // Fails only if a pool was built already: then decoding still works, as before.
-        let _ = b.build_global();
-        None
-    } else {
-        b.build().ok()
-    }
-}
-
 /// How a command that did its work ended: exit 0, or exit 3 when the outputs were published but
 /// sweep points failed or are not complete (the message says which and what to do).
 enum Finished {
@@ -89,11 +46,7 @@ enum Finished {
 const EXIT_POINTS_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
-    tune_allocator();
-    pin_thread_count();
-    cotlab::model::tune_candle_threads();
-    compute_on_this_thread(true);
-    cotlab::memory::mark_installed();
+    process::set_up();
     let cli = Cli::try_parse().unwrap_or_else(|e| cli::help_or_exit(e));
     match dispatch(cli.cmd) {
         Ok(Finished::Ok) => ExitCode::SUCCESS,
@@ -340,7 +293,7 @@ fn run_script(runner: &Runner, script: &Path) -> Result<()> {
             .spawn_scoped(s, || {
                 // The script's thread runs the ops: it is the compute thread (the main thread
                 // only waits for it).
-                let _pool = compute_on_this_thread(false);
+                let _pool = process::compute_on_this_thread(false);
                 runner.run_file(script).map(drop)
             })
             .map_err(|e| Error::usage(format!("cannot start the script thread: {e}")))?

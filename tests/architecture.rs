@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["experiment", "bench"],
     &["script", "notebook"],
     // The binary: main.rs and the clap definitions it declares (`mod cli;`).
-    &["main", "cli"],
+    &["main", "cli", "process"],
 ];
 
 /// Modules on one layer do not use each other, except these (user, used).
