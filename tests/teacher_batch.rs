@@ -16,8 +16,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use cotlab::data::{load_dataset, DatasetOptions};
-use cotlab::teacher::batch::{journal_path, Mode, Retry};
+use cotlab::teacher::batch::journal_path;
 use cotlab::teacher::cache::Cache;
+use cotlab::teacher::openai::{Mode, Retry};
 use cotlab::teacher::openai::{OpenAi, OpenAiOptions};
 use cotlab::teacher::{AskOptions, Backend, Teacher};
 

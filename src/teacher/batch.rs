@@ -27,36 +27,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cache::{self, Cache, Entry};
-use super::openai::{self, Completion, OpenAi};
+use super::openai::{self, Completion, OpenAi, Retry};
 use super::{AskOptions, Job, Row, Teacher};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::rng::Rng;
 use crate::usage;
-
-crate::choices! {
-    /// How an `openai` teacher sends its requests.
-    #[derive(Default)]
-    pub enum Mode("mode") {
-        /// One chat-completions request per row, `concurrency` at a time.
-        #[default]
-        Sync = "sync",
-        /// The Batch API: `/files` and `/batches`.
-        Batch = "batch",
-    }
-}
-
-crate::choices! {
-    /// How the rows that failed inside a batch are asked again.
-    #[derive(Default)]
-    pub enum Retry("batch_retry") {
-        /// A smaller batch of only those rows.
-        #[default]
-        Batch = "batch",
-        /// Through the sync client.
-        Sync = "sync",
-    }
-}
 
 /// The most requests OpenAI takes in one batch; a larger run goes out as several.
 const MAX_REQUESTS: usize = 50_000;

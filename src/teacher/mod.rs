@@ -432,7 +432,7 @@ impl Teacher {
             }
             requests += jobs.len();
             match &self.backend {
-                Backend::OpenAi(client) if client.opts.mode == batch::Mode::Batch && !jobs.is_empty() => batch::run(self, client, jobs, &mut rows, o)?,
+                Backend::OpenAi(client) if client.opts.mode == openai::Mode::Batch && !jobs.is_empty() => batch::run(self, client, jobs, &mut rows, o)?,
                 Backend::OpenAi(client) => self.run_openai(client, jobs, &mut rows, o)?,
                 Backend::Local(student) => self.run_local(student, jobs, &mut rows, o)?,
                 Backend::Replay { dir, dataset, teacher } => replay(dir, dataset, teacher, level, format, &mut rows[start..])?,

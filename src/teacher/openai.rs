@@ -65,9 +65,9 @@ pub struct OpenAiOptions {
     /// Tokens per minute, each request counted before it goes ([`super::rate::estimate_tokens`]).
     pub tpm: Option<f64>,
     /// `sync` (one request at a time) or `batch` (the Batch API: half the price, up to 24 h).
-    pub mode: super::batch::Mode,
+    pub mode: Mode,
     /// What asks again for the rows that failed inside a batch: a smaller batch, or `sync`.
-    pub batch_retry: super::batch::Retry,
+    pub batch_retry: Retry,
     /// First wait between two polls of a batch; doubles up to `poll_max_s`.
     pub poll_s: f64,
     pub poll_max_s: f64,
@@ -84,6 +84,30 @@ crate::choices! {
         Medium = "medium",
         High = "high",
         Xhigh = "xhigh",
+    }
+}
+
+crate::choices! {
+    /// How an `openai` teacher sends its requests.
+    #[derive(Default)]
+    pub enum Mode("mode") {
+        /// One chat-completions request per row, `concurrency` at a time.
+        #[default]
+        Sync = "sync",
+        /// The Batch API: `/files` and `/batches`.
+        Batch = "batch",
+    }
+}
+
+crate::choices! {
+    /// How the rows that failed inside a batch are asked again.
+    #[derive(Default)]
+    pub enum Retry("batch_retry") {
+        /// A smaller batch of only those rows.
+        #[default]
+        Batch = "batch",
+        /// Through the sync client.
+        Sync = "sync",
     }
 }
 
@@ -114,8 +138,8 @@ impl Default for OpenAiOptions {
             reasoning_effort: None,
             rpm: None,
             tpm: None,
-            mode: super::batch::Mode::Sync,
-            batch_retry: super::batch::Retry::Batch,
+            mode: Mode::Sync,
+            batch_retry: Retry::Batch,
             poll_s: 30.0,
             poll_max_s: 600.0,
             batch_timeout_s: 90_000.0,
