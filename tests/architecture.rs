@@ -290,3 +290,85 @@ fn the_documented_layer_tables_match_layers() {
         items.iter().map(|i| i.split("[`").skip(1).filter_map(|m| m.split_once("`]").map(|(n, _)| n.to_string())).collect()).collect();
     assert_eq!(linked, want[..want.len() - 1].to_vec(), "src/lib.rs's crate doc differs from LAYERS");
 }
+
+/// The module paths (`teacher::batch`) a file's code names through `crate::` or `super::`, each
+/// resolved to the longest module path that exists; `crate::a::{b::x, c}` names `a::b` and `a::c`.
+fn file_refs(code: &str, this: &[String], modules: &std::collections::BTreeSet<Vec<String>>) -> std::collections::BTreeSet<Vec<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    let resolve = |mut p: Vec<String>| {
+        while !p.is_empty() && !modules.contains(&p) {
+            p.pop();
+        }
+        p
+    };
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", this[..this.len().saturating_sub(1)].to_vec())] {
+        let mut from = 0;
+        while let Some(j) = code[from..].find(prefix) {
+            let at = from + j;
+            from = at + prefix.len();
+            if code[..at].ends_with(|c: char| c == '$' || c == '_' || c == ':' || c.is_alphanumeric()) {
+                continue;
+            }
+            let path: String = code[from..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+            let mut head: Vec<String> = base.clone();
+            head.extend(path.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+            let rest = &code[from + path.len()..];
+            match rest.strip_prefix('{') {
+                Some(group) => {
+                    let inner: String = group.chars().take_while(|c| *c != '}').collect();
+                    for item in inner.split(',') {
+                        let mut p = head.clone();
+                        p.extend(item.trim().split("::").map(|s| ident_at(s.trim()).to_string()).filter(|s| !s.is_empty() && s != "self"));
+                        out.insert(resolve(p));
+                    }
+                }
+                None => {
+                    out.insert(resolve(head));
+                }
+            }
+        }
+    }
+    out.retain(|p| !p.is_empty() && p.as_slice() != this && !this.starts_with(p));
+    out
+}
+
+/// No two files import each other, directly or round a loop (the house rule: a type lives with
+/// what it belongs to), except the model families, which the transformer dispatches to and which
+/// build on its types.
+#[test]
+fn no_import_circle_between_files_outside_the_model_families() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let module_of = |p: &Path| -> Vec<String> {
+        let rel = p.strip_prefix(&src).unwrap().with_extension("");
+        let mut parts: Vec<String> = rel.iter().map(|s| s.to_string_lossy().to_string()).collect();
+        if parts.last().is_some_and(|l| l == "mod") {
+            parts.pop();
+        }
+        parts
+    };
+    let modules: std::collections::BTreeSet<Vec<String>> = files.iter().map(|p| module_of(p)).collect();
+    let mut edges: BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>> = BTreeMap::new();
+    for f in &files {
+        let text = fs::read_to_string(f).unwrap();
+        // Unit tests may reach anywhere in their module's neighbourhood.
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        let m = module_of(f);
+        edges.insert(m.clone(), file_refs(&code_only(text), &m, &modules));
+    }
+    // Every cycle shows up as a file that reaches itself.
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let (mut seen, mut todo) = (std::collections::BTreeSet::new(), edges[start].iter().cloned().collect::<Vec<_>>());
+        while let Some(m) = todo.pop() {
+            if seen.insert(m.clone()) {
+                todo.extend(edges.get(&m).into_iter().flatten().cloned());
+            }
+        }
+        if seen.contains(start) && !(start.len() >= 2 && start[0] == "model" && ["family", "config", "transformer"].contains(&start[1].as_str())) {
+            circles.push(start.join("::"));
+        }
+    }
+    assert!(circles.is_empty(), "files in an import circle (each reaches itself through its imports): {}", circles.join(", "));
+}
