@@ -111,27 +111,12 @@ pub fn doc_hash<T: Serialize>(doc: &T) -> String {
 /// lm-eval's file timestamp: `datetime.now().isoformat()` with `:` as `-` (UTC here), e.g.
 /// `2026-12-06T08-23-31.405082`; Python leaves out the fraction when it is zero.
 pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (days, secs) = ((d.as_secs() / 86_400) as i64, d.as_secs() % 86_400);
-    let (y, m, day) = civil_from_days(days);
-    let base = format!("{y:04}-{m:02}-{day:02}T{:02}-{:02}-{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    match d.subsec_micros() {
+    let utc = chrono::DateTime::<chrono::Utc>::from(t);
+    let base = utc.format("%Y-%m-%dT%H-%M-%S").to_string();
+    match utc.timestamp_subsec_micros() {
         0 => base,
         us => format!("{base}.{us:06}"),
     }
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// lm-eval's `sanitize_task_name` (every non-word character as `_`), for the samples file name.
