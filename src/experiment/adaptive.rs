@@ -257,7 +257,7 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
         drop(student);
         let summary = run.summary()?;
         let trained = ws.student(&pdir.display().to_string(), &r.student_opts)?;
-        let e = evaluate(&trained, &ds, &r.eval, &pdir.join("eval"))?;
+        let e = evaluate(&trained, &ds, &r.eval, &pdir.join(crate::results::runs::EVAL_DIR))?;
         // The pilot's weights stay (a re-run skips its training); its moments never serve again.
         run.drop_optimizer_state()?;
         rows.push(PilotRow {

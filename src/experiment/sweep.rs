@@ -39,7 +39,7 @@ use crate::eval::run::evaluate;
 use crate::journal::write_atomic;
 use crate::lab::Workspace;
 use crate::provenance::Provenance;
-use crate::results::runs::{load_runs, FAILED_FILE, POINT_FILE, SWEEP_FILE};
+use crate::results::runs::{load_runs, EVAL_DIR, FAILED_FILE, POINT_FILE, SWEEP_FILE};
 use crate::results::Frame;
 use crate::train::sft::sft;
 use crate::train::RunDir;
@@ -391,7 +391,7 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     };
     let ds = load_dataset(&ws.data_dir, &r.eval_dataset, &r.eval_data)?;
     let t = Instant::now();
-    let e = evaluate(&trained, &ds, &r.eval, &dir.join("eval"))?;
+    let e = evaluate(&trained, &ds, &r.eval, &dir.join(EVAL_DIR))?;
     for (k, v) in [
         ("accuracy", e.accuracy.into()),
         ("ci95_low", e.ci95_low.into()),
@@ -399,6 +399,7 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
         ("n", e.n.into()),
         ("correct", e.correct.into()),
         ("unparsed", e.unparsed.into()),
+        ("truncated", e.truncated.into()),
         ("mean_tokens", e.mean_tokens.into()),
     ] {
         metrics.insert(k.into(), v);
@@ -430,7 +431,7 @@ fn record(
     serde_json::json!({
         "sweep": spec.name, "index": p.index, "point": p.point, "status": status, "reason": reason,
         "config": p.config, "metrics": metrics, "provenance": prov, "strategy": strategy,
-        "run_dir": dir.display().to_string(), "eval_dir": dir.join("eval").display().to_string(),
+        "run_dir": dir.display().to_string(), "eval_dir": dir.join(EVAL_DIR).display().to_string(),
     })
 }
 

@@ -121,11 +121,12 @@ const EVALUATE: &str = r#"Zero-shot evaluation of `s` on a dataset, in `runs/<na
 `name`: the eval dir's run name (default `eval-<task>-<split>-<model>`, plus `-n<N>-s<seed>` for
 a subset, the same rule as `cotlab eval`; a run's model is the run dir's name, so a trained
 student never resumes into its base model's eval). Returns `#{task, split, model, n, correct,
-accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, generated_now,
-seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient, max_new_tokens, prompt_template, template,
-options}`: `truncated` counts generations cut at `max_new_tokens`, `truncated_in_thinking` those cut
-inside a `<think>` trace (a thinking student's answer is read after `</think>`; one cut before it
-is unparsed). What the defaults
+accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, truncated_frac,
+tokens_per_correct, generated_now, seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient,
+max_new_tokens, prompt_template, template, options}`: `truncated` counts generations cut at
+`max_new_tokens` (`truncated_frac` their share), `truncated_in_thinking` those cut inside a
+`<think>` trace (a thinking student's answer is read after `</think>`; one cut before it is
+unparsed); `tokens_per_correct` is all generated tokens over the correct answers (`()` with none). What the defaults
 reproduce: [evaluation.md](evaluation.md).
 
 Options:

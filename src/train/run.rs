@@ -148,8 +148,7 @@ impl RunDir {
     /// The first and last line of `train_log.jsonl`; lines that do not parse (a torn last
     /// line of a killed run) are left out.
     pub fn summary(&self) -> Result<TrainSummary> {
-        let text = crate::paths::read_text(&self.log_path())?;
-        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let lines = self.log_lines()?;
         let (first, last) = (lines.first(), lines.last());
         Ok(TrainSummary {
             steps: last.and_then(|l| l["step"].as_u64()),
@@ -157,6 +156,13 @@ impl RunDir {
             loss_last: last.and_then(|l| l["loss"].as_f64()),
             tokens: last.and_then(|l| l["tokens"].as_u64()),
         })
+    }
+
+    /// Every logged step of `train_log.jsonl` (one object per optimizer step), without lines that
+    /// do not parse (a torn last line of a killed run).
+    pub fn log_lines(&self) -> Result<Vec<serde_json::Value>> {
+        let text = crate::paths::read_text(&self.log_path())?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
     /// Write config.json, or check that an existing one is the same run (true when it also
