@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::eval::run::Sample;
 use crate::frame::{Cell, ColumnData, Frame};
+use crate::results::runs::{BASELINE_COLUMNS, EVAL_DIR};
 use crate::journal::Journal;
 use crate::paths::is_real_file;
 use crate::rng::Rng;
@@ -167,16 +168,13 @@ pub fn compare_dirs(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
     paired(&oa, &ob, (&a.display().to_string(), &b.display().to_string()), seed, RESAMPLES).map_err(Error::Usage)
 }
 
-/// The columns [`against_baseline`] adds: the paired difference, its interval, McNemar's p.
-pub const BASELINE_COLUMNS: [&str; 4] = ["vs_baseline", "vs_baseline_low", "vs_baseline_high", "p_vs_baseline"];
-
 /// The eval dir a results row points at: the dir itself when it is one, else its `eval/` (a
 /// sweep point or a training run evaluated in place).
 pub fn eval_dir_of(dir: &Path) -> PathBuf {
     if is_real_file(&dir.join("samples.jsonl")) {
         dir.to_path_buf()
     } else {
-        dir.join(crate::results::runs::EVAL_DIR)
+        dir.join(EVAL_DIR)
     }
 }
 

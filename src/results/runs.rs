@@ -57,6 +57,13 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "seconds",
 ];
 
+/// The columns `vs_baseline` adds ([`crate::results::compare::against_baseline`]): the paired
+/// difference from the baseline, its interval, McNemar's p.
+pub const BASELINE_COLUMNS: [&str; 4] = ["vs_baseline", "vs_baseline_low", "vs_baseline_high", "p_vs_baseline"];
+
+/// Measured columns [`aggregate_seeds`] averages over seeds (where the frame has them).
+const AVERAGED: &[&str] = &["mean_tokens", "truncated_frac", "tokens_per_correct", "train_tokens", "sft_seconds", "eval_seconds", "vs_baseline"];
+
 /// One row: meta fields, flattened config, metrics.
 #[derive(Default)]
 struct Row {
@@ -352,7 +359,10 @@ fn cell_value(c: &Cell) -> Value {
 /// Aggregate the seeds of each point: rows with status `done` grouped by every config column
 /// except `seed_columns` (those the seeds vary), giving `seeds` (how many), `accuracy` (mean),
 /// `accuracy_std`, and a 95% CI: the t-interval of the mean across seeds when there are two or
-/// more, the single run's own (Wilson) interval when there is one.
+/// more, the single run's own (Wilson) interval when there is one. The measures in [`AVERAGED`]
+/// (tokens, truncation, seconds, the paired difference from a baseline) are averaged over the
+/// seeds; a paired interval and p-value are one seed's, so they are kept for one seed only
+/// (null for several: compare per seed in the results frame).
 pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> {
     let cols = frame.columns();
     for s in seed_columns {
@@ -361,7 +371,7 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
         }
     }
     let keys: Vec<String> =
-        cols.iter().filter(|c| !META_COLUMNS.contains(&c.as_str()) && !METRIC_COLUMNS.contains(&c.as_str()) && !seed_columns.contains(c)).cloned().collect();
+        cols.iter().filter(|c| !is_measured(c) && !seed_columns.contains(c)).cloned().collect();
     for need in ["status", "accuracy", "ci95_low", "ci95_high"] {
         if !cols.iter().any(|c| c == need) {
             return Err(usage!("aggregate_seeds: the frame has no '{need}' column: give it a results(...) frame"));
@@ -420,7 +430,25 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
     out.push(("accuracy_std".into(), ColumnData::Float(sd)));
     out.push(("ci95_low".into(), ColumnData::Float(low)));
     out.push(("ci95_high".into(), ColumnData::Float(high)));
+    for c in AVERAGED.iter().filter(|c| cols.iter().any(|x| x == *c)) {
+        let cells = frame.column_cells(c)?;
+        let means = groups.iter().map(|(_, rows)| {
+            let xs: Vec<f64> = rows.iter().filter_map(|&r| f(&cells[r])).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        });
+        out.push((c.to_string(), ColumnData::Float(means.collect())));
+    }
+    for c in BASELINE_COLUMNS[1..].iter().filter(|c| cols.iter().any(|x| x == *c)) {
+        let cells = frame.column_cells(c)?;
+        let one = groups.iter().map(|(_, rows)| if rows.len() == 1 { f(&cells[rows[0]]) } else { None });
+        out.push((c.to_string(), ColumnData::Float(one.collect())));
+    }
     Frame::from_columns(out)
+}
+
+/// A column of what was measured (meta, metrics, paired comparisons), not of the configuration.
+fn is_measured(c: &str) -> bool {
+    META_COLUMNS.contains(&c) || METRIC_COLUMNS.contains(&c) || BASELINE_COLUMNS.contains(&c)
 }
 
 #[cfg(test)]
@@ -547,5 +575,32 @@ mod tests {
         assert_eq!(f.column_cells("grad_norm").unwrap(), vec![Cell::Null; 5], "a column the log lacks is null");
         let e = load_losses(&[d.path().join("c")]).unwrap_err().to_string();
         assert!(e.contains("no training logs"), "{e}");
+    }
+
+    /// Issue 32: aggregating seeds keeps the measures a sweep table shows (averaged) and a paired
+    /// comparison's interval and p-value where one seed makes them (never a key of the groups).
+    #[test]
+    fn aggregated_seeds_keep_tokens_truncation_and_paired_columns() {
+        let d = tempfile::tempdir().unwrap();
+        point(d.path(), "a", 1, 1, 0.5, "done");
+        point(d.path(), "b", 2, 1, 0.7, "done");
+        point(d.path(), "c", 1, 2, 0.4, "done");
+        let f = load_runs(&[d.path().to_path_buf()]).unwrap();
+        let fl = |v: &[f64]| ColumnData::Float(v.iter().map(|x| Some(*x)).collect());
+        let f = f
+            .with_added_columns(vec![
+                ("mean_tokens".into(), fl(&[10.0, 20.0, 7.0])),
+                ("vs_baseline".into(), fl(&[0.1, 0.3, -0.1])),
+                ("vs_baseline_low".into(), fl(&[0.0, 0.1, -0.2])),
+                ("p_vs_baseline".into(), fl(&[0.04, 0.01, 0.5])),
+            ])
+            .unwrap();
+        let a = aggregate_seeds(&f, &["seed".into()]).unwrap();
+        assert_eq!(a.height(), 2, "{}", a.to_table_string());
+        assert_eq!(a.column_cells("mean_tokens").unwrap(), vec![Cell::Float(15.0), Cell::Float(7.0)]);
+        let Cell::Float(v) = a.cell(0, "vs_baseline").unwrap() else { panic!() };
+        assert!((v - 0.2).abs() < 1e-12, "the mean paired difference");
+        assert_eq!(a.column_cells("p_vs_baseline").unwrap(), vec![Cell::Null, Cell::Float(0.5)], "one seed's p only");
+        assert_eq!(a.column_cells("vs_baseline_low").unwrap(), vec![Cell::Null, Cell::Float(-0.2)]);
     }
 }
