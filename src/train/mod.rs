@@ -4,6 +4,7 @@
 pub mod adamw;
 pub mod data;
 pub mod export;
+pub mod kd;
 pub mod pack;
 pub mod run;
 pub mod sft;

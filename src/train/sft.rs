@@ -6,6 +6,7 @@
 //! window divided by the window's response-token count (tokens, not batches), so micro-batches
 //! of different lengths weigh what their tokens weigh.
 
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var, D};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::data::{tokenize, Tokenized, TrainExample};
+use super::kd::{kd_loss_rows, KdOptions, Store};
 use super::pack::Packing;
 use super::run::{RunDir, TrainState};
 use crate::data::Corpus;
@@ -87,6 +89,10 @@ pub struct SftOptions {
     /// made before the option existed still resume.
     #[serde(skip_serializing_if = "is_true")]
     pub pack: bool,
+    /// Token-level KD from stored teacher logits (see `train::kd`): part of the run's identity
+    /// when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kd: Option<KdOptions>,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -113,6 +119,7 @@ impl Default for SftOptions {
             lora: None,
             shuffle: true,
             pack: true,
+            kd: None,
         }
     }
 }
@@ -139,6 +146,9 @@ impl SftOptions {
             in_range("sft lora", "r", l.r, 1..=4096)?;
             in_range("sft lora", "alpha", l.alpha, 1e-6..=1e6)?;
             in_range("sft lora", "dropout", l.dropout, 0.0..=0.99)?;
+        }
+        if let Some(k) = &self.kd {
+            k.validate()?;
         }
         Ok(())
     }
@@ -325,6 +335,13 @@ pub fn layout(batch: &[&TrainExample], pack: bool) -> Packing {
 
 /// NLL of every response token of a micro-batch, example by example (whatever the layout).
 fn token_nll(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<Tensor> {
+    let (logits, targets) = response_logits(student, batch, pack)?;
+    crate::kernels::ops::cross_entropy_rows(&logits, &targets)
+}
+
+/// The logits (N, V) that predict each response token of a micro-batch and those tokens (N),
+/// example by example, response tokens in order (whatever the layout).
+pub fn response_logits(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<(Tensor, Vec<u32>)> {
     let device = &student.model.device;
     let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
     let p = layout(batch, pack);
@@ -350,8 +367,7 @@ fn token_nll(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_c
     let d = hidden.dim(D::Minus1)?;
     let pos = Tensor::new(positions.as_slice(), device)?;
     let h = hidden.reshape((r * t, d))?.index_select(&pos, 0)?;
-    let logits = student.model.logits(&h)?;
-    crate::kernels::ops::cross_entropy_rows(&logits, &targets)
+    Ok((student.model.logits(&h)?, targets))
 }
 
 /// One SFT run, step by step: [`Trainer::new`] tokenizes, lays out the example order and the
@@ -385,6 +401,8 @@ pub struct Trainer<'a> {
     _lock: crate::paths::DirLock,
     /// When the first step of this invocation began (throughput and ETA are measured from it).
     loop_start: Option<Instant>,
+    /// The teacher logits of a KD run (`opts.kd`), checked against the student and the data.
+    kd: Option<Store>,
 }
 
 /// A step's averaged gradients and loss, before clipping.
@@ -413,6 +431,14 @@ impl<'a> Trainer<'a> {
         let data = tokenize(&s.tokenizer, &s.template, &corpus.pairs(), opts.max_len)?;
         let truncation = Truncation::new(&data, opts.max_len, corpus);
         eprintln!("{}", truncation.line());
+        let kd = match &opts.kd {
+            Some(k) => {
+                let store = Store::open(Path::new(&k.logits))?;
+                store.check(s, opts.max_len, k.temperature, &data.examples)?;
+                Some(store)
+            }
+            None => None,
+        };
         let global = opts.batch_size * opts.grad_accum;
         let steps_per_epoch = data.examples.len().div_ceil(global);
         let total_steps = opts.max_steps.unwrap_or(((steps_per_epoch as f64) * opts.epochs).ceil() as usize).max(1);
@@ -468,6 +494,7 @@ impl<'a> Trainer<'a> {
             tokens_this_run: 0,
             started,
             loop_start: None,
+            kd,
         })
     }
 
@@ -554,7 +581,7 @@ impl<'a> Trainer<'a> {
                 // Dropout masks depend on (seed, step, micro-batch) only: resume draws the same.
                 l.set_dropout_key(self.opts.seed.wrapping_mul(0x9E37_79B9).wrapping_add((step * 4096 + k) as u64));
             }
-            let nll = batch_nll_with(student, mb, self.opts.pack).model_ctx(format!("forward pass, {}", what()))?;
+            let nll = self.batch_loss(mb, &what())?;
             let loss = (&nll / window_tokens as f64).model_ctx(format!("loss, {}", what()))?;
             let g = loss.backward().model_ctx(format!("backward pass, {}", what()))?;
             nll_sum += nll.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).model_ctx(format!("reading the loss, {}", what()))?;
@@ -581,6 +608,17 @@ impl<'a> Trainer<'a> {
             .collect::<candle_core::Result<_>>()
             .model_ctx(format!("summing gradients, step {}", step + 1))?;
         Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum(), computed })
+    }
+
+    /// The summed loss of one micro-batch: response-token NLL, or with `kd` the KD loss
+    /// ([`kd_loss_rows`]) over the same positions.
+    fn batch_loss(&self, mb: &[&TrainExample], what: &str) -> Result<Tensor> {
+        let (Some(store), Some(k)) = (&self.kd, &self.opts.kd) else {
+            return batch_nll_with(self.student(), mb, self.opts.pack).model_ctx(format!("forward pass, {what}"));
+        };
+        let (logits, targets) = response_logits(self.student(), mb, self.opts.pack).model_ctx(format!("forward pass, {what}"))?;
+        let (ids, p) = store.rows(mb, logits.device())?;
+        kd_loss_rows(&logits, &targets, &ids, &p, k.alpha, k.temperature).model_ctx(format!("KD loss, {what}"))
     }
 
     /// The global gradient norm and the factor that clips it to `max_grad_norm`.
@@ -679,8 +717,7 @@ fn record_provenance(student: &Student, run: &RunDir, opts: &SftOptions) -> Resu
 /// the training data down to a fingerprint of every (question, rationale) pair. Resuming
 /// requires the same identity.
 pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serde_json::Value {
-    let fingerprint =
-        corpus.rationales.iter().fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
+    let fingerprint = corpus_fingerprint(corpus);
     let mut v = serde_json::json!({
         "model": student.source.display().to_string(),
         // The chat template trained with (a base model may have none of its own, or another):
@@ -694,7 +731,7 @@ pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serd
             "format": corpus.format.name(),
             "source": corpus.source,
             "examples": corpus.len(),
-            "fingerprint": format!("{fingerprint:016x}"),
+            "fingerprint": fingerprint,
         },
     });
     // Only a combined corpus has one: runs on one file keep the identity they always had.
@@ -702,6 +739,12 @@ pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serd
         v["data"]["recipe"] = r.text.clone().into();
     }
     v
+}
+
+/// A hash of every (question, rationale) pair of `corpus`, in order (hex).
+pub fn corpus_fingerprint(corpus: &Corpus) -> String {
+    let h = corpus.rationales.iter().fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
+    format!("{h:016x}")
 }
 
 #[cfg(test)]
