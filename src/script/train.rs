@@ -11,8 +11,29 @@ use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
 use crate::train::sft::sft;
+use crate::train::kd::{self, LogitsOptions};
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
+
+/// Where `teacher_logits` stores live, under the runs dir.
+const LOGITS_DIR: &str = "logits";
+
+/// `kd.logits` as a store dir: a `teacher_logits` result (its `dir`), a dir, or a store name
+/// under `runs/logits/`.
+fn resolve_kd_logits(kd: &mut Dynamic, runs_dir: &std::path::Path) -> RhaiResult<()> {
+    let Some(mut m) = kd.clone().try_cast::<Map>() else { return Ok(()) };
+    let logits = match m.get("logits") {
+        Some(v) if v.is_map() => v.clone().cast::<Map>().get("dir").map(|d| d.to_string()),
+        Some(v) if v.is_string() => Some(v.to_string()),
+        _ => None,
+    };
+    let Some(l) = logits else { return Ok(()) };
+    let p = std::path::Path::new(&l);
+    let dir = if p.is_absolute() || p.exists() { p.to_path_buf() } else { runs_dir.join(LOGITS_DIR).join(&l) };
+    m.insert("logits".into(), dir.display().to_string().into());
+    *kd = m.into();
+    Ok(())
+}
 
 /// A loaded student, shared (its weights are `Var`s and train in place).
 #[derive(Clone)]
@@ -88,11 +109,38 @@ Options (defaults: the paper's recipe; [training.md](training.md) says what each
 | `lora` | none (full fine-tuning) | `#{r: 8, alpha: 16, dropout: 0.05, targets: ["q_proj", "v_proj"]}`, each key optional with these defaults; `r` `1..=4096`, `alpha` `0.000001..=1000000`, `dropout` `0..=0.99`, `targets`: module names as in PEFT, for Llama, Qwen2, Qwen3 and Gemma `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; for BLOOM `query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h` (give `targets` there: the default names Llama's modules) |
 | `pack` | true | pack each micro-batch into as few rows as fit ([training.md](training.md#options)) |
 | `shuffle` | true | shuffle the examples each epoch (seeded); `sft` turns it off for an ordered corpus |
+| `kd` | none | token-level KD from stored teacher logits: `#{logits: teacher_logits(..), alpha: 0.5, temperature: 1.0}`; loss `(1 − alpha)·CE + alpha·T²·KL(teacher top-k ‖ student)` ([training.md](training.md#token-level-kd-offline)); `logits`: the result, its dir or its name; `temperature` must be the store's, `max_len` the store's |
 
 ```rhai
 let s = student("default");
 let r = sft(s, rationales("svamp", #{ level: 3 }), #{ run: "svamp-l3", max_steps: 60, lr: 3e-4, batch_size: 4, grad_accum: 1 });
 print(r.last_loss);
+```"#;
+
+const TEACHER_LOGITS: &str = r#"Store `teacher`'s top-k log-probabilities at every response token of `corpus`, for `sft`'s `kd`.
+
+The teacher runs teacher-forced over each (question, rationale) tokenized as `sft` tokenizes it
+(its chat template, `max_len`); for every response position the `top_k` most likely ids and
+their log-probabilities at `temperature` go to `runs/logits/<name>/` (`identity.json`,
+`logits.jsonl`, one line per example, appended as each is done). The store is keyed by the
+teacher's weights fingerprint, its vocabulary, template, the corpus's content, `top_k`,
+`temperature` and `max_len`: the same call again reuses a complete store and finishes an
+interrupted one; another setting under the same `name` is an error. `stop_after` (≥ 1): stop
+after that many new examples. The student that trains on it must share the teacher's vocabulary
+(checked by `sft`). Returns `#{dir, examples, computed, complete, positions, top_k, temperature,
+max_len}`.
+
+| option | default | range / values |
+|---|---|---|
+| `top_k` | 20 | `1..=` the vocabulary size |
+| `temperature` | 1.0 | `0.001..=100` |
+| `max_len` | 4096 | `8..=131072`: the `sft` run's `max_len` |
+| `name` | teacher name + identity hash | the store's dir name under `runs/logits/` |
+
+```rhai
+let t = student("default");
+let l = teacher_logits(t, rationales("arith", #{ level: 2, n: 32 }), #{ top_k: 20, max_len: 256 });
+sft(student("default"), rationales("arith", #{ level: 2, n: 32 }), #{ run: "kd", max_len: 256, kd: #{ logits: l, alpha: 0.5 } });
 ```"#;
 
 const GENERATE: &str = r#"Generate an answer to one question: `#{text, tokens, finish}` (`finish`: `eos`, `stop`,
@@ -195,9 +243,30 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             }
             None => None,
         };
+        if let Some(kd) = opts.get_mut("kd") {
+            resolve_kd_logits(kd, &w.runs_dir)?;
+        }
         let o: SftOptions = options(opts)?;
         let report = sft(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
         rhai::serde::to_dynamic(report)
+    });
+
+    let w = ws.clone();
+    def(engine, "teacher_logits", ["teacher", "corpus", "opts"], TEACHER_LOGITS, move |t: &mut StudentH, corpus: Corpus, opts: Map| -> RhaiResult<Dynamic> {
+        let mut opts = opts;
+        let stop_after = match opts.remove("stop_after") {
+            Some(v) => {
+                let k = v.as_int().map_err(|t| rt(usage!("teacher_logits: 'stop_after' must be an integer, found {t}")))?;
+                Some(usize::try_from(k).ok().filter(|&k| k > 0).ok_or_else(|| rt(usage!("teacher_logits: 'stop_after' must be at least 1, got {k}")))?)
+            }
+            None => None,
+        };
+        let o: LogitsOptions = options(opts)?;
+        if let Some(n) = &o.name {
+            crate::lab::RunName::new(n).map_err(rt)?;
+        }
+        let dir = kd::store_dir(&w.run_dir(LOGITS_DIR).map_err(rt)?, &t.0, &corpus, &o).map_err(rt)?;
+        rhai::serde::to_dynamic(kd::teacher_logits(&t.0, &corpus, &o, &dir, stop_after).map_err(rt)?)
     });
 
     let w = ws.clone();
