@@ -419,7 +419,7 @@ impl JobCmd {
 impl TrainCmd {
     pub fn bench(&self) -> cotlab::bench::train::TrainBench {
         let (lora, batch, seq, steps, lr, peak_tflops) = (self.lora, self.batch, self.seq, self.steps, self.lr, self.peak_tflops);
-        cotlab::bench::train::TrainBench { lora, batch, seq, steps, lr, peak_tflops, save_batch: self.save_batch.clone() }
+        cotlab::bench::train::TrainBench { lora, batch, seq, steps, lr, peak_tflops, save_batch: self.save_batch.clone(), kd: self.kd }
     }
 }
 
@@ -587,6 +587,10 @@ pub struct TrainCmd {
     /// Write the batch's token ids (JSON) for benches/torch_train.py.
     #[arg(long)]
     pub save_batch: Option<PathBuf>,
+    /// Also time offline-KD steps on the same batch (teacher: the student, top-20, alpha 0.5)
+    /// and print their tokens/s beside SFT's, with the ratio.
+    #[arg(long)]
+    pub kd: bool,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,

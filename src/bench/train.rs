@@ -16,7 +16,8 @@ use crate::model::Student;
 use crate::rng::Rng;
 use crate::train::adamw::{AdamW, AdamWConfig};
 use crate::train::data::TrainExample;
-use crate::train::sft::batch_nll;
+use crate::train::kd::{kd_loss_rows, LogitsOptions, Store};
+use crate::train::sft::{batch_nll, response_logits};
 
 /// What `cotlab bench train` times.
 #[derive(Clone, Debug)]
@@ -31,6 +32,21 @@ pub struct TrainBench {
     pub peak_tflops: Option<f64>,
     /// Where to write the batch's token ids (JSON) for `benches/torch_train.py`.
     pub save_batch: Option<PathBuf>,
+    /// Also time offline-KD steps on the same batch (teacher: the student itself, top-20 at
+    /// T = 1, alpha 0.5, through a store on disk) and report their tokens/s beside SFT's.
+    pub kd: bool,
+}
+
+/// The offline-KD steps of `cotlab bench train --kd`, beside the plain SFT steps.
+#[derive(Clone, Debug, Serialize)]
+pub struct KdBench {
+    pub top_k: usize,
+    pub step_s: f64,
+    pub fwd_s: f64,
+    pub bwd_s: f64,
+    pub tokens_per_s: f64,
+    /// KD tokens/s over plain SFT tokens/s on the same batch.
+    pub ratio: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,13 +82,15 @@ pub struct TrainReport {
     /// the backward and the optimizer step, minus what was in use before the model was loaded
     /// when the caller measured that; MB.
     pub device_mem_mb: Option<f64>,
+    /// `--kd`: the offline-KD steps on the same batch.
+    pub kd: Option<KdBench>,
 }
 
 impl super::Report for TrainReport {
     /// The human line `cotlab bench train` prints on stderr.
     fn summary(&self) -> String {
         format!(
-            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} TFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}",
+            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} TFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}{}",
             self.mode,
             self.model,
             self.params as f64 / 1e6,
@@ -91,7 +109,14 @@ impl super::Report for TrainReport {
             self.cpu_s_per_step,
             self.peak_rss_mb,
             self.device_mem_mb.map(|m| format!(", device memory {m:.0} MB")).unwrap_or_default(),
-            self.losses
+            self.losses,
+            self.kd
+                .as_ref()
+                .map(|k| format!(
+                    "; offline KD (top-{}, alpha 0.5) on the same batch: {:.2} s/step (fwd {:.2}, bwd {:.2}), {:.1} tokens/s = {:.2}x SFT's",
+                    k.top_k, k.step_s, k.fwd_s, k.bwd_s, k.tokens_per_s, k.ratio
+                ))
+                .unwrap_or_default()
         )
     }
 }
@@ -109,7 +134,39 @@ pub fn run(spec: &StudentSpec, b: &TrainBench) -> Result<TrainReport> {
     if let Some(p) = &b.save_batch {
         super::save_json(p, &ids)?;
     }
-    time_steps(&student, &ids, b.steps, b.lr, peak, mem_base)
+    // The teacher's logits first, from the weights before any step.
+    let store = if b.kd { Some(kd_store(&student, &ids)?) } else { None };
+    let mut report = time_steps(&student, &ids, b.steps, b.lr, peak, mem_base)?;
+    if let Some((dir, store)) = &store {
+        let k = time_steps_with(&student, &ids, b.steps, b.lr, peak, mem_base, Some(store));
+        let _ = std::fs::remove_dir_all(dir);
+        let k = k?;
+        report.kd = Some(KdBench {
+            top_k: KD_TOP_K,
+            step_s: k.step_s,
+            fwd_s: k.fwd_s,
+            bwd_s: k.bwd_s,
+            tokens_per_s: k.tokens_per_s,
+            ratio: k.tokens_per_s / report.tokens_per_s,
+        });
+    }
+    Ok(report)
+}
+
+const KD_TOP_K: usize = 20;
+
+/// The student's own top-k log-probabilities on the batch, written to a store in a temporary
+/// dir of this process and read back as `sft` reads one (the caller removes the dir).
+fn kd_store(student: &Student, ids: &[Vec<u32>]) -> Result<(PathBuf, Store)> {
+    let dir = std::env::temp_dir().join(format!("cotlab-bench-kd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = LogitsOptions { top_k: KD_TOP_K, ..Default::default() };
+    let examples: Vec<TrainExample> = ids.iter().map(|v| TrainExample { ids: v.clone(), prompt_len: 1 }).collect();
+    let store = Store::create(&dir, student, &examples, &opts);
+    if store.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok((dir, store?))
 }
 
 /// A deterministic batch of token ids (the same for every run with this seed).
@@ -122,6 +179,21 @@ pub fn fixed_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec
 /// device's dense peak in the compute dtype, for the MFU; `mem_base_mb`: device memory in use
 /// before the model was loaded (subtracted from the reported use).
 pub fn time_steps(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, peak_tflops: Option<f64>, mem_base_mb: Option<f64>) -> Result<TrainReport> {
+    time_steps_with(student, ids, steps, lr, peak_tflops, mem_base_mb, None)
+}
+
+/// [`time_steps`], with the offline-KD loss (alpha 0.5, T = 1) on `kd`'s teacher rows when given:
+/// the rows are gathered from the store each step, as the trainer does.
+#[allow(clippy::too_many_arguments)]
+fn time_steps_with(
+    student: &Student,
+    ids: &[Vec<u32>],
+    steps: usize,
+    lr: f64,
+    peak_tflops: Option<f64>,
+    mem_base_mb: Option<f64>,
+    kd: Option<&Store>,
+) -> Result<TrainReport> {
     in_range("bench train", "batch", ids.len(), 1..=4096)?;
     // A sequence needs a prompt token and at least one token to predict.
     let context = student.config.max_position_embeddings;
@@ -149,7 +221,14 @@ pub fn time_steps(student: &Student, ids: &[Vec<u32>], steps: usize, lr: f64, pe
         // Weight gradients summed in place, as the trainer does (see `Trainer::accumulate`); open
         // before the forward pass, which hands each projection its sink.
         let sink = crate::kernels::ops::GradSink::open(vars.iter().map(|v| v.as_tensor()));
-        let nll = batch_nll(student, &refs).model_ctx("bench: forward pass")?;
+        let nll = match kd {
+            None => batch_nll(student, &refs).model_ctx("bench: forward pass")?,
+            Some(store) => {
+                let (logits, targets) = response_logits(student, &refs, true).model_ctx("bench: forward pass")?;
+                let (top, p) = store.rows(&refs, logits.device())?;
+                kd_loss_rows(&logits, &targets, &top, &p, 0.5, 1.0).model_ctx("bench: KD loss")?
+            }
+        };
         let loss = (&nll / tokens as f64).model_ctx("bench: loss")?;
         sync("forward pass")?;
         sample();
@@ -221,6 +300,7 @@ impl PhaseTimes {
             fwd_s: mean(&self.fwd),
             bwd_s: mean(&self.bwd),
             opt_s: mean(&self.opt),
+            kd: None,
         }
     }
 }

@@ -10,8 +10,8 @@ use crate::data::Corpus;
 use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
-use crate::train::sft::sft;
 use crate::train::kd::{self, LogitsOptions};
+use crate::train::sft::sft;
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
 

@@ -168,6 +168,22 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf(), entries: entries.into_iter().map(|e| (e.key.clone(), e)).collect(), identity })
     }
 
+    /// Write a store for `examples` (already tokenized) in `dir` and read it back: the teacher's
+    /// top-k at every response position, as [`teacher_logits`] computes it (benches).
+    pub fn create(dir: &Path, teacher: &Student, examples: &[TrainExample], opts: &LogitsOptions) -> Result<Store> {
+        let id = serde_json::json!({
+            "teacher": teacher.source.display().to_string(), "vocab": Vocab::of(teacher),
+            "top_k": opts.top_k, "temperature": opts.temperature, "max_len": opts.max_len,
+        });
+        ensure_identity(&dir.join(IDENTITY), &id, "teacher logits of another teacher or setting")?;
+        let (journal, _) = Journal::<Entry>::open(&dir.join(LOG))?;
+        for e in examples {
+            let entry = top_k_entry(teacher, e, opts).model_ctx("computing teacher logits")?;
+            journal.append(&Entry { key: example_key(e), ..entry })?;
+        }
+        Store::open(dir)
+    }
+
     fn num(&self, key: &str) -> Result<f64> {
         self.identity[key].as_f64().ok_or_else(|| Error::data(self.dir.join(IDENTITY), format!("lacks '{key}'")))
     }
@@ -184,10 +200,16 @@ impl Store {
         check_same_vocab(teacher, &vocab, &student.source.display().to_string(), &Vocab::of(student))?;
         let (t, m) = (self.num("temperature")?, self.num("max_len")? as usize);
         if (t - temperature).abs() > 1e-12 {
-            return Err(usage!("sft kd: temperature {temperature} but the logits in {} are at {t}: give kd temperature {t}, or run teacher_logits at {temperature}", self.dir.display()));
+            return Err(usage!(
+                "sft kd: temperature {temperature} but the logits in {} are at {t}: give kd temperature {t}, or run teacher_logits at {temperature}",
+                self.dir.display()
+            ));
         }
         if m != max_len {
-            return Err(usage!("sft kd: max_len {max_len} but the logits in {} were made at {m}: run teacher_logits with max_len {max_len}", self.dir.display()));
+            return Err(usage!(
+                "sft kd: max_len {max_len} but the logits in {} were made at {m}: run teacher_logits with max_len {max_len}",
+                self.dir.display()
+            ));
         }
         let missing = examples.iter().filter(|e| !self.entries.contains_key(&example_key(e))).count();
         if missing > 0 {
