@@ -3,9 +3,20 @@
 //! response the loss is computed on ([`ChatTemplate::split`]: with a model's own template, the
 //! rendering with the answer minus the prompt rendering).
 
+use crate::data::Corpus;
 use crate::error::{Error, Result};
 use crate::model::ChatTemplate;
 use crate::usage;
+
+/// The paper's training cut-off in tokens: LLaMA-Factory `cutoff_len: 4096` in every config of
+/// its repository (`config/yamlgeneration.py`, `config/examples/*.yaml`).
+pub const PAPER_CUTOFF_LEN: usize = 4096;
+
+/// A hash of every (question, rationale) pair of `corpus`, in order (hex).
+pub fn corpus_fingerprint(corpus: &Corpus) -> String {
+    let h = corpus.rationales.iter().fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
+    format!("{h:016x}")
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainExample {

@@ -26,8 +26,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::data::{tokenize, TrainExample};
-use super::sft::PAPER_CUTOFF_LEN;
+use super::data::{corpus_fingerprint, tokenize, TrainExample, PAPER_CUTOFF_LEN};
 use crate::data::Corpus;
 use crate::error::{Error, ModelContext, Result};
 use crate::journal::{ensure_identity, Journal};
@@ -222,7 +221,7 @@ impl Store {
         Ok(())
     }
 
-    /// The batch's teacher rows in [`response_logits`](super::sft) order (example by example,
+    /// The batch's teacher rows in `sft::response_logits` order (example by example,
     /// response tokens in order): ids (N, k) and renormalised probabilities (N, k).
     pub fn rows(&self, batch: &[&TrainExample], device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         let k = self.top_k()?;
@@ -279,7 +278,7 @@ fn identity(teacher: &Student, corpus: &Corpus, opts: &LogitsOptions) -> Result<
         "teacher_fingerprint": teacher.weights_fingerprint()?,
         "vocab": Vocab::of(teacher),
         "template": teacher.template,
-        "corpus": super::sft::corpus_fingerprint(corpus),
+        "corpus": corpus_fingerprint(corpus),
         "examples": corpus.len(),
         "top_k": opts.top_k,
         "temperature": opts.temperature,

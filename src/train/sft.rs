@@ -45,9 +45,7 @@ crate::choices! {
     }
 }
 
-/// The paper's training cut-off in tokens: LLaMA-Factory `cutoff_len: 4096` in every config of
-/// its repository (`config/yamlgeneration.py`, `config/examples/*.yaml`).
-pub const PAPER_CUTOFF_LEN: usize = 4096;
+pub use super::data::{corpus_fingerprint, PAPER_CUTOFF_LEN};
 /// The paper's training seed: `seed: 100` in the same configs.
 pub const PAPER_SEED: u64 = 100;
 
@@ -739,12 +737,6 @@ pub fn run_config(student: &Student, corpus: &Corpus, opts: &SftOptions) -> serd
         v["data"]["recipe"] = r.text.clone().into();
     }
     v
-}
-
-/// A hash of every (question, rationale) pair of `corpus`, in order (hex).
-pub fn corpus_fingerprint(corpus: &Corpus) -> String {
-    let h = corpus.rationales.iter().fold(crate::rng::FNV_OFFSET, |h, r| crate::rng::fnv1a(h, r.question.bytes().chain([0]).chain(r.text.bytes()).chain([1])));
-    format!("{h:016x}")
 }
 
 #[cfg(test)]
