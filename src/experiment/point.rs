@@ -453,6 +453,7 @@ mod tests {
         let e = PointConfig::resolve(&map(serde_json::json!({"mix": [{"level": 1}], "level": 2}))).unwrap_err().to_string();
         assert!(e.contains("drop 'teacher', 'level'"), "{e}");
         assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"pack".to_string()) && known_keys().contains(&"max_steps".to_string()));
+        assert!(known_keys().contains(&LOG_TO.to_string()), "log_to is never serialised, but a key all the same");
     }
 
     #[test]

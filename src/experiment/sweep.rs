@@ -684,6 +684,34 @@ mod tests {
         assert_eq!(p[2].status, PointStatus::Pending);
     }
 
+    /// `log_to` is no part of a point: the same names with it as without (so turning it on
+    /// resumes a sweep), every point resolved with it; a grid or include `log_to`, or a bad
+    /// value, is an error for the whole sweep.
+    #[test]
+    fn log_to_is_sweep_wide_and_leaves_point_names_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        let base = serde_json::json!({"dataset": "arith", "max_steps": 1});
+        let without = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": [1, 2]}, "base": base, "include": [{"train": false}]}))).unwrap();
+        let mut logged = base.clone();
+        logged["log_to"] = serde_json::json!(["tensorboard", "mlflow"]);
+        let with = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": [1, 2]}, "base": logged, "include": [{"train": false}]}))).unwrap();
+        let names = |p: &[PointPlan]| p.iter().map(|p| p.point.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&with), names(&without));
+        assert!(with.iter().all(|p| !p.config.contains_key(LOG_TO)));
+        let want = crate::track::LogTo(vec![crate::track::Sink::Tensorboard, crate::track::Sink::Mlflow]);
+        assert!(with.iter().all(|p| p.resolved.as_ref().unwrap().sft.log_to == want));
+        assert!(without.iter().all(|p| p.resolved.as_ref().unwrap().sft.log_to.is_empty()));
+        for (v, says) in [
+            (serde_json::json!({"name": "t", "grid": {"level": [1], "log_to": ["mlflow"]}, "base": base}), "'log_to' is sweep-wide"),
+            (serde_json::json!({"name": "t", "grid": {"level": [1]}, "include": [{"log_to": "mlflow"}]}), "'log_to' is sweep-wide"),
+            (serde_json::json!({"name": "t", "grid": {"level": [1]}, "base": {"log_to": "wandb"}}), "log_to: unknown value 'wandb': expected one of tensorboard, mlflow"),
+        ] {
+            let e = plan(&ws, &spec(v.clone())).unwrap_err().to_string();
+            assert!(e.contains(says), "{v}: {e}");
+        }
+    }
+
     /// The grid's size is multiplied out with overflow checks: 65536⁴ wrapped to 0 points.
     #[test]
     fn grid_size_is_checked_not_wrapped() {

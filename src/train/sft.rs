@@ -934,6 +934,14 @@ mod tests {
         }
     }
 
+    /// `log_to` is read, never written: a run's identity is the same with it as without.
+    #[test]
+    fn log_to_is_read_but_no_part_of_the_identity() {
+        let logged: SftOptions = serde_json::from_value(serde_json::json!({"log_to": ["tensorboard", "mlflow"]})).unwrap();
+        assert_eq!(logged.log_to, LogTo(vec![crate::track::Sink::Tensorboard, crate::track::Sink::Mlflow]));
+        assert_eq!(serde_json::to_value(&logged).unwrap(), serde_json::to_value(SftOptions::default()).unwrap());
+    }
+
     /// `pack` defaults to on and, like `shuffle`, enters a run's identity only when off.
     #[test]
     fn pack_option_defaults_on_and_serialises_only_when_off() {
