@@ -110,13 +110,16 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Open every sink of `log_to` for a run that goes on from `resumed_from` (the checkpoint's
-    /// step; its `train/…` values past it are dropped from MLflow), recording `record` in MLflow.
+    /// Open every sink of `log_to` for a run that trains on from step `resumed_from` (its
+    /// `train/…` values past it are dropped from MLflow, and TensorBoard told to drop them), or
+    /// that only adds values (`None`: an evaluation); `record` goes to MLflow.
     pub fn open(log_to: &LogTo, files: &RunFiles, target: &Target, resumed_from: Option<u64>, record: &RunRecord) -> Result<Tracker> {
         let tb = log_to.has(Sink::Tensorboard).then(|| tensorboard::EventWriter::new(&files.tensorboard, resumed_from));
         let mlflow = if log_to.has(Sink::Mlflow) {
             let run = mlflow::MlflowRun::open(&target.mlruns, &target.experiment, &target.run_name, &files.mlflow_ids)?;
-            run.truncate_after("train", resumed_from.unwrap_or(0))?;
+            if let Some(step) = resumed_from {
+                run.truncate_after("train", step)?;
+            }
             run.log_params(&record.params)?;
             let mut tags = record.tags.clone();
             tags.push(("mlflow.runName".into(), target.run_name.clone()));
@@ -195,7 +198,7 @@ mod tests {
     fn params_are_flattened_with_dotted_keys() {
         let p = flat_params(&serde_json::json!({"lr": 5e-5, "lora": {"r": 8}, "data": {"level": null, "dataset": "svamp"}}));
         let want: Vec<(String, String)> =
-            [("data.dataset", "svamp"), ("lora.r", "8"), ("lr", "5e-5")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            [("data.dataset", "svamp"), ("lora.r", "8"), ("lr", "0.00005")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         assert_eq!(p, want);
     }
 }

@@ -93,15 +93,11 @@ fn wall_time() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// The machine's name as the kernel has it (Linux), or `localhost`.
 fn host() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is writable for its whole length; gethostname NUL-terminates within it
-    // or truncates, and the last byte is left as 0.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    let name = if ok { String::from_utf8_lossy(&buf[..end]).to_string() } else { String::new() };
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     // The host is part of a file name: nothing that would make it a path.
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '-' }).collect();
+    let clean: String = name.trim().chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '-' }).collect();
     if clean.is_empty() {
         "localhost".into()
     } else {
