@@ -60,13 +60,22 @@ pub struct Summary {
     pub value: Vec<Value>,
 }
 
-/// `tensorboard.Summary.Value`: a tag and a scalar (`simple_value`).
+/// `tensorboard.Summary.Value`: a tag and a scalar.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Value {
     #[prost(string, tag = "1")]
     pub tag: String,
+    /// A oneof in summary.proto, so a scalar of 0 is still written (a plain proto3 field
+    /// at its default would be left out, and readers would see no scalar at all).
+    #[prost(oneof = "Kind", tags = "2")]
+    pub kind: Option<Kind>,
+}
+
+/// `Summary.Value.value`: the scalar case.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Kind {
     #[prost(float, tag = "2")]
-    pub simple_value: f32,
+    SimpleValue(f32),
 }
 
 /// The version string readers check in a file's first event.
@@ -158,7 +167,7 @@ impl EventWriter {
     /// One event holding `values` (tag, value) as scalars at `step`.
     pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
         self.open()?;
-        let value = values.iter().map(|(tag, v)| Value { tag: tag.to_string(), simple_value: *v as f32 }).collect();
+        let value = values.iter().map(|(tag, v)| Value { tag: tag.to_string(), kind: Some(Kind::SimpleValue(*v as f32)) }).collect();
         self.write(&Event { wall_time: wall_time(), step: step as i64, what: Some(What::Summary(Summary { value })) })
     }
 }
@@ -176,14 +185,14 @@ mod tests {
         assert_eq!(masked_crc32c(b"123456789"), 0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
     }
 
-    /// A file holds the version event first, then the START of a resumed run, then the scalars,
-    /// each record framed; a second writer in the same dir writes a second file.
+    /// A file holds the version event first, then the START of a resumed run, then the scalars
+    /// (zeros included), each record framed; a second writer in the same dir writes a second file.
     #[test]
     fn records_are_framed_and_each_writer_has_its_own_file() {
         let d = tempfile::tempdir().unwrap();
         let mut w = EventWriter::new(d.path(), Some(4));
         assert!(w.path().is_none(), "nothing written, no file");
-        w.scalars(5, &[("train/loss", 1.5), ("train/lr", 2e-5)]).unwrap();
+        w.scalars(5, &[("train/loss", 1.5), ("eval/accuracy", 0.0)]).unwrap();
         let bytes = std::fs::read(w.path().unwrap()).unwrap();
         let mut events = Vec::new();
         let mut at = 0;
@@ -199,7 +208,9 @@ mod tests {
         assert_eq!(events[0].what, Some(What::FileVersion(FILE_VERSION.into())));
         assert_eq!((events[1].step, &events[1].what), (5, &Some(What::SessionLog(SessionLog { status: SESSION_START }))));
         let Some(What::Summary(s)) = &events[2].what else { panic!("{:?}", events[2]) };
-        assert_eq!((events[2].step, s.value[0].tag.as_str(), s.value[0].simple_value, s.value.len()), (5, "train/loss", 1.5, 2));
+        assert_eq!((events[2].step, s.value[0].tag.as_str(), &s.value[0].kind, s.value.len()), (5, "train/loss", &Some(Kind::SimpleValue(1.5)), 2));
+        // A zero is a scalar too: written, not left out as a default.
+        assert_eq!(s.value[1].kind, Some(Kind::SimpleValue(0.0)));
         let mut again = EventWriter::new(d.path(), None);
         again.scalars(6, &[("train/loss", 1.0)]).unwrap();
         assert_ne!(again.path(), w.path());
