@@ -117,7 +117,11 @@ fn sft_logs_what_tensorboard_and_mlflow_read() {
     let ml = mlflow(&runs.join("mlruns"), "cotlab");
     assert_eq!(ml.len(), 2, "{ml:?}");
     let t = ml.iter().find(|r| r["name"] == "tracked").unwrap();
-    assert_eq!((t["run_id"].as_str(), t["experiment_id"].as_str()), (ids["run_id"].as_str(), ids["experiment_id"].as_str()), "one MLflow run across the resume");
+    assert_eq!(
+        (t["run_id"].as_str(), t["experiment_id"].as_str()),
+        (ids["run_id"].as_str(), ids["experiment_id"].as_str()),
+        "one MLflow run across the resume"
+    );
     assert_eq!(t["status"], "FINISHED");
     assert_close(&series(&t["metrics"]["train/loss"]), &col("loss"), 1e-12, "mlflow train/loss");
     assert_close(&series(&t["metrics"]["train/grad_norm"]), &col("grad_norm"), 1e-12, "mlflow train/grad_norm");
@@ -152,7 +156,8 @@ print(`sweep ran ${{r.ran}} done ${{r.done}} of ${{r.total}}`);
 }
 
 fn point_dirs(sweep: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(sweep).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "slurm")).collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(sweep).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "slurm")).collect();
     v.sort();
     v
 }

@@ -705,7 +705,10 @@ mod tests {
         for (v, says) in [
             (serde_json::json!({"name": "t", "grid": {"level": [1], "log_to": ["mlflow"]}, "base": base}), "'log_to' is sweep-wide"),
             (serde_json::json!({"name": "t", "grid": {"level": [1]}, "include": [{"log_to": "mlflow"}]}), "'log_to' is sweep-wide"),
-            (serde_json::json!({"name": "t", "grid": {"level": [1]}, "base": {"log_to": "wandb"}}), "log_to: unknown value 'wandb': expected one of tensorboard, mlflow"),
+            (
+                serde_json::json!({"name": "t", "grid": {"level": [1]}, "base": {"log_to": "wandb"}}),
+                "log_to: unknown value 'wandb': expected one of tensorboard, mlflow",
+            ),
         ] {
             let e = plan(&ws, &spec(v.clone())).unwrap_err().to_string();
             assert!(e.contains(says), "{v}: {e}");

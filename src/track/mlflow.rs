@@ -107,7 +107,8 @@ fn find_experiment(root: &Path, name: &str) -> Option<String> {
         .filter(|e| e.file_name() != TRASH)
         .filter_map(|e| {
             let meta = std::fs::read_to_string(e.path().join(META)).ok()?;
-            (yaml_value(&meta, "name")? == name && yaml_value(&meta, "lifecycle_stage").as_deref() != Some("deleted")).then(|| e.file_name().to_string_lossy().to_string())
+            (yaml_value(&meta, "name")? == name && yaml_value(&meta, "lifecycle_stage").as_deref() != Some("deleted"))
+                .then(|| e.file_name().to_string_lossy().to_string())
         })
         .collect();
     found.sort();
@@ -126,10 +127,9 @@ fn create_experiment(root: &Path, id: &str, name: &str) -> Result<()> {
     let meta = crate::paths::read_text(&dst.join(META))?;
     match yaml_value(&meta, "name") {
         Some(n) if n == name => Ok(()),
-        other => Err(Error::data(
-            dst.join(META),
-            format!("experiment {id} is named {other:?}, not '{name}': move that experiment away or log under another name"),
-        )),
+        other => {
+            Err(Error::data(dst.join(META), format!("experiment {id} is named {other:?}, not '{name}': move that experiment away or log under another name")))
+        }
     }
 }
 
@@ -334,7 +334,8 @@ mod tests {
         assert_eq!(a.ids, b.ids);
         assert_eq!(yaml_value(&std::fs::read_to_string(b.dir().join(META)).unwrap(), "status").as_deref(), Some("1"));
         b.truncate_after("train", 2).unwrap();
-        let steps: Vec<String> = std::fs::read_to_string(b.dir().join("metrics/train/loss")).unwrap().lines().map(|l| l.rsplit(' ').next().unwrap().to_string()).collect();
+        let steps: Vec<String> =
+            std::fs::read_to_string(b.dir().join("metrics/train/loss")).unwrap().lines().map(|l| l.rsplit(' ').next().unwrap().to_string()).collect();
         assert_eq!(steps, ["1", "2"]);
         assert_eq!(std::fs::read_to_string(b.dir().join("metrics/eval/accuracy")).unwrap().lines().count(), 3, "only train/ metrics are cut");
         assert!(b.log_metrics(4, &[("../x", 1.0)]).is_err());

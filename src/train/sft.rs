@@ -708,7 +708,11 @@ impl Tracking {
     pub fn beside(run: &RunDir) -> Tracking {
         let parent = run.path.parent().unwrap_or(std::path::Path::new("."));
         let name = run.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        Tracking { target: Target { mlruns: parent.join("mlruns"), experiment: "cotlab".into(), run_name: name }, extra: RunRecord::default(), finish_with_training: true }
+        Tracking {
+            target: Target { mlruns: parent.join("mlruns"), experiment: "cotlab".into(), run_name: name },
+            extra: RunRecord::default(),
+            finish_with_training: true,
+        }
     }
 }
 
