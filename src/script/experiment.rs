@@ -10,7 +10,7 @@ use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
 use crate::experiment::{sweep_in, SweepSpec};
 use crate::lab::Workspace;
-use super::frame::ExprW;
+use super::expr::ExprW;
 use crate::results::compare::against_baseline;
 use crate::results::runs::{aggregate_seeds, load_losses, load_runs};
 use crate::results::Frame;
