@@ -76,6 +76,28 @@ fn evaluate_writes_results_and_resumes() {
     assert!(evaluate(&s, &ds, &other, &dir).err().unwrap().to_string().contains("other settings"));
 }
 
+/// Out of the box (`decode_weights: auto`) the untrained default student decodes with the Q4_1
+/// kernels on its GGUF's own weights: 8 SVAMP questions get f32's answers, and `results.json`
+/// records which weights ran (the option stays `auto`, so the eval dir's identity is unchanged).
+#[test]
+fn default_decoding_is_exact_and_recorded() {
+    require!(Data, Model);
+    use cotlab::model::DecodeWeights;
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(8), seed: Some(0), ..Default::default() }).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let opts = EvalOptions { max_new_tokens: Some(64), ..Default::default() };
+    let auto = evaluate(&s, &ds, &opts, &d.path().join("auto")).unwrap();
+    let f32 = evaluate(&s, &ds, &EvalOptions { decode_weights: DecodeWeights::F32, ..opts.clone() }, &d.path().join("f32")).unwrap();
+    assert_eq!((auto.decoded_with, f32.decoded_with), (DecodeWeights::Q4_1, DecodeWeights::F32));
+    let read = |dir: &str| std::fs::read_to_string(d.path().join(dir).join("samples.jsonl")).unwrap();
+    assert_eq!(read("auto"), read("f32"), "auto's answers are not f32's");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("auto/results.json")).unwrap()).unwrap();
+    assert_eq!(results["decoded_with"], "q4_1");
+    let config = std::fs::read_to_string(d.path().join("auto/eval_config.json")).unwrap();
+    assert!(!config.contains("decode_weights"), "auto is not part of the identity: {config}");
+}
+
 #[test]
 fn evaluate_from_rhai() {
     require!(Data, Model);

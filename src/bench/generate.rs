@@ -154,7 +154,7 @@ pub fn fixed(spec: &StudentSpec, b: &GenerateBench) -> Result<FixedReport> {
         Ok((toks / t0.elapsed().as_secs_f64(), toks / (cpu_seconds() - c0).max(1e-9)))
     };
     // A guard held here keeps the decoding copy across the calls; then a warm-up (allocator).
-    let _copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
     let _warm = time(&qs[..1])?;
     // Batch 1 is one short generation, which a busy host moves a lot: the median of 3
     // (benches/llamacpp_generate.py does the same).
@@ -168,7 +168,7 @@ pub fn fixed(spec: &StudentSpec, b: &GenerateBench) -> Result<FixedReport> {
         batch1_tokens_per_s: one,
         batch_n_tokens_per_cpu_s: many_cpu,
         batch_n_tokens_per_s: many,
-        decode_weights: b.decode_weights.name(),
+        decode_weights: copy.mode().name(),
         device: spec.device.clone(),
         device_mem_mb: device_memory_used_mb(&s.model.device),
         dtype: dtype_name(&s),
@@ -192,7 +192,7 @@ pub fn prompts(spec: &StudentSpec, b: &GenerateBench, task: &str, n: usize, data
     let opts = GenOptions { max_new_tokens: new_tokens, decode_weights: b.decode_weights, ..Default::default() };
     // The static side makes one `generate` call per batch and would otherwise pay for a copy
     // each time, the continuous side once.
-    let _copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
     // Warm-up (allocator, weight caches).
     generate(&s, &qs[..1], &GenOptions { max_new_tokens: 4, ..opts.clone() })?;
     let t0 = Instant::now();
@@ -212,7 +212,7 @@ pub fn prompts(spec: &StudentSpec, b: &GenerateBench, task: &str, n: usize, data
     let tokens: usize = cont.iter().map(|g| g.tokens).sum();
     Ok(PromptsReport {
         device: spec.device.clone(),
-        decode_weights: b.decode_weights.name(),
+        decode_weights: copy.mode().name(),
         task: task.to_string(),
         batch,
         continuous_s,

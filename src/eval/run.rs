@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::lmeval;
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
-use crate::error::Result;
+use crate::error::{ModelContext, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
@@ -147,6 +147,9 @@ pub struct EvalReport {
     pub accuracy_lenient: f64,
     /// The generation limit used (the option, else the paper's for the task).
     pub max_new_tokens: usize,
+    /// The weights this invocation decoded with, `options.decode_weights` resolved (`auto`
+    /// picks per model, see [`DecodeWeights::Auto`]): `f32`, `bf16`, `q8_0` or `q4_1`.
+    pub decoded_with: DecodeWeights,
     /// The exact prompt around a question: `{before}` + question + `{after}`.
     pub prompt_template: String,
     /// Which template made it ([`ChatTemplate::label`]; empty in results from before it was recorded).
@@ -224,6 +227,12 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     // run regenerates only those not yet journaled.
     let mut ready: Vec<Option<Sample>> = vec![None; todo.len()];
     let mut reported = 0;
+    // Taken here (generation joins it) to report what `auto` resolved to.
+    let weights = student.model.decode_weights(opts.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let decoded_with = weights.mode();
+    if !todo.is_empty() {
+        eprintln!("[eval] decoding with {} weights{}", decoded_with.name(), if opts.decode_weights.is_auto() { " (auto)" } else { "" });
+    }
     generate_batched(&prompted, &qs, &gen, opts.batch_size, &mut |i, g| {
         let e = todo[i];
         let j = opts.protocol.judge(&g.text, &e.answer, e.kind, evaluator);
@@ -257,7 +266,8 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         }
         Ok(())
     })?;
-    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at };
+    drop(weights);
+    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at, decoded_with };
     write_report(student, ds, opts, dir, &samples, run)
 }
 
@@ -270,6 +280,7 @@ struct Finished {
     /// The template that wrapped each question.
     template: ChatTemplate,
     started: std::time::SystemTime,
+    decoded_with: DecodeWeights,
 }
 
 /// Score the journaled samples of `ds`, write `results.json`, `samples.parquet` and the
@@ -312,6 +323,7 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
         accuracy_paper: accuracy_under(Protocol::Paper),
         accuracy_lenient: accuracy_under(Protocol::Lenient),
         max_new_tokens: run.max_new_tokens,
+        decoded_with: run.decoded_with,
         prompt_template: run.prompt_template.clone(),
         template: run.template.label(),
         options: opts.clone(),

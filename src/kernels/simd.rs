@@ -3,7 +3,7 @@
 //! tested), picked at run time so one binary runs on any x86-64.
 //!
 //! This file is the only place the kernels read the CPU's features ([`avx2_fma`], [`avx512f`],
-//! [`Kernel::detect`]); every other kernel asks here.
+//! [`avx512_bf16`], [`Kernel::detect`]); every other kernel asks here.
 
 /// Whether the CPU has AVX2 and FMA, what every 256-bit kernel here needs.
 pub fn avx2_fma() -> bool {
@@ -27,6 +27,16 @@ pub fn avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, the bf16 decoding kernel's fast path).
+pub fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
