@@ -28,7 +28,7 @@ fn evaluate_writes_results_and_resumes() {
     let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(4), seed: Some(1), ..Default::default() }).unwrap();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("eval");
-    let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(48), ..Default::default() };
+    let opts = EvalOptions { batch_size: Some(2), max_new_tokens: Some(48), ..Default::default() };
     let first = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((first.n, first.generated_now), (4, 4));
     // An evaluation interrupted after two answers: only the missing ones are generated.
@@ -71,6 +71,15 @@ fn evaluate_writes_results_and_resumes() {
     std::fs::write(dir.join("samples.jsonl"), format!("{lines}{{\"id\": \"chal-")).unwrap();
     let again = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((again.n, again.generated_now), (4, 0));
+    // The batch size is not part of the identity: another resumes the dir, and so does a dir
+    // written when it was (older builds put `options.batch_size` in eval_config.json).
+    let config = dir.join("eval_config.json");
+    let mut identity: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert!(identity["options"].get("batch_size").is_none(), "{identity}");
+    identity["options"]["batch_size"] = 8.into();
+    std::fs::write(&config, identity.to_string()).unwrap();
+    let rebatched = evaluate(&s, &ds, &EvalOptions { batch_size: Some(3), ..opts.clone() }, &dir).unwrap();
+    assert_eq!((rebatched.n, rebatched.generated_now, rebatched.options.batch_size), (4, 0, Some(3)));
     // Other settings in the same dir are refused.
     let other = EvalOptions { max_new_tokens: Some(49), ..opts.clone() };
     assert!(evaluate(&s, &ds, &other, &dir).err().unwrap().to_string().contains("other settings"));
@@ -122,6 +131,9 @@ fn evaluate_from_rhai() {
 fn eval_defaults_are_the_papers() {
     let o = EvalOptions::default();
     assert_eq!((o.protocol, o.prompt, o.max_new_tokens, o.temperature), (Protocol::Paper, PromptStyle::Paper, None, 0.0));
+    // The batch size is chosen for throughput: 32 cache rows, each prompt taking `beams` of them.
+    use cotlab::eval::run::default_batch_size;
+    assert_eq!((o.batch_size, default_batch_size(1), default_batch_size(5), default_batch_size(64)), (None, 32, 6, 1));
     for t in [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math] {
         assert_eq!((t.paper_max_new_tokens(), t.evaluator()), (1024, Evaluator::Math), "{}", t.name());
     }

@@ -148,15 +148,28 @@ fn q8_0_decoding_agrees_with_f32() {
     assert!(same16 >= 5 && common_prefix.iter().sum::<usize>() >= 160, "the first 16 tokens agree for only {same16} of 8 prompts: {common_prefix:?}");
 }
 
-/// Continuous batching with Q8_0 or Q4_1 weights decodes what each prompt decodes alone: every
-/// output of cotlab's kernels is one fixed sequence of operations whatever the batch (candle's
-/// kernels, used before, picked tiles by the number of rows and failed this at token 5).
+/// bf16 decoding on the CPU (cotlab's kernel: bf16 weights and per-product bf16 activations,
+/// f32 accumulation and everything else f32) stays close to f32's: the same next token at every
+/// prompt's end with logits within a bf16-sized tolerance, and most greedy tokens in common.
+#[test]
+fn bf16_decoding_agrees_with_f32() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let (worst, common_prefix) = against_f32(&s, DecodeWeights::Bf16);
+    eprintln!("bf16 vs f32: last-position logits within {worst}; common prefix of 64 new tokens per prompt: {common_prefix:?}");
+    assert!(worst < 2.0, "bf16 logits differ from f32 by {worst}");
+    assert!(common_prefix.iter().filter(|&&n| n >= 16).count() >= 5, "the first 16 tokens agree for too few prompts: {common_prefix:?}");
+}
+
+/// Continuous batching with Q8_0, Q4_1 or bf16 weights decodes what each prompt decodes alone:
+/// every output of cotlab's kernels is one fixed sequence of operations whatever the batch
+/// (candle's kernels, used before, picked tiles by the number of rows and failed this at token 5).
 #[test]
 fn quantized_continuous_batching_matches_batch_one() {
     require!(Data, Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let prompts = svamp_prompts(&s, 8);
-    for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1] {
+    for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1, DecodeWeights::Bf16] {
         let opts = GenOptions { max_new_tokens: 24, decode_weights: mode, ..Default::default() };
         let stops = [2u32];
         let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 3).unwrap();

@@ -201,7 +201,8 @@ crate::choices! {
         /// The fastest weights that keep the results: with a bf16 compute dtype its bf16 copy;
         /// in f32 on the CPU, the Q4_1 kernels when every weight they would read is on the Q4_1
         /// grid (re-quantizing gives back each weight bit for bit, as for an untrained GGUF
-        /// student), else f32. [`InferenceWeights::mode`] says which ran.
+        /// student), else bf16 where the CPU has AVX512-BF16 and f32 elsewhere (and on CUDA).
+        /// [`InferenceWeights::mode`] says which ran.
         #[default]
         Auto = "auto",
         /// f32 weights and activations, whatever the compute dtype.
@@ -372,9 +373,10 @@ impl Transformer {
 
     /// `Auto` for an f32 model: on the CPU, Q4_1 when every weight a quantized kernel would read
     /// re-quantizes to itself bit for bit (then the kernels read exactly the f32 path's weights;
-    /// the copies made for the check are kept for decoding), else f32. A check rather than a
-    /// record of where the weights came from: any optimizer step, merge or edit is seen.
-    /// Embedding tables other than the LM head are gathered in f32, so they need not be on a grid.
+    /// the copies made for the check are kept for decoding), else [`Transformer::off_grid_mode`].
+    /// A check rather than a record of where the weights came from: any optimizer step, merge or
+    /// edit is seen. Embedding tables other than the LM head are gathered in f32, so they need
+    /// not be on a grid.
     fn auto_mode(&self, c: &mut CastCache) -> candle_core::Result<DecodeWeights> {
         if !self.device.is_cpu() {
             return Ok(DecodeWeights::F32);
@@ -387,12 +389,23 @@ impl Transformer {
         for name in names {
             let w = self.w32(name, false);
             match QWeight::new(&w, self.decode_format(name, QFormat::Q4_1))? {
-                Some(q) if !q.reads_exactly(&w.flatten_all()?.to_vec1::<f32>()?) => return Ok(DecodeWeights::F32),
+                Some(q) if !q.reads_exactly(&w.flatten_all()?.to_vec1::<f32>()?) => return Ok(Self::off_grid_mode()),
                 q => quant.insert(name.clone(), q.map(Arc::new)),
             };
         }
         c.quant = quant;
         Ok(DecodeWeights::Q4_1)
+    }
+
+    /// `Auto` on the CPU for weights off the Q4_1 grid: bf16 (the paper's vLLM precision) where
+    /// the CPU has AVX512-BF16, whose `vdpbf16ps` kernel decodes faster than f32 there (half the
+    /// bytes per weight, see docs/performance.md); else f32, the exact path.
+    fn off_grid_mode() -> DecodeWeights {
+        if crate::kernels::simd::avx512_bf16() {
+            DecodeWeights::Bf16
+        } else {
+            DecodeWeights::F32
+        }
     }
 
     /// The block format weight `name` decodes in under `format`: the LM head stays Q8_0 under
