@@ -233,6 +233,9 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let started_at = std::time::SystemTime::now();
     // One evaluation at a time per eval dir: two would both generate the missing answers.
     let _lock = DirLock::take(dir, "evaluating into")?;
+    // Taken here (generation joins it) to know what `auto` resolves to; dropped after decoding.
+    let weights = student.model.decode_weights(opts.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let decoded_with = weights.mode();
     let mut settings = serde_json::json!({
         "task": ds.name,
         "split": ds.split,
@@ -244,6 +247,12 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         "template": template,
     });
     carry_legacy_batch_size(&dir.join("eval_config.json"), &mut settings);
+    // `auto` resolved to weights that change an f32 model's answers (bf16) is other outputs: part
+    // of the identity, so an f32 eval dir never gets bf16 answers appended. Its exact choices
+    // (f32, Q4_1 on the grid) leave the identity as it was.
+    if opts.decode_weights.is_auto() && decoded_with == DecodeWeights::Bf16 && student.model.compute_dtype() == candle_core::DType::F32 {
+        settings["auto_decode_weights"] = "bf16".into();
+    }
     ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
     // A line torn by a crash is dropped (that example is generated again). An id journaled twice
     // (by a build without the dir lock) counts once.
@@ -263,9 +272,6 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     // run regenerates only those not yet journaled.
     let mut ready: Vec<Option<Sample>> = vec![None; todo.len()];
     let mut reported = 0;
-    // Taken here (generation joins it) to report what `auto` resolved to.
-    let weights = student.model.decode_weights(opts.decode_weights).model_ctx("making the decoding copy of the weights")?;
-    let decoded_with = weights.mode();
     if !todo.is_empty() {
         eprintln!("[eval] decoding with {} weights{}", decoded_with.name(), if opts.decode_weights.is_auto() { " (auto)" } else { "" });
     }
