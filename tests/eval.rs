@@ -105,6 +105,23 @@ fn default_decoding_is_exact_and_recorded() {
     assert_eq!(results["decoded_with"], "q4_1");
     let config = std::fs::read_to_string(d.path().join("auto/eval_config.json")).unwrap();
     assert!(!config.contains("decode_weights"), "auto is not part of the identity: {config}");
+    // Weights moved off the grid: `auto` is bf16 where the CPU has AVX512-BF16 (then part of the
+    // identity, so a dir an older build filled with f32 answers is refused), f32 elsewhere.
+    let w = &s.model.params["model.layers.0.mlp.up_proj.weight"];
+    w.set(&(w.as_tensor() * 1.001).unwrap()).unwrap();
+    let two = cotlab::data::Dataset { examples: ds.examples[..2].to_vec(), ..ds.clone() };
+    let moved = evaluate(&s, &two, &opts, &d.path().join("moved")).unwrap();
+    let bf16 = cotlab::kernels::simd::avx512_bf16();
+    assert_eq!(moved.decoded_with, if bf16 { DecodeWeights::Bf16 } else { DecodeWeights::F32 });
+    let config = std::fs::read_to_string(d.path().join("moved/eval_config.json")).unwrap();
+    assert_eq!(config.contains(r#""auto_decode_weights": "bf16""#), bf16, "{config}");
+    let mut older: serde_json::Value = serde_json::from_str(&config).unwrap();
+    older.as_object_mut().unwrap().remove("auto_decode_weights");
+    std::fs::write(d.path().join("moved/eval_config.json"), older.to_string()).unwrap();
+    match evaluate(&s, &two, &opts, &d.path().join("moved")) {
+        Ok(r) => assert!(!bf16 && r.generated_now == 0, "resumed: {r:?}"),
+        Err(e) => assert!(bf16 && e.to_string().contains("auto_decode_weights: null -> \"bf16\""), "{e}"),
+    }
 }
 
 #[test]
