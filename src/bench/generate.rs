@@ -177,7 +177,8 @@ pub fn fixed(spec: &StudentSpec, b: &GenerateBench) -> Result<FixedReport> {
     let flops = flops_per_token(&s);
     // The decoding's dtype: f32 activations but for bf16 weights (cotlab's kernel on the CPU).
     let bf16 = copy.mode() == DecodeWeights::Bf16 || (copy.mode() == DecodeWeights::Auto && s.model.compute_dtype() == candle_core::DType::BF16);
-    let peak = super::gemm_peak_gflops(&s.model.device, if bf16 { candle_core::DType::BF16 } else { candle_core::DType::F32 }, bf16 && s.model.device.is_cpu())?;
+    let peak =
+        super::gemm_peak_gflops(&s.model.device, if bf16 { candle_core::DType::BF16 } else { candle_core::DType::F32 }, bf16 && s.model.device.is_cpu())?;
     Ok(FixedReport {
         batch: qs.len(),
         batch1_tokens_per_cpu_s: one_cpu,

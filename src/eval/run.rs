@@ -309,7 +309,8 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         Ok(())
     })?;
     drop(weights);
-    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at, decoded_with };
+    let run =
+        Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at, decoded_with };
     write_report(student, ds, opts, dir, &samples, run)
 }
 

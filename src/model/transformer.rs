@@ -382,7 +382,8 @@ impl Transformer {
             return Ok(DecodeWeights::F32);
         }
         let head = self.config.family.head_weight(&self.config);
-        let mut names: Vec<&String> = self.params.iter().filter(|(n, v)| v.rank() == 2 && (n.as_str() == head || !n.contains("embed"))).map(|(n, _)| n).collect();
+        let mut names: Vec<&String> =
+            self.params.iter().filter(|(n, v)| v.rank() == 2 && (n.as_str() == head || !n.contains("embed"))).map(|(n, _)| n).collect();
         // The (large) head last: trained weights fail on a layer's weight before it is quantized.
         names.sort_by_key(|n| n.as_str() == head);
         let mut quant = HashMap::new();
