@@ -124,7 +124,7 @@ student never resumes into its base model's eval). Returns `#{task, split, model
 accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, generated_now,
 seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient, max_new_tokens, decoded_with, prompt_template, template,
 options}`: `decoded_with` names the weights that ran (`decode_weights` resolved: `auto` is `q4_1` for
-weights still on their GGUF's Q4_1 grid), `truncated` counts generations cut at `max_new_tokens`, `truncated_in_thinking` those cut
+weights still on their GGUF's Q4_1 grid, else `bf16` on CPUs with AVX512-BF16, else `f32`), `truncated` counts generations cut at `max_new_tokens`, `truncated_in_thinking` those cut
 inside a `<think>` trace (a thinking student's answer is read after `</think>`; one cut before it
 is unparsed). What the defaults
 reproduce: [evaluation.md](evaluation.md).
