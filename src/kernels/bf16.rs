@@ -322,7 +322,9 @@ mod tests {
 
     #[test]
     fn rounding_is_to_nearest_even_with_subnormals_flushed() {
-        for (v, b) in [(1.0f32, 0x3f80u16), (1.00390625, 0x3f80), (1.01171875, 0x3f82), (-2.0, 0xc000), (1e-39, 0), (-1e-39, 0x8000), (f32::INFINITY, 0x7f80)] {
+        // Ties (the dropped half exactly 0x8000) go to the even neighbour: down, then up.
+        let (tie_down, tie_up) = (f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000));
+        for (v, b) in [(1.0f32, 0x3f80u16), (tie_down, 0x3f80), (tie_up, 0x3f82), (-2.0, 0xc000), (1e-39, 0), (-1e-39, 0x8000), (f32::INFINITY, 0x7f80)] {
             assert_eq!(to_bf16(v), b, "{v}");
         }
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
