@@ -10,7 +10,8 @@
 //! `vdpbf16ps` does, subnormal inputs and results flushed to zero); then the 16 lanes are summed
 //! in a fixed order. So a prompt decodes the same alone or in a batch (tested). Three paths do
 //! those operations: `vdpbf16ps` where the CPU has AVX512-BF16, AVX2 FMAs on the two halves of
-//! each value pair elsewhere on x86-64, and a portable one, all with the same bits (tested) —
+//! each value pair elsewhere on x86-64 (and in builds by rustc < 1.89), and a portable one, all
+//! with the same bits (tested) —
 //! except that the AVX2 path keeps a partial sum below 2⁻¹²⁶ in magnitude where the others
 //! flush it to zero, far below any activation's scale.
 //!
@@ -141,7 +142,7 @@ enum Path {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
     Avx512Bf16,
 }
 
@@ -149,6 +150,7 @@ impl Path {
     fn detect() -> Path {
         #[cfg(target_arch = "x86_64")]
         {
+            #[cfg(cotlab_avx512)]
             if super::simd::avx512_bf16() {
                 return Path::Avx512Bf16;
             }
@@ -176,7 +178,7 @@ impl Path {
                     *a = unsafe { avx2_dot(tile, &x[q * cols..(q + 1) * cols]) };
                 }
             }
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
             Path::Avx512Bf16 => {
                 // SAFETY: detect() checked AVX-512F and AVX512-BF16; slices sized as above.
                 unsafe {
@@ -263,7 +265,9 @@ unsafe fn avx2_dot(tile: &[u16], x: &[u16]) -> [f32; TILE] {
     out
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Gated on rustc ≥ 1.89 (`cotlab_avx512`, from build.rs), where these intrinsics are stable.
+#[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+#[allow(clippy::incompatible_msrv)]
 mod avx512 {
     use super::{CHUNK, TILE, XROWS};
     use std::arch::x86_64::*;
@@ -313,6 +317,7 @@ mod tests {
             if crate::kernels::simd::avx2_fma() {
                 p.push(Path::Avx2);
             }
+            #[cfg(cotlab_avx512)]
             if crate::kernels::simd::avx512_bf16() {
                 p.push(Path::Avx512Bf16);
             }

@@ -32,13 +32,15 @@ pub fn avx512f() -> bool {
     false
 }
 
-/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, the bf16 decoding kernel's fast path).
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, the bf16 decoding kernel's fast path) and this
+/// build has that path (rustc ≥ 1.89, `cotlab_avx512` from build.rs).
+#[allow(clippy::incompatible_msrv)] // Gated on rustc ≥ 1.89 by `cotlab_avx512`.
 pub fn avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
     {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", cotlab_avx512)))]
     false
 }
 
