@@ -11,12 +11,12 @@
 //! in a fixed order. So a prompt decodes the same alone or in a batch (tested). Three paths do
 //! those operations: `vdpbf16ps` where the CPU has AVX512-BF16, AVX2 FMAs on the two halves of
 //! each value pair elsewhere on x86-64 (and in builds by rustc < 1.89), and a portable one, all
-//! with the same bits (tested) —
-//! except that the AVX2 path keeps a partial sum below 2⁻¹²⁶ in magnitude where the others
-//! flush it to zero, far below any activation's scale.
+//! with the same bits (tested) — except that the AVX2 path keeps a partial sum below 2⁻¹²⁶ in
+//! magnitude where the others flush it to zero, far below any activation's scale.
 //!
 //! Half of f32's bytes per weight, so batch-1 decoding (bound by reading every weight each
-//! token) runs about twice as fast as f32; batched, `vdpbf16ps` does two products per lane.
+//! token) gains most; batched, one `vdpbf16ps` does as many products as two f32 FMAs, so the
+//! gain there is the bytes, not the arithmetic.
 
 use rayon::prelude::*;
 
