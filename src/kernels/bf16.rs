@@ -20,8 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::SharedOut;
-use super::simd::reduce8;
+use super::simd::{reduce8, SharedOut};
 
 /// Values per chunk: one `vdpbf16ps` operand (16 lanes × a pair).
 pub const CHUNK: usize = 32;

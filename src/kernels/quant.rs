@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::Bf16Matrix;
-use super::simd::Kernel;
+use super::simd::{Kernel, SharedOut};
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -308,16 +308,6 @@ fn round_half_away(v: f32) -> i32 {
     let t = v as i32;
     let frac = v - t as f32;
     t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
-}
-
-/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
-pub(super) struct SharedOut(pub(super) *mut f32);
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-impl SharedOut {
-    pub(super) unsafe fn write(&self, i: usize, v: f32) {
-        *self.0.add(i) = v;
-    }
 }
 
 impl Kernel {

@@ -44,6 +44,16 @@ pub fn avx512_bf16() -> bool {
     false
 }
 
+/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+impl SharedOut {
+    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
     Portable,
