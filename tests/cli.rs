@@ -350,7 +350,10 @@ fn quickstart_runs_on_embedded_data() {
     let rows = csv_rows(&out.join("quickstart.csv"));
     let settings: Vec<&str> = rows.iter().map(|r| r["setting"].as_str()).collect();
     assert_eq!(settings, ["before", "level 1", "level 3"]);
-    for col in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "gain", "unparsed", "mean_tokens", "mean_words", "loss_first", "loss_last"] {
+    for col in [
+        "accuracy", "ci95_low", "ci95_high", "n", "correct", "vs_before", "vs_before_low", "vs_before_high", "p_vs_before", "unparsed", "truncated_frac",
+        "mean_tokens", "tokens_per_correct", "mean_words", "loss_first", "loss_last",
+    ] {
         assert!(rows[0].contains_key(col), "column {col}: {:?}", rows[0].keys());
     }
     for row in &rows {
@@ -358,7 +361,17 @@ fn quickstart_runs_on_embedded_data() {
         let (acc, lo, hi) = (row["accuracy"].parse::<f64>().unwrap(), row["ci95_low"].parse::<f64>().unwrap(), row["ci95_high"].parse::<f64>().unwrap());
         assert!(lo <= acc && acc <= hi, "{row:?}");
     }
-    assert_eq!(rows[0]["gain"].parse::<f64>().unwrap(), 0.0, "before is the baseline");
+    // Before is the baseline: no paired comparison with itself; each level has one.
+    assert!(rows[0]["vs_before"].is_empty() && rows[0]["p_vs_before"].is_empty(), "{:?}", rows[0]);
+    for row in &rows[1..] {
+        let (d, p) = (row["vs_before"].parse::<f64>().unwrap(), row["p_vs_before"].parse::<f64>().unwrap());
+        let acc = |r: &std::collections::HashMap<String, String>| r["accuracy"].parse::<f64>().unwrap();
+        assert!((d - (acc(row) - acc(&rows[0]))).abs() < 1e-12 && (0.0..=1.0).contains(&p), "{row:?}");
+        // The share of answers cut at the token limit, a fraction.
+        assert!((0.0..=1.0).contains(&row["truncated_frac"].parse::<f64>().unwrap()), "{row:?}");
+    }
+    // Every step of every trained point, and their curves.
+    assert!(out.join("losses.parquet").is_file() && std::fs::read_to_string(out.join("loss.html")).unwrap().contains("Plotly.newPlot"));
     assert!(rows[0]["loss_first"].is_empty() && !rows[1]["loss_first"].is_empty(), "only the trained points have a loss");
     let html = std::fs::read_to_string(out.join("quickstart.html")).unwrap();
     assert!(html.contains("Plotly.newPlot") && html.contains("\"arrayminus\""), "a chart with CI bars");

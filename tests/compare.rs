@@ -81,3 +81,62 @@ fn compare_is_paired_and_agrees_with_scipy_and_numpy() {
     let e = r.eval("c5.rhai", "compare(\"a\", \"nowhere\")").unwrap_err().to_string();
     assert!(e.contains("nowhere"), "{e}");
 }
+
+/// A point dir as a sweep leaves it: `point.json` and its evaluation in `eval/`.
+fn point_dir(dir: &Path, student: &str, level: i64, outcomes: &[bool]) {
+    eval_dir(&dir.join("eval"), outcomes, "paper");
+    let v = serde_json::json!({"sweep": "s", "point": dir.file_name().unwrap().to_str(), "index": 0, "status": "done",
+        "config": {"student": student, "level": level}, "metrics": {"accuracy": 0.0, "n": outcomes.len()}});
+    std::fs::write(dir.join("point.json"), v.to_string()).unwrap();
+}
+
+/// Issue 32: `vs_baseline` pairs each row with its own group's baseline (the same numbers as
+/// `compare`), leaves baselines and rows without one null, and refuses two baselines in a group.
+#[test]
+fn vs_baseline_pairs_each_row_with_its_groups_baseline() {
+    require!(Data);
+    let d = tempfile::tempdir().unwrap();
+    let runs = d.path().join("runs");
+    let q = |bits: &str| bits.chars().map(|c| c == '1').collect::<Vec<_>>();
+    point_dir(&runs.join("sw/a0"), "a", 0, &q("1100110000"));
+    point_dir(&runs.join("sw/a1"), "a", 1, &q("1111110000"));
+    point_dir(&runs.join("sw/a2"), "a", 2, &q("0100110011"));
+    point_dir(&runs.join("sw/b0"), "b", 0, &q("0000000000"));
+    point_dir(&runs.join("sw/b1"), "b", 1, &q("1111111111"));
+    point_dir(&runs.join("sw/c1"), "c", 1, &q("1111111111"));
+    let mut ctx = Context::new(common::data_dir(), None);
+    ctx.runs_dir = runs.clone();
+    let r = Runner::new(ctx);
+    let script = r#"
+        let t = results("sw").vs_baseline(col("level") == 0, #{ by: ["student"], seed: 3 }).sort(["student", "level"]);
+        let out = [];
+        for row in t.rows() { out.push([row.student, row.level, row.vs_baseline, row.vs_baseline_low, row.vs_baseline_high, row.p_vs_baseline]); }
+        out.push(compare("sw/a1/eval", "sw/a0/eval", #{ seed: 3 }));
+        out.push(compare("sw/a2/eval", "sw/a0/eval", #{ seed: 3 }));
+        out
+    "#;
+    let out = r.eval("v.rhai", script).unwrap_or_else(|e| panic!("{e}")).cast::<rhai::Array>();
+    let row = |i: usize| out[i].clone().cast::<rhai::Array>();
+    let float = |d: &rhai::Dynamic| d.as_float().ok();
+    for (i, cmp) in [(1, 6), (2, 7)] {
+        let c = out[cmp].clone().cast::<rhai::Map>();
+        let want: Vec<Option<f64>> = ["diff", "ci95_low", "ci95_high", "mcnemar_p"].iter().map(|k| c[*k].as_float().ok()).collect();
+        let got: Vec<Option<f64>> = row(i)[2..].iter().map(float).collect();
+        assert_eq!(got, want, "row {i}: the same numbers as compare()");
+    }
+    // a1 − a0: +0.2 (two questions only a1 has); b1 − b0: +1.0 with p = 2/2^10.
+    assert_eq!(float(&row(1)[2]), Some(0.2));
+    assert_eq!(float(&row(4)[2]), Some(1.0));
+    assert!((float(&row(4)[5]).unwrap() - 2.0 / 1024.0).abs() < 1e-15);
+    // The baselines, and student c (no baseline of its own: never compared with a's or b's).
+    for i in [0, 3, 5] {
+        assert!(row(i)[2..].iter().all(|v| v.is_unit()), "row {i} is null: {:?}", row(i));
+    }
+    // Without `by`, the two level-0 rows are two baselines of one group.
+    let e = r.eval("v2.rhai", r#"results("sw").vs_baseline(col("level") == 0)"#).unwrap_err().to_string();
+    assert!(e.contains("both baselines of one group") && e.contains("`by`"), "{e}");
+    let e = r.eval("v3.rhai", r#"results("sw").vs_baseline(col("level") == 0, #{ group: ["student"] })"#).unwrap_err().to_string();
+    assert!(e.contains("unknown option 'group'") && e.contains("by, seed"), "{e}");
+    let e = r.eval("v4.rhai", r#"results("sw").vs_baseline(col("level") + 1)"#).unwrap_err().to_string();
+    assert!(e.contains("true or false"), "{e}");
+}

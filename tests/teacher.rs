@@ -568,6 +568,7 @@ fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
     assert_eq!(bodies.lock().unwrap().len(), 1, "a refused configuration stops at the first request");
     for (reasoning, model) in [(Some(true), "my-reasoner"), (None, "o4-mini")] {
         let r = teacher(reasoning, model).ask(&ds, &o).unwrap();
+        println!("after (reasoning: {reasoning:?}, model {model}): {} requests, {} failed, ${:.6} spent", r.requests, r.failed, r.cost_usd);
         assert_eq!((r.requests, r.failed), (4, 0), "{model}");
         let last = bodies.lock().unwrap().last().unwrap().clone();
         assert_eq!(last["max_completion_tokens"], 512, "{last}");
@@ -591,7 +592,9 @@ fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
     assert_eq!(bodies.lock().unwrap().len(), 9);
     // The trace survives the cache: a re-run serves it without a request.
     let again = teacher(Some(true), "my-reasoner").ask(&ds, &o).unwrap();
+    println!("cached re-run: {} requests, ${} spent, ${:.6} served by the cache", again.requests, again.cost_usd, again.cached_cost_usd);
     assert_eq!((again.requests, again.cost_usd), (0, 0.0));
+    assert!(again.cached_cost_usd > 0.0);
     assert_eq!(again.rows[0].reasoning.as_deref(), Some("3 + 4 = 7, checked twice."));
     // A run without traces gives an empty corpus under `think`, each row counted as skipped.
     let plain = serve(vec![], Fault::Ok, 0);
@@ -782,4 +785,73 @@ fn rate_limits_pace_requests_and_a_429_storm_ends_in_counted_failures() {
     assert_eq!((r.failed, r.questions.failed), (6, 6));
     assert!(r.rows.iter().all(|row| row.error.as_deref().is_some_and(|e| e.contains("gave up after 3 attempts") && e.contains("429"))));
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
+/// A loopback endpoint answering `n` choices per request (or one, when it does not `honour_n`),
+/// choice i reading `The answer is {seed}{i}`; it records each request's `n`.
+fn serve_choices(honour_n: bool) -> (Server, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (count, ns) = (Arc::new(AtomicUsize::new(0)), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let (c, seen) = (count.clone(), ns.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (c, seen) = (c.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let Some((_, body)) = common::read_http_exchange(&mut stream) else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let n = v["n"].as_u64().unwrap_or(1);
+                seen.lock().unwrap().push(n);
+                let k = if honour_n { n } else { 1 };
+                let seed = v["seed"].as_u64().unwrap();
+                // Listed last to first: the `index` field, not the order, says which choice is which.
+                let choices: Vec<serde_json::Value> =
+                    (0..k).rev().map(|i| serde_json::json!({"index": i, "message": {"role": "assistant", "content": format!("The answer is {seed}{i}")}})).collect();
+                let a = serde_json::json!({"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 7 * k + 1}});
+                common::write_http_response(&mut stream, "200 OK", "", &a.to_string());
+            });
+        }
+    });
+    (Server { url, count }, ns)
+}
+
+/// Issue 30: `native_n` asks a question's samples as one request's `n` choices: one request per
+/// question, choice k is sample k, the usage's tokens add up over the rows, each sample is cached
+/// under its own key; an endpoint that ignores `n` stops the run saying what to set.
+#[test]
+fn native_n_asks_a_questions_samples_in_one_request() {
+    require!(Data);
+    let (server, ns) = serve_choices(true);
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(&d.path().join("cache.jsonl")).unwrap());
+    let mut c = client(&server.url, 0);
+    c.opts.native_n = true;
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(c)), cache: Some(cache) };
+    let ds = arith(4);
+    let o = AskOptions { level: Some(1), n: 3, temperature: 0.7, seed: 5, ..Default::default() };
+    let r = t.ask(&ds, &o).unwrap();
+    assert_eq!((r.requests, server.count.load(Ordering::SeqCst)), (12, 4), "12 samples in 4 requests");
+    assert_eq!(*ns.lock().unwrap(), vec![3; 4]);
+    assert_eq!(r.rows.len(), 12);
+    for row in &r.rows {
+        // Every question's request is seeded as its first sample (5); choice k answers sample k.
+        assert_eq!(row.rationale.as_deref(), Some(format!("The answer is 5{}", row.sample).as_str()), "{row:?}");
+    }
+    // Per request 10 prompt tokens (sent once) and 22 completion tokens (7 × 3 + 1), shared out.
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (40, 88));
+    assert_eq!(r.rows.iter().filter(|x| x.sample == 0).map(|x| x.completion_tokens).collect::<Vec<_>>(), vec![8; 4]);
+    let again = t.ask(&ds, &o).unwrap();
+    assert_eq!((again.requests, again.cache_hits, server.count.load(Ordering::SeqCst)), (0, 12, 4), "each sample cached under its own key");
+    // An endpoint that gives one choice whatever `n` says: refused with the fix.
+    let (plain, _) = serve_choices(false);
+    let mut c = client(&plain.url, 0);
+    c.opts.native_n = true;
+    let t = Teacher { kind: "openai".into(), model: "loopback".into(), backend: Backend::OpenAi(Box::new(c)), cache: None };
+    let e = t.ask(&ds, &o).unwrap_err().to_string();
+    assert!(e.contains("returned 1") && e.contains("native_n: false"), "{e}");
+    // Batches carry one choice per request: native_n there is refused up front.
+    let bad = cotlab::teacher::openai::OpenAiOptions { native_n: true, mode: cotlab::teacher::openai::Mode::Batch, ..Default::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("native_n is for mode: \"sync\""));
 }

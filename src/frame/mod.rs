@@ -101,6 +101,15 @@ pub enum ColumnData {
 }
 
 impl ColumnData {
+    fn into_column(self, name: String) -> Column {
+        match self {
+            ColumnData::Int(v) => Column::new(name.into(), v),
+            ColumnData::Float(v) => Column::new(name.into(), v),
+            ColumnData::Str(v) => Column::new(name.into(), v),
+            ColumnData::Bool(v) => Column::new(name.into(), v),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             ColumnData::Int(v) => v.len(),
@@ -121,6 +130,18 @@ pub enum Cell {
     Str(String),
 }
 
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Null => f.write_str("null"),
+            Cell::Bool(b) => write!(f, "{b}"),
+            Cell::Int(i) => write!(f, "{i}"),
+            Cell::Float(x) => write!(f, "{x}"),
+            Cell::Str(s) => f.write_str(s),
+        }
+    }
+}
+
 impl Frame {
     pub fn from_columns(cols: Vec<(String, ColumnData)>) -> Result<Frame> {
         if let Some((first, data)) = cols.first() {
@@ -130,16 +151,20 @@ impl Frame {
                 }
             }
         }
-        let columns: Vec<Column> = cols
-            .into_iter()
-            .map(|(name, d)| match d {
-                ColumnData::Int(v) => Column::new(name.into(), v),
-                ColumnData::Float(v) => Column::new(name.into(), v),
-                ColumnData::Str(v) => Column::new(name.into(), v),
-                ColumnData::Bool(v) => Column::new(name.into(), v),
-            })
-            .collect();
+        let columns: Vec<Column> = cols.into_iter().map(|(name, d)| d.into_column(name)).collect();
         Ok(Frame(DataFrame::new_infer_height(columns).frame_ctx("building a DataFrame")?))
+    }
+
+    /// The frame with `cols` added at the end (a column of the same name is replaced in place).
+    pub fn with_added_columns(&self, cols: Vec<(String, ColumnData)>) -> Result<Frame> {
+        let mut df = self.0.clone();
+        for (name, d) in cols {
+            if d.len() != df.height() {
+                return Err(usage!("column '{name}' has {} values, the frame {} rows", d.len(), df.height()));
+            }
+            df.with_column(d.into_column(name)).frame_ctx("adding a column")?;
+        }
+        Ok(Frame(df))
     }
 
     pub fn height(&self) -> usize {

@@ -14,14 +14,20 @@
 //! - The interval resamples questions (both outcomes of a question together) with a seeded
 //!   generator: the same evaluations and seed give the same interval; percentiles interpolate
 //!   linearly between order statistics, as numpy's default does.
+//! - Against a baseline ([`against_baseline`]), each row is paired with the one baseline row of its
+//!   group (the `by` columns' values); a group with two baselines is an error naming both, a row
+//!   without a baseline or an evaluation (pending, failed) gets nulls, never a comparison with
+//!   another group's baseline.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::run::Sample;
+use crate::frame::{Cell, ColumnData, Frame};
+use crate::results::runs::{BASELINE_COLUMNS, EVAL_DIR};
 use crate::journal::Journal;
 use crate::paths::is_real_file;
 use crate::rng::Rng;
@@ -160,6 +166,63 @@ pub fn compare_dirs(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
         )));
     }
     paired(&oa, &ob, (&a.display().to_string(), &b.display().to_string()), seed, RESAMPLES).map_err(Error::Usage)
+}
+
+/// The eval dir a results row points at: the dir itself when it is one, else its `eval/` (a
+/// sweep point or a training run evaluated in place).
+pub fn eval_dir_of(dir: &Path) -> PathBuf {
+    if is_real_file(&dir.join("samples.jsonl")) {
+        dir.to_path_buf()
+    } else {
+        dir.join(EVAL_DIR)
+    }
+}
+
+/// Each row of a `results()` frame compared with its group's baseline row (`is_baseline`, one per
+/// group of equal `by` values), `row − baseline`: the frame with [`BASELINE_COLUMNS`] added.
+/// Rows that are baselines themselves, lack one, or are not done get nulls.
+/// Every eval dir read is first passed through `readable` (the sandbox's read check: a frame's
+/// `dir` values may come from anywhere).
+pub fn against_baseline(frame: &Frame, is_baseline: &[bool], by: &[String], seed: u64, readable: &dyn Fn(&Path) -> Result<PathBuf>) -> Result<Frame> {
+    let cols = frame.columns();
+    for need in ["dir", "status"].iter().map(|s| s.to_string()).chain(by.iter().cloned()) {
+        if !cols.contains(&need) {
+            return Err(Error::Usage(format!("vs_baseline: the frame has no '{need}' column (columns: {}): give it a results(...) frame", cols.join(", "))));
+        }
+    }
+    let dirs = frame.column_cells("dir")?;
+    let status = frame.column_cells("status")?;
+    let keys: Vec<Vec<Cell>> = by.iter().map(|c| frame.column_cells(c)).collect::<Result<_>>()?;
+    let key_of = |row: usize| -> String { keys.iter().map(|k| format!("{:?}", k[row])).collect::<Vec<_>>().join("\u{1f}") };
+    let done = |row: usize| matches!(&status[row], Cell::Str(s) if s == "done") && matches!(dirs[row], Cell::Str(_));
+    let mut baseline: HashMap<String, usize> = HashMap::new();
+    for row in (0..frame.height()).filter(|&r| is_baseline.get(r) == Some(&true)) {
+        if let Some(other) = baseline.insert(key_of(row), row) {
+            return Err(Error::Usage(format!(
+                "vs_baseline: rows {other} and {row} are both baselines of one group ({}): narrow the baseline filter or add a column to `by`",
+                by.iter().zip(&keys).map(|(c, k)| format!("{c} = {}", k[row])).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let mut out: [Vec<Option<f64>>; 4] = Default::default();
+    for row in 0..frame.height() {
+        let base = baseline.get(&key_of(row)).copied().filter(|&b| b != row && done(b) && done(row));
+        let c = match base {
+            Some(b) => {
+                let dir = |r: usize| match &dirs[r] {
+                    Cell::Str(d) => readable(&eval_dir_of(Path::new(d))),
+                    _ => unreachable!("done rows have a dir"),
+                };
+                Some(compare_dirs(&dir(row)?, &dir(b)?, seed)?)
+            }
+            None => None,
+        };
+        for (col, v) in out.iter_mut().zip([c.as_ref().map(|c| c.diff), c.as_ref().map(|c| c.ci95_low), c.as_ref().map(|c| c.ci95_high), c.as_ref().map(|c| c.mcnemar_p)]) {
+            col.push(v);
+        }
+    }
+    let added = BASELINE_COLUMNS.iter().zip(out).map(|(n, v)| (n.to_string(), ColumnData::Float(v)));
+    frame.with_added_columns(added.collect())
 }
 
 #[cfg(test)]

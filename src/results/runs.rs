@@ -29,6 +29,8 @@ use crate::usage;
 pub const POINT_FILE: &str = "point.json";
 pub const FAILED_FILE: &str = "failed.json";
 pub const SWEEP_FILE: &str = "sweep.json";
+/// A point's evaluation, inside its dir.
+pub const EVAL_DIR: &str = "eval";
 
 /// Columns that describe where a row came from and how it ended (not configuration).
 pub const META_COLUMNS: &[&str] = &["sweep", "point", "index", "status", "reason", "dir"];
@@ -42,6 +44,8 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "unparsed",
     "truncated",
     "mean_tokens",
+    "truncated_frac",
+    "tokens_per_correct",
     "train_steps",
     "train_examples",
     "train_tokens",
@@ -52,6 +56,13 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "eval_seconds",
     "seconds",
 ];
+
+/// The columns `vs_baseline` adds ([`crate::results::compare::against_baseline`]): the paired
+/// difference from the baseline, its interval, McNemar's p.
+pub const BASELINE_COLUMNS: [&str; 4] = ["vs_baseline", "vs_baseline_low", "vs_baseline_high", "p_vs_baseline"];
+
+/// Measured columns [`aggregate_seeds`] averages over seeds (where the frame has them).
+const AVERAGED: &[&str] = &["mean_tokens", "truncated_frac", "tokens_per_correct", "train_tokens", "sft_seconds", "eval_seconds", "vs_baseline"];
 
 /// One row: meta fields, flattened config, metrics.
 #[derive(Default)]
@@ -96,7 +107,26 @@ fn point_row(v: &Value, dir: Option<&Path>) -> Row {
     if let Some(Value::Object(m)) = v.get("metrics") {
         r.metrics = m.clone();
     }
+    // Points recorded before `truncated` was: their eval dir's report has it.
+    if let (Some(d), Some(Value::Object(_))) = (dir, v.get("metrics")) {
+        let res = d.join(EVAL_DIR).join("results.json");
+        if !r.metrics.contains_key("truncated") && is_real_file(&res) {
+            if let Ok(t) = read_json(&res).map(|x| x["truncated"].clone()) {
+                r.metrics.insert("truncated".into(), t);
+            }
+        }
+    }
     r
+}
+
+/// The metrics every row derives from its counts, by the evaluation's own definitions
+/// (`truncated_frac`, `tokens_per_correct`; null where a count is missing).
+fn derive_metrics(m: &mut Map<String, Value>) {
+    let (n, correct, truncated, mean) = (m.get("n").and_then(Value::as_u64), m.get("correct").and_then(Value::as_u64), m.get("truncated").and_then(Value::as_u64), m.get("mean_tokens").and_then(Value::as_f64));
+    let frac = n.zip(truncated).map(|(n, t)| crate::eval::run::truncated_frac(t as usize, n as usize));
+    let per = n.zip(correct).zip(mean).and_then(|((n, c), mean)| crate::eval::run::tokens_per_correct(mean, n as usize, c as usize));
+    m.insert("truncated_frac".into(), frac.map(Value::from).unwrap_or(Value::Null));
+    m.insert("tokens_per_correct".into(), per.map(Value::from).unwrap_or(Value::Null));
 }
 
 /// The row of one accuracy in an lm-eval results file.
@@ -228,10 +258,54 @@ pub fn load_runs(paths: &[PathBuf]) -> Result<Frame> {
             paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ));
     }
-    let mut config_keys: Vec<String> = Vec::new();
+    for r in &mut rows {
+        derive_metrics(&mut r.metrics);
+    }
+    frame_of(&rows, METRIC_COLUMNS)
+}
+
+/// The columns of a training log line that [`load_losses`] keeps, in this order.
+pub const LOSS_COLUMNS: &[&str] = &["step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "computed_tokens", "elapsed_s"];
+
+/// Every logged training step of every run under `paths` (the runs [`load_runs`] finds; those
+/// that did not train have none): a run's meta and config columns repeated on each of its steps,
+/// then [`LOSS_COLUMNS`]. The frame a loss-curve chart is drawn from.
+pub fn load_losses(paths: &[PathBuf]) -> Result<Frame> {
+    let mut rows = Vec::new();
+    for p in paths {
+        collect(p, &mut rows)?;
+    }
+    let mut steps = Vec::new();
     for r in &rows {
+        let Some(dir) = r.meta.get("dir").and_then(Value::as_str) else { continue };
+        let run = RunDir::new(dir);
+        if !is_real_file(&run.log_path()) {
+            continue;
+        }
+        for line in run.log_lines()? {
+            let mut s = Row { meta: r.meta.clone(), config: r.config.clone(), metrics: Map::new() };
+            for k in LOSS_COLUMNS {
+                s.metrics.insert(k.to_string(), line.get(*k).cloned().unwrap_or(Value::Null));
+            }
+            steps.push(s);
+        }
+    }
+    if steps.is_empty() {
+        return Err(usage!(
+            "losses: no training logs under {}: give sweep dirs or training runs (train_log.jsonl)",
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    frame_of(&steps, LOSS_COLUMNS)
+}
+
+/// Rows as one frame: the meta columns, then each config key seen (first-seen order), then
+/// `metric_columns`.
+fn frame_of(rows: &[Row], metric_columns: &[&str]) -> Result<Frame> {
+    let mut config_keys: Vec<String> = Vec::new();
+    for r in rows {
         for k in r.config.keys() {
-            if !config_keys.contains(k) && !META_COLUMNS.contains(&k.as_str()) && !METRIC_COLUMNS.contains(&k.as_str()) {
+            if !config_keys.contains(k) && !META_COLUMNS.contains(&k.as_str()) && !metric_columns.contains(&k.as_str()) {
                 config_keys.push(k.clone());
             }
         }
@@ -243,7 +317,7 @@ pub fn load_runs(paths: &[PathBuf]) -> Result<Frame> {
     for k in &config_keys {
         cols.push((k.clone(), column(rows.iter().map(|r| r.config.get(k)).collect())));
     }
-    for k in METRIC_COLUMNS {
+    for k in metric_columns {
         cols.push((k.to_string(), column(rows.iter().map(|r| r.metrics.get(*k)).collect())));
     }
     Frame::from_columns(cols)
@@ -285,7 +359,10 @@ fn cell_value(c: &Cell) -> Value {
 /// Aggregate the seeds of each point: rows with status `done` grouped by every config column
 /// except `seed_columns` (those the seeds vary), giving `seeds` (how many), `accuracy` (mean),
 /// `accuracy_std`, and a 95% CI: the t-interval of the mean across seeds when there are two or
-/// more, the single run's own (Wilson) interval when there is one.
+/// more, the single run's own (Wilson) interval when there is one. The measures in [`AVERAGED`]
+/// (tokens, truncation, seconds, the paired difference from a baseline) are averaged over the
+/// seeds; a paired interval and p-value are one seed's, so they are kept for one seed only
+/// (null for several: compare per seed in the results frame).
 pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> {
     let cols = frame.columns();
     for s in seed_columns {
@@ -294,7 +371,7 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
         }
     }
     let keys: Vec<String> =
-        cols.iter().filter(|c| !META_COLUMNS.contains(&c.as_str()) && !METRIC_COLUMNS.contains(&c.as_str()) && !seed_columns.contains(c)).cloned().collect();
+        cols.iter().filter(|c| !is_measured(c) && !seed_columns.contains(c)).cloned().collect();
     for need in ["status", "accuracy", "ci95_low", "ci95_high"] {
         if !cols.iter().any(|c| c == need) {
             return Err(usage!("aggregate_seeds: the frame has no '{need}' column: give it a results(...) frame"));
@@ -353,7 +430,25 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
     out.push(("accuracy_std".into(), ColumnData::Float(sd)));
     out.push(("ci95_low".into(), ColumnData::Float(low)));
     out.push(("ci95_high".into(), ColumnData::Float(high)));
+    for c in AVERAGED.iter().filter(|c| cols.iter().any(|x| x == *c)) {
+        let cells = frame.column_cells(c)?;
+        let means = groups.iter().map(|(_, rows)| {
+            let xs: Vec<f64> = rows.iter().filter_map(|&r| f(&cells[r])).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        });
+        out.push((c.to_string(), ColumnData::Float(means.collect())));
+    }
+    for c in BASELINE_COLUMNS[1..].iter().filter(|c| cols.iter().any(|x| x == *c)) {
+        let cells = frame.column_cells(c)?;
+        let one = groups.iter().map(|(_, rows)| if rows.len() == 1 { f(&cells[rows[0]]) } else { None });
+        out.push((c.to_string(), ColumnData::Float(one.collect())));
+    }
     Frame::from_columns(out)
+}
+
+/// A column of what was measured (meta, metrics, paired comparisons), not of the configuration.
+fn is_measured(c: &str) -> bool {
+    META_COLUMNS.contains(&c) || METRIC_COLUMNS.contains(&c) || BASELINE_COLUMNS.contains(&c)
 }
 
 #[cfg(test)]
@@ -427,5 +522,85 @@ mod tests {
         assert!((l - 0.3).abs() < 1e-12);
         assert!(aggregate_seeds(&f, &["nope".into()]).unwrap_err().to_string().contains("no column 'nope'"));
         assert!(load_runs(&[d.path().join("missing")]).is_err());
+    }
+
+    /// Issue 32: `truncated_frac` and `tokens_per_correct` on every row, derived from the counts
+    /// by the evaluation's own definitions; a point recorded before `truncated` was takes it
+    /// from its eval dir's report.
+    #[test]
+    fn every_row_has_truncation_share_and_tokens_per_correct() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = (d.path().join("old"), d.path().join("new"));
+        for (dir, truncated) in [(&old, None), (&new, Some(3))] {
+            std::fs::create_dir_all(dir.join(EVAL_DIR)).unwrap();
+            let mut m = serde_json::json!({"accuracy": 0.4, "n": 10, "correct": 4, "mean_tokens": 50.0});
+            if let Some(t) = truncated {
+                m["truncated"] = t.into();
+            }
+            std::fs::write(dir.join(POINT_FILE), serde_json::json!({"status": "done", "point": "p", "metrics": m}).to_string()).unwrap();
+        }
+        std::fs::write(old.join(EVAL_DIR).join("results.json"), r#"{"truncated": 2}"#).unwrap();
+        let f = load_runs(&[old, new]).unwrap();
+        assert_eq!(f.column_cells("truncated").unwrap(), vec![Cell::Int(2), Cell::Int(3)]);
+        assert_eq!(f.column_cells("truncated_frac").unwrap(), vec![Cell::Float(0.2), Cell::Float(0.3)]);
+        // 10 answers of 50 tokens, 4 correct: 125 tokens per correct answer.
+        assert_eq!(f.column_cells("tokens_per_correct").unwrap(), vec![Cell::Float(125.0), Cell::Float(125.0)]);
+        // No correct answer: unbounded, so null rather than 0.
+        let none = d.path().join("none");
+        std::fs::create_dir_all(&none).unwrap();
+        std::fs::write(none.join(POINT_FILE), r#"{"status": "done", "metrics": {"n": 5, "correct": 0, "mean_tokens": 9.0, "truncated": 0}}"#).unwrap();
+        assert_eq!(load_runs(&[none]).unwrap().cell(0, "tokens_per_correct").unwrap(), Cell::Null);
+    }
+
+    /// Issue 32: `load_losses` has one row per logged step of every run that trained, with the
+    /// run's config, in log order; runs without a log add none; no log at all is an error.
+    #[test]
+    fn losses_are_every_step_of_every_run() {
+        let d = tempfile::tempdir().unwrap();
+        point(d.path(), "a", 1, 1, 0.5, "done");
+        point(d.path(), "b", 1, 2, 0.7, "done");
+        point(d.path(), "c", 1, 3, 0.7, "done");
+        let log = |name: &str, losses: &[f64]| {
+            let lines: String = losses.iter().enumerate().map(|(i, l)| serde_json::json!({"step": i + 1, "loss": l, "lr": 1e-4}).to_string() + "\n").collect();
+            // A torn last line (a killed run) is left out.
+            std::fs::write(RunDir::new(d.path().join(name)).log_path(), lines + "{\"step\": 9, \"lo").unwrap();
+        };
+        log("a", &[2.0, 1.5, 1.0]);
+        log("b", &[3.0, 2.5]);
+        let f = load_losses(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(f.height(), 5, "{}", f.to_table_string());
+        assert_eq!(f.column_cells("loss").unwrap(), [2.0, 1.5, 1.0, 3.0, 2.5].map(Cell::Float).to_vec());
+        assert_eq!(f.column_cells("step").unwrap(), [1, 2, 3, 1, 2].map(Cell::Int).to_vec());
+        assert_eq!(f.column_cells("level").unwrap(), [1, 1, 1, 2, 2].map(Cell::Int).to_vec());
+        assert_eq!(f.column_cells("grad_norm").unwrap(), vec![Cell::Null; 5], "a column the log lacks is null");
+        let e = load_losses(&[d.path().join("c")]).unwrap_err().to_string();
+        assert!(e.contains("no training logs"), "{e}");
+    }
+
+    /// Issue 32: aggregating seeds keeps the measures a sweep table shows (averaged) and a paired
+    /// comparison's interval and p-value where one seed makes them (never a key of the groups).
+    #[test]
+    fn aggregated_seeds_keep_tokens_truncation_and_paired_columns() {
+        let d = tempfile::tempdir().unwrap();
+        point(d.path(), "a", 1, 1, 0.5, "done");
+        point(d.path(), "b", 2, 1, 0.7, "done");
+        point(d.path(), "c", 1, 2, 0.4, "done");
+        let f = load_runs(&[d.path().to_path_buf()]).unwrap();
+        let fl = |v: &[f64]| ColumnData::Float(v.iter().map(|x| Some(*x)).collect());
+        let f = f
+            .with_added_columns(vec![
+                ("mean_tokens".into(), fl(&[10.0, 20.0, 7.0])),
+                ("vs_baseline".into(), fl(&[0.1, 0.3, -0.1])),
+                ("vs_baseline_low".into(), fl(&[0.0, 0.1, -0.2])),
+                ("p_vs_baseline".into(), fl(&[0.04, 0.01, 0.5])),
+            ])
+            .unwrap();
+        let a = aggregate_seeds(&f, &["seed".into()]).unwrap();
+        assert_eq!(a.height(), 2, "{}", a.to_table_string());
+        assert_eq!(a.column_cells("mean_tokens").unwrap(), vec![Cell::Float(15.0), Cell::Float(7.0)]);
+        let Cell::Float(v) = a.cell(0, "vs_baseline").unwrap() else { panic!() };
+        assert!((v - 0.2).abs() < 1e-12, "the mean paired difference");
+        assert_eq!(a.column_cells("p_vs_baseline").unwrap(), vec![Cell::Null, Cell::Float(0.5)], "one seed's p only");
+        assert_eq!(a.column_cells("vs_baseline_low").unwrap(), vec![Cell::Null, Cell::Float(-0.2)]);
     }
 }

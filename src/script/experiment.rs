@@ -10,7 +10,9 @@ use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
 use crate::experiment::{sweep_in, SweepSpec};
 use crate::lab::Workspace;
-use crate::results::runs::{aggregate_seeds, load_runs};
+use super::frame::ExprW;
+use crate::results::compare::against_baseline;
+use crate::results::runs::{aggregate_seeds, load_losses, load_runs};
 use crate::results::Frame;
 use crate::usage;
 
@@ -89,8 +91,9 @@ each in its own dir; complete points are skipped, so the same call again resumes
 
 `name` (required): its dir under the runs dir; `grid`: option → array of values; `base`: options
 every point shares; `include`: an array of extra points (maps over `base`); `point`: run only this
-index; `stop_after_points` (≥ 1): stop after running that many. Every point option: 
-[experiments.md](experiments.md). Returns `#{name, dir, total, done, already_done, ran, failed,
+index; `stop_after_points` (≥ 1): stop after running that many. `base: #{log_to: ["tensorboard",
+"mlflow"]}` logs every point's training and evaluation ([experiments.md](experiments.md#run-dirs-failures-reproducibility);
+not part of any point). Every point option: [experiments.md](experiments.md). Returns `#{name, dir, total, done, already_done, ran, failed,
 invalid, pending, stopped, seconds, points, results}` (`results`: a DataFrame, one row per point).
 
 ```rhai
@@ -104,12 +107,40 @@ r.results.show();
 
 const RESULTS: &str = r#"One DataFrame from any set of sweep dirs, point dirs, training runs and eval dirs (a path, or
 a name under the runs dir): `sweep, point, index, status, reason, dir`, one column per config
-key, then `accuracy, ci95_low, ci95_high, n, correct, unparsed, mean_tokens, train_steps,
-train_examples, train_tokens, train_loss_first, train_loss_last, sft_seconds, eval_seconds,
-seconds`.
+key, then `accuracy, ci95_low, ci95_high, n, correct, unparsed, truncated, mean_tokens,
+truncated_frac, tokens_per_correct, train_steps, train_examples, train_tokens, train_loss_first,
+train_loss_last, selected_level, sft_seconds, eval_seconds, seconds` (`truncated`: generations cut
+at the token limit, `truncated_frac` their share; `tokens_per_correct`: generated tokens over
+correct answers).
 
 ```rhai
 let t = results(["granularity-svamp", "runs/eval-svamp-test-default"]);
+```"#;
+
+const LOSSES: &str = r#"Every logged training step of every run under the paths (sweep dirs, points, training runs; a
+path, or a name under the runs dir): each run's `sweep, point, index, status, reason, dir` and
+config columns repeated on each of its steps, then `step, epoch, loss, lr, grad_norm, tokens,
+tokens_per_s, computed_tokens, elapsed_s` (from `train_log.jsonl`). An error when none trained.
+A sweep's `r.losses` is this frame for its dir (`()` before any point trained).
+
+```rhai
+let l = losses("granularity-svamp");
+l.write_parquet("losses.parquet");
+l.line_chart(#{ x: "step", y: "loss", color: "point", title: "training loss" }).write_html("loss.html");
+```"#;
+
+const VS_BASELINE: &str = r#"Each row of a `results()` frame compared with its baseline on the same questions, paired
+(as `compare`, row minus baseline): the frame with `vs_baseline` (the accuracy difference),
+`vs_baseline_low`, `vs_baseline_high` (its paired-bootstrap 95% interval) and `p_vs_baseline`
+(McNemar's exact test) added. `baseline` is an expression true on the baseline rows: one per
+group of rows with equal `by` columns (option `by`, default none: one baseline for the whole
+frame; two baselines in a group are an error naming them). The baseline rows themselves, rows
+with no baseline in their group and rows not `done` get `()`. Option `seed` (default 0) seeds
+the bootstrap.
+
+```rhai
+let t = sweep(spec).results.vs_baseline(col("format") == "answer_only", #{ by: ["student"] });
+t.select([col("level"), col("accuracy"), col("vs_baseline"), col("p_vs_baseline")]).show();
 ```"#;
 
 const AGGREGATE: &str = r#"The `done` rows grouped by every config column but the seed columns (default `["seed"]`):
@@ -127,6 +158,36 @@ first), seeded shuffle within a level (seed default 1); `sft` trains it in this 
 ```rhai
 let c = concat([rationales("svamp", #{ level: 1 }), rationales("svamp", #{ level: 6 })]).order("coarse_to_fine");
 ```"#;
+
+/// `f.vs_baseline(expr[, #{by, seed}])`: the baseline mask evaluated on the frame, then
+/// [`against_baseline`] with the sandbox's read check.
+fn vs_baseline(ws: &Workspace, f: &Frame, baseline: ExprW, opts: Map) -> RhaiResult<Frame> {
+    let mut opts = opts;
+    let by = match opts.remove("by") {
+        Some(v) => strings(v.into_array().map_err(|t| rt(usage!("vs_baseline: by must be a list of column names, found {t}")))?, "vs_baseline")?,
+        None => Vec::new(),
+    };
+    let seed = match opts.remove("seed") {
+        Some(s) => s.as_int().map_err(|t| rt(usage!("vs_baseline: seed must be an integer, found {t}")))? as u64,
+        None => 0,
+    };
+    if let Some(k) = opts.keys().next() {
+        return Err(rt(usage!("vs_baseline: unknown option '{k}' (by, seed)")));
+    }
+    const MASK: &str = "__is_baseline";
+    let masked = f.with_columns(vec![baseline.0.alias(MASK)]).map_err(rt)?;
+    let mask = masked
+        .column_cells(MASK)
+        .map_err(rt)?
+        .into_iter()
+        .map(|c| match c {
+            crate::frame::Cell::Bool(b) => Ok(b),
+            crate::frame::Cell::Null => Ok(false),
+            other => Err(rt(usage!("vs_baseline: the baseline expression must be true or false on each row, found {other}"))),
+        })
+        .collect::<RhaiResult<Vec<bool>>>()?;
+    against_baseline(f, &mask, &by, seed, &|p| ws.readable(p, "vs_baseline")).map_err(rt)
+}
 
 pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     let ws = ctx.workspace();
@@ -153,6 +214,9 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         m.insert("seconds".into(), r.seconds.into());
         m.insert("points".into(), rhai::serde::to_dynamic(&r.points)?);
         m.insert("results".into(), Dynamic::from(r.results));
+        // Before any point trained there are no curves: `()`, not an error.
+        let losses = load_losses(std::slice::from_ref(&r.dir)).ok();
+        m.insert("losses".into(), losses.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
         Ok(m)
     });
 
@@ -166,6 +230,19 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
     def(engine, "results", ["paths"], RESULTS, move |paths: Array| -> RhaiResult<Frame> {
         let ps = strings(paths, "results")?.iter().map(|p| results_path(&w, p)).collect::<RhaiResult<Vec<_>>>()?;
         load_runs(&ps).map_err(rt)
+    });
+    let w = ws.clone();
+    def(engine, "losses", ["path"], LOSSES, move |path: &str| -> RhaiResult<Frame> { load_losses(&[results_path(&w, path)?]).map_err(rt) });
+    let w = ws.clone();
+    def(engine, "losses", ["paths"], LOSSES, move |paths: Array| -> RhaiResult<Frame> {
+        let ps = strings(paths, "losses")?.iter().map(|p| results_path(&w, p)).collect::<RhaiResult<Vec<_>>>()?;
+        load_losses(&ps).map_err(rt)
+    });
+    let w = ws.clone();
+    def(engine, "vs_baseline", ["f", "baseline"], VS_BASELINE, move |f: &mut Frame, b: ExprW| -> RhaiResult<Frame> { vs_baseline(&w, f, b, Map::new()) });
+    let w = ws.clone();
+    def(engine, "vs_baseline", ["f", "baseline", "opts"], VS_BASELINE, move |f: &mut Frame, b: ExprW, opts: Map| -> RhaiResult<Frame> {
+        vs_baseline(&w, f, b, opts)
     });
     def(engine, "aggregate_seeds", ["f"], AGGREGATE, |f: &mut Frame| -> RhaiResult<Frame> { aggregate_seeds(f, &["seed".to_string()]).map_err(rt) });
     def(engine, "aggregate_seeds", ["f", "seed_columns"], AGGREGATE, |f: &mut Frame, seed_columns: Array| -> RhaiResult<Frame> {

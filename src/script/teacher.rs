@@ -61,6 +61,7 @@ Kinds:
 | `batch_retry` | `"batch"` | how requests that got no answer in a batch are asked again (once): `batch` (a smaller batch of only those), `sync` (the normal client) |
 | `poll_s`, `poll_max_s` | 30, 600 | `0.001..=86400`: the first wait between two polls of a batch, doubling up to `poll_max_s` |
 | `batch_timeout_s` | 90000 | `0..=2592000`: the longest one run waits for its batches (they run on; a re-run resumes polling) |
+| `native_n` | false | ask a question's `n` samples as one request's `n` choices (vLLM and OpenAI take `n`: the prompt is sent and billed once; the completion tokens are shared out evenly over the rows) instead of `n` requests seeded `seed + k`; `mode: "sync"` only; an endpoint that refuses `n` or returns fewer choices stops the run saying to turn it off |
 | `cache` | `~/.cache/cotlab/teacher-cache.jsonl` | a run name: a file under the runs dir (`"caches/gpt4o.jsonl"`) |
 
 ```rhai
@@ -90,7 +91,7 @@ Options:
 | `level` | required (none for answer-only) | 1–6 |
 | `format` | `"plain"` | `plain`, `bsm`, `rar`, `sym`, `equation-only`, `answer-only` |
 | `with_gold` | false | give the teacher the gold answer (rationalisation) |
-| `n` | 1 | `1..=10000` samples per question (sample k is drawn with seed `seed + k`) |
+| `n` | 1 | `1..=10000` samples per question (sample k is drawn with seed `seed + k`; with the teacher's `native_n`, the choices of one request) |
 | `filter` | `"none"` | `"correct"`: keep a rationale only if its answer equals gold (the scoring judge) |
 | `keep_correct` | false | the older spelling of `filter: "correct"` |
 | `max_tries` | `n` | `n..=10000`, with `filter: "correct"`: ask a question again, one sample at a time, until it has a correct rationale or this many samples (rejection sampling) |

@@ -10,7 +10,7 @@ use crate::data::Corpus;
 use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
-use crate::train::sft::sft;
+use crate::train::sft::{sft_tracked, Tracking};
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
 
@@ -88,6 +88,7 @@ Options (defaults: the paper's recipe; [training.md](training.md) says what each
 | `lora` | none (full fine-tuning) | `#{r: 8, alpha: 16, dropout: 0.05, targets: ["q_proj", "v_proj"]}`, each key optional with these defaults; `r` `1..=4096`, `alpha` `0.000001..=1000000`, `dropout` `0..=0.99`, `targets`: module names as in PEFT, for Llama, Qwen2, Qwen3 and Gemma `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; for BLOOM `query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h` (give `targets` there: the default names Llama's modules) |
 | `pack` | true | pack each micro-batch into as few rows as fit ([training.md](training.md#options)) |
 | `shuffle` | true | shuffle the examples each epoch (seeded); `sft` turns it off for an ordered corpus |
+| `log_to` | none | `"tensorboard"`, `"mlflow"` or a list of both: each step's loss, lr, grad norm and tokens/s as TensorBoard event files in the run's `tensorboard/` and as an MLflow run (experiment `cotlab`) in `runs/mlruns/` ([training.md](training.md#tracking)); not part of the run's identity |
 
 ```rhai
 let s = student("default");
@@ -121,12 +122,14 @@ const EVALUATE: &str = r#"Zero-shot evaluation of `s` on a dataset, in `runs/<na
 `name`: the eval dir's run name (default `eval-<task>-<split>-<model>`, plus `-n<N>-s<seed>` for
 a subset, the same rule as `cotlab eval`; a run's model is the run dir's name, so a trained
 student never resumes into its base model's eval). Returns `#{task, split, model, n, correct,
-accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, generated_now,
-seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient, max_new_tokens, decoded_with, prompt_template, template,
-options}`: `decoded_with` names the weights that ran (`decode_weights` resolved: `auto` is `q4_1` for
-weights still on their GGUF's Q4_1 grid, else `bf16` on CPUs with AVX512-BF16, else `f32`), `truncated` counts generations cut at `max_new_tokens`, `truncated_in_thinking` those cut
-inside a `<think>` trace (a thinking student's answer is read after `</think>`; one cut before it
-is unparsed). What the defaults
+accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, truncated_frac,
+tokens_per_correct, generated_now, seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient,
+max_new_tokens, decoded_with, prompt_template, template, options}`: `decoded_with` names the weights
+that ran (`decode_weights` resolved: `auto` is `q4_1` for weights still on their GGUF's Q4_1 grid,
+else `bf16` on CPUs with AVX512-BF16, else `f32`), `truncated` counts generations cut at
+`max_new_tokens` (`truncated_frac` their share), `truncated_in_thinking` those cut inside a
+`<think>` trace (a thinking student's answer is read after `</think>`; one cut before it is
+unparsed); `tokens_per_correct` is all generated tokens over the correct answers (`()` with none). What the defaults
 reproduce: [evaluation.md](evaluation.md).
 
 Options:
@@ -196,7 +199,12 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             None => None,
         };
         let o: SftOptions = options(opts)?;
-        let report = sft(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
+        let tracking = Tracking {
+            target: crate::track::Target { mlruns: w.runs_dir.join("mlruns"), experiment: "cotlab".into(), run_name: name.clone() },
+            extra: Default::default(),
+            finish_with_training: true,
+        };
+        let report = sft_tracked(&s.0, &corpus, &o, &run, stop_after, &tracking).map_err(rt)?;
         rhai::serde::to_dynamic(report)
     });
 

@@ -17,7 +17,9 @@
 //! Costs are per row; a report separates what this run spent from what the cache served.
 //!
 //! Sample k of a question is drawn with seed `seed + k` (`openai` sends it, `local` samples with it), so the `n` samples at
-//! temperature > 0 differ from each other and a re-run draws the same ones.
+//! temperature > 0 differ from each other and a re-run draws the same ones; with `native_n` a
+//! question's samples are the choices of one request (seeded as its first sample), cached under
+//! keys of their own.
 
 pub mod batch;
 pub mod cache;
@@ -232,6 +234,26 @@ struct Job {
     seed: u64,
 }
 
+/// The requests that carry `jobs`: one each, or with `native_n` one per prompt (a question's
+/// samples, in the order asked), whose choice k answers the group's job k.
+fn request_groups(jobs: Vec<Job>, native_n: bool) -> Vec<Vec<Job>> {
+    if !native_n {
+        return jobs.into_iter().map(|j| vec![j]).collect();
+    }
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    let mut at: HashMap<(String, String), usize> = HashMap::new();
+    for j in jobs {
+        match at.get(&(j.system.clone(), j.user.clone())) {
+            Some(&g) => groups[g].push(j),
+            None => {
+                at.insert((j.system.clone(), j.user.clone()), groups.len());
+                groups.push(vec![j]);
+            }
+        }
+    }
+    groups
+}
+
 impl Teacher {
     /// Ask for a rationale for every example (× n samples), zero-shot (`shots: 1` needs the
     /// release: [`Teacher::ask_with`]).
@@ -294,6 +316,10 @@ impl Teacher {
             // Two servers may serve one model name: the endpoint is part of the request.
             if let Backend::OpenAi(client) = &self.backend {
                 parts.push(client.endpoint());
+                // A choice of one n-request is another draw than a request seeded seed + k.
+                if client.opts.native_n {
+                    parts.push("native_n");
+                }
                 // Another request body (no sampling parameters), another answer.
                 if client.reasoning() {
                     parts.push("reasoning");
@@ -451,7 +477,7 @@ impl Teacher {
 
     fn run_openai(&self, client: &OpenAi, jobs: Vec<Job>, rows: &mut [Row], o: &AskOptions) -> Result<()> {
         let total = jobs.len();
-        let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
+        let queue = Mutex::new(request_groups(jobs, client.opts.native_n).into_iter().collect::<VecDeque<_>>());
         let results: Mutex<Vec<(usize, std::result::Result<openai::Completion, String>)>> = Mutex::new(Vec::new());
         // The first refused configuration stops every worker: the other requests would fail alike.
         let refused: Mutex<Option<String>> = Mutex::new(None);
@@ -460,34 +486,39 @@ impl Teacher {
         std::thread::scope(|s| {
             for _ in 0..client.opts.concurrency.max(1) {
                 s.spawn(|| loop {
-                    let Some(job) = queue.lock().unwrap().pop_front() else { break };
-                    let r = match client.request(&job.system, &job.user, o.temperature, o.top_p, o.max_tokens, job.seed) {
-                        Err(openai::RequestError::Config(m)) => {
-                            refused.lock().unwrap().get_or_insert(m);
-                            queue.lock().unwrap().clear();
-                            break;
-                        }
-                        r => r.map_err(|e| e.message().to_string()),
-                    };
-                    if let (Ok(c), Some(cache)) = (&r, &self.cache) {
-                        // Appended and flushed now: a crash after this loses nothing.
-                        let e = cache::Entry {
-                            key: job.key.clone(),
-                            text: c.text.clone(),
-                            prompt_tokens: c.prompt_tokens,
-                            completion_tokens: c.completion_tokens,
-                            reasoning: c.reasoning.clone(),
-                            reasoning_tokens: c.reasoning_tokens,
+                    let Some(group) = queue.lock().unwrap().pop_front() else { break };
+                    let first = &group[0];
+                    let answers: Vec<std::result::Result<openai::Completion, String>> =
+                        match client.request_n(&first.system, &first.user, o.temperature, o.top_p, o.max_tokens, first.seed, group.len()) {
+                            Err(openai::RequestError::Config(m)) => {
+                                refused.lock().unwrap().get_or_insert(m);
+                                queue.lock().unwrap().clear();
+                                break;
+                            }
+                            Err(e) => group.iter().map(|_| Err(e.message().to_string())).collect(),
+                            Ok(cs) => cs.into_iter().map(Ok).collect(),
                         };
-                        let _ = cache.put(e);
+                    for (job, r) in group.iter().zip(answers) {
+                        if let (Ok(c), Some(cache)) = (&r, &self.cache) {
+                            // Appended and flushed now: a crash after this loses nothing.
+                            let e = cache::Entry {
+                                key: job.key.clone(),
+                                text: c.text.clone(),
+                                prompt_tokens: c.prompt_tokens,
+                                completion_tokens: c.completion_tokens,
+                                reasoning: c.reasoning.clone(),
+                                reasoning_tokens: c.reasoning_tokens,
+                            };
+                            let _ = cache.put(e);
+                        }
+                        let mut d = done.lock().unwrap();
+                        d.0 += 1;
+                        d.1 += usize::from(r.is_err());
+                        if d.0 % 10 == 0 || d.0 == total {
+                            eprintln!("[teacher] {}/{total} samples done: {} answered, {} failed", d.0, d.0 - d.1, d.1);
+                        }
+                        results.lock().unwrap().push((job.idx, r));
                     }
-                    let mut d = done.lock().unwrap();
-                    d.0 += 1;
-                    d.1 += usize::from(r.is_err());
-                    if d.0 % 10 == 0 || d.0 == total {
-                        eprintln!("[teacher] {}/{total} requests done: {} answered, {} failed", d.0, d.0 - d.1, d.1);
-                    }
-                    results.lock().unwrap().push((job.idx, r));
                 });
             }
         });

@@ -73,6 +73,9 @@ pub struct OpenAiOptions {
     pub poll_max_s: f64,
     /// Longest one run waits for its batches; the batch runs on, and a re-run resumes polling.
     pub batch_timeout_s: f64,
+    /// Ask a question's `n` samples as one request's `n` choices (vLLM, OpenAI: the prompt is
+    /// sent and billed once) instead of `n` requests seeded `seed + k`. Sync mode only.
+    pub native_n: bool,
 }
 
 crate::choices! {
@@ -143,6 +146,7 @@ impl Default for OpenAiOptions {
             poll_s: 30.0,
             poll_max_s: 600.0,
             batch_timeout_s: 90_000.0,
+            native_n: false,
         }
     }
 }
@@ -221,6 +225,7 @@ fn refused_parameter(body: &str, model: &str, reasoning: bool) -> Option<String>
             format!("'{model}' is not served as a reasoning model here: set reasoning: false on the teacher (it sends max_tokens, temperature and top_p)")
         }
         ("reasoning_effort", false) => "remove reasoning_effort (only reasoning models take it)".to_string(),
+        ("n", _) => "this endpoint returns one choice per request: set native_n: false on the teacher (each sample is then its own seeded request)".to_string(),
         _ => format!("remove or change the option that sends '{param}'"),
     };
     Some(format!("the endpoint refuses the parameter '{param}' ({}): {fix}", message.chars().take(200).collect::<String>()))
@@ -228,7 +233,33 @@ fn refused_parameter(body: &str, model: &str, reasoning: bool) -> Option<String>
 
 /// The completion of one chat-completions response body: the answer apart from its trace.
 pub(super) fn parse_completion(v: &serde_json::Value) -> Option<Completion> {
-    let message = &v["choices"][0]["message"];
+    parse_choice(v, 0)
+}
+
+/// Every choice of a response, in `index` order. The usage covers them all: the prompt's tokens
+/// go to the first choice (it was sent once), the completion tokens are shared out evenly (the
+/// endpoints do not report them per choice), so the rows' sums are the response's.
+pub(super) fn parse_choices(v: &serde_json::Value) -> Option<Vec<Completion>> {
+    let k = v["choices"].as_array()?.len();
+    let mut out: Vec<Completion> = (0..k).map(|i| parse_choice(v, i)).collect::<Option<_>>()?;
+    let (total, reasoning) = (v["usage"]["completion_tokens"].as_u64().unwrap_or(0), v["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64());
+    // Choice i's even share of t tokens; the first `t % k` choices take one more.
+    let share = |t: u64, i: usize| t / k as u64 + u64::from((i as u64) < t % k as u64);
+    for (i, c) in out.iter_mut().enumerate() {
+        c.completion_tokens = share(total, i);
+        c.reasoning_tokens = reasoning.map(|r| share(r, i));
+        if i > 0 {
+            c.prompt_tokens = 0;
+        }
+    }
+    Some(out)
+}
+
+/// Choice `i` (by its `index` field, else its place), its usage the whole response's.
+fn parse_choice(v: &serde_json::Value, i: usize) -> Option<Completion> {
+    let choices = v["choices"].as_array()?;
+    let choice = choices.iter().find(|c| c["index"].as_u64() == Some(i as u64)).or_else(|| choices.get(i))?;
+    let message = &choice["message"];
     // A server's reasoning parser: vLLM and llama.cpp say `reasoning_content`, others `reasoning`.
     let split = ["reasoning_content", "reasoning"].iter().find_map(|k| message[*k].as_str().filter(|t| !t.is_empty()));
     let content = match (message["content"].as_str(), split) {
@@ -411,7 +442,7 @@ impl OpenAi {
         )
     }
 
-    fn once(&self, body: &serde_json::Value) -> Result<Completion, Failure> {
+    fn once(&self, body: &serde_json::Value) -> Result<Vec<Completion>, Failure> {
         let mut req = self.agent.request_url("POST", &self.chat_url).set("Content-Type", "application/json");
         if let Some(k) = &self.key {
             req = req.set("Authorization", &format!("Bearer {k}"));
@@ -445,8 +476,8 @@ impl OpenAi {
         };
         let text = resp.into_string().map_err(|e| if is_timeout(&e) { self.timed_out() } else { Failure::Retry(format!("reading the body: {e}"), None) })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("malformed JSON: {e}"), None))?;
-        let c = parse_completion(&v).ok_or_else(|| Failure::Retry("response without choices[0].message.content".into(), None))?;
-        Ok(Completion { text: self.redact(&c.text), reasoning: c.reasoning.map(|r| self.redact(&r)), ..c })
+        let cs = parse_choices(&v).filter(|c| !c.is_empty()).ok_or_else(|| Failure::Retry("response without choices[].message.content".into(), None))?;
+        Ok(cs.into_iter().map(|c| Completion { text: self.redact(&c.text), reasoning: c.reasoning.map(|r| self.redact(&r)), ..c }).collect())
     }
 
     /// Whether requests go out as to a reasoning model (the option, else the model's name).
@@ -482,24 +513,45 @@ impl OpenAi {
 
     /// `complete`, telling a failed request from a refused configuration.
     pub fn request(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
-        self.complete_raw(system, user, temperature, top_p, max_tokens, seed).map_err(|e| match e {
-            RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
-            RequestError::Config(m) => RequestError::Config(self.redact(&m)),
-        })
+        let mut cs = self.request_n(system, user, temperature, top_p, max_tokens, seed, 1)?;
+        Ok(cs.swap_remove(0))
     }
 
-    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
-        let body = self.body(system, user, temperature, top_p, max_tokens, seed);
-        let tokens = super::rate::estimate_tokens(system.len() + user.len(), max_tokens);
+    /// `n` choices of one request (`n` sent only above 1); exactly `n` come back, or an error that
+    /// says the endpoint gave fewer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_n(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64, n: usize) -> Result<Vec<Completion>, RequestError> {
+        let cs = self.complete_raw(system, user, temperature, top_p, max_tokens, seed, n).map_err(|e| match e {
+            RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
+            RequestError::Config(m) => RequestError::Config(self.redact(&m)),
+        })?;
+        let mut cs = cs;
+        if cs.len() < n {
+            return Err(RequestError::Config(format!(
+                "asked for n = {n} choices, the endpoint returned {}: it does not honour n; set native_n: false on the teacher (each sample is then its own seeded request)",
+                cs.len()
+            )));
+        }
+        cs.truncate(n);
+        Ok(cs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64, n: usize) -> Result<Vec<Completion>, RequestError> {
+        let mut body = self.body(system, user, temperature, top_p, max_tokens, seed);
+        if n > 1 {
+            body["n"] = n.into();
+        }
+        let tokens = super::rate::estimate_tokens(system.len() + user.len(), max_tokens * n);
         let mut rng = Rng::new(seed ^ 0x5eed);
         let mut last = String::new();
         for attempt in 0..=self.opts.max_retries {
             // Every attempt counts against the budgets: a retry is a request too.
             self.limiter.acquire(tokens);
             match self.once(&body) {
-                Ok(mut c) => {
-                    c.attempts = attempt + 1;
-                    return Ok(c);
+                Ok(mut cs) => {
+                    cs.iter_mut().for_each(|c| c.attempts = attempt + 1);
+                    return Ok(cs);
                 }
                 Err(Failure::Config(m)) => return Err(RequestError::Config(m)),
                 Err(Failure::Fatal(m)) => return Err(RequestError::Failed(m)),
@@ -719,6 +771,9 @@ impl OpenAiOptions {
         in_range(T, "poll_s", self.poll_s, 0.001..=86_400.0)?;
         in_range(T, "poll_max_s", self.poll_max_s, self.poll_s..=86_400.0)?;
         in_range(T, "batch_timeout_s", self.batch_timeout_s, 0.0..=30.0 * 86_400.0)?;
+        if self.native_n && self.mode == Mode::Batch {
+            return Err(crate::usage!("{T}: native_n is for mode: \"sync\" (a batch's requests carry one choice each): drop native_n or use mode: \"sync\""));
+        }
         Ok(())
     }
 }
@@ -768,6 +823,8 @@ mod tests {
         // Without `param`, the quoted name in the message.
         let bare = r#"{"error": {"message": "Unsupported parameter: 'max_completion_tokens'"}}"#;
         assert!(refused_parameter(bare, "llama", true).unwrap().contains("set reasoning: false"));
+        let n = r#"{"error": {"message": "Unsupported value: 'n' must be 1 for this endpoint", "code": "unsupported_value"}}"#;
+        assert!(refused_parameter(n, "llama", false).unwrap().contains("set native_n: false"));
         // Any other 400 stays an ordinary failure.
         assert_eq!(refused_parameter(r#"{"error": {"message": "context too long", "code": "context_length_exceeded"}}"#, "o3", true), None);
         assert_eq!(refused_parameter("not json", "o3", true), None);
