@@ -351,7 +351,8 @@ impl PointConfig {
         };
         let d = EvalOptions::default();
         let eval = EvalOptions {
-            batch_size: take(&mut m, "eval_batch_size")?.unwrap_or(d.batch_size),
+            // Unset: evaluate's default (not written into the point's config, so its name stays).
+            batch_size: take(&mut m, "eval_batch_size")?,
             max_new_tokens: take(&mut m, "eval_max_new_tokens")?,
             protocol: take(&mut m, "eval_protocol")?.unwrap_or(d.protocol),
             prompt: take(&mut m, "eval_prompt")?.unwrap_or(d.prompt),
@@ -359,7 +360,9 @@ impl PointConfig {
             decode_weights: take(&mut m, "eval_decode_weights")?.unwrap_or(d.decode_weights),
             ..d
         };
-        crate::error::in_range("sweep", "eval_batch_size", eval.batch_size, 1..=4096)?;
+        if let Some(b) = eval.batch_size {
+            crate::error::in_range("sweep", "eval_batch_size", b, 1..=4096)?;
+        }
         // What is left are SFT options.
         // Key by key first, so a wrong value's error names its key (serde's does not).
         for (k, v) in &m {

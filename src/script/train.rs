@@ -110,7 +110,7 @@ Options:
 | `stop` | `[]` | extra stop strings (EOS and the template's end marker always stop) |
 | `ignore_eos` | false | decode exactly `max_new_tokens` (benchmarks) |
 | `beams` | 1 | `1..=16`: beam search of that width ([evaluation.md](evaluation.md#beam-search)); `temperature > 0` with `beams > 1` is an error |
-| `decode_weights` | `"auto"` | `auto`, `f32`, `bf16`, `q8_0`, `q4_1`: the weights decoding reads ([evaluation.md](evaluation.md#decoding-weights)) |
+| `decode_weights` | `"auto"` | `auto`, `f32`, `bf16`, `q8_0`, `q4_1`: the weights decoding reads; `auto` the fastest that keeps the results ([evaluation.md](evaluation.md#decoding-weights)) |
 
 ```rhai
 let g = generate(student("default"), "What is 2 + 3?", #{ max_new_tokens: 64 });
@@ -124,7 +124,9 @@ a subset, the same rule as `cotlab eval`; a run's model is the run dir's name, s
 student never resumes into its base model's eval). Returns `#{task, split, model, n, correct,
 accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, truncated_frac,
 tokens_per_correct, generated_now, seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient,
-max_new_tokens, prompt_template, template, options}`: `truncated` counts generations cut at
+max_new_tokens, decoded_with, prompt_template, template, options}`: `decoded_with` names the weights
+that ran (`decode_weights` resolved: `auto` is `q4_1` for weights still on their GGUF's Q4_1 grid,
+else `bf16` on CPUs with AVX512-BF16, else `f32`), `truncated` counts generations cut at
 `max_new_tokens` (`truncated_frac` their share), `truncated_in_thinking` those cut inside a
 `<think>` trace (a thinking student's answer is read after `</think>`; one cut before it is
 unparsed); `tokens_per_correct` is all generated tokens over the correct answers (`()` with none). What the defaults
@@ -134,7 +136,7 @@ Options:
 
 | option | default | range / values |
 |---|---|---|
-| `batch_size` | 8 | `1..=4096` prompts in flight |
+| `batch_size` | 32 cache rows: 32 prompts greedy, 6 at `beams: 5` | `1..=4096` prompts in flight; not part of the eval dir's identity |
 | `max_new_tokens` | the paper's: 1024 for math, 640 for commonsense | as `generate` |
 | `temperature`, `top_p`, `seed` | 0, 1, 0 | as `generate` |
 | `protocol` | `"paper"` | `paper`, `lenient` ([scoring.md](scoring.md)) |
