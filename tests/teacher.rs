@@ -807,8 +807,10 @@ fn serve_choices(honour_n: bool) -> (Server, Arc<std::sync::Mutex<Vec<u64>>>) {
                 let k = if honour_n { n } else { 1 };
                 let seed = v["seed"].as_u64().unwrap();
                 // Listed last to first: the `index` field, not the order, says which choice is which.
-                let choices: Vec<serde_json::Value> =
-                    (0..k).rev().map(|i| serde_json::json!({"index": i, "message": {"role": "assistant", "content": format!("The answer is {seed}{i}")}})).collect();
+                let choices: Vec<serde_json::Value> = (0..k)
+                    .rev()
+                    .map(|i| serde_json::json!({"index": i, "message": {"role": "assistant", "content": format!("The answer is {seed}{i}")}}))
+                    .collect();
                 let a = serde_json::json!({"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 7 * k + 1}});
                 common::write_http_response(&mut stream, "200 OK", "", &a.to_string());
             });

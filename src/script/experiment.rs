@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use rhai::{Array, Dynamic, Engine, Map};
 
 use super::docs::{def, get};
+use super::expr::ExprW;
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
 use crate::experiment::{sweep_in, SweepSpec};
 use crate::lab::Workspace;
-use super::expr::ExprW;
 use crate::results::compare::against_baseline;
 use crate::results::runs::{aggregate_seeds, load_losses, load_runs};
 use crate::results::Frame;
