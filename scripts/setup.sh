@@ -17,7 +17,9 @@
 #      seconds, not the whole polars + candle build.
 # 3. --torch: torch + transformers in venv/ (the PyTorch baselines in benches/ and the
 #    transformers check of exported models; datasets, trl, lm_eval and peft read cotlab's corpora,
-#    eval dirs and PEFT adapters in the tests; about 3 GB download).
+#    eval dirs and PEFT adapters in the tests; tensorboard and mlflow-skinny read `log_to`'s
+#    files in tests/tracking.rs, pinned to the versions that test was written against; about
+#    3 GB download).
 # 4. --llamacpp: llama-cpp-python in venv/ (the llama.cpp baseline of benches/compare_generate.sh).
 #    PyPI has only its source: pip compiles llama.cpp for this CPU (GGML_NATIVE), 10-40 min on
 #    2 cores.
@@ -64,9 +66,9 @@ venv() {
 }
 
 install_torch() {
-    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval, peft, scipy" 2>/dev/null; then
+    if ! "$home/venv/bin/python" -c "import torch, transformers, datasets, trl, lm_eval, peft, scipy, tensorboard, mlflow" 2>/dev/null; then
         echo "installing torch + transformers (+ datasets, trl, lm_eval, peft: the readers of cotlab's corpora, eval dirs and adapters) into $home/venv..." >&2
-        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval peft scipy
+        "$home/venv/bin/pip" install --quiet torch transformers safetensors datasets trl lm_eval peft scipy tensorboard==2.21.0 mlflow-skinny==3.18.0
     fi
 }
 

@@ -172,9 +172,9 @@ pub struct EvalCmd {
     /// The shuffle seed of --limit's subset.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Questions decoded at a time.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    /// Questions decoded at a time (default: 32 cache rows, 32 questions greedy, 6 at beam width 5).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Generation limit (default: the paper's, 1024 new tokens for math, 640 for commonsense).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,

@@ -10,7 +10,8 @@
 //! 3. [`journal`]: the run journal (identity file + crash-safe JSON-lines logs) under training
 //!    runs, eval dirs and the teacher cache; [`provenance`]: the build and file hashes behind a
 //!    result.
-//! 4. [`frame`]: polars frames and plotly charts.
+//! 4. [`frame`]: polars frames and plotly charts; [`track`]: experiment tracking in TensorBoard's
+//!    event files and MLflow's file store.
 //! 5. [`cot`]: rationale formats, steps and measures.
 //! 6. [`data`]: datasets, the release catalog, the synthetic `arith` set, contamination.
 //! 7. [`kernels`]: the CPU kernels (fused ops with a backward, attention, quantized weights,
@@ -51,6 +52,7 @@ pub mod results;
 pub mod rng;
 pub mod script;
 pub mod teacher;
+pub mod track;
 pub mod train;
 
 pub use error::{Error, Result};

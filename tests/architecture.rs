@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "rng", "memory"],
     &["answer", "paths"],
     &["journal", "provenance"],
-    &["frame"],
+    &["frame", "track"],
     &["cot"],
     &["data"],
     &["kernels"],

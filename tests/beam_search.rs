@@ -12,6 +12,7 @@ use std::process::Command;
 
 use candle_core::Device;
 use cotlab::model::generate::{generate, generate_ids, Finish, GenOptions};
+use cotlab::model::DecodeWeights;
 use cotlab::model::{cotlab_home, default_model_path, Student};
 
 #[test]
@@ -54,7 +55,8 @@ fn beam_search_matches_transformers() {
     for &n in &widths {
         for stops in &stop_sets {
             let key = format!("{n}|{}", stops.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","));
-            let opts = GenOptions { max_new_tokens: max_new, beams: n, ..Default::default() };
+            // f32, as transformers ran (`auto` may pick bf16 for these random weights).
+            let opts = GenOptions { max_new_tokens: max_new, beams: n, decode_weights: DecodeWeights::F32, ..Default::default() };
             let ours = generate_ids(&s, &prompts, stops, &opts).unwrap();
             for (i, (o, t)) in ours.iter().zip(&theirs[&key]).enumerate() {
                 total += 1;
@@ -70,7 +72,7 @@ fn beam_search_matches_transformers() {
         }
     }
     // The check has teeth: greedy decoding differs from width 5 on some prompts.
-    let greedy = generate_ids(&s, &prompts, &[2], &GenOptions { max_new_tokens: max_new, ..Default::default() }).unwrap();
+    let greedy = generate_ids(&s, &prompts, &[2], &GenOptions { max_new_tokens: max_new, decode_weights: DecodeWeights::F32, ..Default::default() }).unwrap();
     let differ = greedy.iter().zip(&theirs["5|2"]).filter(|(g, t)| &g.ids != *t).count();
     assert!(differ >= 2, "greedy equals beam search on {} of 10 prompts", 10 - differ);
     eprintln!("greedy differs from width 5 on {differ} of 10 prompts");
@@ -117,7 +119,7 @@ fn evaluation_defaults_to_the_papers_beam_width() {
     assert_eq!(widths, [1, 1, 1, 1, 5, 5, 5, 1], "{:?}", Task::ALL);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let d = tempfile::tempdir().unwrap();
-    let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(8), ..Default::default() };
+    let opts = EvalOptions { batch_size: Some(2), max_new_tokens: Some(8), ..Default::default() };
     for (task, want) in [("csqa", 5), ("svamp", 1)] {
         let ds = load_dataset(&common::data_dir(), task, &cotlab::data::DatasetOptions { limit: Some(2), seed: Some(1), ..Default::default() }).unwrap();
         let dir = d.path().join(task);

@@ -351,8 +351,22 @@ fn quickstart_runs_on_embedded_data() {
     let settings: Vec<&str> = rows.iter().map(|r| r["setting"].as_str()).collect();
     assert_eq!(settings, ["before", "level 1", "level 3"]);
     for col in [
-        "accuracy", "ci95_low", "ci95_high", "n", "correct", "vs_before", "vs_before_low", "vs_before_high", "p_vs_before", "unparsed", "truncated_frac",
-        "mean_tokens", "tokens_per_correct", "mean_words", "loss_first", "loss_last",
+        "accuracy",
+        "ci95_low",
+        "ci95_high",
+        "n",
+        "correct",
+        "vs_before",
+        "vs_before_low",
+        "vs_before_high",
+        "p_vs_before",
+        "unparsed",
+        "truncated_frac",
+        "mean_tokens",
+        "tokens_per_correct",
+        "mean_words",
+        "loss_first",
+        "loss_last",
     ] {
         assert!(rows[0].contains_key(col), "column {col}: {:?}", rows[0].keys());
     }

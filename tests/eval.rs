@@ -28,7 +28,7 @@ fn evaluate_writes_results_and_resumes() {
     let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(4), seed: Some(1), ..Default::default() }).unwrap();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("eval");
-    let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(48), ..Default::default() };
+    let opts = EvalOptions { batch_size: Some(2), max_new_tokens: Some(48), ..Default::default() };
     let first = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((first.n, first.generated_now), (4, 4));
     // An evaluation interrupted after two answers: only the missing ones are generated.
@@ -71,9 +71,57 @@ fn evaluate_writes_results_and_resumes() {
     std::fs::write(dir.join("samples.jsonl"), format!("{lines}{{\"id\": \"chal-")).unwrap();
     let again = evaluate(&s, &ds, &opts, &dir).unwrap();
     assert_eq!((again.n, again.generated_now), (4, 0));
+    // The batch size is not part of the identity: another resumes the dir, and so does a dir
+    // written when it was (older builds put `options.batch_size` in eval_config.json).
+    let config = dir.join("eval_config.json");
+    let mut identity: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert!(identity["options"].get("batch_size").is_none(), "{identity}");
+    identity["options"]["batch_size"] = 8.into();
+    std::fs::write(&config, identity.to_string()).unwrap();
+    let rebatched = evaluate(&s, &ds, &EvalOptions { batch_size: Some(3), ..opts.clone() }, &dir).unwrap();
+    assert_eq!((rebatched.n, rebatched.generated_now, rebatched.options.batch_size), (4, 0, Some(3)));
     // Other settings in the same dir are refused.
     let other = EvalOptions { max_new_tokens: Some(49), ..opts.clone() };
     assert!(evaluate(&s, &ds, &other, &dir).err().unwrap().to_string().contains("other settings"));
+}
+
+/// Out of the box (`decode_weights: auto`) the untrained default student decodes with the Q4_1
+/// kernels on its GGUF's own weights: 8 SVAMP questions get f32's answers, and `results.json`
+/// records which weights ran (the option stays `auto`, so the eval dir's identity is unchanged).
+#[test]
+fn default_decoding_is_exact_and_recorded() {
+    require!(Data, Model);
+    use cotlab::model::DecodeWeights;
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let ds = load_dataset(&common::data_dir(), "svamp", &DatasetOptions { limit: Some(8), seed: Some(0), ..Default::default() }).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let opts = EvalOptions { max_new_tokens: Some(64), ..Default::default() };
+    let auto = evaluate(&s, &ds, &opts, &d.path().join("auto")).unwrap();
+    let f32 = evaluate(&s, &ds, &EvalOptions { decode_weights: DecodeWeights::F32, ..opts.clone() }, &d.path().join("f32")).unwrap();
+    assert_eq!((auto.decoded_with, f32.decoded_with), (DecodeWeights::Q4_1, DecodeWeights::F32));
+    let read = |dir: &str| std::fs::read_to_string(d.path().join(dir).join("samples.jsonl")).unwrap();
+    assert_eq!(read("auto"), read("f32"), "auto's answers are not f32's");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("auto/results.json")).unwrap()).unwrap();
+    assert_eq!(results["decoded_with"], "q4_1");
+    let config = std::fs::read_to_string(d.path().join("auto/eval_config.json")).unwrap();
+    assert!(!config.contains("decode_weights"), "auto is not part of the identity: {config}");
+    // Weights moved off the grid: `auto` is bf16 where the CPU has AVX512-BF16 (then part of the
+    // identity, so a dir an older build filled with f32 answers is refused), f32 elsewhere.
+    let w = &s.model.params["model.layers.0.mlp.up_proj.weight"];
+    w.set(&(w.as_tensor() * 1.001).unwrap()).unwrap();
+    let two = cotlab::data::Dataset { examples: ds.examples[..2].to_vec(), ..ds.clone() };
+    let moved = evaluate(&s, &two, &opts, &d.path().join("moved")).unwrap();
+    let bf16 = cotlab::kernels::simd::avx512_bf16();
+    assert_eq!(moved.decoded_with, if bf16 { DecodeWeights::Bf16 } else { DecodeWeights::F32 });
+    let config = std::fs::read_to_string(d.path().join("moved/eval_config.json")).unwrap();
+    assert_eq!(config.contains(r#""auto_decode_weights": "bf16""#), bf16, "{config}");
+    let mut older: serde_json::Value = serde_json::from_str(&config).unwrap();
+    older.as_object_mut().unwrap().remove("auto_decode_weights");
+    std::fs::write(d.path().join("moved/eval_config.json"), older.to_string()).unwrap();
+    match evaluate(&s, &two, &opts, &d.path().join("moved")) {
+        Ok(r) => assert!(!bf16 && r.generated_now == 0, "resumed: {r:?}"),
+        Err(e) => assert!(bf16 && e.to_string().contains("auto_decode_weights: null -> \"bf16\""), "{e}"),
+    }
 }
 
 #[test]
@@ -100,6 +148,9 @@ fn evaluate_from_rhai() {
 fn eval_defaults_are_the_papers() {
     let o = EvalOptions::default();
     assert_eq!((o.protocol, o.prompt, o.max_new_tokens, o.temperature), (Protocol::Paper, PromptStyle::Paper, None, 0.0));
+    // The batch size is chosen for throughput: 32 cache rows, each prompt taking `beams` of them.
+    use cotlab::eval::run::default_batch_size;
+    assert_eq!((o.batch_size, default_batch_size(1), default_batch_size(5), default_batch_size(64)), (None, 32, 6, 1));
     for t in [Task::Svamp, Task::Gsm8k, Task::Aqua, Task::Math] {
         assert_eq!((t.paper_max_new_tokens(), t.evaluator()), (1024, Evaluator::Math), "{}", t.name());
     }

@@ -124,7 +124,7 @@ fn against_f32(s: &Student, mode: DecodeWeights) -> (f32, Vec<usize>) {
         assert_eq!(argmax(&f), argmax(&q), "{} changes the first token", mode.name());
         worst = worst.max(max_abs_diff(&f, &q));
     }
-    let f32_opts = GenOptions { max_new_tokens: 64, ignore_eos: true, ..Default::default() };
+    let f32_opts = GenOptions { max_new_tokens: 64, ignore_eos: true, decode_weights: DecodeWeights::F32, ..Default::default() };
     let f = generate_ids(s, &prompts, &[], &f32_opts).unwrap();
     let q = generate_ids(s, &prompts, &[], &GenOptions { decode_weights: mode, ..f32_opts.clone() }).unwrap();
     (worst, f.iter().zip(&q).map(|(a, b)| a.ids.iter().zip(&b.ids).take_while(|(x, y)| x == y).count()).collect())
@@ -148,15 +148,28 @@ fn q8_0_decoding_agrees_with_f32() {
     assert!(same16 >= 5 && common_prefix.iter().sum::<usize>() >= 160, "the first 16 tokens agree for only {same16} of 8 prompts: {common_prefix:?}");
 }
 
-/// Continuous batching with Q8_0 or Q4_1 weights decodes what each prompt decodes alone: every
-/// output of cotlab's kernels is one fixed sequence of operations whatever the batch (candle's
-/// kernels, used before, picked tiles by the number of rows and failed this at token 5).
+/// bf16 decoding on the CPU (cotlab's kernel: bf16 weights and per-product bf16 activations,
+/// f32 accumulation and everything else f32) stays close to f32's: the same next token at every
+/// prompt's end with logits within a bf16-sized tolerance, and most greedy tokens in common.
+#[test]
+fn bf16_decoding_agrees_with_f32() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    let (worst, common_prefix) = against_f32(&s, DecodeWeights::Bf16);
+    eprintln!("bf16 vs f32: last-position logits within {worst}; common prefix of 64 new tokens per prompt: {common_prefix:?}");
+    assert!(worst < 2.0, "bf16 logits differ from f32 by {worst}");
+    assert!(common_prefix.iter().filter(|&&n| n >= 16).count() >= 5, "the first 16 tokens agree for too few prompts: {common_prefix:?}");
+}
+
+/// Continuous batching with Q8_0, Q4_1 or bf16 weights decodes what each prompt decodes alone:
+/// every output of cotlab's kernels is one fixed sequence of operations whatever the batch
+/// (candle's kernels, used before, picked tiles by the number of rows and failed this at token 5).
 #[test]
 fn quantized_continuous_batching_matches_batch_one() {
     require!(Data, Model);
     let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let prompts = svamp_prompts(&s, 8);
-    for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1] {
+    for mode in [DecodeWeights::Q8_0, DecodeWeights::Q4_1, DecodeWeights::Bf16] {
         let opts = GenOptions { max_new_tokens: 24, decode_weights: mode, ..Default::default() };
         let stops = [2u32];
         let batched = generate_ids_batched(&s, &prompts, &stops, &opts, 3).unwrap();
@@ -181,24 +194,51 @@ fn q4_1_decoding_of_the_default_student_is_f32s() {
     assert!(common_prefix.iter().filter(|&&n| n == 64).count() >= 6, "greedy answers part: {common_prefix:?}");
 }
 
+/// One AdamW step on `prompt`'s next-token loss, large enough to move the logits.
+fn adamw_step(s: &Student, prompt: &[u32], lr: f64) {
+    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+    let mut opt = AdamW::new(s.model.trainable().into_iter().cloned().collect(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let ids = Tensor::new(prompt, &s.model.device).unwrap().unsqueeze(0).unwrap();
+    let h = s.model.hidden(&ids.narrow(1, 0, prompt.len() - 1).unwrap()).unwrap().squeeze(0).unwrap();
+    let target = ids.narrow(1, 1, prompt.len() - 1).unwrap().squeeze(0).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&s.model.logits(&h).unwrap(), &target).unwrap();
+    opt.backward_step(&loss).unwrap();
+}
+
+/// `auto` (the default) decodes the untrained default student with the Q4_1 kernels, whose
+/// weights are its GGUF's, and its greedy answers are f32's; LoRA adapters on top keep that
+/// (the base weights are untouched), while a full fine-tuning step moves the weights off the
+/// grid and `auto` no longer picks Q4_1.
+#[test]
+fn auto_decodes_the_untrained_default_student_as_f32_does() {
+    require!(Data, Model);
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    assert_eq!(s.model.decode_weights(DecodeWeights::Auto).unwrap().mode(), DecodeWeights::Q4_1);
+    let prompts = svamp_prompts(&s, 8);
+    let auto = GenOptions { max_new_tokens: 64, ignore_eos: true, ..Default::default() };
+    let f32_opts = GenOptions { decode_weights: DecodeWeights::F32, ..auto.clone() };
+    let (a, f) = (generate_ids(&s, &prompts, &[], &auto).unwrap(), generate_ids(&s, &prompts, &[], &f32_opts).unwrap());
+    for (i, (a, f)) in a.iter().zip(&f).enumerate() {
+        assert_eq!(a.ids, f.ids, "prompt {i}: auto's greedy answer is not f32's");
+    }
+    let prompt = prompts[0].clone();
+    let lora = s.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0).unwrap();
+    adamw_step(&lora, &prompt, 3e-2);
+    assert_eq!(lora.model.decode_weights(DecodeWeights::Auto).unwrap().mode(), DecodeWeights::Q4_1, "LoRA leaves the base weights on the grid");
+    let s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
+    adamw_step(&s, &prompt, 2e-3);
+    assert_ne!(s.model.decode_weights(DecodeWeights::Auto).unwrap().mode(), DecodeWeights::Q4_1, "trained weights are off the Q4_1 grid");
+}
+
 /// The quantized copy lives only as long as a decoding call: after an optimizer step (full
 /// fine-tuning, then LoRA adapters) the next Q8_0 decoding reads the new weights.
 #[test]
 fn q8_0_copy_never_goes_stale() {
     require!(Model);
-    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
     let mut s = Student::load(&default_model_path(), &Device::Cpu).unwrap();
     let prompt = s.tokenizer.encode(s.template.prompt(BANANAS).unwrap(), false).unwrap().get_ids().to_vec();
     let q8 = GenOptions { max_new_tokens: 4, decode_weights: DecodeWeights::Q8_0, ..Default::default() };
-    let step = |s: &Student, lr: f64| {
-        // One AdamW step on the prompt's next-token loss, large enough to move the logits.
-        let mut opt = AdamW::new(s.model.trainable().into_iter().cloned().collect(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() }).unwrap();
-        let ids = Tensor::new(prompt.as_slice(), &s.model.device).unwrap().unsqueeze(0).unwrap();
-        let h = s.model.hidden(&ids.narrow(1, 0, prompt.len() - 1).unwrap()).unwrap().squeeze(0).unwrap();
-        let target = ids.narrow(1, 1, prompt.len() - 1).unwrap().squeeze(0).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&s.model.logits(&h).unwrap(), &target).unwrap();
-        opt.backward_step(&loss).unwrap();
-    };
+    let step = |s: &Student, lr: f64| adamw_step(s, &prompt, lr);
     for lora in [false, true] {
         if lora {
             s = s.with_lora(cotlab::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0).unwrap();

@@ -70,7 +70,13 @@ fn llama_qwen2_qwen3_gemma_bloom_match_transformers() {
         let q = "Tom has 12 apples. How many?".to_string();
         let prompt = s.tokenizer.encode(s.template.prompt(&q).unwrap(), false).unwrap().get_ids().to_vec();
         let reference = s.model.greedy(&prompt, 6, &[]).unwrap();
-        let opts = cotlab::model::generate::GenOptions { max_new_tokens: 6, ignore_eos: true, ..Default::default() };
+        // f32, the reference's path (`auto` may pick bf16 for these random weights).
+        let opts = cotlab::model::generate::GenOptions {
+            max_new_tokens: 6,
+            ignore_eos: true,
+            decode_weights: cotlab::model::DecodeWeights::F32,
+            ..Default::default()
+        };
         let got = cotlab::model::generate::generate(&s, &[q.clone(), "Hi".to_string()], &opts).unwrap();
         assert_eq!(got[0].text, s.tokenizer.decode(&reference, true).unwrap(), "{family}: cached decoding");
         // Export and load back.

@@ -114,7 +114,7 @@ fn cotlab_writes_every_key_path_lm_eval_writes() {
     let student = Student::load_with(&model, &Device::Cpu, Some("chatml")).unwrap();
     let ds = svamp(3);
     let ours = d.path().join("cotlab-eval");
-    let opts = EvalOptions { batch_size: 3, max_new_tokens: Some(4), ..Default::default() };
+    let opts = EvalOptions { batch_size: Some(3), max_new_tokens: Some(4), ..Default::default() };
     evaluate(&student, &ds, &opts, &ours).unwrap();
     let our_results = json_file(&one_file(&ours, "results_", ".json"));
     let our_rows = jsonl_file(&one_file(&ours, "samples_svamp_", ".jsonl"));
@@ -187,7 +187,7 @@ fn old_eval_dirs_are_read_resumed_and_rewritten_in_the_layout() {
     let ds = svamp(2);
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("eval");
-    let opts = EvalOptions { batch_size: 2, max_new_tokens: Some(8), ..Default::default() };
+    let opts = EvalOptions { batch_size: Some(2), max_new_tokens: Some(8), ..Default::default() };
     let first = evaluate(&s, &ds, &opts, &dir).unwrap();
     // An eval dir as cotlab wrote it before the layout: no results_*/samples_* files.
     for f in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {

@@ -568,6 +568,7 @@ fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
     assert_eq!(bodies.lock().unwrap().len(), 1, "a refused configuration stops at the first request");
     for (reasoning, model) in [(Some(true), "my-reasoner"), (None, "o4-mini")] {
         let r = teacher(reasoning, model).ask(&ds, &o).unwrap();
+        println!("after (reasoning: {reasoning:?}, model {model}): {} requests, {} failed, ${:.6} spent", r.requests, r.failed, r.cost_usd);
         assert_eq!((r.requests, r.failed), (4, 0), "{model}");
         let last = bodies.lock().unwrap().last().unwrap().clone();
         assert_eq!(last["max_completion_tokens"], 512, "{last}");
@@ -591,7 +592,9 @@ fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
     assert_eq!(bodies.lock().unwrap().len(), 9);
     // The trace survives the cache: a re-run serves it without a request.
     let again = teacher(Some(true), "my-reasoner").ask(&ds, &o).unwrap();
+    println!("cached re-run: {} requests, ${} spent, ${:.6} served by the cache", again.requests, again.cost_usd, again.cached_cost_usd);
     assert_eq!((again.requests, again.cost_usd), (0, 0.0));
+    assert!(again.cached_cost_usd > 0.0);
     assert_eq!(again.rows[0].reasoning.as_deref(), Some("3 + 4 = 7, checked twice."));
     // A run without traces gives an empty corpus under `think`, each row counted as skipped.
     let plain = serve(vec![], Fault::Ok, 0);
@@ -804,8 +807,10 @@ fn serve_choices(honour_n: bool) -> (Server, Arc<std::sync::Mutex<Vec<u64>>>) {
                 let k = if honour_n { n } else { 1 };
                 let seed = v["seed"].as_u64().unwrap();
                 // Listed last to first: the `index` field, not the order, says which choice is which.
-                let choices: Vec<serde_json::Value> =
-                    (0..k).rev().map(|i| serde_json::json!({"index": i, "message": {"role": "assistant", "content": format!("The answer is {seed}{i}")}})).collect();
+                let choices: Vec<serde_json::Value> = (0..k)
+                    .rev()
+                    .map(|i| serde_json::json!({"index": i, "message": {"role": "assistant", "content": format!("The answer is {seed}{i}")}}))
+                    .collect();
                 let a = serde_json::json!({"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 7 * k + 1}});
                 common::write_http_response(&mut stream, "200 OK", "", &a.to_string());
             });

@@ -42,15 +42,21 @@ pub struct FixedReport {
     pub device: String,
     pub device_mem_mb: Option<f64>,
     pub dtype: String,
+    /// Achieved GFLOP/s (2 × the projections' and LM head's weights per token) at batch 1 and N.
+    pub gflops_batch1: f64,
+    #[serde(rename = "gflops_batchN")]
+    pub gflops_batch_n: f64,
     pub model: String,
     pub new_tokens: usize,
+    /// What this device's GEMM achieves in the decoding's dtype (`bench::gemm_peak_gflops`).
+    pub peak_gflops: f64,
 }
 
 impl super::Report for FixedReport {
     /// The human line `cotlab bench generate` prints on stderr.
     fn summary(&self) -> String {
         format!(
-            "cotlab greedy decoding ({}, {}, {}, {} weights), {} new tokens: batch 1 {:.1} tokens/s ({:.1} per CPU-s), batch {} {:.1} tokens/s ({:.1} per CPU-s){}",
+            "cotlab greedy decoding ({}, {}, {}, {} weights), {} new tokens: batch 1 {:.1} tokens/s ({:.1} per CPU-s, {:.1} GFLOP/s), batch {} {:.1} tokens/s ({:.1} per CPU-s, {:.1} GFLOP/s); the GEMM peak in this dtype {:.1} GFLOP/s (batch 1 {:.1}%, batch {} {:.1}%){}",
             self.model,
             self.device,
             self.dtype,
@@ -58,9 +64,15 @@ impl super::Report for FixedReport {
             self.new_tokens,
             self.batch1_tokens_per_s,
             self.batch1_tokens_per_cpu_s,
+            self.gflops_batch1,
             self.batch,
             self.batch_n_tokens_per_s,
             self.batch_n_tokens_per_cpu_s,
+            self.gflops_batch_n,
+            self.peak_gflops,
+            100.0 * self.gflops_batch1 / self.peak_gflops,
+            self.batch,
+            100.0 * self.gflops_batch_n / self.peak_gflops,
             self.device_mem_mb.map(|m| format!(", device memory in use {m:.0} MB")).unwrap_or_default()
         )
     }
@@ -154,7 +166,7 @@ pub fn fixed(spec: &StudentSpec, b: &GenerateBench) -> Result<FixedReport> {
         Ok((toks / t0.elapsed().as_secs_f64(), toks / (cpu_seconds() - c0).max(1e-9)))
     };
     // A guard held here keeps the decoding copy across the calls; then a warm-up (allocator).
-    let _copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
     let _warm = time(&qs[..1])?;
     // Batch 1 is one short generation, which a busy host moves a lot: the median of 3
     // (benches/llamacpp_generate.py does the same).
@@ -162,19 +174,35 @@ pub fn fixed(spec: &StudentSpec, b: &GenerateBench) -> Result<FixedReport> {
     ones.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (one, one_cpu) = ones[1];
     let (many, many_cpu) = time(&qs)?;
+    let flops = flops_per_token(&s);
+    // The decoding's dtype: f32 activations but for bf16 weights (cotlab's kernel on the CPU).
+    let bf16 = copy.mode() == DecodeWeights::Bf16 || (copy.mode() == DecodeWeights::Auto && s.model.compute_dtype() == candle_core::DType::BF16);
+    let peak =
+        super::gemm_peak_gflops(&s.model.device, if bf16 { candle_core::DType::BF16 } else { candle_core::DType::F32 }, bf16 && s.model.device.is_cpu())?;
     Ok(FixedReport {
         batch: qs.len(),
         batch1_tokens_per_cpu_s: one_cpu,
         batch1_tokens_per_s: one,
         batch_n_tokens_per_cpu_s: many_cpu,
         batch_n_tokens_per_s: many,
-        decode_weights: b.decode_weights.name(),
+        decode_weights: copy.mode().name(),
         device: spec.device.clone(),
         device_mem_mb: device_memory_used_mb(&s.model.device),
         dtype: dtype_name(&s),
+        gflops_batch1: one * flops / 1e9,
+        gflops_batch_n: many * flops / 1e9,
         model: s.name.clone(),
         new_tokens: b.new_tokens,
+        peak_gflops: peak,
     })
+}
+
+/// FLOPs per decoded token: 2 × every weight a projection or the LM head multiplies (embedding
+/// tables other than the head are gathered; attention's own products, small at these lengths,
+/// are left out).
+fn flops_per_token(s: &Student) -> f64 {
+    let head = s.model.family().head_weight(&s.model.config);
+    2.0 * s.model.params.iter().filter(|(n, v)| v.rank() == 2 && (n.as_str() == head || !n.contains("embed"))).map(|(_, v)| v.elem_count() as f64).sum::<f64>()
 }
 
 /// The first `n` questions of a seeded shuffle of `task`'s test split, decoded to EOS (at most
@@ -192,7 +220,7 @@ pub fn prompts(spec: &StudentSpec, b: &GenerateBench, task: &str, n: usize, data
     let opts = GenOptions { max_new_tokens: new_tokens, decode_weights: b.decode_weights, ..Default::default() };
     // The static side makes one `generate` call per batch and would otherwise pay for a copy
     // each time, the continuous side once.
-    let _copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let copy = s.model.decode_weights(b.decode_weights).model_ctx("making the decoding copy of the weights")?;
     // Warm-up (allocator, weight caches).
     generate(&s, &qs[..1], &GenOptions { max_new_tokens: 4, ..opts.clone() })?;
     let t0 = Instant::now();
@@ -212,7 +240,7 @@ pub fn prompts(spec: &StudentSpec, b: &GenerateBench, task: &str, n: usize, data
     let tokens: usize = cont.iter().map(|g| g.tokens).sum();
     Ok(PromptsReport {
         device: spec.device.clone(),
-        decode_weights: b.decode_weights.name(),
+        decode_weights: copy.mode().name(),
         task: task.to_string(),
         batch,
         continuous_s,
@@ -248,15 +276,19 @@ mod tests {
             device: "cpu".into(),
             device_mem_mb: None,
             dtype: "f32".into(),
+            gflops_batch1: 1.0,
+            gflops_batch_n: 1.0,
             model: "m".into(),
             new_tokens: 2,
+            peak_gflops: 1.0,
         };
         let keys = |v: serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         let text = serde_json::to_string(&fixed).unwrap();
         assert!(
             text.starts_with(r#"{"batch":2,"batch1_tokens_per_cpu_s":1.0,"#)
                 && text.contains(r#""batchN_tokens_per_s":1.0"#)
-                && text.contains(r#""device_mem_mb":null"#),
+                && text.contains(r#""device_mem_mb":null"#)
+                && text.contains(r#""gflops_batchN":1.0"#),
             "{text}"
         );
         let prompts = PromptsReport {

@@ -98,6 +98,42 @@ pub fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// What this device's GEMM achieves in `dtype` (GFLOP/s): a 1024³ product timed for about 0.3
+/// s after a warm-up, through `probe` — the peak a bench's achieved rate is a fraction of.
+/// `bf16_kernel`: probe cotlab's bf16 decoding kernel (192 rows at once) instead of candle's
+/// matmul (what bf16 decoding on the CPU runs).
+pub fn gemm_peak_gflops(dev: &candle_core::Device, dtype: candle_core::DType, bf16_kernel: bool) -> Result<f64> {
+    use std::time::Instant;
+    let n = 1024;
+    let values = |seed: u64| -> Vec<f32> {
+        let mut r = crate::rng::Rng::new(seed);
+        (0..n * n).map(|_| (r.next_u64() % 2001) as f32 / 1000.0 - 1.0).collect()
+    };
+    let (a, b) = (values(1), values(2));
+    let mut run: Box<dyn FnMut() -> Result<f64>> = if bf16_kernel {
+        let rows = 192;
+        let w = crate::kernels::bf16::Bf16Matrix::quantize(&a, n, n).map_err(Error::usage)?;
+        Box::new(move || {
+            std::hint::black_box(w.matmul(&b[..rows * n], rows));
+            Ok(2.0 * (rows * n * n) as f64)
+        })
+    } else {
+        use crate::error::ModelContext;
+        let t = |v: &[f32]| candle_core::Tensor::from_slice(v, (n, n), dev).and_then(|t| t.to_dtype(dtype)).model_ctx("the GEMM probe");
+        let (a, b) = (t(&a)?, t(&b)?);
+        Box::new(move || {
+            a.matmul(&b).and_then(|c| c.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()).model_ctx("the GEMM probe")?;
+            Ok(2.0 * (n * n * n) as f64)
+        })
+    };
+    run()?;
+    let (t0, mut flops) = (Instant::now(), 0.0);
+    while t0.elapsed().as_secs_f64() < 0.3 {
+        flops += run()?;
+    }
+    Ok(flops / t0.elapsed().as_secs_f64() / 1e9)
+}
+
 /// The compute dtype's name as the reports give it ("f32", "bf16").
 fn dtype_name(s: &Student) -> String {
     format!("{:?}", s.model.compute_dtype()).to_lowercase()

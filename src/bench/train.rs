@@ -76,7 +76,8 @@ pub struct TrainReport {
     /// and what that makes per second.
     pub flops_per_step: f64,
     pub tflops: f64,
-    /// `tflops` over the peak given (`--peak-tflops`), when given.
+    /// `tflops` over the peak given (`--peak-tflops`; default on CUDA in bf16 989, on the CPU
+    /// what its GEMM achieves in the compute dtype, measured by a short probe).
     pub mfu: Option<f64>,
     /// CUDA: the most device memory in use (driver's view: total − free) seen after the forward,
     /// the backward and the optimizer step, minus what was in use before the model was loaded
@@ -90,7 +91,7 @@ impl super::Report for TrainReport {
     /// The human line `cotlab bench train` prints on stderr.
     fn summary(&self) -> String {
         format!(
-            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} TFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}{}",
+            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} GFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}{}",
             self.mode,
             self.model,
             self.params as f64 / 1e6,
@@ -104,8 +105,8 @@ impl super::Report for TrainReport {
             self.bwd_s,
             self.opt_s,
             self.tokens_per_s,
-            self.tflops,
-            self.mfu.map(|m| format!(" (MFU {:.1}%)", m * 100.0)).unwrap_or_default(),
+            self.tflops * 1e3,
+            self.mfu.filter(|m| *m > 0.0).map(|m| format!(" ({:.1}% of a peak of {:.1} GFLOP/s)", m * 100.0, self.tflops / m * 1e3)).unwrap_or_default(),
             self.cpu_s_per_step,
             self.peak_rss_mb,
             self.device_mem_mb.map(|m| format!(", device memory {m:.0} MB")).unwrap_or_default(),
@@ -128,7 +129,12 @@ pub fn run(spec: &StudentSpec, b: &TrainBench) -> Result<TrainReport> {
     in_range("bench train", "steps", b.steps, 1..=100_000)?;
     in_range("bench train", "lr", b.lr, 0.0..=1.0)?;
     let (base, mem_base) = super::student(spec)?;
-    let peak = b.peak_tflops.or((base.model.device.is_cuda() && base.model.compute_dtype() == DType::BF16).then_some(989.0));
+    let peak = match b.peak_tflops.or((base.model.device.is_cuda() && base.model.compute_dtype() == DType::BF16).then_some(989.0)) {
+        Some(p) => Some(p),
+        // On the CPU the peak is what its GEMM achieves in the compute dtype (a short probe).
+        None if base.model.device.is_cpu() => Some(super::gemm_peak_gflops(&base.model.device, base.model.compute_dtype(), false)? / 1e3),
+        None => None,
+    };
     let student = if b.lora { base.with_lora(crate::model::lora::LoraConfig { dropout: 0.0, ..Default::default() }, 0)? } else { base };
     let ids = fixed_batch(student.config.vocab_size, b.batch, b.seq, 1);
     if let Some(p) = &b.save_batch {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::lmeval;
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
-use crate::error::Result;
+use crate::error::{ModelContext, Result};
 use crate::frame::{ColumnData, Frame};
 use crate::journal::{ensure_identity, Journal};
 use crate::model::generate::{generate_batched, Finish, GenOptions};
@@ -32,7 +32,9 @@ use crate::train::run::RunDir;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalOptions {
-    pub batch_size: usize,
+    /// Prompts decoding at once (continuous batching); `None`: [`default_batch_size`]. Not part
+    /// of the eval dir's identity: a prompt decodes the same alone or in a batch.
+    pub batch_size: Option<usize>,
     /// `None`: the paper's limit for the task ([`crate::data::Task::paper_max_new_tokens`]:
     /// 1024 for math, 640 for commonsense).
     pub max_new_tokens: Option<usize>,
@@ -55,7 +57,7 @@ pub struct EvalOptions {
 impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions {
-            batch_size: 8,
+            batch_size: None,
             max_new_tokens: None,
             temperature: 0.0,
             top_p: 1.0,
@@ -153,6 +155,9 @@ pub struct EvalReport {
     pub accuracy_lenient: f64,
     /// The generation limit used (the option, else the paper's for the task).
     pub max_new_tokens: usize,
+    /// The weights this invocation decoded with, `options.decode_weights` resolved (`auto`
+    /// picks per model, see [`DecodeWeights::Auto`]): `f32`, `bf16`, `q8_0` or `q4_1`.
+    pub decoded_with: DecodeWeights,
     /// The exact prompt around a question: `{before}` + question + `{after}`.
     pub prompt_template: String,
     /// Which template made it ([`ChatTemplate::label`]; empty in results from before it was recorded).
@@ -190,11 +195,44 @@ pub fn wilson95(k: usize, n: usize) -> (f64, f64) {
     (clean((centre - half).max(0.0)), if (1.0 - hi).abs() < 1e-12 { 1.0 } else { hi })
 }
 
+/// The batch size `evaluate` decodes at when none is given: [`DEFAULT_BATCH_ROWS`] cache rows,
+/// that is 32 prompts greedy, 6 at beam width 5 (each prompt takes `beams` rows), at least 1.
+pub fn default_batch_size(beams: usize) -> usize {
+    (DEFAULT_BATCH_ROWS / beams.max(1)).max(1)
+}
+
+/// Cache rows decoding at once by default. Batched decoding reads each weight once for all rows,
+/// so throughput grows with the batch until the products become compute-bound; 32 rows of the
+/// paper's 1024-token answers keep the KV cache of a 135M student under 2 GB.
+pub const DEFAULT_BATCH_ROWS: usize = 32;
+
+/// The options as they identify an eval dir: all but `batch_size`, which changes the schedule,
+/// not the answers.
+fn identity_options(opts: &EvalOptions) -> serde_json::Value {
+    let mut v = serde_json::to_value(opts).expect("options serialise");
+    v.as_object_mut().expect("options are a map").remove("batch_size");
+    v
+}
+
+/// Eval dirs from before the batch size left the identity hold theirs: it is carried over, so
+/// they resume at any batch size. (An unreadable file is left to `ensure_identity` to report.)
+fn carry_legacy_batch_size(path: &Path, settings: &mut serde_json::Value) {
+    let old = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    if let Some(b) = old.as_ref().and_then(|o| o.pointer("/options/batch_size")) {
+        settings["options"]["batch_size"] = b.clone();
+    }
+}
+
 pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path) -> Result<EvalReport> {
-    crate::error::in_range("evaluate", "batch_size", opts.batch_size, 1..=4096)?;
     let max_new_tokens = opts.max_new_tokens.unwrap_or_else(|| ds.task.paper_max_new_tokens());
-    // The beam width resolved, so identity and report name the width that ran.
-    let opts = &EvalOptions { beams: Some(opts.beams.unwrap_or_else(|| paper_beams(ds.task))), ..opts.clone() };
+    // The beam width and batch size resolved, so the report names what ran.
+    let beams = opts.beams.unwrap_or_else(|| paper_beams(ds.task));
+    let batch_size = opts.batch_size.unwrap_or_else(|| default_batch_size(beams));
+    crate::error::in_range("evaluate", "batch_size", batch_size, 1..=4096)?;
+    if opts.batch_size.is_none() {
+        eprintln!("[eval] batch {batch_size} (default for {})", if student.model.device.is_cpu() { "cpu" } else { "gpu" });
+    }
+    let opts = &EvalOptions { beams: Some(beams), batch_size: Some(batch_size), ..opts.clone() };
     let gen = GenOptions {
         max_new_tokens,
         temperature: opts.temperature,
@@ -216,16 +254,26 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     let started_at = std::time::SystemTime::now();
     // One evaluation at a time per eval dir: two would both generate the missing answers.
     let _lock = DirLock::take(dir, "evaluating into")?;
-    let settings = serde_json::json!({
+    // Taken here (generation joins it) to know what `auto` resolves to; dropped after decoding.
+    let weights = student.model.decode_weights(opts.decode_weights).model_ctx("making the decoding copy of the weights")?;
+    let decoded_with = weights.mode();
+    let mut settings = serde_json::json!({
         "task": ds.name,
         "split": ds.split,
         "model": student.source.display().to_string(),
         "weights": weights_identity(student)?,
         "examples": examples_identity(ds),
-        "options": opts,
+        "options": identity_options(opts),
         "max_new_tokens": max_new_tokens,
         "template": template,
     });
+    carry_legacy_batch_size(&dir.join("eval_config.json"), &mut settings);
+    // `auto` resolved to weights that change an f32 model's answers (bf16) is other outputs: part
+    // of the identity, so an f32 eval dir never gets bf16 answers appended. Its exact choices
+    // (f32, Q4_1 on the grid) leave the identity as it was.
+    if opts.decode_weights.is_auto() && decoded_with == DecodeWeights::Bf16 && student.model.compute_dtype() == candle_core::DType::F32 {
+        settings["auto_decode_weights"] = "bf16".into();
+    }
     ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
     // A line torn by a crash is dropped (that example is generated again). An id journaled twice
     // (by a build without the dir lock) counts once.
@@ -245,7 +293,10 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
     // run regenerates only those not yet journaled.
     let mut ready: Vec<Option<Sample>> = vec![None; todo.len()];
     let mut reported = 0;
-    generate_batched(&prompted, &qs, &gen, opts.batch_size, &mut |i, g| {
+    if !todo.is_empty() {
+        eprintln!("[eval] decoding with {} weights{}", decoded_with.name(), if opts.decode_weights.is_auto() { " (auto)" } else { "" });
+    }
+    generate_batched(&prompted, &qs, &gen, batch_size, &mut |i, g| {
         let e = todo[i];
         let j = opts.protocol.judge(&g.text, &e.answer, e.kind, evaluator);
         ready[i] = Some(Sample {
@@ -263,7 +314,7 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
             samples.push(s);
             generated_now += 1;
         }
-        if generated_now >= reported + opts.batch_size || (generated_now == todo.len() && generated_now > reported) {
+        if generated_now >= reported + batch_size || (generated_now == todo.len() && generated_now > reported) {
             reported = generated_now;
             let el = loop_start.elapsed().as_secs_f64();
             let acc = samples.iter().filter(|s| s.correct).count() as f64 / samples.len() as f64;
@@ -278,7 +329,9 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         }
         Ok(())
     })?;
-    let run = Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at };
+    drop(weights);
+    let run =
+        Finished { generated_now, seconds: started.elapsed().as_secs_f64(), max_new_tokens, prompt_template, template, started: started_at, decoded_with };
     write_report(student, ds, opts, dir, &samples, run)
 }
 
@@ -291,6 +344,7 @@ struct Finished {
     /// The template that wrapped each question.
     template: ChatTemplate,
     started: std::time::SystemTime,
+    decoded_with: DecodeWeights,
 }
 
 /// Score the journaled samples of `ds`, write `results.json`, `samples.parquet` and the
@@ -337,6 +391,7 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
         accuracy_paper: accuracy_under(Protocol::Paper),
         accuracy_lenient: accuracy_under(Protocol::Lenient),
         max_new_tokens: run.max_new_tokens,
+        decoded_with: run.decoded_with,
         prompt_template: run.prompt_template.clone(),
         template: run.template.label(),
         options: opts.clone(),
@@ -385,7 +440,7 @@ fn write_lm_eval(student: &Student, ds: &Dataset, report: &EvalReport, dir: &Pat
         model: &report.model,
         prompt_template: &report.prompt_template,
         protocol: report.protocol,
-        batch_size: report.options.batch_size,
+        batch_size: report.options.batch_size.unwrap_or(0),
         max_new_tokens: report.max_new_tokens,
         temperature: report.options.temperature,
         top_p: report.options.top_p,

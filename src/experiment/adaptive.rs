@@ -249,7 +249,8 @@ pub fn pilot(ws: &Workspace, r: &PointConfig, s: &StrategyConfig, dir: &Path) ->
         }
         let train = train.sample(s.pilot_n.min(train.len()), r.train_seed)?;
         let pdir = dir.join("pilot").join(format!("level-{level}"));
-        let opts = SftOptions { max_steps: Some(s.pilot_steps), save_every: s.pilot_steps, ..r.sft.clone() };
+        // Pilots are scaffolding, not results: they are not logged (`log_to`).
+        let opts = SftOptions { max_steps: Some(s.pilot_steps), save_every: s.pilot_steps, log_to: Default::default(), ..r.sft.clone() };
         eprintln!("[select pilot] level {level}: {} steps on {} rationales, then {} held-out questions", s.pilot_steps, train.len(), ds.len());
         let student = ws.student(&r.student, &r.student_opts)?;
         let run = RunDir::new(&pdir);

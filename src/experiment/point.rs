@@ -15,7 +15,8 @@
 //! * evaluation: `eval_dataset` [= dataset], `eval_split` [test], `eval_n` (a seeded subset),
 //!   `eval_seed` [1; the generated set's seed for arith: 2, apart from the training problems],
 //!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`, `eval_decode_weights`;
-//! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …).
+//! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …);
+//!   `log_to` is sweep-wide (a `base` key) and no part of a point's name (see `sweep::plan`).
 
 use serde_json::{Map, Value};
 
@@ -47,11 +48,16 @@ pub const EVAL_KEYS: &[&str] = &[
     "eval_decode_weights",
 ];
 
+/// Where every point is also logged (`tensorboard`, `mlflow`): a `base` key of the whole sweep.
+pub const LOG_TO: &str = "log_to";
+
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
     let sft = serde_json::to_value(SftOptions { shuffle: false, pack: false, ..Default::default() }).expect("options serialise");
     let mut keys: Vec<String> = DATA_KEYS.iter().chain(STRATEGY_KEYS).chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
     keys.extend(sft.as_object().expect("an object").keys().cloned());
+    // Never serialised (no part of a run's identity), but a key all the same.
+    keys.push(LOG_TO.to_string());
     keys
 }
 
@@ -345,7 +351,8 @@ impl PointConfig {
         };
         let d = EvalOptions::default();
         let eval = EvalOptions {
-            batch_size: take(&mut m, "eval_batch_size")?.unwrap_or(d.batch_size),
+            // Unset: evaluate's default (not written into the point's config, so its name stays).
+            batch_size: take(&mut m, "eval_batch_size")?,
             max_new_tokens: take(&mut m, "eval_max_new_tokens")?,
             protocol: take(&mut m, "eval_protocol")?.unwrap_or(d.protocol),
             prompt: take(&mut m, "eval_prompt")?.unwrap_or(d.prompt),
@@ -353,7 +360,9 @@ impl PointConfig {
             decode_weights: take(&mut m, "eval_decode_weights")?.unwrap_or(d.decode_weights),
             ..d
         };
-        crate::error::in_range("sweep", "eval_batch_size", eval.batch_size, 1..=4096)?;
+        if let Some(b) = eval.batch_size {
+            crate::error::in_range("sweep", "eval_batch_size", b, 1..=4096)?;
+        }
         // What is left are SFT options.
         // Key by key first, so a wrong value's error names its key (serde's does not).
         for (k, v) in &m {
@@ -447,6 +456,7 @@ mod tests {
         let e = PointConfig::resolve(&map(serde_json::json!({"mix": [{"level": 1}], "level": 2}))).unwrap_err().to_string();
         assert!(e.contains("drop 'teacher', 'level'"), "{e}");
         assert!(known_keys().contains(&"shuffle".to_string()) && known_keys().contains(&"pack".to_string()) && known_keys().contains(&"max_steps".to_string()));
+        assert!(known_keys().contains(&LOG_TO.to_string()), "log_to is never serialised, but a key all the same");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   A re-run skips complete points; an interrupted point resumes from its SFT checkpoint and
 //!   its eval samples. A failed point leaves `failed.json` (config + reason) and is retried on
 //!   the next run.
+//! * **Tracking.** `log_to` (a `base` key) logs every point's training and evaluation
+//!   ([`crate::track`]: the point dir's `tensorboard/`, one MLflow run per point in the
+//!   experiment named after the sweep); it is taken out of each point's config before the point
+//!   is named, so turning it on resumes the same points.
 //! * **Base weights.** Each point loads its student afresh (full SFT updates weights in place),
 //!   trains, then evaluates the run's last checkpoint loaded back from disk (LoRA included).
 //! * **Failures carry on.** A point that fails (NaN loss, a missing file, any error, even a panic)
@@ -31,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::adaptive;
-use super::point::{known_keys, PointConfig, Strategy};
+use super::point::{known_keys, PointConfig, Strategy, LOG_TO};
 use super::progress::Progress;
 use crate::data::{load_dataset, Catalog};
 use crate::error::{Error, Result};
@@ -41,7 +45,8 @@ use crate::lab::Workspace;
 use crate::provenance::Provenance;
 use crate::results::runs::{load_runs, EVAL_DIR, FAILED_FILE, POINT_FILE, SWEEP_FILE};
 use crate::results::Frame;
-use crate::train::sft::sft;
+use crate::track::{flat_params, LogTo, RunRecord, Target, Tracker};
+use crate::train::sft::{sft_tracked, Tracking};
 use crate::train::RunDir;
 use crate::usage;
 
@@ -239,6 +244,7 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
             return Err(usage!("sweep '{}': unknown option '{k}'; a point takes: {}", spec.name, known.join(", ")));
         }
     }
+    let log_to = sweep_log_to(spec)?;
     if keys.is_empty() && spec.include.is_empty() {
         return Err(usage!("sweep '{}': the grid is empty: give grid: #{{level: [1, 2, 3], ...}} (or points in 'include')", spec.name));
     }
@@ -264,7 +270,9 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
     let sweep_dir = ws.run_dir(&spec.name)?;
     let mut names: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for (index, (config, extra)) in configs.into_iter().enumerate() {
+    for (index, (mut config, extra)) in configs.into_iter().enumerate() {
+        // Where a point is logged is not what it is: out of its config before it is named.
+        config.remove(LOG_TO);
         // Include points are named by their own keys.
         let name_keys: Vec<String> = match extra {
             Some(i) => spec.include[i].keys().cloned().collect(),
@@ -281,7 +289,8 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
                 r.check(&catalog).map(|files| (r, files.into_iter().chain(user).collect()))
             });
             match checked {
-                Ok((r, files)) => {
+                Ok((mut r, files)) => {
+                    r.sft.log_to = log_to.clone();
                     p.resolved = Some(r);
                     p.data_files = files;
                 }
@@ -298,6 +307,29 @@ pub fn plan(ws: &Workspace, spec: &SweepSpec) -> Result<Vec<PointPlan>> {
         out.push(p);
     }
     Ok(out)
+}
+
+/// The sweep's `log_to`: a `base` key only (one choice for every point, never a point's own).
+fn sweep_log_to(spec: &SweepSpec) -> Result<LogTo> {
+    if spec.grid.contains_key(LOG_TO) || spec.include.iter().any(|m| m.contains_key(LOG_TO)) {
+        return Err(usage!("sweep '{}': 'log_to' is sweep-wide: give it in base, e.g. base: #{{log_to: [\"tensorboard\", \"mlflow\"]}}", spec.name));
+    }
+    match spec.base.get(LOG_TO) {
+        None => Ok(LogTo::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| usage!("sweep '{}': {e} (got {v})", spec.name)),
+    }
+}
+
+/// The MLflow params and tags of a sweep point: its config, seeds and the cotlab build.
+fn point_record(p: &PointPlan, seeds: &Map<String, Value>) -> RunRecord {
+    let config = Value::Object(p.config.clone());
+    let tags = [
+        ("cotlab.point_config", config.to_string()),
+        ("cotlab.seeds", Value::Object(seeds.clone()).to_string()),
+        ("cotlab.git_commit", crate::provenance::git_commit().to_string()),
+        ("mlflow.source.git.commit", crate::provenance::git_commit().to_string()),
+    ];
+    RunRecord { params: flat_params(&config), tags: tags.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
 }
 
 /// Most points a grid may have: more is surely a mistake.
@@ -344,9 +376,17 @@ fn write_sweep_file(dir: &Path, spec: &SweepSpec, points: &[PointPlan]) -> Resul
 
 /// Train and evaluate one point in `dir`; its metrics, provenance and (with `select`) what the
 /// adaptive strategy decided.
-fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance, Option<Value>)> {
+fn run_point(ws: &Workspace, sweep: &str, p: &PointPlan, dir: &Path) -> Result<(Map<String, Value>, Provenance, Option<Value>)> {
     let r = p.resolved.as_ref().expect("a planned point is resolved");
     let started = Instant::now();
+    let mut seeds = Map::new();
+    seeds.insert("sft".into(), r.sft.seed.into());
+    seeds.insert("train_data".into(), r.train_seed.into());
+    seeds.insert("eval_subset".into(), r.eval_data.seed.map(Value::from).unwrap_or(Value::Null));
+    seeds.insert("eval_sampling".into(), r.eval.seed.into());
+    let target = Target { mlruns: ws.runs_dir.join("mlruns"), experiment: sweep.to_string(), run_name: p.point.clone() };
+    let tracking = Tracking { target: target.clone(), extra: point_record(p, &seeds), finish_with_training: false };
+    let mut train_steps = 0u64;
     let catalog = Catalog::new(ws.data_dir.clone());
     let mut metrics = Map::new();
     // The base weights, loaded afresh for every point.
@@ -375,7 +415,8 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
         };
         let t = Instant::now();
         let run = RunDir::new(dir);
-        let report = sft(&base, &corpus, &r.sft, &run, None)?;
+        let report = sft_tracked(&base, &corpus, &r.sft, &run, None, &tracking)?;
+        train_steps = report.steps as u64;
         sft_seconds = t.elapsed().as_secs_f64();
         drop(base);
         for (k, v) in run.summary()?.metrics() {
@@ -404,14 +445,16 @@ fn run_point(ws: &Workspace, p: &PointPlan, dir: &Path) -> Result<(Map<String, V
     ] {
         metrics.insert(k.into(), v);
     }
+    if !r.sft.log_to.is_empty() {
+        // At the last training step, so the evaluation sits at the end of the loss curve.
+        let mut t = Tracker::open(&r.sft.log_to, &RunDir::new(dir).track_files(), &target, None, &tracking.extra)?;
+        let truncated_frac = if e.n == 0 { 0.0 } else { e.truncated as f64 / e.n as f64 };
+        t.scalars(train_steps, &[("eval/accuracy", e.accuracy), ("eval/truncated_frac", truncated_frac), ("eval/mean_tokens", e.mean_tokens)])?;
+        t.finish()?;
+    }
     metrics.insert("sft_seconds".into(), sft_seconds.into());
     metrics.insert("eval_seconds".into(), t.elapsed().as_secs_f64().into());
     metrics.insert("seconds".into(), started.elapsed().as_secs_f64().into());
-    let mut seeds = Map::new();
-    seeds.insert("sft".into(), r.sft.seed.into());
-    seeds.insert("train_data".into(), r.train_seed.into());
-    seeds.insert("eval_subset".into(), r.eval_data.seed.map(Value::from).unwrap_or(Value::Null));
-    seeds.insert("eval_sampling".into(), r.eval.seed.into());
     let prov = Provenance::new(&model_files, &p.data_files, seeds)?;
     Ok((metrics, prov, strategy))
 }
@@ -509,7 +552,7 @@ pub fn sweep_in(ws: &Workspace, spec: &SweepSpec, sweeps: &Sweeps) -> Result<Swe
         progress.start(p.index, &p.point);
         let t = Instant::now();
         // A panic deep in a kernel must not end the other points.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_point(ws, p, &pdir))).unwrap_or_else(|panic| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_point(ws, &spec.name, p, &pdir))).unwrap_or_else(|panic| {
             let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Err(Error::usage(format!("internal error (a panic): {msg}")))
         });
@@ -640,6 +683,37 @@ mod tests {
         assert!(p.iter().all(|p| p.point.rsplit_once('-').unwrap().1.len() == 8), "a hash ends each name");
         assert_eq!((p[3].status, p[3].reason.as_deref()), (PointStatus::Invalid, Some("the same config as point 1")));
         assert_eq!(p[2].status, PointStatus::Pending);
+    }
+
+    /// `log_to` is no part of a point: the same names with it as without (so turning it on
+    /// resumes a sweep), every point resolved with it; a grid or include `log_to`, or a bad
+    /// value, is an error for the whole sweep.
+    #[test]
+    fn log_to_is_sweep_wide_and_leaves_point_names_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(crate::data::DataDir(d.path().join("data")), d.path().join("runs"), None);
+        let base = serde_json::json!({"dataset": "arith", "max_steps": 1});
+        let without = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": [1, 2]}, "base": base, "include": [{"train": false}]}))).unwrap();
+        let mut logged = base.clone();
+        logged["log_to"] = serde_json::json!(["tensorboard", "mlflow"]);
+        let with = plan(&ws, &spec(serde_json::json!({"name": "t", "grid": {"level": [1, 2]}, "base": logged, "include": [{"train": false}]}))).unwrap();
+        let names = |p: &[PointPlan]| p.iter().map(|p| p.point.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&with), names(&without));
+        assert!(with.iter().all(|p| !p.config.contains_key(LOG_TO)));
+        let want = crate::track::LogTo(vec![crate::track::Sink::Tensorboard, crate::track::Sink::Mlflow]);
+        assert!(with.iter().all(|p| p.resolved.as_ref().unwrap().sft.log_to == want));
+        assert!(without.iter().all(|p| p.resolved.as_ref().unwrap().sft.log_to.is_empty()));
+        for (v, says) in [
+            (serde_json::json!({"name": "t", "grid": {"level": [1], "log_to": ["mlflow"]}, "base": base}), "'log_to' is sweep-wide"),
+            (serde_json::json!({"name": "t", "grid": {"level": [1]}, "include": [{"log_to": "mlflow"}]}), "'log_to' is sweep-wide"),
+            (
+                serde_json::json!({"name": "t", "grid": {"level": [1]}, "base": {"log_to": "wandb"}}),
+                "log_to: unknown value 'wandb': expected one of tensorboard, mlflow",
+            ),
+        ] {
+            let e = plan(&ws, &spec(v.clone())).unwrap_err().to_string();
+            assert!(e.contains(says), "{v}: {e}");
+        }
     }
 
     /// The grid's size is multiplied out with overflow checks: 65536⁴ wrapped to 0 points.

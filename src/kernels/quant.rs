@@ -19,7 +19,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::simd::Kernel;
+use super::bf16::Bf16Matrix;
+use super::simd::{Kernel, SharedOut};
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -309,16 +310,6 @@ fn round_half_away(v: f32) -> i32 {
     t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }
 
-/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
-struct SharedOut(*mut f32);
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-impl SharedOut {
-    unsafe fn write(&self, i: usize, v: f32) {
-        *self.0.add(i) = v;
-    }
-}
-
 impl Kernel {
     /// A tile's rows as f32 (TILE × cols, row-major) into `buf`.
     fn decode_tile(self, q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
@@ -576,14 +567,25 @@ crate::choices! {
     }
 }
 
-/// A weight's quantized copy for decoding: ours on the CPU, candle's quantized kernels elsewhere.
+/// A weight's decoding copy for decoding: ours on the CPU (Q8_0, Q4_1 or bf16), candle's
+/// quantized kernels elsewhere.
 pub enum QWeight {
     Q8(Q8Matrix),
     Q4(Q4Matrix),
+    Bf16(Bf16Matrix),
     Candle(candle_core::quantized::QMatMul),
 }
 
 impl QWeight {
+    /// The bf16 copy of 2-D CPU weight `w` (`kernels::bf16`); `None` when its rows are not
+    /// whole chunks of 32 (it stays f32).
+    pub fn bf16(w: &Tensor) -> candle_core::Result<Option<QWeight>> {
+        if w.rank() != 2 || w.dim(1)? % super::bf16::CHUNK != 0 {
+            return Ok(None);
+        }
+        Ok(Some(QWeight::Bf16(Bf16Matrix::from_tensor(w)?)))
+    }
+
     /// The copy of 2-D weight `w`; `None` when its rows are not whole blocks (it stays f32). On
     /// the CPU a Q4_1 weight whose rows are an odd number of blocks is kept as Q8_0.
     pub fn new(w: &Tensor, format: QFormat) -> candle_core::Result<Option<QWeight>> {
@@ -603,6 +605,20 @@ impl QWeight {
         }))
     }
 
+    /// Whether the kernel reads exactly `w` (row-major f32, the weight this copy was made from),
+    /// bit for bit: true for weights on the format's grid (dequantized from blocks of that
+    /// format, as a GGUF's are), so decoding with this copy reads the f32 path's weights.
+    /// Candle's copies are never exact (they quantize the activations too).
+    pub(crate) fn reads_exactly(&self, w: &[f32]) -> bool {
+        let back = match self {
+            QWeight::Q8(m) => m.dequantize(),
+            QWeight::Q4(m) => m.dequantize(),
+            QWeight::Bf16(m) => m.dequantize(),
+            QWeight::Candle(_) => return false,
+        };
+        back.len() == w.len() && back.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
     /// `x · Wᵀ` for f32 x (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         use candle_core::Module;
@@ -617,6 +633,7 @@ impl QWeight {
         match self {
             QWeight::Q8(w) => Some(w.matmul(x, m)),
             QWeight::Q4(w) => Some(w.matmul(x, m)),
+            QWeight::Bf16(w) => Some(w.matmul(x, m)),
             QWeight::Candle(_) => None,
         }
     }
@@ -625,6 +642,7 @@ impl QWeight {
         match self {
             QWeight::Q8(w) => Some(w.shape()),
             QWeight::Q4(w) => Some(Tiles::shape(w)),
+            QWeight::Bf16(w) => Some(w.shape()),
             QWeight::Candle(_) => None,
         }
     }

@@ -3,7 +3,7 @@
 //! tested), picked at run time so one binary runs on any x86-64.
 //!
 //! This file is the only place the kernels read the CPU's features ([`avx2_fma`], [`avx512f`],
-//! [`Kernel::detect`]); every other kernel asks here.
+//! [`avx512_bf16`], [`Kernel::detect`]); every other kernel asks here.
 
 /// Whether the CPU has AVX2 and FMA, what every 256-bit kernel here needs.
 pub fn avx2_fma() -> bool {
@@ -30,6 +30,28 @@ pub fn avx512f() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, the bf16 decoding kernel's fast path) and this
+/// build has that path (rustc ≥ 1.89, `cotlab_avx512` from build.rs).
+#[allow(clippy::incompatible_msrv)] // Gated on rustc ≥ 1.89 by `cotlab_avx512`.
+pub fn avx512_bf16() -> bool {
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(all(target_arch = "x86_64", cotlab_avx512)))]
+    false
+}
+
+/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+impl SharedOut {
+    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

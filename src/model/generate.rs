@@ -25,8 +25,8 @@ pub struct GenOptions {
     /// Beam width: 1 = greedy (or sampling); N > 1 = beam search as transformers'
     /// `generate(num_beams=N, do_sample=False)` (length_penalty 1.0, early_stopping False).
     pub beams: usize,
-    /// The weights decoding reads: "auto" (default: the compute dtype's, the training
-    /// forward's exact path), "f32", "bf16", "q8_0" or "q4_1" (see [`DecodeWeights`]).
+    /// The weights decoding reads: "auto" (default: the fastest that keeps the results, see
+    /// [`DecodeWeights::Auto`]), "f32", "bf16", "q8_0" or "q4_1" (see [`DecodeWeights`]).
     #[serde(skip_serializing_if = "DecodeWeights::is_auto")]
     pub decode_weights: DecodeWeights,
 }
@@ -213,7 +213,7 @@ fn decode(s: &Student, prompts: &[Vec<u32>], keys: &[u64], stops: &[u32], opts: 
     }
     crate::error::in_range("generate", "batch width", width, 1..=1 << 20)?;
     let width = width.min(prompts.len());
-    // bf16, Q8_0 or Q4_1: one copy of the weights for this whole call, not one per step.
+    // bf16, Q8_0 or Q4_1 (`auto` resolved here): one copy of the weights for this whole call.
     let _weights = s.model.decode_weights(opts.decode_weights).map_err(ce)?;
     if opts.beams > 1 {
         for (c, chunk) in prompts.chunks(width).enumerate() {

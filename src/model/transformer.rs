@@ -198,7 +198,11 @@ crate::choices! {
     /// these copies.
     #[derive(Default)]
     pub enum DecodeWeights("decode_weights") {
-        /// The compute dtype's weights (f32, or the bf16 copy): the exact path of training's forward.
+        /// The fastest weights that keep the results: with a bf16 compute dtype its bf16 copy;
+        /// in f32 on the CPU, the Q4_1 kernels when every weight they would read is on the Q4_1
+        /// grid (re-quantizing gives back each weight bit for bit, as for an untrained GGUF
+        /// student), else bf16 where the CPU has AVX512-BF16 and f32 elsewhere (and on CUDA).
+        /// [`InferenceWeights::mode`] says which ran.
         #[default]
         Auto = "auto",
         /// f32 weights and activations, whatever the compute dtype.
@@ -270,7 +274,14 @@ struct CastCache {
 
 /// Keeps the decoding copy of the weights in the compute dtype alive (see
 /// [`Transformer::inference_weights`]); dropped, the copy goes when no other guard holds it.
-pub struct InferenceWeights(Option<Arc<Mutex<CastCache>>>);
+pub struct InferenceWeights(Option<Arc<Mutex<CastCache>>>, DecodeWeights);
+
+impl InferenceWeights {
+    /// The weights decoding reads while this guard lives (never `Auto`: resolved).
+    pub fn mode(&self) -> DecodeWeights {
+        self.1
+    }
+}
 
 impl Drop for InferenceWeights {
     fn drop(&mut self) {
@@ -336,17 +347,19 @@ impl Transformer {
     /// For cached decoding with `mode`'s weights: while the returned guard lives, decoding passes
     /// read a copy of each weight made once (bf16 cast, Q8_0 or Q4_1 blocks), dropped with the last
     /// guard. `Auto` in f32 (and `F32` in an f32 model) is the plain path: no guard needed.
-    /// Two live guards must agree on the mode (decoding reads one copy).
+    /// Two live guards must agree on the mode (decoding reads one copy); `Auto` under a live
+    /// guard joins its mode.
     pub fn decode_weights(&self, mode: DecodeWeights) -> candle_core::Result<InferenceWeights> {
-        let mode = match mode {
-            DecodeWeights::Auto if self.dtype == DType::BF16 => DecodeWeights::Bf16,
-            DecodeWeights::Auto => DecodeWeights::F32,
-            m => m,
+        let mut c = self.cast.lock().unwrap();
+        let mode = match (mode, c.mode) {
+            (DecodeWeights::Auto, _) if self.dtype == DType::BF16 => DecodeWeights::Bf16,
+            (DecodeWeights::Auto, Some(live)) if c.users > 0 => live,
+            (DecodeWeights::Auto, _) => self.auto_mode(&mut c)?,
+            (m, _) => m,
         };
         if mode == DecodeWeights::F32 && self.dtype == DType::F32 {
-            return Ok(InferenceWeights(None));
+            return Ok(InferenceWeights(None, mode));
         }
-        let mut c = self.cast.lock().unwrap();
         match c.mode {
             Some(live) if c.users > 0 && live != mode => {
                 candle_core::bail!("decoding with {} weights while another decoding of this model uses {} weights", mode.name(), live.name())
@@ -355,7 +368,56 @@ impl Transformer {
         }
         c.mode = Some(mode);
         c.users += 1;
-        Ok(InferenceWeights(Some(self.cast.clone())))
+        Ok(InferenceWeights(Some(self.cast.clone()), mode))
+    }
+
+    /// `Auto` for an f32 model: on the CPU, Q4_1 when every weight a quantized kernel would read
+    /// re-quantizes to itself bit for bit (then the kernels read exactly the f32 path's weights;
+    /// the copies made for the check are kept for decoding), else [`Transformer::off_grid_mode`].
+    /// A check rather than a record of where the weights came from: any optimizer step, merge or
+    /// edit is seen. Embedding tables other than the LM head are gathered in f32, so they need
+    /// not be on a grid.
+    fn auto_mode(&self, c: &mut CastCache) -> candle_core::Result<DecodeWeights> {
+        if !self.device.is_cpu() {
+            return Ok(DecodeWeights::F32);
+        }
+        let head = self.config.family.head_weight(&self.config);
+        let mut names: Vec<&String> =
+            self.params.iter().filter(|(n, v)| v.rank() == 2 && (n.as_str() == head || !n.contains("embed"))).map(|(n, _)| n).collect();
+        // The (large) head last: trained weights fail on a layer's weight before it is quantized.
+        names.sort_by_key(|n| n.as_str() == head);
+        let mut quant = HashMap::new();
+        for name in names {
+            let w = self.w32(name, false);
+            match QWeight::new(&w, self.decode_format(name, QFormat::Q4_1))? {
+                Some(q) if !q.reads_exactly(&w.flatten_all()?.to_vec1::<f32>()?) => return Ok(Self::off_grid_mode()),
+                q => quant.insert(name.clone(), q.map(Arc::new)),
+            };
+        }
+        c.quant = quant;
+        Ok(DecodeWeights::Q4_1)
+    }
+
+    /// `Auto` on the CPU for weights off the Q4_1 grid: bf16 (the paper's vLLM precision) where
+    /// the CPU has AVX512-BF16, whose `vdpbf16ps` kernel decodes faster than f32 there (half the
+    /// bytes per weight, see docs/performance.md); else f32, the exact path.
+    fn off_grid_mode() -> DecodeWeights {
+        if crate::kernels::simd::avx512_bf16() {
+            DecodeWeights::Bf16
+        } else {
+            DecodeWeights::F32
+        }
+    }
+
+    /// The block format weight `name` decodes in under `format`: the LM head stays Q8_0 under
+    /// q4_1, as llama.cpp's quantizer keeps its output weight finer (4-bit logits err by up to
+    /// 15 % of their range, measured on SmolLM2's tied table).
+    fn decode_format(&self, name: &str, format: QFormat) -> QFormat {
+        if name == self.config.family.head_weight(&self.config) {
+            QFormat::Q8_0
+        } else {
+            format
+        }
     }
 
     /// The dtype a pass computes in: the compute dtype when training; when decoding, the live
@@ -367,29 +429,37 @@ impl Transformer {
         let c = self.cast.lock().unwrap();
         match c.mode {
             Some(DecodeWeights::F32 | DecodeWeights::Q8_0 | DecodeWeights::Q4_1) if c.users > 0 => DType::F32,
+            // On the CPU bf16 weights multiply f32 activations (`kernels::bf16`).
+            Some(DecodeWeights::Bf16) if c.users > 0 && self.device.is_cpu() => DType::F32,
             Some(DecodeWeights::Bf16) if c.users > 0 => DType::BF16,
             _ => self.dtype,
         }
     }
 
-    /// The quantized copy of weight `name` for a decoding pass under a Q8_0 or Q4_1 guard (made
-    /// on first use).
+    /// The kernel copy of weight `name` for a decoding pass under a Q8_0 or Q4_1 guard, or a
+    /// bf16 one on the CPU (made on first use).
     fn quantized(&self, name: &str, grad: bool) -> candle_core::Result<Option<Arc<QWeight>>> {
         if grad {
             return Ok(None);
         }
         let mut c = self.cast.lock().unwrap();
-        let Some(format) = c.mode.and_then(DecodeWeights::quant_format).filter(|_| c.users > 0) else {
+        let Some(mode) = c.mode.filter(|_| c.users > 0) else {
             return Ok(None);
         };
+        let cpu_bf16 = mode == DecodeWeights::Bf16 && self.device.is_cpu();
+        if mode.quant_format().is_none() && !cpu_bf16 {
+            return Ok(None);
+        }
         if let Some(q) = c.quant.get(name) {
             return Ok(q.clone());
         }
         // Blocks run along a row (the input dim): a weight whose rows are not whole blocks stays f32.
-        // The LM head stays Q8_0 under q4_1, as llama.cpp's quantizer keeps its output weight
-        // finer: 4-bit logits err by up to 15 % of their range (measured on SmolLM2's tied table).
-        let format = if name == self.config.family.head_weight(&self.config) { QFormat::Q8_0 } else { format };
-        let q = QWeight::new(&self.w32(name, false), format)?.map(Arc::new);
+        let w = self.w32(name, false);
+        let q = match mode.quant_format() {
+            Some(format) => QWeight::new(&w, self.decode_format(name, format))?,
+            None => QWeight::bf16(&w)?,
+        }
+        .map(Arc::new);
         c.quant.insert(name.to_string(), q.clone());
         Ok(q)
     }

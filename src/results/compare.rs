@@ -27,9 +27,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::eval::run::Sample;
 use crate::frame::{Cell, ColumnData, Frame};
-use crate::results::runs::{BASELINE_COLUMNS, EVAL_DIR};
 use crate::journal::Journal;
 use crate::paths::is_real_file;
+use crate::results::runs::{BASELINE_COLUMNS, EVAL_DIR};
 use crate::rng::Rng;
 
 /// Bootstrap resamples by default: the interval's ends move by about 0.1 point between seeds.
@@ -217,7 +217,9 @@ pub fn against_baseline(frame: &Frame, is_baseline: &[bool], by: &[String], seed
             }
             None => None,
         };
-        for (col, v) in out.iter_mut().zip([c.as_ref().map(|c| c.diff), c.as_ref().map(|c| c.ci95_low), c.as_ref().map(|c| c.ci95_high), c.as_ref().map(|c| c.mcnemar_p)]) {
+        for (col, v) in
+            out.iter_mut().zip([c.as_ref().map(|c| c.diff), c.as_ref().map(|c| c.ci95_low), c.as_ref().map(|c| c.ci95_high), c.as_ref().map(|c| c.mcnemar_p)])
+        {
             col.push(v);
         }
     }

@@ -122,7 +122,12 @@ fn point_row(v: &Value, dir: Option<&Path>) -> Row {
 /// The metrics every row derives from its counts, by the evaluation's own definitions
 /// (`truncated_frac`, `tokens_per_correct`; null where a count is missing).
 fn derive_metrics(m: &mut Map<String, Value>) {
-    let (n, correct, truncated, mean) = (m.get("n").and_then(Value::as_u64), m.get("correct").and_then(Value::as_u64), m.get("truncated").and_then(Value::as_u64), m.get("mean_tokens").and_then(Value::as_f64));
+    let (n, correct, truncated, mean) = (
+        m.get("n").and_then(Value::as_u64),
+        m.get("correct").and_then(Value::as_u64),
+        m.get("truncated").and_then(Value::as_u64),
+        m.get("mean_tokens").and_then(Value::as_f64),
+    );
     let frac = n.zip(truncated).map(|(n, t)| crate::eval::run::truncated_frac(t as usize, n as usize));
     let per = n.zip(correct).zip(mean).and_then(|((n, c), mean)| crate::eval::run::tokens_per_correct(mean, n as usize, c as usize));
     m.insert("truncated_frac".into(), frac.map(Value::from).unwrap_or(Value::Null));
@@ -370,8 +375,7 @@ pub fn aggregate_seeds(frame: &Frame, seed_columns: &[String]) -> Result<Frame> 
             return Err(usage!("aggregate_seeds: no column '{s}' (columns: {})", cols.join(", ")));
         }
     }
-    let keys: Vec<String> =
-        cols.iter().filter(|c| !is_measured(c) && !seed_columns.contains(c)).cloned().collect();
+    let keys: Vec<String> = cols.iter().filter(|c| !is_measured(c) && !seed_columns.contains(c)).cloned().collect();
     for need in ["status", "accuracy", "ci95_low", "ci95_high"] {
         if !cols.iter().any(|c| c == need) {
             return Err(usage!("aggregate_seeds: the frame has no '{need}' column: give it a results(...) frame"));

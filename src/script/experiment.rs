@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use rhai::{Array, Dynamic, Engine, Map};
 
 use super::docs::{def, get};
+use super::expr::ExprW;
 use super::{options, rt, Context, RhaiResult};
 use crate::data::{Corpus, CurriculumOrder, MixPart};
 use crate::experiment::{sweep_in, SweepSpec};
 use crate::lab::Workspace;
-use super::frame::ExprW;
 use crate::results::compare::against_baseline;
 use crate::results::runs::{aggregate_seeds, load_losses, load_runs};
 use crate::results::Frame;
@@ -91,8 +91,9 @@ each in its own dir; complete points are skipped, so the same call again resumes
 
 `name` (required): its dir under the runs dir; `grid`: option → array of values; `base`: options
 every point shares; `include`: an array of extra points (maps over `base`); `point`: run only this
-index; `stop_after_points` (≥ 1): stop after running that many. Every point option: 
-[experiments.md](experiments.md). Returns `#{name, dir, total, done, already_done, ran, failed,
+index; `stop_after_points` (≥ 1): stop after running that many. `base: #{log_to: ["tensorboard",
+"mlflow"]}` logs every point's training and evaluation ([experiments.md](experiments.md#run-dirs-failures-reproducibility);
+not part of any point). Every point option: [experiments.md](experiments.md). Returns `#{name, dir, total, done, already_done, ran, failed,
 invalid, pending, stopped, seconds, points, results}` (`results`: a DataFrame, one row per point).
 
 ```rhai

@@ -18,9 +18,7 @@ use crate::usage;
 /// A frame reader bound as a script function.
 type Reader = fn(&std::path::Path) -> crate::Result<Frame>;
 
-/// A polars expression as a Rhai value.
-#[derive(Clone)]
-pub struct ExprW(pub Expr);
+pub use super::expr::ExprW;
 
 /// `df.group_by(keys)`, waiting for `.agg([...])`.
 #[derive(Clone)]

@@ -11,6 +11,7 @@
 mod data;
 pub mod docs;
 mod experiment;
+mod expr;
 mod frame;
 mod limits;
 pub mod params;

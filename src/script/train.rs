@@ -11,7 +11,7 @@ use crate::lab::StudentOptions;
 use crate::model::Student;
 use crate::train::export::export_run;
 use crate::train::kd::{self, LogitsOptions};
-use crate::train::sft::sft;
+use crate::train::sft::{sft_tracked, Tracking};
 use crate::train::{RunDir, SftOptions};
 use crate::usage;
 
@@ -110,6 +110,7 @@ Options (defaults: the paper's recipe; [training.md](training.md) says what each
 | `pack` | true | pack each micro-batch into as few rows as fit ([training.md](training.md#options)) |
 | `shuffle` | true | shuffle the examples each epoch (seeded); `sft` turns it off for an ordered corpus |
 | `kd` | none | token-level KD from stored teacher logits: `#{logits: teacher_logits(..), alpha: 0.5, temperature: 1.0}`; loss `(1 − alpha)·CE + alpha·T²·KL(teacher top-k ‖ student)` ([training.md](training.md#token-level-kd-offline)); `logits`: the result, its dir or its name; `temperature` must be the store's, `max_len` the store's |
+| `log_to` | none | `"tensorboard"`, `"mlflow"` or a list of both: each step's loss, lr, grad norm and tokens/s as TensorBoard event files in the run's `tensorboard/` and as an MLflow run (experiment `cotlab`) in `runs/mlruns/` ([training.md](training.md#tracking)); not part of the run's identity |
 
 ```rhai
 let s = student("default");
@@ -157,7 +158,7 @@ Options:
 | `stop` | `[]` | extra stop strings (EOS and the template's end marker always stop) |
 | `ignore_eos` | false | decode exactly `max_new_tokens` (benchmarks) |
 | `beams` | 1 | `1..=16`: beam search of that width ([evaluation.md](evaluation.md#beam-search)); `temperature > 0` with `beams > 1` is an error |
-| `decode_weights` | `"auto"` | `auto`, `f32`, `bf16`, `q8_0`, `q4_1`: the weights decoding reads ([evaluation.md](evaluation.md#decoding-weights)) |
+| `decode_weights` | `"auto"` | `auto`, `f32`, `bf16`, `q8_0`, `q4_1`: the weights decoding reads; `auto` the fastest that keeps the results ([evaluation.md](evaluation.md#decoding-weights)) |
 
 ```rhai
 let g = generate(student("default"), "What is 2 + 3?", #{ max_new_tokens: 64 });
@@ -171,7 +172,9 @@ a subset, the same rule as `cotlab eval`; a run's model is the run dir's name, s
 student never resumes into its base model's eval). Returns `#{task, split, model, n, correct,
 accuracy, ci95_low, ci95_high, unparsed, truncated, truncated_in_thinking, mean_tokens, truncated_frac,
 tokens_per_correct, generated_now, seconds, eval_dir, protocol, accuracy_paper, accuracy_lenient,
-max_new_tokens, prompt_template, template, options}`: `truncated` counts generations cut at
+max_new_tokens, decoded_with, prompt_template, template, options}`: `decoded_with` names the weights
+that ran (`decode_weights` resolved: `auto` is `q4_1` for weights still on their GGUF's Q4_1 grid,
+else `bf16` on CPUs with AVX512-BF16, else `f32`), `truncated` counts generations cut at
 `max_new_tokens` (`truncated_frac` their share), `truncated_in_thinking` those cut inside a
 `<think>` trace (a thinking student's answer is read after `</think>`; one cut before it is
 unparsed); `tokens_per_correct` is all generated tokens over the correct answers (`()` with none). What the defaults
@@ -181,7 +184,7 @@ Options:
 
 | option | default | range / values |
 |---|---|---|
-| `batch_size` | 8 | `1..=4096` prompts in flight |
+| `batch_size` | 32 cache rows: 32 prompts greedy, 6 at `beams: 5` | `1..=4096` prompts in flight; not part of the eval dir's identity |
 | `max_new_tokens` | the paper's: 1024 for math, 640 for commonsense | as `generate` |
 | `temperature`, `top_p`, `seed` | 0, 1, 0 | as `generate` |
 | `protocol` | `"paper"` | `paper`, `lenient` ([scoring.md](scoring.md)) |
@@ -247,7 +250,12 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
             resolve_kd_logits(kd, &w.runs_dir)?;
         }
         let o: SftOptions = options(opts)?;
-        let report = sft(&s.0, &corpus, &o, &run, stop_after).map_err(rt)?;
+        let tracking = Tracking {
+            target: crate::track::Target { mlruns: w.runs_dir.join("mlruns"), experiment: "cotlab".into(), run_name: name.clone() },
+            extra: Default::default(),
+            finish_with_training: true,
+        };
+        let report = sft_tracked(&s.0, &corpus, &o, &run, stop_after, &tracking).map_err(rt)?;
         rhai::serde::to_dynamic(report)
     });
 

@@ -520,7 +520,16 @@ impl OpenAi {
     /// `n` choices of one request (`n` sent only above 1); exactly `n` come back, or an error that
     /// says the endpoint gave fewer.
     #[allow(clippy::too_many_arguments)]
-    pub fn request_n(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64, n: usize) -> Result<Vec<Completion>, RequestError> {
+    pub fn request_n(
+        &self,
+        system: &str,
+        user: &str,
+        temperature: f64,
+        top_p: f64,
+        max_tokens: usize,
+        seed: u64,
+        n: usize,
+    ) -> Result<Vec<Completion>, RequestError> {
         let cs = self.complete_raw(system, user, temperature, top_p, max_tokens, seed, n).map_err(|e| match e {
             RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
             RequestError::Config(m) => RequestError::Config(self.redact(&m)),
@@ -537,7 +546,16 @@ impl OpenAi {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn complete_raw(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64, n: usize) -> Result<Vec<Completion>, RequestError> {
+    fn complete_raw(
+        &self,
+        system: &str,
+        user: &str,
+        temperature: f64,
+        top_p: f64,
+        max_tokens: usize,
+        seed: u64,
+        n: usize,
+    ) -> Result<Vec<Completion>, RequestError> {
         let mut body = self.body(system, user, temperature, top_p, max_tokens, seed);
         if n > 1 {
             body["n"] = n.into();

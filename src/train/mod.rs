@@ -10,4 +10,4 @@ pub mod run;
 pub mod sft;
 
 pub use run::{RunDir, TrainState, TrainSummary};
-pub use sft::{sft, Preset, Schedule, SftOptions, SftReport, Trainer};
+pub use sft::{sft, sft_tracked, Preset, Schedule, SftOptions, SftReport, Tracking, Trainer};

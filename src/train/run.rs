@@ -1,7 +1,8 @@
 //! Run directories: `runs/<name>/` holds `config.json` (what was asked), `train_log.jsonl` (one
 //! line per optimizer step), `provenance.jsonl` (one line per invocation), `truncation.json`
 //! (what `max_len` cut) and `checkpoint/` (weights, optimizer moments, scheduler step, as
-//! safetensors + JSON). A checkpoint is written to a temporary folder and renamed into place, so
+//! safetensors + JSON); with `log_to`, `tensorboard/` (event files) and `mlflow_run.json` (the
+//! MLflow run it logs to, in `<runs dir>/mlruns/`). A checkpoint is written to a temporary folder and renamed into place, so
 //! an interrupted save never leaves a checkpoint that looks complete.
 //!
 //! [`RunDir`] is the only code that knows these names: sweeps, `results()`, export, evaluation
@@ -37,6 +38,8 @@ const LOG: &str = "train_log.jsonl";
 const PROVENANCE: &str = "provenance.jsonl";
 const TRUNCATION: &str = "truncation.json";
 const CHECKPOINT: &str = "checkpoint";
+const TENSORBOARD: &str = "tensorboard";
+const MLFLOW_RUN: &str = "mlflow_run.json";
 /// Where a checkpoint is staged, and where the one it replaces waits until the rename is done.
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const CHECKPOINT_OLD: &str = "checkpoint.old";
@@ -105,6 +108,21 @@ impl RunDir {
         self.path.join(TRUNCATION)
     }
 
+    /// TensorBoard's event files (`log_to: "tensorboard"`).
+    pub fn tensorboard_dir(&self) -> PathBuf {
+        self.path.join(TENSORBOARD)
+    }
+
+    /// The ids of the MLflow run this run logs to (`log_to: "mlflow"`).
+    pub fn mlflow_run_path(&self) -> PathBuf {
+        self.path.join(MLFLOW_RUN)
+    }
+
+    /// The tracking files of this run dir.
+    pub fn track_files(&self) -> crate::track::RunFiles {
+        crate::track::RunFiles { tensorboard: self.tensorboard_dir(), mlflow_ids: self.mlflow_run_path() }
+    }
+
     /// The last checkpoint's step counters.
     pub fn state_path(&self) -> PathBuf {
         self.checkpoint().join(STATE)
@@ -116,9 +134,9 @@ impl RunDir {
     }
 
     /// Whether a dir of this name inside a run dir is the run's own (a checkpoint, staged or
-    /// replaced): it holds no results of its own.
+    /// replaced, or TensorBoard's files): it holds no results of its own.
     pub fn is_own_subdir(name: &std::ffi::OsStr) -> bool {
-        [CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD].iter().any(|n| name == *n)
+        [CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD, TENSORBOARD].iter().any(|n| name == *n)
     }
 
     /// A training run's record, read without following links: `config.json` and
@@ -319,6 +337,6 @@ mod tests {
         std::fs::remove_file(run.log_path()).unwrap();
         std::fs::write(run.log_path(), "").unwrap();
         assert!(run.is_recorded());
-        assert!(RunDir::is_own_subdir("checkpoint.tmp".as_ref()) && !RunDir::is_own_subdir("eval".as_ref()));
+        assert!(RunDir::is_own_subdir("checkpoint.tmp".as_ref()) && RunDir::is_own_subdir("tensorboard".as_ref()) && !RunDir::is_own_subdir("eval".as_ref()));
     }
 }

@@ -23,6 +23,7 @@ use crate::journal::Journal;
 use crate::model::lora::LoraConfig;
 use crate::model::Student;
 use crate::rng::Rng;
+use crate::track::{flat_params, LogTo, RunRecord, Target, Tracker};
 use crate::usage;
 
 crate::choices! {
@@ -91,6 +92,10 @@ pub struct SftOptions {
     /// when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kd: Option<KdOptions>,
+    /// Where the run is also logged: `tensorboard`, `mlflow` (see [`crate::track`]). Never
+    /// serialised: where a run is logged is no part of its identity, so turning it on resumes.
+    #[serde(skip_serializing)]
+    pub log_to: LogTo,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -118,6 +123,7 @@ impl Default for SftOptions {
             shuffle: true,
             pack: true,
             kd: None,
+            log_to: LogTo::default(),
         }
     }
 }
@@ -401,6 +407,11 @@ pub struct Trainer<'a> {
     loop_start: Option<Instant>,
     /// The teacher logits of a KD run (`opts.kd`), checked against the student and the data.
     kd: Option<Store>,
+    /// The run's identity ([`run_config`]): what MLflow records as params and a tag.
+    config: serde_json::Value,
+    /// The `log_to` sinks, once [`Trainer::track`] opened them; whether completing the run
+    /// finishes the MLflow run.
+    tracker: Option<(Tracker, bool)>,
 }
 
 /// A step's averaged gradients and loss, before clipping.
@@ -493,7 +504,24 @@ impl<'a> Trainer<'a> {
             started,
             loop_start: None,
             kd,
+            config: run_config,
+            tracker: None,
         })
+    }
+
+    /// Log every step from now on to the options' `log_to` sinks ([`crate::track`]), in
+    /// `tracking`'s MLflow experiment; nothing without `log_to`.
+    pub fn track(&mut self, tracking: &Tracking) -> Result<()> {
+        if self.opts.log_to.is_empty() {
+            return Ok(());
+        }
+        let mut record = RunRecord { params: flat_params(&self.config), tags: run_tags(&self.config, self.opts.seed) };
+        record.params.extend(tracking.extra.params.iter().cloned());
+        record.tags.extend(tracking.extra.tags.iter().cloned());
+        let from = Some(self.state.step as u64);
+        let tracker = Tracker::open(&self.opts.log_to, &self.run.track_files(), &tracking.target, from, &record)?;
+        self.tracker = Some((tracker, tracking.finish_with_training));
+        Ok(())
     }
 
     /// The student being trained (the LoRA-wrapped copy when training adapters).
@@ -635,7 +663,7 @@ impl<'a> Trainer<'a> {
         Ok((grad_norm, if max > 0.0 && grad_norm > max { max / (grad_norm + 1e-6) } else { 1.0 }))
     }
 
-    fn log_step(&self, loss: f64, lr: f64, grad_norm: f64, computed: u64, loop_start: Instant) -> Result<()> {
+    fn log_step(&mut self, loss: f64, lr: f64, grad_norm: f64, computed: u64, loop_start: Instant) -> Result<()> {
         let step = self.state.step;
         let elapsed = loop_start.elapsed().as_secs_f64();
         let tps = self.tokens_this_run as f64 / elapsed.max(1e-9);
@@ -646,6 +674,9 @@ impl<'a> Trainer<'a> {
             // This step's token positions computed, padding included (`pack` lowers it).
             "computed_tokens": computed,
         }))?;
+        if let Some((t, _)) = &mut self.tracker {
+            t.scalars(step as u64, &[("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad_norm), ("train/tokens_per_s", tps)])?;
+        }
         // Line-mode progress: readable in terminals, CI logs and notebooks alike.
         eprintln!("[sft] step {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s eta {:.0}s", step, self.total_steps, loss, lr, grad_norm, tps, eta);
         Ok(())
@@ -667,6 +698,11 @@ impl<'a> Trainer<'a> {
             l.set_dropout_key(u64::MAX);
         }
         let loop_s = self.loop_start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        if let Some((t, true)) = &self.tracker {
+            if self.state.step >= self.total_steps {
+                t.finish()?;
+            }
+        }
         Ok(SftReport {
             run_dir: self.run.path.display().to_string(),
             steps: self.state.step,
@@ -690,7 +726,53 @@ impl<'a> Trainer<'a> {
 /// steps (a time-boxed slice of a longer run, e.g. a cluster job); it is not part of the run's
 /// identity.
 pub fn sft(student: &Student, corpus: &Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>) -> Result<SftReport> {
+    sft_tracked(student, corpus, opts, run, stop_after, &Tracking::beside(run))
+}
+
+/// Where `log_to` logs a run (see [`crate::track`]): the MLflow experiment and run name, the
+/// params and tags the caller adds (a sweep: the point's config), and whether completing the
+/// training finishes the MLflow run (a sweep point finishes it after its evaluation).
+#[derive(Clone, Debug)]
+pub struct Tracking {
+    pub target: Target,
+    pub extra: RunRecord,
+    pub finish_with_training: bool,
+}
+
+impl Tracking {
+    /// A plain run: experiment `cotlab` in `mlruns/` beside the run dir, named as its dir.
+    pub fn beside(run: &RunDir) -> Tracking {
+        let parent = run.path.parent().unwrap_or(std::path::Path::new("."));
+        let name = run.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        Tracking {
+            target: Target { mlruns: parent.join("mlruns"), experiment: "cotlab".into(), run_name: name },
+            extra: RunRecord::default(),
+            finish_with_training: true,
+        }
+    }
+}
+
+/// The MLflow tags of a training run: its config, seed and the cotlab build.
+fn run_tags(config: &serde_json::Value, seed: u64) -> Vec<(String, String)> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    [
+        ("cotlab.config", config.to_string()),
+        ("cotlab.seeds", serde_json::json!({ "sft": seed }).to_string()),
+        ("cotlab.git_commit", crate::provenance::git_commit().to_string()),
+        ("mlflow.source.git.commit", crate::provenance::git_commit().to_string()),
+        ("mlflow.source.name", "cotlab".to_string()),
+        ("mlflow.source.type", "LOCAL".to_string()),
+        ("mlflow.user", user),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// [`sft`] logging to `opts.log_to` as `tracking` says.
+pub fn sft_tracked(student: &Student, corpus: &Corpus, opts: &SftOptions, run: &RunDir, stop_after: Option<usize>, tracking: &Tracking) -> Result<SftReport> {
     let mut t = Trainer::new(student, corpus, opts, run)?;
+    t.track(tracking)?;
     record_provenance(student, run, opts)?;
     let stop_at = stop_after.map(|k| (t.state().step + k).min(t.total_steps())).unwrap_or(t.total_steps());
     while t.state().step < stop_at {
@@ -889,6 +971,14 @@ mod tests {
             let (p, q) = (layout(&refs, true), layout(&refs, false));
             assert!(p.computed_tokens() <= q.computed_tokens() && p.computed_tokens() >= lens.iter().sum::<usize>(), "{lens:?}");
         }
+    }
+
+    /// `log_to` is read, never written: a run's identity is the same with it as without.
+    #[test]
+    fn log_to_is_read_but_no_part_of_the_identity() {
+        let logged: SftOptions = serde_json::from_value(serde_json::json!({"log_to": ["tensorboard", "mlflow"]})).unwrap();
+        assert_eq!(logged.log_to, LogTo(vec![crate::track::Sink::Tensorboard, crate::track::Sink::Mlflow]));
+        assert_eq!(serde_json::to_value(&logged).unwrap(), serde_json::to_value(SftOptions::default()).unwrap());
     }
 
     /// `pack` defaults to on and, like `shuffle`, enters a run's identity only when off.
