@@ -594,6 +594,7 @@ fn a_reasoning_model_is_asked_as_one_and_its_trace_kept_apart() {
     let again = teacher(Some(true), "my-reasoner").ask(&ds, &o).unwrap();
     println!("cached re-run: {} requests, ${} spent, ${:.6} served by the cache", again.requests, again.cost_usd, again.cached_cost_usd);
     assert_eq!((again.requests, again.cost_usd), (0, 0.0));
+    assert!(again.cost_usd.is_sign_positive(), "0 spent, not -0");
     assert!(again.cached_cost_usd > 0.0);
     assert_eq!(again.rows[0].reasoning.as_deref(), Some("3 + 4 = 7, checked twice."));
     // A run without traces gives an empty corpus under `think`, each row counted as skipped.

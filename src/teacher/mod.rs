@@ -393,8 +393,9 @@ impl Teacher {
         }
         let fresh = || rows.iter().filter(|r| !r.cached);
         let (pt, ctok) = (fresh().map(|r| r.prompt_tokens).sum(), fresh().map(|r| r.completion_tokens).sum());
-        let cost = fresh().map(|r| r.cost_usd).sum();
-        let cached_cost = rows.iter().filter(|r| r.cached).map(|r| r.cost_usd).sum();
+        // `+ 0.0`: an empty f64 sum is -0.0, which a fully cached run would report as "-0" spent.
+        let cost = fresh().map(|r| r.cost_usd).sum::<f64>() + 0.0;
+        let cached_cost = rows.iter().filter(|r| r.cached).map(|r| r.cost_usd).sum::<f64>() + 0.0;
         if failed > 0 {
             eprintln!("warning: {failed} of {} teacher requests failed (see the 'error' column); re-run to retry them", rows.len());
         }
