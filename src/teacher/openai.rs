@@ -530,11 +530,10 @@ impl OpenAi {
         seed: u64,
         n: usize,
     ) -> Result<Vec<Completion>, RequestError> {
-        let cs = self.complete_raw(system, user, temperature, top_p, max_tokens, seed, n).map_err(|e| match e {
+        let mut cs = self.complete_raw(system, user, temperature, top_p, max_tokens, seed, n).map_err(|e| match e {
             RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
             RequestError::Config(m) => RequestError::Config(self.redact(&m)),
         })?;
-        let mut cs = cs;
         if cs.len() < n {
             return Err(RequestError::Config(format!(
                 "asked for n = {n} choices, the endpoint returned {}: it does not honour n; set native_n: false on the teacher (each sample is then its own seeded request)",
