@@ -459,7 +459,7 @@ pub fn predictions(path: &Path) -> Result<Option<Vec<Record>>> {
             ))
         }
     }
-    let journal = path.join("samples.jsonl");
+    let journal = path.join(super::SAMPLES_FILE);
     if !is_real_file(&journal) {
         return Err(Error::data(path, "no samples_<task>_<timestamp>.jsonl and no samples.jsonl: not an eval dir (give a predictions file or an eval dir)"));
     }

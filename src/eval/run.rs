@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::lmeval;
+use super::{CONFIG_FILE, RESULTS_FILE, SAMPLES_FILE};
 use crate::answer::Protocol;
 use crate::data::{Dataset, Task};
 use crate::error::{ModelContext, Result};
@@ -267,17 +268,17 @@ pub fn evaluate(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path)
         "max_new_tokens": max_new_tokens,
         "template": template,
     });
-    carry_legacy_batch_size(&dir.join("eval_config.json"), &mut settings);
+    carry_legacy_batch_size(&dir.join(CONFIG_FILE), &mut settings);
     // `auto` resolved to weights that change an f32 model's answers (bf16) is other outputs: part
     // of the identity, so an f32 eval dir never gets bf16 answers appended. Its exact choices
     // (f32, Q4_1 on the grid) leave the identity as it was.
     if opts.decode_weights.is_auto() && decoded_with == DecodeWeights::Bf16 && student.model.compute_dtype() == candle_core::DType::F32 {
         settings["auto_decode_weights"] = "bf16".into();
     }
-    ensure_identity(&dir.join("eval_config.json"), &settings, "an evaluation with other settings")?;
+    ensure_identity(&dir.join(CONFIG_FILE), &settings, "an evaluation with other settings")?;
     // A line torn by a crash is dropped (that example is generated again). An id journaled twice
     // (by a build without the dir lock) counts once.
-    let (journal, mut samples) = Journal::<Sample>::open(&dir.join("samples.jsonl"))?;
+    let (journal, mut samples) = Journal::<Sample>::open(&dir.join(SAMPLES_FILE))?;
     let mut seen = HashSet::new();
     samples.retain(|s| seen.insert(s.id.clone()));
     let done: HashSet<String> = samples.iter().map(|s| s.id.clone()).collect();
@@ -396,7 +397,7 @@ fn write_report(student: &Student, ds: &Dataset, opts: &EvalOptions, dir: &Path,
         template: run.template.label(),
         options: opts.clone(),
     };
-    let rp = dir.join("results.json");
+    let rp = dir.join(RESULTS_FILE);
     crate::paths::write(&rp, serde_json::to_string_pretty(&report).unwrap().as_bytes())?;
     samples_frame(&scored)?.write_parquet(&dir.join("samples.parquet"))?;
     write_lm_eval(student, ds, &report, dir, &scored, &run)?;

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::run::Sample;
+use crate::eval::{RESULTS_FILE, SAMPLES_FILE};
 use crate::frame::{Cell, ColumnData, Frame};
 use crate::journal::Journal;
 use crate::paths::is_real_file;
@@ -143,21 +144,28 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// The outcomes of an eval dir's samples (`samples.jsonl`, the journal every evaluation keeps)
 /// and the protocol they were scored under (`results.json`).
-pub fn outcomes(dir: &Path) -> Result<(Vec<(String, bool)>, String)> {
-    let journal = dir.join("samples.jsonl");
+pub fn outcomes(dir: &Path) -> Result<Outcomes> {
+    let journal = dir.join(SAMPLES_FILE);
     if !is_real_file(&journal) {
-        return Err(Error::data(dir, "no samples.jsonl: not an eval dir of cotlab's (give the eval_dir of an evaluate() result or of cotlab eval)"));
+        return Err(Error::data(dir, format!("no {SAMPLES_FILE}: not an eval dir of cotlab's (give the eval_dir of an evaluate() result or of cotlab eval)")));
     }
     let (_, samples) = Journal::<Sample>::open(&journal)?;
-    let results: serde_json::Value =
-        serde_json::from_str(&crate::paths::read_text(&dir.join("results.json"))?).map_err(|e| Error::data(dir.join("results.json"), e.to_string()))?;
+    let report = dir.join(RESULTS_FILE);
+    let results: serde_json::Value = serde_json::from_str(&crate::paths::read_text(&report)?).map_err(|e| Error::data(&report, e.to_string()))?;
     let protocol = results["protocol"].as_str().unwrap_or("paper").to_string();
     Ok((samples.into_iter().map(|s| (s.id, s.correct)).collect(), protocol))
 }
 
+/// An eval dir's outcomes `(question id, correct)` and the protocol they were scored under.
+pub type Outcomes = (Vec<(String, bool)>, String);
+
 /// [`paired`] for two eval dirs.
 pub fn compare_dirs(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
-    let ((oa, pa), (ob, pb)) = (outcomes(a)?, outcomes(b)?);
+    compare_outcomes((a, &outcomes(a)?), (b, &outcomes(b)?), seed)
+}
+
+/// [`paired`] for two eval dirs' outcomes, refusing two protocols.
+fn compare_outcomes((a, (oa, pa)): (&Path, &Outcomes), (b, (ob, pb)): (&Path, &Outcomes), seed: u64) -> Result<Comparison> {
     if pa != pb {
         return Err(Error::Usage(format!(
             "compare: {} was scored under protocol '{pa}', {} under '{pb}': compare evaluations under one protocol",
@@ -165,13 +173,13 @@ pub fn compare_dirs(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
             b.display()
         )));
     }
-    paired(&oa, &ob, (&a.display().to_string(), &b.display().to_string()), seed, RESAMPLES).map_err(Error::Usage)
+    paired(oa, ob, (&a.display().to_string(), &b.display().to_string()), seed, RESAMPLES).map_err(Error::Usage)
 }
 
 /// The eval dir a results row points at: the dir itself when it is one, else its `eval/` (a
 /// sweep point or a training run evaluated in place).
 pub fn eval_dir_of(dir: &Path) -> PathBuf {
-    if is_real_file(&dir.join("samples.jsonl")) {
+    if is_real_file(&dir.join(SAMPLES_FILE)) {
         dir.to_path_buf()
     } else {
         dir.join(EVAL_DIR)
@@ -205,6 +213,7 @@ pub fn against_baseline(frame: &Frame, is_baseline: &[bool], by: &[String], seed
         }
     }
     let mut out: [Vec<Option<f64>>; 4] = Default::default();
+    let mut read: HashMap<PathBuf, Outcomes> = HashMap::new();
     for row in 0..frame.height() {
         let base = baseline.get(&key_of(row)).copied().filter(|&b| b != row && done(b) && done(row));
         let c = match base {
@@ -213,7 +222,12 @@ pub fn against_baseline(frame: &Frame, is_baseline: &[bool], by: &[String], seed
                     Cell::Str(d) => readable(&eval_dir_of(Path::new(d))),
                     _ => unreachable!("done rows have a dir"),
                 };
-                Some(compare_dirs(&dir(row)?, &dir(b)?, seed)?)
+                let (d, base_dir) = (dir(row)?, dir(b)?);
+                // Each baseline's samples are read once, however many rows it is compared with.
+                if !read.contains_key(&base_dir) {
+                    read.insert(base_dir.clone(), outcomes(&base_dir)?);
+                }
+                Some(compare_outcomes((&d, &outcomes(&d)?), (&base_dir, &read[&base_dir]), seed)?)
             }
             None => None,
         };

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::eval::{CONFIG_FILE, RESULTS_FILE};
 use crate::frame::{Cell, ColumnData, Frame};
 use crate::paths::{is_real_dir, is_real_file, subdirs, RunName};
 use crate::train::RunDir;
@@ -109,7 +110,7 @@ fn point_row(v: &Value, dir: Option<&Path>) -> Row {
     }
     // Points recorded before `truncated` was: their eval dir's report has it.
     if let (Some(d), Some(Value::Object(_))) = (dir, v.get("metrics")) {
-        let res = d.join(EVAL_DIR).join("results.json");
+        let res = d.join(EVAL_DIR).join(RESULTS_FILE);
         if !r.metrics.contains_key("truncated") && is_real_file(&res) {
             if let Ok(t) = read_json(&res).map(|x| x["truncated"].clone()) {
                 r.metrics.insert("truncated".into(), t);
@@ -177,13 +178,13 @@ fn collect(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
             return Ok(());
         }
     }
-    if is_real_file(&path.join("results.json")) {
-        let res = read_json(&path.join("results.json"))?;
+    if is_real_file(&path.join(RESULTS_FILE)) {
+        let res = read_json(&path.join(RESULTS_FILE))?;
         let mut r = Row::default();
         r.meta.insert("status".into(), "done".into());
         r.meta.insert("dir".into(), path.display().to_string().into());
-        if is_real_file(&path.join("eval_config.json")) {
-            flatten("", &read_json(&path.join("eval_config.json"))?, &mut r.config);
+        if is_real_file(&path.join(CONFIG_FILE)) {
+            flatten("", &read_json(&path.join(CONFIG_FILE))?, &mut r.config);
             r.config.remove("template");
         }
         for k in ["accuracy", "ci95_low", "ci95_high", "n", "correct", "unparsed", "truncated", "mean_tokens"] {
