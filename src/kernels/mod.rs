@@ -1,6 +1,7 @@
 //! The CPU kernels the students run on: fused candle ops with a hand-written backward
 //! (`ops.rs`, `attention.rs`), decoding's attention kernel (`decode_ops.rs`), int8/int4 weights
-//! for decoding (`quant.rs`), bf16 weights for decoding (`bf16.rs`), the training GEMM (`sgemm.rs`), and the vector helpers and the
+//! for decoding (`quant.rs`), bf16 weights for decoding (`bf16.rs`), the training GEMMs (f32:
+//! `sgemm.rs`; bf16 products, f32 accumulation: `bf16_gemm.rs`), and the vector helpers and the
 //! one CPU-feature detection they all branch on (`simd.rs`).
 //!
 //! Invariants: these files import nothing of the crate but each other (they sit below
@@ -12,6 +13,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod bf16_gemm;
 pub mod decode_ops;
 pub mod ops;
 pub mod quant;

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
+use super::bf16_gemm::bf16_gemm;
 use super::sgemm::{sgemm, Operand};
 
 /// Hands a precomputed result to candle as the op's output, so the graph gets our backward.
@@ -173,6 +174,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// skips the weight-gradient GEMM.
 struct Linear {
     trainable: bool,
+    /// The GEMM of all three products (forward, dX, dW) on the CPU.
+    gemm: Gemm,
     /// Where the weight's gradient is summed in place (see [`GradSink`]); `None`: handed to
     /// candle's gradient store.
     sink: Option<Slot>,
@@ -202,7 +205,7 @@ impl CustomOp2 for Linear {
         let (_, n, out, k) = bmnk;
         if let (Some(x), Some(w)) = (contiguous_f32(xs, xl), contiguous_f32(ws, wl)) {
             let mut y = vec![0f32; n * out];
-            sgemm(n, out, k, &mut y, out, false, Operand::new(x, k, 1), Operand::new(w, 1, k), 1.0, threads());
+            self.gemm.run(n, out, k, &mut y, out, false, Operand::new(x, k, 1), Operand::new(w, 1, k));
             return Ok((CpuStorage::F32(y), Shape::from((n, out))));
         }
         Ok((xs.matmul(ws, bmnk, xl, &wt)?, Shape::from((n, out))))
@@ -215,29 +218,68 @@ impl CustomOp2 for Linear {
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (&x.detach(), &w.detach());
-        let dx = matmul(g, w)?;
+        let dx = matmul(g, w, self.gemm)?;
         if !self.trainable {
             // Skipping the frozen weight's GEMM is most of what makes LoRA cheaper than full FT.
             return Ok((Some(dx), None));
         }
         let (g2, x2) = (g.flatten_to(g.rank() - 2)?, x.flatten_to(x.rank() - 2)?);
         if let Some(slot) = &self.sink {
-            add_weight_grad(slot, &g2, &x2, w.dims2()?)?;
+            add_weight_grad(slot, &g2, &x2, w.dims2()?, self.gemm)?;
             return Ok((Some(dx), None));
+        }
+        if self.gemm == Gemm::Bf16 && x2.device().is_cpu() {
+            // No sink: the same product into a zeroed gradient.
+            let slot = Slot::default();
+            add_weight_grad(&slot, &g2, &x2, w.dims2()?, self.gemm)?;
+            let v = slot.lock().unwrap().take().expect("add_weight_grad fills the slot");
+            return Ok((Some(dx), Some(Tensor::from_vec(v, w.shape(), w.device())?)));
         }
         Ok((Some(dx), Some(g2.t()?.matmul(&x2)?)))
     }
 }
 
-/// `x Wᵀ` for W (out, in), x (N, in), gradients to both (W's into its [`GradSink`] when one is
-/// open for it).
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { trainable: true, sink: GradSink::slot_of(w) })
+/// Which GEMM a projection's products run on (on the CPU; CUDA runs candle's matmul in the
+/// tensors' dtype).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gemm {
+    /// f32 operands and products ([`sgemm`]).
+    F32,
+    /// f32 tensors whose values are rounded to bf16 for the products, accumulated in f32
+    /// ([`bf16_gemm`]: `dtype: bf16` on the CPU, PyTorch autocast's matmul).
+    Bf16,
 }
 
-/// `x Wᵀ` for a frozen weight W (out, in), x (N, in): gradient flows to x only.
-pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { trainable: false, sink: None })
+impl Gemm {
+    /// `dst = [dst +] a·b` on this GEMM, on candle's threads.
+    #[allow(clippy::too_many_arguments)]
+    fn run(self, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand) {
+        match self {
+            Gemm::F32 => sgemm(m, n, k, dst, dst_rs, accumulate, a, b, 1.0, threads()),
+            Gemm::Bf16 => bf16_gemm(m, n, k, dst, dst_rs, accumulate, a, b, threads()),
+        }
+    }
+}
+
+/// `x Wᵀ` for W (out, in), x (N, in) on `gemm`, gradients to both (W's into its [`GradSink`]
+/// when one is open for it).
+pub fn linear(x: &Tensor, w: &Tensor, gemm: Gemm) -> Result<Tensor> {
+    bf16_ready(x, gemm)?.apply_op2(w, Linear { trainable: true, gemm, sink: GradSink::slot_of(w) })
+}
+
+/// `x Wᵀ` for a frozen weight W (out, in), x (N, in) on `gemm`: gradient flows to x only.
+pub fn frozen_linear(x: &Tensor, w: &Tensor, gemm: Gemm) -> Result<Tensor> {
+    bf16_ready(x, gemm)?.apply_op2(w, Linear { trainable: false, gemm, sink: None })
+}
+
+/// `x` as the bf16 GEMM takes it (contiguous: a strided input would fall back to candle's f32
+/// matmul); as it is for the f32 GEMM.
+fn bf16_ready(x: &Tensor, gemm: Gemm) -> Result<Tensor> {
+    if gemm == Gemm::Bf16 {
+        x.contiguous()
+    } else {
+        Ok(x.clone())
+    }
 }
 
 /// Rows `ids` of the embedding table, whose gradient (the rows' gradients added at their ids)
@@ -374,7 +416,7 @@ impl Drop for GradSink {
 
 /// slot += gᵀ·x for g (N, out), x (N, in): one GEMM on rayon's threads that reads the running
 /// sum (zeros the first time, so the first pass's bits are those of a plain `gᵀ·x`).
-fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usize)) -> Result<()> {
+fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usize), gemm: Gemm) -> Result<()> {
     let ((n, go), (n2, xi)) = (g.dims2()?, x.dims2()?);
     if n != n2 || go != out || xi != inp {
         candle_core::bail!("linear backward: gradient {:?} and input {:?} do not fit a ({out}, {inp}) weight", g.shape(), x.shape());
@@ -382,7 +424,7 @@ fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usiz
     with_f32(&[g, x], "linear backward", |v| {
         let mut sum = slot.lock().unwrap();
         let dst = sum.get_or_insert_with(|| vec![0f32; out * inp]);
-        sgemm(out, inp, n, dst, inp, true, Operand::new(v[0], 1, out), Operand::new(v[1], inp, 1), 1.0, threads());
+        gemm.run(out, inp, n, dst, inp, true, Operand::new(v[0], 1, out), Operand::new(v[1], inp, 1));
         Ok(())
     })
 }
@@ -406,9 +448,9 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// `a · b` for 2-D f32 CPU tensors through [`sgemm`] (contiguous copies made if need be);
-/// candle's matmul for anything else.
-fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `a · b` for 2-D f32 CPU tensors on `gemm` (contiguous copies made if need be); candle's
+/// matmul for anything else.
+fn matmul(a: &Tensor, b: &Tensor, gemm: Gemm) -> Result<Tensor> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.rank() == 2;
     if !(f32_cpu(a) && f32_cpu(b)) {
         return a.matmul(b);
@@ -419,7 +461,7 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let y = with_f32(&[a, b], "matmul", |v| {
         let mut y = vec![0f32; m * n];
-        sgemm(m, n, k, &mut y, n, false, Operand::new(v[0], k, 1), Operand::new(v[1], n, 1), 1.0, threads());
+        gemm.run(m, n, k, &mut y, n, false, Operand::new(v[0], k, 1), Operand::new(v[1], n, 1));
         Ok(y)
     })?;
     Tensor::from_vec(y, (m, n), a.device())
@@ -665,7 +707,7 @@ mod tests {
         let m = Var::randn(0f32, 1., (30, 8), &dev)?;
         let w = Var::randn(0f32, 1., (30, 6), &dev)?;
         let lin = Tensor::randn(0f32, 1., (6, 8), &dev)?;
-        let fast = frozen_linear(m.as_tensor(), &lin)?;
+        let fast = frozen_linear(m.as_tensor(), &lin, Gemm::F32)?;
         let slow = m.as_tensor().matmul(&lin.t()?)?;
         let gf = (&fast * w.as_tensor())?.sum_all()?.backward()?;
         let gs = (&slow * w.as_tensor())?.sum_all()?.backward()?;
@@ -695,7 +737,7 @@ mod tests {
         let w = Var::randn(0f32, 1., (70, 24), &dev)?;
         let xs = [Var::randn(0f32, 1., (33, 24), &dev)?, Var::randn(0f32, 1., (9, 24), &dev)?];
         let rs = [Tensor::randn(0f32, 1., (33, 70), &dev)?, Tensor::randn(0f32, 1., (9, 70), &dev)?];
-        let pass = |i: usize| (linear(xs[i].as_tensor(), w.as_tensor()).unwrap() * &rs[i]).unwrap().sum_all().unwrap().backward();
+        let pass = |i: usize| (linear(xs[i].as_tensor(), w.as_tensor(), Gemm::F32).unwrap() * &rs[i]).unwrap().sum_all().unwrap().backward();
         let plain = [pass(0)?, pass(1)?];
         let (p0, p1) = (plain[0].get(&w).unwrap(), plain[1].get(&w).unwrap());
         let sink = GradSink::open([w.as_tensor()]);

@@ -32,7 +32,7 @@ impl<'a> Operand<'a> {
         Operand { data, rs, cs }
     }
     /// Panics unless every element of a rows × cols view lies inside `data`.
-    fn check(&self, rows: usize, cols: usize, what: &str) {
+    pub(crate) fn check(&self, rows: usize, cols: usize, what: &str) {
         assert!(
             rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len(),
             "sgemm: {what} ({rows} x {cols}, strides {}, {}) outside its {} elements",

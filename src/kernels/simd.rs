@@ -3,7 +3,7 @@
 //! tested), picked at run time so one binary runs on any x86-64.
 //!
 //! This file is the only place the kernels read the CPU's features ([`avx2_fma`], [`avx512f`],
-//! [`avx512_bf16`], [`Kernel::detect`]); every other kernel asks here.
+//! [`avx512_bf16`], [`amx_bf16`], [`Kernel::detect`]); every other kernel asks here.
 
 /// Whether the CPU has AVX2 and FMA, what every 256-bit kernel here needs.
 pub fn avx2_fma() -> bool {
@@ -41,6 +41,32 @@ pub fn avx512_bf16() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(all(target_arch = "x86_64", cotlab_avx512)))]
+    false
+}
+
+/// Whether the CPU has AMX-BF16 (`tdpbf16ps`, the bf16 training GEMM's fast path) and Linux
+/// grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, asked once:
+/// without that grant the first tile instruction kills the process).
+pub fn amx_bf16() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GRANTED.get_or_init(|| {
+            // CPUID.(7, 0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            // SAFETY: leaf 7 exists on every x86-64 CPU that could have AMX; others return zeros.
+            // (A safe function since rustc 1.87; unsafe before.)
+            #[allow(unused_unsafe)]
+            let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+            if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain syscall with integer arguments.
+            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
 }
 

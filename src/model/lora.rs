@@ -103,7 +103,9 @@ impl Lora {
         let (a, b) = (a.as_tensor().to_dtype(x.dtype())?, b.as_tensor().to_dtype(x.dtype())?);
         // Through `ops::linear`: its backward gives gᵀ·x straight into the adapters' gradient
         // sums (candle's matmul returned them transposed, through a copy).
-        let y = crate::kernels::ops::linear(&crate::kernels::ops::linear(&x, &a)?, &b)?;
+        // f32 GEMMs whatever the compute dtype: rank-r products are a small share of a step.
+        let f32 = crate::kernels::ops::Gemm::F32;
+        let y = crate::kernels::ops::linear(&crate::kernels::ops::linear(&x, &a, f32)?, &b, f32)?;
         Ok(Some((y * self.scale())?))
     }
 

@@ -238,8 +238,15 @@ impl DecodeWeights {
 }
 
 /// Mixed precision: the parameters (`params`, LoRA adapters) are f32 `Var`s whatever the compute
-/// dtype, so gradients and optimizer state are f32 too ("master weights"). With a bf16 compute
-/// dtype each forward casts the weights it uses to bf16 (the cast is differentiable: the
+/// dtype, so gradients and optimizer state are f32 too ("master weights").
+///
+/// With a bf16 compute dtype on the CPU every tensor stays f32 and the projections (forward, dX
+/// and dW of each weight, the LM head included) run on the bf16 GEMM (`kernels::bf16_gemm`:
+/// operands rounded to bf16 when packed, f32 accumulation), as PyTorch's CPU autocast runs its
+/// matmuls; norms, attention (its QKᵀ/PV products included), softmax, the residual stream, the
+/// loss and LoRA's rank-r products stay f32.
+///
+/// On CUDA each forward casts the weights it uses to bf16 (the cast is differentiable: the
 /// gradient comes back as f32), matmuls and the residual stream run in bf16, and the numerically
 /// touchy parts run in f32: RMSNorm/LayerNorm (on f32 inputs with the f32 weight), the attention
 /// softmax (scores, mask and ALiBi in f32), the logits and the cross-entropy. Embedding rows are
@@ -423,6 +430,10 @@ impl Transformer {
     /// The dtype a pass computes in: the compute dtype when training; when decoding, the live
     /// guard's (quantized kernels take and give f32).
     fn dt(&self, grad: bool) -> DType {
+        // On the CPU activations are f32 whatever the compute dtype: bf16 is in the GEMMs.
+        if self.device.is_cpu() {
+            return DType::F32;
+        }
         if grad {
             return self.dtype;
         }
@@ -434,6 +445,20 @@ impl Transformer {
             Some(DecodeWeights::Bf16) if c.users > 0 => DType::BF16,
             _ => self.dtype,
         }
+    }
+
+    /// The GEMM of a pass's projections: bf16 ([`ops::Gemm::Bf16`]) for a bf16 compute dtype on
+    /// the CPU, unless a decoding guard lives (its weights decide: `quantized`); f32 otherwise
+    /// (on CUDA the tensors' dtype decides).
+    fn gemm(&self, grad: bool) -> ops::Gemm {
+        if !(self.device.is_cpu() && self.dtype == DType::BF16) {
+            return ops::Gemm::F32;
+        }
+        let c = self.cast.lock().unwrap();
+        if !grad && c.users > 0 && c.mode.is_some() {
+            return ops::Gemm::F32;
+        }
+        ops::Gemm::Bf16
     }
 
     /// The kernel copy of weight `name` for a decoding pass under a Q8_0 or Q4_1 guard, or a
@@ -558,12 +583,7 @@ impl Transformer {
             q.forward(x)?
         } else {
             let w = self.w(&name, grad)?;
-            // A frozen weight under training: skip its weight-gradient GEMM.
-            match (grad, self.lora.is_some()) {
-                (true, true) => ops::frozen_linear(x, &w)?,
-                (true, false) => ops::linear(x, &w)?,
-                (false, _) => x.matmul(&w.t()?)?,
-            }
+            self.project(x, &w, grad)?
         };
         let bias = format!("{m}.bias");
         if self.params.contains_key(&bias) {
@@ -575,6 +595,19 @@ impl Transformer {
             }
         }
         Ok(y)
+    }
+
+    /// `x Wᵀ` on the pass's GEMM ([`Transformer::gemm`]): a frozen weight under training skips
+    /// its weight-gradient GEMM; decoding builds no graph.
+    fn project(&self, x: &Tensor, w: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let gemm = self.gemm(grad);
+        match (grad, self.lora.is_some()) {
+            (true, true) => ops::frozen_linear(x, w, gemm),
+            (true, false) => ops::linear(x, w, gemm),
+            // Detached inputs: the op records no backward.
+            (false, _) if gemm == ops::Gemm::Bf16 => ops::frozen_linear(x, w, gemm),
+            (false, _) => x.matmul(&w.t()?),
+        }
     }
 
     /// RMSNorm with weight `name` (`offset`: Gemma's `1 + w`), computed in f32.
@@ -741,11 +774,7 @@ impl Transformer {
             q.forward(&hidden)?
         } else {
             let w = self.w(name, grad)?;
-            match (grad, self.lora.is_some()) {
-                (true, true) => ops::frozen_linear(&hidden, &w)?,
-                (true, false) => ops::linear(&hidden, &w)?,
-                (false, _) => hidden.matmul(&w.t()?)?,
-            }
+            self.project(&hidden, &w, grad)?
         };
         y.to_dtype(DType::F32)
     }

@@ -1,0 +1,564 @@
+//! bf16 matrix products for training on the CPU (`dtype: bf16`): `dst = [dst +] a·b` for f32
+//! operands in memory, each value rounded to bf16 as it is packed (to nearest even, subnormals
+//! flushed: [`to_bf16`]), products accumulated in f32 — the matmul of PyTorch's bf16 autocast,
+//! with f32 inputs and outputs so everything around it (norms, softmax, residual stream,
+//! gradients, AdamW state) stays f32.
+//!
+//! Layout: BLIS blocks as `sgemm` (k in blocks of [`KC`], columns of [`NC`], rows of [`MC`]); A
+//! packed row-major in bf16 (rows and k padded to 32 with zeros), B packed as k-pairs: for
+//! each pair of k values, 32 columns of 32-bit words (even k in the low half). That is both what
+//! `vdpbf16ps` reads (a broadcast A pair against 16 columns' pairs) and AMX's tile layout (A
+//! rows of 32 values, B "VNNI" rows of 16 column pairs).
+//!
+//! Paths ([`Path`]): AMX-BF16 (`tdpbf16ps` on 32 × 32 blocks of four 16 × 16 tiles) where the
+//! CPU has it and Linux grants the tile state, AVX512-BF16 (`vdpbf16ps`, an 8 × 32 register
+//! tile) where the CPU has that, else the f32 `sgemm` (no rounding: f32 training). A portable
+//! path with `vdpbf16ps`'s exact semantics is the reference the tests force.
+//!
+//! Invariants: each output element is, per block of KC k-values, one f32 sum started at zero
+//! (per k pair: the odd product, then the even one, each fused into the sum, subnormal results
+//! flushed, as `vdpbf16ps`) and then added to dst once; the `vdpbf16ps` and portable paths give
+//! the same bits (tested); AMX sums 32 k-values per instruction in the hardware's order, within
+//! f32 rounding of them (tested). No output depends on the other rows, the part a thread gets or
+//! the thread count (parts are whole tiles, blocks are fixed).
+
+use super::bf16::to_bf16;
+use super::sgemm::{sgemm, Operand};
+
+/// Columns of a register tile: 2 × 16 f32 lanes (two AMX tiles of 16 columns).
+const NR: usize = 32;
+/// Rows the A block is padded to (an AMX block's rows; a multiple of every path's rows).
+const ROWS_PAD: usize = 32;
+/// k values per block, a multiple of 32 (one AMX A-tile row).
+const KC: usize = 256;
+/// Rows of A per packed block (bf16: MC × KC × 2 bytes in L2).
+const MC: usize = 128;
+/// Columns of B per packed block (KC × NC × 2 bytes in L2).
+const NC: usize = 2048;
+/// Below this many multiply-adds one thread does the whole product.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Which kernel multiplies (see the module head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// `vdpbf16ps`'s semantics in scalar code: the reference.
+    Portable,
+    /// No bf16 instructions: the f32 `sgemm`, operands not rounded.
+    F32,
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+    Avx512Bf16,
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+}
+
+impl Path {
+    /// AMX, else AVX512-BF16, else f32.
+    pub(crate) fn detect() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::amx_bf16() {
+            return Path::Amx;
+        }
+        #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+        if super::simd::avx512_bf16() {
+            return Path::Avx512Bf16;
+        }
+        Path::F32
+    }
+
+    /// The name `cotlab bench` prints.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Path::Portable => "portable bf16",
+            Path::F32 => "f32 (no bf16 instructions on this CPU)",
+            #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+            Path::Avx512Bf16 => "AVX512-BF16 vdpbf16ps",
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => "AMX-BF16 tdpbf16ps",
+        }
+    }
+
+    /// Rows of this path's register tile.
+    fn rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => 32,
+            _ => 8,
+        }
+    }
+
+    /// Every path this CPU can run, the portable one first (for tests and benches).
+    pub(crate) fn available() -> Vec<Path> {
+        let mut p = vec![Path::Portable];
+        #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+        if super::simd::avx512_bf16() {
+            p.push(Path::Avx512Bf16);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::amx_bf16() {
+            p.push(Path::Amx);
+        }
+        p
+    }
+}
+
+/// `dst = [dst +] a·b` for a (m × k), b (k × n), dst (m × n, row stride `dst_rs`) on this CPU's
+/// path ([`Path::detect`]), on up to `threads` of rayon's threads. `accumulate: false`
+/// overwrites dst (its old values never read).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bf16_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, threads: usize) {
+    bf16_gemm_on(Path::detect(), m, n, k, dst, dst_rs, accumulate, a, b, threads)
+}
+
+/// [`bf16_gemm`] on `path` (which the CPU must have: see [`Path::available`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bf16_gemm_on(path: Path, m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, threads: usize) {
+    if path == Path::F32 {
+        return sgemm(m, n, k, dst, dst_rs, accumulate, a, b, 1.0, threads);
+    }
+    a.check(m, k, "a");
+    b.check(k, n, "b");
+    Operand::new(dst, dst_rs, 1).check(m, n, "dst");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let job = Job { path, k, a: a.data.as_ptr(), a_rs: a.rs, a_cs: a.cs, b: b.data.as_ptr(), b_rs: b.rs, b_cs: b.cs, c_rs: dst_rs, accumulate };
+    let parts = if m * n * k >= PARALLEL_MIN { threads.max(1) } else { 1 };
+    // Each part packs the whole of the operand it shares: split the side that makes that the
+    // smaller one.
+    let by_columns = m <= n;
+    let (len, unit) = if by_columns { (n, NR) } else { (m, ROWS_PAD) };
+    let tiles = len.div_ceil(unit);
+    let parts = parts.min(tiles);
+    let c = Ptr(dst.as_mut_ptr());
+    let run = |p: usize| {
+        let (lo, hi) = (tiles * p / parts * unit, (tiles * (p + 1) / parts * unit).min(len));
+        let c = &c;
+        // SAFETY: the parts write disjoint columns (or rows) of dst, all checked in bounds above.
+        unsafe {
+            if by_columns {
+                job.run(m, hi - lo, c.0.add(lo), 0, lo);
+            } else {
+                job.run(hi - lo, n, c.0.add(lo * dst_rs), lo, 0);
+            }
+        }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(run);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: each thread writes its own part of dst (see `bf16_gemm_on`).
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+/// One product's operands as raw parts (read only while `bf16_gemm_on` borrows them).
+#[derive(Clone, Copy)]
+struct Job {
+    path: Path,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    c_rs: usize,
+    accumulate: bool,
+}
+// SAFETY: see the struct's doc.
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+/// 64-byte aligned scratch of `T`, kept per thread across products.
+struct Scratch<T>(Vec<T>);
+
+impl<T: Copy + Default> Scratch<T> {
+    fn get(&mut self, len: usize) -> *mut T {
+        let pad = 64 / std::mem::size_of::<T>();
+        if self.0.len() < len + pad {
+            self.0 = vec![T::default(); len + pad];
+        }
+        let p = self.0.as_mut_ptr();
+        // SAFETY: fewer than `pad` elements in, with `len` more behind it.
+        unsafe { p.add(p.align_offset(64)) }
+    }
+}
+
+thread_local! {
+    static PACKED: std::cell::RefCell<(Scratch<u16>, Scratch<u32>)> = const { std::cell::RefCell::new((Scratch(Vec::new()), Scratch(Vec::new()))) };
+}
+
+impl Job {
+    /// The m × n block of dst at `c` whose first row is row `i0` of a and first column column
+    /// `j0` of b, on this thread.
+    unsafe fn run(&self, m: usize, n: usize, c: *mut f32, i0: usize, j0: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Amx {
+            amx::configure();
+        }
+        PACKED.with_borrow_mut(|(pa, pb)| {
+            let k = self.k;
+            let kcp_max = KC.min(k.next_multiple_of(32));
+            let ap = pa.get(MC * kcp_max);
+            let bp = pb.get(kcp_max / 2 * NC.min(n.next_multiple_of(NR)));
+            let mr = self.path.rows();
+            for jc in (0..n).step_by(NC) {
+                let nc = NC.min(n - jc);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    let kcp = kc.next_multiple_of(32);
+                    pack_b(kc, kcp, nc, self.b.add(pc * self.b_rs + (j0 + jc) * self.b_cs), self.b_rs, self.b_cs, bp);
+                    let overwrite = pc == 0 && !self.accumulate;
+                    for ic in (0..m).step_by(MC) {
+                        let mc = MC.min(m - ic);
+                        pack_a(mc, kc, kcp, self.a.add((i0 + ic) * self.a_rs + pc * self.a_cs), self.a_rs, self.a_cs, ap);
+                        for jr in (0..nc).step_by(NR) {
+                            let panel = bp.add(jr / NR * (kcp / 2) * NR);
+                            for ir in (0..mc).step_by(mr) {
+                                let mut t = [[0f32; NR]; ROWS_PAD];
+                                self.path.tile(kcp, ap.add(ir * kcp), panel, &mut t);
+                                let tile = c.add((ic + ir) * self.c_rs + jc + jr);
+                                for (i, row) in t.iter().enumerate().take(mr.min(mc - ir)) {
+                                    let d = tile.add(i * self.c_rs);
+                                    for (j, &v) in row.iter().enumerate().take(NR.min(nc - jr)) {
+                                        *d.add(j) = if overwrite { v } else { *d.add(j) + v };
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Amx {
+            amx::release();
+        }
+    }
+}
+
+/// A (mc × kc, element (i, p) at `a[i·rs + p·cs]`) into bf16 rows of `kcp` values, rows padded
+/// with zeros to a multiple of [`ROWS_PAD`], k to `kcp`.
+unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs: usize, out: *mut u16) {
+    let rows = mc.next_multiple_of(ROWS_PAD);
+    std::ptr::write_bytes(out, 0, rows * kcp);
+    if rs == 1 && cs != 1 {
+        // Column-major (gᵀ): read down the columns.
+        for p in 0..kc {
+            let col = a.add(p * cs);
+            for i in 0..mc {
+                *out.add(i * kcp + p) = to_bf16(*col.add(i));
+            }
+        }
+    } else {
+        for i in 0..mc {
+            let (row, dst) = (a.add(i * rs), out.add(i * kcp));
+            for p in 0..kc {
+                *dst.add(p) = to_bf16(*row.add(p * cs));
+            }
+        }
+    }
+}
+
+/// B (kc × nc) into panels of [`NR`] columns: panel j holds, for each pair q of k values, the
+/// words `bf16(b[2q, c]) | bf16(b[2q + 1, c]) << 16` of its 32 columns (zeros past kc and nc).
+unsafe fn pack_b(kc: usize, kcp: usize, nc: usize, b: *const f32, rs: usize, cs: usize, out: *mut u32) {
+    let pairs = kcp / 2;
+    let at = |p: usize, j: usize| if p < kc { to_bf16(*b.add(p * rs + j * cs)) as u32 } else { 0 };
+    for j0 in (0..nc).step_by(NR) {
+        let (cols, panel) = (NR.min(nc - j0), out.add(j0 / NR * pairs * NR));
+        if cols < NR {
+            std::ptr::write_bytes(panel, 0, pairs * NR);
+        }
+        if rs == 1 && cs != 1 {
+            // Column-major (a weight read transposed): down each column's k values.
+            for c in 0..cols {
+                for q in 0..pairs {
+                    *panel.add(q * NR + c) = at(2 * q, j0 + c) | at(2 * q + 1, j0 + c) << 16;
+                }
+            }
+        } else {
+            for q in 0..pairs {
+                for c in 0..cols {
+                    *panel.add(q * NR + c) = at(2 * q, j0 + c) | at(2 * q + 1, j0 + c) << 16;
+                }
+            }
+        }
+    }
+}
+
+impl Path {
+    /// t[i][j] = Σ_p a[i, p]·b[p, j] over `kcp` values for the path's rows (`a`: rows `kcp`
+    /// apart; `b`: a packed panel).
+    unsafe fn tile(self, kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+        match self {
+            Path::Portable => portable_tile(kcp, a, b, t),
+            Path::F32 => unreachable!("the f32 path runs sgemm"),
+            #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+            Path::Avx512Bf16 => avx512::tile(kcp, a, b, t),
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => amx::tile(kcp, a, b, t),
+        }
+    }
+}
+
+fn from_bf16(b: u32) -> f32 {
+    f32::from_bits(b << 16)
+}
+
+/// A subnormal flushed to a signed zero (`vdpbf16ps`'s results).
+fn ftz(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0f32.copysign(v)
+    } else {
+        v
+    }
+}
+
+/// The reference: 8 rows, `vdpbf16ps` lane by lane (odd product, then even, fused, flushed).
+unsafe fn portable_tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+    for (i, row) in t.iter_mut().enumerate().take(8) {
+        for (j, acc) in row.iter_mut().enumerate() {
+            let mut s = 0f32;
+            for q in 0..kcp / 2 {
+                let (aw, bw) = (*(a.add(i * kcp + 2 * q) as *const u32), *b.add(q * NR + j));
+                s = ftz(from_bf16(aw >> 16).mul_add(from_bf16(bw >> 16), s));
+                s = ftz(from_bf16(aw & 0xffff).mul_add(from_bf16(bw & 0xffff), s));
+            }
+            *acc = s;
+        }
+    }
+}
+
+/// Gated on rustc ≥ 1.89 (`cotlab_avx512`), where these intrinsics are stable.
+#[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+#[allow(clippy::incompatible_msrv)]
+mod avx512 {
+    use super::{NR, ROWS_PAD};
+    use std::arch::x86_64::*;
+
+    /// 8 rows × 32 columns: 16 accumulators; per k pair two B loads and one broadcast A pair
+    /// per row.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
+        for q in 0..kcp / 2 {
+            let b0 = bh(_mm512_loadu_si512(b.add(q * NR) as *const _));
+            let b1 = bh(_mm512_loadu_si512(b.add(q * NR + 16) as *const _));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = bh(_mm512_set1_epi32(*(a.add(i * kcp + 2 * q) as *const i32)));
+                row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+            }
+        }
+        for (row, out) in acc.iter().zip(t.iter_mut()) {
+            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
+        }
+    }
+}
+
+/// AMX-BF16 through `asm!` (the intrinsics are unstable): tiles 0–3 hold a 32 × 32 f32 block
+/// (2 × 2 tiles of 16 × 16), 4–5 two 16-row slices of A (32 bf16 each), 6–7 two 16-column
+/// slices of B (16 k pairs each). Each thread loads the configuration before its part
+/// ([`configure`]) and releases the tiles after ([`release`]).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{NR, ROWS_PAD};
+    use std::arch::asm;
+
+    /// Palette 1, every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    fn config() -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        Config(c)
+    }
+
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// `simd::amx_bf16()` held (the CPU has AMX and the process may use the tile state).
+    pub unsafe fn configure() {
+        let c = config();
+        asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly));
+    }
+
+    /// Returns the tiles to their initial state (the thread's XSAVE area stays small).
+    pub unsafe fn release() {
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// 32 rows × 32 columns over `kcp` (a multiple of 32) k values.
+    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        let (a_stride, b_stride) = (kcp * 2, NR * 4);
+        for k0 in (0..kcp).step_by(32) {
+            let (a0, a1) = (a.add(k0), a.add(16 * kcp + k0));
+            let b0 = b.add(k0 / 2 * NR);
+            let b1 = b0.add(16);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                sa = in(reg) a_stride,
+                sb = in(reg) b_stride,
+                options(nostack, readonly),
+            );
+        }
+        let out = t.as_mut_ptr() as *mut f32;
+        let s = NR * 4;
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) out,
+            c1 = in(reg) out.add(16),
+            c2 = in(reg) out.add(16 * NR),
+            c3 = in(reg) out.add(16 * NR + 16),
+            s = in(reg) s,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_values as rand;
+
+    fn rounded(v: f32) -> f64 {
+        f32::from_bits((to_bf16(v) as u32) << 16) as f64
+    }
+
+    /// Odd shapes around the tile (8, 32), the AMX block (32), KC (256) and both splits.
+    const SHAPES: [(usize, usize, usize); 9] =
+        [(1, 1, 1), (3, 5, 7), (8, 32, 32), (9, 33, 31), (33, 40, 257), (70, 20, 600), (130, 97, 65), (40, 300, 513), (300, 45, 64)];
+
+    fn layouts<'a>(a: &'a [f32], b: &'a [f32], m: usize, n: usize, k: usize) -> [(Operand<'a>, Operand<'a>, &'static str); 3] {
+        [
+            (Operand::new(a, k, 1), Operand::new(b, 1, k), "x·Wᵀ"),
+            (Operand::new(a, k, 1), Operand::new(b, n, 1), "g·W"),
+            (Operand::new(a, 1, m), Operand::new(b, n, 1), "gᵀ·x"),
+        ]
+    }
+
+    /// Every path, the three layouts of `linear`, overwrite and accumulate: within f32
+    /// accumulation of an f64 sum of the bf16-rounded operands.
+    #[test]
+    fn matches_f64_reference_of_rounded_operands() {
+        for &(m, n, k) in &SHAPES {
+            let (a, b, c0) = (rand(m * k, 1), rand(k * n, 2), rand(m * n, 3));
+            for (ao, bo, what) in layouts(&a, &b, m, n, k) {
+                for path in Path::available() {
+                    for accumulate in [false, true] {
+                        let mut c = c0.clone();
+                        bf16_gemm_on(path, m, n, k, &mut c, n, accumulate, ao, bo, 2);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let (mut s, mut mag) = (0f64, 0f64);
+                                for p in 0..k {
+                                    let x = rounded(ao.data[i * ao.rs + p * ao.cs]) * rounded(bo.data[p * bo.rs + j * bo.cs]);
+                                    s += x;
+                                    mag += x.abs();
+                                }
+                                let want = s + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                                let got = c[i * n + j] as f64;
+                                let bound = (k as f64 + 2.0) * f32::EPSILON as f64 * (mag + 1.0);
+                                assert!((got - want).abs() <= bound, "{path:?} {what} {m}x{n}x{k} acc={accumulate} ({i},{j}): {got} vs {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `vdpbf16ps` gives the portable path's bits; AMX agrees within f32 rounding; no path's
+    /// bits depend on the thread count or on the row's neighbours.
+    #[test]
+    fn paths_agree_and_rows_are_thread_and_batch_invariant() {
+        for &(m, n, k) in &SHAPES {
+            let (a, b) = (rand(m * k, 4), rand(k * n, 5));
+            for (ao, bo, what) in layouts(&a, &b, m, n, k) {
+                let run = |path: Path, threads: usize| {
+                    let mut c = vec![f32::NAN; m * n];
+                    bf16_gemm_on(path, m, n, k, &mut c, n, false, ao, bo, threads);
+                    c
+                };
+                let reference = run(Path::Portable, 1);
+                for path in Path::available() {
+                    let one = run(path, 1);
+                    assert_eq!(one, run(path, 2), "{path:?} {what} {m}x{n}x{k}: the thread count changed bits");
+                    #[cfg(target_arch = "x86_64")]
+                    if path == Path::Amx {
+                        let mag: Vec<f64> =
+                            (0..m * n).map(|e| (0..k).map(|p| (rounded(ao.data[e / n * ao.rs + p * ao.cs]) * rounded(bo.data[p * bo.rs + e % n * bo.cs])).abs()).sum()).collect();
+                        for (e, (x, y)) in one.iter().zip(&reference).enumerate() {
+                            assert!(((x - y).abs() as f64) <= 2.0 * k as f64 * f32::EPSILON as f64 * (mag[e] + 1e-30), "AMX {what} {m}x{n}x{k} [{e}]: {x} vs {y}");
+                        }
+                        continue;
+                    }
+                    assert_eq!(one, reference, "{path:?} {what} {m}x{n}x{k}: differs from the portable path");
+                    // The last row alone (a 1-row product) gives its bits in the whole product.
+                    let i = m - 1;
+                    let mut row = vec![0f32; n];
+                    bf16_gemm_on(path, 1, n, k, &mut row, n, false, Operand::new(&ao.data[i * ao.rs..], ao.rs, ao.cs), bo, 1);
+                    assert_eq!(row, one[i * n..], "{path:?} {what} {m}x{n}x{k}: a row alone differs");
+                }
+            }
+        }
+    }
+
+    /// Empty shapes do nothing (or clear dst when k = 0), old NaNs are never read when
+    /// overwriting, and an operand too short for its view is refused before any read.
+    #[test]
+    fn tiny_and_empty_shapes_never_panic() {
+        let (a, b) = (rand(6 * 4, 6), rand(4 * 16, 7));
+        for path in Path::available().into_iter().chain([Path::F32]) {
+            let mut c = vec![f32::NAN; 6 * 16];
+            bf16_gemm_on(path, 6, 16, 4, &mut c, 16, false, Operand::new(&a, 4, 1), Operand::new(&b, 16, 1), 2);
+            assert!(c.iter().all(|v| v.is_finite()), "{path:?}");
+            bf16_gemm_on(path, 6, 16, 0, &mut c, 16, false, Operand::new(&a, 4, 1), Operand::new(&b, 16, 1), 2);
+            assert!(c.iter().all(|&v| v == 0.0), "{path:?}: k = 0 clears");
+            let mut e: Vec<f32> = Vec::new();
+            bf16_gemm_on(path, 0, 16, 4, &mut e, 16, false, Operand::new(&a, 4, 1), Operand::new(&b, 16, 1), 2);
+            bf16_gemm_on(path, 6, 0, 4, &mut e, 0, true, Operand::new(&a, 4, 1), Operand::new(&b, 0, 1), 2);
+        }
+        let caught = std::panic::catch_unwind(|| {
+            let mut c = vec![0f32; 4];
+            bf16_gemm(2, 2, 6, &mut c, 2, false, Operand::new(&a[..10], 6, 1), Operand::new(&b, 2, 1), 1);
+        });
+        assert!(caught.is_err(), "an operand outside its slice is refused");
+    }
+}
