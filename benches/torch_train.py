@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch + transformers baseline for `cotlab bench train`: the same model (an HF dir exported by
 `cotlab export --model default`), the same token ids (`cotlab bench train --save-batch`), the same
-precision (f32), loss (mean NLL of tokens 1..T), optimizer (AdamW, no weight decay) and steps.
+precision (f32; with --bf16 the forward under torch.autocast("cpu", dtype=torch.bfloat16), as
+`cotlab bench train --dtype bf16`: bf16 matmuls, f32 master weights, AdamW state and loss), loss (mean NLL of tokens 1..T), optimizer (AdamW, no weight decay) and steps.
 Prints one JSON object on the last line, with the same keys as cotlab's --json output."""
 import argparse, json, resource, time
 
@@ -46,6 +47,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision) for the forward")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -56,7 +58,9 @@ def main():
     times, cpu, losses, fwd, bwd, optt = [], [], [], [], [], []
     for _ in range(a.steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        logits = model(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            logits = model(input_ids=ids).logits
+        logits = logits.float()
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         t1 = time.perf_counter()
         loss.backward()
@@ -73,6 +77,7 @@ def main():
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "step_s": step_s,
         "mode": "lora" if a.lora else "full",
+        "dtype": "bf16" if a.bf16 else "f32",
         "cpu_s_per_step": sum(cpu[1:]) / (len(cpu) - 1),
         "losses": losses,
         "threads": torch.get_num_threads(),

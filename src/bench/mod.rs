@@ -101,7 +101,8 @@ pub fn cpu_seconds() -> f64 {
 /// What this device's GEMM achieves in `dtype` (GFLOP/s): a 1024³ product timed for about 0.3
 /// s after a warm-up, through `probe` — the peak a bench's achieved rate is a fraction of.
 /// `bf16_kernel`: probe cotlab's bf16 decoding kernel (192 rows at once) instead of candle's
-/// matmul (what bf16 decoding on the CPU runs).
+/// matmul (what bf16 decoding on the CPU runs). bf16 on the CPU otherwise: the bf16 training
+/// GEMM (`kernels::bf16_gemm`, what `dtype: bf16` training runs), on candle's threads.
 pub fn gemm_peak_gflops(dev: &candle_core::Device, dtype: candle_core::DType, bf16_kernel: bool) -> Result<f64> {
     use std::time::Instant;
     let n = 1024;
@@ -116,6 +117,15 @@ pub fn gemm_peak_gflops(dev: &candle_core::Device, dtype: candle_core::DType, bf
         Box::new(move || {
             std::hint::black_box(w.matmul(&b[..rows * n], rows));
             Ok(2.0 * (rows * n * n) as f64)
+        })
+    } else if dev.is_cpu() && dtype == candle_core::DType::BF16 {
+        use crate::kernels::sgemm::Operand;
+        let threads = candle_core::utils::get_num_threads();
+        let mut c = vec![0f32; n * n];
+        Box::new(move || {
+            crate::kernels::bf16_gemm::bf16_gemm(n, n, n, &mut c, n, false, Operand::new(&a, n, 1), Operand::new(&b, n, 1), threads);
+            std::hint::black_box(&c);
+            Ok(2.0 * (n * n * n) as f64)
         })
     } else {
         use crate::error::ModelContext;

@@ -71,6 +71,10 @@ pub struct TrainReport {
     /// "cpu" or "cuda:N", and the compute dtype ("f32", "bf16").
     pub device: String,
     pub dtype: String,
+    /// bf16 on the CPU: the kernel its projections' GEMM runs on (`kernels::bf16_gemm`), or
+    /// "f32" where the CPU has no bf16 instructions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm: Option<String>,
     pub params: usize,
     /// Model FLOPs per step (6·N·tokens + attention, see `model::random::train_flops_per_token`)
     /// and what that makes per second.
@@ -91,12 +95,13 @@ impl super::Report for TrainReport {
     /// The human line `cotlab bench train` prints on stderr.
     fn summary(&self) -> String {
         format!(
-            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} GFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}{}",
+            "cotlab {} fine-tuning of {} ({:.0}M params, {}, {}{}), {}x{} tokens, {} threads: {:.2} s/step (fwd {:.2}, bwd {:.2}, opt {:.2}), {:.1} tokens/s, {:.1} GFLOP/s{}, {:.1} CPU-s/step, peak RSS {:.0} MB{}; losses {:?}{}",
             self.mode,
             self.model,
             self.params as f64 / 1e6,
             self.device,
             self.dtype,
+            self.gemm.as_ref().map(|g| format!(" on {g}")).unwrap_or_default(),
             self.batch,
             self.seq,
             self.threads,
@@ -288,6 +293,8 @@ impl PhaseTimes {
             model: student.name.clone(),
             device: device_name(&student.model.device),
             dtype: dtype_name(student),
+            gemm: (student.model.device.is_cpu() && student.model.compute_dtype() == DType::BF16)
+                .then(|| crate::kernels::bf16_gemm::kernel().unwrap_or("f32 (no bf16 instructions)").to_string()),
             params: student.model.num_params(),
             flops_per_step,
             tflops,

@@ -41,7 +41,8 @@ const PARALLEL_MIN: usize = 1 << 20;
 /// Which kernel multiplies (see the module head).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Path {
-    /// `vdpbf16ps`'s semantics in scalar code: the reference.
+    /// `vdpbf16ps`'s semantics in scalar code: the reference (the tests force it).
+    #[cfg_attr(not(test), allow(dead_code))]
     Portable,
     /// No bf16 instructions: the f32 `sgemm`, operands not rounded.
     F32,
@@ -86,7 +87,8 @@ impl Path {
         }
     }
 
-    /// Every path this CPU can run, the portable one first (for tests and benches).
+    /// Every path this CPU can run, the portable one first.
+    #[cfg(test)]
     pub(crate) fn available() -> Vec<Path> {
         let mut p = vec![Path::Portable];
         #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
@@ -99,6 +101,13 @@ impl Path {
         }
         p
     }
+}
+
+/// The kernel [`bf16_gemm`] runs on this CPU, as `cotlab bench` names it; `None` where it falls
+/// back to f32 products (no AVX512-BF16 or AMX-BF16).
+pub fn kernel() -> Option<&'static str> {
+    let p = Path::detect();
+    (p != Path::F32).then(|| p.name())
 }
 
 /// `dst = [dst +] a·b` for a (m × k), b (k × n), dst (m × n, row stride `dst_rs`) on this CPU's

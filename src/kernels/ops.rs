@@ -728,6 +728,50 @@ mod tests {
         Ok(())
     }
 
+    /// `linear` on the bf16 GEMM: the forward, dX and dW (into a sink and into candle's store)
+    /// are the products of the bf16-rounded operands, accumulated in f32 (f32 products where the
+    /// CPU has no bf16 instructions), for a trainable and a frozen weight.
+    #[test]
+    fn bf16_linear_runs_every_product_on_rounded_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let rounds = super::super::bf16_gemm::kernel().is_some();
+        let r = |v: f32| if rounds { f32::from_bits((super::super::bf16::to_bf16(v) as u32) << 16) as f64 } else { v as f64 };
+        let (n, inp, out) = (37, 70, 45);
+        let x = Var::randn(0f32, 1., (n, inp), &dev)?;
+        let w = Var::randn(0f32, 1., (out, inp), &dev)?;
+        let g = Tensor::randn(0f32, 1., (n, out), &dev)?;
+        let (xv, wv, gv) = (x.as_tensor().flatten_all()?.to_vec1::<f32>()?, w.as_tensor().flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
+        // want[i][j] = Σ_p a(i, p)·b(p, j) in f64 of rounded values; within f32 accumulation.
+        let close = |got: &Tensor, rows: usize, cols: usize, k: usize, a: &dyn Fn(usize, usize) -> f32, b: &dyn Fn(usize, usize) -> f32, what: &str| -> Result<()> {
+            let got = got.flatten_all()?.to_vec1::<f32>()?;
+            for i in 0..rows {
+                for j in 0..cols {
+                    let want: f64 = (0..k).map(|p| r(a(i, p)) * r(b(p, j))).sum();
+                    let mag: f64 = (0..k).map(|p| (r(a(i, p)) * r(b(p, j))).abs()).sum();
+                    let e = (got[i * cols + j] as f64 - want).abs();
+                    assert!(e <= k as f64 * 1.2e-7 * mag + 1e-6, "{what} ({i},{j}): {} vs {want}", got[i * cols + j]);
+                }
+            }
+            Ok(())
+        };
+        for trainable in [true, false] {
+            let y = if trainable { linear(x.as_tensor(), w.as_tensor(), Gemm::Bf16)? } else { frozen_linear(x.as_tensor(), w.as_tensor(), Gemm::Bf16)? };
+            close(&y, n, out, inp, &|i, p| xv[i * inp + p], &|p, j| wv[j * inp + p], "forward")?;
+            let grads = (&y * &g)?.sum_all()?.backward()?;
+            close(grads.get(&x).unwrap(), n, inp, out, &|i, p| gv[i * out + p], &|p, j| wv[p * inp + j], "dX")?;
+            let dw = |grads: &candle_core::backprop::GradStore| grads.get(&w).cloned();
+            if !trainable {
+                assert!(dw(&grads).is_none(), "a frozen weight gets no gradient");
+                continue;
+            }
+            close(&dw(&grads).unwrap(), out, inp, n, &|i, p| gv[p * out + i], &|p, j| xv[p * inp + j], "dW")?;
+            let sink = GradSink::open([w.as_tensor()]);
+            (linear(x.as_tensor(), w.as_tensor(), Gemm::Bf16)? * &g)?.sum_all()?.backward()?;
+            close(&sink.take(0, w.as_tensor())?.unwrap(), out, inp, n, &|i, p| gv[p * out + i], &|p, j| xv[p * inp + j], "dW in a sink")?;
+        }
+        Ok(())
+    }
+
     /// A weight's gradient summed in its sink over two backward passes equals the sum of
     /// candle's two (the first pass alone to the bit); the store gets none for it, the input's
     /// gradient is unchanged, and another thread's passes are not captured.
