@@ -15,12 +15,13 @@
 //! tile) where the CPU has that, else the f32 `sgemm` (no rounding: f32 training). A portable
 //! path with `vdpbf16ps`'s exact semantics is the reference the tests force.
 //!
-//! Invariants: each output element is, per block of KC k-values, one f32 sum started at zero
-//! (per k pair: the odd product, then the even one, each fused into the sum, subnormal results
-//! flushed, as `vdpbf16ps`) and then added to dst once; the `vdpbf16ps` and portable paths give
-//! the same bits (tested); AMX sums 32 k-values per instruction in the hardware's order, within
-//! f32 rounding of them (tested). No output depends on the other rows, the part a thread gets or
-//! the thread count (parts are whole tiles, blocks are fixed).
+//! Invariants: on the `vdpbf16ps` and portable paths each output element is, per block of KC
+//! k-values, one f32 sum started at zero (per k pair: the odd product, then the even one, each
+//! fused into the sum, subnormal results flushed, as `vdpbf16ps`) and then added to dst once:
+//! the same bits on both (tested), whatever the other rows. AMX sums 32 k-values per
+//! instruction in the hardware's order, a whole 32 × 32 tile straight into dst, a partial one
+//! through a buffer: within f32 rounding of the others (tested). No path's output depends on
+//! the part a thread gets or the thread count (parts are whole tiles, blocks are fixed).
 
 use super::bf16::to_bf16;
 use super::sgemm::{sgemm, Operand};
@@ -237,15 +238,8 @@ impl Job {
                         for jr in (0..nc).step_by(NR) {
                             let panel = bp.add(jr / NR * (kcp / 2) * NR);
                             for ir in (0..mc).step_by(mr) {
-                                let mut t = [[0f32; NR]; ROWS_PAD];
-                                self.path.tile(kcp, ap.add(ir * kcp), panel, &mut t);
-                                let tile = c.add((ic + ir) * self.c_rs + jc + jr);
-                                for (i, row) in t.iter().enumerate().take(mr.min(mc - ir)) {
-                                    let d = tile.add(i * self.c_rs);
-                                    for (j, &v) in row.iter().enumerate().take(NR.min(nc - jr)) {
-                                        *d.add(j) = if overwrite { v } else { *d.add(j) + v };
-                                    }
-                                }
+                                let out = Out { c: c.add((ic + ir) * self.c_rs + jc + jr), rs: self.c_rs, overwrite, rows: mr.min(mc - ir), cols: NR.min(nc - jr) };
+                                self.path.tile(kcp, ap.add(ir * kcp), panel, out);
                             }
                         }
                     }
@@ -259,25 +253,49 @@ impl Job {
     }
 }
 
+/// `n` contiguous f32 at `src` rounded to bf16 at `dst` ([`to_bf16`]'s bits: `vcvtneps2bf16`
+/// rounds to nearest even and flushes subnormals the same way, tested), 16 at a time where the
+/// CPU has AVX512-BF16.
+unsafe fn round_run(src: *const f32, n: usize, dst: *mut u16) {
+    let mut done = 0;
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+    if super::simd::avx512_bf16() {
+        done = n - n % 16;
+        avx512::round(src, done, dst);
+    }
+    for i in done..n {
+        *dst.add(i) = to_bf16(*src.add(i));
+    }
+}
+
+/// Scratch for one contiguous run of a strided operand.
+const RUN: usize = if KC > MC { KC } else { MC };
+
 /// A (mc × kc, element (i, p) at `a[i·rs + p·cs]`) into bf16 rows of `kcp` values, rows padded
 /// with zeros to a multiple of [`ROWS_PAD`], k to `kcp`.
 unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs: usize, out: *mut u16) {
     let rows = mc.next_multiple_of(ROWS_PAD);
+    if cs == 1 {
+        for i in 0..mc {
+            round_run(a.add(i * rs), kc, out.add(i * kcp));
+            std::ptr::write_bytes(out.add(i * kcp + kc), 0, kcp - kc);
+        }
+        std::ptr::write_bytes(out.add(mc * kcp), 0, (rows - mc) * kcp);
+        return;
+    }
     std::ptr::write_bytes(out, 0, rows * kcp);
-    if rs == 1 && cs != 1 {
-        // Column-major (gᵀ): read down the columns.
-        for p in 0..kc {
-            let col = a.add(p * cs);
-            for i in 0..mc {
-                *out.add(i * kcp + p) = to_bf16(*col.add(i));
+    let mut run = [0u16; RUN];
+    for p in 0..kc {
+        if rs == 1 {
+            // Column-major (gᵀ): each column rounded as one run.
+            round_run(a.add(p * cs), mc, run.as_mut_ptr());
+        } else {
+            for (i, r) in run.iter_mut().enumerate().take(mc) {
+                *r = to_bf16(*a.add(i * rs + p * cs));
             }
         }
-    } else {
-        for i in 0..mc {
-            let (row, dst) = (a.add(i * rs), out.add(i * kcp));
-            for p in 0..kc {
-                *dst.add(p) = to_bf16(*row.add(p * cs));
-            }
+        for (i, &r) in run.iter().enumerate().take(mc) {
+            *out.add(i * kcp + p) = r;
         }
     }
 }
@@ -286,23 +304,65 @@ unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs:
 /// words `bf16(b[2q, c]) | bf16(b[2q + 1, c]) << 16` of its 32 columns (zeros past kc and nc).
 unsafe fn pack_b(kc: usize, kcp: usize, nc: usize, b: *const f32, rs: usize, cs: usize, out: *mut u32) {
     let pairs = kcp / 2;
-    let at = |p: usize, j: usize| if p < kc { to_bf16(*b.add(p * rs + j * cs)) as u32 } else { 0 };
-    for j0 in (0..nc).step_by(NR) {
-        let (cols, panel) = (NR.min(nc - j0), out.add(j0 / NR * pairs * NR));
-        if cols < NR {
-            std::ptr::write_bytes(panel, 0, pairs * NR);
-        }
-        if rs == 1 && cs != 1 {
-            // Column-major (a weight read transposed): down each column's k values.
-            for c in 0..cols {
-                for q in 0..pairs {
-                    *panel.add(q * NR + c) = at(2 * q, j0 + c) | at(2 * q + 1, j0 + c) << 16;
+    std::ptr::write_bytes(out, 0, nc.div_ceil(NR) * pairs * NR);
+    let mut run = [0u16; RUN];
+    if cs == 1 {
+        // Row-major (W in g·W, x in gᵀ·x): rows 2q and 2q + 1 rounded as runs, then interleaved.
+        let mut odd = [0u16; NR];
+        for q in 0..kc.div_ceil(2) {
+            for j0 in (0..nc).step_by(NR) {
+                let (cols, panel) = (NR.min(nc - j0), out.add(j0 / NR * pairs * NR + q * NR));
+                round_run(b.add(2 * q * rs + j0), cols, run.as_mut_ptr());
+                if 2 * q + 1 < kc {
+                    round_run(b.add((2 * q + 1) * rs + j0), cols, odd.as_mut_ptr());
+                } else {
+                    odd = [0; NR];
+                }
+                for c in 0..cols {
+                    *panel.add(c) = run[c] as u32 | (odd[c] as u32) << 16;
                 }
             }
+        }
+        return;
+    }
+    for j in 0..nc {
+        let panel = out.add(j / NR * pairs * NR + j % NR);
+        if rs == 1 {
+            // Column-major (Wᵀ in x·Wᵀ): a column's k values are one run, its pairs adjacent.
+            round_run(b.add(j * cs), kc, run.as_mut_ptr());
         } else {
-            for q in 0..pairs {
-                for c in 0..cols {
-                    *panel.add(q * NR + c) = at(2 * q, j0 + c) | at(2 * q + 1, j0 + c) << 16;
+            for (p, r) in run.iter_mut().enumerate().take(kc) {
+                *r = to_bf16(*b.add(p * rs + j * cs));
+            }
+        }
+        run[kc..kcp].fill(0);
+        for q in 0..pairs {
+            *panel.add(q * NR) = run[2 * q] as u32 | (run[2 * q + 1] as u32) << 16;
+        }
+    }
+}
+
+/// Where a register tile's sums go: `rows` × `cols` of dst at `c` (row stride `rs`), overwritten
+/// or added to.
+#[derive(Clone, Copy)]
+struct Out {
+    c: *mut f32,
+    rs: usize,
+    overwrite: bool,
+    rows: usize,
+    cols: usize,
+}
+
+impl Out {
+    /// Stores the first `rows` × `cols` of a tile's sums `t`: `dst = t` or `dst = dst + t`.
+    unsafe fn store(self, t: &[[f32; NR]]) {
+        for (i, row) in t.iter().enumerate().take(self.rows) {
+            let d = std::slice::from_raw_parts_mut(self.c.add(i * self.rs), self.cols);
+            if self.overwrite {
+                d.copy_from_slice(&row[..self.cols]);
+            } else {
+                for (d, v) in d.iter_mut().zip(row) {
+                    *d += v;
                 }
             }
         }
@@ -310,16 +370,16 @@ unsafe fn pack_b(kc: usize, kcp: usize, nc: usize, b: *const f32, rs: usize, cs:
 }
 
 impl Path {
-    /// t[i][j] = Σ_p a[i, p]·b[p, j] over `kcp` values for the path's rows (`a`: rows `kcp`
-    /// apart; `b`: a packed panel).
-    unsafe fn tile(self, kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+    /// dst [+]= Σ_p a[i, p]·b[p, j] over `kcp` values for the path's rows (`a`: rows `kcp`
+    /// apart; `b`: a packed panel), the part `out` names.
+    unsafe fn tile(self, kcp: usize, a: *const u16, b: *const u32, out: Out) {
         match self {
-            Path::Portable => portable_tile(kcp, a, b, t),
+            Path::Portable => portable_tile(kcp, a, b, out),
             Path::F32 => unreachable!("the f32 path runs sgemm"),
             #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
-            Path::Avx512Bf16 => avx512::tile(kcp, a, b, t),
+            Path::Avx512Bf16 => avx512::tile(kcp, a, b, out),
             #[cfg(target_arch = "x86_64")]
-            Path::Amx => amx::tile(kcp, a, b, t),
+            Path::Amx => amx::tile(kcp, a, b, out),
         }
     }
 }
@@ -338,8 +398,9 @@ fn ftz(v: f32) -> f32 {
 }
 
 /// The reference: 8 rows, `vdpbf16ps` lane by lane (odd product, then even, fused, flushed).
-unsafe fn portable_tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
-    for (i, row) in t.iter_mut().enumerate().take(8) {
+unsafe fn portable_tile(kcp: usize, a: *const u16, b: *const u32, out: Out) {
+    let mut t = [[0f32; NR]; 8];
+    for (i, row) in t.iter_mut().enumerate() {
         for (j, acc) in row.iter_mut().enumerate() {
             let mut s = 0f32;
             for q in 0..kcp / 2 {
@@ -350,19 +411,40 @@ unsafe fn portable_tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32;
             *acc = s;
         }
     }
+    out.store(&t);
 }
 
 /// Gated on rustc ≥ 1.89 (`cotlab_avx512`), where these intrinsics are stable.
 #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
 #[allow(clippy::incompatible_msrv)]
 mod avx512 {
-    use super::{NR, ROWS_PAD};
+    use super::{Out, NR};
     use std::arch::x86_64::*;
+
+    /// `n` (a multiple of 16) f32 at `src` to bf16 at `dst` by `vcvtneps2bf16`, except 16
+    /// values holding a subnormal, which `to_bf16` rounds (the largest round up to the smallest
+    /// normal bf16) where the instruction reads zero.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn round(src: *const f32, n: usize, dst: *mut u16) {
+        let (magnitude, normal) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x0080_0000));
+        for i in (0..n).step_by(16) {
+            let x = _mm512_loadu_ps(src.add(i));
+            let bits = _mm512_and_si512(_mm512_castps_si512(x), magnitude);
+            if _mm512_cmplt_epi32_mask(bits, normal) & _mm512_cmpneq_epi32_mask(bits, _mm512_setzero_si512()) != 0 {
+                for j in i..i + 16 {
+                    *dst.add(j) = super::to_bf16(*src.add(j));
+                }
+                continue;
+            }
+            let v = _mm512_cvtneps_pbh(x);
+            _mm256_storeu_si256(dst.add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(v));
+        }
+    }
 
     /// 8 rows × 32 columns: 16 accumulators; per k pair two B loads and one broadcast A pair
     /// per row.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
+    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, out: Out) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 8];
         let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
         for q in 0..kcp / 2 {
@@ -374,10 +456,22 @@ mod avx512 {
                 row[1] = _mm512_dpbf16_ps(row[1], av, b1);
             }
         }
-        for (row, out) in acc.iter().zip(t.iter_mut()) {
-            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
+        if out.rows == 8 && out.cols == NR {
+            for (i, row) in acc.iter().enumerate() {
+                let d = out.c.add(i * out.rs);
+                for (h, &v) in row.iter().enumerate() {
+                    let v = if out.overwrite { v } else { _mm512_add_ps(_mm512_loadu_ps(d.add(16 * h)), v) };
+                    _mm512_storeu_ps(d.add(16 * h), v);
+                }
+            }
+            return;
         }
+        let mut t = [[0f32; NR]; 8];
+        for (row, r) in acc.iter().zip(t.iter_mut()) {
+            _mm512_storeu_ps(r.as_mut_ptr(), row[0]);
+            _mm512_storeu_ps(r.as_mut_ptr().add(16), row[1]);
+        }
+        out.store(&t);
     }
 }
 
@@ -387,7 +481,7 @@ mod avx512 {
 /// ([`configure`]) and releases the tiles after ([`release`]).
 #[cfg(target_arch = "x86_64")]
 mod amx {
-    use super::{NR, ROWS_PAD};
+    use super::{Out, NR, ROWS_PAD};
     use std::arch::asm;
 
     /// Palette 1, every tile 16 rows of 64 bytes.
@@ -418,9 +512,28 @@ mod amx {
         asm!("tilerelease", options(nostack, nomem));
     }
 
-    /// 32 rows × 32 columns over `kcp` (a multiple of 32) k values.
-    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, t: &mut [[f32; NR]; ROWS_PAD]) {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+    /// 32 rows × 32 columns over `kcp` (a multiple of 32) k values. A whole tile is summed in
+    /// place: the accumulators start from dst (or zero) and are stored back to it; a partial one
+    /// goes through a buffer.
+    pub unsafe fn tile(kcp: usize, a: *const u16, b: *const u32, out: Out) {
+        let whole = out.rows == ROWS_PAD && out.cols == NR;
+        if whole && !out.overwrite {
+            let c = out.c;
+            asm!(
+                "tileloadd tmm0, [{c0} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(16),
+                c2 = in(reg) c.add(16 * out.rs),
+                c3 = in(reg) c.add(16 * out.rs + 16),
+                s = in(reg) out.rs * 4,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
         let (a_stride, b_stride) = (kcp * 2, NR * 4);
         for k0 in (0..kcp).step_by(32) {
             let (a0, a1) = (a.add(k0), a.add(16 * kcp + k0));
@@ -444,18 +557,27 @@ mod amx {
                 options(nostack, readonly),
             );
         }
-        let out = t.as_mut_ptr() as *mut f32;
-        let s = NR * 4;
+        if whole {
+            store(out.c, out.rs);
+        } else {
+            let mut t = [[0f32; NR]; ROWS_PAD];
+            store(t.as_mut_ptr() as *mut f32, NR);
+            out.store(&t);
+        }
+    }
+
+    /// Tiles 0–3 to the 32 × 32 block at `c` (row stride `rs`).
+    unsafe fn store(c: *mut f32, rs: usize) {
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
             "tilestored [{c1} + {s}*1], tmm1",
             "tilestored [{c2} + {s}*1], tmm2",
             "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) out,
-            c1 = in(reg) out.add(16),
-            c2 = in(reg) out.add(16 * NR),
-            c3 = in(reg) out.add(16 * NR + 16),
-            s = in(reg) s,
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(16 * rs),
+            c3 = in(reg) c.add(16 * rs + 16),
+            s = in(reg) rs * 4,
             options(nostack),
         );
     }
@@ -545,6 +667,27 @@ mod tests {
                     bf16_gemm_on(path, 1, n, k, &mut row, n, false, Operand::new(&ao.data[i * ao.rs..], ao.rs, ao.cs), bo, 1);
                     assert_eq!(row, one[i * n..], "{path:?} {what} {m}x{n}x{k}: a row alone differs");
                 }
+            }
+        }
+    }
+
+    /// The packing's vector rounding gives `to_bf16`'s bits: ties to even, subnormals flushed
+    /// to signed zeros, overflow to infinity; a NaN stays NaN.
+    #[test]
+    fn packing_rounds_as_to_bf16() {
+        let mut v = rand(1000, 8);
+        let edge = [0x3f80_8000u32, 0x3f81_8000, 0x0000_0001, 0x8000_0001, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0x0000_0000, 0x8000_0000];
+        v.extend(edge.iter().map(|&b| f32::from_bits(b)));
+        v.extend(v.clone().iter().map(|x| x * 1e-36));
+        v.insert(0, f32::NAN);
+        let mut got = vec![0u16; v.len()];
+        // SAFETY: both buffers hold v.len() values.
+        unsafe { round_run(v.as_ptr(), v.len(), got.as_mut_ptr()) };
+        for (x, g) in v.iter().zip(&got) {
+            if x.is_nan() {
+                assert!(f32::from_bits((*g as u32) << 16).is_nan());
+            } else {
+                assert_eq!(*g, to_bf16(*x), "{x:e} ({:#x})", x.to_bits());
             }
         }
     }
