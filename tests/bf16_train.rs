@@ -64,8 +64,10 @@ fn bf16_sft_tracks_f32_losses_within_2_percent() {
     let d = tempfile::tempdir().unwrap();
     let rounds = cotlab::kernels::bf16_gemm::kernel().is_some();
     for lora in [None, Some(LoraConfig::default())] {
-        let opts = SftOptions { max_steps: Some(8), batch_size: 4, grad_accum: 1, lr: 3e-3, max_len: 64, save_every: 100, lora: lora.clone(), ..Default::default() };
-        let run = |dtype: DType| sft(&student(dtype), &corpus, &opts, &RunDir::new(d.path().join(format!("{dtype:?}-{}", lora.is_some()))), None).unwrap().losses;
+        let opts =
+            SftOptions { max_steps: Some(8), batch_size: 4, grad_accum: 1, lr: 3e-3, max_len: 64, save_every: 100, lora: lora.clone(), ..Default::default() };
+        let run =
+            |dtype: DType| sft(&student(dtype), &corpus, &opts, &RunDir::new(d.path().join(format!("{dtype:?}-{}", lora.is_some()))), None).unwrap().losses;
         let (f32_losses, bf16_losses) = (run(DType::F32), run(DType::BF16));
         let what = if lora.is_some() { "LoRA" } else { "full" };
         assert_eq!(f32_losses.len(), 8, "{what}: {f32_losses:?}");

@@ -238,7 +238,8 @@ impl Job {
                         for jr in (0..nc).step_by(NR) {
                             let panel = bp.add(jr / NR * (kcp / 2) * NR);
                             for ir in (0..mc).step_by(mr) {
-                                let out = Out { c: c.add((ic + ir) * self.c_rs + jc + jr), rs: self.c_rs, overwrite, rows: mr.min(mc - ir), cols: NR.min(nc - jr) };
+                                let out =
+                                    Out { c: c.add((ic + ir) * self.c_rs + jc + jr), rs: self.c_rs, overwrite, rows: mr.min(mc - ir), cols: NR.min(nc - jr) };
                                 self.path.tile(kcp, ap.add(ir * kcp), panel, out);
                             }
                         }
@@ -653,10 +654,14 @@ mod tests {
                     assert_eq!(one, run(path, 2), "{path:?} {what} {m}x{n}x{k}: the thread count changed bits");
                     #[cfg(target_arch = "x86_64")]
                     if path == Path::Amx {
-                        let mag: Vec<f64> =
-                            (0..m * n).map(|e| (0..k).map(|p| (rounded(ao.data[e / n * ao.rs + p * ao.cs]) * rounded(bo.data[p * bo.rs + e % n * bo.cs])).abs()).sum()).collect();
+                        let mag: Vec<f64> = (0..m * n)
+                            .map(|e| (0..k).map(|p| (rounded(ao.data[e / n * ao.rs + p * ao.cs]) * rounded(bo.data[p * bo.rs + e % n * bo.cs])).abs()).sum())
+                            .collect();
                         for (e, (x, y)) in one.iter().zip(&reference).enumerate() {
-                            assert!(((x - y).abs() as f64) <= 2.0 * k as f64 * f32::EPSILON as f64 * (mag[e] + 1e-30), "AMX {what} {m}x{n}x{k} [{e}]: {x} vs {y}");
+                            assert!(
+                                ((x - y).abs() as f64) <= 2.0 * k as f64 * f32::EPSILON as f64 * (mag[e] + 1e-30),
+                                "AMX {what} {m}x{n}x{k} [{e}]: {x} vs {y}"
+                            );
                         }
                         continue;
                     }
@@ -676,7 +681,8 @@ mod tests {
     #[test]
     fn packing_rounds_as_to_bf16() {
         let mut v = rand(1000, 8);
-        let edge = [0x3f80_8000u32, 0x3f81_8000, 0x0000_0001, 0x8000_0001, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0x0000_0000, 0x8000_0000];
+        let edge =
+            [0x3f80_8000u32, 0x3f81_8000, 0x0000_0001, 0x8000_0001, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0x0000_0000, 0x8000_0000];
         v.extend(edge.iter().map(|&b| f32::from_bits(b)));
         v.extend(v.clone().iter().map(|x| x * 1e-36));
         v.insert(0, f32::NAN);

@@ -742,18 +742,19 @@ mod tests {
         let g = Tensor::randn(0f32, 1., (n, out), &dev)?;
         let (xv, wv, gv) = (x.as_tensor().flatten_all()?.to_vec1::<f32>()?, w.as_tensor().flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
         // want[i][j] = Σ_p a(i, p)·b(p, j) in f64 of rounded values; within f32 accumulation.
-        let close = |got: &Tensor, rows: usize, cols: usize, k: usize, a: &dyn Fn(usize, usize) -> f32, b: &dyn Fn(usize, usize) -> f32, what: &str| -> Result<()> {
-            let got = got.flatten_all()?.to_vec1::<f32>()?;
-            for i in 0..rows {
-                for j in 0..cols {
-                    let want: f64 = (0..k).map(|p| r(a(i, p)) * r(b(p, j))).sum();
-                    let mag: f64 = (0..k).map(|p| (r(a(i, p)) * r(b(p, j))).abs()).sum();
-                    let e = (got[i * cols + j] as f64 - want).abs();
-                    assert!(e <= k as f64 * 1.2e-7 * mag + 1e-6, "{what} ({i},{j}): {} vs {want}", got[i * cols + j]);
+        let close =
+            |got: &Tensor, rows: usize, cols: usize, k: usize, a: &dyn Fn(usize, usize) -> f32, b: &dyn Fn(usize, usize) -> f32, what: &str| -> Result<()> {
+                let got = got.flatten_all()?.to_vec1::<f32>()?;
+                for i in 0..rows {
+                    for j in 0..cols {
+                        let want: f64 = (0..k).map(|p| r(a(i, p)) * r(b(p, j))).sum();
+                        let mag: f64 = (0..k).map(|p| (r(a(i, p)) * r(b(p, j))).abs()).sum();
+                        let e = (got[i * cols + j] as f64 - want).abs();
+                        assert!(e <= k as f64 * 1.2e-7 * mag + 1e-6, "{what} ({i},{j}): {} vs {want}", got[i * cols + j]);
+                    }
                 }
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         for trainable in [true, false] {
             let y = if trainable { linear(x.as_tensor(), w.as_tensor(), Gemm::Bf16)? } else { frozen_linear(x.as_tensor(), w.as_tensor(), Gemm::Bf16)? };
             close(&y, n, out, inp, &|i, p| xv[i * inp + p], &|p, j| wv[j * inp + p], "forward")?;
