@@ -427,10 +427,10 @@ impl Transformer {
         }
     }
 
-    /// The dtype a pass computes in: the compute dtype when training; when decoding, the live
-    /// guard's (quantized kernels take and give f32).
+    /// The dtype a pass's activations are in: f32 on the CPU (bf16 there is in the GEMMs:
+    /// [`Transformer::gemm`], `kernels::bf16`); on CUDA the compute dtype when training, when
+    /// decoding the live guard's (quantized kernels take and give f32).
     fn dt(&self, grad: bool) -> DType {
-        // On the CPU activations are f32 whatever the compute dtype: bf16 is in the GEMMs.
         if self.device.is_cpu() {
             return DType::F32;
         }
@@ -440,8 +440,6 @@ impl Transformer {
         let c = self.cast.lock().unwrap();
         match c.mode {
             Some(DecodeWeights::F32 | DecodeWeights::Q8_0 | DecodeWeights::Q4_1) if c.users > 0 => DType::F32,
-            // On the CPU bf16 weights multiply f32 activations (`kernels::bf16`).
-            Some(DecodeWeights::Bf16) if c.users > 0 && self.device.is_cpu() => DType::F32,
             Some(DecodeWeights::Bf16) if c.users > 0 => DType::BF16,
             _ => self.dtype,
         }
