@@ -422,16 +422,18 @@ mod avx512 {
     use super::{Out, NR};
     use std::arch::x86_64::*;
 
-    /// `n` (a multiple of 16) f32 at `src` to bf16 at `dst` by `vcvtneps2bf16`, except 16
-    /// values holding a subnormal, which `to_bf16` rounds (the largest round up to the smallest
-    /// normal bf16) where the instruction reads zero.
+    /// `n` (a multiple of 16) f32 at `src` to bf16 at `dst` by `vcvtneps2bf16`, which reads a
+    /// subnormal as a signed zero: what `to_bf16` gives too, except for the largest subnormals
+    /// (magnitude bits from 0x007f_8000), which round up to the smallest normal bf16 there. 16
+    /// values holding one of those go through `to_bf16`. (Loss gradients hold many smaller
+    /// subnormals: those stay on the vector path.)
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn round(src: *const f32, n: usize, dst: *mut u16) {
-        let (magnitude, normal) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x0080_0000));
+        let (magnitude, rounds_up, normal) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x007f_8000), _mm512_set1_epi32(0x0080_0000));
         for i in (0..n).step_by(16) {
             let x = _mm512_loadu_ps(src.add(i));
             let bits = _mm512_and_si512(_mm512_castps_si512(x), magnitude);
-            if _mm512_cmplt_epi32_mask(bits, normal) & _mm512_cmpneq_epi32_mask(bits, _mm512_setzero_si512()) != 0 {
+            if _mm512_cmplt_epi32_mask(bits, normal) & _mm512_cmpge_epi32_mask(bits, rounds_up) != 0 {
                 for j in i..i + 16 {
                     *dst.add(j) = super::to_bf16(*src.add(j));
                 }
@@ -685,6 +687,9 @@ mod tests {
             [0x3f80_8000u32, 0x3f81_8000, 0x0000_0001, 0x8000_0001, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0x0000_0000, 0x8000_0000];
         v.extend(edge.iter().map(|&b| f32::from_bits(b)));
         v.extend(v.clone().iter().map(|x| x * 1e-36));
+        // Subnormals of every size, 16 at a time (whole vector chunks) and mixed with normals.
+        v.extend((0..64u32).map(|i| f32::from_bits((i * 0x0001_ff77) | if i % 2 == 0 { 0 } else { 0x8000_0000 })));
+        v.extend((0..64u32).map(|i| f32::from_bits(0x007f_8000 + i * 0x1ff - 0x4000)));
         v.insert(0, f32::NAN);
         let mut got = vec![0u16; v.len()];
         // SAFETY: both buffers hold v.len() values.
