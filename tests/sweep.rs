@@ -255,3 +255,49 @@ fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     assert_eq!(agg.height(), 1, "{}", agg.to_table_string());
     assert_eq!(agg.cell(0, "seeds").unwrap(), cotlab::frame::Cell::Int(2));
 }
+
+/// `method` is a grid key: a 2-point sweep (sft vs kd from stored teacher logits of the base
+/// student) names each point's method, trains the kd point with its `kd` map and the sft point
+/// without it.
+#[test]
+fn a_method_grid_trains_sft_and_kd_points() {
+    require!(Model);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("kd.rhai");
+    std::fs::write(
+        &script,
+        r#"
+        let l = teacher_logits(student("default"), rationales("arith", #{ level: 2, n: 4, seed: 1 }), #{ top_k: 8, max_len: 96 });
+        let base = #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96,
+                      eval_n: 2, eval_max_new_tokens: 8, kd: #{ logits: l.dir, alpha: 0.5 } };
+        let r = sweep(#{ name: "methods", grid: #{ method: ["sft", "kd"] }, base: base });
+        r.results.write_csv("points.csv");
+        print(`ran ${r.ran} failed ${r.failed} invalid ${r.invalid}`);
+        "#,
+    )
+    .unwrap();
+    let mut c = cotlab();
+    c.current_dir(d.path()).args(["run"]).arg(&script).args(["--out", "out", "--runs", "runs"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ran 2 failed 0 invalid 0"), "{}", r.stdout);
+    let csv = std::fs::read_to_string(d.path().join("out/points.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "method").unwrap_or_else(|| panic!("no method column: {csv}"));
+    let methods: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(col).unwrap()).collect();
+    assert_eq!(methods, ["sft", "kd"], "{csv}");
+    let mut kd_points = 0;
+    for e in std::fs::read_dir(d.path().join("runs/methods")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("config.json")).unwrap()).unwrap();
+        let kd = &config["options"]["kd"];
+        if name.starts_with("method-kd-") {
+            kd_points += 1;
+            assert_eq!(kd["alpha"], 0.5, "{name}: {config}");
+        } else {
+            assert!(name.starts_with("method-sft-") && kd.is_null(), "{name}: {config}");
+        }
+    }
+    assert_eq!(kd_points, 1);
+}
