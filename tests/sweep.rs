@@ -272,7 +272,7 @@ fn a_method_grid_trains_sft_and_kd_points() {
         let base = #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96,
                       eval_n: 2, eval_max_new_tokens: 8, kd: #{ logits: l.dir, alpha: 0.5 } };
         let r = sweep(#{ name: "methods", grid: #{ method: ["sft", "kd"] }, base: base });
-        r.results.write_csv("points.csv");
+        for row in r.results.rows() { print(`point ${row.point} method ${row.method} ${row.status}`); }
         print(`ran ${r.ran} failed ${r.failed} invalid ${r.invalid}`);
         "#,
     )
@@ -282,11 +282,12 @@ fn a_method_grid_trains_sft_and_kd_points() {
     let r = run(&mut c);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("ran 2 failed 0 invalid 0"), "{}", r.stdout);
-    let csv = std::fs::read_to_string(d.path().join("out/points.csv")).unwrap();
-    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    let col = header.iter().position(|h| *h == "method").unwrap_or_else(|| panic!("no method column: {csv}"));
-    let methods: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(col).unwrap()).collect();
-    assert_eq!(methods, ["sft", "kd"], "{csv}");
+    // The results frame names each point's method.
+    let rows: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("point ")).collect();
+    assert_eq!(rows.len(), 2, "{}", r.stdout);
+    for m in ["sft", "kd"] {
+        assert!(rows.iter().any(|l| l.starts_with(&format!("point method-{m}-")) && l.ends_with(&format!("method {m} done"))), "{rows:?}");
+    }
     let mut kd_points = 0;
     for e in std::fs::read_dir(d.path().join("runs/methods")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()) {
         let name = e.file_name().to_string_lossy().to_string();
