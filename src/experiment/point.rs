@@ -447,7 +447,24 @@ impl PointConfig {
         }
         let sft: SftOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("sft options: {e}"))?;
         sft.validate()?;
-        Ok(PointConfig { parts, user, mixed, mix_n: train_n, train_seed, order, strategy, student, student_opts, train, method, distill, sft, eval_dataset, eval_data, eval })
+        Ok(PointConfig {
+            parts,
+            user,
+            mixed,
+            mix_n: train_n,
+            train_seed,
+            order,
+            strategy,
+            student,
+            student_opts,
+            train,
+            method,
+            distill,
+            sft,
+            eval_dataset,
+            eval_data,
+            eval,
+        })
     }
 
     /// The data files this point reads (for provenance), or why the release lacks its corpus.
@@ -539,7 +556,10 @@ mod tests {
         assert_eq!((k.method, k.sft.kd.as_ref().map(|k| k.alpha), k.distill.is_none()), (Method::Kd, Some(0.3), true));
         let d = base(serde_json::json!({"method": "distill", "kd": kd, "distill": distill})).unwrap();
         let spec = d.distill.unwrap();
-        assert_eq!((d.method, d.sft.kd.is_none(), spec.teacher.as_str(), spec.opts.beta, spec.opts.lmbda, spec.opts.max_new_tokens), (Method::Distill, true, "runs/t", 0.0, 1.0, 128));
+        assert_eq!(
+            (d.method, d.sft.kd.is_none(), spec.teacher.as_str(), spec.opts.beta, spec.opts.lmbda, spec.opts.max_new_tokens),
+            (Method::Distill, true, "runs/t", 0.0, 1.0, 128)
+        );
         assert_eq!(base(serde_json::json!({"kd": kd})).unwrap().method, Method::Kd);
         assert_eq!(base(serde_json::json!({"distill": distill})).unwrap().method, Method::Distill);
         for (extra, msg) in [

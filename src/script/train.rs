@@ -179,7 +179,8 @@ print(r.on_policy_batches);
 /// Split a `distill` options map into the run name, `stop_after`, `distill`'s own options and
 /// `sft`'s.
 fn distill_options(mut opts: Map) -> RhaiResult<(String, Option<usize>, DistillOptions, SftOptions)> {
-    let name = take_str(&mut opts, "run", "distill")?.ok_or_else(|| rt(usage!("distill: give the run a name: #{{run: \"gkd\", ...}} (its dir is runs/<name>)")))?;
+    let name =
+        take_str(&mut opts, "run", "distill")?.ok_or_else(|| rt(usage!("distill: give the run a name: #{{run: \"gkd\", ...}} (its dir is runs/<name>)")))?;
     let stop_after = take_stop_after(&mut opts, "distill")?;
     let mut own = Map::new();
     for k in DistillOptions::KEYS {
@@ -355,7 +356,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         let train = move |s: &StudentH, t: &StudentH, corpus: &Corpus, opts: Map| -> RhaiResult<Dynamic> {
             let (name, stop_after, o, sft_opts) = distill_options(opts)?;
             if with_dataset && o.lmbda < 1.0 {
-                return Err(rt(usage!("distill: a dataset has questions but no responses, so every batch must be on-policy: give lmbda: 1 (got {}), or a corpus", o.lmbda)));
+                return Err(rt(usage!(
+                    "distill: a dataset has questions but no responses, so every batch must be on-policy: give lmbda: 1 (got {}), or a corpus",
+                    o.lmbda
+                )));
             }
             let run = RunDir::new(w.run_dir(&name).map_err(rt)?);
             let tracking = Tracking {
@@ -370,7 +374,9 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
                 train(s, &t, &questions_only(&ds), opts)
             });
         } else {
-            def(engine, "distill", ["s", "teacher", "corpus", "opts"], DISTILL, move |s: &mut StudentH, t: StudentH, corpus: Corpus, opts: Map| train(s, &t, &corpus, opts));
+            def(engine, "distill", ["s", "teacher", "corpus", "opts"], DISTILL, move |s: &mut StudentH, t: StudentH, corpus: Corpus, opts: Map| {
+                train(s, &t, &corpus, opts)
+            });
         }
     }
 

@@ -178,6 +178,7 @@ impl BatchLoss for OnPolicy<'_> {
 /// Distil `teacher` into `student` on `corpus` (see the module head) in `run`, as `sft` trains
 /// (schedule, optimizer, checkpoints, resume, `train_log.jsonl`, `log_to`); `stop_after` ends
 /// this invocation after that many steps.
+#[allow(clippy::too_many_arguments)]
 pub fn distill(
     student: &Student,
     teacher: &Student,
@@ -193,15 +194,8 @@ pub fn distill(
         return Err(usage!("distill: 'kd' is offline KD from stored logits; distill computes its teacher's logits live: drop 'kd'"));
     }
     check_same_vocab(&teacher.source.display().to_string(), &Vocab::of(teacher), &student.source.display().to_string(), &Vocab::of(student))?;
-    let loss = OnPolicy {
-        teacher,
-        opts: opts.clone(),
-        seed: sft.seed,
-        max_len: sft.max_len,
-        on_policy: Cell::new(0),
-        corpus: Cell::new(0),
-        generated: Cell::new(0),
-    };
+    let loss =
+        OnPolicy { teacher, opts: opts.clone(), seed: sft.seed, max_len: sft.max_len, on_policy: Cell::new(0), corpus: Cell::new(0), generated: Cell::new(0) };
     let mut t = Trainer::with_loss(student, corpus, sft, run, Some(&loss))?;
     t.track(tracking)?;
     record_provenance(student, teacher, run, sft.seed)?;

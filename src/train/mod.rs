@@ -11,6 +11,6 @@ pub mod pack;
 pub mod run;
 pub mod sft;
 
-pub use run::{RunDir, TrainState, TrainSummary};
 pub use distill::{distill, DistillOptions, DistillReport};
+pub use run::{RunDir, TrainState, TrainSummary};
 pub use sft::{sft, sft_tracked, BatchLoss, Preset, Schedule, SftOptions, SftReport, Tracking, Trainer};
