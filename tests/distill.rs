@@ -1,6 +1,7 @@
 //! On-policy KD (`train::distill`): the generalized JSD and its gradient against TRL's
 //! `generalized_jsd_loss` run in PyTorch, a real on-policy run (the student generates, the loss
-//! falls), a teacher equal to the student (no loss), mismatched vocabularies, and resume.
+//! falls), a teacher equal to the student (no loss), mismatched vocabularies, resume, and the
+//! Rhai binding on a dataset.
 
 #[macro_use]
 mod common;
@@ -210,4 +211,44 @@ fn resume_after_stop_equals_uninterrupted() {
     }
     let e = run(&student(7), &student(9), &on(0.9, 0.5), &sft, &parts, None).unwrap_err().to_string();
     assert!(e.contains("holds a different run") && e.contains("beta"), "{e}");
+}
+
+/// The Rhai binding: `distill` on a dataset (questions only) trains fully on-policy, with the
+/// sft options beside distill's (`steps` for `max_steps`), and reports the on-policy batches;
+/// a dataset with lmbda < 1 (batches without responses) is refused, saying what to give.
+#[test]
+fn rhai_distill_on_a_dataset_is_on_policy_only() {
+    require!(Model);
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("d.rhai");
+    let write = |lmbda: &str| {
+        std::fs::write(
+            &script,
+            format!(
+                r#"
+                let s = student("default");
+                let r = distill(s, student("default"), dataset("arith", #{{ n: 4, seed: 5 }}),
+                                #{{ run: "gkd", steps: 1, batch_size: 2, grad_accum: 2, max_len: 96, max_new_tokens: 6, lmbda: {lmbda}, beta: 0.0 }});
+                print(`on-policy ${{r.on_policy_batches}} corpus ${{r.corpus_batches}} generated ${{r.generated_tokens}} steps ${{r.steps}}`);
+                "#
+            ),
+        )
+        .unwrap()
+    };
+    let mut c = common::cotlab();
+    c.current_dir(d.path()).args(["run"]).arg(&script).args(["--runs", "runs"]);
+    write("0.5");
+    let r = common::run(&mut c);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("every batch must be on-policy: give lmbda: 1"), "{}", r.stderr);
+    write("1.0");
+    let r = common::run(&mut c);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let line = r.stdout.lines().find(|l| l.starts_with("on-policy")).unwrap_or_else(|| panic!("{}", r.stdout));
+    let n: Vec<usize> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!((n[0], n[1], n[3]), (2, 0, 1), "{line}");
+    assert!(n[2] >= 4 && n[2] <= 4 * 6, "{line}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("runs/gkd/config.json")).unwrap()).unwrap();
+    assert_eq!((config["loss"]["method"].as_str(), config["loss"]["options"]["beta"].as_f64()), (Some("distill"), Some(0.0)), "{config}");
+    assert_eq!(config["loss"]["teacher_fingerprint"].as_str().map(str::len), Some(64), "{config}");
 }
