@@ -4,7 +4,9 @@
 //!
 //! The loss of an optimizer step is the sum of response-token NLL over the whole accumulation
 //! window divided by the window's response-token count (tokens, not batches), so micro-batches
-//! of different lengths weigh what their tokens weigh.
+//! of different lengths weigh what their tokens weigh. A [`BatchLoss`] (on-policy distillation)
+//! replaces the NLL and may replace a micro-batch's examples; its loss is normalised the same way,
+//! over the tokens of the examples actually trained on.
 
 use std::path::Path;
 use std::time::Instant;
