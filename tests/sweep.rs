@@ -256,11 +256,11 @@ fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     assert_eq!(agg.cell(0, "seeds").unwrap(), cotlab::frame::Cell::Int(2));
 }
 
-/// `method` is a grid key: a 2-point sweep (sft vs kd from stored teacher logits of the base
-/// student) names each point's method, trains the kd point with its `kd` map and the sft point
-/// without it.
+/// `method` is a grid key: a sweep of sft, kd (stored teacher logits of the base student) and
+/// distill (the base student as live teacher) names each point's method and trains each point
+/// with its own map only.
 #[test]
-fn a_method_grid_trains_sft_and_kd_points() {
+fn a_method_grid_trains_sft_kd_and_distill_points() {
     require!(Model);
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
@@ -270,8 +270,9 @@ fn a_method_grid_trains_sft_and_kd_points() {
         r#"
         let l = teacher_logits(student("default"), rationales("arith", #{ level: 2, n: 4, seed: 1 }), #{ top_k: 8, max_len: 96 });
         let base = #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96,
-                      eval_n: 2, eval_max_new_tokens: 8, kd: #{ logits: l.dir, alpha: 0.5 } };
-        let r = sweep(#{ name: "methods", grid: #{ method: ["sft", "kd"] }, base: base });
+                      eval_n: 2, eval_max_new_tokens: 8, kd: #{ logits: l.dir, alpha: 0.5 },
+                      distill: #{ teacher: "default", lmbda: 1.0, max_new_tokens: 4 } };
+        let r = sweep(#{ name: "methods", grid: #{ method: ["sft", "kd", "distill"] }, base: base });
         for row in r.results.rows() { print(`point ${row.point} method ${row.method} ${row.status}`); }
         print(`ran ${r.ran} failed ${r.failed} invalid ${r.invalid}`);
         "#,
@@ -281,24 +282,29 @@ fn a_method_grid_trains_sft_and_kd_points() {
     c.current_dir(d.path()).args(["run"]).arg(&script).args(["--out", "out", "--runs", "runs"]);
     let r = run(&mut c);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("ran 2 failed 0 invalid 0"), "{}", r.stdout);
+    assert!(r.stdout.contains("ran 3 failed 0 invalid 0"), "{}", r.stdout);
     // The results frame names each point's method.
     let rows: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("point ")).collect();
-    assert_eq!(rows.len(), 2, "{}", r.stdout);
-    for m in ["sft", "kd"] {
+    assert_eq!(rows.len(), 3, "{}", r.stdout);
+    for m in ["sft", "kd", "distill"] {
         assert!(rows.iter().any(|l| l.starts_with(&format!("point method-{m}-")) && l.ends_with(&format!("method {m} done"))), "{rows:?}");
     }
-    let mut kd_points = 0;
+    let (mut kd_points, mut distill_points) = (0, 0);
     for e in std::fs::read_dir(d.path().join("runs/methods")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()) {
         let name = e.file_name().to_string_lossy().to_string();
         let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("config.json")).unwrap()).unwrap();
-        let kd = &config["options"]["kd"];
+        let (kd, loss) = (&config["options"]["kd"], &config["loss"]);
         if name.starts_with("method-kd-") {
             kd_points += 1;
-            assert_eq!(kd["alpha"], 0.5, "{name}: {config}");
+            assert!(kd["alpha"] == 0.5 && loss.is_null(), "{name}: {config}");
+        } else if name.starts_with("method-distill-") {
+            distill_points += 1;
+            assert!(kd.is_null() && loss["method"] == "distill" && loss["options"]["lmbda"] == 1.0, "{name}: {config}");
+            let log = std::fs::read_to_string(e.path().join("train_log.jsonl")).unwrap();
+            assert!(log.contains("\"on_policy_batches\":1"), "{log}");
         } else {
-            assert!(name.starts_with("method-sft-") && kd.is_null(), "{name}: {config}");
+            assert!(name.starts_with("method-sft-") && kd.is_null() && loss.is_null(), "{name}: {config}");
         }
     }
-    assert_eq!(kd_points, 1);
+    assert_eq!((kd_points, distill_points), (1, 1));
 }
