@@ -18,7 +18,12 @@ a = ap.parse_args()
 prompts = json.load(open(a.prompts))
 
 L.llama_backend_init()
-model = L.llama_model_load_from_file(a.gguf.encode(), L.llama_model_default_params())
+mp = L.llama_model_default_params()
+# No extra buffer types: for Q4_1 the only one is llama.cpp's AMX repacking, whose matmul
+# segfaults in llama-cpp-python 0.3.36 on Sapphire Rapids; without it llama.cpp runs its
+# AVX-512 (VNNI) Q4_1 kernels, its path on every other x86-64 CPU.
+mp.use_extra_bufts = False
+model = L.llama_model_load_from_file(a.gguf.encode(), mp)
 assert model, f"llama.cpp could not load {a.gguf}"
 n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
 longest = max(len(p) for p in prompts) + a.new_tokens

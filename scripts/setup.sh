@@ -74,8 +74,9 @@ install_torch() {
 
 install_llamacpp() {
     if ! "$home/venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+        # Pinned: the benches compare against one llama.cpp. GGML_NATIVE builds it for this CPU.
         echo "installing llama-cpp-python into $home/venv (compiles llama.cpp: 10-40 min)..." >&2
-        "$home/venv/bin/pip" install --quiet llama-cpp-python
+        CMAKE_ARGS="-DGGML_NATIVE=ON" "$home/venv/bin/pip" install --quiet llama-cpp-python==0.3.36
     fi
 }
 

@@ -32,13 +32,13 @@ fn missing_field_and_wrong_type_name_the_record() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "svamp.json", br#"[{"ID": "a", "Body": "b", "Question": "q?", "Answer": 3.0}, {"ID": "b", "Body": "b", "Answer": 2}]"#);
     let e = load_svamp(&p, None).err().unwrap().to_string();
-    assert!(e.contains("svamp.json: record 1: missing field 'Question'"), "{e}");
+    assert!(e.contains("svamp.json: record 2: missing field 'Question'"), "{e}");
     let p = write(d.path(), "svamp2.json", br#"[{"ID": "a", "Body": "b", "Question": "q?", "Answer": [3]}]"#);
     let e = load_svamp(&p, None).err().unwrap().to_string();
-    assert!(e.contains("record 0: field 'Answer' is an array, expected a number"), "{e}");
+    assert!(e.contains("record 1: field 'Answer' is an array, expected a number"), "{e}");
     let p = write(d.path(), "alp.json", br#"[{"instruction": 5, "output": "x"}]"#);
     let e = load_alpaca(&p, "instruction", "output").err().unwrap().to_string();
-    assert!(e.contains("record 0: field 'instruction' is a number, expected a string"), "{e}");
+    assert!(e.contains("record 1: field 'instruction' is a number, expected a string"), "{e}");
     let p = write(d.path(), "gsm.jsonl", b"{\"question\": \"q\", \"answer\": \"no marker\"}\n");
     let e = load_gsm8k(&p, "test").err().unwrap().to_string();
     assert!(e.contains("line 1: field 'answer' has no '#### <number>' line"), "{e}");

@@ -255,3 +255,56 @@ fn the_same_config_gives_the_same_numbers_and_records_its_provenance() {
     assert_eq!(agg.height(), 1, "{}", agg.to_table_string());
     assert_eq!(agg.cell(0, "seeds").unwrap(), cotlab::frame::Cell::Int(2));
 }
+
+/// `method` is a grid key: a sweep of sft, kd (stored teacher logits of the base student) and
+/// distill (the base student as live teacher) names each point's method and trains each point
+/// with its own map only.
+#[test]
+fn a_method_grid_trains_sft_kd_and_distill_points() {
+    require!(Model);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("kd.rhai");
+    std::fs::write(
+        &script,
+        r#"
+        let l = teacher_logits(student("default"), rationales("arith", #{ level: 2, n: 4, seed: 1 }), #{ top_k: 8, max_len: 96 });
+        let base = #{ dataset: "arith", level: 2, train_n: 4, max_steps: 1, batch_size: 2, grad_accum: 1, max_len: 96,
+                      eval_n: 2, eval_max_new_tokens: 8, kd: #{ logits: l.dir, alpha: 0.5 },
+                      distill: #{ teacher: "default", lmbda: 1.0, max_new_tokens: 4 } };
+        let r = sweep(#{ name: "methods", grid: #{ method: ["sft", "kd", "distill"] }, base: base });
+        for row in r.results.rows() { print(`point ${row.point} method ${row.method} ${row.status}`); }
+        print(`ran ${r.ran} failed ${r.failed} invalid ${r.invalid}`);
+        "#,
+    )
+    .unwrap();
+    let mut c = cotlab();
+    c.current_dir(d.path()).args(["run"]).arg(&script).args(["--out", "out", "--runs", "runs"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ran 3 failed 0 invalid 0"), "{}", r.stdout);
+    // The results frame names each point's method.
+    let rows: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("point ")).collect();
+    assert_eq!(rows.len(), 3, "{}", r.stdout);
+    for m in ["sft", "kd", "distill"] {
+        assert!(rows.iter().any(|l| l.starts_with(&format!("point method-{m}-")) && l.ends_with(&format!("method {m} done"))), "{rows:?}");
+    }
+    let (mut kd_points, mut distill_points) = (0, 0);
+    for e in std::fs::read_dir(d.path().join("runs/methods")).unwrap().flatten().filter(|e| e.path().join("point.json").is_file()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("config.json")).unwrap()).unwrap();
+        let (kd, loss) = (&config["options"]["kd"], &config["loss"]);
+        if name.starts_with("method-kd-") {
+            kd_points += 1;
+            assert!(kd["alpha"] == 0.5 && loss.is_null(), "{name}: {config}");
+        } else if name.starts_with("method-distill-") {
+            distill_points += 1;
+            assert!(kd.is_null() && loss["method"] == "distill" && loss["options"]["lmbda"] == 1.0, "{name}: {config}");
+            let log = std::fs::read_to_string(e.path().join("train_log.jsonl")).unwrap();
+            assert!(log.contains("\"on_policy_batches\":1"), "{log}");
+        } else {
+            assert!(name.starts_with("method-sft-") && kd.is_null() && loss.is_null(), "{name}: {config}");
+        }
+    }
+    assert_eq!((kd_points, distill_points), (1, 1));
+}

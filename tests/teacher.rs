@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cotlab::data::{load_dataset, DatasetOptions};
 use cotlab::teacher::cache::{Cache, Entry};
-use cotlab::teacher::openai::{Completion, OpenAi, OpenAiOptions};
+use cotlab::teacher::openai::{Ask, Completion, OpenAi, OpenAiOptions};
 use cotlab::teacher::{AskOptions, Backend, Teacher, Trace};
 
 #[derive(Clone, Copy, Debug)]
@@ -278,7 +278,7 @@ fn bounded(url: &str, timeout_s: f64, max_retries: usize, max_wait_s: f64) -> Op
 /// One request, and how long it took.
 fn timed(client: &OpenAi) -> (Result<Completion, String>, Duration) {
     let started = Instant::now();
-    let r = client.complete("You are a teacher.", "What is 3 + 4?", 0.0, 1.0, 16, 1);
+    let r = client.complete(&Ask { system: "You are a teacher.", user: "What is 3 + 4?", temperature: 0.0, top_p: 1.0, max_tokens: 16, seed: 1 });
     (r, started.elapsed())
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cotlab::data::{load_dataset, DatasetOptions};
 use cotlab::teacher::cache::Cache;
-use cotlab::teacher::openai::{OpenAi, OpenAiOptions};
+use cotlab::teacher::openai::{Ask, OpenAi, OpenAiOptions};
 use cotlab::teacher::{AskOptions, Backend, Teacher};
 
 #[derive(Clone, Copy)]
@@ -333,7 +333,7 @@ fn requests_go_to_the_url_the_key_policy_judged() {
     ];
     for (i, (url, path)) in cases.iter().enumerate() {
         let client = OpenAi::new(opts(url, Some("COTLAB_TEST_KEY_URL2"))).unwrap_or_else(|e| panic!("{url}: {e}"));
-        let c = client.complete("s", "u", 0.0, 1.0, 8, 1).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let c = client.complete(&Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 8, seed: 1 }).unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(c.text, "The answer is 7");
         let head = server.heads.lock().unwrap()[i].clone();
         assert!(head.starts_with(&format!("POST {path} HTTP/1.1")), "{url}: {head}");
@@ -359,9 +359,9 @@ fn an_escaped_or_encoded_echo_of_the_key_is_redacted() {
     let client = |server: &common::FakeServer| OpenAi::new(opts(&format!("http://{}/v1", server.addr), Some("COTLAB_TEST_KEY_ECHO"))).unwrap();
     let (e, a) = (client(&errors), client(&answers));
     for form in &forms {
-        let err = e.complete("s", "u", 0.0, 1.0, 8, 1).expect_err("401 is an error");
+        let err = e.complete(&Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 8, seed: 1 }).expect_err("401 is an error");
         assert_eq!(err, "HTTP 401: {\"error\": \"bad key: [redacted]\"}", "echoed as {form}");
-        let text = a.complete("s", "u", 0.0, 1.0, 8, 1).unwrap().text;
+        let text = a.complete(&Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 8, seed: 1 }).unwrap().text;
         assert_eq!(text, "you sent [redacted]. The answer is 7", "echoed as {form}");
     }
     assert_eq!(errors.count.load(Ordering::SeqCst), forms.len());

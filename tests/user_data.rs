@@ -288,7 +288,7 @@ fn bad_user_sets_are_clear_errors() {
             "#{}",
             vec!["2 of 4 rows have no question", "line 2, line 3"],
         ),
-        (write(dir, "noa.json", "[{\"question\": \"q\", \"answer\": 1}, {\"question\": \"q2\"}]"), "#{}", vec!["1 of 2 rows have no answer", "record 1"]),
+        (write(dir, "noa.json", "[{\"question\": \"q\", \"answer\": 1}, {\"question\": \"q2\"}]"), "#{}", vec!["1 of 2 rows have no answer", "record 2"]),
         // Answers that are not of the kind: the count and the first three.
         (
             write(dir, "five.jsonl", &five),

@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::corpus::{Corpus, Origin, Rationale, Subject, UserData};
+use super::loaders::{decode_text, parse_records};
 use crate::answer::{canonical_gold, extract_answer, AnswerKind};
 use crate::cot::Format;
 use crate::error::{Error, Result};
@@ -90,43 +91,6 @@ fn text_of(v: Option<&Value>) -> Option<String> {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
-    }
-}
-
-/// Records of a JSON file: one array of objects, or one object per line.
-fn json_records(path: &Path, text: &str) -> Result<Vec<(String, Map<String, Value>)>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim().is_empty() {
-        return Err(Error::data(path, "file is empty: a corpus needs at least one record"));
-    }
-    let object = |at: String, v: Value| match v {
-        Value::Object(m) => Ok((at, m)),
-        other => Err(Error::data(path, format!("{at}: expected a JSON object, found {}", kind_of(&other)))),
-    };
-    if text.trim_start().starts_with('[') {
-        let all: Vec<Value> = serde_json::from_str(text).map_err(|e| Error::data(path, format!("not a JSON array of objects: {e}")))?;
-        return all.into_iter().enumerate().map(|(i, v)| object(format!("record {}", i + 1), v)).collect();
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(path, format!("line {}: {e} (expected a JSON array of objects, or one JSON object per line)", i + 1)))?;
-        out.push(object(format!("line {}", i + 1), v)?);
-    }
-    Ok(out)
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a bool",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -410,11 +374,8 @@ fn read_file(path: &Path, o: &CorpusOptions) -> Result<(Vec<Record>, CorpusForma
     }
     let bytes = crate::paths::read_bytes(path)?;
     let sha = hex(&Sha256::digest(&bytes));
-    let text = String::from_utf8(bytes).map_err(|e| Error::data(path, format!("not UTF-8 text ({e}): a JSON corpus is UTF-8")))?;
-    let objects = json_records(path, &text)?;
-    if objects.is_empty() {
-        return Err(Error::data(path, "no records: a corpus needs at least one"));
-    }
+    let text = decode_text(path, bytes)?;
+    let objects = parse_records(path, &text)?.into_iter().map(|r| r.into_object(path)).collect::<Result<Vec<_>>>()?;
     let (format, sniffed) = match format {
         CorpusFormat::Auto => match sniff(&objects[0].1) {
             Some(f) => (f, true),
@@ -732,7 +693,7 @@ mod tests {
         let cases: [(&str, &str, CorpusOptions, &[&str]); 12] = [
             ("none.jsonl", "{\"foo\": 1, \"bar\": 2}\n", number(), &["line 1", "none of the corpus formats", "keys: bar, foo"]),
             ("empty.jsonl", "  \n", number(), &["file is empty"]),
-            ("empty.json", "[]", number(), &["no records"]),
+            ("empty.json", "[]", number(), &["the JSON array is empty"]),
             ("notjson.jsonl", "{\"instruction\": \"q\", \"output\": \"r\"}\nnot json\n", number(), &["line 2", "one JSON object per line"]),
             ("scalar.json", "[{\"instruction\": \"q\", \"output\": \"r\"}, 3]", number(), &["record 2", "expected a JSON object, found a number"]),
             (

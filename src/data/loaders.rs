@@ -27,7 +27,12 @@ pub fn read_text(path: &Path) -> Result<String> {
     if !path.exists() {
         return Err(Error::data(path, "file not found (check --data-dir / $COTLAB_DATA; see datasets/README.md)"));
     }
-    let bytes = crate::paths::read_bytes(path)?;
+    decode_text(path, crate::paths::read_bytes(path)?)
+}
+
+/// A file's bytes as text: UTF-8 (else the line that holds the bad bytes), without a byte-order
+/// mark, and not blank.
+pub fn decode_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -48,22 +53,28 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// Read a JSON array of objects, or JSON lines (one object per line). The format is detected
 /// from the first character, because AQuA's `test.json` is JSON lines despite its name.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = read_text(path)?;
+    parse_records(path, &read_text(path)?)
+}
+
+/// The records of a JSON file's text (see [`read_records`]); at least one. Records are counted
+/// from 1 in messages (`record 1` is the array's first), as lines are.
+pub fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(path, format!("line {}, column {}: malformed JSON: {e}", e.line(), e.column())))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::data(path, format!("line {}, column {}: malformed JSON: {e}", e.line(), e.column())))?;
         let Value::Array(items) = v else { unreachable!("starts with '['") };
         if items.is_empty() {
             return Err(Error::data(path, "the JSON array is empty: expected at least one record"));
         }
-        Ok(items.into_iter().enumerate().map(|(i, value)| Record { loc: format!("record {i}"), index: i, value }).collect())
+        Ok(items.into_iter().enumerate().map(|(i, value)| Record { loc: format!("record {}", i + 1), index: i, value }).collect())
     } else if trimmed.starts_with('{') {
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: malformed JSON line: {e}", n + 1)))?;
+            let value: Value = serde_json::from_str(line)
+                .map_err(|e| Error::data(path, format!("line {}: malformed JSON line: {e} (expected one JSON object per line)", n + 1)))?;
             out.push(Record { loc: format!("line {}", n + 1), index: out.len(), value });
         }
         Ok(out)
@@ -73,6 +84,14 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 }
 
 impl Record {
+    /// The record as a JSON object with where it is, else an error naming what it is.
+    pub fn into_object(self, path: &Path) -> Result<(String, serde_json::Map<String, Value>)> {
+        match self.value {
+            Value::Object(m) => Ok((self.loc, m)),
+            other => Err(Error::data(path, format!("{}: expected a JSON object, found {}", self.loc, type_name(&other)))),
+        }
+    }
+
     fn obj(&self, path: &Path) -> Result<&serde_json::Map<String, Value>> {
         self.value.as_object().ok_or_else(|| Error::data(path, format!("{}: expected a JSON object, found {}", self.loc, type_name(&self.value))))
     }
@@ -116,7 +135,7 @@ impl Record {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

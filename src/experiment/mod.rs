@@ -9,5 +9,5 @@ pub mod progress;
 pub mod slurm;
 pub mod sweep;
 
-pub use point::{PointConfig, Strategy, StrategyConfig, DATA_KEYS, EVAL_KEYS, STRATEGY_KEYS, STUDENT_KEYS};
+pub use point::{DistillSpec, Method, PointConfig, Strategy, StrategyConfig, DATA_KEYS, EVAL_KEYS, METHOD_KEYS, STRATEGY_KEYS, STUDENT_KEYS};
 pub use sweep::{plan, sweep, sweep_in, PlannedSweep, PointPlan, PointStatus, SweepMode, SweepReport, SweepSpec, Sweeps};

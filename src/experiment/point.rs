@@ -15,6 +15,10 @@
 //! * evaluation: `eval_dataset` [= dataset], `eval_split` [test], `eval_n` (a seeded subset),
 //!   `eval_seed` [1; the generated set's seed for arith: 2, apart from the training problems],
 //!   `eval_batch_size`, `eval_max_new_tokens`, `eval_protocol`, `eval_prompt`, `eval_beams`, `eval_decode_weights`;
+//! * method: `method` [`sft`; `kd` given `kd`, `distill` given `distill`]: `sft`, `kd` (the
+//!   `kd` map, `#{logits, alpha, temperature}`, an `sft` option) or `distill` (on-policy KD:
+//!   `distill: #{teacher, beta, lmbda, max_new_tokens, temperature}`, `teacher` a student spec
+//!   or a run); with `method` a grid key, one base holds both maps and each point uses its own;
 //! * every other key is an `sft` option (`lr`, `epochs`, `max_steps`, `seed`, `batch_size`, …);
 //!   `log_to` is sweep-wide (a `base` key) and no part of a point's name (see `sweep::plan`).
 
@@ -35,6 +39,8 @@ pub const DATA_KEYS: &[&str] = &["dataset", "teacher", "level", "format", "train
 /// The student-adaptive strategy's keys (parsed by `take_strategy`; run by [`super::adaptive`]).
 pub const STRATEGY_KEYS: &[&str] = &["select", "select_levels", "select_temperature", "pilot_n", "pilot_steps", "pilot_eval_n"];
 pub const STUDENT_KEYS: &[&str] = &["student", "device", "dtype", "template", "train"];
+/// How a point trains: `method`, and the `distill` map (`kd` is an `sft` option).
+pub const METHOD_KEYS: &[&str] = &["method", "distill", "kd"];
 pub const EVAL_KEYS: &[&str] = &[
     "eval_dataset",
     "eval_split",
@@ -54,8 +60,8 @@ pub const LOG_TO: &str = "log_to";
 /// Every key a point accepts, for checking a grid before anything runs.
 pub fn known_keys() -> Vec<String> {
     let sft = serde_json::to_value(SftOptions { shuffle: false, pack: false, ..Default::default() }).expect("options serialise");
-    let mut keys: Vec<String> = DATA_KEYS.iter().chain(STRATEGY_KEYS).chain(STUDENT_KEYS).chain(EVAL_KEYS).map(|k| k.to_string()).collect();
-    keys.extend(sft.as_object().expect("an object").keys().cloned());
+    let mut keys: Vec<String> = DATA_KEYS.iter().chain(STRATEGY_KEYS).chain(STUDENT_KEYS).chain(EVAL_KEYS).chain(METHOD_KEYS).map(|k| k.to_string()).collect();
+    keys.extend(sft.as_object().expect("an object").keys().filter(|k| !METHOD_KEYS.contains(&k.as_str())).cloned());
     // Never serialised (no part of a run's identity), but a key all the same.
     keys.push(LOG_TO.to_string());
     keys
@@ -135,6 +141,69 @@ fn one() -> f64 {
     1.0
 }
 
+crate::choices! {
+    /// How a point trains its student.
+    #[derive(Default)]
+    pub enum Method("method") {
+        /// Fine-tuning on the corpus's text.
+        #[default]
+        Sft = "sft",
+        /// `sft` with `kd`: CE beside the KL to stored teacher logits.
+        Kd = "kd",
+        /// On-policy KD from a live teacher (`train::distill`).
+        Distill = "distill",
+    }
+}
+
+/// A point's `distill` map: the teacher (a student spec or a run) and `distill`'s options.
+#[derive(Clone, Debug)]
+pub struct DistillSpec {
+    pub teacher: String,
+    pub opts: crate::train::DistillOptions,
+}
+
+impl DistillSpec {
+    fn parse(v: Value) -> Result<DistillSpec> {
+        let Value::Object(mut m) = v else {
+            return Err(usage!("'distill' must be a map #{{teacher, beta, lmbda, max_new_tokens, temperature}} (got {v})"));
+        };
+        let teacher = match m.remove("teacher") {
+            Some(Value::String(t)) => t,
+            other => return Err(usage!("'distill' needs 'teacher': a student spec or a run name (got {})", other.unwrap_or(Value::Null))),
+        };
+        let opts: crate::train::DistillOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("'distill': {e}"))?;
+        opts.validate()?;
+        Ok(DistillSpec { teacher, opts })
+    }
+}
+
+/// The point's method and its `distill` map, from `method`, `kd` and `distill` (removed from
+/// `m` but for the `kd` of a `kd` point, an `sft` option). An explicit `method` ignores the
+/// other method's map, so one base can serve a `method` grid.
+fn take_method(m: &mut Map<String, Value>) -> Result<(Method, Option<DistillSpec>)> {
+    let method: Option<Method> = take(m, "method")?;
+    let distill = m.remove("distill").filter(|v| !v.is_null());
+    let has_kd = m.get("kd").is_some_and(|v| !v.is_null());
+    let method = match method {
+        Some(x) => x,
+        None if has_kd && distill.is_some() => return Err(usage!("both 'kd' and 'distill' given: say which with 'method' (sft, kd, distill)")),
+        None if has_kd => Method::Kd,
+        None if distill.is_some() => Method::Distill,
+        None => Method::Sft,
+    };
+    if method != Method::Kd {
+        m.remove("kd");
+    } else if !has_kd {
+        return Err(usage!("method 'kd' needs 'kd': #{{logits: <teacher_logits dir>, alpha: 0.5, temperature: 1.0}}"));
+    }
+    let distill = match (method, distill) {
+        (Method::Distill, Some(d)) => Some(DistillSpec::parse(d)?),
+        (Method::Distill, None) => return Err(usage!("method 'distill' needs 'distill': #{{teacher: \"<student spec or run>\", beta: 0.5, lmbda: 0.5}}")),
+        _ => None,
+    };
+    Ok((method, distill))
+}
+
 /// A point resolved into what runs.
 #[derive(Clone, Debug)]
 pub struct PointConfig {
@@ -153,6 +222,9 @@ pub struct PointConfig {
     pub student: String,
     pub student_opts: StudentOptions,
     pub train: bool,
+    pub method: Method,
+    /// The teacher and options of a `distill` point.
+    pub distill: Option<DistillSpec>,
     pub sft: SftOptions,
     pub eval_dataset: String,
     pub eval_data: DatasetOptions,
@@ -363,6 +435,10 @@ impl PointConfig {
         if let Some(b) = eval.batch_size {
             crate::error::in_range("sweep", "eval_batch_size", b, 1..=4096)?;
         }
+        let (method, distill) = take_method(&mut m)?;
+        if strategy.is_some() && method == Method::Distill {
+            return Err(usage!("'select' pilots with sft: it cannot choose levels for a 'distill' point"));
+        }
         // What is left are SFT options.
         // Key by key first, so a wrong value's error names its key (serde's does not).
         for (k, v) in &m {
@@ -371,7 +447,24 @@ impl PointConfig {
         }
         let sft: SftOptions = serde_json::from_value(Value::Object(m)).map_err(|e| usage!("sft options: {e}"))?;
         sft.validate()?;
-        Ok(PointConfig { parts, user, mixed, mix_n: train_n, train_seed, order, strategy, student, student_opts, train, sft, eval_dataset, eval_data, eval })
+        Ok(PointConfig {
+            parts,
+            user,
+            mixed,
+            mix_n: train_n,
+            train_seed,
+            order,
+            strategy,
+            student,
+            student_opts,
+            train,
+            method,
+            distill,
+            sft,
+            eval_dataset,
+            eval_data,
+            eval,
+        })
     }
 
     /// The data files this point reads (for provenance), or why the release lacks its corpus.
@@ -440,6 +533,49 @@ mod tests {
 
     fn map(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// `method` picks the map it uses (the other is dropped, so one base serves a method grid);
+    /// without `method` a `kd` or `distill` map names it; a method without its map, both maps
+    /// without `method`, or a bad `distill` map is an error; a point without any is plain SFT.
+    #[test]
+    fn method_keys_choose_how_a_point_trains() {
+        let kd = serde_json::json!({"logits": "/x/store", "alpha": 0.3});
+        let distill = serde_json::json!({"teacher": "runs/t", "beta": 0.0, "lmbda": 1.0});
+        let base = |extra: Value| {
+            let mut m = map(serde_json::json!({"dataset": "arith", "max_steps": 2}));
+            m.extend(map(extra));
+            PointConfig::resolve(&m)
+        };
+        let plain = base(serde_json::json!({})).unwrap();
+        assert_eq!((plain.method, plain.sft.kd.is_none(), plain.distill.is_none()), (Method::Sft, true, true));
+        let both = serde_json::json!({"kd": kd, "distill": distill});
+        let sft = base(serde_json::json!({"method": "sft", "kd": kd, "distill": distill})).unwrap();
+        assert_eq!((sft.method, sft.sft.kd.is_none(), sft.distill.is_none()), (Method::Sft, true, true));
+        let k = base(serde_json::json!({"method": "kd", "kd": kd, "distill": distill})).unwrap();
+        assert_eq!((k.method, k.sft.kd.as_ref().map(|k| k.alpha), k.distill.is_none()), (Method::Kd, Some(0.3), true));
+        let d = base(serde_json::json!({"method": "distill", "kd": kd, "distill": distill})).unwrap();
+        let spec = d.distill.unwrap();
+        assert_eq!(
+            (d.method, d.sft.kd.is_none(), spec.teacher.as_str(), spec.opts.beta, spec.opts.lmbda, spec.opts.max_new_tokens),
+            (Method::Distill, true, "runs/t", 0.0, 1.0, 128)
+        );
+        assert_eq!(base(serde_json::json!({"kd": kd})).unwrap().method, Method::Kd);
+        assert_eq!(base(serde_json::json!({"distill": distill})).unwrap().method, Method::Distill);
+        for (extra, msg) in [
+            (both, "say which with 'method'"),
+            (serde_json::json!({"method": "kd"}), "method 'kd' needs 'kd'"),
+            (serde_json::json!({"method": "distill"}), "method 'distill' needs 'distill'"),
+            (serde_json::json!({"distill": {"beta": 0.5}}), "'distill' needs 'teacher'"),
+            (serde_json::json!({"distill": {"teacher": "t", "lmbda": 2.0}}), "'lmbda' must be in 0..=1"),
+            (serde_json::json!({"distill": {"teacher": "t", "alpha": 1.0}}), "unknown field `alpha`"),
+            (serde_json::json!({"method": "gkd"}), "gkd"),
+        ] {
+            let e = base(extra.clone()).unwrap_err().to_string();
+            assert!(e.contains(msg), "{extra}: {e}");
+        }
+        let keys = known_keys();
+        assert!(["method", "kd", "distill"].iter().all(|k| keys.iter().filter(|x| x == k).count() == 1), "{keys:?}");
     }
 
     #[test]

@@ -415,7 +415,13 @@ fn run_point(ws: &Workspace, sweep: &str, p: &PointPlan, dir: &Path) -> Result<(
         };
         let t = Instant::now();
         let run = RunDir::new(dir);
-        let report = sft_tracked(&base, &corpus, &r.sft, &run, None, &tracking)?;
+        let report = match &r.distill {
+            Some(d) => {
+                let teacher = ws.student(&d.teacher, &r.student_opts)?;
+                crate::train::distill(&base, &teacher, &corpus, &d.opts, &r.sft, &run, None, &tracking)?.sft
+            }
+            None => sft_tracked(&base, &corpus, &r.sft, &run, None, &tracking)?,
+        };
         train_steps = report.steps as u64;
         sft_seconds = t.elapsed().as_secs_f64();
         drop(base);

@@ -71,7 +71,7 @@ fn ce(e: candle_core::Error) -> Error {
 }
 
 /// The token ids that end an answer: EOS and the template's end marker when it is one token.
-fn stop_ids(s: &Student) -> Vec<u32> {
+pub fn stop_ids(s: &Student) -> Vec<u32> {
     let mut ids: Vec<u32> = s.config.eos_token_id.into_iter().collect();
     let end = s.template.end();
     let marker = end.trim_end();

@@ -12,7 +12,7 @@ use crate::model::Student;
 use crate::train::export::export_run;
 use crate::train::kd::{self, LogitsOptions};
 use crate::train::sft::{sft_tracked, Tracking};
-use crate::train::{RunDir, SftOptions};
+use crate::train::{distill, DistillOptions, RunDir, SftOptions};
 use crate::usage;
 
 /// Where `teacher_logits` stores live, under the runs dir.
@@ -144,6 +144,98 @@ let l = teacher_logits(t, rationales("arith", #{ level: 2, n: 32 }), #{ top_k: 2
 sft(student("default"), rationales("arith", #{ level: 2, n: 32 }), #{ run: "kd", max_len: 256, kd: #{ logits: l, alpha: 0.5 } });
 ```"#;
 
+const DISTILL: &str = r#"On-policy token-level KD: train `s` in place towards `teacher`, in `runs/<run>/`.
+
+For a share `lmbda` of micro-batches (a seeded draw) the student answers the batch's prompts
+itself (sampling at `temperature`, up to `max_new_tokens`, cut to `max_len`); teacher and
+student then run teacher-forced over prompt + response and the loss at the response tokens is
+TRL's generalized JSD over the whole vocabulary (`beta` 0: forward KL(teacher ‖ student), 1:
+reverse KL, between: the mixture JSD; both models' logits divided by `temperature`), per
+response token as `sft`'s NLL. The other micro-batches score the corpus's responses with the
+same loss. A dataset instead of a corpus has no responses: it needs `lmbda: 1`. The teacher
+must share the student's vocabulary (else an error naming both). Training is `sft`'s: every
+`sft` option but `kd` (`steps` is `max_steps`), the same run dir, resume (the same call again
+continues at the saved step with the same on-policy draws and answers), `stop_after`,
+`provenance.jsonl` (both models) and `log_to`; each `train_log.jsonl` line has
+`on_policy_batches`. The run's identity adds every option below and the teacher's path and
+weights fingerprint ([training.md](training.md#on-policy-kd-distill)). Returns `sft`'s map plus
+`on_policy_batches`, `corpus_batches`, `generated_tokens` (this invocation).
+
+| option | default | range / values |
+|---|---|---|
+| `beta` | 0.5 | `0..=1` |
+| `lmbda` | 0.5 | `0..=1`: share of on-policy micro-batches |
+| `max_new_tokens` | 128 | `1..=131072` |
+| `temperature` | 1.0 | `0.001..=100` |
+| `run` | required | the run's name |
+| every `sft` option | as `sft` | e.g. `max_steps` (or `steps`), `epochs`, `lr`, `batch_size`, `grad_accum`, `max_len`, `seed`, `lora` |
+
+```rhai
+let t = student("arith-l2");   // a trained teacher run
+let r = distill(student("default"), t, rationales("arith", #{ level: 2, n: 64 }), #{ run: "gkd", steps: 20, lr: 1e-4, batch_size: 4, grad_accum: 1, max_len: 256, lmbda: 1.0 });
+print(r.on_policy_batches);
+```"#;
+
+/// Split a `distill` options map into the run name, `stop_after`, `distill`'s own options and
+/// `sft`'s.
+fn distill_options(mut opts: Map) -> RhaiResult<(String, Option<usize>, DistillOptions, SftOptions)> {
+    let name =
+        take_str(&mut opts, "run", "distill")?.ok_or_else(|| rt(usage!("distill: give the run a name: #{{run: \"gkd\", ...}} (its dir is runs/<name>)")))?;
+    let stop_after = take_stop_after(&mut opts, "distill")?;
+    let mut own = Map::new();
+    for k in DistillOptions::KEYS {
+        if let Some(v) = opts.remove(*k) {
+            own.insert((*k).into(), v);
+        }
+    }
+    if let Some(v) = opts.remove("steps") {
+        if opts.contains_key("max_steps") {
+            return Err(rt(usage!("distill: give 'steps' or 'max_steps', not both")));
+        }
+        opts.insert("max_steps".into(), v);
+    }
+    if opts.contains_key("kd") {
+        return Err(rt(usage!("distill: 'kd' is offline KD from stored logits (an sft option); distill scores with its teacher live: drop 'kd'")));
+    }
+    Ok((name, stop_after, options(own)?, options(opts)?))
+}
+
+/// `stop_after` (≥ 1) removed from a map.
+fn take_stop_after(opts: &mut Map, what: &str) -> RhaiResult<Option<usize>> {
+    match opts.remove("stop_after") {
+        Some(v) => {
+            let k = v.as_int().map_err(|t| rt(usage!("{what}: 'stop_after' must be an integer, found {t}")))?;
+            Ok(Some(usize::try_from(k).ok().filter(|&k| k > 0).ok_or_else(|| rt(usage!("{what}: 'stop_after' must be at least 1, got {k}")))?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A dataset as a corpus of questions without responses (every batch on-policy).
+fn questions_only(ds: &crate::data::Dataset) -> Corpus {
+    let source = format!("dataset:{}-{}", ds.name, ds.split);
+    let rationales = ds
+        .examples
+        .iter()
+        .enumerate()
+        .map(|(row, e)| crate::data::corpus::Rationale {
+            id: e.id.clone(),
+            question: e.question.clone(),
+            gold: Some(e.answer.clone()),
+            text: String::new(),
+            origin: crate::data::corpus::Origin {
+                task: ds.task.into(),
+                teacher: None,
+                level: None,
+                format: crate::cot::Format::Plain,
+                source: source.clone(),
+                row,
+            },
+        })
+        .collect();
+    Corpus { task: ds.task.into(), teacher: None, level: None, format: crate::cot::Format::Plain, source, rationales, skipped: 0, recipe: None }
+}
+
 const GENERATE: &str = r#"Generate an answer to one question: `#{text, tokens, finish}` (`finish`: `eos`, `stop`,
 `length`; `tokens` counts the stop token).
 
@@ -258,6 +350,35 @@ pub(super) fn register(engine: &mut Engine, ctx: &Context) {
         let report = sft_tracked(&s.0, &corpus, &o, &run, stop_after, &tracking).map_err(rt)?;
         rhai::serde::to_dynamic(report)
     });
+
+    for with_dataset in [false, true] {
+        let w = ws.clone();
+        let train = move |s: &StudentH, t: &StudentH, corpus: &Corpus, opts: Map| -> RhaiResult<Dynamic> {
+            let (name, stop_after, o, sft_opts) = distill_options(opts)?;
+            if with_dataset && o.lmbda < 1.0 {
+                return Err(rt(usage!(
+                    "distill: a dataset has questions but no responses, so every batch must be on-policy: give lmbda: 1 (got {}), or a corpus",
+                    o.lmbda
+                )));
+            }
+            let run = RunDir::new(w.run_dir(&name).map_err(rt)?);
+            let tracking = Tracking {
+                target: crate::track::Target { mlruns: w.runs_dir.join("mlruns"), experiment: "cotlab".into(), run_name: name.clone() },
+                extra: Default::default(),
+                finish_with_training: true,
+            };
+            rhai::serde::to_dynamic(distill(&s.0, &t.0, corpus, &o, &sft_opts, &run, stop_after, &tracking).map_err(rt)?)
+        };
+        if with_dataset {
+            def(engine, "distill", ["s", "teacher", "dataset", "opts"], DISTILL, move |s: &mut StudentH, t: StudentH, ds: crate::data::Dataset, opts: Map| {
+                train(s, &t, &questions_only(&ds), opts)
+            });
+        } else {
+            def(engine, "distill", ["s", "teacher", "corpus", "opts"], DISTILL, move |s: &mut StudentH, t: StudentH, corpus: Corpus, opts: Map| {
+                train(s, &t, &corpus, opts)
+            });
+        }
+    }
 
     let w = ws.clone();
     def(engine, "teacher_logits", ["teacher", "corpus", "opts"], TEACHER_LOGITS, move |t: &mut StudentH, corpus: Corpus, opts: Map| -> RhaiResult<Dynamic> {

@@ -78,8 +78,7 @@ pub(super) fn run(teacher: &Teacher, client: &OpenAi, jobs: Vec<Job>, rows: &mut
     for j in jobs {
         by_key.entry(j.key.clone()).or_default().push(j);
     }
-    let bodies: Vec<Request> =
-        by_key.iter().map(|(k, js)| (k.clone(), client.body(&js[0].system, &js[0].user, o.temperature, o.top_p, o.max_tokens, js[0].seed))).collect();
+    let bodies: Vec<Request> = by_key.iter().map(|(k, js)| (k.clone(), client.body(&js[0].ask(o)))).collect();
     let mut outcomes = ask_in_batches(client, cache, &bodies)?;
     let failed: Vec<&Request> = bodies.iter().filter(|(k, _)| !matches!(outcomes.get(k), Some(Ok(_)))).collect();
     if !failed.is_empty() {
@@ -409,7 +408,7 @@ mod tests {
     #[test]
     fn request_lines_carry_the_sync_body_under_the_cache_key() {
         let c = client();
-        let body = c.body("s", "u", 0.0, 1.0, 16, 3);
+        let body = c.body(&super::openai::Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 16, seed: 3 });
         let lines = request_lines(&[("k1".into(), body.clone())]);
         let v: Value = serde_json::from_slice(lines.strip_suffix(b"\n").unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"custom_id": "k1", "method": "POST", "url": "/v1/chat/completions", "body": body}));

@@ -234,6 +234,13 @@ struct Job {
     seed: u64,
 }
 
+impl Job {
+    /// The request that asks this job with `o`'s sampling.
+    fn ask<'a>(&'a self, o: &AskOptions) -> openai::Ask<'a> {
+        openai::Ask { system: &self.system, user: &self.user, temperature: o.temperature, top_p: o.top_p, max_tokens: o.max_tokens, seed: self.seed }
+    }
+}
+
 /// The requests that carry `jobs`: one each, or with `native_n` one per prompt (a question's
 /// samples, in the order asked), whose choice k answers the group's job k.
 fn request_groups(jobs: Vec<Job>, native_n: bool) -> Vec<Vec<Job>> {
@@ -489,16 +496,15 @@ impl Teacher {
                 s.spawn(|| loop {
                     let Some(group) = queue.lock().unwrap().pop_front() else { break };
                     let first = &group[0];
-                    let answers: Vec<std::result::Result<openai::Completion, String>> =
-                        match client.request_n(&first.system, &first.user, o.temperature, o.top_p, o.max_tokens, first.seed, group.len()) {
-                            Err(openai::RequestError::Config(m)) => {
-                                refused.lock().unwrap().get_or_insert(m);
-                                queue.lock().unwrap().clear();
-                                break;
-                            }
-                            Err(e) => group.iter().map(|_| Err(e.message().to_string())).collect(),
-                            Ok(cs) => cs.into_iter().map(Ok).collect(),
-                        };
+                    let answers: Vec<std::result::Result<openai::Completion, String>> = match client.request_n(&first.ask(o), group.len()) {
+                        Err(openai::RequestError::Config(m)) => {
+                            refused.lock().unwrap().get_or_insert(m);
+                            queue.lock().unwrap().clear();
+                            break;
+                        }
+                        Err(e) => group.iter().map(|_| Err(e.message().to_string())).collect(),
+                        Ok(cs) => cs.into_iter().map(Ok).collect(),
+                    };
                     for (job, r) in group.iter().zip(answers) {
                         if let (Ok(c), Some(cache)) = (&r, &self.cache) {
                             // Appended and flushed now: a crash after this loses nothing.

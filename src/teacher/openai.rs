@@ -151,6 +151,17 @@ impl Default for OpenAiOptions {
     }
 }
 
+/// One chat request: the two messages and how to sample the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub system: &'a str,
+    pub user: &'a str,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
     /// The answer, its trace taken out.
@@ -487,50 +498,40 @@ impl OpenAi {
 
     /// The request body: a reasoning model gets `max_completion_tokens` (its trace counts
     /// against it) and no sampling parameters, which those models refuse.
-    pub(super) fn body(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> serde_json::Value {
+    pub(super) fn body(&self, a: &Ask) -> serde_json::Value {
         let mut body = serde_json::json!({
             "model": self.opts.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "seed": seed,
+            "messages": [{"role": "system", "content": a.system}, {"role": "user", "content": a.user}],
+            "seed": a.seed,
         });
         if self.reasoning() {
-            body["max_completion_tokens"] = max_tokens.into();
+            body["max_completion_tokens"] = a.max_tokens.into();
             if let Some(e) = self.opts.reasoning_effort {
                 body["reasoning_effort"] = e.name().into();
             }
         } else {
-            body["temperature"] = temperature.into();
-            body["top_p"] = top_p.into();
-            body["max_tokens"] = max_tokens.into();
+            body["temperature"] = a.temperature.into();
+            body["top_p"] = a.top_p.into();
+            body["max_tokens"] = a.max_tokens.into();
         }
         body
     }
 
     /// One chat completion, retried within limits. Every text it returns has the key redacted.
-    pub fn complete(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, String> {
-        self.request(system, user, temperature, top_p, max_tokens, seed).map_err(|e| e.message().to_string())
+    pub fn complete(&self, a: &Ask) -> Result<Completion, String> {
+        self.request(a).map_err(|e| e.message().to_string())
     }
 
     /// `complete`, telling a failed request from a refused configuration.
-    pub fn request(&self, system: &str, user: &str, temperature: f64, top_p: f64, max_tokens: usize, seed: u64) -> Result<Completion, RequestError> {
-        let mut cs = self.request_n(system, user, temperature, top_p, max_tokens, seed, 1)?;
+    pub fn request(&self, a: &Ask) -> Result<Completion, RequestError> {
+        let mut cs = self.request_n(a, 1)?;
         Ok(cs.swap_remove(0))
     }
 
     /// `n` choices of one request (`n` sent only above 1); exactly `n` come back, or an error that
     /// says the endpoint gave fewer.
-    #[allow(clippy::too_many_arguments)]
-    pub fn request_n(
-        &self,
-        system: &str,
-        user: &str,
-        temperature: f64,
-        top_p: f64,
-        max_tokens: usize,
-        seed: u64,
-        n: usize,
-    ) -> Result<Vec<Completion>, RequestError> {
-        let mut cs = self.complete_raw(system, user, temperature, top_p, max_tokens, seed, n).map_err(|e| match e {
+    pub fn request_n(&self, a: &Ask, n: usize) -> Result<Vec<Completion>, RequestError> {
+        let mut cs = self.complete_raw(a, n).map_err(|e| match e {
             RequestError::Failed(m) => RequestError::Failed(self.redact(&m)),
             RequestError::Config(m) => RequestError::Config(self.redact(&m)),
         })?;
@@ -544,23 +545,13 @@ impl OpenAi {
         Ok(cs)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn complete_raw(
-        &self,
-        system: &str,
-        user: &str,
-        temperature: f64,
-        top_p: f64,
-        max_tokens: usize,
-        seed: u64,
-        n: usize,
-    ) -> Result<Vec<Completion>, RequestError> {
-        let mut body = self.body(system, user, temperature, top_p, max_tokens, seed);
+    fn complete_raw(&self, a: &Ask, n: usize) -> Result<Vec<Completion>, RequestError> {
+        let mut body = self.body(a);
         if n > 1 {
             body["n"] = n.into();
         }
-        let tokens = super::rate::estimate_tokens(system.len() + user.len(), max_tokens * n);
-        let mut rng = Rng::new(seed ^ 0x5eed);
+        let tokens = super::rate::estimate_tokens(a.system.len() + a.user.len(), a.max_tokens * n);
+        let mut rng = Rng::new(a.seed ^ 0x5eed);
         let mut last = String::new();
         for attempt in 0..=self.opts.max_retries {
             // Every attempt counts against the budgets: a retry is a request too.
@@ -816,18 +807,25 @@ mod tests {
 
     #[test]
     fn reasoning_requests_carry_no_sampling_parameters() {
-        let b = client("o3-mini", None, Some(ReasoningEffort::High)).body("s", "u", 0.7, 0.9, 64, 3);
+        let b =
+            client("o3-mini", None, Some(ReasoningEffort::High)).body(&Ask { system: "s", user: "u", temperature: 0.7, top_p: 0.9, max_tokens: 64, seed: 3 });
         assert_eq!(b["max_completion_tokens"], 64);
         assert_eq!(b["reasoning_effort"], "high");
         for k in ["max_tokens", "temperature", "top_p"] {
             assert!(b.get(k).is_none(), "{k} in {b}");
         }
-        let b = client("gpt-4o", None, None).body("s", "u", 0.7, 0.9, 64, 3);
+        let b = client("gpt-4o", None, None).body(&Ask { system: "s", user: "u", temperature: 0.7, top_p: 0.9, max_tokens: 64, seed: 3 });
         assert_eq!((b["max_tokens"].as_u64(), b["temperature"].as_f64(), b["top_p"].as_f64()), (Some(64), Some(0.7), Some(0.9)));
         assert!(b.get("max_completion_tokens").is_none() && b.get("reasoning_effort").is_none());
         // The option overrides the name, both ways.
-        assert!(client("my-r1", Some(true), None).body("s", "u", 0.0, 1.0, 8, 0).get("max_completion_tokens").is_some());
-        assert!(client("o3", Some(false), None).body("s", "u", 0.0, 1.0, 8, 0).get("max_tokens").is_some());
+        assert!(client("my-r1", Some(true), None)
+            .body(&Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 8, seed: 0 })
+            .get("max_completion_tokens")
+            .is_some());
+        assert!(client("o3", Some(false), None)
+            .body(&Ask { system: "s", user: "u", temperature: 0.0, top_p: 1.0, max_tokens: 8, seed: 0 })
+            .get("max_tokens")
+            .is_some());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! The loss of an optimizer step is the sum of response-token NLL over the whole accumulation
 //! window divided by the window's response-token count (tokens, not batches), so micro-batches
-//! of different lengths weigh what their tokens weigh.
+//! of different lengths weigh what their tokens weigh. A [`BatchLoss`] (on-policy distillation)
+//! replaces the NLL and may replace a micro-batch's examples; its loss is normalised the same way,
+//! over the tokens of the examples actually trained on.
 
 use std::path::Path;
 use std::time::Instant;
@@ -374,6 +376,21 @@ pub fn response_logits(student: &Student, batch: &[&TrainExample], pack: bool) -
     Ok((student.model.logits(&h)?, targets))
 }
 
+/// A loss that replaces the response-token NLL of a run (on-policy distillation,
+/// `train::distill`): it may replace a micro-batch's examples (e.g. by the student's own
+/// responses) before its loss is computed. Its identity enters the run's (`config.json` key
+/// `loss`), so a run with another loss never resumes into this one.
+pub trait BatchLoss {
+    /// What makes this loss this one (its options, the teacher's weights).
+    fn identity(&self) -> Result<serde_json::Value>;
+    /// The examples micro-batch `k` of step `step` (0-based) trains on instead of `mb`, or
+    /// `None` to keep `mb`. Called with the step's weights, before any of its backward passes;
+    /// a function of (step, k, weights) only, so a resumed run replays it.
+    fn examples(&self, student: &Student, step: usize, k: usize, mb: &[&TrainExample]) -> Result<Option<Vec<TrainExample>>>;
+    /// The micro-batch's loss summed over its response tokens (differentiable in the student).
+    fn loss(&self, student: &Student, mb: &[&TrainExample], pack: bool) -> Result<Tensor>;
+}
+
 /// One SFT run, step by step: [`Trainer::new`] tokenizes, lays out the example order and the
 /// schedule, builds the optimizer and resumes from the run dir's checkpoint; [`Trainer::step`]
 /// makes one optimizer step; [`Trainer::finish`] checkpoints what is not yet saved and reports.
@@ -407,6 +424,8 @@ pub struct Trainer<'a> {
     loop_start: Option<Instant>,
     /// The teacher logits of a KD run (`opts.kd`), checked against the student and the data.
     kd: Option<Store>,
+    /// A loss other than the NLL ([`BatchLoss`]), e.g. on-policy distillation.
+    custom: Option<&'a dyn BatchLoss>,
     /// The run's identity ([`run_config`]): what MLflow records as params and a tag.
     config: serde_json::Value,
     /// The `log_to` sinks, once [`Trainer::track`] opened them; whether completing the run
@@ -421,6 +440,8 @@ struct Accumulated {
     tokens: u64,
     /// Token positions the forward passes computed (rows × row length, padding included).
     computed: u64,
+    /// Micro-batches whose examples a [`BatchLoss`] replaced (none without one).
+    replaced: Option<usize>,
 }
 
 impl<'a> Trainer<'a> {
@@ -428,9 +449,17 @@ impl<'a> Trainer<'a> {
     /// one of the same identity ([`run_config`]); an ordered corpus (a curriculum,
     /// `data::corpus`) is trained in its order, without shuffling.
     pub fn new(student: &'a Student, corpus: &Corpus, opts: &SftOptions, run: &'a RunDir) -> Result<Trainer<'a>> {
+        Trainer::with_loss(student, corpus, opts, run, None)
+    }
+
+    /// [`Trainer::new`] training on `custom`'s loss (its identity part of the run's).
+    pub fn with_loss(student: &'a Student, corpus: &Corpus, opts: &SftOptions, run: &'a RunDir, custom: Option<&'a dyn BatchLoss>) -> Result<Trainer<'a>> {
         opts.validate()?;
         let opts = SftOptions { shuffle: opts.shuffle && !corpus.is_ordered(), ..opts.clone() };
-        let run_config = run_config(student, corpus, &opts);
+        let mut run_config = run_config(student, corpus, &opts);
+        if let Some(c) = custom {
+            run_config["loss"] = c.identity()?;
+        }
         let lora = match &opts.lora {
             Some(cfg) => Some(student.with_lora(cfg.clone(), opts.seed)?),
             None => None,
@@ -504,6 +533,7 @@ impl<'a> Trainer<'a> {
             started,
             loop_start: None,
             kd,
+            custom,
             config: run_config,
             tracker: None,
         })
@@ -578,7 +608,7 @@ impl<'a> Trainer<'a> {
         self.state.tokens_seen += acc.tokens;
         self.tokens_this_run += acc.tokens;
         self.losses.push(loss);
-        self.log_step(loss, lr, grad_norm, acc.computed, loop_start)?;
+        self.log_step(loss, lr, grad_norm, &acc, loop_start)?;
         if self.state.step % self.opts.save_every.max(1) == 0 || self.state.step == self.total_steps {
             self.checkpoint()?;
         }
@@ -590,9 +620,17 @@ impl<'a> Trainer<'a> {
     /// are those of the window's token-mean loss.
     fn accumulate(&self) -> Result<Accumulated> {
         let step = self.state.step;
-        let window = self.window(step);
-        let window_tokens: usize = window.iter().map(|e| e.response_tokens()).sum();
         let student = self.student();
+        let (window, replaced) = self.micro_batches(step)?;
+        let micro: Vec<Vec<&TrainExample>> = window
+            .iter()
+            .zip(&replaced)
+            .map(|(mb, r)| match r {
+                Some(new) => new.iter().collect(),
+                None => mb.clone(),
+            })
+            .collect();
+        let window_tokens: usize = micro.iter().flatten().map(|e| e.response_tokens()).sum();
         let vars = self.vars();
         // The projections' and the embedding's gradients are summed in place by their backward
         // (see `GradSink`); the rest (norms, LoRA adapters) come through candle's store.
@@ -600,7 +638,8 @@ impl<'a> Trainer<'a> {
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut nll_sum = 0.0;
         let mut computed = 0u64;
-        for (k, mb) in window.chunks(self.opts.batch_size).enumerate() {
+        for (k, mb) in micro.iter().enumerate() {
+            let mb = mb.as_slice();
             computed += layout(mb, self.opts.pack).computed_tokens() as u64;
             let what = || format!("step {} micro-batch {}", step + 1, k + 1);
             if let Some(l) = &student.model.lora {
@@ -633,12 +672,35 @@ impl<'a> Trainer<'a> {
             .map(|(i, (g, v))| sink.gradient(i, v.as_tensor(), g))
             .collect::<candle_core::Result<_>>()
             .model_ctx(format!("summing gradients, step {}", step + 1))?;
-        Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens: window.iter().map(|e| e.ids.len() as u64).sum(), computed })
+        let tokens = micro.iter().flatten().map(|e| e.ids.len() as u64).sum();
+        let replaced = self.custom.map(|_| replaced.iter().filter(|r| r.is_some()).count());
+        Ok(Accumulated { grads, loss: nll_sum / window_tokens as f64, tokens, computed, replaced })
+    }
+
+    /// Step `step`'s micro-batches, and the examples a [`BatchLoss`] puts in place of each (all
+    /// computed before any backward pass: the step's weights throughout).
+    #[allow(clippy::type_complexity)]
+    fn micro_batches(&self, step: usize) -> Result<(Vec<Vec<&TrainExample>>, Vec<Option<Vec<TrainExample>>>)> {
+        let window: Vec<Vec<&TrainExample>> = self.window(step).chunks(self.opts.batch_size).map(|c| c.to_vec()).collect();
+        let Some(custom) = self.custom else {
+            let none = vec![None; window.len()];
+            return Ok((window, none));
+        };
+        let student = self.student();
+        if let Some(l) = &student.model.lora {
+            // No dropout while the student answers: what it generates depends on its weights only.
+            l.set_dropout_key(u64::MAX);
+        }
+        let replaced = window.iter().enumerate().map(|(k, mb)| custom.examples(student, step, k, mb)).collect::<Result<_>>()?;
+        Ok((window, replaced))
     }
 
     /// The summed loss of one micro-batch: response-token NLL, or with `kd` the KD loss
     /// ([`kd_loss_rows`]) over the same positions.
     fn batch_loss(&self, mb: &[&TrainExample], what: &str) -> Result<Tensor> {
+        if let Some(c) = self.custom {
+            return c.loss(self.student(), mb, self.opts.pack);
+        }
         let (Some(store), Some(k)) = (&self.kd, &self.opts.kd) else {
             return batch_nll_with(self.student(), mb, self.opts.pack).model_ctx(format!("forward pass, {what}"));
         };
@@ -663,17 +725,22 @@ impl<'a> Trainer<'a> {
         Ok((grad_norm, if max > 0.0 && grad_norm > max { max / (grad_norm + 1e-6) } else { 1.0 }))
     }
 
-    fn log_step(&mut self, loss: f64, lr: f64, grad_norm: f64, computed: u64, loop_start: Instant) -> Result<()> {
+    fn log_step(&mut self, loss: f64, lr: f64, grad_norm: f64, acc: &Accumulated, loop_start: Instant) -> Result<()> {
         let step = self.state.step;
         let elapsed = loop_start.elapsed().as_secs_f64();
         let tps = self.tokens_this_run as f64 / elapsed.max(1e-9);
         let eta = elapsed / self.losses.len() as f64 * (self.total_steps - step) as f64;
-        self.log.append(&serde_json::json!({
+        let mut line = serde_json::json!({
             "step": step, "epoch": step as f64 / self.steps_per_epoch as f64, "loss": loss, "lr": lr,
             "grad_norm": grad_norm, "tokens": self.state.tokens_seen, "tokens_per_s": tps, "elapsed_s": elapsed,
             // This step's token positions computed, padding included (`pack` lowers it).
-            "computed_tokens": computed,
-        }))?;
+            "computed_tokens": acc.computed,
+        });
+        if let Some(r) = acc.replaced {
+            // On-policy distillation: the micro-batches the student answered itself.
+            line["on_policy_batches"] = r.into();
+        }
+        self.log.append(&line)?;
         if let Some((t, _)) = &mut self.tracker {
             t.scalars(step as u64, &[("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad_norm), ("train/tokens_per_s", tps)])?;
         }
