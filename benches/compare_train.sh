@@ -5,10 +5,11 @@
 #       the raw step: one fixed batch of random ids, every token in the loss. --bf16: cotlab
 #       --dtype bf16 against PyTorch's torch.autocast("cpu", dtype=torch.bfloat16), and cotlab's
 #       f32 losses on the same batch beside cotlab's bf16 ones (first and last within 2 %).
-#   benches/compare_train.sh --job [--lora] [--steps 2] [--task svamp --teacher gpt-4o --level 3]
+#   benches/compare_train.sh --job [--bf16] [--lora] [--steps 2] [--task svamp --teacher gpt-4o --level 3]
 #       the real job: SFT on release rationales with the paper's recipe (global batch 4 x 16,
 #       response-only loss, cosine lr 5e-5), against the same steps done the HF Trainer way
-#       (benches/torch_job.py: micro-batches padded to their longest, full logits).
+#       (benches/torch_job.py: micro-batches padded to their longest, full logits); --bf16:
+#       cotlab --dtype bf16 against the Trainer's bf16=True (the forward under CPU autocast).
 # Needs: scripts/setup.sh --torch (see benches/common.sh); --job also the release data
 # ($COTLAB_DATA or --data-dir).
 set -euo pipefail
@@ -26,12 +27,16 @@ for a in "$@"; do
     esac
 done
 if [ "$job" = 1 ]; then
-    c=$(RAYON_NUM_THREADS="$threads" "$bin" bench job "${args[@]}" --save-plan "$tmp/plan.json" --json | tail -1)
-    t=$("$py" benches/torch_job.py --model "$hf" --plan "$tmp/plan.json" --threads "$threads" "${lora[@]}" | tail -1)
+    dt=(); tdt=()
+    [ "$bf16" = 1 ] && { dt=(--dtype bf16); tdt=(--bf16); }
+    c=$(RAYON_NUM_THREADS="$threads" "$bin" bench job "${args[@]}" "${dt[@]}" --save-plan "$tmp/plan.json" --json | tail -1)
+    t=$("$py" benches/torch_job.py --model "$hf" --plan "$tmp/plan.json" --threads "$threads" "${lora[@]}" "${tdt[@]}" | tail -1)
     python3 - "$c" "$t" <<'PY'
-import json, sys
+import json, platform, sys
 c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"job {c['corpus']} ({c['examples']} examples), {c['steps']} timed steps of {c['batch_size']} x {c['grad_accum']}, {c['tokens_per_step']:.0f} tokens/step")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) if platform.system() == "Linux" else platform.processor()
+print(f"job {c['corpus']} ({c['examples']} examples), {c['steps']} timed steps of {c['batch_size']} x {c['grad_accum']}, {c['tokens_per_step']:.0f} tokens/step; "
+      f"cotlab {c.get('dtype', 'f32')} vs transformers {t['dtype']}{' autocast' if t['dtype'] == 'bf16' else ''}, CPU {cpu}")
 for name, r in (("cotlab      ", c), ("transformers", t)):
     print(f"{name}: {r['tokens_per_s']:8.1f} tokens/s  {r['step_s']:7.2f} s/step  {r['cpu_s_per_step']:7.1f} CPU-s/step  peak RSS {r['peak_rss_mb']:7.0f} MB  losses {[round(x, 4) for x in r['losses']]}")
 print(f"ratio       : speed {c['tokens_per_s'] / t['tokens_per_s']:.2f}x transformers (target >= 1.5), memory {c['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """transformers baseline for `cotlab bench job`: the same SFT job, done the way an HF Trainer run
 does it. Same model (HF dir from `cotlab export --model default`), same examples in the same
-micro-batches and steps, same learning rate per step (`cotlab bench job --save-plan`), f32.
+micro-batches and steps, same learning rate per step (`cotlab bench job --save-plan`), f32; with
+--bf16 the forward under torch.autocast("cpu", dtype=torch.bfloat16), as Trainer's bf16=True does.
 Like Trainer with its default collator (DataCollatorForSeq2Seq): each micro-batch right-padded to
 its longest example, labels -100 on the prompt and the padding, the model's own loss with
 num_items_in_batch (the step's token-mean loss, as transformers >= 4.46 computes it under
@@ -21,6 +22,7 @@ def main():
     ap.add_argument("--plan", required=True, help="JSON from cotlab bench job --save-plan")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision) for the forward")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -39,7 +41,8 @@ def main():
             ids = torch.tensor([e["ids"] + [0] * (width - len(e["ids"])) for e in mb])
             mask = torch.tensor([[1] * len(e["ids"]) + [0] * (width - len(e["ids"])) for e in mb])
             labels = torch.tensor([[-100] * e["prompt_len"] + e["ids"][e["prompt_len"]:] + [-100] * (width - len(e["ids"])) for e in mb])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items).loss
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(params, plan["max_grad_norm"])
@@ -61,6 +64,7 @@ def main():
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "losses": losses,
         "threads": torch.get_num_threads(),
+        "dtype": "bf16" if a.bf16 else "f32",
     }
     print(json.dumps(out))
 

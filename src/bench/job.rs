@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{cpu_seconds, peak_rss_mb, StudentSpec};
+use super::{cpu_seconds, dtype_name, peak_rss_mb, StudentSpec};
 use crate::data::catalog::RationaleQuery;
 use crate::data::{Catalog, Corpus, DataDir};
 use crate::error::{in_range, Result};
@@ -44,6 +44,8 @@ pub struct JobReport {
     pub steps: usize,
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// The compute dtype ("f32", "bf16").
+    pub dtype: String,
     /// Tokens of the timed steps' examples (prompt + response, no padding), per step.
     pub tokens_per_step: f64,
     pub step_s: f64,
@@ -60,12 +62,13 @@ impl super::Report for JobReport {
     /// The human line `cotlab bench job` prints on stderr.
     fn summary(&self) -> String {
         format!(
-            "cotlab SFT job on {} ({} examples), {} of {} x {}, {} threads: {:.1} s/step, {:.0} tokens/step, {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
+            "cotlab SFT job on {} ({} examples), {} of {} x {} in {}, {} threads: {:.1} s/step, {:.0} tokens/step, {:.1} tokens/s, {:.1} CPU-s/step, peak RSS {:.0} MB; losses {:?}",
             self.corpus,
             self.examples,
             if self.lora { "LoRA" } else { "full FT" },
             self.batch_size,
             self.grad_accum,
+            self.dtype,
             self.threads,
             self.step_s,
             self.tokens_per_step,
@@ -160,6 +163,7 @@ fn time_steps(t: &mut Trainer, corpus: &Corpus, opts: &SftOptions, steps: usize)
         steps,
         batch_size: opts.batch_size,
         grad_accum: opts.grad_accum,
+        dtype: dtype_name(t.student()),
         tokens_per_step: mean(&tokens),
         step_s,
         cpu_s_per_step: mean(&cpu),
