@@ -3,56 +3,20 @@
 //! the first within 2 % and the last within 2 % — and, where the CPU has bf16 instructions, is
 //! not f32 under another name (where it has none, bf16 falls back to f32: the same bits).
 
-use candle_core::{DType, Device, Tensor};
-use cotlab::model::lora::LoraConfig;
-use cotlab::model::{Family, ModelConfig, Student};
-use cotlab::rng::Rng;
-use cotlab::train::{sft, RunDir, SftOptions};
+mod common;
 
-/// A word-level tokenizer over the arithmetic corpus's words: chat markers, numbers 0..100,
-/// signs and a few words; the rest is `<unk>`.
-fn tokenizer() -> tokenizers::Tokenizer {
-    let mut words: Vec<String> = ["<unk>", "<|", "|>", "im_start", "im_end", "user", "assistant", "system"].iter().map(|s| s.to_string()).collect();
-    words.extend((0..100).map(|i| i.to_string()));
-    words.extend(["+", "-", "*", "/", "=", "?", ".", ",", ":", "The", "answer", "is", "What", "So", "the", "of"].iter().map(|s| s.to_string()));
-    let vocab = words.into_iter().enumerate().map(|(i, w)| (w, i as u32)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder().vocab(vocab).unk_token("<unk>".into()).build().unwrap();
-    let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tok
-}
+use candle_core::DType;
+use cotlab::model::lora::LoraConfig;
+use cotlab::model::Student;
+use cotlab::train::{sft, RunDir, SftOptions};
 
 /// A small Llama (hidden 64: products long enough for bf16 rounding to show) with deterministic
 /// weights, computing in `dtype`.
 fn student(dtype: DType) -> Student {
-    let tok = tokenizer();
-    let config = ModelConfig {
-        family: Family::Llama,
-        hidden_act: "silu".into(),
-        head_dim: None,
-        rope_llama3: None,
-        vocab_size: tok.get_vocab_size(true),
-        hidden_size: 64,
-        intermediate_size: 160,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        max_position_embeddings: 256,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-    };
-    let mut s = cotlab::model::random::random_student_with(config, "tiny", "none", &Device::Cpu, 0).unwrap();
-    s.tokenizer = tok;
-    let mut rng = Rng::new(11);
-    for (n, v) in s.params() {
-        let base = if n.contains("norm") { 1.0 } else { 0.0 };
-        let vals: Vec<f32> = (0..v.elem_count()).map(|_| base + ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.2).collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
+    let tok = common::tiny::word_tokenizer(false, 0);
+    let rows = tok.get_vocab_size(true);
+    let size = common::tiny::Size { hidden: 64, intermediate: 160, max_positions: 256, spread: 0.2 };
+    let mut s = common::tiny::llama("tiny", tok, rows, size, 11);
     s.model.set_compute_dtype(dtype).unwrap();
     s
 }

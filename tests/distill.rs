@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor, Var};
-use cotlab::model::{cotlab_home, Family, ModelConfig, Student};
+use cotlab::model::{cotlab_home, Student};
 use cotlab::rng::Rng;
 use cotlab::train::distill::generalized_jsd_rows_sum;
 use cotlab::train::{distill, DistillOptions, DistillReport, RunDir, SftOptions, Tracking};
@@ -19,52 +19,16 @@ fn python() -> String {
     std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string())
 }
 
-/// A word-level tokenizer (as tests/kd.rs): chat markers' pieces, numbers 0..100, arithmetic
-/// signs and a few words; `extra` adds tokens.
 fn tokenizer(extra: usize) -> tokenizers::Tokenizer {
-    let mut words: Vec<String> = ["<unk>", "<|", "|>", "im_start", "im_end", "user", "assistant", "system"].iter().map(|s| s.to_string()).collect();
-    words.extend((0..100).map(|i| i.to_string()));
-    words.extend(["+", "-", "*", "/", "=", "?", ".", ",", ":", "The", "answer", "is", "What", "So", "the", "of"].iter().map(|s| s.to_string()));
-    words.extend((0..extra).map(|i| format!("extra{i}")));
-    let vocab = words.into_iter().enumerate().map(|(i, w)| (w, i as u32)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder().vocab(vocab).unk_token("<unk>".into()).build().unwrap();
-    let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tok
+    common::tiny::word_tokenizer(false, extra)
 }
 
 /// A tiny Llama with deterministic weights from `seed`: two calls with one seed are the same
 /// model (separate weights).
 fn tiny(name: &str, extra: usize, seed: u64) -> Student {
     let tok = tokenizer(extra);
-    let config = ModelConfig {
-        family: Family::Llama,
-        hidden_act: "silu".into(),
-        head_dim: None,
-        rope_llama3: None,
-        vocab_size: tok.get_vocab_size(true),
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-    };
-    let mut s = cotlab::model::random::random_student_with(config, name, "none", &Device::Cpu, 0).unwrap();
-    s.tokenizer = tok;
-    let mut rng = Rng::new(seed);
-    for (n, v) in s.params() {
-        let base = if n.contains("norm") { 1.0 } else { 0.0 };
-        let vals: Vec<f32> = (0..v.elem_count()).map(|_| base + ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.5).collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
-    s
+    let rows = tok.get_vocab_size(true);
+    common::tiny::llama(name, tok, rows, common::tiny::SMALL, seed)
 }
 
 fn student(seed: u64) -> Student {

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor, Var};
 use cotlab::model::lora::LoraConfig;
-use cotlab::model::{cotlab_home, Family, ModelConfig, Student};
+use cotlab::model::{cotlab_home, Student};
 use cotlab::rng::Rng;
 use cotlab::train::kd::{check_same_vocab, kd_loss_rows, teacher_logits, KdOptions, LogitsOptions, Store, Vocab};
 use cotlab::train::{sft, RunDir, SftOptions};
@@ -20,55 +20,12 @@ fn python() -> String {
     std::env::var("COTLAB_PYTHON").unwrap_or_else(|_| cotlab_home().join("venv/bin/python").display().to_string())
 }
 
-/// A word-level tokenizer small enough that `top_k` can be the whole vocabulary: the chat
-/// markers' pieces, numbers 0..100, arithmetic signs and a few words; the rest is `<unk>`.
-/// `swap` exchanges two tokens' ids, `extra` adds tokens.
 fn tokenizer(swap: bool, extra: usize) -> tokenizers::Tokenizer {
-    let mut words: Vec<String> = ["<unk>", "<|", "|>", "im_start", "im_end", "user", "assistant", "system"].iter().map(|s| s.to_string()).collect();
-    words.extend((0..100).map(|i| i.to_string()));
-    words.extend(["+", "-", "*", "/", "=", "?", ".", ",", ":", "The", "answer", "is", "What", "So", "the", "of"].iter().map(|s| s.to_string()));
-    words.extend((0..extra).map(|i| format!("extra{i}")));
-    if swap {
-        words.swap(110, 111);
-    }
-    let vocab = words.into_iter().enumerate().map(|(i, w)| (w, i as u32)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder().vocab(vocab).unk_token("<unk>".into()).build().unwrap();
-    let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tok
+    common::tiny::word_tokenizer(swap, extra)
 }
 
-/// A tiny Llama over `tok` with deterministic weights from `seed` (the CPU's random weights
-/// cannot be seeded): two calls with one seed are the same student.
 fn tiny(name: &str, tok: tokenizers::Tokenizer, rows: usize, seed: u64) -> Student {
-    let config = ModelConfig {
-        family: Family::Llama,
-        hidden_act: "silu".into(),
-        head_dim: None,
-        rope_llama3: None,
-        vocab_size: rows,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-    };
-    let mut s = cotlab::model::random::random_student_with(config, name, "none", &Device::Cpu, 0).unwrap();
-    s.tokenizer = tok;
-    let mut rng = Rng::new(seed);
-    for (n, v) in s.params() {
-        let base = if n.contains("norm") { 1.0 } else { 0.0 };
-        let vals: Vec<f32> = (0..v.elem_count()).map(|_| base + ((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * 0.5).collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
-    s
+    common::tiny::llama(name, tok, rows, common::tiny::SMALL, seed)
 }
 
 fn student(seed: u64) -> Student {

@@ -249,3 +249,4 @@ pub fn http_date(t: std::time::SystemTime) -> String {
 }
 
 pub mod gguf;
+pub mod tiny;
