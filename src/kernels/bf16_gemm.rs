@@ -25,6 +25,7 @@
 
 use super::bf16::to_bf16;
 use super::sgemm::{sgemm, Operand};
+use super::simd::{for_each_part, SharedOut};
 
 /// Columns of a register tile: 2 × 16 f32 lanes (two AMX tiles of 16 columns).
 const NR: usize = 32;
@@ -145,11 +146,8 @@ pub(crate) fn bf16_gemm_on(path: Path, m: usize, n: usize, k: usize, dst: &mut [
     // smaller one.
     let by_columns = m <= n;
     let (len, unit) = if by_columns { (n, NR) } else { (m, ROWS_PAD) };
-    let tiles = len.div_ceil(unit);
-    let parts = parts.min(tiles);
-    let c = Ptr(dst.as_mut_ptr());
-    let run = |p: usize| {
-        let (lo, hi) = (tiles * p / parts * unit, (tiles * (p + 1) / parts * unit).min(len));
+    let c = SharedOut(dst.as_mut_ptr());
+    for_each_part(len, unit, parts, |lo, hi| {
         let c = &c;
         // SAFETY: the parts write disjoint columns (or rows) of dst, all checked in bounds above.
         unsafe {
@@ -159,20 +157,8 @@ pub(crate) fn bf16_gemm_on(path: Path, m: usize, n: usize, k: usize, dst: &mut [
                 job.run(hi - lo, n, c.0.add(lo * dst_rs), lo, 0);
             }
         }
-    };
-    if parts == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(run);
-    }
+    });
 }
-
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: each thread writes its own part of dst (see `bf16_gemm_on`).
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
 
 /// One product's operands as raw parts (read only while `bf16_gemm_on` borrows them).
 #[derive(Clone, Copy)]

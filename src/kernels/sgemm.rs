@@ -17,7 +17,7 @@
 //! `gemm` crate does the work (one binary runs on any x86-64); see [`own_kernel`]. The CPU's
 //! features come from `simd.rs`.
 
-use super::simd::{avx2_fma, avx512f};
+use super::simd::{avx2_fma, avx512f, for_each_part, SharedOut};
 
 /// A matrix operand: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +102,7 @@ pub(crate) fn sgemm_on(
 /// slice.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, threads: usize) {
-    let c = Ptr(dst.as_mut_ptr());
+    let c = SharedOut(dst.as_mut_ptr());
     let job = Job { k, a: a.data.as_ptr(), a_rs: a.rs, a_cs: a.cs, b: b.data.as_ptr(), b_rs: b.rs, b_cs: b.cs, c_rs: dst_rs, accumulate, alpha };
     let parts = if m * n * k >= PARALLEL_MIN { threads.max(1) } else { 1 };
     // One contiguous part per thread, in whole tiles. Each thread packs the B columns of its
@@ -111,10 +111,7 @@ unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
     // the smaller operand twice.
     let by_columns = if a.cs == 1 { n.div_ceil(NR) >= 2 * parts } else { n > m };
     let (along_rows, len, unit) = if by_columns { (false, n, NR) } else { (true, m, MR) };
-    let tiles = len.div_ceil(unit);
-    let parts = parts.min(tiles);
-    let run = |p: usize| {
-        let (lo, hi) = (tiles * p / parts * unit, (tiles * (p + 1) / parts * unit).min(len));
+    for_each_part(len, unit, parts, |lo, hi| {
         let c = &c;
         // SAFETY: the parts write disjoint rows (or columns) of dst, all checked in bounds above.
         unsafe {
@@ -124,13 +121,7 @@ unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
                 job.run(m, hi - lo, c.0.add(lo), 0, lo);
             }
         }
-    };
-    if parts == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(run);
-    }
+    });
 }
 
 /// [`sgemm`] through the `gemm` crate (candle's CPU matmul), for CPUs without AVX2; operands
@@ -194,12 +185,6 @@ pub(crate) fn sgemm_gemm_crate(
 pub fn own_kernel() -> bool {
     avx2_fma() && !avx512f()
 }
-
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: each thread writes its own part of dst (see `sgemm`).
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
 
 /// One product's operands as raw parts (shared by the threads: read only).
 #[derive(Clone, Copy)]

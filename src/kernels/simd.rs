@@ -70,7 +70,25 @@ pub fn amx_bf16() -> bool {
     false
 }
 
-/// The output pointer shared by the tasks of one pass; each writes only its own tile's columns.
+/// Runs `run(lo, hi)` over `parts` contiguous ranges that cover `0..len`, each starting on a
+/// multiple of `unit` (the last may end short), on rayon's threads when there is more than one:
+/// how the GEMMs split their output between threads.
+pub(crate) fn for_each_part(len: usize, unit: usize, parts: usize, run: impl Fn(usize, usize) + Sync) {
+    let tiles = len.div_ceil(unit);
+    if tiles == 0 {
+        return;
+    }
+    let parts = parts.clamp(1, tiles);
+    let part = |p: usize| run(tiles * p / parts * unit, (tiles * (p + 1) / parts * unit).min(len));
+    if parts == 1 {
+        part(0);
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(part);
+    }
+}
+
+/// The output pointer shared by the tasks of one pass; each writes only its own part.
 pub(crate) struct SharedOut(pub(crate) *mut f32);
 unsafe impl Sync for SharedOut {}
 unsafe impl Send for SharedOut {}
