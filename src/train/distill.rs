@@ -168,9 +168,14 @@ impl BatchLoss for OnPolicy<'_> {
     }
 
     fn loss(&self, student: &Student, mb: &[&TrainExample], pack: bool) -> Result<Tensor> {
+        // The teacher first, its graph dropped at once: only its logits stay alive beside the
+        // student's forward graph.
+        let t = {
+            let (t, _) = response_logits(self.teacher, mb, pack).model_ctx("distill: the teacher's forward pass")?;
+            t.detach()
+        };
         let (s, _) = response_logits(student, mb, pack).model_ctx("distill: the student's forward pass")?;
-        let (t, _) = response_logits(self.teacher, mb, pack).model_ctx("distill: the teacher's forward pass")?;
-        let t = t.detach().to_device(s.device()).model_ctx("distill: the teacher's logits to the student's device")?;
+        let t = t.to_device(s.device()).model_ctx("distill: the teacher's logits to the student's device")?;
         generalized_jsd_rows_sum(&s, &t, self.opts.beta, self.opts.temperature).model_ctx("distill: the generalized JSD")
     }
 }
