@@ -194,9 +194,7 @@ fn distill_options(mut opts: Map) -> RhaiResult<(String, Option<usize>, DistillO
         }
         opts.insert("max_steps".into(), v);
     }
-    if opts.contains_key("kd") {
-        return Err(rt(usage!("distill: 'kd' is offline KD from stored logits (an sft option); distill scores with its teacher live: drop 'kd'")));
-    }
+    // A 'kd' map parses as an sft option; `train::distill` refuses it, naming what to drop.
     Ok((name, stop_after, options(own)?, options(opts)?))
 }
 
