@@ -142,22 +142,87 @@ pub(crate) fn bf16_gemm_on(path: Path, m: usize, n: usize, k: usize, dst: &mut [
     }
     let job = Job { path, k, a: a.data.as_ptr(), a_rs: a.rs, a_cs: a.cs, b: b.data.as_ptr(), b_rs: b.rs, b_cs: b.cs, c_rs: dst_rs, accumulate };
     let parts = if m * n * k >= PARALLEL_MIN { threads.max(1) } else { 1 };
-    // Each part packs the whole of the operand it shares: split the side that makes that the
-    // smaller one.
-    let by_columns = m <= n;
-    let (len, unit) = if by_columns { (n, NR) } else { (m, ROWS_PAD) };
     let c = SharedOut(dst.as_mut_ptr());
+    if parts == 1 {
+        // SAFETY: the whole of dst, checked in bounds above.
+        unsafe { job.run(m, n, c.0, 0, 0, None) };
+        return;
+    }
+    // B is packed once, by all threads, before any multiplies: when each part packed what it
+    // needed, a part splitting rows packed the whole of B (a weight, for most products) again.
+    let packed = PackedB::pack(&job, n, parts);
+    // Split by rows, so each row of A is packed by one part, unless there are too few rows
+    // for the parts to get even shares.
+    let by_columns = m.div_ceil(ROWS_PAD) < 2 * parts && n > m;
+    let (len, unit) = if by_columns { (n, NR) } else { (m, ROWS_PAD) };
     for_each_part(len, unit, parts, |lo, hi| {
         let c = &c;
         // SAFETY: the parts write disjoint columns (or rows) of dst, all checked in bounds above.
         unsafe {
             if by_columns {
-                job.run(m, hi - lo, c.0.add(lo), 0, lo);
+                job.run(m, hi - lo, c.0.add(lo), 0, lo, Some(&packed));
             } else {
-                job.run(hi - lo, n, c.0.add(lo * dst_rs), lo, 0);
+                job.run(hi - lo, n, c.0.add(lo * dst_rs), lo, 0, Some(&packed));
             }
         }
     });
+}
+
+/// The whole of B packed for [`Path::tile`]: per block of [`KC`] k-values, every panel of
+/// [`NR`] columns as [`pack_b`] writes them, so a panel's address follows from its first column
+/// whatever part of the columns a thread multiplies.
+struct PackedB {
+    words: Vec<u32>,
+    /// Offset of the first (64-byte aligned) word.
+    start: usize,
+    panels: usize,
+}
+// SAFETY: read-only once packed.
+unsafe impl Sync for PackedB {}
+
+impl PackedB {
+    /// Packs `job`'s B (k × n) on `parts` threads, each a range of panels.
+    fn pack(job: &Job, n: usize, parts: usize) -> PackedB {
+        let k = job.k;
+        let panels = n.div_ceil(NR);
+        let len = panels * NR * k.next_multiple_of(32) / 2;
+        // Every word is written by `pack_b` (zeros past k and n included) before it is read.
+        let mut words: Vec<u32> = Vec::with_capacity(len + 16);
+        // SAFETY: u32 has no invalid values and `pack_b` writes all `len` words before any read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            words.set_len(len + 16)
+        };
+        let start = words.as_ptr().align_offset(64);
+        let packed = PackedB { words, start, panels };
+        let out = SharedOut(packed.words.as_ptr() as *mut f32);
+        for_each_part(n, NR, parts, |lo, hi| {
+            let out = &out;
+            let out = out.0 as *mut u32;
+            for pc in (0..k).step_by(KC) {
+                let (kc, kcp) = (KC.min(k - pc), KC.min(k - pc).next_multiple_of(32));
+                // SAFETY: panels lo/NR.. of block pc, this part's alone, inside `len`; B's
+                // columns lo..hi, rows pc..pc + kc are in bounds (checked by the caller).
+                unsafe {
+                    let dst = out.add(packed.start + packed.block(pc) + lo / NR * kcp / 2 * NR);
+                    pack_b(kc, kcp, hi - lo, job.b.add(pc * job.b_rs + lo * job.b_cs), job.b_rs, job.b_cs, dst);
+                }
+            }
+        });
+        packed
+    }
+
+    /// Word offset of k-block `pc` (a multiple of KC): every block before it is full.
+    fn block(&self, pc: usize) -> usize {
+        pc / KC * self.panels * NR * KC / 2
+    }
+
+    /// The packed panel holding column `j` (a multiple of NR) of k-block `pc`.
+    fn panel(&self, pc: usize, kcp: usize, j: usize) -> *const u32 {
+        debug_assert!(j % NR == 0 && j / NR < self.panels);
+        // SAFETY: inside the packed words (see `pack`).
+        unsafe { self.words.as_ptr().add(self.start + self.block(pc) + j / NR * kcp / 2 * NR) }
+    }
 }
 
 /// One product's operands as raw parts (read only while `bf16_gemm_on` borrows them).
@@ -200,7 +265,8 @@ thread_local! {
 impl Job {
     /// The m × n block of dst at `c` whose first row is row `i0` of a and first column column
     /// `j0` of b, on this thread.
-    unsafe fn run(&self, m: usize, n: usize, c: *mut f32, i0: usize, j0: usize) {
+    /// `packed`: B already packed (the columns `j0..` of it are read), else packed here.
+    unsafe fn run(&self, m: usize, n: usize, c: *mut f32, i0: usize, j0: usize, packed: Option<&PackedB>) {
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Amx {
             amx::configure();
@@ -209,20 +275,26 @@ impl Job {
             let k = self.k;
             let kcp_max = KC.min(k.next_multiple_of(32));
             let ap = pa.get(MC * kcp_max);
-            let bp = pb.get(kcp_max / 2 * NC.min(n.next_multiple_of(NR)));
+            let bp = if packed.is_none() { pb.get(kcp_max / 2 * NC.min(n.next_multiple_of(NR))) } else { std::ptr::null_mut() };
             let mr = self.path.rows();
             for jc in (0..n).step_by(NC) {
                 let nc = NC.min(n - jc);
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
                     let kcp = kc.next_multiple_of(32);
-                    pack_b(kc, kcp, nc, self.b.add(pc * self.b_rs + (j0 + jc) * self.b_cs), self.b_rs, self.b_cs, bp);
+                    let block = match packed {
+                        Some(p) => p.panel(pc, kcp, j0 + jc),
+                        None => {
+                            pack_b(kc, kcp, nc, self.b.add(pc * self.b_rs + (j0 + jc) * self.b_cs), self.b_rs, self.b_cs, bp);
+                            bp as *const u32
+                        }
+                    };
                     let overwrite = pc == 0 && !self.accumulate;
                     for ic in (0..m).step_by(MC) {
                         let mc = MC.min(m - ic);
                         pack_a(mc, kc, kcp, self.a.add((i0 + ic) * self.a_rs + pc * self.a_cs), self.a_rs, self.a_cs, ap);
                         for jr in (0..nc).step_by(NR) {
-                            let panel = bp.add(jr / NR * (kcp / 2) * NR);
+                            let panel = block.add(jr / NR * (kcp / 2) * NR);
                             for ir in (0..mc).step_by(mr) {
                                 let out =
                                     Out { c: c.add((ic + ir) * self.c_rs + jc + jr), rs: self.c_rs, overwrite, rows: mr.min(mc - ir), cols: NR.min(nc - jr) };
@@ -255,6 +327,23 @@ unsafe fn round_run(src: *const f32, n: usize, dst: *mut u16) {
     }
 }
 
+/// Asks for the cache lines of `n` f32 at `src` ahead of their use. The packers read many short
+/// runs (a row's KC values, a column's MC) a long stride apart, a pattern the hardware
+/// prefetchers do not follow, so each run would otherwise wait on memory line by line.
+#[inline(always)]
+fn prefetch_run(src: *const f32, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..n).step_by(16) {
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(src.wrapping_add(i) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, n);
+}
+
+/// How many runs ahead the packers prefetch.
+const AHEAD: usize = 4;
+
 /// Scratch for one contiguous run of a strided operand.
 const RUN: usize = if KC > MC { KC } else { MC };
 
@@ -264,6 +353,9 @@ unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs:
     let rows = mc.next_multiple_of(ROWS_PAD);
     if cs == 1 {
         for i in 0..mc {
+            if i + AHEAD < mc {
+                prefetch_run(a.wrapping_add((i + AHEAD) * rs), kc);
+            }
             round_run(a.add(i * rs), kc, out.add(i * kcp));
             std::ptr::write_bytes(out.add(i * kcp + kc), 0, kcp - kc);
         }
@@ -275,6 +367,9 @@ unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs:
     for p in 0..kc {
         if rs == 1 {
             // Column-major (gᵀ): each column rounded as one run.
+            if p + AHEAD < kc {
+                prefetch_run(a.wrapping_add((p + AHEAD) * cs), mc);
+            }
             round_run(a.add(p * cs), mc, run.as_mut_ptr());
         } else {
             for (i, r) in run.iter_mut().enumerate().take(mc) {
@@ -316,6 +411,9 @@ unsafe fn pack_b(kc: usize, kcp: usize, nc: usize, b: *const f32, rs: usize, cs:
         let panel = out.add(j / NR * pairs * NR + j % NR);
         if rs == 1 {
             // Column-major (Wᵀ in x·Wᵀ): a column's k values are one run, its pairs adjacent.
+            if j + AHEAD < nc {
+                prefetch_run(b.wrapping_add((j + AHEAD) * cs), kc);
+            }
             round_run(b.add(j * cs), kc, run.as_mut_ptr());
         } else {
             for (p, r) in run.iter_mut().enumerate().take(kc) {

@@ -113,7 +113,7 @@ fn rms_norm_bwd_cpu(x: &Tensor, alpha: &Tensor, g: &Tensor, eps: f32) -> Result<
     let d = alpha.elem_count();
     let (dx, dalpha) = with_f32(&[x, alpha, g], "rms_norm backward", |v| {
         let (xv, av, gv) = (v[0], v[1], v[2]);
-        let mut dx = vec![0f32; xv.len()];
+        let mut dx = output_buffer(xv.len());
         let partials: Vec<Vec<f32>> = dx
             .par_chunks_mut(NORM_ROWS * d)
             .zip(xv.par_chunks(NORM_ROWS * d).zip(gv.par_chunks(NORM_ROWS * d)))
@@ -204,7 +204,7 @@ impl CustomOp2 for Linear {
         let (bmnk, wt) = self.bmnk(xl, wl)?;
         let (_, n, out, k) = bmnk;
         if let (Some(x), Some(w)) = (contiguous_f32(xs, xl), contiguous_f32(ws, wl)) {
-            let mut y = vec![0f32; n * out];
+            let mut y = output_buffer(n * out);
             self.gemm.run(n, out, k, &mut y, out, false, Operand::new(x, k, 1), Operand::new(w, 1, k));
             return Ok((CpuStorage::F32(y), Shape::from((n, out))));
         }
@@ -460,11 +460,25 @@ fn matmul(a: &Tensor, b: &Tensor, gemm: Gemm) -> Result<Tensor> {
         candle_core::bail!("matmul: {:?} against {:?}", a.shape(), b.shape());
     }
     let y = with_f32(&[a, b], "matmul", |v| {
-        let mut y = vec![0f32; m * n];
+        let mut y = output_buffer(m * n);
         gemm.run(m, n, k, &mut y, n, false, Operand::new(v[0], k, 1), Operand::new(v[1], n, 1));
         Ok(y)
     })?;
     Tensor::from_vec(y, (m, n), a.device())
+}
+
+/// `len` f32 for an output every element of which the caller writes before anything reads it
+/// (a GEMM with `accumulate: false`, an element-wise pass over all of it): zeroing them first
+/// was a pass over each output (the logits' gradient alone: tokens × vocabulary) for nothing.
+fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns, and every caller overwrites all `len` values
+    // before the vector is read or handed on (see each call).
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
 }
 
 fn threads() -> usize {
@@ -506,7 +520,7 @@ impl CustomOp2 for SwiGlu {
         if gl.shape() != ul.shape() {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", gl.shape(), ul.shape());
         }
-        let mut y = vec![0f32; g.len()];
+        let mut y = output_buffer(g.len());
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
             for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
                 *y = silu(g) * u;
@@ -518,7 +532,7 @@ impl CustomOp2 for SwiGlu {
         use rayon::prelude::*;
         let (dg, du) = with_f32(&[g, u, dy], "swiglu backward", |v| {
             let (gv, uv, dyv) = (v[0], v[1], v[2]);
-            let (mut dg, mut du) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
+            let (mut dg, mut du) = (output_buffer(gv.len()), output_buffer(gv.len()));
             dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
                 let o = c * CHUNK;
                 let done = swiglu_bwd_avx2(&gv[o..o + dg.len()], &uv[o..o + dg.len()], &dyv[o..o + dg.len()], dg, du);
@@ -630,7 +644,7 @@ impl CustomOp1 for CrossEntropy {
         let lse = self.lse.lock().unwrap();
         let out = with_f32(&[x, g], "cross-entropy backward", |t| {
             let (xs, gs) = (t[0], t[1]);
-            let mut out = vec![0f32; n * v];
+            let mut out = output_buffer(n * v);
             out.par_chunks_mut(v).zip(xs.par_chunks(v)).enumerate().for_each(|(i, (o, row))| {
                 let (gi, li) = (gs[i], lse[i]);
                 super::simd::scaled_exp(row, li, gi, o);

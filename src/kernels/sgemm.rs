@@ -128,6 +128,14 @@ unsafe fn sgemm_own(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize
 /// checked by the caller.
 #[allow(clippy::too_many_arguments)]
 fn gemm_crate(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: Operand, b: Operand, alpha: f32, par: gemm::Parallelism) {
+    if k == 0 {
+        // An empty sum: what every path gives, stated here rather than left to the crate
+        // (callers hand over output buffers they never zeroed).
+        if !accumulate {
+            dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
     // SAFETY: every element the strides reach was checked to lie inside its slice.
     unsafe {
         gemm::gemm(
