@@ -363,8 +363,25 @@ unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs:
         return;
     }
     std::ptr::write_bytes(out, 0, rows * kcp);
+    // Column-major (gᵀ in gᵀ·x): whole 16 × 16 blocks transposed in registers.
+    let (mut mv, mut kv) = (0, 0);
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+    if rs == 1 && super::simd::avx512_bf16() && is_x86_feature_detected!("avx512bw") {
+        (mv, kv) = (mc - mc % 16, kc - kc % 16);
+        avx512::pack_columns(mv, kv, kcp, a, cs, out);
+    }
+    if mv == mc && kv == kc {
+        return;
+    }
     let mut run = [0u16; RUN];
     for p in 0..kc {
+        if p < kv {
+            // Rows below mv of this column are packed already.
+            for i in mv..mc {
+                *out.add(i * kcp + p) = to_bf16(*a.add(i * rs + p * cs));
+            }
+            continue;
+        }
         if rs == 1 {
             // Column-major (gᵀ): each column rounded as one run.
             if p + AHEAD < kc {
@@ -526,6 +543,80 @@ mod avx512 {
             let v = _mm512_cvtneps_pbh(x);
             _mm256_storeu_si256(dst.add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(v));
         }
+    }
+
+    /// The first `mv` rows × `kv` k-values (multiples of 16) of a column-major A (element
+    /// (i, p) at `a[i + p·cs]`) rounded as [`round`] rounds them into bf16 rows `kcp` apart at
+    /// `out`, 16 × 16 at a time: 16 k-values' loads of 16 rows, rounded and paired, then three
+    /// rounds of two-source permutes turn the 8 pair vectors into 8 vectors of two rows each.
+    /// A block holding one of the largest subnormals (see [`round`]) goes through `to_bf16`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn pack_columns(mv: usize, kv: usize, kcp: usize, a: *const f32, cs: usize, out: *mut u16) {
+        let (magnitude, rounds_up, normal) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x007f_8000), _mm512_set1_epi32(0x0080_0000));
+        // Pairs: word r of the result = bf16 of (row r, k even) | (row r, k odd) << 16.
+        let pair = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        // The three permute rounds (see `transpose_round`).
+        let rounds: [[([i32; 16], usize); 8]; 3] = std::array::from_fn(|level| std::array::from_fn(|o| transpose_round(level, o / 2, o % 2)));
+        for p0 in (0..kv).step_by(16) {
+            for i0 in (0..mv).step_by(16) {
+                let mut v = [_mm512_setzero_ps(); 16];
+                let mut slow = 0u16;
+                for (q, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(a.add(i0 + (p0 + q) * cs));
+                    let bits = _mm512_and_si512(_mm512_castps_si512(*v), magnitude);
+                    slow |= _mm512_cmplt_epi32_mask(bits, normal) & _mm512_cmpge_epi32_mask(bits, rounds_up);
+                }
+                if slow != 0 {
+                    for r in 0..16 {
+                        for q in 0..16 {
+                            *out.add((i0 + r) * kcp + p0 + q) = super::to_bf16(*a.add(i0 + r + (p0 + q) * cs));
+                        }
+                    }
+                    continue;
+                }
+                // t[q]: dword r = k-values (p0 + 2q, p0 + 2q + 1) of row i0 + r.
+                let mut t: [__m512i; 8] = std::array::from_fn(|q| {
+                    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v[2 * q + 1], v[2 * q]));
+                    _mm512_permutexvar_epi16(pair, both)
+                });
+                for round in &rounds {
+                    let mut next = t;
+                    for (o, (idx, slot)) in round.iter().enumerate() {
+                        let s = o / 2;
+                        next[*slot] = _mm512_permutex2var_epi32(t[2 * s], _mm512_loadu_si512(idx.as_ptr() as *const _), t[2 * s + 1]);
+                    }
+                    t = next;
+                }
+                // t[s] now holds rows i0 + 2s and i0 + 2s + 1, 8 pairs (16 k-values) each.
+                for (s, t) in t.iter().enumerate() {
+                    _mm256_storeu_si256(out.add((i0 + 2 * s) * kcp + p0) as *mut __m256i, _mm512_castsi512_si256(*t));
+                    _mm256_storeu_si256(out.add((i0 + 2 * s + 1) * kcp + p0) as *mut __m256i, _mm512_extracti64x4_epi64::<1>(*t));
+                }
+            }
+        }
+    }
+
+    /// Round `level` of [`pack_columns`]'s transpose, output `half` of the pair (t[2s],
+    /// t[2s + 1]): the permute indices (source · 16 + element) and the slot the output goes to.
+    /// Round 0 takes rows 8·half.. of pair vectors q = 2s, 2s + 1 (element e: row e/2, pair
+    /// e%2); round 1 rows 4·half.. of those of 4 pairs (e: row e/4, pair e%4); round 2 rows
+    /// 2·half.. of all 8 pairs (e: row e/8, pair e%8): two whole rows. The slots make each
+    /// round's sources neighbours, and put rows 2s' and 2s' + 1 in slot s' at the end.
+    fn transpose_round(level: usize, s: usize, half: usize) -> ([i32; 16], usize) {
+        let idx = std::array::from_fn(|e| {
+            let (src, elem) = match level {
+                0 => (e % 2, 8 * half + e / 2),
+                1 => (e % 4 / 2, 2 * (4 * half + e / 4) + e % 2),
+                _ => (e % 8 / 4, 4 * (2 * half + e / 8) + e % 4),
+            };
+            (src * 16 + elem) as i32
+        });
+        let slot = match level {
+            0 => 4 * half + s,
+            1 => (2 * (s / 2) + half) * 2 + s % 2,
+            _ => 2 * s + half,
+        };
+        (idx, slot)
     }
 
     /// 8 rows × 32 columns: 16 accumulators; per k pair two B loads and one broadcast A pair
@@ -783,6 +874,30 @@ mod tests {
                 assert!(f32::from_bits((*g as u32) << 16).is_nan());
             } else {
                 assert_eq!(*g, to_bf16(*x), "{x:e} ({:#x})", x.to_bits());
+            }
+        }
+    }
+
+    /// Packing a column-major A (gᵀ, transposed in 16 × 16 register blocks where the CPU
+    /// has AVX-512) gives each element `to_bf16`'s bits at row i, column p, zeros in the
+    /// padding, for shapes with and without whole blocks and blocks holding the subnormals
+    /// the vector rounding leaves to `to_bf16`.
+    #[test]
+    fn packing_a_transposed_keeps_every_element_in_place() {
+        for (mc, kc, kcp) in [(128, 256, 256), (48, 40, 64), (16, 16, 32), (7, 33, 64), (37, 5, 32)] {
+            let cs = mc + 3;
+            let mut a = rand(cs * kc, mc as u64 * 7 + kc as u64);
+            // Largest subnormals in one block (the scalar fallback) and ties elsewhere.
+            a[2 + 3 * cs] = f32::from_bits(0x007f_c000);
+            a[cs * (kc - 1)] = f32::from_bits(0x3f80_8000);
+            let mut out = vec![0xffffu16; mc.next_multiple_of(ROWS_PAD) * kcp];
+            // SAFETY: a holds every (i, p) at i + p·cs; out holds the padded block.
+            unsafe { pack_a(mc, kc, kcp, a.as_ptr(), 1, cs, out.as_mut_ptr()) };
+            for i in 0..mc.next_multiple_of(ROWS_PAD) {
+                for p in 0..kcp {
+                    let want = if i < mc && p < kc { to_bf16(a[i + p * cs]) } else { 0 };
+                    assert_eq!(out[i * kcp + p], want, "{mc} x {kc}: row {i}, k {p}");
+                }
             }
         }
     }

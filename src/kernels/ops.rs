@@ -415,16 +415,25 @@ impl Drop for GradSink {
 }
 
 /// slot += gᵀ·x for g (N, out), x (N, in): one GEMM on rayon's threads that reads the running
-/// sum (zeros the first time, so the first pass's bits are those of a plain `gᵀ·x`).
+/// sum (the first time, writes `gᵀ·x`).
 fn add_weight_grad(slot: &Slot, g: &Tensor, x: &Tensor, (out, inp): (usize, usize), gemm: Gemm) -> Result<()> {
     let ((n, go), (n2, xi)) = (g.dims2()?, x.dims2()?);
     if n != n2 || go != out || xi != inp {
         candle_core::bail!("linear backward: gradient {:?} and input {:?} do not fit a ({out}, {inp}) weight", g.shape(), x.shape());
     }
     with_f32(&[g, x], "linear backward", |v| {
+        let (a, b) = (Operand::new(v[0], 1, out), Operand::new(v[1], inp, 1));
         let mut sum = slot.lock().unwrap();
-        let dst = sum.get_or_insert_with(|| vec![0f32; out * inp]);
-        gemm.run(out, inp, n, dst, inp, true, Operand::new(v[0], 1, out), Operand::new(v[1], inp, 1));
+        match sum.as_mut() {
+            Some(dst) => gemm.run(out, inp, n, dst, inp, true, a, b),
+            None => {
+                // The first pass writes the product (what adding it to zeros gives, without
+                // zeroing a weight-sized buffer per micro-batch).
+                let mut dst = output_buffer(out * inp);
+                gemm.run(out, inp, n, &mut dst, inp, false, a, b);
+                *sum = Some(dst);
+            }
+        }
         Ok(())
     })
 }
