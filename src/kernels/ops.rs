@@ -264,12 +264,16 @@ impl Gemm {
 /// `x Wᵀ` for W (out, in), x (N, in) on `gemm`, gradients to both (W's into its [`GradSink`]
 /// when one is open for it).
 pub fn linear(x: &Tensor, w: &Tensor, gemm: Gemm) -> Result<Tensor> {
-    bf16_ready(x, gemm)?.apply_op2(w, Linear { trainable: true, gemm, sink: GradSink::slot_of(w) })
+    linear_with(x, w, Linear { trainable: true, gemm, sink: GradSink::slot_of(w) })
+}
+
+fn linear_with(x: &Tensor, w: &Tensor, op: Linear) -> Result<Tensor> {
+    bf16_ready(x, op.gemm)?.apply_op2(w, op)
 }
 
 /// `x Wᵀ` for a frozen weight W (out, in), x (N, in) on `gemm`: gradient flows to x only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, gemm: Gemm) -> Result<Tensor> {
-    bf16_ready(x, gemm)?.apply_op2(w, Linear { trainable: false, gemm, sink: None })
+    linear_with(x, w, Linear { trainable: false, gemm, sink: None })
 }
 
 /// `x` as the bf16 GEMM takes it (contiguous: a strided input would fall back to candle's f32
@@ -628,24 +632,11 @@ impl CustomOp1 for CrossEntropy {
         "cotlab-cross-entropy"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let x = f32_slice(s, l, "cross-entropy logits")?;
         let (n, v) = l.shape().dims2()?;
-        if self.targets.len() != n {
-            candle_core::bail!("cross-entropy: {} targets for {n} rows", self.targets.len());
-        }
-        let rows: Vec<(f32, f32)> = x
-            .par_chunks(v)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum = super::simd::sum_exp(row, m);
-                let lse = m + sum.ln();
-                (lse - row[t as usize], lse)
-            })
-            .collect();
-        *self.lse.lock().unwrap() = rows.iter().map(|r| r.1).collect();
-        Ok((CpuStorage::F32(rows.iter().map(|r| r.0).collect()), Shape::from(n)))
+        let (nll, lse) = nll_rows(x, v, &self.targets)?;
+        *self.lse.lock().unwrap() = lse;
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         use rayon::prelude::*;
@@ -662,6 +653,79 @@ impl CustomOp1 for CrossEntropy {
             Ok(out)
         })?;
         Ok(Some(Tensor::from_vec(out, (n, v), x.device())?))
+    }
+}
+
+/// Each row's NLL of its target and its log-sum-exp, for logits `x` (rows of `v`).
+fn nll_rows(x: &[f32], v: usize, targets: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    use rayon::prelude::*;
+    let n = x.len() / v.max(1);
+    if targets.len() != n {
+        candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross-entropy: target token {t} is outside the vocabulary of {v}");
+    }
+    let rows: Vec<(f32, f32)> = x
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum = super::simd::sum_exp(row, m);
+            let lse = m + sum.ln();
+            (lse - row[t as usize], lse)
+        })
+        .collect();
+    Ok(rows.into_iter().unzip())
+}
+
+/// Per-row cross-entropy of the logits `x·Wᵀ` (x (N, in), W (V, in)) against `targets` (N), the
+/// training loss's head: the projection and [`cross_entropy_rows`] as one op on f32 CPU
+/// tensors (the two ops elsewhere). The logits stay in the op from the forward to the backward,
+/// which turns them into their gradient in place and hands that to the projection's backward
+/// (dX, and dW unless `frozen`): the two ops held the logits and a logits-sized gradient at
+/// once, and candle's store summed that gradient once more. The same bits as the two ops.
+pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], frozen: bool, gemm: Gemm) -> Result<Tensor> {
+    let linear = Linear { trainable: !frozen, gemm, sink: if frozen { None } else { GradSink::slot_of(w) } };
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(x) && f32_cpu(w)) {
+        return cross_entropy_rows(&linear_with(x, w, linear)?, targets);
+    }
+    bf16_ready(x, gemm)?.apply_op2(w, LinearCrossEntropy { linear, targets: targets.to_vec(), logits: Mutex::new(None) })
+}
+
+struct LinearCrossEntropy {
+    linear: Linear,
+    targets: Vec<u32>,
+    /// The forward's logits and each row's log-sum-exp, until the backward takes them.
+    logits: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl CustomOp2 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "cotlab-linear-cross-entropy"
+    }
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.linear.cpu_fwd(xs, xl, ws, wl)?;
+        let (CpuStorage::F32(y), (n, v)) = (y, shape.dims2()?) else { candle_core::bail!("linear cross-entropy: f32 logits expected") };
+        let (nll, lse) = nll_rows(&y, v, &self.targets)?;
+        *self.logits.lock().unwrap() = Some((y, lse));
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let Some((mut logits, lse)) = self.logits.lock().unwrap().take() else {
+            candle_core::bail!("linear cross-entropy: a second backward pass through one forward (the logits are spent)")
+        };
+        let v = w.dim(0)?;
+        let gs = g.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        // softmax − onehot, times the row's gradient: cross_entropy_rows' backward, in place.
+        logits.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+            super::simd::scaled_exp_in_place(row, lse[i], gs[i]);
+            row[self.targets[i] as usize] -= gs[i];
+        });
+        let dlogits = Tensor::from_vec(logits, (lse.len(), v), x.device())?;
+        self.linear.bwd(x, w, &dlogits, &dlogits)
     }
 }
 

@@ -201,6 +201,17 @@ pub(crate) fn scaled_exp(xs: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
+/// [`scaled_exp`] over `row` in place (the same bits), through a block on the stack: safe Rust
+/// cannot lend one slice as both the input and the output.
+pub(crate) fn scaled_exp_in_place(row: &mut [f32], shift: f32, scale: f32) {
+    let mut block = [0f32; 256];
+    for chunk in row.chunks_mut(256) {
+        let input = &mut block[..chunk.len()];
+        input.copy_from_slice(chunk);
+        scaled_exp(input, shift, scale, chunk);
+    }
+}
+
 /// The AVX2 body of [`scaled_exp`] over whole groups of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]

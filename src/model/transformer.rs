@@ -777,6 +777,18 @@ impl Transformer {
         y.to_dtype(DType::F32)
     }
 
+    /// Per-row NLL (N) of `targets` under the logits of `hidden` (N, d), for training: the
+    /// head and the cross-entropy as one op where the compute dtype is f32 on the CPU
+    /// ([`ops::linear_cross_entropy`]), else [`Transformer::logits`] then the cross-entropy.
+    pub fn token_nll(&self, hidden: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+        if self.dt(true) != DType::F32 {
+            return ops::cross_entropy_rows(&self.logits(hidden)?, targets);
+        }
+        let w = self.w(self.config.family.head_weight(&self.config), true)?;
+        // Frozen under LoRA, as `project` has it.
+        ops::linear_cross_entropy(&hidden.to_dtype(DType::F32)?, &w, targets, self.lora.is_some(), self.gemm(true))
+    }
+
     /// Logits of the last position of each sequence (B, V) — for tests and greedy decoding.
     pub fn last_logits(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.hidden(ids)?;

@@ -341,13 +341,20 @@ pub fn layout(batch: &[&TrainExample], pack: bool) -> Packing {
 
 /// NLL of every response token of a micro-batch, example by example (whatever the layout).
 fn token_nll(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<Tensor> {
-    let (logits, targets) = response_logits(student, batch, pack)?;
-    crate::kernels::ops::cross_entropy_rows(&logits, &targets)
+    let (hidden, targets) = response_hidden(student, batch, pack)?;
+    student.model.token_nll(&hidden, &targets)
 }
 
 /// The logits (N, V) that predict each response token of a micro-batch and those tokens (N),
 /// example by example, response tokens in order (whatever the layout).
 pub fn response_logits(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<(Tensor, Vec<u32>)> {
+    let (hidden, targets) = response_hidden(student, batch, pack)?;
+    Ok((student.model.logits(&hidden)?, targets))
+}
+
+/// The final hidden states (N, d) whose logits predict each response token of a micro-batch,
+/// and those tokens (N), as [`response_logits`] orders them.
+fn response_hidden(student: &Student, batch: &[&TrainExample], pack: bool) -> candle_core::Result<(Tensor, Vec<u32>)> {
     let device = &student.model.device;
     let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
     let p = layout(batch, pack);
@@ -373,7 +380,7 @@ pub fn response_logits(student: &Student, batch: &[&TrainExample], pack: bool) -
     let d = hidden.dim(D::Minus1)?;
     let pos = Tensor::new(positions.as_slice(), device)?;
     let h = hidden.reshape((r * t, d))?.index_select(&pos, 0)?;
-    Ok((student.model.logits(&h)?, targets))
+    Ok((h, targets))
 }
 
 /// A loss that replaces the response-token NLL of a run (on-policy distillation,
