@@ -860,6 +860,48 @@ mod tests {
         Ok(())
     }
 
+    /// The fused head + cross-entropy gives the bits of the projection then
+    /// `cross_entropy_rows`: per-row NLL, dX, and dW (in candle's store, in a sink, none when
+    /// frozen), on both GEMMs; a target outside the vocabulary is an error naming it.
+    #[test]
+    fn linear_cross_entropy_is_the_two_ops_to_the_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, inp, v) = (37, 70, 301);
+        let x = Var::randn(0f32, 1., (n, inp), &dev)?;
+        let w = Var::randn(0f32, 0.3, (v, inp), &dev)?;
+        let targets: Vec<u32> = (0..n as u32).map(|i| i * 37 % v as u32).collect();
+        let scale = Tensor::randn(0f32, 1., n, &dev)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|f| f.to_bits()).collect()) };
+        for gemm in [Gemm::F32, Gemm::Bf16] {
+            for (frozen, sink) in [(false, false), (false, true), (true, false)] {
+                let run = |fused: bool| -> Result<(Vec<u32>, Vec<u32>, Option<Vec<u32>>)> {
+                    let s = sink.then(|| GradSink::open([w.as_tensor()]));
+                    let nll = if fused {
+                        linear_cross_entropy(x.as_tensor(), w.as_tensor(), &targets, frozen, gemm)?
+                    } else {
+                        let logits = if frozen { frozen_linear(x.as_tensor(), w.as_tensor(), gemm)? } else { linear(x.as_tensor(), w.as_tensor(), gemm)? };
+                        cross_entropy_rows(&logits, &targets)?
+                    };
+                    let grads = (&nll * &scale)?.sum_all()?.backward()?;
+                    let dw = match &s {
+                        Some(s) => s.take(0, w.as_tensor())?,
+                        None => grads.get(&w).cloned(),
+                    };
+                    Ok((bits(&nll)?, bits(grads.get(&x).unwrap())?, dw.map(|t| bits(&t)).transpose()?))
+                };
+                let (fused, two) = (run(true)?, run(false)?);
+                let what = format!("{gemm:?}, frozen {frozen}, sink {sink}");
+                assert_eq!(fused.0, two.0, "NLL, {what}");
+                assert_eq!(fused.1, two.1, "dX, {what}");
+                assert_eq!(fused.2, two.2, "dW, {what}");
+                assert_eq!(fused.2.is_none(), frozen, "a weight gradient unless frozen, {what}");
+            }
+        }
+        let bad = linear_cross_entropy(x.as_tensor(), w.as_tensor(), &[v as u32; 37], false, Gemm::F32).unwrap_err().to_string();
+        assert!(bad.contains("target token 301 is outside the vocabulary of 301"), "{bad}");
+        Ok(())
+    }
+
     /// A weight's gradient summed in its sink over two backward passes equals the sum of
     /// candle's two (the first pass alone to the bit); the store gets none for it, the input's
     /// gradient is unchanged, and another thread's passes are not captured.
