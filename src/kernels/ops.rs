@@ -874,7 +874,9 @@ mod tests {
         let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|f| f.to_bits()).collect()) };
         for gemm in [Gemm::F32, Gemm::Bf16] {
             for (frozen, sink) in [(false, false), (false, true), (true, false)] {
-                let run = |fused: bool| -> Result<(Vec<u32>, Vec<u32>, Option<Vec<u32>>)> {
+                // The bits of (NLL, dX, dW).
+                type Bits = (Vec<u32>, Vec<u32>, Option<Vec<u32>>);
+                let run = |fused: bool| -> Result<Bits> {
                     let s = sink.then(|| GradSink::open([w.as_tensor()]));
                     let nll = if fused {
                         linear_cross_entropy(x.as_tensor(), w.as_tensor(), &targets, frozen, gemm)?
