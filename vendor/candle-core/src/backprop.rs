@@ -737,7 +737,9 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                // Contiguous, as the zeros + add made it: backward rules hand a node's gradient
+                // to matmuls that refuse some strides.
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
