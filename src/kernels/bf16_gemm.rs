@@ -25,7 +25,7 @@
 
 use super::bf16::to_bf16;
 use super::sgemm::{sgemm, Operand};
-use super::simd::{for_each_part, SharedOut};
+use super::simd::{for_each_part, Scratch, SharedOut};
 
 /// Columns of a register tile: 2 × 16 f32 lanes (two AMX tiles of 16 columns).
 const NR: usize = 32;
@@ -194,17 +194,17 @@ impl PackedB {
             words.set_len(len + 16)
         };
         let start = words.as_ptr().align_offset(64);
+        let out = SharedOut(words.as_mut_ptr());
         let packed = PackedB { words, start, panels };
-        let out = SharedOut(packed.words.as_ptr() as *mut f32);
         for_each_part(n, NR, parts, |lo, hi| {
             let out = &out;
-            let out = out.0 as *mut u32;
             for pc in (0..k).step_by(KC) {
                 let (kc, kcp) = (KC.min(k - pc), KC.min(k - pc).next_multiple_of(32));
-                // SAFETY: panels lo/NR.. of block pc, this part's alone, inside `len`; B's
+                // SAFETY: panels lo/NR.. of block pc, this part's alone, inside `len` (the
+                // vector's buffer, which moving the vector into `packed` did not move); B's
                 // columns lo..hi, rows pc..pc + kc are in bounds (checked by the caller).
                 unsafe {
-                    let dst = out.add(packed.start + packed.block(pc) + lo / NR * kcp / 2 * NR);
+                    let dst = out.0.add(packed.start + packed.block(pc) + lo / NR * kcp / 2 * NR);
                     pack_b(kc, kcp, hi - lo, job.b.add(pc * job.b_rs + lo * job.b_cs), job.b_rs, job.b_cs, dst);
                 }
             }
@@ -242,21 +242,6 @@ struct Job {
 // SAFETY: see the struct's doc.
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
-
-/// 64-byte aligned scratch of `T`, kept per thread across products.
-struct Scratch<T>(Vec<T>);
-
-impl<T: Copy + Default> Scratch<T> {
-    fn get(&mut self, len: usize) -> *mut T {
-        let pad = 64 / std::mem::size_of::<T>();
-        if self.0.len() < len + pad {
-            self.0 = vec![T::default(); len + pad];
-        }
-        let p = self.0.as_mut_ptr();
-        // SAFETY: fewer than `pad` elements in, with `len` more behind it.
-        unsafe { p.add(p.align_offset(64)) }
-    }
-}
 
 thread_local! {
     static PACKED: std::cell::RefCell<(Scratch<u16>, Scratch<u32>)> = const { std::cell::RefCell::new((Scratch(Vec::new()), Scratch(Vec::new()))) };
@@ -344,6 +329,22 @@ fn prefetch_run(src: *const f32, n: usize) {
 /// How many runs ahead the packers prefetch.
 const AHEAD: usize = 4;
 
+/// `n` values `stride` apart from `src` rounded into `run`: [`round_run`] when they are
+/// contiguous, asking for `next` (the run a few ahead) to be fetched meanwhile; one by one
+/// through `to_bf16` otherwise.
+unsafe fn round_strided(src: *const f32, n: usize, stride: usize, next: Option<*const f32>, run: &mut [u16]) {
+    if stride == 1 {
+        if let Some(next) = next {
+            prefetch_run(next, n);
+        }
+        round_run(src, n, run.as_mut_ptr());
+    } else {
+        for (i, r) in run.iter_mut().enumerate().take(n) {
+            *r = to_bf16(*src.add(i * stride));
+        }
+    }
+}
+
 /// Scratch for one contiguous run of a strided operand.
 const RUN: usize = if KC > MC { KC } else { MC };
 
@@ -382,17 +383,8 @@ unsafe fn pack_a(mc: usize, kc: usize, kcp: usize, a: *const f32, rs: usize, cs:
             }
             continue;
         }
-        if rs == 1 {
-            // Column-major (gᵀ): each column rounded as one run.
-            if p + AHEAD < kc {
-                prefetch_run(a.wrapping_add((p + AHEAD) * cs), mc);
-            }
-            round_run(a.add(p * cs), mc, run.as_mut_ptr());
-        } else {
-            for (i, r) in run.iter_mut().enumerate().take(mc) {
-                *r = to_bf16(*a.add(i * rs + p * cs));
-            }
-        }
+        // Column p of A as one run (contiguous for gᵀ, past its whole blocks).
+        round_strided(a.add(p * cs), mc, rs, (p + AHEAD < kc).then(|| a.wrapping_add((p + AHEAD) * cs)), &mut run);
         for (i, &r) in run.iter().enumerate().take(mc) {
             *out.add(i * kcp + p) = r;
         }
@@ -426,17 +418,8 @@ unsafe fn pack_b(kc: usize, kcp: usize, nc: usize, b: *const f32, rs: usize, cs:
     }
     for j in 0..nc {
         let panel = out.add(j / NR * pairs * NR + j % NR);
-        if rs == 1 {
-            // Column-major (Wᵀ in x·Wᵀ): a column's k values are one run, its pairs adjacent.
-            if j + AHEAD < nc {
-                prefetch_run(b.wrapping_add((j + AHEAD) * cs), kc);
-            }
-            round_run(b.add(j * cs), kc, run.as_mut_ptr());
-        } else {
-            for (p, r) in run.iter_mut().enumerate().take(kc) {
-                *r = to_bf16(*b.add(p * rs + j * cs));
-            }
-        }
+        // Column-major (Wᵀ in x·Wᵀ): a column's k values are one run, its pairs adjacent.
+        round_strided(b.add(j * cs), kc, rs, (j + AHEAD < nc).then(|| b.wrapping_add((j + AHEAD) * cs)), &mut run);
         run[kc..kcp].fill(0);
         for q in 0..pairs {
             *panel.add(q * NR) = run[2 * q] as u32 | (run[2 * q + 1] as u32) << 16;
@@ -555,8 +538,13 @@ mod avx512 {
         let (magnitude, rounds_up, normal) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x007f_8000), _mm512_set1_epi32(0x0080_0000));
         // Pairs: word r of the result = bf16 of (row r, k even) | (row r, k odd) << 16.
         let pair = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-        // The three permute rounds (see `transpose_round`).
-        let rounds: [[([i32; 16], usize); 8]; 3] = std::array::from_fn(|level| std::array::from_fn(|o| transpose_round(level, o / 2, o % 2)));
+        // The three permute rounds (see `transpose_round`): indices in registers, and slots.
+        let rounds: [[(__m512i, usize); 8]; 3] = std::array::from_fn(|level| {
+            std::array::from_fn(|o| {
+                let (idx, slot) = transpose_round(level, o / 2, o % 2);
+                (_mm512_loadu_si512(idx.as_ptr() as *const _), slot)
+            })
+        });
         for p0 in (0..kv).step_by(16) {
             for i0 in (0..mv).step_by(16) {
                 let mut v = [_mm512_setzero_ps(); 16];
@@ -583,7 +571,7 @@ mod avx512 {
                     let mut next = t;
                     for (o, (idx, slot)) in round.iter().enumerate() {
                         let s = o / 2;
-                        next[*slot] = _mm512_permutex2var_epi32(t[2 * s], _mm512_loadu_si512(idx.as_ptr() as *const _), t[2 * s + 1]);
+                        next[*slot] = _mm512_permutex2var_epi32(t[2 * s], *idx, t[2 * s + 1]);
                     }
                     t = next;
                 }

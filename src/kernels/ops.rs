@@ -659,7 +659,10 @@ impl CustomOp1 for CrossEntropy {
 /// Each row's NLL of its target and its log-sum-exp, for logits `x` (rows of `v`).
 fn nll_rows(x: &[f32], v: usize, targets: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
     use rayon::prelude::*;
-    let n = x.len() / v.max(1);
+    if v == 0 {
+        candle_core::bail!("cross-entropy: logits with no vocabulary (0 columns)");
+    }
+    let n = x.len() / v;
     if targets.len() != n {
         candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
     }
@@ -715,7 +718,9 @@ impl CustomOp2 for LinearCrossEntropy {
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let Some((mut logits, lse)) = self.logits.lock().unwrap().take() else {
-            candle_core::bail!("linear cross-entropy: a second backward pass through one forward (the logits are spent)")
+            candle_core::bail!(
+                "linear cross-entropy: a second backward pass through one forward (its logits became the first one's gradient): run the forward pass again"
+            )
         };
         let v = w.dim(0)?;
         let gs = g.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;

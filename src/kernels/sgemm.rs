@@ -17,7 +17,7 @@
 //! `gemm` crate does the work (one binary runs on any x86-64); see [`own_kernel`]. The CPU's
 //! features come from `simd.rs`.
 
-use super::simd::{avx2_fma, avx512f, for_each_part, SharedOut};
+use super::simd::{avx2_fma, avx512f, for_each_part, Scratch, SharedOut};
 
 /// A matrix operand: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -212,22 +212,8 @@ struct Job {
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
-/// 64-byte aligned scratch for packed panels, kept per thread across products.
-struct Scratch(Vec<f32>);
-
-impl Scratch {
-    fn get(&mut self, len: usize) -> *mut f32 {
-        if self.0.len() < len + 16 {
-            self.0 = vec![0.0; len + 16];
-        }
-        let p = self.0.as_mut_ptr();
-        // SAFETY: at most 15 elements in, with `len` more behind it.
-        unsafe { p.add(p.align_offset(64)) }
-    }
-}
-
 thread_local! {
-    static PACKED: std::cell::RefCell<(Scratch, Scratch)> = const { std::cell::RefCell::new((Scratch(Vec::new()), Scratch(Vec::new()))) };
+    static PACKED: std::cell::RefCell<(Scratch<f32>, Scratch<f32>)> = const { std::cell::RefCell::new((Scratch(Vec::new()), Scratch(Vec::new()))) };
 }
 
 impl Job {

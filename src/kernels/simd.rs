@@ -89,12 +89,29 @@ pub(crate) fn for_each_part(len: usize, unit: usize, parts: usize, run: impl Fn(
 }
 
 /// The output pointer shared by the tasks of one pass; each writes only its own part.
-pub(crate) struct SharedOut(pub(crate) *mut f32);
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-impl SharedOut {
-    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
+pub(crate) struct SharedOut<T = f32>(pub(crate) *mut T);
+unsafe impl<T> Sync for SharedOut<T> {}
+unsafe impl<T> Send for SharedOut<T> {}
+impl<T> SharedOut<T> {
+    pub(crate) unsafe fn write(&self, i: usize, v: T) {
         *self.0.add(i) = v;
+    }
+}
+
+/// 64-byte aligned scratch of `T` for a GEMM's packed panels, kept per thread across products
+/// (grown, never shrunk).
+pub(crate) struct Scratch<T>(pub(crate) Vec<T>);
+
+impl<T: Copy + Default> Scratch<T> {
+    /// `len` elements starting on a 64-byte boundary.
+    pub(crate) fn get(&mut self, len: usize) -> *mut T {
+        let pad = 64 / std::mem::size_of::<T>();
+        if self.0.len() < len + pad {
+            self.0 = vec![T::default(); len + pad];
+        }
+        let p = self.0.as_mut_ptr();
+        // SAFETY: fewer than `pad` elements in, with `len` more behind it.
+        unsafe { p.add(p.align_offset(64)) }
     }
 }
 
