@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{reduce8, SharedOut};
+use super::simd::{output_buffer, reduce8, SharedOut};
 
 /// Values per chunk: one `vdpbf16ps` operand (16 lanes × a pair).
 pub const CHUNK: usize = 32;
@@ -109,7 +109,8 @@ impl Bf16Matrix {
         let (rows, cols) = (self.rows, self.cols);
         assert_eq!(x.len(), m * cols, "bf16 matmul: x is not m × cols");
         let xb: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
-        let mut y = vec![0f32; m * rows];
+        // Every (row, output) is written below, by the task of the output's tile.
+        let mut y = output_buffer(m * rows);
         let tiles = rows.div_ceil(TILE);
         for (xs, ys) in xb.chunks(ROWS_PER_PASS * cols).zip(y.chunks_mut(ROWS_PER_PASS * rows)) {
             let n = xs.len() / cols;

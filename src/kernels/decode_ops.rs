@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{softmax_numerators, HIDDEN};
-use super::simd::{reduce8, Kernel};
+use super::simd::{output_buffer, reduce8, Kernel};
 
 /// A 4-D f32 CPU tensor's data with its start offset and strides (in elements).
 struct View<'a> {
@@ -70,7 +70,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     let (qv, kv_, vv, mv) = (view(&qs, ql, "q")?, view(&ks, kl, "k")?, view(&vs, vl, "v")?, view(&ms, ml, "mask")?);
     let group = h / kv;
     let scale = scale as f32;
-    let mut out = vec![0f32; b * h * t * hd];
+    // Every row is written whole by its task (`Kernel::row` sets all hd outputs).
+    let mut out = output_buffer(b * h * t * hd);
     let kernel = Kernel::detect();
     // One task per (row, query head): T rows of hd outputs each, written to their own chunk.
     out.par_chunks_mut(t * hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (bh, o)| {
@@ -126,9 +127,10 @@ impl Kernel {
                     }
                 }
             }
-            // SAFETY: detect() checked AVX2 and FMA.
+            // SAFETY: detect() checked AVX2 and FMA. (No AVX-512 body: this kernel waits on
+            // the cache's keys and values coming from memory, whatever the vector width.)
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe {
+            _ => unsafe {
                 avx2::scores(q, keys, mask, scale, scores);
                 let sum = softmax_numerators(scores);
                 avx2::weighted_sum(scores, sum, values, out);

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 
 use super::bf16_gemm::bf16_gemm;
 use super::sgemm::{sgemm, Operand};
+use super::simd::output_buffer;
 
 /// Hands a precomputed result to candle as the op's output, so the graph gets our backward.
 pub(super) fn take_cpu(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
@@ -480,20 +481,6 @@ fn matmul(a: &Tensor, b: &Tensor, gemm: Gemm) -> Result<Tensor> {
     Tensor::from_vec(y, (m, n), a.device())
 }
 
-/// `len` f32 for an output every element of which the caller writes before anything reads it
-/// (a GEMM with `accumulate: false`, an element-wise pass over all of it): zeroing them first
-/// was a pass over each output (the logits' gradient alone: tokens × vocabulary) for nothing.
-fn output_buffer(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns, and every caller overwrites all `len` values
-    // before the vector is read or handed on (see each call).
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        v.set_len(len)
-    };
-    v
-}
-
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
@@ -572,7 +559,7 @@ impl CustomOp2 for SwiGlu {
 /// without AVX2). Training only: the forward, which decoding runs too, keeps libm's expf.
 fn swiglu_bwd_avx2(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::Kernel::detect() == super::simd::Kernel::Avx2 {
+    if super::simd::Kernel::detect().avx2() {
         let done = g.len() - g.len() % 8;
         assert!(u.len() >= done && dy.len() >= done && dg.len() >= done && du.len() >= done);
         // SAFETY: AVX2 and FMA checked; the five slices hold at least `done` elements.

@@ -8,7 +8,9 @@
 //! then decodes differently from batch 1). Here every output element is one fixed sequence of
 //! operations — each weight decoded as `q · scale`, 8 lanes of FMAs over the input in order,
 //! then a fixed reduction of the lanes — whatever the number of rows, the tiling or the
-//! threads: batch-invariant by construction, and the AVX2 and portable paths give the same bits.
+//! threads: batch-invariant by construction, and the AVX2, AVX-512 and portable paths give the
+//! same bits (AVX-512 holds two weight rows' 8 lanes in one register: the same lanes, twice the
+//! rows per instruction).
 //!
 //! Batch-1 decoding reads every weight once per token, so it is bound by memory: 9 bits a
 //! weight (Q8_0: 8, and an f32 scale per 32) or 5 (Q4_1: 4, and two f16 per 32) instead of
@@ -20,7 +22,10 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::Bf16Matrix;
-use super::simd::{Kernel, SharedOut};
+use super::simd::{output_buffer, Kernel, SharedOut};
+
+/// Lanes of every dot product's accumulator (the reduction order `simd::reduce8` fixes).
+const LANES: usize = 8;
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -29,6 +34,19 @@ const TILE: usize = 4;
 /// Input rows one call of `dot_tile` multiplies by a decoded tile: 3 × 4 outputs share each
 /// load (12 accumulators, 3 input and 1 weight register: all 16 AVX2 registers).
 const XROWS: usize = 3;
+/// The same for AVX-512: 8 inputs × 2 registers of two weight rows each (16 accumulators, 8
+/// input and 2 weight registers of 32).
+const WIDE_XROWS: usize = 8;
+/// One `dot_tile` call's results: acc[p][r] = input row p · tile row r.
+type Acc = [[f32; TILE]; WIDE_XROWS];
+
+/// Where weight (r, c) of a decoded tile sits: by runs of [`LANES`] columns, each run holding the
+/// tile's rows one after another (run, row, lane). A run is one sequential read for every
+/// kernel, and two rows' lanes are one 512-bit register.
+#[inline(always)]
+fn at(r: usize, c: usize) -> usize {
+    c / LANES * (TILE * LANES) + r * LANES + c % LANES
+}
 /// Input rows per pass over the weights: their f32 copies stay in cache while every weight
 /// tile is decoded once for them.
 const ROWS_PER_PASS: usize = 32;
@@ -120,7 +138,7 @@ impl Tiles for Q8Matrix {
 /// result does not depend on its batch.
 trait Tiles: Sync {
     fn shape(&self) -> (usize, usize);
-    /// Tile `t`'s rows as f32 (TILE × cols, row-major) into `buf`.
+    /// Tile `t`'s rows as f32 (TILE × cols, laid out as [`at`] says) into `buf`.
     fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]);
     /// x (one row) · tile `t`'s rows: decode_tile then dot_tile's operations.
     fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE];
@@ -139,7 +157,9 @@ fn dequantize<M: Tiles>(w: &M) -> Vec<f32> {
     let mut buf = vec![0f32; TILE * cols];
     for t in 0..rows.div_ceil(TILE) {
         w.decode_tile(Kernel::Portable, t, &mut buf);
-        out.extend_from_slice(&buf[..TILE.min(rows - t * TILE) * cols]);
+        for r in 0..TILE.min(rows - t * TILE) {
+            out.extend((0..cols).map(|c| buf[at(r, c)]));
+        }
     }
     out
 }
@@ -148,8 +168,10 @@ fn dequantize<M: Tiles>(w: &M) -> Vec<f32> {
 fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
     let (rows, cols) = w.shape();
     assert_eq!(x.len(), m * cols, "quantized matmul: x is not m × cols");
-    let mut y = vec![0f32; m * rows];
+    // Every (row, output) is written below, by the task of the output's tile.
+    let mut y = output_buffer(m * rows);
     let kernel = Kernel::detect();
+    let xrows = kernel.xrows();
     let tiles = rows.div_ceil(TILE);
     for (xs, ys) in x.chunks(ROWS_PER_PASS * cols).zip(y.chunks_mut(ROWS_PER_PASS * rows)) {
         let n = xs.len() / cols;
@@ -171,10 +193,10 @@ fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
                 }
                 buf.resize(TILE * cols, 0.0);
                 w.decode_tile(kernel, t, buf);
-                let mut acc = [[0f32; TILE]; XROWS];
+                let mut acc = [[0f32; TILE]; WIDE_XROWS];
                 let mut i = 0;
                 while i < n {
-                    let pair = (n - i).min(XROWS);
+                    let pair = (n - i).min(xrows);
                     kernel.dot_tile(buf, cols, &xs[i * cols..(i + pair) * cols], pair, &mut acc);
                     for (p, row) in acc.iter().take(pair).enumerate() {
                         for (r, v) in row.iter().take(live).enumerate() {
@@ -283,6 +305,9 @@ impl Tiles for Q4Matrix {
             // SAFETY: detect() checked AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::decode_tile_q4(self.tile(t), self.cols, buf) },
+            // SAFETY: detect() checked AVX-512F besides.
+            #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+            Kernel::Avx512 => unsafe { avx512::decode_tile_q4(self.tile(t), self.cols, buf) },
         }
     }
 
@@ -290,14 +315,15 @@ impl Tiles for Q4Matrix {
         match k {
             Kernel::Portable => {
                 scratch.resize(TILE * x.len(), 0.0);
-                let mut acc = [[0f32; TILE]; XROWS];
+                let mut acc = [[0f32; TILE]; WIDE_XROWS];
                 portable::decode_tile_q4(self.tile(t), x.len(), scratch);
                 portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
                 acc[0]
             }
-            // SAFETY: detect() checked AVX2, FMA and F16C.
+            // SAFETY: detect() checked AVX2, FMA and F16C. One row's chains are as long on
+            // AVX-512 (each row's 8 lanes are one chain), so both take this path.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_row_tile_q4(self.tile(t), x) },
+            _ => unsafe { avx2::dot_row_tile_q4(self.tile(t), x) },
         }
     }
 }
@@ -311,13 +337,23 @@ fn round_half_away(v: f32) -> i32 {
 }
 
 impl Kernel {
-    /// A tile's rows as f32 (TILE × cols, row-major) into `buf`.
+    /// Input rows one [`Kernel::dot_tile`] call takes at most: what the registers hold (the
+    /// portable path, all in memory, takes as many as [`Acc`] has).
+    fn xrows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => XROWS,
+            _ => WIDE_XROWS,
+        }
+    }
+
+    /// A Q8_0 tile's rows as f32 (laid out as [`at`] says) into `buf`.
     fn decode_tile(self, q: &[i8], d: &[f32], cols: usize, buf: &mut [f32]) {
         match self {
             Kernel::Portable => portable::decode_tile(q, d, cols, buf),
-            // SAFETY: detect() checked AVX2 and FMA.
+            // SAFETY: detect() checked AVX2 and FMA (AVX-512 decodes Q8_0 no faster here).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::decode_tile(q, d, cols, buf) },
+            _ => unsafe { avx2::decode_tile(q, d, cols, buf) },
         }
     }
 
@@ -327,24 +363,40 @@ impl Kernel {
         match self {
             Kernel::Portable => {
                 scratch.resize(TILE * x.len(), 0.0);
-                let mut acc = [[0f32; TILE]; XROWS];
+                let mut acc = [[0f32; TILE]; WIDE_XROWS];
                 portable::decode_tile(q, d, x.len(), scratch);
                 portable::dot_tile(scratch, x.len(), x, 1, &mut acc);
                 acc[0]
             }
             // SAFETY: detect() checked AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_row_tile(q, d, x) },
+            _ => unsafe { avx2::dot_row_tile(q, d, x) },
         }
     }
 
-    /// acc[p][r] = x row p · w row r, for p < pair (1 ..= XROWS) and every row of the tile.
-    fn dot_tile(self, w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
+    /// acc[p][r] = x row p · w row r, for p < pair (1 ..= self.xrows()) and every row of the
+    /// tile (w decoded, laid out as [`at`] says).
+    fn dot_tile(self, w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut Acc) {
+        assert!(w.len() >= TILE * cols && x.len() >= pair * cols && cols % LANES == 0 && (1..=self.xrows()).contains(&pair));
         match self {
             Kernel::Portable => portable::dot_tile(w, cols, x, pair, acc),
-            // SAFETY: detect() checked AVX2 and FMA; slices were sized by the caller.
+            // SAFETY: detect() checked AVX2 and FMA; slices sized as asserted.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::dot_tile(w, cols, x, pair, acc) },
+            // SAFETY: detect() checked AVX-512F besides; slices sized as asserted.
+            #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+            Kernel::Avx512 => unsafe {
+                match pair {
+                    8 => avx512::dot_tile::<8>(w, cols, x, acc),
+                    7 => avx512::dot_tile::<7>(w, cols, x, acc),
+                    6 => avx512::dot_tile::<6>(w, cols, x, acc),
+                    5 => avx512::dot_tile::<5>(w, cols, x, acc),
+                    4 => avx512::dot_tile::<4>(w, cols, x, acc),
+                    3 => avx512::dot_tile::<3>(w, cols, x, acc),
+                    2 => avx512::dot_tile::<2>(w, cols, x, acc),
+                    _ => avx512::dot_tile::<1>(w, cols, x, acc),
+                }
+            },
         }
     }
 }
@@ -352,7 +404,7 @@ impl Kernel {
 /// The reference semantics, operation for operation what the AVX2 path computes.
 mod portable {
     use super::super::simd::reduce8 as reduce;
-    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
+    use super::{at, Acc, BLOCK, GROUP, LANES, Q4_TILE_GROUP, TILE};
 
     /// A Q4_1 tile's rows as f32. `q · d` is exact in f32 (4 bits times f16's 11), so `q · d + m`
     /// rounds once, as the AVX2 path's FMA does.
@@ -362,12 +414,11 @@ mod portable {
             let grp = &tile[g * Q4_TILE_GROUP..(g + 1) * Q4_TILE_GROUP];
             for r in 0..TILE {
                 let words = &grp[32 + r * 32..32 + (r + 1) * 32];
-                let out = &mut buf[r * cols + g * GROUP..r * cols + (g + 1) * GROUP];
-                for (k, v) in out.iter_mut().enumerate() {
+                for k in 0..GROUP {
                     let (slot, lane, h) = (k / 8, k % 8, k / BLOCK);
                     let word = u32::from_le_bytes(words[4 * lane..4 * lane + 4].try_into().unwrap());
                     let q = (word >> (4 * slot)) & 15;
-                    *v = q as f32 * f16(&grp[16 * h + 2 * r..]) + f16(&grp[16 * h + 8 + 2 * r..]);
+                    buf[at(r, g * GROUP + k)] = q as f32 * f16(&grp[16 * h + 2 * r..]) + f16(&grp[16 * h + 8 + 2 * r..]);
                 }
             }
         }
@@ -377,21 +428,21 @@ mod portable {
         for b in 0..cols / BLOCK {
             for r in 0..TILE {
                 let (src, scale) = (&q[(b * TILE + r) * BLOCK..][..BLOCK], d[b * TILE + r]);
-                for (v, &q) in buf[r * cols + b * BLOCK..][..BLOCK].iter_mut().zip(src) {
-                    *v = q as f32 * scale;
+                for (i, &q) in src.iter().enumerate() {
+                    buf[at(r, b * BLOCK + i)] = q as f32 * scale;
                 }
             }
         }
     }
 
-    pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
+    pub fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut Acc) {
         for p in 0..pair {
             let x = &x[p * cols..(p + 1) * cols];
             for r in 0..TILE {
-                let w = &w[r * cols..(r + 1) * cols];
-                let mut lanes = [0f32; 8];
-                for (xs, ws) in x.chunks_exact(8).zip(w.chunks_exact(8)) {
-                    for l in 0..8 {
+                let mut lanes = [0f32; LANES];
+                for (c, xs) in x.chunks_exact(LANES).enumerate() {
+                    let ws = &w[at(r, c * LANES)..][..LANES];
+                    for l in 0..LANES {
                         lanes[l] = ws[l].mul_add(xs[l], lanes[l]);
                     }
                 }
@@ -404,7 +455,7 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::simd::reduce_avx2 as reduce;
-    use super::{BLOCK, GROUP, Q4_TILE_GROUP, TILE, XROWS};
+    use super::{Acc, BLOCK, GROUP, LANES, Q4_TILE_GROUP, TILE};
     use std::arch::x86_64::*;
 
     /// Row `$r` of the Q4_1 tile group at `$grp` (headers `$h0`, `$h1` = each block's 4 scales
@@ -442,9 +493,10 @@ mod avx2 {
             let (h0, h1) = q4_headers!(grp);
             for r in 0..TILE {
                 let w = q4_row!(grp, h0, h1, r);
-                let dst = buf.as_mut_ptr().add(r * cols + g * GROUP);
+                // Run j of the group is run g · 8 + j of the tile (see `at`).
+                let dst = buf.as_mut_ptr().add(g * GROUP * TILE + r * LANES);
                 for (j, w) in w.into_iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(j * 8), w);
+                    _mm256_storeu_ps(dst.add(j * TILE * LANES), w);
                 }
             }
         }
@@ -487,10 +539,10 @@ mod avx2 {
             for r in 0..TILE {
                 let s = _mm256_set1_ps(*d.get_unchecked(b * TILE + r));
                 let src = q.add((b * TILE + r) * BLOCK);
-                let dst = out.add(r * cols + b * BLOCK);
+                let dst = out.add(b * BLOCK * TILE + r * LANES);
                 for j in 0..BLOCK / 8 {
                     let bytes = _mm_loadl_epi64(src.add(j * 8) as *const __m128i);
-                    _mm256_storeu_ps(dst.add(j * 8), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s));
+                    _mm256_storeu_ps(dst.add(j * TILE * LANES), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s));
                 }
             }
         }
@@ -526,9 +578,9 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut [[f32; TILE]; XROWS]) {
-        debug_assert!(w.len() >= TILE * cols && x.len() >= pair * cols && cols % 8 == 0 && (1..=XROWS).contains(&pair));
-        let (w0, w1, w2, w3) = (w.as_ptr(), w.as_ptr().add(cols), w.as_ptr().add(2 * cols), w.as_ptr().add(3 * cols));
+    pub unsafe fn dot_tile(w: &[f32], cols: usize, x: &[f32], pair: usize, acc: &mut Acc) {
+        // Row r's run at column k starts at (k / 8) · 32 + 8 r (see `at`).
+        let (w0, w1, w2, w3) = (w.as_ptr(), w.as_ptr().add(LANES), w.as_ptr().add(2 * LANES), w.as_ptr().add(3 * LANES));
         let z = _mm256_setzero_ps();
         // Named accumulators, not an array: they must stay in registers.
         macro_rules! tile {
@@ -538,13 +590,13 @@ mod avx2 {
                 while k < cols {
                     $(let $u = _mm256_loadu_ps($xp.add(k));)+
                     // One weight load feeds every input row.
-                    let w = _mm256_loadu_ps(w0.add(k));
+                    let w = _mm256_loadu_ps(w0.add(k * TILE));
                     $($a0 = _mm256_fmadd_ps(w, $u, $a0);)+
-                    let w = _mm256_loadu_ps(w1.add(k));
+                    let w = _mm256_loadu_ps(w1.add(k * TILE));
                     $($a1 = _mm256_fmadd_ps(w, $u, $a1);)+
-                    let w = _mm256_loadu_ps(w2.add(k));
+                    let w = _mm256_loadu_ps(w2.add(k * TILE));
                     $($a2 = _mm256_fmadd_ps(w, $u, $a2);)+
-                    let w = _mm256_loadu_ps(w3.add(k));
+                    let w = _mm256_loadu_ps(w3.add(k * TILE));
                     $($a3 = _mm256_fmadd_ps(w, $u, $a3);)+
                     k += 8;
                 }
@@ -556,6 +608,94 @@ mod avx2 {
             2 => tile!([x0, u0, a00, a01, a02, a03, 0], [x1, u1, a10, a11, a12, a13, 1]),
             _ => tile!([x0, u0, a00, a01, a02, a03, 0]),
         }
+    }
+}
+
+/// The AVX-512 path: each 512-bit register holds two weight rows' [`LANES`] lanes (a decoded
+/// run's rows 0–1 or 2–3, see `at`) and one input's 8 values twice, so every lane does the AVX2
+/// path's operations in its order: the same bits, twice the rows per instruction. Gated on
+/// rustc ≥ 1.89 (`cotlab_avx512`, from build.rs), where these intrinsics are stable.
+#[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+#[allow(clippy::incompatible_msrv)]
+mod avx512 {
+    use super::{Acc, GROUP, LANES, Q4_TILE_GROUP, TILE};
+    use std::arch::x86_64::*;
+
+    /// A Q4_1 tile's rows as f32, two rows per register: `cvt(q) · d + m` by one FMA, as the
+    /// AVX2 path.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn decode_tile_q4(tile: &[u8], cols: usize, buf: &mut [f32]) {
+        debug_assert!(tile.len() == cols / GROUP * Q4_TILE_GROUP && buf.len() >= TILE * cols);
+        let mask = _mm512_set1_epi32(15);
+        for r in (0..TILE).step_by(2) {
+            // Lanes 0–7 take row r's header entry, lanes 8–15 row r + 1's: the group's 16
+            // f16 are block 0's 4 scales and 4 minimums, then block 1's.
+            let pick = |offset: usize| {
+                let mut idx = [0i32; 16];
+                for (l, i) in idx.iter_mut().enumerate() {
+                    *i = (offset + r + l / 8) as i32;
+                }
+                _mm512_loadu_si512(idx.as_ptr() as *const _)
+            };
+            let (di0, mi0, di1, mi1) = (pick(0), pick(TILE), pick(2 * TILE), pick(3 * TILE));
+            for g in 0..cols / GROUP {
+                let grp = tile.as_ptr().add(g * Q4_TILE_GROUP);
+                let h = _mm512_cvtph_ps(_mm256_loadu_si256(grp as *const __m256i));
+                let (d0, m0, d1, m1) =
+                    (_mm512_permutexvar_ps(di0, h), _mm512_permutexvar_ps(mi0, h), _mm512_permutexvar_ps(di1, h), _mm512_permutexvar_ps(mi1, h));
+                // Rows r and r + 1's nibble words, one after the other.
+                let v = _mm512_loadu_si512(grp.add(32 + r * 32) as *const _);
+                let dst = buf.as_mut_ptr().add(g * GROUP * TILE + r * LANES);
+                macro_rules! run {
+                    ($s:literal, $d:ident, $m:ident) => {
+                        let q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32::<{ 4 * $s }>(v), mask));
+                        _mm512_storeu_ps(dst.add($s * TILE * LANES), _mm512_fmadd_ps(q, $d, $m));
+                    };
+                }
+                run!(0, d0, m0);
+                run!(1, d0, m0);
+                run!(2, d0, m0);
+                run!(3, d0, m0);
+                run!(4, d1, m1);
+                run!(5, d1, m1);
+                run!(6, d1, m1);
+                run!(7, d1, m1);
+            }
+        }
+    }
+
+    /// acc[p][r] = x row p · tile row r for p < P, the tile decoded: per run, two registers of
+    /// weights and one broadcast load per input row feed 2 P accumulators.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dot_tile<const P: usize>(w: &[f32], cols: usize, x: &[f32], acc: &mut Acc) {
+        let mut a = [[_mm512_setzero_ps(); 2]; P];
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut k = 0;
+        while k < cols {
+            let (w01, w23) = (_mm512_loadu_ps(wp.add(k * TILE)), _mm512_loadu_ps(wp.add(k * TILE + 2 * LANES)));
+            for (p, ap) in a.iter_mut().enumerate() {
+                let u = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(xp.add(p * cols + k)))));
+                ap[0] = _mm512_fmadd_ps(w01, u, ap[0]);
+                ap[1] = _mm512_fmadd_ps(w23, u, ap[1]);
+            }
+            k += LANES;
+        }
+        for (p, ap) in a.iter().enumerate() {
+            _mm_storeu_ps(acc[p].as_mut_ptr(), reduce4(ap[0], ap[1]));
+        }
+    }
+
+    /// `simd::reduce8` of each 8-lane half of `r01` and `r23` (tile rows 0–3), the four sums
+    /// side by side: the same additions as `reduce_avx2` on each half, four rows at a time.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn reduce4(r01: __m512, r23: __m512) -> __m128 {
+        // 128-bit quarter k of s is row k's (l0 + l4, l1 + l5, l2 + l6, l3 + l7) = (a, b, c, d).
+        let s = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(r01, r23), _mm512_shuffle_f32x4::<0b11_01_11_01>(r01, r23));
+        // (a + c, b + d, …), then (a + c) + (b + d) in each quarter's first element.
+        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b11_10_11_10>(s));
+        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_01_01_01>(s));
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s))
     }
 }
 
@@ -684,6 +824,19 @@ mod tests {
     /// A quantized matmul under test: (format name, x, m ↦ x·Wᵀ, the dequantized W).
     type Case = (&'static str, Box<dyn Fn(&[f32], usize) -> Vec<f32>>, Vec<f32>);
 
+    /// Every vector path this CPU and build have, the portable one first.
+    fn paths() -> Vec<Kernel> {
+        let mut p = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect().avx2() {
+            p.push(Kernel::Avx2);
+        }
+        if !p.contains(&Kernel::detect()) {
+            p.push(Kernel::detect());
+        }
+        p
+    }
+
     /// Both formats behind one interface, for the tests.
     fn both(w: &[f32], rows: usize, cols: usize) -> [Case; 2] {
         let (q8, q4) = (Q8Matrix::quantize(w, rows, cols).unwrap(), Q4Matrix::quantize(w, rows, cols).unwrap());
@@ -770,32 +923,29 @@ mod tests {
                 }
             }
             let (q8, q4) = (Q8Matrix::quantize(&w, rows, cols).unwrap(), Q4Matrix::quantize(&w, rows, cols).unwrap());
-            let kernel = Kernel::detect();
             let (mut buf, mut reference) = (vec![0f32; TILE * cols], vec![0f32; TILE * cols]);
             let last = rows.div_ceil(TILE) - 1;
             let formats: [(&str, &dyn Tiles); 2] = [("q8_0", &q8), ("q4_1", &q4)];
-            for (name, q) in formats {
-                for t in [0, last] {
-                    q.decode_tile(kernel, t, &mut buf);
-                    q.decode_tile(Kernel::Portable, t, &mut reference);
-                    assert_eq!(buf, reference, "{name}: {kernel:?} decodes tile {t} differently from the portable path");
-                    let fused = q.dot_row_tile(kernel, t, &x[..cols], &mut Vec::new());
-                    let mut split = [[0f32; TILE]; XROWS];
-                    portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
-                    assert_eq!(fused, split[0], "{name} {kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
-                    assert_eq!(
-                        q.dot_row_tile(Kernel::Portable, t, &x[..cols], &mut Vec::new()),
-                        split[0],
-                        "{name}: portable one-row path ({rows}×{cols}, tile {t})"
-                    );
+            for kernel in paths() {
+                for (name, q) in formats {
+                    for t in [0, last] {
+                        q.decode_tile(kernel, t, &mut buf);
+                        q.decode_tile(Kernel::Portable, t, &mut reference);
+                        assert_eq!(buf, reference, "{name}: {kernel:?} decodes tile {t} differently from the portable path");
+                        let fused = q.dot_row_tile(kernel, t, &x[..cols], &mut Vec::new());
+                        let mut split = [[0f32; TILE]; WIDE_XROWS];
+                        portable::dot_tile(&reference, cols, &x[..cols], 1, &mut split);
+                        assert_eq!(fused, split[0], "{name} {kernel:?}: one row in registers != the decoded tile ({rows}×{cols}, tile {t})");
+                    }
                 }
-            }
-            q8.decode_tile(kernel, 0, &mut buf);
-            for pair in 1..=XROWS {
-                let (mut a, mut b) = ([[0f32; TILE]; XROWS], [[0f32; TILE]; XROWS]);
-                kernel.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut a);
-                Kernel::Portable.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut b);
-                assert_eq!(a, b, "{kernel:?} and the portable path disagree ({rows}×{cols}, {pair} rows)");
+                q4.decode_tile(kernel, 0, &mut buf);
+                for pair in 1..=kernel.xrows() {
+                    let (mut a, mut b) = ([[0f32; TILE]; WIDE_XROWS], [[0f32; TILE]; WIDE_XROWS]);
+                    kernel.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut a);
+                    Kernel::Portable.dot_tile(&buf, cols, &x[..pair * cols], pair, &mut b);
+                    assert_eq!(a, b, "{kernel:?} and the portable path disagree ({rows}×{cols}, {pair} rows)");
+                    assert!(a[..pair].iter().flatten().all(|v| *v != 0.0), "{kernel:?} left a result unwritten ({pair} rows)");
+                }
             }
         }
     }

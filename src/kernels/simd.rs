@@ -1,6 +1,6 @@
 //! Which vector path the hand-written CPU kernels take, and the vector helpers they share.
 //! Each kernel has a portable path and an AVX2 one doing the same operations (same bits,
-//! tested), picked at run time so one binary runs on any x86-64.
+//! tested), some an AVX-512 one besides, picked at run time so one binary runs on any x86-64.
 //!
 //! This file is the only place the kernels read the CPU's features ([`avx2_fma`], [`avx512f`],
 //! [`avx512_bf16`], [`amx_bf16`], [`Kernel::detect`]); every other kernel asks here.
@@ -98,6 +98,21 @@ impl<T> SharedOut<T> {
     }
 }
 
+/// `len` f32 for an output every element of which the caller writes before anything reads it
+/// (a GEMM with `accumulate: false`, an element-wise pass over all of it, a decoding matmul's
+/// rows): zeroing them first was a pass over each output (the logits' gradient alone: tokens ×
+/// vocabulary; a decoding step's logits: rows × vocabulary) for nothing.
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns, and every caller overwrites all `len` values
+    // before the vector is read or handed on (see each call).
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
+}
+
 /// 64-byte aligned scratch of `T` for a GEMM's packed panels, kept per thread across products
 /// (grown, never shrunk).
 pub(crate) struct Scratch<T>(pub(crate) Vec<T>);
@@ -115,21 +130,37 @@ impl<T: Copy + Default> Scratch<T> {
     }
 }
 
+/// The vector path of the f32 kernels. Each wider path does the narrower one's operations, lane
+/// for lane (same bits, tested): AVX-512 puts two 8-lane groups (two rows, two heads) in one
+/// register, it does not split one dot product over 16 lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
     Portable,
+    /// AVX2 + FMA (+ F16C for Q4_1's f16 scales, which every AVX2 CPU has; checked all the same).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// [`Kernel::Avx2`]'s features and AVX-512F, in a build with the AVX-512 intrinsics (rustc ≥
+    /// 1.89, `cotlab_avx512` from build.rs). Kernels without a 512-bit body take the AVX2 one.
+    #[cfg(all(target_arch = "x86_64", cotlab_avx512))]
+    Avx512,
 }
 
 impl Kernel {
-    /// AVX2 + FMA (+ F16C for Q4_1's f16 scales, which every AVX2 CPU has; checked all the same).
     pub(crate) fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         if avx2_fma() && f16c() {
+            #[cfg(cotlab_avx512)]
+            if avx512f() {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2;
         }
         Kernel::Portable
+    }
+
+    /// Whether this path may run the AVX2 bodies (every vector path can).
+    pub(crate) fn avx2(self) -> bool {
+        self != Kernel::Portable
     }
 }
 
@@ -181,7 +212,7 @@ pub(crate) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64
 /// [`reduce8`]'s order where AVX2 is there, libm's expf in order otherwise.
 pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx2 {
+    if Kernel::detect().avx2() {
         // SAFETY: AVX2 and FMA checked.
         return unsafe { sum_exp_avx2(xs, shift) };
     }
@@ -208,7 +239,7 @@ pub(crate) fn scaled_exp(xs: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     assert_eq!(xs.len(), out.len(), "scaled_exp: input and output lengths differ");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx2 {
+    if Kernel::detect().avx2() {
         done = xs.len() - xs.len() % 8;
         // SAFETY: AVX2 and FMA checked; both slices hold `done` elements.
         unsafe { scaled_exp_avx2(&xs[..done], shift, scale, &mut out[..done]) };
@@ -249,7 +280,7 @@ mod tests {
     /// handle tails.
     #[test]
     fn vector_exp_is_within_2_ulp_of_libm() {
-        if Kernel::detect() != Kernel::Avx2 {
+        if !Kernel::detect().avx2() {
             return;
         }
         #[cfg(target_arch = "x86_64")]
