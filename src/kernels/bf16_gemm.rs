@@ -317,13 +317,7 @@ unsafe fn round_run(src: *const f32, n: usize, dst: *mut u16) {
 /// prefetchers do not follow, so each run would otherwise wait on memory line by line.
 #[inline(always)]
 fn prefetch_run(src: *const f32, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for i in (0..n).step_by(16) {
-        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(src.wrapping_add(i) as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (src, n);
+    super::simd::prefetch(src as *const u8, n * 4);
 }
 
 /// How many runs ahead the packers prefetch.

@@ -181,6 +181,13 @@ mod avx2 {
         let s = scores.len();
         let mut j = 0;
         while j + 4 <= s {
+            // Keys hidden from this row (a continuous batch's left padding: most of the window
+            // for a row that joined late) are not read: their scores are −inf whatever they hold.
+            if mask[j..j + 4].iter().all(|&m| m <= HIDDEN) {
+                scores[j..j + 4].fill(f32::NEG_INFINITY);
+                j += 4;
+                continue;
+            }
             let (k0, k1, k2, k3) = (keys.row(j).as_ptr(), keys.row(j + 1).as_ptr(), keys.row(j + 2).as_ptr(), keys.row(j + 3).as_ptr());
             let z = _mm256_setzero_ps();
             let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
@@ -200,6 +207,11 @@ mod avx2 {
             j += 4;
         }
         while j < s {
+            if mask[j] <= HIDDEN {
+                scores[j] = f32::NEG_INFINITY;
+                j += 1;
+                continue;
+            }
             let kp = keys.row(j).as_ptr();
             let mut a = _mm256_setzero_ps();
             let mut i = 0;

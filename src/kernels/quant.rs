@@ -22,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::Bf16Matrix;
-use super::simd::{output_buffer, Kernel, SharedOut};
+use super::simd::{output_buffer, prefetch, Kernel, SharedOut};
 
 /// Lanes of every dot product's accumulator (the reduction order `simd::reduce8` fixes).
 const LANES: usize = 8;
@@ -131,6 +131,14 @@ impl Tiles for Q8Matrix {
         let (q, d) = self.tile(t);
         k.dot_row_tile(q, d, x, scratch)
     }
+
+    fn prefetch(&self, t: usize) {
+        if t < self.rows.div_ceil(TILE) {
+            let (q, d) = self.tile(t);
+            prefetch(q.as_ptr() as *const u8, q.len());
+            prefetch(d.as_ptr() as *const u8, d.len() * 4);
+        }
+    }
 }
 
 /// What the matmul driver needs of a block format: its tiles of [`TILE`] rows, decoded to f32
@@ -142,6 +150,8 @@ trait Tiles: Sync {
     fn decode_tile(&self, k: Kernel, t: usize, buf: &mut [f32]);
     /// x (one row) · tile `t`'s rows: decode_tile then dot_tile's operations.
     fn dot_row_tile(&self, k: Kernel, t: usize, x: &[f32], scratch: &mut Vec<f32>) -> [f32; TILE];
+    /// Asks for tile `t`'s bytes ahead of its decoding (`t` may be past the last: nothing).
+    fn prefetch(&self, t: usize);
 }
 
 /// A 2-D tensor's values as f32, row-major, with its rows and cols.
@@ -193,6 +203,9 @@ fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
                 }
                 buf.resize(TILE * cols, 0.0);
                 w.decode_tile(kernel, t, buf);
+                // The next tile (most often this task's) comes from memory while this one's
+                // products run: decoding it then no longer waits on the loads.
+                w.prefetch(t + 1);
                 let mut acc = [[0f32; TILE]; WIDE_XROWS];
                 let mut i = 0;
                 while i < n {
@@ -324,6 +337,13 @@ impl Tiles for Q4Matrix {
             // AVX-512 (each row's 8 lanes are one chain), so both take this path.
             #[cfg(target_arch = "x86_64")]
             _ => unsafe { avx2::dot_row_tile_q4(self.tile(t), x) },
+        }
+    }
+
+    fn prefetch(&self, t: usize) {
+        if t < self.rows.div_ceil(TILE) {
+            let tile = self.tile(t);
+            prefetch(tile.as_ptr(), tile.len());
         }
     }
 }

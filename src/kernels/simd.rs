@@ -98,6 +98,19 @@ impl<T> SharedOut<T> {
     }
 }
 
+/// Asks for the cache lines of the `len` bytes at `p` ahead of their use (a hint: it never
+/// faults, whatever the address).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..len).step_by(64) {
+        // SAFETY: a prefetch never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(i) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// `len` f32 for an output every element of which the caller writes before anything reads it
 /// (a GEMM with `accumulate: false`, an element-wise pass over all of it, a decoding matmul's
 /// rows): zeroing them first was a pass over each output (the logits' gradient alone: tokens ×
