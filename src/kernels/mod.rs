@@ -5,9 +5,9 @@
 //! one CPU-feature detection they all branch on (`simd.rs`).
 //!
 //! Invariants: these files import nothing of the crate but each other (they sit below
-//! `model`, which builds students from them); a kernel's AVX2 path and its portable path give
-//! the same bits, or the documented difference (the vector exp, within 2 ulp) where training
-//! alone uses it; an output row never depends on the other rows, the batch or the thread
+//! `model`, which builds students from them); a kernel's vector paths (AVX2, AVX-512) and its
+//! portable path give the same bits, or the documented difference (the vector exp, within 2 ulp)
+//! where training alone uses it; an output row never depends on the other rows, the batch or the thread
 //! count. The timing harnesses of `cotlab bench gemm` / `bench matmul` live outside, in
 //! `bench::kernels`.
 
