@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{output_buffer, reduce8, SharedOut};
+use super::simd::{output_buffer, prefetch, reduce8, SharedOut};
 
 /// Values per chunk: one `vdpbf16ps` operand (16 lanes × a pair).
 pub const CHUNK: usize = 32;
@@ -32,6 +32,8 @@ const XROWS: usize = 6;
 /// Input rows per pass over the weights: their bf16 copies stay in cache while every tile is
 /// read once for them.
 const ROWS_PER_PASS: usize = 48;
+/// How many tiles ahead the matmul asks for the weights.
+const PREFETCH_AHEAD: usize = 2;
 
 /// A weight as bf16 by interleaved tiles (see the module head). Rows past `rows` are zero.
 pub struct Bf16Matrix {
@@ -117,6 +119,12 @@ impl Bf16Matrix {
             let out = SharedOut(ys.as_mut_ptr());
             (0..tiles).into_par_iter().with_min_len(4).for_each(|t| {
                 let (first, live) = (t * TILE, TILE.min(rows - t * TILE));
+                // The products of a few rows wait on the weights' loads: ask for a later tile
+                // (most often this task's) ahead of them.
+                if t + PREFETCH_AHEAD < tiles {
+                    let next = self.tile(t + PREFETCH_AHEAD);
+                    prefetch(next.as_ptr() as *const u8, next.len() * 2);
+                }
                 let mut i = 0;
                 while i < n {
                     let p = (n - i).min(XROWS);

@@ -37,6 +37,8 @@ const XROWS: usize = 3;
 /// The same for AVX-512: 8 inputs × 2 registers of two weight rows each (16 accumulators, 8
 /// input and 2 weight registers of 32).
 const WIDE_XROWS: usize = 8;
+/// How many tiles ahead batch-1 decoding asks for the weights.
+const PREFETCH_AHEAD: usize = 2;
 /// One `dot_tile` call's results: acc[p][r] = input row p · tile row r.
 type Acc = [[f32; TILE]; WIDE_XROWS];
 
@@ -193,7 +195,9 @@ fn matmul<M: Tiles>(w: &M, x: &[f32], m: usize) -> Vec<f32> {
                 let first = t * TILE;
                 let live = TILE.min(rows - first);
                 if n == 1 {
-                    // One input row (batch-1 decoding): decode in registers, no f32 copy.
+                    // One input row (batch-1 decoding): decode in registers, no f32 copy. It
+                    // waits on the weights' loads: ask for the tile after next ahead of them.
+                    w.prefetch(t + PREFETCH_AHEAD);
                     let acc = w.dot_row_tile(kernel, t, xs, buf);
                     for (r, v) in acc.iter().take(live).enumerate() {
                         // SAFETY: as below, with i = 0.
