@@ -144,7 +144,7 @@ impl<T: Copy + Default> Scratch<T> {
 }
 
 /// The vector path of the f32 kernels. Each wider path does the narrower one's operations, lane
-/// for lane (same bits, tested): AVX-512 puts two 8-lane groups (two rows, two heads) in one
+/// for lane (same bits, tested): AVX-512 puts two 8-lane groups (two weight rows) in one
 /// register, it does not split one dot product over 16 lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
